@@ -1,0 +1,78 @@
+"""An instance of a service as the data plane sees it: where it listens and in what state."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+InstanceState = Literal["starting", "ready", "draining", "unhealthy"]
+STATES: tuple[InstanceState, ...] = ("starting", "ready", "draining", "unhealthy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """One registered instance: identity, address, labels and lifecycle state."""
+
+    id: str
+    service: str
+    revision: str
+    node: str
+    address: str
+    port: int
+    labels: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+    state: InstanceState = "starting"
+    pid: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Registry key: ``service/id``."""
+        return f"{self.service}/{self.id}"
+
+    @property
+    def authority(self) -> str:
+        """``address:port`` for connecting."""
+        return f"{self.address}:{self.port}"
+
+    def with_state(self, state: InstanceState) -> Endpoint:
+        """The same instance in another state."""
+        return replace(self, state=state)
+
+    def to_json(self) -> str:
+        """Serialise for the registry."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "service": self.service,
+                "revision": self.revision,
+                "node": self.node,
+                "address": self.address,
+                "port": self.port,
+                "labels": dict(self.labels),
+                "weight": self.weight,
+                "state": self.state,
+                "pid": self.pid,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Endpoint:
+        """Parse a registry record written by :meth:`to_json`."""
+        raw: dict[str, Any] = json.loads(text)
+        state = raw["state"]
+        if state not in STATES:
+            raise ValueError(f"unknown instance state {state!r}")
+        return cls(
+            id=str(raw["id"]),
+            service=str(raw["service"]),
+            revision=str(raw["revision"]),
+            node=str(raw["node"]),
+            address=str(raw["address"]),
+            port=int(raw["port"]),
+            labels=tuple(sorted((str(k), str(v)) for k, v in raw.get("labels", {}).items())),
+            weight=int(raw.get("weight", 1)),
+            state=state,
+            pid=raw.get("pid"),
+        )
