@@ -1,0 +1,54 @@
+"""Connections to Redis, and the translation of redis-py's errors into Shoal's.
+
+Nothing outside ``shoal.store`` imports ``redis``: callers get a :class:`Redis` handle from
+:func:`connect` and see only :class:`~shoal.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from shoal.errors import StoreError, StoreUnavailable
+
+Redis = aioredis.Redis
+
+
+def connect(url: str, *, blocking: bool = False) -> Redis:
+    """A client for ``url``. ``blocking`` clients have no socket timeout (for ``XREAD BLOCK``)."""
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=None if blocking else 5.0,
+            socket_connect_timeout=3.0,
+            health_check_interval=0 if blocking else 30,
+        )
+    except ValueError as e:
+        raise StoreUnavailable(f"bad Redis URL {url!r}: {e}") from None
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages."""
+    if "@" not in url or "//" not in url:
+        return url
+    scheme, rest = url.split("//", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}//{user}:***@{host}"
+
+
+@asynccontextmanager
+async def translated(what: str) -> AsyncIterator[None]:
+    """Turn redis-py errors raised inside the block into Shoal's ``StoreError`` tree."""
+    try:
+        yield
+    except redis.exceptions.AuthenticationError as e:
+        raise StoreUnavailable(f"{what}: Redis refused the credentials ({e})") from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+        raise StoreUnavailable(f"{what}: Redis unreachable ({e})") from None
+    except redis.exceptions.RedisError as e:
+        raise StoreError(f"{what}: {e}") from None

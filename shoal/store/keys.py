@@ -1,0 +1,66 @@
+"""The Redis key layout, in one place (DESIGN.md §3). Every key starts with the prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix, so several clusters can share a server."""
+
+    prefix: str = "shoal:"
+
+    def config(self, kind: str) -> str:
+        """Hash of one kind's resources: field = resource key, value = JSON document."""
+        return f"{self.prefix}cfg:{kind}"
+
+    @property
+    def revision(self) -> str:
+        """The global config revision counter."""
+        return f"{self.prefix}rev"
+
+    @property
+    def changes(self) -> str:
+        """The change stream: config and registry state changes."""
+        return f"{self.prefix}changes"
+
+    @property
+    def instances(self) -> str:
+        """Hash of instance records: field = ``service/id``."""
+        return f"{self.prefix}instances"
+
+    @property
+    def instance_leases(self) -> str:
+        """Sorted set of instance lease deadlines (ms, Redis clock)."""
+        return f"{self.prefix}leases:instances"
+
+    @property
+    def nodes(self) -> str:
+        """Hash of node records: field = node id."""
+        return f"{self.prefix}nodes"
+
+    @property
+    def node_leases(self) -> str:
+        """Sorted set of node lease deadlines (ms, Redis clock)."""
+        return f"{self.prefix}leases:nodes"
+
+    @property
+    def acks(self) -> str:
+        """Hash: component id → config revision it has applied."""
+        return f"{self.prefix}acks"
+
+    @property
+    def ack_leases(self) -> str:
+        """Sorted set of component liveness deadlines, for ``apply --wait``."""
+        return f"{self.prefix}leases:acks"
+
+    @property
+    def leader(self) -> str:
+        """The controller leader lease."""
+        return f"{self.prefix}leader"
+
+    @property
+    def load(self) -> str:
+        """Hash of per-service load samples written by proxies."""
+        return f"{self.prefix}load"

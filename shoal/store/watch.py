@@ -1,0 +1,164 @@
+"""The change feed: a consistent view of config and registry, then every change after it.
+
+A watcher notes the stream's last id, loads everything, hands the view over, then follows the
+stream with ``XREAD BLOCK`` (on a connection without socket timeout), reloading each changed key
+and handing over a new view per batch. After a lost connection, or when the id it would resume
+from has been trimmed away, it reloads everything: pub/sub alone would lose what happened while
+a reader was away. While Redis is away the owner keeps serving from the last view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from shoal.errors import StoreError
+from shoal.mesh.endpoint import Endpoint
+from shoal.store.connection import Redis, connect, translated
+from shoal.store.keys import Keys
+from shoal.store.registry import INSTANCE, NODE
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 5_000
+BATCH = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What the store held at one moment: config documents, instances, nodes."""
+
+    revision: int = 0
+    config: MappingProxyType[str, MappingProxyType[str, dict[str, Any]]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    instances: MappingProxyType[str, Endpoint] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    nodes: MappingProxyType[str, dict[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def documents(self, kind: str) -> MappingProxyType[str, dict[str, Any]]:
+        """The documents of one kind, by key."""
+        return self.config.get(kind, MappingProxyType({}))
+
+
+class _State:
+    """The mutable tables a watcher keeps between views."""
+
+    def __init__(self, kinds: Iterable[str]) -> None:
+        self.revision = 0
+        self.config: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in kinds}
+        self.instances: dict[str, Endpoint] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+
+    def view(self) -> View:
+        return View(
+            revision=self.revision,
+            config=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.config.items()}),
+            instances=MappingProxyType(dict(self.instances)),
+            nodes=MappingProxyType(dict(self.nodes)),
+        )
+
+
+class Watcher:
+    """Follows the store for ``kinds`` of config plus the registry; calls back with views."""
+
+    def __init__(self, url: str, keys: Keys, kinds: Iterable[str]) -> None:
+        self._url = url
+        self._keys = keys
+        self._kinds = tuple(kinds)
+        self.connected = asyncio.Event()
+
+    async def run(self, on_view: Callable[[View], None]) -> None:
+        """Forever: load, hand over, follow; reconnect with backoff when Redis goes away."""
+        backoff = 0.05
+        while True:
+            redis = connect(self._url, blocking=True)
+            try:
+                await self._follow(redis, on_view)
+            except StoreError as e:
+                if self.connected.is_set():
+                    log.warning("store unreachable, serving the last view: %s", e)
+                self.connected.clear()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            else:
+                backoff = 0.05
+            finally:
+                await redis.aclose()
+
+    async def _follow(self, redis: Redis, on_view: Callable[[View], None]) -> None:
+        state = _State(self._kinds)
+        last_id = await self._load(redis, state)
+        on_view(state.view())
+        self.connected.set()
+        while True:
+            async with translated("following the change stream"):
+                reply = await redis.xread({self._keys.changes: last_id}, count=BATCH,
+                                          block=BLOCK_MS)
+            if not reply:
+                if last_id != "0-0" and not await self._exists(redis, last_id):
+                    return  # trimmed while we waited: reload from scratch
+                continue
+            entries = reply[0][1]
+            if len(entries) == BATCH and not await self._exists(redis, last_id):
+                return
+            for entry_id, fields in entries:
+                await self._apply(redis, state, fields)
+                last_id = entry_id
+            on_view(state.view())
+
+    async def _exists(self, redis: Redis, entry_id: str) -> bool:
+        async with translated("checking the change stream"):
+            return bool(await redis.xrange(self._keys.changes, entry_id, entry_id))
+
+    async def _load(self, redis: Redis, state: _State) -> str:
+        """Load everything; return the stream id to follow from."""
+        k = self._keys
+        async with translated("loading the store"):
+            last = await redis.xrevrange(k.changes, count=1)
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.get(k.revision)
+                pipe.hgetall(k.instances)
+                pipe.hgetall(k.nodes)
+                for kind in self._kinds:
+                    pipe.hgetall(k.config(kind))
+                rev, instances, nodes, *configs = await pipe.execute()
+        state.revision = int(rev or 0)
+        state.instances = {key: Endpoint.from_json(v) for key, v in instances.items()}
+        state.nodes = {key: json.loads(v) for key, v in nodes.items()}
+        for kind, raw in zip(self._kinds, configs, strict=True):
+            state.config[kind] = {key: json.loads(v) for key, v in raw.items()}
+        return str(last[0][0]) if last else "0-0"
+
+    async def _apply(self, redis: Redis, state: _State, fields: dict[str, str]) -> None:
+        kind, name = fields["kind"], fields["name"]
+        if kind == INSTANCE:
+            table: dict[str, Any] = state.instances
+            hash_key = self._keys.instances
+        elif kind == NODE:
+            table = state.nodes
+            hash_key = self._keys.nodes
+        elif kind in state.config:
+            table = state.config[kind]
+            hash_key = self._keys.config(kind)
+            state.revision = max(state.revision, int(fields.get("rev", 0)))
+        else:
+            if "rev" in fields:
+                state.revision = max(state.revision, int(fields["rev"]))
+            return
+        async with translated(f"reading {kind} {name}"):
+            raw = await redis.hget(hash_key, name)
+        if raw is None:
+            table.pop(name, None)
+        elif kind == INSTANCE:
+            table[name] = Endpoint.from_json(raw)
+        else:
+            table[name] = json.loads(raw)

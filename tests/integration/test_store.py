@@ -1,0 +1,127 @@
+"""The config store, registry and change feed against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from shoal.mesh.endpoint import Endpoint
+from shoal.store.config import Change, ConfigStore
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
+
+
+def endpoint(n: int, state: str = "ready") -> Endpoint:
+    """An instance record for tests."""
+    return Endpoint(id=f"i{n}", service="hello", revision="v1", node="n1",
+                    address="127.0.0.1", port=9000 + n, state=state)  # type: ignore[arg-type]
+
+
+async def until(views: list[View], cond: Callable[[View], bool], timeout: float = 5.0) -> View:
+    """Wait until a received view satisfies ``cond``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for v in reversed(views):
+                if cond(v):
+                    return v
+            await asyncio.sleep(0.01)
+
+
+async def test_write_is_atomic_and_bumps_one_revision(redis: Redis, keys: Keys) -> None:
+    """All changes of one write land together under a single new revision."""
+    store = ConfigStore(redis, keys)
+    rev = await store.write([Change("VirtualService", "a", {"x": 1}),
+                             Change("VirtualService", "b", {"x": 2})])
+    assert rev == 1
+    assert await store.list("VirtualService") == {"a": {"x": 1}, "b": {"x": 2}}
+    entries = await redis.xrange(keys.changes)
+    assert [(e[1]["rev"], e[1]["name"], e[1]["op"]) for e in entries] == [
+        ("1", "a", "put"), ("1", "b", "put")]
+
+
+async def test_identical_write_changes_nothing(redis: Redis, keys: Keys) -> None:
+    """Re-applying the same document neither bumps the revision nor adds stream entries."""
+    store = ConfigStore(redis, keys)
+    await store.write([Change("VirtualService", "a", {"x": 1})])
+    assert await store.write([Change("VirtualService", "a", {"x": 1})]) == 1
+    assert len(await redis.xrange(keys.changes)) == 1
+
+
+async def test_delete_removes_and_records(redis: Redis, keys: Keys) -> None:
+    """A delete removes the document and is recorded on the stream; deleting nothing is no-op."""
+    store = ConfigStore(redis, keys)
+    await store.write([Change("VirtualService", "a", {"x": 1})])
+    assert await store.write([Change("VirtualService", "a", None)]) == 2
+    assert await store.get("VirtualService", "a") is None
+    assert await store.write([Change("VirtualService", "a", None)]) == 2
+
+
+async def test_registry_heartbeat_emits_only_changes(redis: Redis, keys: Keys) -> None:
+    """Re-asserting an unchanged instance moves its lease but adds no stream entry."""
+    reg = Registry(redis, keys)
+    assert await reg.put_instances([endpoint(1, "starting")], ttl=5) == 1
+    assert await reg.put_instances([endpoint(1, "starting")], ttl=5) == 0
+    assert await reg.put_instances([endpoint(1, "ready")], ttl=5) == 1
+    assert [e.state for e in await reg.instances()] == ["ready"]
+    assert len(await redis.xrange(keys.changes)) == 2
+
+
+async def test_prune_removes_only_expired(redis: Redis, keys: Keys) -> None:
+    """Instances whose lease expired are pruned; live ones stay."""
+    reg = Registry(redis, keys)
+    await reg.put_instances([endpoint(1)], ttl=0.05)
+    await reg.put_instances([endpoint(2)], ttl=30)
+    async with asyncio.timeout(5):
+        while not await reg.prune():
+            await asyncio.sleep(0.02)
+    assert [e.id for e in await reg.instances()] == ["i2"]
+
+
+async def test_watcher_sees_snapshot_then_changes(redis_url: str, redis: Redis,
+                                                  keys: Keys) -> None:
+    """A watcher first gets what exists, then every later config and registry change."""
+    store, reg = ConfigStore(redis, keys), Registry(redis, keys)
+    await store.write([Change("VirtualService", "a", {"x": 1})])
+    views: list[View] = []
+    watcher = Watcher(redis_url, keys, ["VirtualService"])
+    task = asyncio.create_task(watcher.run(views.append))
+    try:
+        await until(views, lambda v: "a" in v.documents("VirtualService"))
+        await store.write([Change("VirtualService", "b", {"x": 2})])
+        await reg.put_instances([endpoint(1)], ttl=5)
+        v = await until(views, lambda v: "b" in v.documents("VirtualService")
+                        and "hello/i1" in v.instances)
+        assert v.revision == 2
+        await reg.remove_instances(["hello/i1"])
+        await until(views, lambda v: not v.instances)
+    finally:
+        task.cancel()
+
+
+async def test_watcher_resyncs_after_reconnect(redis_url: str, redis: Redis, keys: Keys) -> None:
+    """A watcher whose connection is killed reloads and misses nothing written meanwhile."""
+    store = ConfigStore(redis, keys)
+    views: list[View] = []
+    watcher = Watcher(redis_url, keys, ["VirtualService"])
+    task = asyncio.create_task(watcher.run(views.append))
+    try:
+        await asyncio.wait_for(watcher.connected.wait(), 5)
+        await redis.client_kill_filter(_type="normal", skipme=True)
+        await store.write([Change("VirtualService", "late", {"x": 3})])
+        await until(views, lambda v: "late" in v.documents("VirtualService"))
+    finally:
+        task.cancel()
+
+
+@pytest.mark.parametrize("n", [3])
+async def test_registry_lists_sorted(redis: Redis, keys: Keys, n: int) -> None:
+    """Instances come back sorted by key with their fields intact."""
+    reg = Registry(redis, keys)
+    await reg.put_instances([endpoint(i) for i in reversed(range(n))], ttl=5)
+    got = await reg.instances()
+    assert [e.id for e in got] == [f"i{i}" for i in range(n)]
+    assert got[0] == endpoint(0)
