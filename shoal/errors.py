@@ -33,8 +33,15 @@ class UserError(ShoalError):
 class ManifestError(UserError):
     """A manifest document is invalid: names the file, document index, field path and value."""
 
-    def __init__(self, message: str, *, file: str = "", document: int | None = None,
-                 field: str = "", value: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str = "",
+        document: int | None = None,
+        field: str = "",
+        value: object = None,
+    ) -> None:
         self.file = file
         self.document = document
         self.field = field
@@ -56,8 +63,9 @@ class ManifestError(UserError):
 
     def located(self, *, file: str, document: int) -> ManifestError:
         """The same error, told which file and document it came from."""
-        return ManifestError(self.reason, file=file, document=document, field=self.field,
-                             value=self.value)
+        return ManifestError(
+            self.reason, file=file, document=document, field=self.field, value=self.value
+        )
 
 
 class NotFoundError(ShoalError):

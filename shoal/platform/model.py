@@ -119,8 +119,13 @@ class Retries:
 
     attempts: int = 2
     per_try_timeout: float | None = None
-    retry_on: tuple[str, ...] = ("connect-failure", "refused-stream", "unavailable",
-                                 "cancelled", "retriable-status-codes")
+    retry_on: tuple[str, ...] = (
+        "connect-failure",
+        "refused-stream",
+        "unavailable",
+        "cancelled",
+        "retriable-status-codes",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

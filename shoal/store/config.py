@@ -95,7 +95,7 @@ class ConfigStore:
         """Every document of ``kind`` by key."""
         async with translated(f"listing {kind}"):
             raw = await self._redis.hgetall(self._keys.config(kind))
-        return {k: json.loads(v) for k, v in sorted(raw.items())}
+        return {str(k): json.loads(v) for k, v in sorted(raw.items())}
 
     async def list_many(self, kinds: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
         """Every document of each kind, read in one round trip (a consistent view)."""

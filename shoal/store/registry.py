@@ -89,7 +89,7 @@ class Registry:
         return [self._keys.nodes, self._keys.node_leases, self._keys.changes]
 
     async def put_instances(self, endpoints: Sequence[Endpoint], *, ttl: float) -> int:
-        """Register or re-assert ``endpoints`` with a lease of ``ttl`` s; return how many changed."""
+        """Register or re-assert ``endpoints`` (lease: ``ttl`` s); return how many changed."""
         if not endpoints:
             return 0
         argv: list[str] = [INSTANCE, str(int(ttl * 1000)), str(STREAM_MAXLEN)]
@@ -117,8 +117,13 @@ class Registry:
 
     async def put_node(self, node_id: str, record: dict[str, Any], *, ttl: float) -> None:
         """Register or re-assert a node with a lease of ``ttl`` seconds."""
-        argv = [NODE, str(int(ttl * 1000)), str(STREAM_MAXLEN), node_id,
-                json.dumps(record, sort_keys=True)]
+        argv = [
+            NODE,
+            str(int(ttl * 1000)),
+            str(STREAM_MAXLEN),
+            node_id,
+            json.dumps(record, sort_keys=True),
+        ]
         async with translated("registering the node"):
             await self._upsert(keys=self._table(NODE), args=argv)
 
@@ -131,13 +136,14 @@ class Registry:
         """Every registered node's record, by id."""
         async with translated("listing nodes"):
             raw = await self._redis.hgetall(self._keys.nodes)
-        return {k: json.loads(v) for k, v in sorted(raw.items())}
+        return {str(k): json.loads(v) for k, v in sorted(raw.items())}
 
     async def prune(self) -> list[str]:
         """Remove expired instances and nodes; return the keys removed."""
         removed: list[str] = []
         async with translated("pruning expired leases"):
             for kind in (INSTANCE, NODE):
-                removed += await self._prune(keys=self._table(kind),
-                                             args=[kind, str(STREAM_MAXLEN)])
+                removed += await self._prune(
+                    keys=self._table(kind), args=[kind, str(STREAM_MAXLEN)]
+                )
         return removed

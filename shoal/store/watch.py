@@ -37,9 +37,7 @@ class View:
     config: MappingProxyType[str, MappingProxyType[str, dict[str, Any]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    instances: MappingProxyType[str, Endpoint] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    instances: MappingProxyType[str, Endpoint] = field(default_factory=lambda: MappingProxyType({}))
     nodes: MappingProxyType[str, dict[str, Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -101,13 +99,14 @@ class Watcher:
         self.connected.set()
         while True:
             async with translated("following the change stream"):
-                reply = await redis.xread({self._keys.changes: last_id}, count=BATCH,
-                                          block=BLOCK_MS)
+                reply = await redis.xread(
+                    {self._keys.changes: last_id}, count=BATCH, block=BLOCK_MS
+                )
             if not reply:
                 if last_id != "0-0" and not await self._exists(redis, last_id):
                     return  # trimmed while we waited: reload from scratch
                 continue
-            entries = reply[0][1]
+            entries: list[tuple[str, dict[str, str]]] = reply[0][1]  # type: ignore[index,assignment]
             if len(entries) == BATCH and not await self._exists(redis, last_id):
                 return
             for entry_id, fields in entries:

@@ -17,8 +17,15 @@ from shoal.store.watch import View, Watcher
 
 def endpoint(n: int, state: str = "ready") -> Endpoint:
     """An instance record for tests."""
-    return Endpoint(id=f"i{n}", service="hello", revision="v1", node="n1",
-                    address="127.0.0.1", port=9000 + n, state=state)  # type: ignore[arg-type]
+    return Endpoint(
+        id=f"i{n}",
+        service="hello",
+        revision="v1",
+        node="n1",
+        address="127.0.0.1",
+        port=9000 + n,
+        state=state,
+    )  # type: ignore[arg-type]
 
 
 async def until(views: list[View], cond: Callable[[View], bool], timeout: float = 5.0) -> View:
@@ -34,13 +41,16 @@ async def until(views: list[View], cond: Callable[[View], bool], timeout: float 
 async def test_write_is_atomic_and_bumps_one_revision(redis: Redis, keys: Keys) -> None:
     """All changes of one write land together under a single new revision."""
     store = ConfigStore(redis, keys)
-    rev = await store.write([Change("VirtualService", "a", {"x": 1}),
-                             Change("VirtualService", "b", {"x": 2})])
+    rev = await store.write(
+        [Change("VirtualService", "a", {"x": 1}), Change("VirtualService", "b", {"x": 2})]
+    )
     assert rev == 1
     assert await store.list("VirtualService") == {"a": {"x": 1}, "b": {"x": 2}}
     entries = await redis.xrange(keys.changes)
     assert [(e[1]["rev"], e[1]["name"], e[1]["op"]) for e in entries] == [
-        ("1", "a", "put"), ("1", "b", "put")]
+        ("1", "a", "put"),
+        ("1", "b", "put"),
+    ]
 
 
 async def test_identical_write_changes_nothing(redis: Redis, keys: Keys) -> None:
@@ -81,8 +91,7 @@ async def test_prune_removes_only_expired(redis: Redis, keys: Keys) -> None:
     assert [e.id for e in await reg.instances()] == ["i2"]
 
 
-async def test_watcher_sees_snapshot_then_changes(redis_url: str, redis: Redis,
-                                                  keys: Keys) -> None:
+async def test_watcher_sees_snapshot_then_changes(redis_url: str, redis: Redis, keys: Keys) -> None:
     """A watcher first gets what exists, then every later config and registry change."""
     store, reg = ConfigStore(redis, keys), Registry(redis, keys)
     await store.write([Change("VirtualService", "a", {"x": 1})])
@@ -93,8 +102,9 @@ async def test_watcher_sees_snapshot_then_changes(redis_url: str, redis: Redis,
         await until(views, lambda v: "a" in v.documents("VirtualService"))
         await store.write([Change("VirtualService", "b", {"x": 2})])
         await reg.put_instances([endpoint(1)], ttl=5)
-        v = await until(views, lambda v: "b" in v.documents("VirtualService")
-                        and "hello/i1" in v.instances)
+        v = await until(
+            views, lambda v: "b" in v.documents("VirtualService") and "hello/i1" in v.instances
+        )
         assert v.revision == 2
         await reg.remove_instances(["hello/i1"])
         await until(views, lambda v: not v.instances)

@@ -1,0 +1,311 @@
+"""The ``shoal`` command. Thin: parse flags, call one function, render.
+
+Errors are one line on stderr and a non-zero exit code (the ``ShoalError`` tree's), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+
+from shoal.cli import render
+from shoal.errors import ShoalError, UserError
+from shoal.platform import settings
+from shoal.platform.client import Client
+from shoal.platform.resources import load_files
+from shoal.store.connection import connect, redacted
+from shoal.store.keys import Keys
+
+app = typer.Typer(
+    help="Shoal: a gateway and service mesh that runs your services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        help="Store URL (redis://, rediss://). Default: $SHOAL_REDIS_URL, "
+        "else the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
+    ),
+]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table, json or yaml")]
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
+
+
+def fail(e: ShoalError) -> typer.Exit:
+    """Print one line for ``e`` and give the exit to raise."""
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(e.exit_code)
+
+
+def with_client(redis_flag: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect to the store, run ``fn`` with a client, close; errors become one line."""
+
+    async def go() -> T:
+        url = settings.redis_url(redis_flag)
+        redis = connect(url)
+        try:
+            return await fn(Client(redis, Keys(settings.key_prefix())))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ShoalError as e:
+        raise fail(e) from None
+
+
+def run_component(
+    coro: Callable[..., Coroutine[Any, Any, None]], redis_flag: str | None, name: str, **kwargs: Any
+) -> None:
+    """Run a long-lived component process until SIGTERM/SIGINT."""
+    from shoal.platform.process import run_process, setup_logging
+
+    setup_logging(name)
+    try:
+        url = settings.redis_url(redis_flag)
+    except ShoalError as e:
+        raise fail(e) from None
+
+    async def main(redis: Any, url: str, keys: Keys, stop: asyncio.Event) -> None:
+        await coro(redis, url, keys, stop=stop, **kwargs)
+
+    run_process(main, url, Keys(settings.key_prefix()))
+
+
+@app.command()
+def up(
+    example: Annotated[bool, typer.Option(help="Deploy the hello-world example.")] = False,
+    redis: RedisOpt = None,
+    port: Annotated[int, typer.Option(help="Gateway HTTP/1.1 + h2c port.")] = 8080,
+    mesh_port: Annotated[int, typer.Option(help="Node router port for instances.")] = 15001,
+) -> None:
+    """Start the platform on this host: Redis (embedded unless --redis), controller, node,
+    gateway. Ctrl-C stops everything cleanly.
+
+    Example: shoal up --example
+    """
+    from shoal.platform.supervisor import Supervisor
+
+    state = settings.state_dir()
+    sup = Supervisor(
+        state_dir=state,
+        redis_url=redis,
+        component_args={
+            "controller": [],
+            "node": ["--mesh-port", str(mesh_port)],
+            "gateway": ["--port", str(port)],
+        },
+        env={**os.environ, "SHOAL_HOME": str(state)},
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = sup.start()
+        typer.echo(f"store      {redacted(url)}  (state in {state})")
+        typer.echo(f"gateway    http://localhost:{port}  (HTTP/1.1 and h2c)")
+        typer.echo(f"logs       {state / 'logs'}")
+        if example:
+            resources = load_files(sorted(str(p) for p in EXAMPLE_DIR.glob("*.yaml")))
+            applied = with_client(url, lambda c: c.apply(resources, keep_existing=True))
+            typer.echo(f"example    {len(applied.changed)} resources applied, "
+                       f"{len(applied.unchanged)} already there (revision {applied.revision})")
+            typer.echo(
+                f"try        curl --http2-prior-knowledge -H 'Host: hello' localhost:{port}/"
+            )
+            typer.echo(f"           curl -H 'Host: world' localhost:{port}/")
+            typer.echo(f"           curl -H 'Host: hello' localhost:{port}/chain")
+        typer.echo("status     shoal status      (Ctrl-C stops everything)")
+        watcher = threading.Thread(target=sup.watch, args=(typer.echo,), daemon=True)
+        watcher.start()
+        stop.wait()
+        typer.echo("stopping: draining instances…")
+    except ShoalError as e:
+        sup.stop()
+        raise fail(e) from None
+    except typer.Exit:
+        sup.stop()
+        raise
+    sup.stop()
+    typer.echo("stopped")
+
+
+@app.command()
+def node(
+    redis: RedisOpt = None,
+    node_id: Annotated[str | None, typer.Option(help="Node id (default: host name).")] = None,
+    mesh_port: Annotated[int, typer.Option(help="Router port for local instances.")] = 15001,
+) -> None:
+    """Run a node (router + agent) on this host.
+
+    Example: shoal node --redis redis://10.0.0.5:6379
+    """
+    from shoal.platform.agent import default_node_id
+    from shoal.platform.node import run_node
+
+    run_component(
+        run_node,
+        redis,
+        "node",
+        node_id=node_id or default_node_id(),
+        state_dir=settings.state_dir(),
+        mesh_port=mesh_port,
+    )
+
+
+@app.command()
+def gateway(
+    redis: RedisOpt = None,
+    port: Annotated[int, typer.Option(help="HTTP/1.1 + h2c port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    tls_port: Annotated[int | None, typer.Option(help="TLS port (needs --cert/--key).")] = None,
+    cert: Annotated[str | None, typer.Option(help="PEM certificate chain.")] = None,
+    key: Annotated[str | None, typer.Option(help="PEM private key.")] = None,
+) -> None:
+    """Run the HTTP gateway.
+
+    Example: shoal gateway --port 8080 --tls-port 8443 --cert edge.pem --key edge.key
+    """
+    from shoal.gateway.server import GatewaySettings, run_gateway
+
+    if (cert is None) != (key is None) or (tls_port is not None and cert is None):
+        raise fail(UserError("--tls-port needs both --cert and --key"))
+    gs = GatewaySettings(
+        host=host, port=port, tls_port=tls_port if cert else None, certfile=cert, keyfile=key
+    )
+    run_component(run_gateway, redis, "gateway", settings=gs)
+
+
+@app.command()
+def controller(redis: RedisOpt = None) -> None:
+    """Run a controller (one leads; others stand by).
+
+    Example: shoal controller --redis redis://10.0.0.5:6379
+    """
+    from shoal.platform.controller import run_controller
+
+    run_component(run_controller, redis, "controller")
+
+
+@app.command()
+def apply(
+    file: Annotated[list[str], typer.Option("-f", "--file", help="Manifest file(s); - is stdin.")],
+    redis: RedisOpt = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every proxy applied it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 30.0,
+) -> None:
+    """Validate and apply manifests: all documents land together, or none do.
+
+    Example: shoal apply -f deploy/examples/hello-world/hello.yaml
+    """
+    try:
+        resources = load_files(file)
+    except ShoalError as e:
+        raise fail(e) from None
+
+    async def go(c: Client) -> tuple[Any, dict[str, int]]:
+        applied = await c.apply(resources)
+        lagging = await c.wait_applied(applied.revision, timeout) if wait else {}
+        return applied, lagging
+
+    applied, lagging = with_client(redis, go)
+    render.applied(applied)
+    if lagging:
+        raise fail(
+            ShoalError(
+                "not applied yet by: "
+                + ", ".join(f"{c} (at {r})" for c, r in sorted(lagging.items()))
+            )
+        )
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="service, virtualservice (vs), destinationrule (dr)")],
+    name: Annotated[str | None, typer.Argument()] = None,
+    redis: RedisOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Show stored resources.
+
+    Example: shoal get vs hello -o yaml
+    """
+    docs = with_client(redis, lambda c: c.get(kind, name))
+    if output == "json":
+        typer.echo(json.dumps(docs, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
+    else:
+        render.documents(docs)
+
+
+@app.command()
+def delete(
+    kind: Annotated[str, typer.Argument(help="service, virtualservice (vs), destinationrule (dr)")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Name (a Service name deletes all revisions; NAME/REVISION deletes one)."
+        ),
+    ],
+    redis: RedisOpt = None,
+) -> None:
+    """Delete a resource.
+
+    Example: shoal delete service world
+    """
+    revision = with_client(redis, lambda c: c.delete(kind, name))
+    typer.echo(f"deleted {kind} {name} (revision {revision})")
+
+
+@app.command()
+def weights(
+    service: Annotated[str, typer.Argument()],
+    split: Annotated[list[str], typer.Argument(help="SUBSET=WEIGHT pairs summing to 100")],
+    redis: RedisOpt = None,
+) -> None:
+    """Split a service's traffic between subsets (edits its VirtualService).
+
+    Example: shoal weights hello v1=80 v2=20
+    """
+    vs, revision = with_client(redis, lambda c: c.weights(service, split))
+    parts = ", ".join(f"{d.destination.subset}={d.weight}" for d in vs.http[-1].route)
+    typer.echo(f"VirtualService {vs.name}: {service} → {parts} (revision {revision})")
+
+
+@app.command()
+def status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
+    """Nodes, services and instances with revision, node, address, pid and state.
+
+    Example: shoal status -o json
+    """
+    st = with_client(redis, lambda c: c.status())
+    if output == "json":
+        typer.echo(json.dumps(render.status_dict(st), indent=2))
+    else:
+        render.status(st)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,109 @@
+"""Human output of the CLI: rich tables. Scripts use ``-o json``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from shoal.platform.client import Applied, Status
+
+console = Console(highlight=False, soft_wrap=True)
+
+STATE_STYLE = {"ready": "green", "starting": "yellow", "draining": "cyan", "unhealthy": "red"}
+
+
+def applied(a: Applied) -> None:
+    """What an apply changed."""
+    for label in a.changed:
+        console.print(f"{label} applied")
+    for label in a.unchanged:
+        console.print(f"{label} unchanged")
+    console.print(f"revision {a.revision}")
+
+
+def documents(docs: list[dict[str, Any]]) -> None:
+    """A table of stored documents: kind, name, and a one-line summary."""
+    table = Table(box=None, pad_edge=False)
+    for col in ("KIND", "NAME", "SUMMARY"):
+        table.add_column(col)
+    for d in docs:
+        spec = d.get("spec", {})
+        name = d["metadata"]["name"]
+        if d["kind"] == "Service":
+            name = f"{name}/{spec.get('revision', '')}"
+            summary = f"app={spec['app']}" if "app" in spec else f"command={spec.get('command')}"
+        elif d["kind"] == "VirtualService":
+            summary = f"hosts={','.join(spec.get('hosts', []))} rules={len(spec.get('http', []))}"
+        else:
+            subsets = ",".join(s["name"] for s in spec.get("subsets", []))
+            summary = f"host={spec.get('host')} subsets={subsets or '-'}"
+        table.add_row(d["kind"], name, summary)
+    console.print(table)
+
+
+def status_dict(st: Status) -> dict[str, Any]:
+    """The status as plain data, for ``-o json``."""
+    return {
+        "revision": st.revision,
+        "nodes": st.nodes,
+        "services": [
+            {"name": s.name, "revision": s.revision, "min": s.scale.min, "max": s.scale.max}
+            for s in st.services
+        ],
+        "instances": [
+            {
+                "service": e.service,
+                "revision": e.revision,
+                "id": e.id,
+                "node": e.node,
+                "address": e.authority,
+                "pid": e.pid,
+                "state": e.state,
+            }
+            for e in st.instances
+        ],
+        "proxies": st.acks,
+    }
+
+
+def status(st: Status) -> None:
+    """Nodes, services and instances as tables."""
+    nodes = Table(title="nodes", title_justify="left", box=None, pad_edge=False)
+    for col in ("NODE", "MESH", "HOST", "PID"):
+        nodes.add_column(col)
+    for node_id, rec in st.nodes.items():
+        nodes.add_row(
+            node_id, str(rec.get("mesh", "")), str(rec.get("host", "")), str(rec.get("pid", ""))
+        )
+    console.print(nodes)
+
+    ready = Counter((e.service, e.revision) for e in st.instances if e.state == "ready")
+    services = Table(title="\nservices", title_justify="left", box=None, pad_edge=False)
+    for col in ("SERVICE", "REVISION", "READY", "MIN", "MAX"):
+        services.add_column(col)
+    for s in st.services:
+        services.add_row(
+            s.name, s.revision, str(ready[(s.name, s.revision)]), str(s.scale.min), str(s.scale.max)
+        )
+    console.print(services)
+
+    instances = Table(title="\ninstances", title_justify="left", box=None, pad_edge=False)
+    for col in ("SERVICE", "REVISION", "INSTANCE", "NODE", "ADDRESS", "PID", "STATE"):
+        instances.add_column(col)
+    for e in st.instances:
+        style = STATE_STYLE.get(e.state, "")
+        instances.add_row(
+            e.service,
+            e.revision,
+            e.id,
+            e.node,
+            e.authority,
+            str(e.pid or "-"),
+            f"[{style}]{e.state}[/{style}]",
+        )
+    console.print(instances)
+    proxies = ", ".join(f"{c}@{r}" for c, r in sorted(st.acks.items())) or "none"
+    console.print(f"\nconfig revision {st.revision}; proxies applied: {proxies}")

@@ -1,0 +1,94 @@
+"""The node router: the hop every east-west call takes, off hypercorn for speed.
+
+For now it serves one outbound listener on loopback that local instances call (their
+``SHOAL_MESH_URL``); it routes by Host exactly like the gateway and forwards to the chosen
+instance. It runs on aiohttp's low-level server (C HTTP parser, no framework), chosen over
+hypercorn because this hop is paid twice per east-west call (DESIGN.md §4); ``bench/`` measures
+it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from shoal.mesh.headers import end_to_end, expects_body, request_headers
+from shoal.mesh.proxy import Proxy, Refusal
+from shoal.mesh.upstream import UpstreamError, Upstreams
+
+log = logging.getLogger(__name__)
+
+
+def _refusal(status: int, cause: str, message: str) -> web.Response:
+    return web.Response(
+        status=status, text=f"{cause}: {message}\n", headers={"x-shoal-cause": cause}
+    )
+
+
+class Router:
+    """Routes and forwards requests arriving on a node's mesh listener."""
+
+    def __init__(self, proxy: Proxy, upstreams: Upstreams) -> None:
+        self.proxy = proxy
+        self.upstreams = upstreams
+        self._server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Forward one request."""
+        raw = [(bytes(n).lower(), bytes(v)) for n, v in request.raw_headers]
+        fields = {n.decode("latin-1"): v.decode("latin-1") for n, v in raw}
+        decision = self.proxy.decide(fields.get("host", ""), request.method, request.path, fields)
+        if isinstance(decision, Refusal):
+            return _refusal(decision.status, decision.cause, decision.message)
+        target = (
+            decision.path if decision.path != request.path else request.raw_path.split("?", 1)[0]
+        )
+        if request.query_string:
+            target += "?" + request.query_string
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        headers = request_headers(raw, fields, peer[0] if peer else None, "http")
+        body = request.content.iter_any() if expects_body(request.method, fields, False) else None
+        endpoint, balancer = decision.endpoint, decision.balancer
+        balancer.on_start(endpoint)
+        try:
+            try:
+                upstream = await self.upstreams.request(
+                    endpoint, request.method, target, headers, body, decision.match.route.timeout
+                )
+            except UpstreamError as e:
+                return _refusal(e.status, e.cause, str(e))
+            response = web.StreamResponse(status=upstream.status)
+            for name, value in end_to_end(upstream.headers):
+                response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+            await response.prepare(request)
+            complete = False
+            try:
+                async for chunk in upstream.chunks():
+                    await response.write(chunk)
+                complete = True
+            finally:
+                if complete:
+                    await response.write_eof()
+                else:
+                    upstream.close()
+            return response
+        finally:
+            balancer.on_finish(endpoint)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen; return the bound port."""
+        server = web.Server(self.handle, handler_cancellation=True, access_log=None)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(server, host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close the upstream pool."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self.upstreams.close()

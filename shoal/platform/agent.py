@@ -1,0 +1,182 @@
+"""The node agent: runs the instances placed on this node and keeps the registry told.
+
+It watches its node's ``Placement`` (desired instances per revision, written by the controller)
+and the ``Service`` documents; a reconcile loop turns the difference into slot starts and drains
+(:func:`shoal.platform.reconcile.plan`). A heartbeat loop re-asserts every instance record and
+the node record with short leases, at once when a slot changes state and every second
+otherwise, so a Redis restart never leaves the registry empty for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ShoalError, StoreError
+from shoal.platform.instance import InstanceSlot
+from shoal.platform.model import Service
+from shoal.platform.reconcile import Slot, plan
+from shoal.platform.resources import parse_document
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
+
+log = logging.getLogger(__name__)
+
+PLACEMENT = "Placement"
+HEARTBEAT_EVERY = 1.0
+LEASE_TTL = 5.0
+
+
+def default_node_id() -> str:
+    """This host's name: a node id that stays the same across restarts."""
+    return socket.gethostname().split(".")[0] or "node"
+
+
+def desired_for(view: View, node_id: str) -> dict[str, int]:
+    """The instances per ``service/revision`` the controller placed on ``node_id``."""
+    doc = view.documents(PLACEMENT).get(node_id) or {}
+    return {k: int(v) for k, v in (doc.get("revisions") or {}).items()}
+
+
+class Agent:
+    """Supervises this node's instance slots and their registry records."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        url: str,
+        keys: Keys,
+        *,
+        node_id: str,
+        mesh_url: str,
+        log_dir: Path,
+        node_record: dict[str, Any] | None = None,
+        drain_delay: float = 1.0,
+        grace: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.mesh_url = mesh_url
+        self.log_dir = log_dir
+        self.registry = Registry(redis, keys)
+        self.watcher = Watcher(url, keys, ["Service", PLACEMENT])
+        self.slots: dict[str, InstanceSlot] = {}
+        self.node_record = {"pid": os.getpid(), "host": socket.gethostname(), **(node_record or {})}
+        self.drain_delay = drain_delay
+        self.grace = grace
+        self.rng = rng or random.Random()
+        self._services: dict[str, Service] = {}
+        self._desired: dict[str, int] = {}
+        self._dirty = asyncio.Event()
+        self._registry_dirty = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._removed: set[str] = set()
+
+    def _on_view(self, view: View) -> None:
+        services: dict[str, Service] = {}
+        for key, doc in view.documents("Service").items():
+            try:
+                resource = parse_document(doc)
+            except ShoalError as e:
+                log.error("ignoring stored Service %s: %s", key, e)
+                continue
+            if isinstance(resource, Service):
+                services[key] = resource
+        self._services = services
+        self._desired = {k: n for k, n in desired_for(view, self.node_id).items() if k in services}
+        self._dirty.set()
+
+    def _slot_changed(self) -> None:
+        self._registry_dirty.set()
+
+    def _reconcile(self) -> None:
+        slots = [
+            Slot(id=s.id, revision_key=s.revision_key, state=s.state, started=s.created)
+            for s in self.slots.values()
+        ]
+        p = plan(self._desired, slots)
+        for rev, count in p.start:
+            for _ in range(count):
+                slot = InstanceSlot(
+                    self._services[rev],
+                    node=self.node_id,
+                    mesh_url=self.mesh_url,
+                    log_dir=self.log_dir,
+                    on_change=self._slot_changed,
+                    rng=self.rng,
+                )
+                self.slots[slot.id] = slot
+                self._spawn(slot.run())
+                log.info("starting %s instance %s", rev, slot.id)
+        for slot_id in p.stop:
+            self._spawn(self._drain(self.slots[slot_id]))
+
+    async def _drain(self, slot: InstanceSlot) -> None:
+        log.info("draining %s instance %s", slot.revision_key, slot.id)
+        await slot.stop(drain_delay=self.drain_delay, grace=self.grace)
+        self.slots.pop(slot.id, None)
+        ep = slot.endpoint()
+        if ep is not None:
+            self._removed.add(ep.key)
+        self._registry_dirty.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeat_once(self) -> None:
+        endpoints = [ep for s in self.slots.values() if (ep := s.endpoint()) is not None]
+        await self.registry.put_instances(endpoints, ttl=LEASE_TTL)
+        if self._removed:
+            removed = sorted(self._removed)
+            await self.registry.remove_instances(removed)
+            self._removed.difference_update(removed)
+        await self.registry.put_node(self.node_id, self.node_record, ttl=LEASE_TTL)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            self._registry_dirty.clear()
+            try:
+                await self._heartbeat_once()
+            except StoreError as e:
+                log.warning("heartbeat failed: %s", e)
+            try:
+                await asyncio.wait_for(self._registry_dirty.wait(), HEARTBEAT_EVERY)
+            except TimeoutError:
+                pass
+
+    async def _reconciler(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._reconcile()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain every instance and deregister."""
+        loops = [
+            asyncio.ensure_future(c)
+            for c in (self.watcher.run(self._on_view), self._reconciler(), self._heartbeats())
+        ]
+        try:
+            await stop.wait()
+        finally:
+            loops[0].cancel()
+            loops[1].cancel()
+            await asyncio.gather(
+                *(self._drain(s) for s in list(self.slots.values())), return_exceptions=True
+            )
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            loops[2].cancel()
+            try:
+                await self._heartbeat_once()
+                await self.registry.remove_node(self.node_id)
+            except StoreError as e:
+                log.warning("could not deregister on shutdown: %s", e)

@@ -1,0 +1,154 @@
+"""What the CLI's commands do, against one store: apply, get, delete, weights, status.
+
+The CLI parses flags, calls one method here and renders the result; everything that talks to
+Redis or decides something lives here or below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.errors import NotFoundError, UserError
+from shoal.mesh.endpoint import Endpoint
+from shoal.platform.model import KINDS, DestinationRule, Resource, Service, VirtualService
+from shoal.platform.resources import parse_document, to_document
+from shoal.platform.weights import find_rule, find_virtual_service, parse_weights, set_weights
+from shoal.store.acks import live_acks
+from shoal.store.config import Change, ConfigStore, encode
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from shoal.store.registry import Registry
+
+KIND_ALIASES = {
+    "service": "Service",
+    "services": "Service",
+    "svc": "Service",
+    "virtualservice": "VirtualService",
+    "virtualservices": "VirtualService",
+    "vs": "VirtualService",
+    "destinationrule": "DestinationRule",
+    "destinationrules": "DestinationRule",
+    "dr": "DestinationRule",
+}
+
+
+def kind_of(name: str) -> str:
+    """The resource kind a user typed (any case, plural or short form)."""
+    kind = KIND_ALIASES.get(name.lower())
+    if kind is None:
+        raise UserError(f"unknown kind {name!r}: use one of {', '.join(KINDS)}")
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of an apply: the revision, and what changed."""
+
+    revision: int
+    changed: list[str]
+    unchanged: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Nodes, services and instances, as the registry and config hold them now."""
+
+    revision: int
+    nodes: dict[str, dict[str, Any]]
+    services: list[Service]
+    instances: list[Endpoint]
+    acks: dict[str, int] = field(default_factory=dict)
+
+
+class Client:
+    """Operations on one Shoal store."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = ConfigStore(redis, keys)
+        self.registry = Registry(redis, keys)
+
+    async def apply(self, resources: list[Resource], *, keep_existing: bool = False) -> Applied:
+        """Store ``resources`` atomically. A Service revision's spec cannot change once stored.
+
+        With ``keep_existing``, resources already stored are left as they are (how ``shoal up
+        --example`` deploys the example without undoing the user's later edits).
+        """
+        changes: list[Change] = []
+        changed: list[str] = []
+        unchanged: list[str] = []
+        for r in resources:
+            doc = to_document(r)
+            label = f"{r.kind}/{r.key}"
+            existing = await self.config.get(r.kind, r.key)
+            if existing is not None and (keep_existing or encode(existing) == encode(doc)):
+                unchanged.append(label)
+                continue
+            if existing is not None and isinstance(r, Service):
+                raise UserError(
+                    f"Service {r.name} revision {r.revision} already exists with another spec; "
+                    "revisions are immutable: set a new spec.revision, or omit it to name the "
+                    "revision by the spec's hash"
+                )
+            changes.append(Change(r.kind, r.key, doc))
+            changed.append(label)
+        revision = await self.config.write(changes) if changes else await self.config.revision()
+        return Applied(revision=revision, changed=changed, unchanged=unchanged)
+
+    async def get(self, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Stored documents of ``kind`` (a Service name gives all its revisions)."""
+        kind = kind_of(kind)
+        docs = await self.config.list(kind)
+        if name is None:
+            return list(docs.values())
+        found = [d for k, d in docs.items() if k == name or k.split("/")[0] == name]
+        if not found:
+            raise NotFoundError(f"{kind} {name} not found")
+        return found
+
+    async def delete(self, kind: str, name: str) -> int:
+        """Delete a resource (a Service name deletes all its revisions); return the revision."""
+        kind = kind_of(kind)
+        keys = [k for k in await self.config.list(kind) if k == name or k.split("/")[0] == name]
+        if not keys:
+            raise NotFoundError(f"{kind} {name} not found")
+        return await self.config.write([Change(kind, k, None) for k in keys])
+
+    async def _resources(self, kind: str) -> list[Any]:
+        return [parse_document(d) for d in (await self.config.list(kind)).values()]
+
+    async def weights(self, service: str, pairs: list[str]) -> tuple[VirtualService, int]:
+        """Split ``service``'s traffic between subsets; return the new VirtualService."""
+        weights = parse_weights(pairs)
+        vss: list[VirtualService] = await self._resources("VirtualService")
+        rules: list[DestinationRule] = await self._resources("DestinationRule")
+        vs = set_weights(
+            service, weights, find_virtual_service(service, vss), find_rule(service, rules)
+        )
+        applied = await self.apply([vs])
+        return vs, applied.revision
+
+    async def status(self) -> Status:
+        """What runs where."""
+        services = [s for s in await self._resources("Service") if isinstance(s, Service)]
+        return Status(
+            revision=await self.config.revision(),
+            nodes=await self.registry.nodes(),
+            services=services,
+            instances=await self.registry.instances(),
+            acks=await live_acks(self.redis, self.keys),
+        )
+
+    async def wait_applied(self, revision: int, timeout: float) -> dict[str, int]:
+        """Wait until every live proxy has applied ``revision``; return the laggards."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            lagging = {
+                c: r for c, r in (await live_acks(self.redis, self.keys)).items() if r < revision
+            }
+            if not lagging or asyncio.get_running_loop().time() >= deadline:
+                return lagging
+            await asyncio.sleep(0.05)

@@ -1,0 +1,142 @@
+"""The controller: places instances on nodes and prunes expired leases, while it leads.
+
+Several controllers may run; one leads through a Redis lease (``SET NX PX``, renewed by a script
+that only extends the holder's own lease). A controller that cannot renew stops acting at once.
+While leading it turns each ``Service`` revision's ``scale.min`` into ``Placement`` documents
+(one per live node, :func:`shoal.platform.scheduler.place`) and removes expired registry entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from shoal.errors import ShoalError, StoreError
+from shoal.platform.agent import PLACEMENT
+from shoal.platform.model import Service
+from shoal.platform.resources import parse_document
+from shoal.platform.scheduler import Placements, place
+from shoal.store.config import Change, ConfigStore
+from shoal.store.connection import Redis, translated
+from shoal.store.keys import Keys
+from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 5_000
+TICK = 1.0
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+def wanted_instances(view: View) -> dict[str, int]:
+    """Instances wanted per ``service/revision``: each revision's ``scale.min``."""
+    wanted: dict[str, int] = {}
+    for key, doc in view.documents("Service").items():
+        try:
+            service = parse_document(doc)
+        except ShoalError as e:
+            log.error("ignoring stored Service %s: %s", key, e)
+            continue
+        if isinstance(service, Service):
+            wanted[service.key] = service.scale.min
+    return wanted
+
+
+def placement_changes(view: View) -> list[Change]:
+    """The Placement writes that bring the stored placements to the wanted ones."""
+    current = {
+        node: dict(doc.get("revisions") or {}) for node, doc in view.documents(PLACEMENT).items()
+    }
+    placed: Placements = place(wanted_instances(view), view.nodes.keys(), current)
+    changes = [
+        Change(PLACEMENT, node, {"revisions": revs})
+        for node, revs in placed.items()
+        if current.get(node) != revs
+    ]
+    changes += [Change(PLACEMENT, node, None) for node in current if node not in placed]
+    return changes
+
+
+class Controller:
+    """Leader-elected control loop over one store."""
+
+    def __init__(self, redis: Redis, url: str, keys: Keys, *, id: str | None = None) -> None:
+        self.id = id or uuid.uuid4().hex[:8]
+        self.redis = redis
+        self.keys = keys
+        self.config = ConfigStore(redis, keys)
+        self.registry = Registry(redis, keys)
+        self.watcher = Watcher(url, keys, ["Service", PLACEMENT])
+        self.leading = False
+        self._renew = redis.register_script(_RENEW)
+        self._view = View()
+        self._dirty = asyncio.Event()
+
+    def _on_view(self, view: View) -> None:
+        self._view = view
+        self._dirty.set()
+
+    async def _renew_lease(self) -> bool:
+        async with translated("renewing the leader lease"):
+            held = await self._renew(keys=[self.keys.leader], args=[self.id, LEASE_MS])
+        return bool(held)
+
+    async def tick(self) -> None:
+        """One round: renew the lease; if leading, place instances and prune leases."""
+        try:
+            leading = await self._renew_lease()
+        except StoreError as e:
+            log.warning("lost the store, standing by: %s", e)
+            leading = False
+        if leading != self.leading:
+            log.info("controller %s %s", self.id, "leads" if leading else "stands by")
+            self.leading = leading
+        if not leading:
+            return
+        changes = placement_changes(self._view)
+        if changes:
+            await self.config.write(changes)
+        pruned = await self.registry.prune()
+        if pruned:
+            log.info("pruned expired leases: %s", ", ".join(pruned))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run ticks on every change and every second, until ``stop``; then release the lease."""
+        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except StoreError as e:
+                    log.warning("controller tick failed: %s", e)
+                waiters: list[Any] = [
+                    asyncio.ensure_future(self._dirty.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                self._dirty.clear()
+        finally:
+            watch.cancel()
+            if self.leading:
+                try:
+                    async with translated("releasing the leader lease"):
+                        if await self.redis.get(self.keys.leader) == self.id:
+                            await self.redis.delete(self.keys.leader)
+                except StoreError:
+                    pass
+
+
+async def run_controller(redis: Redis, url: str, keys: Keys, *, stop: asyncio.Event) -> None:
+    """The ``shoal controller`` process body."""
+    await Controller(redis, url, keys).run(stop)

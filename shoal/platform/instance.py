@@ -1,0 +1,199 @@
+"""One instance slot on a node: spawn the process, wait for health, restart crashes, drain.
+
+Theory of operation — a slot cycles through these states, and every change is reported through
+``on_change`` so the agent writes it to the registry at once:
+
+    starting ──health ok──► ready ──process exits──► unhealthy ──backoff──► starting …
+        │                     │
+        └──── stop() ─────────┴──► draining ──(proxies told; SIGTERM; grace; SIGKILL)──► gone
+
+A slot keeps its id across restarts; each restart gets a new loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.mesh.endpoint import Endpoint, InstanceState
+from shoal.platform.model import Service
+from shoal.platform.probe import probe
+from shoal.platform.reconcile import restart_delay
+from shoal.store.embedded import free_port
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0
+PROBE_EVERY = 0.02
+
+
+class InstanceSlot:
+    """Runs one instance of ``service`` until stopped; restarts it when it crashes."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        node: str,
+        mesh_url: str,
+        log_dir: Path,
+        on_change: Callable[[], None],
+        rng: random.Random,
+    ) -> None:
+        self.service = service
+        self.id = uuid.uuid4().hex[:8]
+        self.node = node
+        self.mesh_url = mesh_url
+        self.log_dir = log_dir
+        self.on_change = on_change
+        self.rng = rng
+        self.created = time.monotonic()
+        self.state: InstanceState = "starting"
+        self.port = 0
+        self.pid: int | None = None
+        self.restarts = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def revision_key(self) -> str:
+        """``service/revision`` of what this slot runs."""
+        return self.service.key
+
+    def endpoint(self) -> Endpoint | None:
+        """The registry record of this slot, or None before its first port is chosen."""
+        if not self.port:
+            return None
+        return Endpoint(
+            id=self.id,
+            service=self.service.name,
+            revision=self.service.revision,
+            node=self.node,
+            address="127.0.0.1",
+            port=self.port,
+            labels=tuple(sorted(self.service.instance_labels().items())),
+            weight=self.service.weight,
+            state=self.state,
+            pid=self.pid,
+        )
+
+    def _set(self, state: InstanceState) -> None:
+        if state != self.state:
+            self.state = state
+            self.on_change()
+
+    def _argv(self) -> list[str]:
+        s = self.service
+        if s.app is not None:
+            argv = [sys.executable, "-m", "shoal.platform.runtime", s.app, "--port", str(self.port)]
+            return argv + (["--workdir", s.workdir] if s.workdir else [])
+        assert s.command is not None
+        port = str(self.port)
+        return [a.replace("${PORT}", port).replace("$PORT", port) for a in s.command]
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            **dict(self.service.env),
+            "PORT": str(self.port),
+            "SHOAL_SERVICE": self.service.name,
+            "SHOAL_REVISION": self.service.revision,
+            "SHOAL_INSTANCE": self.id,
+            "SHOAL_MESH_URL": self.mesh_url,
+        }
+
+    async def run(self) -> None:
+        """Keep an instance running until :meth:`stop`; returns once stopped."""
+        failures = 0
+        while not self._stopping.is_set():
+            healthy = await self._run_once()
+            if self._stopping.is_set():
+                break
+            failures = 0 if healthy else failures + 1
+            self.restarts += 1
+            self._set("unhealthy")
+            delay = restart_delay(max(1, failures), self.rng)
+            log.warning("%s/%s exited; restarting in %.2fs", self.service.key, self.id, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _run_once(self) -> bool:
+        """Start the process, mark it ready when healthy, wait for it to exit.
+
+        Returns whether it had become ready (a crash loop before ready backs off harder).
+        """
+        self.port = free_port()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile = self.log_dir / f"{self.service.name}-{self.service.revision}-{self.id}.log"
+        with logfile.open("ab") as out:
+            try:
+                self._process = await asyncio.create_subprocess_exec(
+                    *self._argv(),
+                    env=self._env(),
+                    cwd=self.service.workdir or None,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                log.error("%s: cannot start %s: %s", self.service.key, self._argv()[0], e)
+                return False
+        self.pid = self._process.pid
+        self._set("starting")
+        self.on_change()  # the new port and pid
+        exited = asyncio.ensure_future(self._process.wait())
+        try:
+            ready = await self._wait_ready(exited)
+            if ready:
+                self._set("ready")
+            await asyncio.wait(
+                [exited, asyncio.ensure_future(self._stopping.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            return ready
+        finally:
+            if not exited.done() and not self._stopping.is_set():
+                exited.cancel()
+
+    async def _wait_ready(self, exited: asyncio.Future[int]) -> bool:
+        health = self.service.health
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline and not exited.done() and not self._stopping.is_set():
+            if await probe("127.0.0.1", self.port, health.path, timeout=health.timeout):
+                return True
+            await asyncio.sleep(PROBE_EVERY)
+        if not exited.done():
+            self._signal(signal.SIGKILL)
+        return False
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the current process (tests and drills); the slot restarts it."""
+        self._signal(signal.SIGKILL)
+
+    async def stop(self, *, drain_delay: float, grace: float) -> None:
+        """Drain: announce draining, let proxies stop sending, SIGTERM, wait, SIGKILL."""
+        self._stopping.set()
+        self._set("draining")
+        if self._process is not None and self._process.returncode is None:
+            await asyncio.sleep(drain_delay)
+            self._signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._process.wait(), grace)
+            except TimeoutError:
+                self._signal(signal.SIGKILL)
+                await self._process.wait()

@@ -1,0 +1,49 @@
+"""How every long-running Shoal process starts and stops: uvloop, logging, signals, store.
+
+SIGTERM or SIGINT sets the ``stop`` event that flows down to every loop of the process; the
+process then drains and exits cleanly (STYLE.md habit 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from shoal.store.connection import Redis, connect
+from shoal.store.keys import Keys
+
+Main = Callable[[Redis, str, Keys, asyncio.Event], Awaitable[None]]
+
+
+def setup_logging(name: str, level: int = logging.INFO) -> None:
+    """One line per event on stderr, named after the process."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve(main: Main, url: str, keys: Keys) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = connect(url)
+    try:
+        await main(redis, url, keys, stop)
+    finally:
+        await redis.aclose()
+
+
+def run_process(main: Main, url: str, keys: Keys) -> None:
+    """Run ``main`` on uvloop until SIGTERM/SIGINT."""
+    try:
+        import uvloop
+
+        uvloop.run(_serve(main, url, keys))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(_serve(main, url, keys))

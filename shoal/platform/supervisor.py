@@ -1,0 +1,127 @@
+"""``shoal up``: the embedded Redis, controller, node and gateway under one supervisor.
+
+Each component is its own OS process (``python -m shoal controller|node|gateway``) whose
+output goes to ``<state>/logs/<name>.log``; one that dies is restarted with backoff. SIGINT or
+SIGTERM stops them in order — gateway, node (which drains its instances), controller — and
+then Redis, which flushes its AOF on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.platform.reconcile import restart_delay
+from shoal.store.embedded import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Child:
+    """One supervised component process."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    failures: int = 0
+    restart_at: float = 0.0
+    started_at: float = 0.0
+
+    def start(self, env: dict[str, str]) -> None:
+        """Spawn the process, appending its output to its log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
+            )
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL."""
+        p = self.process
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@dataclass(slots=True)
+class Supervisor:
+    """Starts, watches and stops the platform's processes on this host."""
+
+    state_dir: Path
+    redis_url: str | None
+    component_args: dict[str, list[str]]
+    env: dict[str, str]
+    embedded: EmbeddedRedis | None = None
+    children: list[Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def start(self) -> str:
+        """Start Redis (unless a URL was given) and every component; return the store URL."""
+        url = self.redis_url
+        if url is None:
+            self.embedded = EmbeddedRedis(state_dir=self.state_dir)
+            url = self.embedded.start()
+        logs = self.state_dir / "logs"
+        for name, extra in self.component_args.items():
+            child = Child(
+                name,
+                [sys.executable, "-m", "shoal", name, "--redis", url, *extra],
+                logs / f"{name}.log",
+            )
+            child.start(self.env)
+            self.children.append(child)
+        return url
+
+    def watch(self, on_event: Callable[[str], None]) -> None:
+        """Restart children that die, until :meth:`stop` is called."""
+        while not self.stopping.wait(0.2):
+            now = time.monotonic()
+            for child in self.children:
+                p = child.process
+                if p is None or p.poll() is None:
+                    if p is not None and child.failures and now - child.started_at > 30:
+                        child.failures = 0
+                    continue
+                if child.restart_at == 0.0:
+                    child.failures += 1
+                    child.restart_at = now + restart_delay(child.failures, self.rng)
+                    on_event(
+                        f"{child.name} exited with code {p.returncode}; restarting "
+                        f"(see {child.log_path})"
+                    )
+                elif now >= child.restart_at:
+                    child.restart_at = 0.0
+                    child.start(self.env)
+
+    def stop(self) -> None:
+        """Stop components in order (gateway, node, controller), then Redis."""
+        self.stopping.set()
+        order = {"gateway": 0, "node": 1, "controller": 2}
+        for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
+            with contextlib.suppress(Exception):
+                child.stop(timeout=40.0 if child.name == "node" else 10.0)
+        if self.embedded is not None:
+            self.embedded.stop()

@@ -1,0 +1,80 @@
+"""Acks: each proxy records the config revision it has applied, with a liveness lease.
+
+``shoal apply --wait`` reads them (:func:`lagging`) to say when every live component has caught
+up, and which ones lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shoal.errors import StoreError
+from shoal.store.connection import Redis, translated
+from shoal.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+ACK_TTL_MS = 5_000
+ACK_EVERY = 1.0
+
+_ACK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')
+local out = {}
+for _, c in ipairs(live) do
+  table.insert(out, c)
+  table.insert(out, redis.call('HGET', KEYS[1], c) or '0')
+end
+return out
+"""
+
+
+class Acks:
+    """Publishes one component's applied revision: at once on change, and every second."""
+
+    def __init__(self, redis: Redis, keys: Keys, component: str) -> None:
+        self._keys = keys
+        self.component = component
+        self.revision = 0
+        self._changed = asyncio.Event()
+        self._ack = redis.register_script(_ACK)
+
+    def applied(self, revision: int) -> None:
+        """Note that ``revision`` is now in effect here."""
+        if revision != self.revision:
+            self.revision = revision
+            self._changed.set()
+
+    async def run(self) -> None:
+        """Keep the ack and its lease fresh, forever."""
+        while True:
+            self._changed.clear()
+            try:
+                async with translated("recording the applied revision"):
+                    await self._ack(
+                        keys=[self._keys.acks, self._keys.ack_leases],
+                        args=[self.component, self.revision, ACK_TTL_MS],
+                    )
+            except StoreError as e:
+                log.debug("ack not recorded: %s", e)
+            try:
+                await asyncio.wait_for(self._changed.wait(), ACK_EVERY)
+            except TimeoutError:
+                pass
+
+
+async def live_acks(redis: Redis, keys: Keys) -> dict[str, int]:
+    """Every live component and the revision it has applied."""
+    async with translated("reading acks"):
+        flat = await redis.eval(_LIVE, 2, keys.acks, keys.ack_leases)
+    return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -1,0 +1,203 @@
+"""``shoal up --example`` and the CLI as a user runs them: real processes, real ports."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
+
+import pytest
+
+from shoal.store.embedded import free_port
+
+
+@dataclass
+class Platform:
+    """A running ``shoal up`` and the environment to talk to it."""
+
+    home: Path
+    port: int
+    mesh_port: int
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for CLI calls: the same state dir."""
+        env = {k: v for k, v in os.environ.items() if k != "SHOAL_REDIS_URL"}
+        return {**env, "SHOAL_HOME": str(self.home)}
+
+    def start(self) -> None:
+        """Start ``shoal up --example`` and wait until it has printed its banner."""
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shoal",
+                "up",
+                "--example",
+                "--port",
+                str(self.port),
+                "--mesh-port",
+                str(self.mesh_port),
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("status"):
+                return
+        pytest.fail("shoal up exited before starting")
+
+    def stop(self) -> str:
+        """Ctrl-C, and the rest of its output."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=60)
+        return out
+
+    def shoal(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a CLI command against this platform."""
+        return subprocess.run(
+            [sys.executable, "-m", "shoal", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """``shoal status -o json``."""
+        result = self.shoal("status", "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def request(self, host: str, path: str = "/") -> tuple[int, dict[str, str], str]:
+        """One HTTP/1.1 request through the gateway."""
+        req = Request(f"http://127.0.0.1:{self.port}{path}", headers={"Host": host})
+        try:
+            with urlopen(req, timeout=10) as r:
+                return r.status, dict(r.headers), r.read().decode()
+        except HTTPError as e:
+            return e.code, dict(e.headers), e.read().decode()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``cond`` until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met in {timeout}s")
+        time.sleep(0.1)
+
+
+def ready_count(p: Platform) -> int:
+    """Ready instances in the registry."""
+    return sum(1 for i in p.status()["instances"] if i["state"] == "ready")
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    """``shoal up --example`` in a fresh state dir, stopped at the end."""
+    p = Platform(home=tmp_path / "home", port=free_port(), mesh_port=free_port())
+    p.start()
+    yield p
+    if p.process is not None and p.process.poll() is None:
+        p.stop()
+
+
+@pytest.mark.timeout(180)
+def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
+    """The quickstart: example served over h1 and h2c, weights, restarts, bad manifests,
+    error causes, and config surviving a restart."""
+    wait_for(lambda: ready_count(platform) == 4)
+    assert platform.request("hello")[2] == "Hello, World!\n"
+    assert platform.request("world")[2] == "World, Hello!\n"
+    assert platform.request("hello", "/chain")[2] == "World, Hello!\n"
+    h2 = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: hello",
+            "-w",
+            " %{http_version}",
+            f"http://127.0.0.1:{platform.port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert h2.stdout == "Hello, World!\n 2"
+
+    # weights: 80/20 within ±5 points, no failed request
+    result = platform.shoal("weights", "hello", "v1=80", "v2=20")
+    assert result.returncode == 0, result.stderr
+    revision = int(result.stdout.rsplit("revision ", 1)[1].rstrip(")\n"))
+    wait_for(lambda: min(platform.status()["proxies"].values()) >= revision)
+    versions = collections.Counter(
+        platform.request("hello")[1].get("x-version") for _ in range(1000)
+    )
+    assert set(versions) == {"v1", "v2"}
+    assert 0.75 <= versions["v1"] / 1000 <= 0.85
+
+    # kill -9 an instance: the agent restarts it under the same id
+    world = next(i for i in platform.status()["instances"] if i["service"] == "world")
+    os.kill(world["pid"], signal.SIGKILL)
+    wait_for(
+        lambda: any(
+            i["id"] == world["id"] and i["pid"] != world["pid"] and i["state"] == "ready"
+            for i in platform.status()["instances"]
+        )
+    )
+
+    # a file with one good and one bad document applies nothing
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: extra}\n"
+        "spec: {hosts: [extra], http: [{route: [{destination: {host: hello}}]}]}\n---\n"
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: broken}\n"
+        "spec: {hosts: [b], http: [{route: [{destination: {host: hello}, weight: abc}]}]}\n"
+    )
+    result = platform.shoal("apply", "-f", str(bad))
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message
+    for part in (str(bad), "document 1", "spec.http[0].route[0].weight", "abc"):
+        assert part in message
+    assert platform.shoal("get", "vs", "extra").returncode == 3
+
+    # a route to a service without instances, and an unknown host
+    svc = tmp_path / "idle.yaml"
+    svc.write_text(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: idle}\n"
+        "spec: {command: [sleep, '1000'], scale: {min: 0}}\n"
+    )
+    assert platform.shoal("apply", "-f", str(svc), "--wait").returncode == 0
+    status, headers, _ = platform.request("idle")
+    assert (status, headers["x-shoal-cause"]) == (503, "no_healthy_upstream")
+    status, headers, _ = platform.request("nowhere.example")
+    assert (status, headers["x-shoal-cause"]) == (404, "no_route")
+
+    # stop and start again: the applied config is still there
+    out = platform.stop()
+    assert "stopped" in out
+    platform.start()
+    got = platform.shoal("get", "vs", "hello", "-o", "json")
+    route = json.loads(got.stdout)[0]["spec"]["http"][0]["route"]
+    assert [r["weight"] for r in route] == [80, 20]
+    wait_for(lambda: ready_count(platform) == 4)
+    assert platform.request("hello")[0] == 200

@@ -1,0 +1,244 @@
+"""The gateway end to end in-process: real hypercorn, real Redis, real upstream servers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from shoal.gateway.server import GatewaySettings, run_gateway
+from shoal.platform.client import Client
+from shoal.platform.resources import parse_text
+from shoal.store.acks import live_acks
+from shoal.store.connection import Redis
+from shoal.store.embedded import free_port
+from shoal.store.keys import Keys
+from tests.support.backends import echo_backend
+
+ROUTES = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo, echo.example.com]
+  http:
+  - match: [{uri: {prefix: /v2}}]
+    route: [{destination: {host: echo, subset: v2}}]
+  - match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: echo, subset: v2}}]
+  - match: [{uri: {exact: /nobody}}]
+    route: [{destination: {host: echo, subset: v3}}]
+  - match: [{uri: {prefix: /slow}}]
+    timeout: 0.3s
+    route: [{destination: {host: echo, subset: v1}}]
+  - route:
+    - {destination: {host: echo, subset: v1}, weight: 100}
+"""
+
+
+@dataclass
+class Gateway:
+    """A running in-process gateway."""
+
+    port: int
+    client: Client
+
+    @property
+    def url(self) -> str:
+        """Its plaintext base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait until the gateway has applied the store's current config revision."""
+        revision = await self.client.config.revision()
+        async with asyncio.timeout(timeout):
+            while (await live_acks(self.client.redis, self.client.keys)).get(
+                "gateway", -1
+            ) < revision:
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def gateway(redis: Redis, redis_url: str, keys: Keys) -> AsyncIterator[Gateway]:
+    """A gateway served by hypercorn on a free port, following the test's key prefix."""
+    stop = asyncio.Event()
+    port = free_port()
+    task = asyncio.create_task(
+        run_gateway(
+            redis, redis_url, keys, settings=GatewaySettings(host="127.0.0.1", port=port), stop=stop
+        )
+    )
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            await asyncio.sleep(0.02)
+    gw = Gateway(port=port, client=Client(redis, keys))
+    yield gw
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def get(
+    gw: Gateway, path: str, host: str = "echo", **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through the gateway."""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.url + path, headers={"Host": host, **headers}) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+async def test_routes_by_host_and_match(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """Requests are routed by host, URI prefix and header to the right subset's instance."""
+    from shoal.store.registry import Registry
+
+    async with echo_backend("one") as one, echo_backend("two") as two:
+        await Registry(redis, keys).put_instances(
+            [one.endpoint("echo", "v1"), two.endpoint("echo", "v2")], ttl=60
+        )
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        assert (await get(gateway, "/"))[1]["x-backend"] == "one"
+        assert (await get(gateway, "/v2/x"))[1]["x-backend"] == "two"
+        assert (await get(gateway, "/", **{"x-canary": "yes"}))[1]["x-backend"] == "two"
+        assert (await get(gateway, "/", host="echo.example.com:8080"))[1]["x-backend"] == "one"
+
+
+async def test_forwards_path_query_and_headers(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """The upstream sees the raw path and query, x-forwarded-*, a request id, no hop-by-hop."""
+    from shoal.store.registry import Registry
+
+    async with echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        status, _, body = await get(
+            gateway,
+            "/a%20b?x=1&y=2",
+            **{"Connection": "keep-alive, x-secret", "x-secret": "s", "x-keep": "k"},
+        )
+        seen = json.loads(body)
+        assert status == 200
+        assert seen["path"] == "/a%20b?x=1&y=2"
+        assert seen["headers"]["x-keep"] == "k"
+        assert "x-secret" not in seen["headers"]
+        assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+        assert seen["headers"]["x-forwarded-proto"] == "http"
+        assert len(seen["headers"]["x-request-id"]) == 32
+        assert seen["headers"]["host"] == "echo"
+
+
+async def test_streams_request_body(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """A 1 MiB POST body reaches the upstream whole."""
+    from shoal.store.registry import Registry
+
+    async with echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                gateway.url + "/up", data=b"x" * (1 << 20), headers={"Host": "echo"}
+            ) as r:
+                assert json.loads(await r.read())["body_len"] == 1 << 20
+
+
+async def test_errors_carry_a_cause(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """Unknown host → 404 no_route; subset without instances → 503 no_healthy_upstream;
+    a slow upstream → 504 upstream_timeout; a dead instance → 503 upstream_connect_error."""
+    from shoal.store.registry import Registry
+
+    reg = Registry(redis, keys)
+    async with echo_backend(
+        "slow", delay=lambda r: 2.0 if r.path.startswith("/slow") else 0
+    ) as slow:
+        await reg.put_instances([slow.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        status, headers, _ = await get(gateway, "/", host="nope")
+        assert (status, headers["x-shoal-cause"]) == (404, "no_route")
+        status, headers, _ = await get(gateway, "/nobody")
+        assert (status, headers["x-shoal-cause"]) == (503, "no_healthy_upstream")
+        status, headers, _ = await get(gateway, "/slow")
+        assert (status, headers["x-shoal-cause"]) == (504, "upstream_timeout")
+    dead = slow.endpoint("echo", "v1")
+    await reg.put_instances([dead], ttl=60)
+    status, headers, _ = await get(gateway, "/")
+    assert (status, headers["x-shoal-cause"]) == (503, "upstream_connect_error")
+
+
+async def test_weights_split_without_failures(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """Changing weights under load splits traffic by the new ratio and fails no request."""
+    from shoal.store.registry import Registry
+
+    async with echo_backend("one") as one, echo_backend("two") as two:
+        await Registry(redis, keys).put_instances(
+            [one.endpoint("echo", "v1"), two.endpoint("echo", "v2")], ttl=60
+        )
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        seen: collections.Counter[object] = collections.Counter()
+        async with aiohttp.ClientSession() as s:
+
+            async def one_request() -> None:
+                async with s.get(gateway.url + "/", headers={"Host": "echo"}) as r:
+                    await r.read()
+                    seen[(r.status, r.headers.get("x-backend"))] += 1
+
+            changer = asyncio.create_task(gateway.client.weights("echo", ["v1=80", "v2=20"]))
+            for _ in range(10):  # traffic flows while the change lands
+                await asyncio.gather(*(one_request() for _ in range(20)))
+            await changer
+            await gateway.settle()
+            seen.clear()
+            for _ in range(50):
+                await asyncio.gather(*(one_request() for _ in range(20)))
+        assert sum(n for (status, _), n in seen.items() if status != 200) == 0
+        share = seen[(200, "one")] / 1000
+        assert 0.75 <= share <= 0.85
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_http2_prior_knowledge(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """h2c with prior knowledge works on the same port as HTTP/1.1."""
+    from shoal.store.registry import Registry
+
+    async with echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        proc = await asyncio.create_subprocess_exec(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: echo",
+            gateway.url + "/",
+            stdout=subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        assert out.decode() == "2 200"

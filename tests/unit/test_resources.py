@@ -1,0 +1,1162 @@
+"""Manifests to model values and back: shoal.platform.resources."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.errors import ManifestError, UserError
+from shoal.platform.fields import format_duration
+from shoal.platform.model import (
+    ConnectionPool,
+    Destination,
+    DestinationRule,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    HealthCheck,
+    HTTPMatchRequest,
+    HTTPRoute,
+    OutlierDetection,
+    Retries,
+    Rewrite,
+    RouteDestination,
+    Scale,
+    Service,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+)
+from shoal.platform.resources import (
+    load_files,
+    parse_document,
+    parse_duration,
+    parse_text,
+    to_document,
+)
+
+PROPERTY = settings(max_examples=150, deadline=None, database=None)
+
+FULL_VIRTUAL_SERVICE = """
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: default
+  labels: {team: books}
+  annotations: {note: "anything at all"}
+spec:
+  hosts: [reviews, reviews.example.com]
+  gateways: [mesh]
+  http:
+  - name: jason
+    match:
+    - name: by-user
+      uri: {prefix: /api}
+      method: {exact: GET}
+      authority: {regex: "reviews(:\\\\d+)?"}
+      headers:
+        End-User: {exact: jason}
+      ignoreUriCase: true
+    route:
+    - destination: {host: reviews, subset: v2, port: {number: 9080}}
+      weight: 75
+    - destination: {host: reviews, subset: v3}
+      weight: 25
+    timeout: 1.5s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx, reset,503"}
+    fault:
+      delay: {percentage: {value: 10}, fixedDelay: 7s}
+      abort: {percentage: {value: 0.5}, httpStatus: 418}
+    rewrite: {uri: /v2, authority: reviews.internal}
+    mirror: {host: reviews, subset: shadow}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"""
+
+FULL_DESTINATION_RULE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_CONN}
+    outlierDetection:
+      consecutive5xxErrors: 3
+      consecutiveGatewayErrors: 2
+      interval: 5s
+      baseEjectionTime: 1m
+      maxEjectionPercent: 50
+      minHealthPercent: 25.5
+    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 250ms}
+      http:
+        http1MaxPendingRequests: 10
+        http2MaxRequests: 1000
+        maxRequestsPerConnection: 1
+        idleTimeout: 1h
+    failureThreshold: 3
+    healthyThreshold: 2
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2, "example.com/tier": gold}
+    trafficPolicy:
+      loadBalancer: {simple: WEIGHTED}
+"""
+
+FULL_SERVICE = """
+apiVersion: shoal/v1
+kind: Service
+metadata: {name: hello}
+spec:
+  command: [python, -m, hello, --port, "$PORT"]
+  revision: v2
+  workdir: /srv/hello
+  env: {GREETING: hi, WORKERS: 4, RATIO: 0.5, DEBUG: true}
+  labels: {tier: web}
+  weight: 3
+  scale: {min: 0, max: 4, target_concurrency: 20, idle_timeout: 5m}
+  health:
+    path: /healthz
+    interval: 500ms
+    timeout: 250ms
+    healthy_threshold: 2
+    unhealthy_threshold: 5
+"""
+
+
+def service_doc(**spec: object) -> dict[str, object]:
+    """A Service document with ``spec`` (an app when none of app/command is given)."""
+    if "app" not in spec and "command" not in spec:
+        spec = {"app": "hello.main:app", **spec}
+    return {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": "hello"},
+        "spec": spec,
+    }
+
+
+def virtual_service_doc(*http: object, **spec: object) -> dict[str, object]:
+    """A VirtualService document with ``http`` rules (one plain route when none is given)."""
+    rules = list(http) or [{"route": [{"destination": {"host": "reviews"}}]}]
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews"},
+        "spec": {"hosts": ["reviews"], "http": rules, **spec},
+    }
+
+
+def destination_rule_doc(**spec: object) -> dict[str, object]:
+    """A DestinationRule document for host ``reviews`` with extra ``spec`` fields."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews"},
+        "spec": {"host": "reviews", **spec},
+    }
+
+
+def manifest_error(doc: object) -> ManifestError:
+    """The ManifestError that parsing ``doc`` raises."""
+    with pytest.raises(ManifestError) as caught:
+        parse_document(doc)
+    return caught.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1s", 1.0),
+        ("500ms", 0.5),
+        ("0.5s", 0.5),
+        ("1m", 60.0),
+        ("1h", 3600.0),
+        ("2.5s", 2.5),
+        ("100us", 0.0001),
+        ("100µs", 0.0001),
+        ("250ns", 2.5e-7),
+        ("1m30s", 90.0),
+        ("0", 0.0),
+        (3, 3.0),
+        (0.25, 0.25),
+    ],
+)
+def test_parse_duration_reads_istio_forms_and_bare_seconds(value: object, seconds: float) -> None:
+    """Istio duration strings and bare numbers are read as float seconds."""
+    assert parse_duration(value, "spec.timeout") == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-1s",
+        -1,
+        -0.5,
+        "1",
+        "1x",
+        "s",
+        "1.5 s",
+        " 1s",
+        "1s ",
+        "",
+        True,
+        None,
+        [],
+        math.inf,
+        math.nan,
+    ],
+)
+def test_parse_duration_rejects_what_is_not_a_non_negative_duration(value: object) -> None:
+    """Negative, unit-less strings, bools, non-finite and non-scalar values are errors."""
+    with pytest.raises(ManifestError) as caught:
+        parse_duration(value, "spec.timeout")
+    assert caught.value.field == "spec.timeout"
+    assert caught.value.value is value
+
+
+@PROPERTY
+@given(st.floats(min_value=0, allow_nan=False, allow_infinity=False))
+def test_format_duration_reads_back_to_the_same_float(seconds: float) -> None:
+    """format_duration's string parses back to exactly the seconds it was made from."""
+    assert parse_duration(format_duration(seconds), "f") == seconds
+
+
+def test_format_duration_prefers_whole_units() -> None:
+    """Canonical durations use the largest unit that keeps a whole count."""
+    assert [format_duration(s) for s in (0, 0.5, 1, 90, 120, 3600, 0.0001)] == [
+        "0s",
+        "500ms",
+        "1s",
+        "90s",
+        "2m",
+        "1h",
+        "100us",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Full valid examples
+
+
+def test_full_virtual_service_parses_to_the_expected_values() -> None:
+    """Every supported VirtualService field lands in the model, converted and normalised."""
+    [service] = parse_text(FULL_VIRTUAL_SERVICE)
+    assert service == VirtualService(
+        name="reviews",
+        hosts=("reviews", "reviews.example.com"),
+        gateways=("mesh",),
+        http=(
+            HTTPRoute(
+                name="jason",
+                match=(
+                    HTTPMatchRequest(
+                        name="by-user",
+                        uri=StringMatch(prefix="/api"),
+                        method=StringMatch(exact="GET"),
+                        authority=StringMatch(regex=r"reviews(:\d+)?"),
+                        headers=(("end-user", StringMatch(exact="jason")),),
+                        ignore_uri_case=True,
+                    ),
+                ),
+                route=(
+                    RouteDestination(
+                        destination=Destination(host="reviews", subset="v2", port=9080), weight=75
+                    ),
+                    RouteDestination(
+                        destination=Destination(host="reviews", subset="v3"), weight=25
+                    ),
+                ),
+                timeout=1.5,
+                retries=Retries(attempts=3, per_try_timeout=0.5, retry_on=("5xx", "reset", "503")),
+                fault=Fault(
+                    delay=FaultDelay(percentage=10.0, fixed_delay=7.0),
+                    abort=FaultAbort(percentage=0.5, http_status=418),
+                ),
+                rewrite=Rewrite(uri="/v2", authority="reviews.internal"),
+                mirror=Destination(host="reviews", subset="shadow"),
+            ),
+            HTTPRoute(
+                route=(RouteDestination(destination=Destination(host="reviews", subset="v1")),)
+            ),
+        ),
+    )
+
+
+def test_full_destination_rule_parses_to_the_expected_values() -> None:
+    """Every supported DestinationRule field lands in the model; LEAST_CONN is LEAST_REQUEST."""
+    [rule] = parse_text(FULL_DESTINATION_RULE)
+    assert rule == DestinationRule(
+        name="reviews",
+        host="reviews",
+        subsets=(
+            Subset(name="v1", labels=(("version", "v1"),)),
+            Subset(
+                name="v2",
+                labels=(("example.com/tier", "gold"), ("version", "v2")),
+                traffic_policy=TrafficPolicy(load_balancer="WEIGHTED"),
+            ),
+        ),
+        traffic_policy=TrafficPolicy(
+            load_balancer="LEAST_REQUEST",
+            outlier_detection=OutlierDetection(
+                consecutive_5xx_errors=3,
+                consecutive_gateway_errors=2,
+                interval=5.0,
+                base_ejection_time=60.0,
+                max_ejection_percent=50.0,
+                min_health_percent=25.5,
+            ),
+            connection_pool=ConnectionPool(
+                max_connections=100,
+                connect_timeout=0.25,
+                http1_max_pending_requests=10,
+                http2_max_requests=1000,
+                max_requests_per_connection=1,
+                idle_timeout=3600.0,
+            ),
+            failure_threshold=3,
+            healthy_threshold=2,
+        ),
+    )
+
+
+def test_full_service_parses_to_the_expected_values() -> None:
+    """Every Service field lands in the model; env scalars become strings, maps are sorted."""
+    [service] = parse_text(FULL_SERVICE)
+    assert service == Service(
+        name="hello",
+        revision="v2",
+        command=("python", "-m", "hello", "--port", "$PORT"),
+        workdir="/srv/hello",
+        env=(("DEBUG", "true"), ("GREETING", "hi"), ("RATIO", "0.5"), ("WORKERS", "4")),
+        labels=(("tier", "web"),),
+        weight=3,
+        scale=Scale(min=0, max=4, target_concurrency=20, idle_timeout=300.0),
+        health=HealthCheck(
+            path="/healthz",
+            interval=0.5,
+            timeout=0.25,
+            healthy_threshold=2,
+            unhealthy_threshold=5,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults
+
+
+def test_minimal_service_takes_the_model_defaults() -> None:
+    """A Service with only an app gets default weight, scale, health and a hashed revision."""
+    service = parse_document(service_doc())
+    assert isinstance(service, Service)
+    assert service.app == "hello.main:app"
+    assert service.command is None
+    assert (service.workdir, service.env, service.labels, service.weight) == (None, (), (), 1)
+    assert service.scale == Scale()
+    assert service.health == HealthCheck()
+    assert re.fullmatch(r"[0-9a-f]{10}", service.revision)
+
+
+def test_minimal_virtual_service_and_destination_rule_take_the_defaults() -> None:
+    """Omitted Istio fields take Istio's defaults: no gateways, ROUND_ROBIN, weight 100."""
+    service = parse_document(virtual_service_doc())
+    assert service == VirtualService(
+        name="reviews",
+        hosts=("reviews",),
+        http=(HTTPRoute(route=(RouteDestination(destination=Destination(host="reviews")),)),),
+    )
+    rule = parse_document(destination_rule_doc())
+    assert rule == DestinationRule(name="reviews", host="reviews")
+    assert rule.traffic_policy.load_balancer == "ROUND_ROBIN"
+
+
+def test_empty_istio_sub_objects_take_istio_defaults() -> None:
+    """retries, outlierDetection and a fault without percentage get the documented defaults."""
+    service = parse_document(
+        virtual_service_doc(
+            {
+                "route": [{"destination": {"host": "reviews"}}],
+                "retries": {},
+                "fault": {"abort": {"httpStatus": 503}},
+            }
+        )
+    )
+    assert isinstance(service, VirtualService)
+    assert service.http[0].retries == Retries()
+    assert service.http[0].fault == Fault(abort=FaultAbort(percentage=100.0, http_status=503))
+    rule = parse_document(destination_rule_doc(trafficPolicy={"outlierDetection": {}}))
+    assert isinstance(rule, DestinationRule)
+    assert rule.traffic_policy.outlier_detection == OutlierDetection()
+
+
+def test_null_values_count_as_absent() -> None:
+    """``key:`` with no value (YAML null) is the same as leaving the key out."""
+    [service] = parse_text(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: hello}\n"
+        "spec:\n  app: hello.main:app\n  weight:\n  env:\n"
+    )
+    assert service == parse_document(service_doc())
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes, matches and policies
+
+
+def test_a_lone_destination_takes_all_traffic() -> None:
+    """One destination has weight 100 whether its weight is omitted or not (Istio's rule)."""
+    for weight in ({}, {"weight": 40}):
+        service = parse_document(
+            virtual_service_doc({"route": [{"destination": {"host": "reviews"}, **weight}]})
+        )
+        assert isinstance(service, VirtualService)
+        assert service.http[0].route[0].weight == 100
+
+
+def test_several_destinations_default_to_zero_and_must_sum_to_100() -> None:
+    """An omitted weight among several is 0; weights not summing to 100 name the route and sum."""
+    service = parse_document(
+        virtual_service_doc(
+            {
+                "route": [
+                    {"destination": {"host": "a"}, "weight": 100},
+                    {"destination": {"host": "b"}},
+                ]
+            }
+        )
+    )
+    assert isinstance(service, VirtualService)
+    assert [route.weight for route in service.http[0].route] == [100, 0]
+    error = manifest_error(
+        virtual_service_doc(
+            {
+                "route": [
+                    {"destination": {"host": "a"}, "weight": 60},
+                    {"destination": {"host": "b"}},
+                ]
+            }
+        )
+    )
+    assert (error.field, error.value) == ("spec.http[0].route", 60)
+    assert "sum to 100" in str(error)
+
+
+def test_empty_route_is_allowed_only_with_an_abort_fault() -> None:
+    """A rule without destinations is an error unless fault.abort answers every request."""
+    abort = {"abort": {"httpStatus": 503}}
+    service = parse_document(virtual_service_doc({"fault": abort}))
+    assert isinstance(service, VirtualService)
+    assert service.http[0].route == ()
+    rules: list[dict[str, object]] = [{}, {"route": []}, {"fault": {"delay": {"fixedDelay": "1s"}}}]
+    for rule in rules:
+        assert manifest_error(virtual_service_doc(rule)).field == "spec.http[0].route"
+
+
+@pytest.mark.parametrize(
+    "match",
+    [{}, {"exact": "a", "prefix": "b"}, {"exact": None}],
+)
+def test_string_match_needs_exactly_one_kind(match: dict[str, object]) -> None:
+    """A StringMatch with none or several of exact/prefix/regex is an error naming it."""
+    error = manifest_error(
+        virtual_service_doc({"match": [{"uri": match}], "route": [{"destination": {"host": "r"}}]})
+    )
+    assert error.field == "spec.http[0].match[0].uri"
+
+
+def test_invalid_regex_is_an_error_naming_the_regex() -> None:
+    """A regex Python's re cannot compile is reported with its path and text."""
+    error = manifest_error(
+        virtual_service_doc(
+            {
+                "match": [{"headers": {"x-id": {"regex": "(["}}}],
+                "route": [{"destination": {"host": "r"}}],
+            }
+        )
+    )
+    assert (error.field, error.value) == ("spec.http[0].match[0].headers.x-id.regex", "([")
+    assert "invalid regular expression" in error.reason
+
+
+def test_header_names_are_lower_cased_and_may_not_repeat() -> None:
+    """Header matches are stored lower-case; two spellings of one header are an error."""
+    route = [{"destination": {"host": "r"}}]
+    service = parse_document(
+        virtual_service_doc(
+            {"match": [{"headers": {"X-B": {"exact": "1"}, "x-a": {"prefix": ""}}}], "route": route}
+        )
+    )
+    assert isinstance(service, VirtualService)
+    assert service.http[0].match[0].headers == (
+        ("x-a", StringMatch(prefix="")),
+        ("x-b", StringMatch(exact="1")),
+    )
+    error = manifest_error(
+        virtual_service_doc(
+            {"match": [{"headers": {"X-A": {"exact": "1"}, "x-a": {"exact": "2"}}}], "route": route}
+        )
+    )
+    assert error.field == "spec.http[0].match[0].headers.x-a"
+
+
+def test_retry_on_is_split_and_checked() -> None:
+    """retryOn is a comma-separated list of Envoy conditions or status codes."""
+    route = [{"destination": {"host": "r"}}]
+    service = parse_document(
+        virtual_service_doc({"route": route, "retries": {"retryOn": "gateway-error,504"}})
+    )
+    assert isinstance(service, VirtualService)
+    assert service.http[0].retries == Retries(retry_on=("gateway-error", "504"))
+    error = manifest_error(
+        virtual_service_doc({"route": route, "retries": {"retryOn": "5xx,sometimes"}})
+    )
+    assert (error.field, error.value) == ("spec.http[0].retries.retryOn", "5xx,sometimes")
+
+
+def test_deprecated_consecutive_errors_means_consecutive_5xx_errors() -> None:
+    """Istio's consecutiveErrors sets consecutive_5xx_errors; giving both names is an error."""
+    rule = parse_document(
+        destination_rule_doc(trafficPolicy={"outlierDetection": {"consecutiveErrors": 7}})
+    )
+    assert isinstance(rule, DestinationRule)
+    assert rule.traffic_policy.outlier_detection == OutlierDetection(consecutive_5xx_errors=7)
+    error = manifest_error(
+        destination_rule_doc(
+            trafficPolicy={"outlierDetection": {"consecutiveErrors": 7, "consecutive5xxErrors": 3}}
+        )
+    )
+    assert error.field == "spec.trafficPolicy.outlierDetection.consecutiveErrors"
+
+
+def test_subset_names_are_unique_within_a_rule() -> None:
+    """A second subset with the same name is an error naming its index."""
+    error = manifest_error(destination_rule_doc(subsets=[{"name": "v1"}, {"name": "v1"}]))
+    assert (error.field, error.value) == ("spec.subsets[1].name", "v1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: file, document, field and value
+
+
+def test_error_message_names_file_document_field_and_value() -> None:
+    """The rendered error reads: file, document index, field path, reason, bad value."""
+    text = FULL_SERVICE + "---\n" + virtual_service_yaml(weight="abc")
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, file="hello.yaml")
+    assert str(caught.value) == (
+        "hello.yaml, document 1, field spec.http[0].route[0].weight: "
+        "must be an integer from 0 to 100 (got 'abc')"
+    )
+    assert (caught.value.file, caught.value.document) == ("hello.yaml", 1)
+
+
+def virtual_service_yaml(*, weight: str) -> str:
+    """A one-route VirtualService manifest whose weight is the YAML text ``weight``."""
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+        "spec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: r}\n"
+        f"      weight: {weight}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "value"),
+    [
+        ({**service_doc(), "kind": "Deployment"}, "kind", "Deployment"),
+        ({**service_doc(), "apiVersion": "apps/v1"}, "apiVersion", "apps/v1"),
+        ({**virtual_service_doc(), "apiVersion": "shoal/v1"}, "apiVersion", "shoal/v1"),
+        ({**service_doc(), "metadata": {"name": "Hello_World"}}, "metadata.name", "Hello_World"),
+        ({**service_doc(), "metadata": {}}, "metadata.name", None),
+        ({k: v for k, v in service_doc().items() if k != "spec"}, "spec", None),
+        (service_doc(weight="2"), "spec.weight", "2"),
+        (service_doc(weight=True), "spec.weight", True),
+        (service_doc(weight=0), "spec.weight", 0),
+        (service_doc(weight=1.0), "spec.weight", 1.0),
+        (service_doc(app="hello"), "spec.app", "hello"),
+        (service_doc(app="a:b", command=["x"]), "spec", None),
+        (service_doc(command=[]), "spec.command", []),
+        (service_doc(command=["x", 1]), "spec.command[1]", 1),
+        (service_doc(revision="V1"), "spec.revision", "V1"),
+        (service_doc(env={"1X": "a"}), "spec.env.1X", "1X"),
+        (service_doc(env={"X": None}), "spec.env.X", None),
+        (service_doc(env={"X": [1]}), "spec.env.X", [1]),
+        (service_doc(labels={"version": "v9"}), "spec.labels.version", "version"),
+        (service_doc(labels={"app": "x"}), "spec.labels.app", "app"),
+        (service_doc(labels={"tier": 3}), "spec.labels.tier", 3),
+        (service_doc(scale={"min": 5, "max": 2}), "spec.scale.max", 2),
+        (service_doc(scale={"min": -1}), "spec.scale.min", -1),
+        (service_doc(scale={"idle_timeout": "soon"}), "spec.scale.idle_timeout", "soon"),
+        (service_doc(health={"path": "healthz"}), "spec.health.path", "healthz"),
+        (service_doc(health={"interval": "0s"}), "spec.health.interval", "0s"),
+        (service_doc(health={"unhealthy_threshold": 0}), "spec.health.unhealthy_threshold", 0),
+        (service_doc(scale=[1]), "spec.scale", [1]),
+        (virtual_service_doc(hosts=[]), "spec.hosts", []),
+        (virtual_service_doc(hosts="reviews"), "spec.hosts", "reviews"),
+        (
+            virtual_service_doc({"route": [{"destination": {"host": "r"}, "weight": 101}]}),
+            "spec.http[0].route[0].weight",
+            101,
+        ),
+        (
+            virtual_service_doc({"route": [{"destination": {"host": "r"}}], "timeout": "1 s"}),
+            "spec.http[0].timeout",
+            "1 s",
+        ),
+        (
+            virtual_service_doc({"route": [{"destination": {"host": "r", "port": {"number": 0}}}]}),
+            "spec.http[0].route[0].destination.port.number",
+            0,
+        ),
+        (
+            virtual_service_doc(
+                {"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 150}}}}
+            ),
+            "spec.http[0].fault.abort.percentage.value",
+            150,
+        ),
+        (
+            virtual_service_doc({"route": [{"destination": {}}]}),
+            "spec.http[0].route[0].destination.host",
+            None,
+        ),
+        (
+            destination_rule_doc(trafficPolicy={"loadBalancer": {"simple": "PASSTHROUGH"}}),
+            "spec.trafficPolicy.loadBalancer.simple",
+            "PASSTHROUGH",
+        ),
+        (
+            destination_rule_doc(trafficPolicy={"connectionPool": {"tcp": {"maxConnections": 0}}}),
+            "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+            0,
+        ),
+        (destination_rule_doc(subsets=[{"name": "V 1"}]), "spec.subsets[0].name", "V 1"),
+        (destination_rule_doc(host=None), "spec.host", None),
+    ],
+)
+def test_each_class_of_error_names_the_field_and_value(
+    doc: dict[str, object], field: str, value: object
+) -> None:
+    """Wrong types, ranges, names and combinations raise with the exact field path and value."""
+    text = yaml.safe_dump_all([service_doc(), doc])
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, file="bad.yaml")
+    error = caught.value
+    assert (error.file, error.document, error.field, error.value) == ("bad.yaml", 1, field, value)
+    assert str(error).startswith(f"bad.yaml, document 1, field {field}: ")
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({**service_doc(), "status": {}}, "status"),
+        ({**service_doc(), "metadata": {"name": "hello", "uid": "1"}}, "metadata.uid"),
+        (service_doc(replicas=3), "spec.replicas"),
+        (service_doc(scale={"targetConcurrency": 5}), "spec.scale.targetConcurrency"),
+        (virtual_service_doc(tcp=[]), "spec.tcp"),
+        (virtual_service_doc({"corsPolicy": {}}), "spec.http[0].corsPolicy"),
+        (
+            virtual_service_doc(
+                {"match": [{"queryParams": {}}], "route": [{"destination": {"host": "r"}}]}
+            ),
+            "spec.http[0].match[0].queryParams",
+        ),
+        (
+            virtual_service_doc(
+                {"route": [{"destination": {"host": "r", "port": {"number": 1, "name": "h"}}}]}
+            ),
+            "spec.http[0].route[0].destination.port.name",
+        ),
+        (
+            virtual_service_doc({"fault": {"abort": {"httpStatus": 503, "percent": 5}}}),
+            "spec.http[0].fault.abort.percent",
+        ),
+        (
+            destination_rule_doc(trafficPolicy={"loadBalancer": {"consistentHash": {}}}),
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+        ),
+        (
+            destination_rule_doc(
+                subsets=[
+                    {
+                        "name": "v1",
+                        "trafficPolicy": {"connectionPool": {"http": {"maxRetries": 3}}},
+                    }
+                ]
+            ),
+            "spec.subsets[0].trafficPolicy.connectionPool.http.maxRetries",
+        ),
+    ],
+)
+def test_unknown_fields_are_errors_at_every_depth(doc: dict[str, object], field: str) -> None:
+    """A field Shoal does not implement is reported with its full path, never ignored."""
+    error = manifest_error(doc)
+    assert error.field == field
+    assert error.reason == "field not supported by Shoal"
+
+
+def test_yaml_syntax_error_names_file_document_and_line() -> None:
+    """Broken YAML becomes a ManifestError with the file, document index and line."""
+    with pytest.raises(ManifestError) as caught:
+        parse_text(FULL_SERVICE + "---\nkind: [Service\n", file="broken.yaml")
+    assert (caught.value.file, caught.value.document) == ("broken.yaml", 1)
+    assert re.search(r"invalid YAML: .*\(line \d+, column \d+\)", str(caught.value))
+
+
+def test_repeated_yaml_key_is_an_error_not_a_silent_override() -> None:
+    """A key written twice in one mapping is refused rather than keeping the last value."""
+    with pytest.raises(ManifestError) as caught:
+        parse_text("kind: Service\nkind: VirtualService\n", file="twice.yaml")
+    assert "duplicate key 'kind'" in str(caught.value)
+    assert "line 2" in str(caught.value)
+
+
+@pytest.mark.parametrize("doc", [[1, 2], "Service", 3])
+def test_a_document_that_is_not_a_mapping_is_an_error(doc: object) -> None:
+    """A list or scalar document is rejected with the value it held."""
+    assert manifest_error(doc).value == doc
+
+
+def test_empty_documents_are_skipped_but_still_counted() -> None:
+    """Empty documents yield nothing, and document indexes still count them."""
+    assert parse_text("") == []
+    assert parse_text("---\n# nothing\n---\n") == []
+    with pytest.raises(ManifestError) as caught:
+        parse_text("---\n---\n" + virtual_service_yaml(weight="-1"), file="f.yaml")
+    assert caught.value.document == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# load_files
+
+
+def write(directory: Any, name: str, text: str) -> str:
+    """Write ``text`` to ``directory/name`` and return the path as a string."""
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_load_files_reads_all_files_in_order(tmp_path: Any) -> None:
+    """Resources come back in file order, then document order."""
+    first = write(tmp_path, "a.yaml", FULL_SERVICE + "---\n" + FULL_VIRTUAL_SERVICE)
+    second = write(tmp_path, "b.yaml", FULL_DESTINATION_RULE)
+    kinds = [resource.kind for resource in load_files([first, second])]
+    assert kinds == ["Service", "VirtualService", "DestinationRule"]
+
+
+def test_load_files_with_one_bad_document_raises_and_names_it(tmp_path: Any) -> None:
+    """One invalid document among valid ones fails the whole load, naming file and document."""
+    good = write(tmp_path, "good.yaml", FULL_DESTINATION_RULE)
+    bad = write(tmp_path, "bad.yaml", FULL_SERVICE + "---\n" + virtual_service_yaml(weight="true"))
+    with pytest.raises(ManifestError) as caught:
+        load_files([good, bad])
+    error = caught.value
+    assert (error.file, error.document, error.field, error.value) == (
+        bad,
+        1,
+        "spec.http[0].route[0].weight",
+        True,
+    )
+
+
+def test_load_files_lists_every_error_one_per_line(tmp_path: Any) -> None:
+    """Several invalid documents are reported together, each on its own line."""
+    first = write(tmp_path, "a.yaml", virtual_service_yaml(weight="x"))
+    second = write(tmp_path, "b.yaml", FULL_SERVICE + "---\nkind: [\n")
+    with pytest.raises(ManifestError) as caught:
+        load_files([first, second])
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{first}, document 0, field spec.http[0].route[0].weight: ")
+    assert lines[1].startswith(f"{second}, document 1: invalid YAML")
+
+
+def test_load_files_rejects_the_same_kind_and_key_twice(tmp_path: Any) -> None:
+    """Two documents defining one (kind, key) in a load are an error naming the second."""
+    first = write(tmp_path, "a.yaml", FULL_DESTINATION_RULE)
+    second = write(tmp_path, "b.yaml", FULL_SERVICE + "---\n" + FULL_DESTINATION_RULE)
+    with pytest.raises(ManifestError) as caught:
+        load_files([first, second])
+    assert (caught.value.file, caught.value.document) == (second, 1)
+    assert f"already defined in {first}, document 0" in str(caught.value)
+
+
+def test_load_files_accepts_two_revisions_of_one_service(tmp_path: Any) -> None:
+    """A Service's key is name/revision, so two revisions of one name may be loaded together."""
+    text = FULL_SERVICE + "---\n" + FULL_SERVICE.replace("revision: v2", "revision: v3")
+    resources = load_files([write(tmp_path, "a.yaml", text)])
+    assert [resource.key for resource in resources] == ["hello/v2", "hello/v3"]
+
+
+def test_load_files_unreadable_file_is_a_user_error_naming_it(tmp_path: Any) -> None:
+    """A missing file is a UserError (not a manifest error) that names the path."""
+    missing = str(tmp_path / "missing.yaml")
+    with pytest.raises(UserError) as caught:
+        load_files([missing])
+    assert not isinstance(caught.value, ManifestError)
+    assert missing in str(caught.value)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_files([str(binary)])
+
+
+def test_load_files_reads_stdin_for_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path ``-`` reads manifests from standard input."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(FULL_DESTINATION_RULE))
+    [rule] = load_files(["-"])
+    assert rule.kind == "DestinationRule"
+
+
+def test_relative_workdir_is_resolved_against_the_file_directory(tmp_path: Any) -> None:
+    """A relative workdir is made absolute from its file's directory; an absolute one is kept."""
+    (tmp_path / "deploy").mkdir()
+    relative = FULL_SERVICE.replace("workdir: /srv/hello", "workdir: ../app/./src")
+    path = write(tmp_path / "deploy", "svc.yaml", relative)
+    [service] = load_files([path])
+    assert isinstance(service, Service)
+    assert service.workdir == os.path.normpath(str(tmp_path / "app" / "src"))
+    [kept] = load_files([write(tmp_path, "abs.yaml", FULL_SERVICE)])
+    assert isinstance(kept, Service)
+    assert kept.workdir == "/srv/hello"
+
+
+def test_relative_workdir_without_base_dir_stays_relative() -> None:
+    """Without a base directory a relative workdir is left as written."""
+    service = parse_document(service_doc(workdir="app"))
+    assert isinstance(service, Service)
+    assert service.workdir == "app"
+    based = parse_document(service_doc(workdir="app"), base_dir="/srv")
+    assert isinstance(based, Service)
+    assert based.workdir == "/srv/app"
+
+
+# ---------------------------------------------------------------------------------------------
+# Revisions
+
+
+def test_revision_hash_is_deterministic_and_ignores_spelling() -> None:
+    """Equal specs get one revision however YAML spells them: order, defaults, 8080 or "8080"."""
+    one = parse_document(service_doc(env={"PORT2": 8080, "A": "x"}))
+    two = parse_document(
+        service_doc(weight=1, env={"A": "x", "PORT2": "8080"}, scale={"idle_timeout": "1m"})
+    )
+    assert isinstance(one, Service)
+    assert isinstance(two, Service)
+    assert one.revision == two.revision
+    assert re.fullmatch(r"[0-9a-f]{10}", one.revision)
+
+
+def test_revision_hash_changes_when_the_spec_changes() -> None:
+    """Any change to what runs gives a new revision."""
+    base = parse_document(service_doc())
+    changed = [
+        parse_document(service_doc(app="hello.main:other")),
+        parse_document(service_doc(env={"A": "1"})),
+        parse_document(service_doc(weight=2)),
+        parse_document(service_doc(scale={"max": 3})),
+    ]
+    revisions = {base.key} | {resource.key for resource in changed}
+    assert len(revisions) == 5
+
+
+def test_explicit_revision_is_kept() -> None:
+    """A revision given in the spec is used as is."""
+    service = parse_document(service_doc(revision="blue-1"))
+    assert isinstance(service, Service)
+    assert service.revision == "blue-1"
+    assert service.key == "hello/blue-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# to_document and round trips
+
+
+def test_to_document_writes_canonical_istio_field_names() -> None:
+    """The canonical document uses Istio camelCase, duration strings and explicit weights."""
+    [rule] = parse_text(FULL_DESTINATION_RULE)
+    doc = to_document(rule)
+    assert doc["apiVersion"] == "networking.istio.io/v1"
+    assert doc["metadata"] == {"name": "reviews"}
+    spec = doc["spec"]
+    assert isinstance(spec, dict)
+    assert spec["trafficPolicy"]["loadBalancer"] == {"simple": "LEAST_REQUEST"}
+    assert spec["trafficPolicy"]["connectionPool"]["tcp"] == {
+        "maxConnections": 100,
+        "connectTimeout": "250ms",
+    }
+    [service] = parse_text(FULL_VIRTUAL_SERVICE)
+    http = to_document(service)["spec"]["http"]  # type: ignore[index]
+    assert http[1]["route"] == [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 100}]
+
+
+@pytest.mark.parametrize("text", [FULL_SERVICE, FULL_VIRTUAL_SERVICE, FULL_DESTINATION_RULE])
+def test_full_examples_survive_json_and_yaml(text: str) -> None:
+    """to_document output stored as JSON or shown as YAML parses back to the same resource."""
+    [resource] = parse_text(text)
+    doc = to_document(resource)
+    assert parse_document(json.loads(json.dumps(doc))) == resource
+    assert parse_text(yaml.safe_dump(doc)) == [resource]
+
+
+names = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+durations = st.one_of(
+    st.integers(1, 10**6).map(lambda n: f"{n}ms"),
+    st.floats(min_value=0.001, max_value=1e6, allow_nan=False),
+    st.integers(1, 10**4),
+    st.sampled_from(["1s", "1m", "1h", "100us", "1m30s", "2.5s", "0.75s"]),
+)
+percents = st.one_of(st.integers(0, 100), st.floats(min_value=0, max_value=100))
+string_matches = st.one_of(
+    st.builds(lambda value: {"exact": value}, st.text(max_size=8)),
+    st.builds(lambda value: {"prefix": value}, st.text(max_size=8)),
+    st.builds(lambda value: {"regex": value}, st.sampled_from(["a.*", "^/v[0-9]+$", "x|y", ""])),
+)
+header_names = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
+label_maps = st.dictionaries(
+    st.from_regex(
+        r"([a-z]{1,5}\.[a-z]{1,3}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,6}[A-Za-z0-9])?", fullmatch=True
+    ),
+    st.from_regex(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,6}[A-Za-z0-9])?)?", fullmatch=True),
+    max_size=3,
+)
+ports = st.builds(lambda number: {"number": number}, st.integers(1, 65535))
+destinations = st.fixed_dictionaries({"host": names}, optional={"subset": names, "port": ports})
+
+
+@st.composite
+def routes(draw: st.DrawFn) -> list[dict[str, object]]:
+    """One destination (any or no weight) or several whose weights sum to 100."""
+    count = draw(st.integers(1, 4))
+    if count == 1:
+        entry: dict[str, object] = {"destination": draw(destinations)}
+        if draw(st.booleans()):
+            entry["weight"] = draw(st.integers(0, 100))
+        return [entry]
+    cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=count - 1, max_size=count - 1)))
+    weights = [b - a for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
+    result = []
+    for weight in weights:
+        entry = {"destination": draw(destinations)}
+        if weight or draw(st.booleans()):
+            entry["weight"] = weight
+        result.append(entry)
+    return result
+
+
+matches = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": names,
+        "uri": string_matches,
+        "method": string_matches,
+        "authority": string_matches,
+        "headers": st.dictionaries(header_names.map(str.title), string_matches, max_size=3),
+        "ignoreUriCase": st.booleans(),
+    },
+)
+retries = st.fixed_dictionaries(
+    {},
+    optional={
+        "attempts": st.integers(0, 10),
+        "perTryTimeout": durations,
+        "retryOn": st.lists(
+            st.sampled_from(["5xx", "reset", "connect-failure", "503", "unavailable"]),
+            min_size=1,
+            max_size=3,
+        ).map(",".join),
+    },
+)
+faults = st.fixed_dictionaries(
+    {},
+    optional={
+        "delay": st.fixed_dictionaries(
+            {"fixedDelay": st.one_of(durations, st.just("0s"))},
+            optional={"percentage": st.builds(lambda value: {"value": value}, percents)},
+        ),
+        "abort": st.fixed_dictionaries(
+            {"httpStatus": st.integers(200, 599)},
+            optional={"percentage": st.builds(lambda value: {"value": value}, percents)},
+        ),
+    },
+).filter(bool)
+rewrites = st.fixed_dictionaries(
+    {}, optional={"uri": st.sampled_from(["/", "/v2"]), "authority": names}
+).filter(bool)
+http_rules = st.fixed_dictionaries(
+    {"route": routes()},
+    optional={
+        "name": names,
+        "match": st.lists(matches, max_size=2),
+        "timeout": durations,
+        "retries": retries,
+        "fault": faults,
+        "rewrite": rewrites,
+        "mirror": destinations,
+    },
+)
+virtual_services = st.builds(
+    lambda name, hosts, gateways, http: {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "VirtualService",
+        "metadata": {"name": name},
+        "spec": {"hosts": hosts, "gateways": gateways, "http": http},
+    },
+    names,
+    st.lists(names, min_size=1, max_size=3),
+    st.lists(names, max_size=2),
+    st.lists(http_rules, min_size=1, max_size=3),
+)
+
+traffic_policies = st.fixed_dictionaries(
+    {},
+    optional={
+        "loadBalancer": st.builds(
+            lambda simple: {"simple": simple},
+            st.sampled_from(["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "LEAST_CONN", "WEIGHTED"]),
+        ),
+        "outlierDetection": st.fixed_dictionaries(
+            {},
+            optional={
+                "consecutive5xxErrors": st.integers(0, 20),
+                "consecutiveGatewayErrors": st.integers(0, 20),
+                "interval": durations,
+                "baseEjectionTime": durations,
+                "maxEjectionPercent": percents,
+                "minHealthPercent": percents,
+            },
+        ),
+        "connectionPool": st.fixed_dictionaries(
+            {},
+            optional={
+                "tcp": st.fixed_dictionaries(
+                    {},
+                    optional={"maxConnections": st.integers(1, 10**6), "connectTimeout": durations},
+                ),
+                "http": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "http1MaxPendingRequests": st.integers(1, 10**6),
+                        "http2MaxRequests": st.integers(1, 10**6),
+                        "maxRequestsPerConnection": st.integers(1, 10**6),
+                        "idleTimeout": durations,
+                    },
+                ),
+            },
+        ),
+        "failureThreshold": st.integers(1, 10),
+        "healthyThreshold": st.integers(1, 10),
+    },
+)
+subsets = st.fixed_dictionaries(
+    {"name": names}, optional={"labels": label_maps, "trafficPolicy": traffic_policies}
+)
+destination_rules = st.builds(
+    lambda name, host, subsets, policy: {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "DestinationRule",
+        "metadata": {"name": name},
+        "spec": {"host": host, "subsets": subsets, "trafficPolicy": policy},
+    },
+    names,
+    names,
+    st.lists(subsets, max_size=3, unique_by=lambda subset: subset["name"]),
+    traffic_policies,
+)
+
+
+@st.composite
+def scales(draw: st.DrawFn) -> dict[str, object]:
+    """A valid scale block: max (given or the default 10) is never below min."""
+    scale: dict[str, object] = {}
+    minimum = draw(st.integers(0, 20))
+    maximum = 10
+    if draw(st.booleans()):
+        maximum = draw(st.integers(max(1, minimum), 50))
+        scale["max"] = maximum
+    if minimum <= maximum:
+        scale["min"] = minimum
+    if draw(st.booleans()):
+        scale["target_concurrency"] = draw(st.integers(1, 100))
+    if draw(st.booleans()):
+        scale["idle_timeout"] = draw(durations)
+    return scale
+
+
+service_specs = st.fixed_dictionaries(
+    {},
+    optional={
+        "revision": names,
+        "workdir": st.sampled_from(["/srv/app", "app", "./a/../b"]),
+        "env": st.dictionaries(
+            st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True),
+            st.one_of(
+                st.text(max_size=8),
+                st.integers(),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.booleans(),
+            ),
+            max_size=3,
+        ),
+        "labels": label_maps.map(
+            lambda labels: {k: v for k, v in labels.items() if k not in ("app", "version")}
+        ),
+        "weight": st.integers(1, 100),
+        "scale": scales(),
+        "health": st.fixed_dictionaries(
+            {},
+            optional={
+                "path": st.sampled_from(["/", "/healthz", "/ready?full=1"]),
+                "interval": durations,
+                "timeout": durations,
+                "healthy_threshold": st.integers(1, 5),
+                "unhealthy_threshold": st.integers(1, 5),
+            },
+        ),
+    },
+)
+services = st.builds(
+    lambda name, run, spec: {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {**run, **spec},
+    },
+    names,
+    st.one_of(
+        st.builds(lambda app: {"app": app}, st.sampled_from(["app:app", "pkg.mod:make.app"])),
+        st.builds(lambda command: {"command": command}, st.lists(st.text(min_size=1), min_size=1)),
+    ),
+    service_specs,
+)
+
+
+@PROPERTY
+@given(st.one_of(virtual_services, destination_rules, services))
+def test_to_document_round_trips_every_valid_document(doc: dict[str, object]) -> None:
+    """parse_document(to_document(r)) == r for generated valid documents of every kind."""
+    resource = parse_document(doc)
+    canonical = to_document(resource)
+    assert parse_document(canonical) == resource
+    assert parse_document(json.loads(json.dumps(canonical))) == resource
+    assert to_document(parse_document(canonical)) == canonical
