@@ -80,7 +80,7 @@ class Cluster:
     @property
     def load_balancer(self) -> str:
         """The ``loadBalancer.simple`` policy of this cluster."""
-        return self.policy.load_balancer
+        return self.policy.load_balancer or "ROUND_ROBIN"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,13 +130,10 @@ def apply_rewrite(route: HTTPRoute, matched_prefix: str | None, path: str) -> st
 def merge_policy(base: TrafficPolicy, override: TrafficPolicy) -> TrafficPolicy:
     """A subset's policy laid over its DestinationRule's, field by field (Istio's merge).
 
-    Each optional field of ``override`` replaces ``base``'s when set (not None). The model cannot
-    tell an explicit ``ROUND_ROBIN`` from the default, so ``override.load_balancer`` wins only
-    when it is not ``ROUND_ROBIN``.
+    Each optional field of ``override`` replaces ``base``'s when set (not None).
     """
-    balancer = override.load_balancer
     return TrafficPolicy(
-        load_balancer=balancer if balancer != "ROUND_ROBIN" else base.load_balancer,
+        load_balancer=_set_or(override.load_balancer, base.load_balancer),
         outlier_detection=_set_or(override.outlier_detection, base.outlier_detection),
         connection_pool=_set_or(override.connection_pool, base.connection_pool),
         failure_threshold=_set_or(override.failure_threshold, base.failure_threshold),

@@ -386,9 +386,7 @@ def _traffic_policy(value: object, field: str) -> TrafficPolicy:
     policy = Section(value, field, _POLICY_FIELDS)
     balancer = policy.get("loadBalancer", section(("simple",)))
     return TrafficPolicy(
-        load_balancer=(
-            _POLICY.load_balancer if balancer is None else balancer.need("simple", _simple)
-        ),
+        load_balancer=None if balancer is None else balancer.need("simple", _simple),
         outlier_detection=policy.get("outlierDetection", _outlier_detection),
         connection_pool=policy.get("connectionPool", _connection_pool),
         failure_threshold=policy.get("failureThreshold", integer(1)),
@@ -457,7 +455,7 @@ def destination_rule_spec(rule: DestinationRule) -> dict[str, object]:
 
 def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
     out: dict[str, object] = {}
-    if policy.load_balancer != _POLICY.load_balancer:
+    if policy.load_balancer is not None:
         out["loadBalancer"] = {"simple": policy.load_balancer}
     if policy.outlier_detection is not None:
         out["outlierDetection"] = _outlier_doc(policy.outlier_detection)

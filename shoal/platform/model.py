@@ -223,7 +223,7 @@ class ConnectionPool:
 class TrafficPolicy:
     """Per-destination policy: balancer, outlier detection, pool limits, health thresholds."""
 
-    load_balancer: LoadBalancerPolicy = "ROUND_ROBIN"
+    load_balancer: LoadBalancerPolicy | None = None  # None: not set here (ROUND_ROBIN overall)
     outlier_detection: OutlierDetection | None = None
     connection_pool: ConnectionPool | None = None
     failure_threshold: int | None = None

@@ -388,7 +388,7 @@ def test_minimal_virtual_service_and_destination_rule_take_the_defaults() -> Non
     )
     rule = parse_document(destination_rule_doc())
     assert rule == DestinationRule(name="reviews", host="reviews")
-    assert rule.traffic_policy.load_balancer == "ROUND_ROBIN"
+    assert rule.traffic_policy.load_balancer is None
 
 
 def test_empty_istio_sub_objects_take_istio_defaults() -> None:

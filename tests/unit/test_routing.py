@@ -504,3 +504,12 @@ def test_normalize_host() -> None:
     assert normalize_host("Example.COM:8443") == "example.com"
     assert normalize_host("[::1]:8080") == "[::1]"
     assert normalize_host("hello.") == "hello"
+
+
+def test_subset_can_set_round_robin_over_rule_policy() -> None:
+    """An explicit ROUND_ROBIN on a subset overrides the rule's LEAST_REQUEST; unset inherits."""
+    base = TrafficPolicy(load_balancer="LEAST_REQUEST")
+    assert merge_policy(base, TrafficPolicy(load_balancer="ROUND_ROBIN")).load_balancer == (
+        "ROUND_ROBIN"
+    )
+    assert merge_policy(base, TrafficPolicy()).load_balancer == "LEAST_REQUEST"
