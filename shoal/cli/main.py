@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -125,8 +126,10 @@ def up(
         if example:
             resources = load_files(sorted(str(p) for p in EXAMPLE_DIR.glob("*.yaml")))
             applied = with_client(url, lambda c: c.apply(resources, keep_existing=True))
-            typer.echo(f"example    {len(applied.changed)} resources applied, "
-                       f"{len(applied.unchanged)} already there (revision {applied.revision})")
+            typer.echo(
+                f"example    {len(applied.changed)} resources applied, "
+                f"{len(applied.unchanged)} already there (revision {applied.revision})"
+            )
             typer.echo(
                 f"try        curl --http2-prior-knowledge -H 'Host: hello' localhost:{port}/"
             )
@@ -291,16 +294,27 @@ def weights(
 
 
 @app.command()
-def status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
+def status(
+    redis: RedisOpt = None,
+    output: OutputOpt = "table",
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Then print every instance change.")
+    ] = False,
+) -> None:
     """Nodes, services and instances with revision, node, address, pid and state.
 
-    Example: shoal status -o json
+    Example: shoal status --watch
     """
     st = with_client(redis, lambda c: c.status())
     if output == "json":
         typer.echo(json.dumps(render.status_dict(st), indent=2))
     else:
         render.status(st)
+    if watch:
+        url = redis or settings.redis_url(None)
+        typer.echo("\nwatching instance changes (Ctrl-C to stop)")
+        with contextlib.suppress(KeyboardInterrupt):
+            with_client(url, lambda c: c.follow(url, render.instance_change))
 
 
 def main() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from shoal.platform.client import Applied, Status
+from shoal.platform.client import Applied, InstanceChange, Status
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -107,3 +108,20 @@ def status(st: Status) -> None:
     console.print(instances)
     proxies = ", ".join(f"{c}@{r}" for c, r in sorted(st.acks.items())) or "none"
     console.print(f"\nconfig revision {st.revision}; proxies applied: {proxies}")
+
+
+def instance_change(c: InstanceChange) -> None:
+    """One line for an instance change, with the time it was seen."""
+    now = time.strftime("%H:%M:%S")
+    ep = c.after or c.before
+    assert ep is not None
+    what = f"{ep.service}/{ep.revision} {ep.id}"
+    if c.after is None:
+        console.print(f"{now}  {what}  [dim]gone[/dim]")
+        return
+    style = STATE_STYLE.get(c.after.state, "")
+    before = f"{c.before.state} → " if c.before is not None else "new, "
+    console.print(
+        f"{now}  {what}  {before}[{style}]{c.after.state}[/{style}]  "
+        f"{c.after.authority} pid {c.after.pid or '-'}"
+    )

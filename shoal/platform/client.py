@@ -7,6 +7,7 @@ Redis or decides something lives here or below.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from shoal.store.config import Change, ConfigStore, encode
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
 
 KIND_ALIASES = {
     "service": "Service",
@@ -60,6 +62,26 @@ class Status:
     services: list[Service]
     instances: list[Endpoint]
     acks: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceChange:
+    """One instance appearing, changing state, port or pid, or disappearing."""
+
+    key: str
+    before: Endpoint | None
+    after: Endpoint | None
+
+
+def instance_changes(
+    old: Mapping[str, Endpoint], new: Mapping[str, Endpoint]
+) -> list[InstanceChange]:
+    """What differs between two registry views, in key order."""
+    return [
+        InstanceChange(k, old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
 
 
 class Client:
@@ -141,6 +163,19 @@ class Client:
             instances=await self.registry.instances(),
             acks=await live_acks(self.redis, self.keys),
         )
+
+    async def follow(self, url: str, on_change: Callable[[InstanceChange], None]) -> None:
+        """Call ``on_change`` for every instance change from now on, until cancelled."""
+        seen: dict[str, Endpoint] | None = None
+
+        def on_view(view: View) -> None:
+            nonlocal seen
+            if seen is not None:
+                for change in instance_changes(seen, view.instances):
+                    on_change(change)
+            seen = dict(view.instances)
+
+        await Watcher(url, self.keys, ()).run(on_view)
 
     async def wait_applied(self, revision: int, timeout: float) -> dict[str, int]:
         """Wait until every live proxy has applied ``revision``; return the laggards."""
