@@ -88,7 +88,7 @@ class GatewayApp:
             target += "?" + scope["query_string"].decode("latin-1")
         client = scope.get("client")
         headers = request_headers(
-            raw_headers, fields, client[0] if client else None, scope["scheme"]
+            raw_headers, fields, client[0] if client else None, scope["scheme"], decision.authority
         )
         has_body = expects_body(method, fields, scope["http_version"] == "2")
         body = _request_body(receive) if has_body else None

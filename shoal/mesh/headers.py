@@ -42,13 +42,21 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
 
 
 def request_headers(
-    raw: Iterable[tuple[bytes, bytes]], fields: dict[str, str], client_ip: str | None, scheme: str
+    raw: Iterable[tuple[bytes, bytes]],
+    fields: dict[str, str],
+    client_ip: str | None,
+    scheme: str,
+    authority: str | None = None,
 ) -> Headers:
     """Headers to forward upstream: end-to-end ones plus ``x-request-id`` and ``x-forwarded-*``.
 
-    ``fields`` is the same headers as a str dict (lower-case names), already built by the caller.
+    ``fields`` is the same headers as a str dict (lower-case names), already built by the caller;
+    ``authority`` replaces the Host header (a route's ``rewrite.authority``).
     """
     headers = end_to_end(raw)
+    if authority is not None:
+        headers = [(n, v) for n, v in headers if n != b"host"]
+        headers.append((b"host", authority.encode("latin-1")))
     if "x-request-id" not in fields:
         headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
     if client_ip:

@@ -43,6 +43,7 @@ class Target:
     match: RouteMatch
     balancer: Balancer
     path: str
+    authority: str | None = None  # the Host to send, when the route rewrites it
 
 
 def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
@@ -100,6 +101,11 @@ class Proxy:
             return Refusal(503, "no_healthy_upstream", f"no healthy instance of {name}{subset}")
         balancer = table.balancer_for(cluster)
         endpoint = balancer.pick(cluster.endpoints, self.rng)
+        rewrite = match.route.rewrite
         return Target(
-            endpoint=endpoint, match=match, balancer=balancer, path=match.rewrite_path(path)
+            endpoint=endpoint,
+            match=match,
+            balancer=balancer,
+            path=match.rewrite_path(path),
+            authority=rewrite.authority if rewrite is not None else None,
         )

@@ -49,7 +49,9 @@ class Router:
         if request.query_string:
             target += "?" + request.query_string
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        headers = request_headers(raw, fields, peer[0] if peer else None, "http")
+        headers = request_headers(
+            raw, fields, peer[0] if peer else None, "http", decision.authority
+        )
         body = request.content.iter_any() if expects_body(request.method, fields, False) else None
         endpoint, balancer = decision.endpoint, decision.balancer
         balancer.on_start(endpoint)

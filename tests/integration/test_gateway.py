@@ -21,6 +21,7 @@ from shoal.store.acks import live_acks
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
+from shoal.store.registry import Registry
 from tests.support.backends import echo_backend
 
 ROUTES = """
@@ -46,6 +47,9 @@ spec:
     route: [{destination: {host: echo, subset: v2}}]
   - match: [{uri: {exact: /nobody}}]
     route: [{destination: {host: echo, subset: v3}}]
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new, authority: rewritten.example}
+    route: [{destination: {host: echo, subset: v1}}]
   - match: [{uri: {prefix: /slow}}]
     timeout: 0.3s
     route: [{destination: {host: echo, subset: v1}}]
@@ -110,8 +114,6 @@ async def get(
 
 async def test_routes_by_host_and_match(gateway: Gateway, redis: Redis, keys: Keys) -> None:
     """Requests are routed by host, URI prefix and header to the right subset's instance."""
-    from shoal.store.registry import Registry
-
     async with echo_backend("one") as one, echo_backend("two") as two:
         await Registry(redis, keys).put_instances(
             [one.endpoint("echo", "v1"), two.endpoint("echo", "v2")], ttl=60
@@ -126,8 +128,6 @@ async def test_routes_by_host_and_match(gateway: Gateway, redis: Redis, keys: Ke
 
 async def test_forwards_path_query_and_headers(gateway: Gateway, redis: Redis, keys: Keys) -> None:
     """The upstream sees the raw path and query, x-forwarded-*, a request id, no hop-by-hop."""
-    from shoal.store.registry import Registry
-
     async with echo_backend("one") as one:
         await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
         await gateway.client.apply(parse_text(ROUTES))
@@ -150,8 +150,6 @@ async def test_forwards_path_query_and_headers(gateway: Gateway, redis: Redis, k
 
 async def test_streams_request_body(gateway: Gateway, redis: Redis, keys: Keys) -> None:
     """A 1 MiB POST body reaches the upstream whole."""
-    from shoal.store.registry import Registry
-
     async with echo_backend("one") as one:
         await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
         await gateway.client.apply(parse_text(ROUTES))
@@ -166,8 +164,6 @@ async def test_streams_request_body(gateway: Gateway, redis: Redis, keys: Keys) 
 async def test_errors_carry_a_cause(gateway: Gateway, redis: Redis, keys: Keys) -> None:
     """Unknown host → 404 no_route; subset without instances → 503 no_healthy_upstream;
     a slow upstream → 504 upstream_timeout; a dead instance → 503 upstream_connect_error."""
-    from shoal.store.registry import Registry
-
     reg = Registry(redis, keys)
     async with echo_backend(
         "slow", delay=lambda r: 2.0 if r.path.startswith("/slow") else 0
@@ -189,8 +185,6 @@ async def test_errors_carry_a_cause(gateway: Gateway, redis: Redis, keys: Keys) 
 
 async def test_weights_split_without_failures(gateway: Gateway, redis: Redis, keys: Keys) -> None:
     """Changing weights under load splits traffic by the new ratio and fails no request."""
-    from shoal.store.registry import Registry
-
     async with echo_backend("one") as one, echo_backend("two") as two:
         await Registry(redis, keys).put_instances(
             [one.endpoint("echo", "v1"), two.endpoint("echo", "v2")], ttl=60
@@ -221,8 +215,6 @@ async def test_weights_split_without_failures(gateway: Gateway, redis: Redis, ke
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_http2_prior_knowledge(gateway: Gateway, redis: Redis, keys: Keys) -> None:
     """h2c with prior knowledge works on the same port as HTTP/1.1."""
-    from shoal.store.registry import Registry
-
     async with echo_backend("one") as one:
         await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
         await gateway.client.apply(parse_text(ROUTES))
@@ -242,3 +234,14 @@ async def test_http2_prior_knowledge(gateway: Gateway, redis: Redis, keys: Keys)
         )
         out, _ = await proc.communicate()
         assert out.decode() == "2 200"
+
+
+async def test_rewrite_uri_and_authority(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """rewrite.uri replaces the matched prefix (query kept); rewrite.authority the Host."""
+    async with echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        seen = json.loads((await get(gateway, "/old/x?q=1"))[2])
+        assert seen["path"] == "/new/x?q=1"
+        assert seen["headers"]["host"] == "rewritten.example"
