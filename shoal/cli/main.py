@@ -96,6 +96,11 @@ def up(
     redis: RedisOpt = None,
     port: Annotated[int, typer.Option(help="Gateway HTTP/1.1 + h2c port.")] = 8080,
     mesh_port: Annotated[int, typer.Option(help="Node router port for instances.")] = 15001,
+    tls_port: Annotated[
+        int | None, typer.Option(help="Gateway TLS port (needs --cert/--key).")
+    ] = None,
+    cert: Annotated[str | None, typer.Option(help="PEM certificate chain for the gateway.")] = None,
+    key: Annotated[str | None, typer.Option(help="PEM private key for the gateway.")] = None,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -105,13 +110,25 @@ def up(
     from shoal.platform.supervisor import Supervisor
 
     state = settings.state_dir()
+    gateway_args = ["--port", str(port)]
+    if tls_port is not None or cert is not None or key is not None:
+        if tls_port is None or cert is None or key is None:
+            raise fail(UserError("--tls-port, --cert and --key go together"))
+        gateway_args += [
+            "--tls-port",
+            str(tls_port),
+            "--cert",
+            str(Path(cert).absolute()),
+            "--key",
+            str(Path(key).absolute()),
+        ]
     sup = Supervisor(
         state_dir=state,
         redis_url=redis,
         component_args={
             "controller": [],
             "node": ["--mesh-port", str(mesh_port)],
-            "gateway": ["--port", str(port)],
+            "gateway": gateway_args,
         },
         env={**os.environ, "SHOAL_HOME": str(state)},
     )
@@ -122,6 +139,8 @@ def up(
         url = sup.start()
         typer.echo(f"store      {redacted(url)}  (state in {state})")
         typer.echo(f"gateway    http://localhost:{port}  (HTTP/1.1 and h2c)")
+        if tls_port is not None:
+            typer.echo(f"           https://localhost:{tls_port}  (TLS, ALPN h2 and http/1.1)")
         typer.echo(f"logs       {state / 'logs'}")
         if example:
             resources = load_files(sorted(str(p) for p in EXAMPLE_DIR.glob("*.yaml")))
@@ -188,8 +207,8 @@ def gateway(
     """
     from shoal.gateway.server import GatewaySettings, run_gateway
 
-    if (cert is None) != (key is None) or (tls_port is not None and cert is None):
-        raise fail(UserError("--tls-port needs both --cert and --key"))
+    if (tls_port is None) != (cert is None) or (cert is None) != (key is None):
+        raise fail(UserError("--tls-port, --cert and --key go together"))
     gs = GatewaySettings(
         host=host, port=port, tls_port=tls_port if cert else None, certfile=cert, keyfile=key
     )

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from tests.support.backends import echo_backend
+from tests.support.tls import self_signed
 
 ROUTES = """
 apiVersion: networking.istio.io/v1
@@ -80,27 +82,33 @@ class Gateway:
                 await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def gateway(redis: Redis, redis_url: str, keys: Keys) -> AsyncIterator[Gateway]:
-    """A gateway served by hypercorn on a free port, following the test's key prefix."""
+@contextlib.asynccontextmanager
+async def serving(
+    redis: Redis, redis_url: str, keys: Keys, settings: GatewaySettings
+) -> AsyncIterator[Gateway]:
+    """A gateway served by hypercorn with ``settings``, following the test's key prefix."""
     stop = asyncio.Event()
-    port = free_port()
-    task = asyncio.create_task(
-        run_gateway(
-            redis, redis_url, keys, settings=GatewaySettings(host="127.0.0.1", port=port), stop=stop
-        )
-    )
+    task = asyncio.create_task(run_gateway(redis, redis_url, keys, settings=settings, stop=stop))
     async with asyncio.timeout(10):
         while True:
             with contextlib.suppress(OSError):
-                _, w = await asyncio.open_connection("127.0.0.1", port)
+                _, w = await asyncio.open_connection("127.0.0.1", settings.port)
                 w.close()
                 break
             await asyncio.sleep(0.02)
-    gw = Gateway(port=port, client=Client(redis, keys))
-    yield gw
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    try:
+        yield Gateway(port=settings.port, client=Client(redis, keys))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def gateway(redis: Redis, redis_url: str, keys: Keys) -> AsyncIterator[Gateway]:
+    """A plaintext gateway on a free port."""
+    settings = GatewaySettings(host="127.0.0.1", port=free_port())
+    async with serving(redis, redis_url, keys, settings) as gw:
+        yield gw
 
 
 async def get(
@@ -245,3 +253,37 @@ async def test_rewrite_uri_and_authority(gateway: Gateway, redis: Redis, keys: K
         seen = json.loads((await get(gateway, "/old/x?q=1"))[2])
         assert seen["path"] == "/new/x?q=1"
         assert seen["headers"]["host"] == "rewritten.example"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_tls_alpn_h2_and_http11(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """With a certificate the gateway serves TLS on a second port, h2 and HTTP/1.1 by ALPN."""
+    cert, key = self_signed(tmp_path)
+    tls_port = free_port()
+    settings = GatewaySettings(
+        host="127.0.0.1", port=free_port(), tls_port=tls_port, certfile=str(cert), keyfile=str(key)
+    )
+    async with serving(redis, redis_url, keys, settings) as gw, echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gw.client.apply(parse_text(ROUTES))
+        await gw.settle()
+        for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
+            proc = await asyncio.create_subprocess_exec(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                "--cacert",
+                str(cert),
+                flag,
+                "-H",
+                "Host: echo",
+                f"https://127.0.0.1:{tls_port}/",
+                stdout=subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            assert out.decode() == f"{version} 200"
