@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
 from shoal.errors import ShoalError, StoreError
-from shoal.platform.agent import PLACEMENT
+from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
 from shoal.platform.model import Service
 from shoal.platform.resources import parse_document
 from shoal.platform.scheduler import Placements, place
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 LEASE_MS = 5_000
 TICK = 1.0
+PRUNE_GRACE = LEASE_TTL + 2 * HEARTBEAT_EVERY
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -66,6 +68,19 @@ def placement_changes(view: View) -> list[Change]:
     return changes
 
 
+def may_prune(
+    now: float, steady_since: float, store_uptime: float, grace: float = PRUNE_GRACE
+) -> bool:
+    """Whether expired leases may be pruned: only once owners have had time to re-assert them.
+
+    After Redis restarts (its uptime is short) or after this controller regained the store or
+    the lead, leases may look expired only because nobody could renew them; pruning then would
+    empty a healthy registry. Waiting ``grace`` (a lease TTL plus two heartbeats) lets every
+    live owner re-assert first.
+    """
+    return now - steady_since >= grace and store_uptime >= grace
+
+
 class Controller:
     """Leader-elected control loop over one store."""
 
@@ -80,6 +95,7 @@ class Controller:
         self._renew = redis.register_script(_RENEW)
         self._view = View()
         self._dirty = asyncio.Event()
+        self._steady_since: float | None = None  # since when we lead with the store reachable
 
     def _on_view(self, view: View) -> None:
         self._view = view
@@ -97,17 +113,25 @@ class Controller:
         except StoreError as e:
             log.warning("lost the store, standing by: %s", e)
             leading = False
+            self._steady_since = None
         if leading != self.leading:
             log.info("controller %s %s", self.id, "leads" if leading else "stands by")
             self.leading = leading
         if not leading:
+            self._steady_since = None
             return
+        now = time.monotonic()
+        if self._steady_since is None:
+            self._steady_since = now
         changes = placement_changes(self._view)
         if changes:
             await self.config.write(changes)
-        pruned = await self.registry.prune()
-        if pruned:
-            log.info("pruned expired leases: %s", ", ".join(pruned))
+        async with translated("reading the store's uptime"):
+            uptime = float((await self.redis.info("server"))["uptime_in_seconds"])
+        if may_prune(now, self._steady_since, uptime):
+            pruned = await self.registry.prune()
+            if pruned:
+                log.info("pruned expired leases: %s", ", ".join(pruned))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run ticks on every change and every second, until ``stop``; then release the lease."""

@@ -47,3 +47,12 @@ def test_places_exactly_what_is_wanted_and_balanced(
         per_node = [got[n].get(rev, 0) for n in nodes]
         assert sum(per_node) == count
         assert max(per_node) - min(per_node) <= 1
+
+
+def test_no_pruning_right_after_store_restart_or_regained_lead() -> None:
+    """Leases are pruned only after owners had a full grace period to re-assert them."""
+    from shoal.platform.controller import may_prune
+
+    assert not may_prune(now=103.0, steady_since=100.0, store_uptime=500.0, grace=7.0)
+    assert not may_prune(now=200.0, steady_since=100.0, store_uptime=2.0, grace=7.0)
+    assert may_prune(now=107.0, steady_since=100.0, store_uptime=7.0, grace=7.0)
