@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from shoal.mesh.forward import Forwarder, Outbound
 from shoal.mesh.headers import Headers, end_to_end, expects_body, request_headers
-from shoal.mesh.proxy import Proxy, Refusal
-from shoal.mesh.upstream import UpstreamError, Upstreams
+from shoal.mesh.proxy import Refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,10 +55,8 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
 class GatewayApp:
     """ASGI application forwarding every HTTP request through the mesh."""
 
-    def __init__(self, proxy: Proxy, upstreams: Upstreams, *, scheme_header: bool = True) -> None:
-        self.proxy = proxy
-        self.upstreams = upstreams
-        self.scheme_header = scheme_header
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -69,39 +67,40 @@ class GatewayApp:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    await self.upstreams.close()
+                    await self.forwarder.upstreams.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers: Headers = scope["headers"]
         fields = {n.decode("latin-1"): v.decode("latin-1") for n, v in raw_headers}
-        host = fields.get("host", "")
         method: str = scope["method"]
-        path: str = scope["path"]
-        decision = self.proxy.decide(host, method, path, fields)
-        if isinstance(decision, Refusal):
-            await refuse(send, decision.status, decision.cause, decision.message)
-            return
-        target = decision.path if decision.path != path else scope["raw_path"].decode("latin-1")
-        if scope["query_string"]:
-            target += "?" + scope["query_string"].decode("latin-1")
         client = scope.get("client")
-        headers = request_headers(
-            raw_headers, fields, client[0] if client else None, scope["scheme"], decision.authority
+        length = fields.get("content-length")
+        result = await self.forwarder.forward(
+            Outbound(
+                method=method,
+                host=fields.get("host", ""),
+                path=scope["path"],
+                raw_target=scope["raw_path"].decode("latin-1")
+                + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""),
+                query=scope["query_string"].decode("latin-1"),
+                headers=request_headers(
+                    raw_headers, fields, client[0] if client else None, scope["scheme"]
+                ),
+                fields=fields,
+                body=_request_body(receive)
+                if expects_body(method, fields, scope["http_version"] == "2")
+                else None,
+                content_length=int(length) if length is not None and length.isdigit() else None,
+            )
         )
-        has_body = expects_body(method, fields, scope["http_version"] == "2")
-        body = _request_body(receive) if has_body else None
-        endpoint, balancer = decision.endpoint, decision.balancer
-        balancer.on_start(endpoint)
+        if isinstance(result, Refusal):
+            await refuse(send, result.status, result.cause, result.message)
+            return
+        response = result.response
+        complete = False
         try:
-            try:
-                response = await self.upstreams.request(
-                    endpoint, method, target, headers, body, decision.match.route.timeout
-                )
-            except UpstreamError as e:
-                await refuse(send, e.status, e.cause, str(e))
-                return
             await send(
                 {
                     "type": "http.response.start",
@@ -109,15 +108,12 @@ class GatewayApp:
                     "headers": end_to_end(response.headers),
                 }
             )
-            complete = False
-            try:
-                async for chunk in response.chunks():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                complete = True
-            finally:
-                if complete:
-                    await send({"type": "http.response.body", "body": b""})
-                else:  # a truncated body must reach the client as a reset, never as complete
-                    response.close()
+            async for chunk in response.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            complete = True
         finally:
-            balancer.on_finish(endpoint)
+            result.done()
+            if complete:
+                await send({"type": "http.response.body", "body": b""})
+            else:  # a truncated body must reach the client as a reset, never as complete
+                response.close()

@@ -14,6 +14,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from shoal.gateway.app import GatewayApp
+from shoal.mesh.forward import Forwarder
 from shoal.mesh.proxy import CONFIG_KINDS, Proxy
 from shoal.mesh.upstream import Upstreams
 from shoal.store.acks import Acks
@@ -83,7 +84,7 @@ async def run_gateway(
     tasks = [asyncio.ensure_future(watcher.run(on_view)), asyncio.ensure_future(acks.run())]
     try:
         await serve(
-            GatewayApp(proxy, upstreams),  # type: ignore[arg-type]
+            GatewayApp(Forwarder(proxy, upstreams)),  # type: ignore[arg-type]
             hypercorn_config(settings),
             shutdown_trigger=stop.wait,
         )

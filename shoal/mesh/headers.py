@@ -46,17 +46,12 @@ def request_headers(
     fields: dict[str, str],
     client_ip: str | None,
     scheme: str,
-    authority: str | None = None,
 ) -> Headers:
     """Headers to forward upstream: end-to-end ones plus ``x-request-id`` and ``x-forwarded-*``.
 
-    ``fields`` is the same headers as a str dict (lower-case names), already built by the caller;
-    ``authority`` replaces the Host header (a route's ``rewrite.authority``).
+    ``fields`` is the same headers as a str dict (lower-case names), already built by the caller.
     """
     headers = end_to_end(raw)
-    if authority is not None:
-        headers = [(n, v) for n, v in headers if n != b"host"]
-        headers.append((b"host", authority.encode("latin-1")))
     if "x-request-id" not in fields:
         headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
     if client_ip:
@@ -75,3 +70,8 @@ def expects_body(method: str, fields: dict[str, str], http2: bool) -> bool:
     if length is not None:
         return length != "0"
     return "transfer-encoding" in fields or (http2 and method not in BODYLESS)
+
+
+def with_authority(headers: Headers, authority: str) -> Headers:
+    """``headers`` with the Host replaced (a route's ``rewrite.authority``)."""
+    return [(n, v) for n, v in headers if n != b"host"] + [(b"host", authority.encode("latin-1"))]

@@ -11,19 +11,26 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.errors import ShoalError
 from shoal.mesh.balancer import Balancer
+from shoal.mesh.breaker import Breaker
 from shoal.mesh.endpoint import Endpoint
-from shoal.mesh.routing import RouteMatch, RoutingTable
-from shoal.platform.model import DestinationRule, Service, VirtualService
+from shoal.mesh.outlier import OutlierDetector
+from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
+from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
+from shoal.platform.model import DestinationRule, OutlierDetection, Service, VirtualService
 from shoal.platform.resources import parse_document
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)
 
 CONFIG_KINDS = ("Service", "VirtualService", "DestinationRule")
+
+# Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
+# so, with Istio's default thresholds.
+DEFAULT_OUTLIER = OutlierDetection()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +43,34 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """Where one request goes: the instance, the route it matched, the path to send."""
+class Route:
+    """Where one request goes, short of the instance: route, cluster, balancer, path to send."""
 
-    endpoint: Endpoint
     match: RouteMatch
+    cluster: Cluster
     balancer: Balancer
     path: str
+    rewritten: bool
     authority: str | None = None  # the Host to send, when the route rewrites it
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """Per-cluster state a proxy keeps across snapshots: outliers, breaker, retry budget."""
+
+    detector: OutlierDetector
+    breaker: Breaker
+    budget: RetryBudget
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one proxy process, published for ``shoal status`` and drills."""
+
+    requests: int = 0
+    retries: int = 0
+    overflows: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
 
 
 def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
@@ -62,7 +89,7 @@ def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
                 services.append(resource)
             elif isinstance(resource, VirtualService):
                 virtual_services.append(resource)
-            else:
+            elif isinstance(resource, DestinationRule):
                 rules.append(resource)
     return RoutingTable.build(
         services, virtual_services, rules, view.instances.values(), previous=previous
@@ -70,42 +97,92 @@ def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
 
 
 class Proxy:
-    """Holds the current routing snapshot and makes the per-request decision."""
+    """Holds the current routing snapshot and the per-cluster state; makes the decisions."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.table = RoutingTable.build([], [], [], [])
         self.revision = 0
         self.rng = rng or random.Random()
+        self.stats = Stats()
+        self.clusters: dict[ClusterKey, ClusterState] = {}
+        self._retry_policies: dict[int, RetryPolicy] = {}
 
     def update(self, view: View) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built."""
         try:
-            self.table = table_from_view(view, self.table)
+            table = table_from_view(view, self.table)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             return
+        for key, cluster in table.clusters.items():
+            state = self.clusters.get(key)
+            if state is None:
+                self.cluster_state(cluster)
+            else:
+                state.detector.policy = cluster.policy.outlier_detection or DEFAULT_OUTLIER
+                state.detector.set_hosts(e.key for e in cluster.endpoints)
+                state.breaker.update(cluster.policy.connection_pool)
+        for key in set(self.clusters) - set(table.clusters):
+            del self.clusters[key]
+        self._retry_policies = {}
+        self.table = table
         self.revision = view.revision
 
     def decide(
         self, host: str, method: str, path: str, headers: Mapping[str, str]
-    ) -> Target | Refusal:
-        """Route ``method host path``: the instance to forward to, or why not."""
+    ) -> Route | Refusal:
+        """Route ``method host path`` to a cluster, or say why not."""
         table = self.table
         match = table.resolve(host, method, path, headers)
         if match is None:
             return Refusal(404, "no_route", f"no route for host {host!r} and path {path!r}")
         cluster = table.pick(match, self.rng)
-        if cluster is None or not cluster.endpoints:
-            name = cluster.service if cluster is not None else host
-            subset = f" subset {cluster.subset}" if cluster is not None and cluster.subset else ""
-            return Refusal(503, "no_healthy_upstream", f"no healthy instance of {name}{subset}")
-        balancer = table.balancer_for(cluster)
-        endpoint = balancer.pick(cluster.endpoints, self.rng)
+        if cluster is None:
+            return Refusal(503, "no_healthy_upstream", f"route for {host!r} has no destination")
         rewrite = match.route.rewrite
-        return Target(
-            endpoint=endpoint,
+        new_path = match.rewrite_path(path)
+        return Route(
             match=match,
-            balancer=balancer,
-            path=match.rewrite_path(path),
+            cluster=cluster,
+            balancer=table.balancer_for(cluster),
+            path=new_path,
+            rewritten=new_path != path,
             authority=rewrite.authority if rewrite is not None else None,
         )
+
+    def cluster_state(self, cluster: Cluster) -> ClusterState:
+        """The state kept for ``cluster`` (made on first use for a cluster not yet seen)."""
+        state = self.clusters.get(cluster.key)
+        if state is None:
+            outlier = cluster.policy.outlier_detection or DEFAULT_OUTLIER
+            state = ClusterState(
+                detector=OutlierDetector(outlier, (e.key for e in cluster.endpoints)),
+                breaker=Breaker(cluster.policy.connection_pool),
+                budget=RetryBudget(),
+            )
+            self.clusters[cluster.key] = state
+        return state
+
+    def retry_policy(self, match: RouteMatch) -> RetryPolicy:
+        """The effective retry policy of a route (computed once per snapshot)."""
+        policy = self._retry_policies.get(id(match))
+        if policy is None:
+            policy = effective(match.route.retries, match.route.timeout)
+            self._retry_policies[id(match)] = policy
+        return policy
+
+    def pick(
+        self, route: Route, state: ClusterState, now: float, tried: set[str]
+    ) -> Endpoint | None:
+        """An instance for the next attempt: ready, not ejected, and not tried yet if possible."""
+        detector = state.detector
+        deadline = detector.next_deadline()
+        if deadline is not None and now >= deadline:
+            detector.sweep(now)
+        candidates = detector.filter(route.cluster.endpoints, now)
+        if tried:
+            fresh = tuple(e for e in candidates if e.key not in tried)
+            candidates = fresh or candidates
+        if not candidates:
+            return None
+        return route.balancer.pick(candidates, self.rng)

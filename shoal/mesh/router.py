@@ -14,9 +14,9 @@ import logging
 
 from aiohttp import web
 
+from shoal.mesh.forward import Forwarder, Outbound
 from shoal.mesh.headers import end_to_end, expects_body, request_headers
-from shoal.mesh.proxy import Proxy, Refusal
-from shoal.mesh.upstream import UpstreamError, Upstreams
+from shoal.mesh.proxy import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,8 @@ def _refusal(status: int, cause: str, message: str) -> web.Response:
 class Router:
     """Routes and forwards requests arriving on a node's mesh listener."""
 
-    def __init__(self, proxy: Proxy, upstreams: Upstreams) -> None:
-        self.proxy = proxy
-        self.upstreams = upstreams
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -40,45 +39,41 @@ class Router:
         """Forward one request."""
         raw = [(bytes(n).lower(), bytes(v)) for n, v in request.raw_headers]
         fields = {n.decode("latin-1"): v.decode("latin-1") for n, v in raw}
-        decision = self.proxy.decide(fields.get("host", ""), request.method, request.path, fields)
-        if isinstance(decision, Refusal):
-            return _refusal(decision.status, decision.cause, decision.message)
-        target = (
-            decision.path if decision.path != request.path else request.raw_path.split("?", 1)[0]
-        )
-        if request.query_string:
-            target += "?" + request.query_string
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        headers = request_headers(
-            raw, fields, peer[0] if peer else None, "http", decision.authority
+        length = request.content_length
+        result = await self.forwarder.forward(
+            Outbound(
+                method=request.method,
+                host=fields.get("host", ""),
+                path=request.path,
+                raw_target=request.raw_path,
+                query=request.query_string,
+                headers=request_headers(raw, fields, peer[0] if peer else None, "http"),
+                fields=fields,
+                body=request.content.iter_any()
+                if expects_body(request.method, fields, False)
+                else None,
+                content_length=length,
+            )
         )
-        body = request.content.iter_any() if expects_body(request.method, fields, False) else None
-        endpoint, balancer = decision.endpoint, decision.balancer
-        balancer.on_start(endpoint)
+        if isinstance(result, Refusal):
+            return _refusal(result.status, result.cause, result.message)
+        upstream = result.response
+        complete = False
         try:
-            try:
-                upstream = await self.upstreams.request(
-                    endpoint, request.method, target, headers, body, decision.match.route.timeout
-                )
-            except UpstreamError as e:
-                return _refusal(e.status, e.cause, str(e))
             response = web.StreamResponse(status=upstream.status)
             for name, value in end_to_end(upstream.headers):
                 response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
             await response.prepare(request)
-            complete = False
-            try:
-                async for chunk in upstream.chunks():
-                    await response.write(chunk)
-                complete = True
-            finally:
-                if complete:
-                    await response.write_eof()
-                else:
-                    upstream.close()
-            return response
+            async for chunk in upstream.chunks():
+                await response.write(chunk)
+            complete = True
         finally:
-            balancer.on_finish(endpoint)
+            result.done()
+            if not complete:
+                upstream.close()
+        await response.write_eof()
+        return response
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; return the bound port."""
@@ -93,4 +88,4 @@ class Router:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await self.upstreams.close()
+        await self.forwarder.upstreams.close()

@@ -440,6 +440,11 @@ class RoutingTable:
         except KeyError:
             raise KeyError(f"cluster {cluster.key} is not in this routing table") from None
 
+    @property
+    def clusters(self) -> Mapping[ClusterKey, Cluster]:
+        """Every cluster any route or default route refers to, by (service, subset)."""
+        return self._clusters
+
     def cluster(self, service: str, subset: str | None = None) -> Cluster | None:
         """The cluster for (service, subset) if any route or default route refers to it."""
         return self._clusters.get((service, subset))

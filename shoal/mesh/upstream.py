@@ -6,6 +6,7 @@ Everything aiohttp raises is translated here into :class:`UpstreamError`, which 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -75,24 +76,32 @@ class Upstreams:
         target: str,
         headers: Headers,
         body: AsyncIterator[bytes] | bytes | None,
-        timeout: float | None,
+        *,
+        head_timeout: float | None = None,
+        total_timeout: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request to ``endpoint``; return once the response head has arrived."""
+        """Send one request to ``endpoint``; return once the response head has arrived.
+
+        ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
+        exchange, body included.
+        """
         url = f"http://{endpoint.authority}{target}"
         hdrs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
         try:
-            response = await self._client().request(
-                method,
-                url,
-                headers=hdrs,
-                data=body,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout, connect=self._connect_timeout),
-                compress=None,
-                chunked=None,
-                skip_auto_headers=None,
-            )
-        except aiohttp.ClientConnectorError as e:
+            async with asyncio.timeout(head_timeout):
+                response = await self._client().request(
+                    method,
+                    url,
+                    headers=hdrs,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=total_timeout, connect=self._connect_timeout
+                    ),
+                    compress=None,
+                    chunked=None,
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             raise UpstreamError(
                 503, "upstream_connect_error", f"{endpoint.authority}: {e}", sent=False
             ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from shoal.mesh.forward import Forwarder
 from shoal.mesh.proxy import CONFIG_KINDS, Proxy
 from shoal.mesh.router import Router
 from shoal.mesh.upstream import Upstreams
@@ -31,7 +32,7 @@ async def run_node(
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister."""
     proxy = Proxy()
-    router = Router(proxy, Upstreams())
+    router = Router(Forwarder(proxy, Upstreams()))
     port = await router.start("127.0.0.1", mesh_port)
     acks = Acks(redis, keys, f"router/{node_id}")
     watcher = Watcher(url, keys, CONFIG_KINDS)

@@ -1,0 +1,239 @@
+"""The outbound request path every proxy shares: route, fault, pick, send, retry, observe.
+
+One request goes through these stages (linkerd2-proxy's discover → logical → concrete →
+endpoint, in one place)::
+
+    decide (route + weighted cluster)  ─► fault injection (delay / abort)
+      ─► circuit breaker slot for the cluster (503 overflow when full)
+      ─► attempt loop:
+           pick an instance (ready, not ejected, not tried yet when another exists)
+           send with the attempt's timeout ─► outcome ─► outlier detector
+           retry? (retryOn, attempts, idempotency, budget, deadline) ─► jittered backoff
+      ─► the response head (the caller streams its body), or a Refusal with its cause
+
+Bodies whose Content-Length is within ``buffer_limit`` are buffered so they can be replayed;
+larger or unknown ones stream and are never retried once sent. The route's ``timeout`` bounds
+all attempts together, bodies included; ``perTryTimeout`` bounds each attempt's response head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from shoal.mesh.endpoint import Endpoint
+from shoal.mesh.headers import Headers, with_authority
+from shoal.mesh.outcome import Outcome, classify
+from shoal.mesh.proxy import ClusterState, Proxy, Refusal, Route
+from shoal.mesh.retry import attempt_timeout, backoff, should_retry
+from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
+
+Body = AsyncIterator[bytes] | bytes | None
+
+BUFFER_LIMIT = 1 << 20  # bodies up to 1 MiB are buffered and may be retried (Envoy's default)
+
+
+@dataclass(slots=True, kw_only=True)
+class Outbound:
+    """One request to forward, as the listener parsed it."""
+
+    method: str
+    host: str
+    path: str  # decoded, without query: what routes match on
+    raw_target: str  # path and query as received: what is sent when no rewrite applies
+    query: str
+    headers: Headers  # end-to-end headers plus forwarding headers
+    fields: dict[str, str]  # the client's headers as a dict, lower-case names
+    body: Body
+    content_length: int | None = None
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """The upstream's response head; call ``done`` once its body has been relayed."""
+
+    response: UpstreamResponse
+    endpoint: Endpoint
+    attempts: int
+    done: Callable[[], None]
+
+
+@dataclass(slots=True)
+class _Attempt:
+    endpoint: Endpoint
+    outcome: Outcome
+    response: UpstreamResponse | None = None
+    error: UpstreamError | None = None
+
+
+class Forwarder:
+    """Sends requests for one proxy process (gateway or node router)."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        upstreams: Upstreams,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        buffer_limit: int = BUFFER_LIMIT,
+    ) -> None:
+        self.proxy = proxy
+        self.upstreams = upstreams
+        self.clock = clock
+        self.rng = rng or proxy.rng
+        self.buffer_limit = buffer_limit
+
+    async def forward(self, req: Outbound) -> Forwarded | Refusal:
+        """Route and send ``req``; the caller relays the body and then calls ``done``."""
+        self.proxy.stats.requests += 1
+        result = await self._forward(req)
+        if isinstance(result, Refusal):
+            refusals = self.proxy.stats.refusals
+            refusals[result.cause] = refusals.get(result.cause, 0) + 1
+        return result
+
+    async def _forward(self, req: Outbound) -> Forwarded | Refusal:
+        route = self.proxy.decide(req.host, req.method, req.path, req.fields)
+        if isinstance(route, Refusal):
+            return route
+        fault = route.match.route.fault
+        if fault is not None:
+            if fault.delay is not None and self.rng.random() * 100 < fault.delay.percentage:
+                await asyncio.sleep(fault.delay.fixed_delay)
+            if fault.abort is not None and self.rng.random() * 100 < fault.abort.percentage:
+                return Refusal(fault.abort.http_status, "fault_abort", "fault injected by route")
+        state = self.proxy.cluster_state(route.cluster)
+        if not state.breaker.try_acquire():
+            return Refusal(
+                503,
+                "overflow",
+                f"{route.cluster.service}: more than {state.breaker.limit} requests in flight",
+            )
+        try:
+            result = await self._attempts(req, route, state)
+        except BaseException:
+            state.breaker.release()
+            raise
+        if isinstance(result, Refusal):
+            state.breaker.release()
+            return result
+        release_endpoint = result.done
+
+        def done() -> None:
+            release_endpoint()
+            state.breaker.release()
+
+        result.done = done
+        return result
+
+    async def _attempts(
+        self, req: Outbound, route: Route, state: ClusterState
+    ) -> Forwarded | Refusal:
+        policy = self.proxy.retry_policy(route.match)
+        body = req.body
+        if (
+            body is not None
+            and not isinstance(body, bytes)
+            and policy.attempts
+            and req.content_length is not None
+            and req.content_length <= self.buffer_limit
+        ):
+            body = b"".join([chunk async for chunk in body])
+        replayable = body is None or isinstance(body, bytes)
+        headers = req.headers
+        if route.authority is not None:
+            headers = with_authority(headers, route.authority)
+        target = req.raw_target
+        if route.rewritten:
+            target = route.path + (f"?{req.query}" if req.query else "")
+        started = self.clock()
+        state.budget.on_request(started)
+        tried: set[str] = set()
+        last: _Attempt | None = None
+        attempt = 0
+        while True:
+            now = self.clock()
+            timeout = attempt_timeout(policy, now - started)
+            endpoint = self.proxy.pick(route, state, now, tried) if timeout != 0.0 else None
+            if endpoint is None:
+                break
+            attempt += 1
+            tried.add(endpoint.key)
+            if last is not None:
+                self._discard(last, route)
+            remaining = None if policy.timeout is None else policy.timeout - (now - started)
+            last = await self._send(
+                req.method, endpoint, target, headers, body, timeout, remaining, route
+            )
+            state.detector.record(endpoint.key, last.outcome, self.clock())
+            sent = last.error.sent if last.error is not None else True
+            if not should_retry(
+                policy,
+                attempt,
+                last.outcome,
+                req.method,
+                sent=sent,
+                idempotent_opt_in=False,
+                body_replayable=replayable,
+            ):
+                break
+            if not state.budget.can_retry(self.clock()):
+                break
+            self.proxy.stats.retries += 1
+            await asyncio.sleep(backoff(attempt, self.rng))
+        if last is None:
+            if attempt_timeout(policy, self.clock() - started) == 0.0:
+                return Refusal(504, "upstream_timeout", "route timeout passed before any try")
+            subset = f" subset {route.cluster.subset}" if route.cluster.subset else ""
+            return Refusal(
+                503,
+                "no_healthy_upstream",
+                f"no healthy instance of {route.cluster.service}{subset}",
+            )
+        if last.response is None:
+            assert last.error is not None
+            return Refusal(last.error.status, last.error.cause, str(last.error))
+        endpoint = last.endpoint
+
+        def done() -> None:
+            route.balancer.on_finish(endpoint)
+
+        return Forwarded(response=last.response, endpoint=endpoint, attempts=attempt, done=done)
+
+    async def _send(
+        self,
+        method: str,
+        endpoint: Endpoint,
+        target: str,
+        headers: Headers,
+        body: Body,
+        head_timeout: float | None,
+        total_timeout: float | None,
+        route: Route,
+    ) -> _Attempt:
+        route.balancer.on_start(endpoint)
+        try:
+            response = await self.upstreams.request(
+                endpoint,
+                method,
+                target,
+                headers,
+                body,
+                head_timeout=head_timeout,
+                total_timeout=total_timeout,
+            )
+        except UpstreamError as e:
+            route.balancer.on_finish(endpoint)
+            return _Attempt(endpoint, classify(None, e.cause), error=e)
+        return _Attempt(endpoint, Outcome.response(response.status), response=response)
+
+    @staticmethod
+    def _discard(attempt: _Attempt, route: Route) -> None:
+        """Drop a failed attempt's response before trying again."""
+        if attempt.response is not None:
+            attempt.response.close()
+            route.balancer.on_finish(attempt.endpoint)
