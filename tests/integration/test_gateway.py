@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from shoal.gateway.server import GatewaySettings, run_gateway
-from shoal.platform.client import Client
+from shoal.gateway.server import GatewaySettings
 from shoal.platform.resources import parse_text
-from shoal.store.acks import live_acks
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from tests.support.backends import echo_backend
+from tests.support.gateway import Gateway, get, serving
 from tests.support.tls import self_signed
 
 ROUTES = """
@@ -58,66 +54,6 @@ spec:
   - route:
     - {destination: {host: echo, subset: v1}, weight: 100}
 """
-
-
-@dataclass
-class Gateway:
-    """A running in-process gateway."""
-
-    port: int
-    client: Client
-
-    @property
-    def url(self) -> str:
-        """Its plaintext base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    async def settle(self, timeout: float = 5.0) -> None:
-        """Wait until the gateway has applied the store's current config revision."""
-        revision = await self.client.config.revision()
-        async with asyncio.timeout(timeout):
-            while (await live_acks(self.client.redis, self.client.keys)).get(
-                "gateway", -1
-            ) < revision:
-                await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    redis: Redis, redis_url: str, keys: Keys, settings: GatewaySettings
-) -> AsyncIterator[Gateway]:
-    """A gateway served by hypercorn with ``settings``, following the test's key prefix."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_gateway(redis, redis_url, keys, settings=settings, stop=stop))
-    async with asyncio.timeout(10):
-        while True:
-            with contextlib.suppress(OSError):
-                _, w = await asyncio.open_connection("127.0.0.1", settings.port)
-                w.close()
-                break
-            await asyncio.sleep(0.02)
-    try:
-        yield Gateway(port=settings.port, client=Client(redis, keys))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-@pytest.fixture
-async def gateway(redis: Redis, redis_url: str, keys: Keys) -> AsyncIterator[Gateway]:
-    """A plaintext gateway on a free port."""
-    settings = GatewaySettings(host="127.0.0.1", port=free_port())
-    async with serving(redis, redis_url, keys, settings) as gw:
-        yield gw
-
-
-async def get(
-    gw: Gateway, path: str, host: str = "echo", **headers: str
-) -> tuple[int, dict[str, str], bytes]:
-    """One request through the gateway."""
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url + path, headers={"Host": host, **headers}) as r:
-            return r.status, dict(r.headers), await r.read()
 
 
 async def test_routes_by_host_and_match(gateway: Gateway, redis: Redis, keys: Keys) -> None:

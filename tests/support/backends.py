@@ -39,8 +39,13 @@ class Backend:
 async def echo_backend(
     name: str,
     delay: Callable[[web.BaseRequest], float] | None = None,
+    status: Callable[[web.BaseRequest], int] | None = None,
+    reset: Callable[[web.BaseRequest], bool] | None = None,
 ) -> AsyncIterator[Backend]:
-    """An echo server on a free loopback port; answers JSON of method, path, headers, body."""
+    """An echo server on a free loopback port; answers JSON of method, path, headers, body.
+
+    ``delay`` holds the answer, ``status`` chooses it, ``reset`` drops the connection instead.
+    """
     backend = Backend(name=name, port=0)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -54,8 +59,14 @@ async def echo_backend(
         backend.seen.append(record)
         if delay is not None:
             await asyncio.sleep(delay(request))
+        if reset is not None and reset(request) and request.transport is not None:
+            request.transport.abort()
+            raise asyncio.CancelledError
         return web.Response(
-            text=json.dumps(record), headers={"x-backend": name}, content_type="application/json"
+            text=json.dumps(record),
+            headers={"x-backend": name},
+            status=status(request) if status is not None else 200,
+            content_type="application/json",
         )
 
     server = web.Server(handle, access_log=None)

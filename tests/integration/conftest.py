@@ -1,0 +1,5 @@
+"""Fixtures shared by the integration tests."""
+
+from tests.support.gateway import gateway
+
+__all__ = ["gateway"]
