@@ -38,9 +38,13 @@ def documents(docs: list[dict[str, Any]]) -> None:
             summary = f"app={spec['app']}" if "app" in spec else f"command={spec.get('command')}"
         elif d["kind"] == "VirtualService":
             summary = f"hosts={','.join(spec.get('hosts', []))} rules={len(spec.get('http', []))}"
-        else:
+        elif d["kind"] == "DestinationRule":
             subsets = ",".join(s["name"] for s in spec.get("subsets", []))
             summary = f"host={spec.get('host')} subsets={subsets or '-'}"
+        elif d["kind"] == "PeerAuthentication":
+            summary = f"mtls={spec.get('mtls', {}).get('mode', 'UNSET')}"
+        else:
+            summary = f"action={spec.get('action', 'ALLOW')} rules={len(spec.get('rules', []))}"
         table.add_row(d["kind"], name, summary)
     console.print(table)
 

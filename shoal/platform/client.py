@@ -33,6 +33,12 @@ KIND_ALIASES = {
     "destinationrule": "DestinationRule",
     "destinationrules": "DestinationRule",
     "dr": "DestinationRule",
+    "peerauthentication": "PeerAuthentication",
+    "peerauthentications": "PeerAuthentication",
+    "pa": "PeerAuthentication",
+    "authorizationpolicy": "AuthorizationPolicy",
+    "authorizationpolicies": "AuthorizationPolicy",
+    "ap": "AuthorizationPolicy",
 }
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shoal.mesh.endpoint import Endpoint, InstanceState
+from shoal.platform.health import HealthState, HealthThresholds
+from shoal.platform.health import thresholds as health_thresholds
 from shoal.platform.model import Service
 from shoal.platform.probe import probe
 from shoal.platform.reconcile import restart_delay
@@ -48,8 +50,10 @@ class InstanceSlot:
         log_dir: Path,
         on_change: Callable[[], None],
         rng: random.Random,
+        thresholds: HealthThresholds | None = None,
     ) -> None:
         self.service = service
+        self.thresholds = thresholds or health_thresholds(service.health, None)
         self.id = uuid.uuid4().hex[:8]
         self.node = node
         self.mesh_url = mesh_url
@@ -152,18 +156,41 @@ class InstanceSlot:
         self._set("starting")
         self.on_change()  # the new port and pid
         exited = asyncio.ensure_future(self._process.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        checks: asyncio.Future[None] | None = None
         try:
             ready = await self._wait_ready(exited)
             if ready:
                 self._set("ready")
-            await asyncio.wait(
-                [exited, asyncio.ensure_future(self._stopping.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+                checks = asyncio.ensure_future(self._health_checks())
+            await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
             return ready
         finally:
+            for task in (checks, stopping):
+                if task is not None:
+                    task.cancel()
             if not exited.done() and not self._stopping.is_set():
                 exited.cancel()
+
+    async def _health_checks(self) -> None:
+        """Probe the running instance; flip it between ready and unhealthy by the thresholds."""
+        loop = asyncio.get_running_loop()
+        state = HealthState(self.thresholds, now=loop.time(), rng=self.rng)
+        while True:
+            await asyncio.sleep(max(0.0, state.next_deadline() - loop.time()))
+            ok = await probe(
+                "127.0.0.1", self.port, self.service.health.path, timeout=self.thresholds.timeout
+            )
+            transition = state.on_result(ok, loop.time(), self.rng)
+            if transition is not None and self.state != "draining":
+                log.warning(
+                    "%s/%s is %s after %d probes",
+                    self.service.key,
+                    self.id,
+                    transition.state,
+                    transition.streak,
+                )
+                self._set(transition.state)
 
     async def _wait_ready(self, exited: asyncio.Future[int]) -> bool:
         health = self.service.health

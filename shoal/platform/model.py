@@ -2,8 +2,9 @@
 
 ``Service`` (``shoal/v1``) says what to run; ``VirtualService`` and ``DestinationRule`` reuse
 Istio's kinds and field names (``networking.istio.io/v1``, ``v1beta1`` and ``v1alpha3`` are all
-accepted). These classes are built only by :mod:`shoal.platform.resources`, which validates every
-field; code that holds one may trust it.
+accepted), as do ``PeerAuthentication`` and ``AuthorizationPolicy`` (``security.istio.io/v1``
+and ``v1beta1``). These classes are built only by :mod:`shoal.platform.resources`, which
+validates every field; code that holds one may trust it.
 
 Durations are float seconds; percentages are floats in [0, 100].
 """
@@ -19,6 +20,7 @@ ISTIO_APIS = (
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
 )
+SECURITY_APIS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 
 LoadBalancerPolicy = Literal["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "WEIGHTED"]
 
@@ -256,9 +258,92 @@ class DestinationRule:
         return self.name
 
 
-Resource = Service | VirtualService | DestinationRule
-KINDS: dict[str, type[Service] | type[VirtualService] | type[DestinationRule]] = {
+# ---------------------------------------------------------------------------------------------
+# PeerAuthentication and AuthorizationPolicy (security.istio.io)
+
+MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
+AuthorizationAction = Literal["ALLOW", "DENY"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAuthentication:
+    """Istio's PeerAuthentication: the mTLS mode of the workloads whose labels include
+    ``match_labels`` (all workloads when empty). UNSET inherits the wider policy."""
+
+    name: str
+    match_labels: tuple[tuple[str, str], ...] = ()
+    mtls_mode: MtlsMode = "UNSET"
+
+    kind = "PeerAuthentication"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Istio's ``rules[].from[].source``: who calls. Empty tuples do not constrain.
+
+    Principals are SPIFFE IDs without the ``spiffe://`` scheme (``<td>/svc/<service>``), as
+    Istio writes them, with an optional leading or trailing ``*`` or exactly ``*``.
+    """
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operation:
+    """Istio's ``rules[].to[].operation``: what is called. Empty tuples do not constrain."""
+
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """One ``rules[]`` entry: some ``from_`` source AND some ``to`` operation must match; an
+    empty tuple does not constrain, so ``Rule()`` matches every request."""
+
+    from_: tuple[Source, ...] = ()
+    to: tuple[Operation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationPolicy:
+    """Istio's AuthorizationPolicy: ALLOW or DENY the requests matching any of ``rules`` to
+    workloads whose labels include ``match_labels`` (all workloads when empty). A policy
+    without rules matches nothing (an ALLOW one then allows nothing)."""
+
+    name: str
+    match_labels: tuple[tuple[str, str], ...] = ()
+    action: AuthorizationAction = "ALLOW"
+    rules: tuple[Rule, ...] = ()
+
+    kind = "AuthorizationPolicy"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+Resource = Service | VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy
+KINDS: dict[
+    str,
+    type[Service]
+    | type[VirtualService]
+    | type[DestinationRule]
+    | type[PeerAuthentication]
+    | type[AuthorizationPolicy],
+] = {
     "Service": Service,
     "VirtualService": VirtualService,
     "DestinationRule": DestinationRule,
+    "PeerAuthentication": PeerAuthentication,
+    "AuthorizationPolicy": AuthorizationPolicy,
 }

@@ -55,12 +55,21 @@ from shoal.platform.istio_fields import (
 from shoal.platform.model import (
     ISTIO_APIS,
     KINDS,
+    SECURITY_APIS,
     SERVICE_API,
+    DestinationRule,
     HealthCheck,
+    PeerAuthentication,
     Resource,
     Scale,
     Service,
     VirtualService,
+)
+from shoal.platform.security_fields import (
+    authorization_policy_spec,
+    parse_authorization_policy,
+    parse_peer_authentication,
+    peer_authentication_spec,
 )
 
 __all__ = ["load_files", "parse_document", "parse_duration", "parse_text", "to_document"]
@@ -96,7 +105,11 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
             f"unknown kind; expected one of {', '.join(KINDS)}", field="kind", value=kind
         )
     api_version = top.need("apiVersion", string)
-    expected = (SERVICE_API,) if kind == "Service" else ISTIO_APIS
+    expected: tuple[str, ...] = ISTIO_APIS
+    if kind == "Service":
+        expected = (SERVICE_API,)
+    elif kind in ("PeerAuthentication", "AuthorizationPolicy"):
+        expected = SECURITY_APIS
     if api_version not in expected:
         raise ManifestError(
             f"{kind} needs apiVersion {' or '.join(expected)}",
@@ -114,7 +127,13 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
     name = metadata.need("name", dns_subdomain)
     if kind == "VirtualService":
         return parse_virtual_service(name, top.need("spec", _unparsed))
-    return parse_destination_rule(name, top.need("spec", _unparsed))
+    if kind == "DestinationRule":
+        return parse_destination_rule(name, top.need("spec", _unparsed))
+    # An empty security spec is meaningful (Istio's "allow-nothing" policy is ``spec: {}``).
+    spec = {} if top.raw("spec") is None else top.raw("spec")
+    if kind == "PeerAuthentication":
+        return parse_peer_authentication(name, spec)
+    return parse_authorization_policy(name, spec)
 
 
 def _unparsed(value: object, field: str) -> object:
@@ -127,8 +146,12 @@ def to_document(resource: Resource) -> dict[str, object]:
         api_version, spec = SERVICE_API, _service_spec(resource)
     elif isinstance(resource, VirtualService):
         api_version, spec = ISTIO_APIS[0], virtual_service_spec(resource)
-    else:
+    elif isinstance(resource, DestinationRule):
         api_version, spec = ISTIO_APIS[0], destination_rule_spec(resource)
+    elif isinstance(resource, PeerAuthentication):
+        api_version, spec = SECURITY_APIS[0], peer_authentication_spec(resource)
+    else:
+        api_version, spec = SECURITY_APIS[0], authorization_policy_spec(resource)
     return {
         "apiVersion": api_version,
         "kind": resource.kind,
