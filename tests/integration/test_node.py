@@ -135,3 +135,25 @@ async def test_runs_restarts_and_drains(cluster: Cluster) -> None:
 
     await cluster.client.delete("service", "world")
     await cluster.instances(lambda f: not [e for e in f if e.service == "world"])
+
+
+@pytest.mark.timeout(60)
+async def test_hung_instance_goes_unhealthy_and_back(cluster: Cluster) -> None:
+    """SIGSTOP makes an instance fail its health checks (unhealthy); SIGCONT brings it back."""
+    doc = SERVICES.split("---")[1].replace(
+        "health: {path: /healthz}",
+        "health: {path: /healthz, interval: 0.2s, timeout: 0.2s, unhealthy_threshold: 2}",
+    )
+    await cluster.client.apply(parse_text(doc))
+    found = await cluster.instances(lambda f: len(ready(f, "world")) == 1)
+    victim = ready(found, "world")[0]
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        await cluster.instances(
+            lambda f: any(e.id == victim.id and e.state == "unhealthy" for e in f)
+        )
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    back = await cluster.instances(lambda f: len(ready(f, "world")) == 1)
+    assert ready(back, "world")[0].pid == victim.pid  # the same process, not a restart
