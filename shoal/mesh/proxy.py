@@ -13,7 +13,6 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shoal.errors import ShoalError
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.endpoint import Endpoint
@@ -21,7 +20,7 @@ from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
 from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
 from shoal.platform.model import DestinationRule, OutlierDetection, Service, VirtualService
-from shoal.platform.resources import parse_document
+from shoal.platform.resources import parse_stored
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)
@@ -75,24 +74,13 @@ class Stats:
 
 def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
     """Parse the view's documents and build a routing snapshot (bad documents are skipped)."""
-    services: list[Service] = []
-    virtual_services: list[VirtualService] = []
-    rules: list[DestinationRule] = []
-    for kind in CONFIG_KINDS:
-        for key, doc in view.documents(kind).items():
-            try:
-                resource = parse_document(doc)
-            except ShoalError as e:
-                log.error("skipping stored %s %s: %s", kind, key, e)
-                continue
-            if isinstance(resource, Service):
-                services.append(resource)
-            elif isinstance(resource, VirtualService):
-                virtual_services.append(resource)
-            elif isinstance(resource, DestinationRule):
-                rules.append(resource)
+    parsed = [r for kind in CONFIG_KINDS for r in parse_stored(view.documents(kind)).values()]
     return RoutingTable.build(
-        services, virtual_services, rules, view.instances.values(), previous=previous
+        [r for r in parsed if isinstance(r, Service)],
+        [r for r in parsed if isinstance(r, VirtualService)],
+        [r for r in parsed if isinstance(r, DestinationRule)],
+        view.instances.values(),
+        previous=previous,
     )
 
 

@@ -17,11 +17,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import ShoalError, StoreError
+from shoal.errors import StoreError
+from shoal.platform.health import HealthThresholds, thresholds
 from shoal.platform.instance import InstanceSlot
-from shoal.platform.model import Service
+from shoal.platform.model import DestinationRule, Service
 from shoal.platform.reconcile import Slot, plan
-from shoal.platform.resources import parse_document
+from shoal.platform.resources import parse_stored
+from shoal.platform.weights import find_rule
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
@@ -66,13 +68,14 @@ class Agent:
         self.mesh_url = mesh_url
         self.log_dir = log_dir
         self.registry = Registry(redis, keys)
-        self.watcher = Watcher(url, keys, ["Service", PLACEMENT])
+        self.watcher = Watcher(url, keys, ["Service", "DestinationRule", PLACEMENT])
         self.slots: dict[str, InstanceSlot] = {}
         self.node_record = {"pid": os.getpid(), "host": socket.gethostname(), **(node_record or {})}
         self.drain_delay = drain_delay
         self.grace = grace
         self.rng = rng or random.Random()
         self._services: dict[str, Service] = {}
+        self._rules: list[DestinationRule] = []
         self._desired: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._registry_dirty = asyncio.Event()
@@ -80,15 +83,16 @@ class Agent:
         self._removed: set[str] = set()
 
     def _on_view(self, view: View) -> None:
-        services: dict[str, Service] = {}
-        for key, doc in view.documents("Service").items():
-            try:
-                resource = parse_document(doc)
-            except ShoalError as e:
-                log.error("ignoring stored Service %s: %s", key, e)
-                continue
-            if isinstance(resource, Service):
-                services[key] = resource
+        services = {
+            k: r
+            for k, r in parse_stored(view.documents("Service")).items()
+            if isinstance(r, Service)
+        }
+        self._rules = [
+            r
+            for r in parse_stored(view.documents("DestinationRule")).values()
+            if isinstance(r, DestinationRule)
+        ]
         self._services = services
         self._desired = {k: n for k, n in desired_for(view, self.node_id).items() if k in services}
         self._dirty.set()
@@ -111,12 +115,17 @@ class Agent:
                     log_dir=self.log_dir,
                     on_change=self._slot_changed,
                     rng=self.rng,
+                    thresholds=self._thresholds(self._services[rev]),
                 )
                 self.slots[slot.id] = slot
                 self._spawn(slot.run())
                 log.info("starting %s instance %s", rev, slot.id)
         for slot_id in p.stop:
             self._spawn(self._drain(self.slots[slot_id]))
+
+    def _thresholds(self, service: Service) -> HealthThresholds:
+        rule = find_rule(service.name, self._rules)
+        return thresholds(service.health, rule.traffic_policy if rule is not None else None)
 
     async def _drain(self, slot: InstanceSlot) -> None:
         log.info("draining %s instance %s", slot.revision_key, slot.id)

@@ -14,10 +14,10 @@ import time
 import uuid
 from typing import Any
 
-from shoal.errors import ShoalError, StoreError
+from shoal.errors import StoreError
 from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
 from shoal.platform.model import Service
-from shoal.platform.resources import parse_document
+from shoal.platform.resources import parse_stored
 from shoal.platform.scheduler import Placements, place
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis, translated
@@ -41,16 +41,11 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 
 def wanted_instances(view: View) -> dict[str, int]:
     """Instances wanted per ``service/revision``: each revision's ``scale.min``."""
-    wanted: dict[str, int] = {}
-    for key, doc in view.documents("Service").items():
-        try:
-            service = parse_document(doc)
-        except ShoalError as e:
-            log.error("ignoring stored Service %s: %s", key, e)
-            continue
-        if isinstance(service, Service):
-            wanted[service.key] = service.scale.min
-    return wanted
+    return {
+        s.key: s.scale.min
+        for s in parse_stored(view.documents("Service")).values()
+        if isinstance(s, Service)
+    }
 
 
 def placement_changes(view: View) -> list[Change]:

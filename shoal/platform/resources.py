@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import yaml
@@ -423,3 +424,18 @@ def _service_spec(service: Service, *, with_revision: bool = True) -> dict[str, 
     )
     put(spec, "health", health, {})
     return spec
+
+
+_log = logging.getLogger(__name__)
+
+
+def parse_stored(documents: Mapping[str, object]) -> dict[str, Resource]:
+    """Documents read back from the store, by key. One that no longer parses (written by
+    another Shoal version, or by hand) is logged and skipped, never fatal to a running process."""
+    parsed: dict[str, Resource] = {}
+    for key, doc in documents.items():
+        try:
+            parsed[key] = parse_document(doc)
+        except ManifestError as e:
+            _log.error("skipping stored document %s: %s", key, e)
+    return parsed
