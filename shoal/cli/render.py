@@ -71,6 +71,7 @@ def status_dict(st: Status) -> dict[str, Any]:
             for e in st.instances
         ],
         "proxies": st.acks,
+        "reports": st.reports,
     }
 
 
@@ -110,8 +111,28 @@ def status(st: Status) -> None:
             f"[{style}]{e.state}[/{style}]",
         )
     console.print(instances)
-    proxies = ", ".join(f"{c}@{r}" for c, r in sorted(st.acks.items())) or "none"
-    console.print(f"\nconfig revision {st.revision}; proxies applied: {proxies}")
+    proxies = Table(title="\nproxies", title_justify="left", box=None, pad_edge=False)
+    for col in ("PROXY", "REVISION", "REQUESTS", "RETRIES", "IN-FLIGHT", "REFUSED", "EJECTED"):
+        proxies.add_column(col)
+    for component, revision in sorted(st.acks.items()):
+        r = st.reports.get(component, {})
+        refused = ", ".join(f"{c}={n}" for c, n in sorted(r.get("refusals", {}).items()))
+        ejected = ", ".join(
+            f"{e['instance']} ({e['reason']}, {e['for']}s)"
+            for entries in r.get("ejections", {}).values()
+            for e in entries
+        )
+        proxies.add_row(
+            component,
+            str(revision),
+            str(r.get("requests", 0)),
+            str(r.get("retries", 0)),
+            str(sum(r.get("in_flight", {}).values())),
+            refused or "-",
+            ejected or "-",
+        )
+    console.print(proxies)
+    console.print(f"\nconfig revision {st.revision}")
 
 
 def instance_change(c: InstanceChange) -> None:

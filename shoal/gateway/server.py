@@ -14,13 +14,12 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from shoal.gateway.app import GatewayApp
+from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
-from shoal.mesh.proxy import CONFIG_KINDS, Proxy
+from shoal.mesh.proxy import Proxy
 from shoal.mesh.upstream import Upstreams
-from shoal.store.acks import Acks
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
-from shoal.store.watch import View, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +73,7 @@ async def run_gateway(
     """Serve until ``stop``; routing follows the store."""
     proxy = Proxy()
     upstreams = Upstreams()
-    acks = Acks(redis, keys, component)
-    watcher = Watcher(url, keys, CONFIG_KINDS)
-
-    def on_view(view: View) -> None:
-        proxy.update(view)
-        acks.applied(proxy.revision)
-
-    tasks = [asyncio.ensure_future(watcher.run(on_view)), asyncio.ensure_future(acks.run())]
+    tasks = follow(proxy, redis, url, keys, component)
     try:
         await serve(
             GatewayApp(Forwarder(proxy, upstreams)),  # type: ignore[arg-type]

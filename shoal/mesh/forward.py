@@ -113,19 +113,27 @@ class Forwarder:
                 "overflow",
                 f"{route.cluster.service}: more than {state.breaker.limit} requests in flight",
             )
+        stats, service = self.proxy.stats, route.cluster.service
+        stats.served[service] = stats.served.get(service, 0) + 1
+        stats.in_flight[service] = stats.in_flight.get(service, 0) + 1
+
+        def release() -> None:
+            state.breaker.release()
+            stats.in_flight[service] -= 1
+
         try:
             result = await self._attempts(req, route, state)
         except BaseException:
-            state.breaker.release()
+            release()
             raise
         if isinstance(result, Refusal):
-            state.breaker.release()
+            release()
             return result
         release_endpoint = result.done
 
         def done() -> None:
             release_endpoint()
-            state.breaker.release()
+            release()
 
         result.done = done
         return result

@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
@@ -68,8 +69,9 @@ class Stats:
 
     requests: int = 0
     retries: int = 0
-    overflows: int = 0
-    refusals: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)  # by x-shoal-cause
+    in_flight: dict[str, int] = field(default_factory=dict)  # by service
+    served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
 
 
 def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
@@ -174,3 +176,30 @@ class Proxy:
         if not candidates:
             return None
         return route.balancer.pick(candidates, self.rng)
+
+    def report(self, now: float) -> dict[str, Any]:
+        """What this proxy tells the store every second: counters, load, ejections."""
+        ejections: dict[str, list[dict[str, Any]]] = {}
+        for (service, subset), state in self.clusters.items():
+            ejected = [
+                {
+                    "instance": key,
+                    "reason": e.reason,
+                    "count": e.count,
+                    "for": round(max(0.0, e.until - now), 1),
+                }
+                for key, e in state.detector.snapshot(now).items()
+                if e.enforced
+            ]
+            if ejected:
+                ejections[f"{service}/{subset}" if subset else service] = ejected
+        s = self.stats
+        return {
+            "revision": self.revision,
+            "requests": s.requests,
+            "retries": s.retries,
+            "refusals": dict(s.refusals),
+            "in_flight": {k: v for k, v in s.in_flight.items() if v},
+            "served": dict(s.served),
+            "ejections": ejections,
+        }

@@ -16,7 +16,7 @@ from shoal.mesh.endpoint import Endpoint
 from shoal.platform.model import KINDS, DestinationRule, Resource, Service, VirtualService
 from shoal.platform.resources import parse_document, to_document
 from shoal.platform.weights import find_rule, find_virtual_service, parse_weights, set_weights
-from shoal.store.acks import live_acks
+from shoal.store.acks import live_acks, live_reports
 from shoal.store.config import Change, ConfigStore, encode
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -68,6 +68,7 @@ class Status:
     services: list[Service]
     instances: list[Endpoint]
     acks: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ class Client:
             services=services,
             instances=await self.registry.instances(),
             acks=await live_acks(self.redis, self.keys),
+            reports=await live_reports(self.redis, self.keys),
         )
 
     async def follow(self, url: str, on_change: Callable[[InstanceChange], None]) -> None:

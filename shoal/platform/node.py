@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
-from shoal.mesh.proxy import CONFIG_KINDS, Proxy
+from shoal.mesh.proxy import Proxy
 from shoal.mesh.router import Router
 from shoal.mesh.upstream import Upstreams
 from shoal.platform.agent import Agent
-from shoal.store.acks import Acks
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
-from shoal.store.watch import View, Watcher
 
 DEFAULT_MESH_PORT = 15001  # Istio's outbound port, for familiarity
 
@@ -34,13 +33,6 @@ async def run_node(
     proxy = Proxy()
     router = Router(Forwarder(proxy, Upstreams()))
     port = await router.start("127.0.0.1", mesh_port)
-    acks = Acks(redis, keys, f"router/{node_id}")
-    watcher = Watcher(url, keys, CONFIG_KINDS)
-
-    def on_view(view: View) -> None:
-        proxy.update(view)
-        acks.applied(proxy.revision)
-
     agent = Agent(
         redis,
         url,
@@ -52,7 +44,7 @@ async def run_node(
         drain_delay=drain_delay,
         grace=grace,
     )
-    tasks = [asyncio.ensure_future(watcher.run(on_view)), asyncio.ensure_future(acks.run())]
+    tasks = follow(proxy, redis, url, keys, f"router/{node_id}")
     try:
         await agent.run(stop)
     finally:

@@ -7,7 +7,10 @@ up, and which ones lag.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from shoal.errors import StoreError
 from shoal.store.connection import Redis, translated
@@ -23,6 +26,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
 return 1
 """
 
@@ -40,11 +44,19 @@ return out
 
 
 class Acks:
-    """Publishes one component's applied revision: at once on change, and every second."""
+    """Publishes one component's applied revision (at once on change, and every second) and,
+    with it, the component's ``report`` (counters, ejections, load) as JSON."""
 
-    def __init__(self, redis: Redis, keys: Keys, component: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        component: str,
+        report: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._keys = keys
         self.component = component
+        self.report = report
         self.revision = 0
         self._changed = asyncio.Event()
         self._ack = redis.register_script(_ACK)
@@ -61,9 +73,10 @@ class Acks:
             self._changed.clear()
             try:
                 async with translated("recording the applied revision"):
+                    report = json.dumps(self.report()) if self.report is not None else ""
                     await self._ack(
-                        keys=[self._keys.acks, self._keys.ack_leases],
-                        args=[self.component, self.revision, ACK_TTL_MS],
+                        keys=[self._keys.acks, self._keys.ack_leases, self._keys.reports],
+                        args=[self.component, self.revision, ACK_TTL_MS, report],
                     )
             except StoreError as e:
                 log.debug("ack not recorded: %s", e)
@@ -78,3 +91,13 @@ async def live_acks(redis: Redis, keys: Keys) -> dict[str, int]:
     async with translated("reading acks"):
         flat = await redis.eval(_LIVE, 2, keys.acks, keys.ack_leases)
     return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+async def live_reports(redis: Redis, keys: Keys) -> dict[str, dict[str, Any]]:
+    """The last report of every live component."""
+    live = await live_acks(redis, keys)
+    if not live:
+        return {}
+    async with translated("reading proxy reports"):
+        raw = await redis.hmget(keys.reports, list(live))
+    return {c: json.loads(r) for c, r in zip(live, raw, strict=True) if r}

@@ -56,6 +56,11 @@ class Keys:
         return f"{self.prefix}leases:acks"
 
     @property
+    def reports(self) -> str:
+        """Hash: component id → its last report (JSON: counters, ejections, load)."""
+        return f"{self.prefix}reports"
+
+    @property
     def leader(self) -> str:
         """The controller leader lease."""
         return f"{self.prefix}leader"

@@ -1,0 +1,31 @@
+"""How a proxy process stays in step with the store, and reports back to it.
+
+A watcher feeds every view into the :class:`~shoal.mesh.proxy.Proxy`; an ack loop records the
+revision applied and the proxy's report (counters, load, ejections) every second, which
+``shoal apply --wait``, ``shoal status``, drills and the autoscaler read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shoal.mesh.proxy import CONFIG_KINDS, Proxy
+from shoal.store.acks import Acks
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from shoal.store.watch import View, Watcher
+
+
+def follow(
+    proxy: Proxy, redis: Redis, url: str, keys: Keys, component: str
+) -> list[asyncio.Task[None]]:
+    """Start following the store for ``proxy``; the caller cancels the returned tasks."""
+    acks = Acks(redis, keys, component, report=lambda: proxy.report(time.monotonic()))
+    watcher = Watcher(url, keys, CONFIG_KINDS)
+
+    def on_view(view: View) -> None:
+        proxy.update(view)
+        acks.applied(proxy.revision)
+
+    return [asyncio.ensure_future(watcher.run(on_view)), asyncio.ensure_future(acks.run())]
