@@ -137,6 +137,7 @@ def up(
         signal.signal(sig, lambda *_: stop.set())
     try:
         url = sup.start()
+        (state / "gateway.url").write_text(f"http://127.0.0.1:{port}\n")
         typer.echo(f"store      {redacted(url)}  (state in {state})")
         typer.echo(f"gateway    http://localhost:{port}  (HTTP/1.1 and h2c)")
         if tls_port is not None:
@@ -334,6 +335,80 @@ def status(
         typer.echo("\nwatching instance changes (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             with_client(url, lambda c: c.follow(url, render.instance_change))
+
+
+drill_app = typer.Typer(
+    help="Failover drills: prove that clients see no error.", no_args_is_help=True
+)
+app.add_typer(drill_app, name="drill")
+
+
+def gateway_url(flag: str | None) -> str:
+    """``--gateway``, else the gateway ``shoal up`` recorded, else localhost:8080."""
+    if flag:
+        return flag
+    recorded = settings.state_dir() / "gateway.url"
+    return recorded.read_text().strip() if recorded.exists() else "http://127.0.0.1:8080"
+
+
+@drill_app.command("failover")
+def drill_failover(
+    service: Annotated[str, typer.Argument()],
+    fault: Annotated[
+        str,
+        typer.Option(
+            help="kill (SIGKILL), hang (SIGSTOP), error (answers 503) or slow (+0.5 s per answer)"
+        ),
+    ] = "kill",
+    count: Annotated[int, typer.Option(help="How many instances to fault.")] = 1,
+    duration: Annotated[str, typer.Option(help="Length of the drill.")] = "30s",
+    rps: Annotated[float, typer.Option(help="Requests per second through the gateway.")] = 100,
+    max_error_rate: Annotated[
+        str, typer.Option(help="Fail (exit 1) above this, e.g. 0 or 1%.")
+    ] = "0",
+    gateway: Annotated[
+        str | None, typer.Option(help="Gateway URL (default: the one 'shoal up' started).")
+    ] = None,
+    redis: RedisOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Fault instances of a service under steady traffic and report what clients saw.
+
+    Example: shoal drill failover hello --fault kill --duration 20s --rps 100
+    """
+    from shoal.platform.drill import failover
+    from shoal.platform.faults import FAULTS
+    from shoal.platform.rollout import parse_error_rate, parse_interval
+
+    try:
+        if fault not in FAULTS:
+            raise UserError(f"--fault {fault!r}: use one of {', '.join(FAULTS)}")
+        if count < 1 or rps <= 0:
+            raise UserError("--count and --rps must be positive")
+        seconds = parse_interval(duration, "--duration")
+        limit = parse_error_rate(max_error_rate)
+    except ShoalError as e:
+        raise fail(e) from None
+    report = with_client(
+        redis,
+        lambda c: failover(
+            c,
+            gateway=gateway_url(gateway),
+            service=service,
+            fault=fault,
+            count=count,
+            duration=seconds,
+            rps=rps,
+        ),
+    )
+    if output == "json":
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render.drill(report)
+    if report.error_rate > limit:
+        raise fail(
+            ShoalError(f"error rate {report.error_rate:.2%} is above --max-error-rate {limit:.2%}")
+        )
 
 
 def main() -> None:

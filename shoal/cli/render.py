@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoal.platform.client import Applied, InstanceChange, Status
+from shoal.platform.drill import Report
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -150,3 +151,30 @@ def instance_change(c: InstanceChange) -> None:
         f"{now}  {what}  {before}[{style}]{c.after.state}[/{style}]  "
         f"{c.after.authority} pid {c.after.pid or '-'}"
     )
+
+
+def drill(r: Report) -> None:
+    """A drill's report."""
+    console.print(f"drill: fault [bold]{r.fault}[/bold] on {', '.join(r.targets)}")
+    errors = ", ".join(f"{c}={n}" for c, n in sorted(r.errors.items())) or "none"
+    style = "green" if not r.errors else "red"
+    console.print(
+        f"requests {r.requests}, client-visible errors [{style}]{errors}[/{style}] "
+        f"({r.error_rate:.2%}), retried by proxies {r.retried}"
+    )
+
+    def secs(v: float | None) -> str:
+        return "not seen" if v is None else f"{v:.2f}s"
+
+    console.print(
+        f"detected after {secs(r.detected_after)}, recovered after {secs(r.recovered_after)}"
+    )
+    table = Table(box=None, pad_edge=False)
+    for col in ("PHASE", "REQUESTS", "P50 MS", "P99 MS"):
+        table.add_column(col)
+    for name in ("before", "during", "after"):
+        p = getattr(r, name)
+        table.add_row(name, str(p.requests), str(p.p50_ms or "-"), str(p.p99_ms or "-"))
+    console.print(table)
+    for note in r.notes:
+        console.print(f"note: {note}")

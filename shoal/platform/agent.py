@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import StoreError
+from shoal.platform.faults import SIGNALS
 from shoal.platform.health import HealthThresholds, thresholds
 from shoal.platform.instance import InstanceSlot
 from shoal.platform.model import DestinationRule, Service
@@ -32,6 +33,7 @@ from shoal.store.watch import View, Watcher
 log = logging.getLogger(__name__)
 
 PLACEMENT = "Placement"
+FAULT = "Fault"  # drills: {"fault": kill|hang|error|slow, "id": drill id} by instance key
 HEARTBEAT_EVERY = 1.0
 LEASE_TTL = 5.0
 
@@ -68,7 +70,7 @@ class Agent:
         self.mesh_url = mesh_url
         self.log_dir = log_dir
         self.registry = Registry(redis, keys)
-        self.watcher = Watcher(url, keys, ["Service", "DestinationRule", PLACEMENT])
+        self.watcher = Watcher(url, keys, ["Service", "DestinationRule", PLACEMENT, FAULT])
         self.slots: dict[str, InstanceSlot] = {}
         self.node_record = {"pid": os.getpid(), "host": socket.gethostname(), **(node_record or {})}
         self.drain_delay = drain_delay
@@ -76,6 +78,7 @@ class Agent:
         self.rng = rng or random.Random()
         self._services: dict[str, Service] = {}
         self._rules: list[DestinationRule] = []
+        self._faults: dict[str, dict[str, Any]] = {}  # instance key -> the fault applied
         self._desired: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._registry_dirty = asyncio.Event()
@@ -94,6 +97,7 @@ class Agent:
             if isinstance(r, DestinationRule)
         ]
         self._services = services
+        self._apply_faults(dict(view.documents(FAULT)))
         self._desired = {k: n for k, n in desired_for(view, self.node_id).items() if k in services}
         self._dirty.set()
 
@@ -122,6 +126,23 @@ class Agent:
                 log.info("starting %s instance %s", rev, slot.id)
         for slot_id in p.stop:
             self._spawn(self._drain(self.slots[slot_id]))
+
+    def _apply_faults(self, wanted: dict[str, dict[str, Any]]) -> None:
+        """Start drill faults on our instances as they appear; undo them when they go."""
+        slots = {f"{s.service.name}/{s.id}": s for s in self.slots.values()}
+        for key, doc in wanted.items():
+            slot = slots.get(key)
+            if slot is None or self._faults.get(key) == doc or doc.get("fault") not in SIGNALS:
+                continue
+            log.warning("drill: %s fault on %s", doc["fault"], key)
+            slot.signal(SIGNALS[doc["fault"]][0])
+            self._faults[key] = doc
+        for key in [k for k in self._faults if k not in wanted]:
+            undo = SIGNALS[self._faults.pop(key)["fault"]][1]
+            slot = slots.get(key)
+            if undo is not None and slot is not None:
+                log.warning("drill: fault on %s ends", key)
+                slot.signal(undo)
 
     def _thresholds(self, service: Service) -> HealthThresholds:
         rule = find_rule(service.name, self._rules)

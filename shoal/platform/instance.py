@@ -208,9 +208,9 @@ class InstanceSlot:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, sig)
 
-    def kill(self) -> None:
-        """SIGKILL the current process (tests and drills); the slot restarts it."""
-        self._signal(signal.SIGKILL)
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the instance's process group (drills)."""
+        self._signal(sig)
 
     async def stop(self, *, drain_delay: float, grace: float) -> None:
         """Drain: announce draining, let proxies stop sending, SIGTERM, wait, SIGKILL."""

@@ -151,15 +151,15 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def parse_interval(text: str) -> float:
+def parse_interval(text: str, flag: str = "--interval") -> float:
     """``"30s"``, ``"2m"``, ``"500ms"`` or a bare number of seconds → seconds (more than 0)."""
     raw = text.strip()
     # A bare number on the command line means seconds, as it does in a manifest.
     value: object = float(raw) if re.fullmatch(r"\d+(\.\d+)?", raw) else raw
     try:
-        return positive_duration(value, "--interval")
+        return positive_duration(value, flag)
     except ManifestError as error:
-        raise UserError(f"--interval {text!r}: {error.reason}") from None
+        raise UserError(f"{flag} {text!r}: {error.reason}") from None
 
 
 def parse_error_rate(text: str) -> float:

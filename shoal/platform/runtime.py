@@ -16,6 +16,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from shoal.platform.faults import FaultSwitch
+
 
 def load_app(spec: str) -> Any:
     """Import ``module:attr`` (attr may be dotted)."""
@@ -38,12 +40,14 @@ def config(port: int, *, host: str = "127.0.0.1") -> Config:
 
 
 async def run(app: Any, cfg: Config) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT; SIGUSR1/SIGUSR2 toggle the drill faults."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(app, cfg, shutdown_trigger=stop.wait)
+    switch = FaultSwitch(app)
+    switch.install(loop)
+    await serve(switch, cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,14 +16,18 @@ from shoal.errors import StoreError, StoreUnavailable
 
 Redis = aioredis.Redis
 
+BLOCKING_SOCKET_TIMEOUT = 15.0  # seconds; readers BLOCK for 5 s at most (shoal.store.watch)
+
 
 def connect(url: str, *, blocking: bool = False) -> Redis:
-    """A client for ``url``. ``blocking`` clients have no socket timeout (for ``XREAD BLOCK``)."""
+    """A client for ``url``. ``blocking`` clients allow long reads (for ``XREAD BLOCK``)."""
     try:
         return aioredis.Redis.from_url(
             url,
             decode_responses=True,
-            socket_timeout=None if blocking else 5.0,
+            # A blocking reader waits up to BLOCK_MS in XREAD; its timeout must be longer, but
+            # not infinite, or a silent network partition would hang it forever.
+            socket_timeout=BLOCKING_SOCKET_TIMEOUT if blocking else 5.0,
             socket_connect_timeout=3.0,
             health_check_interval=0 if blocking else 30,
         )

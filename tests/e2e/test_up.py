@@ -122,7 +122,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     """The quickstart: example served over h1 and h2c, weights, restarts, bad manifests,
     error causes, and config surviving a restart."""
-    wait_for(lambda: ready_count(platform) == 4)
+    wait_for(lambda: ready_count(platform) == 5)
     assert platform.request("hello")[2] == "Hello, World!\n"
     assert platform.request("world")[2] == "World, Hello!\n"
     assert platform.request("hello", "/chain")[2] == "World, Hello!\n"
@@ -199,5 +199,5 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     got = platform.shoal("get", "vs", "hello", "-o", "json")
     route = json.loads(got.stdout)[0]["spec"]["http"][0]["route"]
     assert [r["weight"] for r in route] == [80, 20]
-    wait_for(lambda: ready_count(platform) == 4)
+    wait_for(lambda: ready_count(platform) == 5)
     assert platform.request("hello")[0] == 200
