@@ -1,0 +1,115 @@
+"""A controller, a node and a gateway in-process, on real Redis, running real instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shoal.gateway.server import GatewaySettings, run_gateway
+from shoal.mesh.endpoint import Endpoint
+from shoal.platform.client import Client
+from shoal.platform.controller import Controller
+from shoal.platform.node import run_node
+from shoal.store.connection import Redis
+from shoal.store.embedded import free_port
+from shoal.store.keys import Keys
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
+
+SERVICES = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: hello}}
+spec:
+  app: app:hello
+  workdir: {EXAMPLE}
+  revision: v1
+  scale: {{min: 2}}
+  health: {{path: /healthz}}
+---
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: world}}
+spec:
+  app: app:world
+  workdir: {EXAMPLE}
+  revision: v1
+  health: {{path: /healthz}}
+---
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: shell}}
+spec:
+  command: [python3, -m, http.server, "$PORT", --bind, 127.0.0.1]
+  revision: v1
+"""
+
+
+@dataclass
+class Cluster:
+    """A controller, one node and a gateway on the test's key prefix."""
+
+    client: Client
+    mesh_port: int
+    gateway_port: int
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's plaintext base URL."""
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    async def instances(
+        self, cond: Callable[[list[Endpoint]], bool], timeout: float = 20.0
+    ) -> list[Endpoint]:
+        """Poll the registry until ``cond`` holds for the instance list."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = await self.client.registry.instances()
+                if cond(found):
+                    return found
+                await asyncio.sleep(0.05)
+
+
+def ready(found: list[Endpoint], service: str) -> list[Endpoint]:
+    """The ready instances of ``service``."""
+    return [e for e in found if e.service == service and e.state == "ready"]
+
+
+@pytest.fixture
+async def cluster(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """A controller and a node running until the test ends."""
+    stop = asyncio.Event()
+    mesh_port = free_port()
+    controller = asyncio.create_task(Controller(redis, redis_url, keys).run(stop))
+    node = asyncio.create_task(
+        run_node(
+            redis,
+            redis_url,
+            keys,
+            node_id="n1",
+            state_dir=tmp_path,
+            stop=stop,
+            mesh_port=mesh_port,
+            drain_delay=0.1,
+            grace=5,
+        )
+    )
+    gateway_port = free_port()
+    gateway = asyncio.create_task(
+        run_gateway(
+            redis,
+            redis_url,
+            keys,
+            stop=stop,
+            settings=GatewaySettings(host="127.0.0.1", port=gateway_port),
+        )
+    )
+    yield Cluster(Client(redis, keys), mesh_port, gateway_port)
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(controller, node, gateway), 30)
