@@ -142,6 +142,8 @@ class Forwarder:
         self, req: Outbound, route: Route, state: ClusterState
     ) -> Forwarded | Refusal:
         policy = self.proxy.retry_policy(route.match)
+        retries = route.match.route.retries
+        opt_in = retries is not None and retries.non_idempotent
         body = req.body
         if (
             body is not None
@@ -185,7 +187,7 @@ class Forwarder:
                 last.outcome,
                 req.method,
                 sent=sent,
-                idempotent_opt_in=False,
+                idempotent_opt_in=opt_in,
                 body_replayable=replayable,
             ):
                 break

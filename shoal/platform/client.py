@@ -14,7 +14,7 @@ from typing import Any
 from shoal.errors import NotFoundError, UserError
 from shoal.mesh.endpoint import Endpoint
 from shoal.platform.model import KINDS, DestinationRule, Resource, Service, VirtualService
-from shoal.platform.resources import parse_document, to_document
+from shoal.platform.resources import parse_document, revision_spec, to_document
 from shoal.platform.weights import find_rule, find_virtual_service, parse_weights, set_weights
 from shoal.store.acks import live_acks, live_reports
 from shoal.store.config import Change, ConfigStore, encode
@@ -116,7 +116,12 @@ class Client:
             if existing is not None and (keep_existing or encode(existing) == encode(doc)):
                 unchanged.append(label)
                 continue
-            if existing is not None and isinstance(r, Service):
+            before = parse_document(existing) if existing is not None else None
+            if (
+                isinstance(r, Service)
+                and isinstance(before, Service)
+                and (revision_spec(r) != revision_spec(before))
+            ):
                 raise UserError(
                     f"Service {r.name} revision {r.revision} already exists with another spec; "
                     "revisions are immutable: set a new spec.revision, or omit it to name the "

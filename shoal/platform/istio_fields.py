@@ -206,11 +206,12 @@ def _destination(value: object, field: str) -> Destination:
 
 
 def _retries(value: object, field: str) -> Retries:
-    retries = Section(value, field, ("attempts", "perTryTimeout", "retryOn"))
+    retries = Section(value, field, ("attempts", "perTryTimeout", "retryOn", "retryNonIdempotent"))
     return Retries(
         attempts=retries.get("attempts", integer(0), _RETRIES.attempts),
         per_try_timeout=retries.get("perTryTimeout", positive_duration),
         retry_on=retries.get("retryOn", _retry_on, _RETRIES.retry_on),
+        non_idempotent=retries.get("retryNonIdempotent", boolean, False),
     )
 
 
@@ -291,6 +292,7 @@ def _http_route_doc(rule: HTTPRoute) -> dict[str, object]:
         put(retries, "attempts", rule.retries.attempts, _RETRIES.attempts)
         put_duration(retries, "perTryTimeout", rule.retries.per_try_timeout)
         put(retries, "retryOn", ",".join(rule.retries.retry_on), ",".join(_RETRIES.retry_on))
+        put(retries, "retryNonIdempotent", rule.retries.non_idempotent, False)
         out["retries"] = retries
     if rule.fault is not None:
         out["fault"] = _fault_doc(rule.fault)

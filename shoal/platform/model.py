@@ -117,7 +117,12 @@ class RouteDestination:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retries:
-    """Istio's HTTPRetry."""
+    """Istio's HTTPRetry, plus Shoal's ``retryNonIdempotent`` opt-in.
+
+    Envoy retries any method; Shoal retries a request that may have reached the instance only
+    when its method is idempotent, unless ``non_idempotent`` says the route's handlers are safe
+    to run twice.
+    """
 
     attempts: int = 2
     per_try_timeout: float | None = None
@@ -128,6 +133,7 @@ class Retries:
         "cancelled",
         "retriable-status-codes",
     )
+    non_idempotent: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -326,11 +326,20 @@ def _parse_service(name: str, value: object, base_dir: str | None) -> Service:
     return replace(service, revision=revision or _revision_hash(service))
 
 
+def revision_spec(service: Service) -> dict[str, object]:
+    """What makes a revision: the canonical spec without ``revision`` and ``scale``.
+
+    Scaling bounds are not part of a revision (``shoal scale`` changes them in place); anything
+    else changed makes a new revision.
+    """
+    spec = _service_spec(service, with_revision=False)
+    spec.pop("scale", None)
+    return spec
+
+
 def _revision_hash(service: Service) -> str:
-    """The first 10 hex digits of the SHA-256 of the canonical spec, ``revision`` left out."""
-    canonical = json.dumps(
-        _service_spec(service, with_revision=False), sort_keys=True, separators=(",", ":")
-    )
+    """The first 10 hex digits of the SHA-256 of :func:`revision_spec`."""
+    canonical = json.dumps(revision_spec(service), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 

@@ -44,6 +44,9 @@ spec:
   - match: [{uri: {prefix: /hang}}]
     retries: {attempts: 2, perTryTimeout: 0.3s, retryOn: "reset,5xx"}
     route: [{destination: {host: echo, subset: v1}}]
+  - match: [{uri: {prefix: /replayable}}]
+    retries: {attempts: 2, retryOn: "connect-failure,reset,5xx", retryNonIdempotent: true}
+    route: [{destination: {host: echo, subset: v1}}]
   - retries: {attempts: 2, retryOn: "connect-failure,reset,5xx"}
     route: [{destination: {host: echo, subset: v1}}]
 """
@@ -127,3 +130,22 @@ async def test_fault_abort(gateway: Gateway, redis: Redis, keys: Keys) -> None:
         status, headers, _ = await get(gateway, "/abort")
         assert (status, headers["x-shoal-cause"]) == (418, "fault_abort")
         assert not one.seen
+
+
+async def test_route_can_opt_posts_into_retries(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """With retryNonIdempotent the same reset POST is replayed on another instance."""
+    async with echo_backend("good") as good, echo_backend("dying", reset=lambda r: True) as dying:
+        await Registry(redis, keys).put_instances(
+            [dying.endpoint("echo", "v1"), good.endpoint("echo", "v1")], ttl=60
+        )
+        await gateway.client.apply(parse_text(RULES))
+        await gateway.settle()
+        async with aiohttp.ClientSession() as s:
+            for _ in range(4):
+                async with s.post(
+                    gateway.url + "/replayable",
+                    data=b"idempotent by design",
+                    headers={"Host": "echo"},
+                ) as r:
+                    assert r.status == 200
+        assert dying.seen  # some POSTs reached it first and were replayed on "good"

@@ -874,10 +874,15 @@ def test_revision_hash_changes_when_the_spec_changes() -> None:
         parse_document(service_doc(app="hello.main:other")),
         parse_document(service_doc(env={"A": "1"})),
         parse_document(service_doc(weight=2)),
-        parse_document(service_doc(scale={"max": 3})),
     ]
     revisions = {base.key} | {resource.key for resource in changed}
-    assert len(revisions) == 5
+    assert len(revisions) == 4
+
+
+def test_scaling_is_not_a_new_revision() -> None:
+    """Scale bounds change in place (``shoal scale``): the same revision."""
+    base = parse_document(service_doc())
+    assert parse_document(service_doc(scale={"max": 3})).key == base.key
 
 
 def test_explicit_revision_is_kept() -> None:
