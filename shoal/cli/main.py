@@ -24,6 +24,7 @@ from shoal.cli import render
 from shoal.errors import ShoalError, UserError
 from shoal.platform import settings
 from shoal.platform.client import Client
+from shoal.platform.drill import Report
 from shoal.platform.resources import load_files
 from shoal.store.connection import connect, redacted
 from shoal.store.keys import Keys
@@ -351,6 +352,18 @@ def gateway_url(flag: str | None) -> str:
     return recorded.read_text().strip() if recorded.exists() else "http://127.0.0.1:8080"
 
 
+def finish_drill(report: Report, output: str, limit: float) -> None:
+    """Print a drill's report; fail when its error rate is over the limit."""
+    if output == "json":
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render.drill(report)
+    if report.error_rate > limit:
+        raise fail(
+            ShoalError(f"error rate {report.error_rate:.2%} is above --max-error-rate {limit:.2%}")
+        )
+
+
 @drill_app.command("failover")
 def drill_failover(
     service: Annotated[str, typer.Argument()],
@@ -401,14 +414,61 @@ def drill_failover(
             rps=rps,
         ),
     )
-    if output == "json":
-        typer.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        render.drill(report)
-    if report.error_rate > limit:
-        raise fail(
-            ShoalError(f"error rate {report.error_rate:.2%} is above --max-error-rate {limit:.2%}")
-        )
+    finish_drill(report, output, limit)
+
+
+@drill_app.command("redis")
+def drill_redis(
+    service: Annotated[str, typer.Argument(help="Service to send traffic to.")],
+    mode: Annotated[
+        str,
+        typer.Option(help="stop (SIGSTOP for --down) or kill (SIGKILL; 'shoal up' restarts it)"),
+    ] = "stop",
+    down: Annotated[str, typer.Option(help="How long the store stays stopped.")] = "30s",
+    duration: Annotated[
+        str, typer.Option(help="Length of the drill (at least --down + 5s).")
+    ] = "40s",
+    rps: Annotated[float, typer.Option(help="Requests per second through the gateway.")] = 100,
+    max_error_rate: Annotated[str, typer.Option(help="Fail (exit 1) above this.")] = "0",
+    gateway: Annotated[str | None, typer.Option(help="Gateway URL.")] = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Take the embedded store away under traffic; report errors and registry recovery.
+
+    Example: shoal drill redis hello --mode stop --down 30s
+    """
+    from shoal.platform.drill import redis_outage
+    from shoal.platform.rollout import parse_error_rate, parse_interval
+    from shoal.store.embedded import recorded_pid
+
+    try:
+        if mode not in ("stop", "kill"):
+            raise UserError(f"--mode {mode!r}: use stop or kill")
+        seconds_down = parse_interval(down, "--down")
+        seconds = parse_interval(duration, "--duration")
+        limit = parse_error_rate(max_error_rate)
+        pid = recorded_pid(settings.state_dir())
+        if pid is None:
+            raise UserError(
+                f"no embedded Redis of 'shoal up' running under "
+                f"{settings.state_dir()}: this drill needs it on this host"
+            )
+    except ShoalError as e:
+        raise fail(e) from None
+    report = with_client(
+        None,
+        lambda c: redis_outage(
+            c,
+            gateway=gateway_url(gateway),
+            service=service,
+            redis_pid=pid,
+            mode=mode,
+            down=seconds_down,
+            duration=seconds,
+            rps=rps,
+        ),
+    )
+    finish_drill(report, output, limit)
 
 
 def main() -> None:

@@ -166,9 +166,10 @@ def drill(r: Report) -> None:
     def secs(v: float | None) -> str:
         return "not seen" if v is None else f"{v:.2f}s"
 
-    console.print(
-        f"detected after {secs(r.detected_after)}, recovered after {secs(r.recovered_after)}"
-    )
+    if not r.fault.startswith("redis"):
+        console.print(
+            f"detected after {secs(r.detected_after)}, recovered after {secs(r.recovered_after)}"
+        )
     table = Table(box=None, pad_edge=False)
     for col in ("PHASE", "REQUESTS", "P50 MS", "P99 MS"):
         table.add_column(col)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -21,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from shoal.errors import NotFoundError, UserError
+from shoal.errors import NotFoundError, StoreError, UserError
 from shoal.mesh.endpoint import Endpoint
 from shoal.platform.agent import FAULT
 from shoal.platform.client import Client
@@ -295,5 +297,85 @@ async def failover(
         detected_at=detected_at,
         recovered_at=recovered_at,
         retried=retried,
+        notes=notes,
+    )
+
+
+async def _registry(client: Client) -> dict[str, Endpoint] | None:
+    """The registry now, or None while the store does not answer."""
+    try:
+        return {e.key: e for e in await client.registry.instances()}
+    except StoreError:
+        return None
+
+
+async def redis_outage(
+    client: Client,
+    *,
+    gateway: str,
+    service: str,
+    redis_pid: int,
+    mode: str,
+    down: float,
+    duration: float,
+    rps: float,
+) -> Report:
+    """Take the store away under traffic (``stop``: SIGSTOP for ``down`` seconds; ``kill``:
+    SIGKILL, and the supervisor restarts it) and report what clients and the registry saw."""
+    before = await _registry(client) or {}
+    origin = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - origin
+
+    warmup = max(2.0, duration / 5)
+    traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
+    if mode == "kill":
+        down = 0.0
+    load = asyncio.ensure_future(traffic.run(max(duration, warmup + down + 5)))
+    await asyncio.sleep(warmup)
+    fault_at = clock()
+    if mode == "kill":
+        os.kill(redis_pid, signal.SIGKILL)
+    else:
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(down)
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+    returned_at: float | None = None
+    complete_at: float | None = None
+    missing: set[str] = set()
+    deadline = clock() + 60
+    while clock() < deadline:
+        now = await _registry(client)
+        if now is not None:
+            returned_at = returned_at or clock()
+            gone = {k for k in before if k not in now}
+            missing |= gone
+            if not gone and all(now[k].state == "ready" for k in before):
+                complete_at = clock()
+                break
+        await asyncio.sleep(0.1)
+    await load
+    notes = [f"store {'killed' if mode == 'kill' else f'stopped for {down:.0f}s'}"]
+    if returned_at is not None and complete_at is not None:
+        notes.append(
+            f"registry complete {complete_at - returned_at:.2f}s after the store answered again"
+        )
+    notes.append(
+        "no instance was pruned"
+        if not missing
+        else f"{len(missing)} instances were missing after the store returned: "
+        + ", ".join(sorted(missing))
+    )
+    return summarize(
+        traffic.samples,
+        fault=f"redis-{mode}",
+        targets=[f"redis-server pid {redis_pid}"],
+        fault_at=fault_at,
+        detected_at=None,
+        recovered_at=complete_at,
+        retried=0,
         notes=notes,
     )

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.errors import PlatformError
 from shoal.platform.reconcile import restart_delay
 from shoal.store.embedded import EmbeddedRedis
 
@@ -99,6 +100,18 @@ class Supervisor:
         """Restart children that die, until :meth:`stop` is called."""
         while not self.stopping.wait(0.2):
             now = time.monotonic()
+            redis = self.embedded
+            if redis is not None and (redis.process is None or redis.process.poll() is not None):
+                if redis.process is not None:
+                    on_event(
+                        f"redis-server exited with code {redis.process.returncode}; restarting "
+                        "it on the same port (its AOF has every acknowledged write)"
+                    )
+                    redis.process = None
+                try:
+                    redis.start()
+                except PlatformError as e:
+                    on_event(f"could not restart redis-server: {e}")
             for child in self.children:
                 p = child.process
                 if p is None or p.poll() is None:

@@ -163,3 +163,10 @@ def recorded_url(state_dir: Path) -> str | None:
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return None
     return url
+
+
+def recorded_pid(state_dir: Path) -> int | None:
+    """The pid of the embedded Redis running for ``state_dir``, if its process is alive."""
+    if recorded_url(state_dir) is None:
+        return None
+    return int((state_dir / URL_FILE).read_text().split("\n")[1])

@@ -53,11 +53,14 @@ end
 return removed
 """
 
-# KEYS: hash, leases, stream. ARGV: kind, maxlen. Removes every entry whose deadline passed,
-# and any record that has no lease at all. Returns the removed keys.
+# KEYS: hash, leases, stream. ARGV: kind, maxlen, asked_at (ms, Redis clock). Removes every
+# entry whose deadline passed, and any record that has no lease at all; returns the removed
+# keys. A prune that runs more than a second after it was asked for does nothing: it sat in a
+# stalled server (SIGSTOP, a long fork) while the owners could not renew their leases.
 _PRUNE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now - tonumber(ARGV[3]) > 1000 then return {} end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
   if not redis.call('ZSCORE', KEYS[2], k) then table.insert(expired, k) end
@@ -142,8 +145,10 @@ class Registry:
         """Remove expired instances and nodes; return the keys removed."""
         removed: list[str] = []
         async with translated("pruning expired leases"):
+            seconds, micros = await self._redis.time()
+            asked_at = str(seconds * 1000 + micros // 1000)
             for kind in (INSTANCE, NODE):
                 removed += await self._prune(
-                    keys=self._table(kind), args=[kind, str(STREAM_MAXLEN)]
+                    keys=self._table(kind), args=[kind, str(STREAM_MAXLEN), asked_at]
                 )
         return removed

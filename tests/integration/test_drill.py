@@ -31,3 +31,34 @@ async def test_drill_sees_no_client_errors(cluster: Cluster, fault: str) -> None
     assert report.recovered_after is not None
     if fault != "kill":
         assert report.retried > 0
+
+
+@pytest.mark.timeout(120)
+async def test_scale_down_and_redeploy_lose_no_request(cluster: Cluster) -> None:
+    """Under steady traffic, scaling a revision down and retiring another (weights first, then
+    delete) drains their instances without a single failed request."""
+    import asyncio
+    import dataclasses
+    import time
+
+    from shoal.platform.drill import Traffic
+    from shoal.platform.model import Scale, Service
+
+    resources = load_files([str(EXAMPLE / "hello.yaml")])
+    await cluster.client.apply(resources)
+    await cluster.instances(lambda f: len(ready(f, "hello")) == 4)
+    origin = time.monotonic()
+    traffic = Traffic(cluster.gateway_url + "/", "hello", 100, lambda: time.monotonic() - origin)
+    load = asyncio.ensure_future(traffic.run(8.0))
+    await asyncio.sleep(1.5)
+    v1 = next(r for r in resources if isinstance(r, Service) and r.revision == "v1")
+    await cluster.client.apply([dataclasses.replace(v1, scale=Scale(min=1))])
+    await cluster.instances(lambda f: len([e for e in f if e.revision == "v1"]) == 1)
+    _, revision = await cluster.client.weights("hello", ["v1=100"])
+    assert not await cluster.client.wait_applied(revision, 5)
+    await cluster.client.delete("service", "hello/v2")
+    await cluster.instances(lambda f: not [e for e in f if e.revision == "v2"])
+    await load
+    failed = [s for s in traffic.samples if s.status != 200]
+    assert len(traffic.samples) >= 700
+    assert failed == []

@@ -135,3 +135,18 @@ async def test_registry_lists_sorted(redis: Redis, keys: Keys, n: int) -> None:
     got = await reg.instances()
     assert [e.id for e in got] == [f"i{i}" for i in range(n)]
     assert got[0] == endpoint(0)
+
+
+async def test_prune_that_sat_in_a_stalled_server_does_nothing(redis: Redis, keys: Keys) -> None:
+    """A prune executed over a second after it was asked for removes nothing."""
+    from shoal.store.registry import INSTANCE
+
+    reg = Registry(redis, keys)
+    await reg.put_instances([endpoint(1)], ttl=0.01)
+    seconds, micros = await redis.time()
+    stale = seconds * 1000 + micros // 1000 - 5_000
+    await asyncio.sleep(0.05)
+    table = [keys.instances, keys.instance_leases, keys.changes]
+    assert await reg._prune(keys=table, args=[INSTANCE, "100", str(stale)]) == []
+    assert [e.id for e in await reg.instances()] == ["i1"]
+    assert await reg.prune() == ["hello/i1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,16 @@ def ready(found: list[Endpoint], service: str) -> list[Endpoint]:
 async def cluster(
     redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
 ) -> AsyncIterator[Cluster]:
-    """A controller and a node running until the test ends."""
+    """A controller, a node and a gateway running until the test ends."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as c:
+        yield c
+
+
+@asynccontextmanager
+async def running_cluster(
+    redis: Redis, redis_url: str, keys: Keys, state_dir: Path
+) -> AsyncIterator[Cluster]:
+    """A controller, a node and a gateway in this event loop, on the given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
     controller = asyncio.create_task(Controller(redis, redis_url, keys).run(stop))
@@ -93,7 +103,7 @@ async def cluster(
             redis_url,
             keys,
             node_id="n1",
-            state_dir=tmp_path,
+            state_dir=state_dir,
             stop=stop,
             mesh_port=mesh_port,
             drain_delay=0.1,
