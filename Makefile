@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check shoal tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 -q
+
+# Drills and store outages: real faults under traffic, one at a time (not in CI).
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow 
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

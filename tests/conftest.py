@@ -7,6 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Properties must not fail because a loaded CI machine ran an example slowly.
+settings.register_profile("shoal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shoal")
+
 
 from shoal.store.connection import Redis, connect
 from shoal.store.embedded import EmbeddedRedis

@@ -9,6 +9,7 @@ from shoal.platform.resources import load_files
 from tests.support.cluster import EXAMPLE, Cluster, ready
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault", ["kill", "hang", "error"])
 async def test_drill_sees_no_client_errors(cluster: Cluster, fault: str) -> None:

@@ -31,6 +31,7 @@ def supervised_redis(tmp_path: Path) -> Iterator[Supervisor]:
     watcher.join(5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["stop", "kill"])
 async def test_traffic_flows_and_registry_survives(
