@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow 
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .shoal .pytest_cache .mypy_cache .ruff_cache
