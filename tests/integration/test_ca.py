@@ -1,0 +1,54 @@
+"""The mesh CA over real Redis: key on disk, bundle published, CSRs signed through a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from shoal.mesh.identity import service_id
+from shoal.platform.ca import CAFiles, IdentityRequester, Signer, publish_bundle, read_bundle
+from shoal.platform.pki import PKIError, cert_from_pem, spiffe_id_of
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+
+NOW = datetime.now(UTC)
+
+
+def test_ca_key_stays_on_disk_with_mode_0600(tmp_path: Path) -> None:
+    """The CA is created once, its key file is private, and a restart loads the same root."""
+    files = CAFiles(tmp_path / "ca")
+    first = files.load_or_create("shoal.test", NOW)
+    assert stat.S_IMODE((tmp_path / "ca" / "root.key").stat().st_mode) == 0o600
+    again = files.load_or_create("shoal.test", NOW)
+    assert again.cert == first.cert
+
+
+async def test_csr_is_signed_for_an_entitled_identity(
+    redis: Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """A node gets a verified certificate for a service it runs; a request for another service
+    is refused; a request made before the signer started is answered when it starts."""
+    ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
+    await publish_bundle(redis, keys, [ca])
+    assert await read_bundle(redis, keys) is not None
+    hello = str(service_id("shoal.test", "hello"))
+    world = str(service_id("shoal.test", "world"))
+    signer = Signer(redis, keys, ca, entitled=lambda node, identity: identity == hello)
+    await signer.ensure_group()
+    await signer.ensure_group()  # idempotent
+    requester = IdentityRequester(redis, keys, "node-1")
+    pending = asyncio.ensure_future(requester.issue(hello, NOW, timeout=5))
+    async with asyncio.timeout(5):  # the request is on the stream before anyone reads it
+        while not await redis.xlen(f"{keys.prefix}pki:csr"):
+            await asyncio.sleep(0.01)
+    assert await signer.sign_pending(NOW, block_ms=2000) == 1
+    issued = await pending
+    assert str(spiffe_id_of(cert_from_pem(issued.cert_pem))) == hello
+    refused = asyncio.ensure_future(requester.issue(world, NOW, timeout=5))
+    await signer.sign_pending(NOW, block_ms=2000)
+    with pytest.raises(PKIError, match="refused"):
+        await refused
