@@ -315,6 +315,32 @@ def weights(
 
 
 @app.command()
+def scale(
+    service: Annotated[str, typer.Argument()],
+    min: Annotated[
+        int | None, typer.Option("--min", help="Fewest instances (0: scale to zero when idle).")
+    ] = None,
+    max: Annotated[int | None, typer.Option("--max", help="Most instances.")] = None,
+    target: Annotated[
+        int | None, typer.Option("--target", help="Target concurrent requests per instance.")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Only this revision.")] = None,
+    redis: RedisOpt = None,
+) -> None:
+    """Set a service's scaling bounds (every revision, or --revision), in place.
+
+    Example: shoal scale hello --min 3 --max 10
+    """
+    scaled = with_client(
+        redis, lambda c: c.scale(service, min=min, max=max, target=target, revision=revision)
+    )
+    for s in scaled:
+        typer.echo(
+            f"{s.key}: min {s.scale.min}, max {s.scale.max}, target {s.scale.target_concurrency}"
+        )
+
+
+@app.command()
 def status(
     redis: RedisOpt = None,
     output: OutputOpt = "table",

@@ -7,8 +7,8 @@ Redis or decides something lives here or below.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.errors import NotFoundError, UserError
@@ -104,7 +104,7 @@ class Client:
         self.config = ConfigStore(redis, keys)
         self.registry = Registry(redis, keys)
 
-    async def apply(self, resources: list[Resource], *, keep_existing: bool = False) -> Applied:
+    async def apply(self, resources: Sequence[Resource], *, keep_existing: bool = False) -> Applied:
         """Store ``resources`` atomically. A Service revision's spec cannot change once stored.
 
         With ``keep_existing``, resources already stored are left as they are (how ``shoal up
@@ -173,6 +173,47 @@ class Client:
         )
         applied = await self.apply([vs])
         return vs, applied.revision
+
+    async def scale(
+        self,
+        service: str,
+        *,
+        min: int | None = None,
+        max: int | None = None,
+        target: int | None = None,
+        revision: str | None = None,
+    ) -> list[Service]:
+        """Set scaling bounds of a service's revisions (all, or one) in place."""
+        if min is None and max is None and target is None:
+            raise UserError("give at least one of --min, --max, --target")
+        stored = [
+            s
+            for s in await self._resources("Service")
+            if isinstance(s, Service)
+            and s.name == service
+            and (revision is None or s.revision == revision)
+        ]
+        if not stored:
+            what = f"{service} revision {revision}" if revision else service
+            raise NotFoundError(f"Service {what} not found")
+        scaled = []
+        for s in stored:
+            bounds = replace(
+                s.scale,
+                min=s.scale.min if min is None else min,
+                max=s.scale.max if max is None else max,
+                target_concurrency=s.scale.target_concurrency if target is None else target,
+            )
+            if bounds.min < 0 or bounds.max < 1 or bounds.min > bounds.max:
+                raise UserError(
+                    f"{s.key}: need 0 <= min <= max and max >= 1 "
+                    f"(got min {bounds.min}, max {bounds.max})"
+                )
+            if bounds.target_concurrency < 1:
+                raise UserError(f"--target must be at least 1 (got {bounds.target_concurrency})")
+            scaled.append(replace(s, scale=bounds))
+        await self.apply(scaled)
+        return scaled
 
     async def status(self) -> Status:
         """What runs where."""

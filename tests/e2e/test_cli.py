@@ -1,0 +1,85 @@
+"""The CLI's contract in-process (typer's runner, a real Redis): one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from shoal.cli.main import app
+from shoal.store.keys import Keys
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
+
+
+@pytest.fixture
+def shoal(redis_url: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Run ``shoal ARGS`` against the test's Redis and key prefix."""
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOAL_REDIS_URL", redis_url)
+    monkeypatch.setenv("SHOAL_PREFIX", keys.prefix)
+    runner = CliRunner()
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(app, list(args))
+
+    return run
+
+
+def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    """The error a failed command printed: exactly one line, no traceback."""
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    return str(lines[0])
+
+
+def test_unknown_kind_is_a_user_error(shoal) -> None:  # type: ignore[no-untyped-def]
+    """A kind Shoal does not know is exit 2 with one line naming the kinds it knows."""
+    result = shoal("get", "pods")
+    assert result.exit_code == 2
+    assert "VirtualService" in one_line_error(result)
+
+
+def test_missing_file_is_a_user_error(shoal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Applying a file that does not exist names it, exit 2."""
+    result = shoal("apply", "-f", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2
+    assert "nope.yaml" in one_line_error(result)
+
+
+def test_no_store_is_exit_4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a running Shoal or a --redis URL, status says how to start one, exit 4."""
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("SHOAL_REDIS_URL", raising=False)
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 4
+    assert "shoal up" in one_line_error(result)
+
+
+def test_apply_get_scale_delete(shoal) -> None:  # type: ignore[no-untyped-def]
+    """The example applies; get shows it as JSON; scale changes bounds in place (same
+    revision); deleting a service removes all its revisions; deleting again is exit 3."""
+    result = shoal("apply", "-f", str(EXAMPLE / "hello.yaml"), "-f", str(EXAMPLE / "world.yaml"))
+    assert result.exit_code == 0, result.output
+    docs = json.loads(shoal("get", "service", "hello", "-o", "json").output)
+    assert sorted(d["spec"]["revision"] for d in docs) == ["v1", "v2"]
+    result = shoal("scale", "hello", "--min", "3", "--revision", "v1")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "hello/v1: min 3, max 10, target 10"
+    result = shoal("scale", "hello", "--min", "20")
+    assert result.exit_code == 2 and "min <= max" in one_line_error(result)
+    assert shoal("delete", "service", "world").exit_code == 0
+    result = shoal("delete", "service", "world")
+    assert result.exit_code == 3 and "not found" in one_line_error(result)
+
+
+def test_weights_must_sum_to_100(shoal) -> None:  # type: ignore[no-untyped-def]
+    """A split that does not sum to 100 changes nothing and says so in one line."""
+    assert shoal("apply", "-f", str(EXAMPLE / "hello.yaml")).exit_code == 0
+    before = shoal("get", "vs", "hello", "-o", "json").output
+    result = shoal("weights", "hello", "v1=80", "v2=30")
+    assert result.exit_code == 2 and "sum to 100" in one_line_error(result)
+    assert shoal("get", "vs", "hello", "-o", "json").output == before
