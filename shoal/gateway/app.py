@@ -1,17 +1,25 @@
 """The gateway's ASGI app: a raw proxy, no framework in the hot path.
 
-Per request: one snapshot read and decision (:meth:`shoal.mesh.proxy.Proxy.decide`), one pooled
-upstream request, bodies streamed both ways. Every answer the gateway makes itself carries
-``x-shoal-cause``.
+Per request: the head checked and the path normalised once (:func:`.hygiene.inspect_head`), one
+snapshot read and decision (:meth:`shoal.mesh.proxy.Proxy.decide`), one pooled upstream request,
+bodies streamed both ways (the request body through :class:`.body.RequestBody`, bounded in size
+and time). Every answer the gateway makes itself carries ``x-shoal-cause``; a rejected request
+reaches no upstream, and on HTTP/1.x its connection is closed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from shoal.gateway.body import BodyRefused, RequestBody
+from shoal.gateway.hygiene import inspect_head
+from shoal.gateway.limits import EdgeLimits
+from shoal.gateway.paths import SlashPolicy
+from shoal.gateway.rejection import Rejection
 from shoal.mesh.forward import Forwarder, Outbound
-from shoal.mesh.headers import Headers, end_to_end, expects_body, request_headers
+from shoal.mesh.headers import Headers, edge_request_headers, end_to_end
 from shoal.mesh.proxy import Refusal
 
 Scope = MutableMapping[str, Any]
@@ -40,23 +48,31 @@ async def refuse(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+_CLOSE = ((b"connection", b"close"),)
+
+
+async def reject(send: Send, rejection: Rejection, http2: bool) -> None:
+    """Answer a request refused at the edge; on HTTP/1.x the connection closes after it."""
+    await refuse(
+        send, rejection.status, rejection.cause, rejection.message, () if http2 else _CLOSE
+    )
 
 
 class GatewayApp:
     """ASGI application forwarding every HTTP request through the mesh."""
 
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        limits: EdgeLimits | None = None,
+        slashes: SlashPolicy = SlashPolicy.REJECT,
+        trusted_hops: int = 0,
+    ) -> None:
         self.forwarder = forwarder
+        self.limits = limits or EdgeLimits()
+        self.slashes = slashes
+        self.trusted_hops = trusted_hops
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -73,30 +89,57 @@ class GatewayApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers: Headers = scope["headers"]
-        fields = {n.decode("latin-1"): v.decode("latin-1") for n, v in raw_headers}
         method: str = scope["method"]
-        client = scope.get("client")
-        length = fields.get("content-length")
-        result = await self.forwarder.forward(
-            Outbound(
-                method=method,
-                host=fields.get("host", ""),
-                path=scope["path"],
-                raw_target=scope["raw_path"].decode("latin-1")
-                + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""),
-                query=scope["query_string"].decode("latin-1"),
-                headers=request_headers(
-                    raw_headers, fields, client[0] if client else None, scope["scheme"]
-                ),
-                fields=fields,
-                body=_request_body(receive)
-                if expects_body(method, fields, scope["http_version"] == "2")
-                else None,
-                content_length=int(length) if length is not None and length.isdigit() else None,
-            )
+        http2 = scope["http_version"] == "2"
+        query: bytes = scope["query_string"]
+        head = inspect_head(
+            method,
+            scope["raw_path"],
+            query,
+            raw_headers,
+            scope["http_version"],
+            self.limits,
+            self.slashes,
         )
+        if isinstance(head, Rejection):
+            await reject(send, head, http2)
+            return
+        client = scope.get("client")
+        query_text = query.decode("latin-1")
+        body = (
+            RequestBody(receive, self.limits, asyncio.get_running_loop().time())
+            if head.has_body
+            else None
+        )
+        try:
+            result = await self.forwarder.forward(
+                Outbound(
+                    method=method,
+                    host=head.host,
+                    path=head.path,
+                    raw_target=head.path + ("?" + query_text if query_text else ""),
+                    query=query_text,
+                    headers=edge_request_headers(
+                        raw_headers,
+                        head.fields,
+                        client_ip=client[0] if client else None,
+                        scheme=scope["scheme"],
+                        host=head.host,
+                        trusted_hops=self.trusted_hops,
+                    ),
+                    fields=head.fields,
+                    body=body.chunks() if body is not None else None,
+                    content_length=head.content_length,
+                )
+            )
+        except BodyRefused as e:
+            await reject(send, e.rejection, http2)
+            return
         if isinstance(result, Refusal):
-            await refuse(send, result.status, result.cause, result.message)
+            if body is not None and body.rejection is not None:  # the upstream saw it abort
+                await reject(send, body.rejection, http2)
+            else:
+                await refuse(send, result.status, result.cause, result.message)
             return
         response = result.response
         complete = False

@@ -1,19 +1,26 @@
 """The gateway process: hypercorn serving :class:`GatewayApp`, fed by a store watcher.
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
-serves TLS with ALPN h2/http1.1. Settings that bite a proxy are set on purpose (FACTS.md).
+serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. Settings that bite a proxy are set
+on purpose (FACTS.md), and the edge's limits (:class:`~shoal.gateway.limits.EdgeLimits`) are
+enforced by hypercorn where it can, by :mod:`.hypercorn_edge` below the app and by the app
+itself (:mod:`.hygiene`, :mod:`.body`) above it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
+from shoal.errors import UserError
+from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
+from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
+from shoal.gateway.limits import EdgeLimits
+from shoal.gateway.paths import SlashPolicy
 from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
 from shoal.mesh.proxy import Proxy
@@ -26,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewaySettings:
-    """Where the gateway listens and with which certificate."""
+    """Where the gateway listens, with which certificate, and what it accepts from clients."""
 
     host: str = "0.0.0.0"
     port: int = 8080
@@ -34,11 +41,20 @@ class GatewaySettings:
     certfile: str | None = None
     keyfile: str | None = None
     graceful_timeout: float = 30.0
+    limits: EdgeLimits = field(default_factory=EdgeLimits)
+    trusted_hops: int = 0  # proxies in front of the gateway whose X-Forwarded-For entries count
+    escaped_slashes: SlashPolicy = SlashPolicy.REJECT  # %2F, %5C and \ in paths
+    tls_min_version: str = "1.2"  # or "1.3"
+    tls_ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
+
+    def __post_init__(self) -> None:
+        if self.trusted_hops < 0:
+            raise UserError(f"trusted_hops must be >= 0 (got {self.trusted_hops!r})")
 
 
-def hypercorn_config(s: GatewaySettings) -> Config:
+def hypercorn_config(s: GatewaySettings) -> EdgeConfig:
     """hypercorn settings for the edge."""
-    cfg = Config()
+    cfg = EdgeConfig(s.limits, tls_min_version=s.tls_min_version, ciphers=s.tls_ciphers)
     # Without TLS hypercorn serves ``bind`` in plaintext; with it, ``bind`` is TLS and
     # ``insecure_bind`` is plaintext.
     plain = [f"{s.host}:{s.port}"]
@@ -55,7 +71,6 @@ def hypercorn_config(s: GatewaySettings) -> Config:
     # The upstream's own Date and Server pass through; hypercorn must not add a second pair.
     cfg.include_date_header = False
     cfg.include_server_header = False
-    cfg.read_timeout = 60
     cfg.accesslog = None
     cfg.errorlog = "-"
     return cfg
@@ -71,12 +86,19 @@ async def run_gateway(
     component: str = "gateway",
 ) -> None:
     """Serve until ``stop``; routing follows the store."""
+    hypercorn_edge.install()
     proxy = Proxy()
     upstreams = Upstreams()
     tasks = follow(proxy, redis, url, keys, component)
+    app = GatewayApp(
+        Forwarder(proxy, upstreams),
+        limits=settings.limits,
+        slashes=settings.escaped_slashes,
+        trusted_hops=settings.trusted_hops,
+    )
     try:
         await serve(
-            GatewayApp(Forwarder(proxy, upstreams)),  # type: ignore[arg-type]
+            app,  # type: ignore[arg-type]
             hypercorn_config(settings),
             shutdown_trigger=stop.wait,
         )

@@ -1,11 +1,27 @@
 """Header hygiene shared by the gateway and the router: hop-by-hop removal, forwarding headers.
 
 Header names are lower-case bytes (ASGI's form) throughout.
+
+Two builders of the headers sent upstream:
+
+- :func:`edge_request_headers` (the gateway, facing untrusted clients): hop-by-hop headers and
+  the ones ``Connection`` names are dropped, Shoal's internal headers (``x-shoal-*``) and identity
+  headers are stripped, and the forwarding headers (``X-Forwarded-For/-Proto/-Host``,
+  ``Forwarded``, ``X-Request-Id``) are written by the gateway itself: the client's are replaced,
+  or, with ``trusted_hops`` proxies in front of the gateway, only the last ``trusted_hops``
+  entries of the client's ``X-Forwarded-For``/``Forwarded`` are kept (like Envoy's
+  ``xff_num_trusted_hops``) and the gateway appends its own.
+- :func:`request_headers` (the node router, inside the mesh): hop-by-hop headers dropped, the
+  caller's forwarding headers kept and the peer appended to ``X-Forwarded-For``.
+
+In both, the headers the proxy adds are added after the ``Connection`` header has been applied,
+so a client cannot make the proxy drop them; nor can it drop ``Host`` or ``Content-Length``.
 """
 
 from __future__ import annotations
 
-import uuid
+import os
+import re
 from collections.abc import Iterable
 
 # RFC 9110 §7.6.1 connection-specific fields, plus proxy-only ones; never forwarded.
@@ -23,22 +39,55 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# A ``Connection`` header naming these does not remove them: the request's routing and framing.
+NEVER_NAMED = frozenset({b"host", b"content-length"})
+
+# Written by the gateway for every request; whatever a client sends under these names is replaced.
+FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-request-id"}
+)
+
+# Headers only Shoal itself may set: its own (``x-shoal-*``, e.g. the caller identity
+# ``x-shoal-peer``) and the client-certificate identity header an upstream might trust.
+INTERNAL_PREFIX = b"x-shoal-"
+IDENTITY = frozenset({b"x-forwarded-client-cert"})
+
+_EDGE_DROP = HOP_BY_HOP | FORWARDING | IDENTITY
+
 Headers = list[tuple[bytes, bytes]]
 
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")  # visible ASCII: safe to log and to forward
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: no quoting needed
+
+
+def _named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names the ``Connection`` header(s) list, minus those it may not remove."""
+    return (
+        frozenset(
+            token.strip().lower()
+            for name, value in headers
+            if name == b"connection"
+            for token in value.split(b",")
+        )
+        - NEVER_NAMED
+    )
 
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """``headers`` without hop-by-hop ones, nor any named by ``Connection``."""
     headers = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
-    drop = HOP_BY_HOP | named
+    drop = HOP_BY_HOP | _named(headers)
     return [(n, v) for n, v in headers if n not in drop and not n.startswith(b":")]
+
+
+def request_id(fields: dict[str, str]) -> bytes:
+    """The client's ``X-Request-Id`` if it is sane (1-128 visible ASCII), else a fresh one."""
+    given = fields.get("x-request-id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given.encode("latin-1")
+    return os.urandom(16).hex().encode()
 
 
 def request_headers(
@@ -47,20 +96,100 @@ def request_headers(
     client_ip: str | None,
     scheme: str,
 ) -> Headers:
-    """Headers to forward upstream: end-to-end ones plus ``x-request-id`` and ``x-forwarded-*``.
+    """Headers to forward upstream inside the mesh: end-to-end ones, ``x-request-id`` and
+    ``x-forwarded-*`` (the caller's kept, the peer appended to ``x-forwarded-for``).
 
     ``fields`` is the same headers as a str dict (lower-case names), already built by the caller.
     """
-    headers = end_to_end(raw)
-    if "x-request-id" not in fields:
-        headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
+    headers = [
+        (n, v) for n, v in end_to_end(raw) if n != b"x-request-id" and n != b"x-forwarded-for"
+    ]
+    headers.append((b"x-request-id", request_id(fields)))
+    prior = fields.get("x-forwarded-for")
     if client_ip:
-        prior = fields.get("x-forwarded-for")
         xff = f"{prior}, {client_ip}" if prior else client_ip
-        headers = [(n, v) for n, v in headers if n != b"x-forwarded-for"]
         headers.append((b"x-forwarded-for", xff.encode("latin-1")))
+    elif prior:
+        headers.append((b"x-forwarded-for", prior.encode("latin-1")))
     if "x-forwarded-proto" not in fields:
         headers.append((b"x-forwarded-proto", scheme.encode()))
+    return headers
+
+
+def _split_list(value: str) -> list[str]:
+    """A comma-separated header value as its elements, commas inside quoted strings kept."""
+    if '"' not in value:
+        return [part.strip() for part in value.split(",") if part.strip()]
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def _forwarded_value(value: str) -> str:
+    """``value`` as an RFC 7239 parameter value: a token, or a quoted string."""
+    if _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _forwarded_node(ip: str) -> str:
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
+def edge_request_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    fields: dict[str, str],
+    *,
+    client_ip: str | None,
+    scheme: str,
+    host: str,
+    trusted_hops: int = 0,
+) -> Headers:
+    """Headers to forward upstream from the edge (see the module docstring).
+
+    ``fields`` is the same headers as a str dict (lower-case names); ``host`` the request's host.
+    """
+    drop = _EDGE_DROP | _named(raw) if "connection" in fields else _EDGE_DROP
+    headers = [(n, v) for n, v in raw if n not in drop and not n.startswith(INTERNAL_PREFIX)]
+    headers.append((b"x-request-id", request_id(fields)))
+    proto, fwd_host = scheme, host
+    chain: list[str] = []
+    elements: list[str] = []
+    if trusted_hops:
+        xff = [v.decode("latin-1") for n, v in raw if n == b"x-forwarded-for"]
+        chain = _split_list(", ".join(xff))[-trusted_hops:]
+        fwd = [v.decode("latin-1") for n, v in raw if n == b"forwarded"]
+        elements = _split_list(", ".join(fwd))[-trusted_hops:]
+        proto = fields.get("x-forwarded-proto", scheme)
+        fwd_host = fields.get("x-forwarded-host", host)
+    if client_ip:
+        chain.append(client_ip)
+    if chain:
+        headers.append((b"x-forwarded-for", ", ".join(chain).encode("latin-1")))
+    headers.append((b"x-forwarded-proto", proto.encode("latin-1")))
+    if fwd_host:
+        headers.append((b"x-forwarded-host", fwd_host.encode("latin-1")))
+    mine = f"proto={scheme}"
+    if client_ip:
+        mine = f"for={_forwarded_node(client_ip)};{mine}"
+    if host:
+        mine = f"{mine};host={_forwarded_value(host)}"
+    elements.append(mine)
+    headers.append((b"forwarded", ", ".join(elements).encode("latin-1")))
     return headers
 
 

@@ -1,0 +1,80 @@
+"""The request body as the gateway forwards it: bounded in size and in time.
+
+hypercorn delivers the body as ASGI ``http.request`` messages with no deadline and no size limit
+(``read_timeout`` only bounds one read, so one byte every minute keeps a request alive). The
+gateway reads it through :class:`RequestBody`, which the upstream client consumes as it sends:
+
+- more than ``max_body_bytes`` (possible only for a chunked or HTTP/2 body) → 413;
+- no piece for ``body_idle_timeout``, or not finished ``body_timeout`` after the head → 408;
+- the client gone mid-body → the body fails too.
+
+Failing means raising :class:`BodyRefused` *before* yielding the piece that crossed the limit,
+so the upstream request is aborted and the upstream never sees a complete request; the
+:class:`~shoal.gateway.rejection.Rejection` stays on :attr:`RequestBody.rejection` for the app
+to answer with, whichever way the failure surfaces from the forwarder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.gateway.limits import EdgeLimits
+from shoal.gateway.rejection import BODY_TOO_LARGE, REQUEST_TIMEOUT, Rejection
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+CLIENT_CLOSED = "client_closed"
+
+
+class BodyRefused(ShoalError):
+    """The client's request body broke a limit (or the client left); carries the answer."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.message)
+        self.rejection = rejection
+
+
+class RequestBody:
+    """An ASGI request body as an async iterator of chunks, within the edge's limits."""
+
+    __slots__ = ("_deadline", "_idle", "_max", "_receive", "received", "rejection")
+
+    def __init__(self, receive: Receive, limits: EdgeLimits, started: float) -> None:
+        """``started`` is the event-loop time the head arrived (the body deadline counts from)."""
+        self._receive = receive
+        self._max = limits.max_body_bytes
+        self._idle = limits.body_idle_timeout
+        self._deadline = started + limits.body_timeout
+        self.rejection: Rejection | None = None
+        self.received = 0
+
+    def _fail(self, rejection: Rejection) -> BodyRefused:
+        self.rejection = rejection
+        return BodyRefused(rejection)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces as they arrive; raises :class:`BodyRefused` on a broken limit."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(min(loop.time() + self._idle, self._deadline)):
+                    message = await self._receive()
+            except TimeoutError:
+                raise self._fail(
+                    Rejection(408, REQUEST_TIMEOUT, "request body not received in time")
+                ) from None
+            if message["type"] == "http.disconnect":
+                raise self._fail(Rejection(400, CLIENT_CLOSED, "client left mid-body"))
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self.received > self._max:
+                    raise self._fail(
+                        Rejection(413, BODY_TOO_LARGE, f"request body over {self._max} bytes")
+                    )
+                yield chunk
+            if not message.get("more_body", False):
+                return

@@ -1,0 +1,329 @@
+"""hypercorn 0.18.0 hardened for the edge: the one module that reaches into hypercorn's internals.
+
+Why: some gaps stock hypercorn leaves open cannot be closed from an ASGI app, because they
+happen before a request exists or below it (FACTS.md):
+
+- a request head trickled in a byte at a time gets no 408: only ``keep_alive_timeout`` (the idle
+  timer, counted from the end of the previous response) ends it, silently, and it cannot be
+  shorter than the idle timeout; ``read_timeout`` bounds one read only;
+- nothing caps the number of open connections (``backlog`` is only the listen queue), and a
+  connection the client has closed stays open until its idle timer fires;
+- HTTP/2 PING, SETTINGS, PRIORITY, RST_STREAM ("rapid reset") and empty-DATA floods are
+  answered without limit;
+- DATA arriving for a stream whose response is already complete (a request refused before its
+  body was read) raises ``KeyError`` in ``H2Protocol`` and kills the whole connection;
+- the HTTP/2 header list limit hypercorn advertises is not the one h2 enforces (64 KiB);
+- hypercorn's own error answers (bad framing, oversized head) carry no ``x-shoal-cause``, and
+  its TLS context drops the options ``ssl.create_default_context`` sets.
+
+What: :class:`EdgeConfig` (a hypercorn ``Config`` built from :class:`EdgeLimits`, with a strict
+TLS context) and three subclasses — :class:`EdgeTCPServer` (connection cap, prompt close),
+:class:`EdgeH11Protocol` (header deadline → 408, causes on error answers) and
+:class:`EdgeH2Protocol` (:class:`~shoal.gateway.flood.FloodGuard` → GOAWAY ENHANCE_YOUR_CALM;
+late DATA → RST_STREAM NO_ERROR; GOAWAY on idle close). :func:`install` puts the subclasses
+where hypercorn looks its classes up at call time (``hypercorn.asyncio.run.TCPServer``,
+``hypercorn.protocol.H11Protocol`` and ``H2Protocol``). They behave exactly like hypercorn's
+unless the ``Config`` is an :class:`EdgeConfig`, so any other hypercorn server in the process
+is unaffected.
+
+The overrides depend on private details of hypercorn 0.18.0 (method names, ``self.stream``,
+``self.streams``, ``self.connection``, ``self.idle_task``): ``tests/unit/test_hygiene_hypercorn.py``
+fails when the installed version is not :data:`PINNED_VERSION`. Re-read
+``hypercorn/asyncio/tcp_server.py``, ``protocol/h11.py`` and ``protocol/h2.py`` against this module
+before moving the pin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import ssl
+import time
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import h11
+import hypercorn.asyncio.run
+import hypercorn.protocol
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
+
+from shoal.errors import UserError
+from shoal.gateway.flood import FloodGuard, Frame
+from shoal.gateway.limits import EdgeLimits, KiB
+from shoal.gateway.rejection import BAD_FRAMING, BAD_REQUEST, HEADERS_TOO_LARGE, REQUEST_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+PINNED_VERSION = "0.18.0"
+
+# ECDHE key exchange with AEAD ciphers only (TLS 1.2); TLS 1.3 suites are all AEAD already.
+MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+_CAUSE_BY_STATUS = {400: BAD_REQUEST, 431: HEADERS_TOO_LARGE, 501: BAD_FRAMING}
+_TIMEOUT_BODY = f"{REQUEST_TIMEOUT}: request head not received in time\n".encode()
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\n"
+    b"x-shoal-cause: %s\r\n"
+    b"connection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), REQUEST_TIMEOUT.encode(), _TIMEOUT_BODY)
+)
+
+
+class EdgeConfig(Config):
+    """A hypercorn ``Config`` carrying the edge's limits and TLS policy."""
+
+    def __init__(
+        self,
+        limits: EdgeLimits,
+        *,
+        tls_min_version: str = "1.2",
+        ciphers: str = MODERN_CIPHERS,
+    ) -> None:
+        if tls_min_version not in TLS_VERSIONS:
+            raise UserError(f"tls_min_version must be 1.2 or 1.3 (got {tls_min_version!r})")
+        super().__init__()
+        self.limits = limits
+        self.tls_min_version = TLS_VERSIONS[tls_min_version]
+        self.ciphers = ciphers
+        self.open_connections = 0
+        self.keep_alive_timeout = limits.idle_timeout
+        # hypercorn types it ``int | None``; it is passed to ``asyncio.wait_for``, any number works.
+        self.read_timeout = limits.read_timeout  # type: ignore[assignment]
+        self.ssl_handshake_timeout = limits.tls_handshake_timeout
+        self.backlog = limits.backlog
+        # A head still incomplete after this many bytes is refused by h11 with 431; a complete
+        # one of any size is checked by the app (hygiene.inspect_head) against the real limits.
+        self.h11_max_incomplete_size = limits.max_header_bytes + limits.max_uri_bytes + KiB
+        self.h2_max_concurrent_streams = limits.h2_max_concurrent_streams
+        # HPACK counts 32 bytes per field on top of name and value; the app checks the real
+        # limits, a list beyond this is a connection error (GOAWAY) in h2.
+        self.h2_max_header_list_size = (
+            limits.max_header_bytes + 32 * limits.max_header_count + limits.max_uri_bytes + KiB
+        )
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        """hypercorn's context, with TLS 1.2+ (or 1.3), server cipher order, no renegotiation."""
+        context: ssl.SSLContext | None = super().create_ssl_context()
+        if context is None:
+            return None
+        context.minimum_version = self.tls_min_version
+        # hypercorn assigns ``options = OP_NO_COMPRESSION``, clearing the defaults; restore them.
+        context.options |= (
+            ssl.OP_NO_COMPRESSION
+            | ssl.OP_CIPHER_SERVER_PREFERENCE
+            | ssl.OP_NO_RENEGOTIATION
+            | ssl.OP_SINGLE_ECDH_USE
+        )
+        return context
+
+
+class EdgeTCPServer(TCPServer):
+    """hypercorn's connection handler, closing connections beyond ``max_connections``."""
+
+    async def run(self) -> None:
+        """Serve the connection, or close it at once if the gateway is full."""
+        config = self.config
+        if not isinstance(config, EdgeConfig):
+            await super().run()
+            return
+        if config.open_connections >= config.limits.max_connections:
+            self.writer.close()
+            return
+        config.open_connections += 1
+        try:
+            await super().run()
+        finally:
+            config.open_connections -= 1
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        if isinstance(self.config, EdgeConfig):
+            # The client is gone. hypercorn would keep the socket open, and the connection
+            # counted, until the idle timer fires; stopping the timer lets ``run`` finish now.
+            await self.idle_task.stop()
+
+
+class EdgeH11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol with a deadline on request heads and causes on errors.
+
+    The deadline starts when the first bytes of a head are buffered with no request in progress,
+    and stops when h11 has parsed the whole head; when it passes, the client gets 408 and the
+    connection closes.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        config = self.config
+        self._limits = config.limits if isinstance(config, EdgeConfig) else None
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    async def handle(self, event: Event) -> None:
+        """Feed ``event`` to hypercorn, then start the head deadline if a head is pending."""
+        await super().handle(event)
+        if self._limits is None:
+            return
+        if isinstance(event, Closed):
+            self._stop_head_timer()
+        elif (
+            self.stream is None
+            and self._head_timer is None
+            and self._awaiting_head()
+            and self.connection.trailing_data[0]
+        ):
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self._limits.header_timeout, self._head_timer_fired
+            )
+
+    def _awaiting_head(self) -> bool:
+        return (
+            isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.IDLE
+        )
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timer_fired(self) -> None:
+        self._head_timer = None
+        if self.stream is None and self._awaiting_head():
+            self.task_group.spawn(self._head_timed_out)
+
+    async def _head_timed_out(self) -> None:
+        await self.send(RawData(data=REQUEST_TIMEOUT_RESPONSE))
+        await self.send(Closed())
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        self._stop_head_timer()
+        await super()._check_protocol(event)
+
+    async def _send_error_response(self, status_code: int) -> None:
+        if self._limits is None:
+            await super()._send_error_response(status_code)
+            return
+        cause = _CAUSE_BY_STATUS.get(status_code, BAD_REQUEST)
+        await self._send_h11_event(
+            h11.Response(
+                status_code=status_code,
+                headers=[
+                    (b"content-length", b"0"),
+                    (b"connection", b"close"),
+                    (b"x-shoal-cause", cause.encode()),
+                    *self.config.response_headers("h11"),
+                ],
+            )
+        )
+        await self._send_h11_event(h11.EndOfMessage())
+
+
+_PING_EVENTS = (h2.events.PingReceived, h2.events.PingAckReceived)
+_SETTINGS_EVENTS = (h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged)
+_OTHER_EVENTS = (h2.events.PriorityUpdated, h2.events.UnknownFrameReceived)
+
+
+class EdgeH2Protocol(H2Protocol):
+    """hypercorn's HTTP/2 protocol with flood detection and graceful handling of late DATA."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        config = self.config
+        self._guard: FloodGuard | None = None
+        self._goaway_sent = False
+        if isinstance(config, EdgeConfig):
+            self._guard = FloodGuard(config.limits, time.monotonic())
+            # hypercorn advertises h2_max_header_list_size as an initial value, so h2 never sees
+            # it acknowledged and its HPACK decoder keeps enforcing 64 KiB; enforce what we say.
+            self.connection.decoder.max_header_list_size = config.h2_max_header_list_size
+
+    async def handle(self, event: Event) -> None:
+        """As hypercorn, but a connection the server closes says GOAWAY first."""
+        if self._guard is not None and isinstance(event, Closed) and not self._goaway_sent:
+            self._goaway_sent = True
+            try:
+                self.connection.close_connection()
+                await self._flush()
+            except (h2.exceptions.ProtocolError, ConnectionError, RuntimeError):
+                pass  # the connection is already finished one way or another
+        await super().handle(event)
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        guard = self._guard
+        if guard is None:
+            await super()._handle_events(events)
+            return
+        now = time.monotonic()
+        kept: list[h2.events.Event] = []
+        opened: set[int] = set()  # streams this batch opens: hypercorn has not seen them yet
+        with_headers: h2.events.PriorityUpdated | None = None
+        for event in events:
+            frame: Frame | None = None
+            if isinstance(event, h2.events.DataReceived | h2.events.StreamEnded) and not (
+                event.stream_id in self.streams or event.stream_id in opened
+            ):
+                if isinstance(event, h2.events.DataReceived):
+                    self._refuse_late_data(event)
+                continue
+            if isinstance(event, h2.events.DataReceived):
+                empty = not event.data and event.stream_ended is None
+                frame = Frame.EMPTY_DATA if empty else Frame.DATA
+            elif isinstance(event, h2.events.RequestReceived):
+                frame = Frame.HEADERS
+                opened.add(event.stream_id)
+                with_headers = event.priority_updated
+            elif isinstance(event, _PING_EVENTS):
+                frame = Frame.PING
+            elif isinstance(event, _SETTINGS_EVENTS):
+                frame = Frame.SETTINGS
+            elif isinstance(event, h2.events.StreamReset) and event.remote_reset:
+                frame = Frame.RESET
+            elif isinstance(event, _OTHER_EVENTS) and event is not with_headers:
+                frame = Frame.PRIORITY
+            if frame is not None:
+                reason = guard.on_frame(frame, now)
+                if reason is not None:
+                    await self._calm_down(reason)
+                    return
+            kept.append(event)
+        await super()._handle_events(kept)
+
+    def _refuse_late_data(self, event: h2.events.DataReceived) -> None:
+        """DATA for a stream already answered: credit the window, ask the client to stop."""
+        self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        if event.stream_ended is None:
+            try:
+                self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass  # already closed on both sides
+
+    async def _calm_down(self, reason: str) -> None:
+        log.warning("closing HTTP/2 connection from %s: %s", self.client, reason)
+        self._goaway_sent = True
+        self.connection.close_connection(
+            error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=reason.encode()
+        )
+        await self._flush()
+        await self.send(Closed())
+
+
+def install() -> None:
+    """Make hypercorn build the edge classes (inert for a plain ``Config``); idempotent."""
+    installed = importlib.metadata.version("hypercorn")
+    if installed != PINNED_VERSION:
+        log.warning(
+            "hypercorn %s is installed, the edge hardening was written for %s",
+            installed,
+            PINNED_VERSION,
+        )
+    # The modules look these names up each time they build a connection or protocol.
+    hypercorn.asyncio.run.TCPServer = EdgeTCPServer  # type: ignore[attr-defined]
+    hypercorn.protocol.H11Protocol = EdgeH11Protocol  # type: ignore[attr-defined, assignment]
+    hypercorn.protocol.H2Protocol = EdgeH2Protocol  # type: ignore[attr-defined, assignment]

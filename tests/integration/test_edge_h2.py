@@ -1,0 +1,298 @@
+"""The hardened edge over HTTP/2 (h2c prior knowledge), frame by frame: the ``h2`` library as the
+client on a plain socket, ``hyperframe`` for frames a polite client would not send. Each test
+asserts the status or GOAWAY, whether the connection closed, and what the upstream saw."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+from hyperframe.frame import DataFrame, Frame, PingFrame, PriorityFrame, SettingsFrame
+
+from shoal.gateway.limits import FloodBudget, KiB
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.integration.test_edge_h1 import edge_gateway
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+def get(path: bytes = b"/", method: bytes = b"GET", *extra: tuple[bytes, bytes]) -> Headers:
+    """A request's header block for host ``echo``."""
+    return [
+        (b":method", method),
+        (b":path", path),
+        (b":scheme", b"http"),
+        (b":authority", b"echo"),
+        *extra,
+    ]
+
+
+@dataclass
+class Answer:
+    """What came back on one stream."""
+
+    status: int | None = None
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    body: bytes = b""
+    ended: bool = False
+    reset: h2.errors.ErrorCodes | int | None = None
+
+
+class H2Wire:
+    """One HTTP/2 connection to the gateway, driven by the ``h2`` library."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,  # to send what a broken client would
+                normalize_outbound_headers=False,
+            )
+        )
+        self.answers: dict[int, Answer] = {}
+        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.eof = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def to(cls, port: int, tls: ssl.SSLContext | None = None) -> AsyncIterator[H2Wire]:
+        """A connection to ``port`` (over ``tls`` if given) with the client preface sent, closed
+        on exit."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+        try:
+            wire = cls(reader, writer)
+            wire.conn.initiate_connection()
+            await wire.flush()
+            yield wire
+        finally:
+            writer.close()
+
+    async def flush(self, *frames: Frame) -> None:
+        """Send what the h2 client has queued, then ``frames`` as they are."""
+        data = self.conn.data_to_send() + b"".join(f.serialize() for f in frames)
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError:
+            self.eof = True
+
+    async def request(self, headers: Headers, body: bytes | None = None, end: bool = True) -> int:
+        """Open a stream with ``body``; ``end`` it (the client's half) or leave it open."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, list(headers), end_stream=body is None and end)
+        if body is not None:
+            self.conn.send_data(sid, body, end_stream=end)
+        await self.flush()
+        return sid
+
+    def _absorb(self, events: list[h2.events.Event]) -> None:
+        for event in events:
+            sid = getattr(event, "stream_id", 0)
+            answer = self.answers.setdefault(sid, Answer()) if sid else None
+            if isinstance(event, h2.events.ResponseReceived) and answer is not None:
+                headers = dict(event.headers)
+                answer.status = int(headers.pop(b":status"))
+                answer.headers = headers
+            elif isinstance(event, h2.events.DataReceived) and answer is not None:
+                answer.body += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            elif isinstance(event, h2.events.StreamEnded) and answer is not None:
+                answer.ended = True
+            elif isinstance(event, h2.events.StreamReset) and answer is not None:
+                answer.reset = event.error_code
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = event
+
+    async def until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Read and process frames until ``done()`` or the connection closes."""
+        async with asyncio.timeout(timeout):
+            while not done() and not self.eof:
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    self.eof = True
+                    break
+                self._absorb(self.conn.receive_data(data))
+                await self.flush()
+
+    async def answer(self, sid: int) -> Answer:
+        """The complete answer on stream ``sid`` (a response, or a reset)."""
+        await self.until(
+            lambda: (
+                sid in self.answers
+                and (self.answers[sid].ended or self.answers[sid].reset is not None)
+            )
+        )
+        return self.answers[sid]
+
+    async def closed(self, timeout: float = 3.0) -> bool:
+        """Whether the gateway closes the connection within ``timeout``."""
+        try:
+            await self.until(lambda: False, timeout)
+        except TimeoutError:
+            return False
+        return self.eof
+
+    async def serves(self) -> bool:
+        """Whether the connection still carries a request to the upstream and back."""
+        return (await self.answer(await self.request(get(b"/still")))).status == 200
+
+
+async def test_header_limits_answer_on_the_stream(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """Over 100 fields → 431, over 60 KiB → 431, a path over 8 KiB → 414, each on its stream
+    while the connection goes on serving; none reaches the upstream."""
+    many = get(b"/", b"GET", *((b"x-h%d" % i, b"v") for i in range(100)))
+    large = get(b"/", b"GET", *((b"x-fill-%d" % i, b"a" * 8 * KiB) for i in range(8)))
+    long_path = get(b"/" + b"p" * 8 * KiB)
+    async with edge_gateway(redis, redis_url, keys) as edge, H2Wire.to(edge.port) as wire:
+        for headers, status, cause in (
+            (many, 431, b"headers_too_large"),
+            (large, 431, b"headers_too_large"),
+            (long_path, 414, b"uri_too_long"),
+        ):
+            answer = await wire.answer(await wire.request(headers))
+            assert (answer.status, answer.headers[b"x-shoal-cause"]) == (status, cause)
+        assert edge.seen() == []
+        assert await wire.serves()
+
+
+async def test_oversized_header_list_is_a_connection_error(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """A header list beyond what the gateway advertises (SETTINGS_MAX_HEADER_LIST_SIZE) gets
+    GOAWAY and the connection closes; the upstream sees nothing."""
+    huge = get(b"/", b"GET", *((b"x-fill-%d" % i, b"a" * 12 * KiB) for i in range(10)))
+    async with edge_gateway(redis, redis_url, keys) as edge, H2Wire.to(edge.port) as wire:
+        await wire.request(huge)
+        assert await wire.closed()
+        assert wire.goaway is not None
+        assert edge.seen() == []
+
+
+async def test_body_limits(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """content-length over max_body_bytes → 413 before any upstream byte; a body without one
+    crossing the limit → 413 and the upstream never sees a complete request; DATA the client
+    keeps sending after the answer is refused with RST_STREAM(NO_ERROR), and the connection
+    goes on serving."""
+    limit = 32 * KiB
+    async with (
+        edge_gateway(redis, redis_url, keys, limits={"max_body_bytes": limit}) as edge,
+        H2Wire.to(edge.port) as wire,
+    ):
+        too_long = (b"content-length", b"%d" % (limit + 1))
+        sid = await wire.request(get(b"/", b"POST", too_long), end=False)
+        answer = await wire.answer(sid)
+        assert (answer.status, answer.headers[b"x-shoal-cause"]) == (413, b"body_too_large")
+        wire.conn.send_data(sid, b"z" * 1000)
+        await wire.flush()
+        await wire.until(lambda: wire.answers[sid].reset is not None)
+        assert wire.answers[sid].reset == h2.errors.ErrorCodes.NO_ERROR
+        sid = await wire.request(get(b"/", b"POST"), end=False)
+        for _ in range(5):  # 40 KiB in 8 KiB DATA frames, no content-length
+            wire.conn.send_data(sid, b"y" * 8 * KiB)
+        await wire.flush()
+        answer = await wire.answer(sid)
+        assert (answer.status, answer.headers[b"x-shoal-cause"]) == (413, b"body_too_large")
+        assert edge.seen() == []
+        assert await wire.serves()
+
+
+async def test_framing_headers_refused(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """transfer-encoding (with or without content-length), a non-numeric content-length, two
+    different ones, or a body longer than declared are malformed in HTTP/2: h2 answers GOAWAY
+    PROTOCOL_ERROR and the connection closes; nothing reaches the upstream."""
+    async with edge_gateway(redis, redis_url, keys) as edge:
+        for extra in (
+            [(b"transfer-encoding", b"chunked"), (b"content-length", b"3")],
+            [(b"transfer-encoding", b"chunked")],
+            [(b"content-length", b"3x")],
+            [(b"content-length", b"3"), (b"content-length", b"4")],
+            [(b"content-length", b"2")],
+        ):
+            async with H2Wire.to(edge.port) as wire:
+                sid = await wire.request(get(b"/", b"POST", *extra), body=b"abc")
+                assert await wire.closed(), extra
+                assert wire.goaway is not None, extra
+                assert wire.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, extra
+                assert wire.answers.get(sid, Answer()).status is None, extra
+        assert edge.seen() == []
+
+
+async def _flooded(wire: H2Wire) -> None:
+    """Assert the gateway said GOAWAY(ENHANCE_YOUR_CALM) and closed the connection."""
+    assert await wire.closed()
+    assert wire.goaway is not None
+    assert wire.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_rapid_reset(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """Streams opened and reset at once beyond the RST_STREAM budget → GOAWAY
+    ENHANCE_YOUR_CALM and closed; at most the budget's worth of requests reached the upstream."""
+    budget = FloodBudget(burst=20, rate=1.0)
+    async with (
+        edge_gateway(redis, redis_url, keys, limits={"h2_reset": budget}) as edge,
+        H2Wire.to(edge.port) as wire,
+    ):
+        for _ in range(200):
+            sid = wire.conn.get_next_available_stream_id()
+            wire.conn.send_headers(sid, list(get(b"/reset")), end_stream=True)
+            wire.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        await wire.flush()
+        await _flooded(wire)
+        assert len(edge.seen()) <= budget.burst + 1
+
+
+async def test_control_frame_floods(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """PING, SETTINGS and PRIORITY floods each get GOAWAY ENHANCE_YOUR_CALM and a closed
+    connection, while the same frames within their budget leave it serving."""
+    floods: list[tuple[Callable[[], Frame], int]] = [
+        (lambda: PingFrame(0, opaque_data=b"12345678"), 50),
+        (lambda: SettingsFrame(0), 10),
+        (lambda: PriorityFrame(101, depends_on=0, stream_weight=16), 100),
+    ]
+    async with edge_gateway(redis, redis_url, keys) as edge:
+        for frame, burst in floods:
+            async with H2Wire.to(edge.port) as polite:
+                await polite.flush(*(frame() for _ in range(burst // 2)))
+                assert await polite.serves()
+            async with H2Wire.to(edge.port) as wire:
+                await wire.flush(*(frame() for _ in range(3 * burst)))
+                await _flooded(wire)
+
+
+async def test_empty_data_flood(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """More than 10 empty DATA frames in a row → GOAWAY ENHANCE_YOUR_CALM and closed; the
+    upstream never sees a complete request."""
+    async with edge_gateway(redis, redis_url, keys) as edge, H2Wire.to(edge.port) as wire:
+        sid = await wire.request(get(b"/", b"POST"), end=False)
+        await wire.flush(*(DataFrame(sid, data=b"") for _ in range(50)))
+        await _flooded(wire)
+        assert edge.seen() == []
+
+
+async def test_idle_connection_gets_goaway(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """An HTTP/2 connection without streams is closed after idle_timeout, with GOAWAY(NO_ERROR)."""
+    async with (
+        edge_gateway(redis, redis_url, keys, limits={"idle_timeout": 1.0}) as edge,
+        H2Wire.to(edge.port) as wire,
+    ):
+        loop = asyncio.get_running_loop()
+        assert await wire.serves()
+        started = loop.time()
+        assert await wire.closed(timeout=5.0)
+        assert 0.9 <= loop.time() - started < 3.0
+        assert wire.goaway is not None
+        assert wire.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
