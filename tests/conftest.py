@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-
 from shoal.store.connection import Redis, connect
 from shoal.store.embedded import EmbeddedRedis
 from shoal.store.keys import Keys
-
 
 # Properties must not fail because a loaded CI machine ran an example slowly.
 settings.register_profile("shoal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
