@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from shoal.errors import ShoalError
 from shoal.mesh.endpoint import Endpoint
@@ -85,7 +86,8 @@ class Upstreams:
         ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
         exchange, body included.
         """
-        url = f"http://{endpoint.authority}{target}"
+        # encoded=True: the target was normalised at the edge; send it byte for byte.
+        url = URL(f"http://{endpoint.authority}{target}", encoded=True)
         hdrs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
         try:
             async with asyncio.timeout(head_timeout):
