@@ -105,4 +105,5 @@ async def run_gateway(
     finally:
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await upstreams.close()

@@ -9,7 +9,6 @@ it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
@@ -19,6 +18,8 @@ from shoal.mesh.headers import end_to_end, expects_body, request_headers
 from shoal.mesh.proxy import Refusal
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the router stops
 
 
 def _refusal(status: int, cause: str, message: str) -> web.Response:
@@ -32,7 +33,7 @@ class Router:
 
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
-        self._server: asyncio.base_events.Server | None = None
+        self._runner: web.ServerRunner | None = None
         self.port = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -78,14 +79,18 @@ class Router:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; return the bound port."""
         server = web.Server(self.handle, handler_cancellation=True, access_log=None)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(server, host, port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = int(self._runner.addresses[0][1])
         return self.port
 
     async def stop(self) -> None:
-        """Stop listening and close the upstream pool."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        """Stop listening, let requests in flight finish (up to ``SHUTDOWN_GRACE``), close every
+        connection and the upstream pool."""
+        if self._runner is not None:
+            # aiohttp's own sequence: close the listener, then idle keep-alive connections at
+            # once, then the rest as their requests end. Closing only the listening socket would
+            # leave connections open (and Python 3.12+'s Server.wait_closed() waiting on them).
+            await self._runner.cleanup()
         await self.forwarder.upstreams.close()

@@ -10,6 +10,7 @@ otherwise, so a Redis restart never leaves the registry empty for long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -171,17 +172,18 @@ class Agent:
             self._removed.difference_update(removed)
         await self.registry.put_node(self.node_id, self.node_record, ttl=LEASE_TTL)
 
-    async def _heartbeats(self) -> None:
-        while True:
+    async def _heartbeats(self, done: asyncio.Event) -> None:
+        # Ended by ``done`` (set with ``_registry_dirty`` to wake it), not by cancellation: the
+        # Redis calls here go through asyncio.wait_for, which on Python 3.11 can swallow one.
+        while not done.is_set():
             self._registry_dirty.clear()
             try:
                 await self._heartbeat_once()
             except StoreError as e:
                 log.warning("heartbeat failed: %s", e)
-            try:
-                await asyncio.wait_for(self._registry_dirty.wait(), HEARTBEAT_EVERY)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_EVERY):
+                    await self._registry_dirty.wait()
 
     async def _reconciler(self) -> None:
         while True:
@@ -191,20 +193,24 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain every instance and deregister."""
-        loops = [
-            asyncio.ensure_future(c)
-            for c in (self.watcher.run(self._on_view), self._reconciler(), self._heartbeats())
-        ]
+        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
+        reconcile = asyncio.ensure_future(self._reconciler())
+        drained = asyncio.Event()
+        heartbeats = asyncio.ensure_future(self._heartbeats(drained))
         try:
             await stop.wait()
         finally:
-            loops[0].cancel()
-            loops[1].cancel()
+            # No new views, so no new slots; heartbeats go on and publish the drain.
+            watch.cancel()
+            reconcile.cancel()
+            await asyncio.gather(watch, reconcile, return_exceptions=True)
             await asyncio.gather(
                 *(self._drain(s) for s in list(self.slots.values())), return_exceptions=True
             )
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            loops[2].cancel()
+            drained.set()
+            self._registry_dirty.set()
+            await heartbeats
             try:
                 await self._heartbeat_once()
                 await self.registry.remove_node(self.node_id)

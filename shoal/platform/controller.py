@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
 
 from shoal.errors import StoreError
 from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
@@ -128,6 +127,17 @@ class Controller:
             if pruned:
                 log.info("pruned expired leases: %s", ", ".join(pruned))
 
+    async def _next_tick(self, stop: asyncio.Event) -> None:
+        """Wait for a change, ``stop`` or the tick period, whichever comes first."""
+        waiters = [asyncio.ensure_future(self._dirty.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        self._dirty.clear()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run ticks on every change and every second, until ``stop``; then release the lease."""
         watch = asyncio.ensure_future(self.watcher.run(self._on_view))
@@ -137,16 +147,10 @@ class Controller:
                     await self.tick()
                 except StoreError as e:
                     log.warning("controller tick failed: %s", e)
-                waiters: list[Any] = [
-                    asyncio.ensure_future(self._dirty.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    w.cancel()
-                self._dirty.clear()
+                await self._next_tick(stop)
         finally:
             watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             if self.leading:
                 try:
                     async with translated("releasing the leader lease"):

@@ -128,7 +128,8 @@ class InstanceSlot:
             delay = restart_delay(max(1, failures), self.rng)
             log.warning("%s/%s exited; restarting in %.2fs", self.service.key, self.id, delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
 
     async def _run_once(self) -> bool:
         """Start the process, mark it ready when healthy, wait for it to exit.
@@ -166,11 +167,13 @@ class InstanceSlot:
             await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
             return ready
         finally:
-            for task in (checks, stopping):
-                if task is not None:
+            helpers = [t for t in (checks, stopping, exited) if t is not None]
+            for task in helpers:
+                # While stopping, the process is being ended (by stop(), or by _wait_ready for
+                # one spawned as stop() began): wait for its exit, so no child outlives its slot.
+                if task is not exited or not self._stopping.is_set():
                     task.cancel()
-            if not exited.done() and not self._stopping.is_set():
-                exited.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _health_checks(self) -> None:
         """Probe the running instance; flip it between ready and unhealthy by the thresholds."""
@@ -220,7 +223,8 @@ class InstanceSlot:
             await asyncio.sleep(drain_delay)
             self._signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self._process.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await self._process.wait()
             except TimeoutError:
                 self._signal(signal.SIGKILL)
                 await self._process.wait()

@@ -48,6 +48,8 @@ async def run_node(
     try:
         await agent.run(stop)
     finally:
+        # The router serves until the agent has drained: instances call out while they drain.
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await router.stop()

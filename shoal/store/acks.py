@@ -7,6 +7,7 @@ up, and which ones lag.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -68,7 +69,8 @@ class Acks:
             self._changed.set()
 
     async def run(self) -> None:
-        """Keep the ack and its lease fresh, forever."""
+        """Keep the ack and its lease fresh, until cancelled."""
+        task = asyncio.current_task()
         while True:
             self._changed.clear()
             try:
@@ -80,10 +82,13 @@ class Acks:
                     )
             except StoreError as e:
                 log.debug("ack not recorded: %s", e)
-            try:
-                await asyncio.wait_for(self._changed.wait(), ACK_EVERY)
-            except TimeoutError:
-                pass
+            if task is not None and task.cancelling():
+                # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow a
+                # cancellation (CPython gh-86296); honour it, or our owner waits forever.
+                raise asyncio.CancelledError
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ACK_EVERY):
+                    await self._changed.wait()
 
 
 async def live_acks(redis: Redis, keys: Keys) -> dict[str, int]:

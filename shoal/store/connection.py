@@ -20,14 +20,19 @@ BLOCKING_SOCKET_TIMEOUT = 15.0  # seconds; readers BLOCK for 5 s at most (shoal.
 
 
 def connect(url: str, *, blocking: bool = False) -> Redis:
-    """A client for ``url``. ``blocking`` clients allow long reads (for ``XREAD BLOCK``)."""
+    """A client for ``url``. ``blocking`` clients allow long reads (for ``XREAD BLOCK``).
+
+    A blocking client has no socket timeout of its own: its caller bounds every call with
+    ``asyncio.timeout(BLOCKING_SOCKET_TIMEOUT)`` (longer than a BLOCK, but not infinite, or a
+    silent network partition would hang it forever). With a socket timeout, redis-py sends
+    through ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that lands just
+    as the send completes (CPython gh-86296): a cancelled reader would then block on.
+    """
     try:
         return aioredis.Redis.from_url(
             url,
             decode_responses=True,
-            # A blocking reader waits up to BLOCK_MS in XREAD; its timeout must be longer, but
-            # not infinite, or a silent network partition would hang it forever.
-            socket_timeout=BLOCKING_SOCKET_TIMEOUT if blocking else 5.0,
+            socket_timeout=None if blocking else 5.0,
             socket_connect_timeout=3.0,
             health_check_interval=0 if blocking else 30,
         )

@@ -1,10 +1,11 @@
 """The change feed: a consistent view of config and registry, then every change after it.
 
 A watcher notes the stream's last id, loads everything, hands the view over, then follows the
-stream with ``XREAD BLOCK`` (on a connection without socket timeout), reloading each changed key
-and handing over a new view per batch. After a lost connection, or when the id it would resume
-from has been trimmed away, it reloads everything: pub/sub alone would lose what happened while
-a reader was away. While Redis is away the owner keeps serving from the last view.
+stream with ``XREAD BLOCK`` (on a connection without socket timeout: each call carries its own
+deadline, so that cancelling a watcher always ends it), reloading each changed key and handing
+over a new view per batch. After a lost connection, or when the id it would resume from has
+been trimmed away, it reloads everything: pub/sub alone would lose what happened while a reader
+was away. While Redis is away the owner keeps serving from the last view.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from shoal.errors import StoreError
+from shoal.errors import StoreError, StoreUnavailable
 from shoal.mesh.endpoint import Endpoint
-from shoal.store.connection import Redis, connect, translated
+from shoal.store.connection import BLOCKING_SOCKET_TIMEOUT, Redis, connect, translated
 from shoal.store.keys import Keys
 from shoal.store.registry import INSTANCE, NODE
 
@@ -27,6 +29,19 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 5_000
 BATCH = 1_000
+
+
+@asynccontextmanager
+async def _bounded(what: str) -> AsyncIterator[None]:
+    """:func:`translated`, plus the deadline a blocking client leaves to its caller."""
+    async with translated(what):
+        try:
+            async with asyncio.timeout(BLOCKING_SOCKET_TIMEOUT):
+                yield
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"{what}: no answer from Redis in {BLOCKING_SOCKET_TIMEOUT:g}s"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +90,7 @@ class Watcher:
         self.connected = asyncio.Event()
 
     async def run(self, on_view: Callable[[View], None]) -> None:
-        """Forever: load, hand over, follow; reconnect with backoff when Redis goes away."""
+        """Until cancelled: load, hand over, follow; reconnect with backoff when Redis goes away."""
         backoff = 0.05
         while True:
             redis = connect(self._url, blocking=True)
@@ -98,7 +113,7 @@ class Watcher:
         on_view(state.view())
         self.connected.set()
         while True:
-            async with translated("following the change stream"):
+            async with _bounded("following the change stream"):
                 reply = await redis.xread(
                     {self._keys.changes: last_id}, count=BATCH, block=BLOCK_MS
                 )
@@ -115,13 +130,13 @@ class Watcher:
             on_view(state.view())
 
     async def _exists(self, redis: Redis, entry_id: str) -> bool:
-        async with translated("checking the change stream"):
+        async with _bounded("checking the change stream"):
             return bool(await redis.xrange(self._keys.changes, entry_id, entry_id))
 
     async def _load(self, redis: Redis, state: _State) -> str:
         """Load everything; return the stream id to follow from."""
         k = self._keys
-        async with translated("loading the store"):
+        async with _bounded("loading the store"):
             last = await redis.xrevrange(k.changes, count=1)
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.get(k.revision)
@@ -153,7 +168,7 @@ class Watcher:
             if "rev" in fields:
                 state.revision = max(state.revision, int(fields["rev"]))
             return
-        async with translated(f"reading {kind} {name}"):
+        async with _bounded(f"reading {kind} {name}"):
             raw = await redis.hget(hash_key, name)
         if raw is None:
             table.pop(name, None)

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from shoal.mesh.endpoint import Endpoint
 from shoal.platform.resources import parse_text
-from tests.support.cluster import SERVICES, Cluster, ready
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import SERVICES, Cluster, ready, running_cluster
+
+
+def instance_children() -> list[int]:
+    """This process's children that run an instance (``shoal.platform.runtime``)."""
+    me = str(os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if ppid == me and b"shoal.platform.runtime" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
 
 
 @pytest.mark.timeout(90)
@@ -68,3 +86,24 @@ async def test_hung_instance_goes_unhealthy_and_back(cluster: Cluster) -> None:
         os.kill(victim.pid, signal.SIGCONT)
     back = await cluster.instances(lambda f: len(ready(f, "world")) == 1)
     assert ready(back, "world")[0].pid == victim.pid  # the same process, not a restart
+
+
+@pytest.mark.timeout(60)
+async def test_stop_ends_hung_and_restarting_instances(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A node stopped right after drills hung (SIGSTOP) and killed (SIGKILL) its instances still
+    ends every instance process, deregisters itself and them, and leaves no task running."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
+        hung, killed = ready(
+            await cluster.instances(lambda f: len(ready(f, "hello")) == 2), "hello"
+        )
+        assert hung.pid is not None and killed.pid is not None
+        assert sorted(instance_children()) == sorted([hung.pid, killed.pid])
+        os.kill(hung.pid, signal.SIGSTOP)
+        os.kill(killed.pid, signal.SIGKILL)
+    # running_cluster has waited for every component and checked that no task is left.
+    assert await cluster.client.registry.instances() == []
+    assert "n1" not in await cluster.client.registry.nodes()
+    assert instance_children() == []

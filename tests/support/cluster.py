@@ -20,6 +20,7 @@ from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
+STOP_TIMEOUT = 30.0  # seconds; a node drains an instance that ignores SIGTERM in grace=5
 
 SERVICES = f"""
 apiVersion: shoal/v1
@@ -120,6 +121,26 @@ async def running_cluster(
             settings=GatewaySettings(host="127.0.0.1", port=gateway_port),
         )
     )
-    yield Cluster(Client(redis, keys), mesh_port, gateway_port)
-    stop.set()
-    await asyncio.wait_for(asyncio.gather(controller, node, gateway), 30)
+    try:
+        yield Cluster(Client(redis, keys), mesh_port, gateway_port)
+    finally:
+        stop.set()
+        components = {"controller": controller, "node": node, "gateway": gateway}
+        _, pending = await asyncio.wait(components.values(), timeout=STOP_TIMEOUT)
+        for task in pending:
+            task.cancel()
+        late = [name for name, task in components.items() if task in pending]
+        assert not late, f"did not stop within {STOP_TIMEOUT}s of their stop event: {late}"
+        for task in components.values():
+            task.result()  # a component that crashed fails the test
+        await no_task_left()
+
+
+async def no_task_left(timeout: float = 5.0) -> None:
+    """Wait until this test's task is the loop's only one: every component awaited its own."""
+    me = asyncio.current_task()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while left := [t for t in asyncio.all_tasks() if t is not me]:
+        if asyncio.get_running_loop().time() >= deadline:
+            raise AssertionError(f"tasks left running: {[t.get_coro() for t in left]}")
+        await asyncio.sleep(0.05)
