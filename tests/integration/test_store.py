@@ -119,7 +119,8 @@ async def test_watcher_resyncs_after_reconnect(redis_url: str, redis: Redis, key
     watcher = Watcher(redis_url, keys, ["VirtualService"])
     task = asyncio.create_task(watcher.run(views.append))
     try:
-        await asyncio.wait_for(watcher.connected.wait(), 5)
+        async with asyncio.timeout(5):
+            await watcher.connected.wait()
         await redis.client_kill_filter(_type="normal", skipme=True)
         await store.write([Change("VirtualService", "late", {"x": 3})])
         await until(views, lambda v: "late" in v.documents("VirtualService"))

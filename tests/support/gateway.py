@@ -58,7 +58,8 @@ async def serving(
         yield Gateway(port=settings.port, client=Client(redis, keys))
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        async with asyncio.timeout(10):
+            await task
 
 
 @pytest.fixture
