@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 InstanceState = Literal["starting", "ready", "draining", "unhealthy"]
@@ -34,10 +34,6 @@ class Endpoint:
     def authority(self) -> str:
         """``address:port`` for connecting."""
         return f"{self.address}:{self.port}"
-
-    def with_state(self, state: InstanceState) -> Endpoint:
-        """The same instance in another state."""
-        return replace(self, state=state)
 
     def to_json(self) -> str:
         """Serialise for the registry."""

@@ -21,7 +21,7 @@ from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
 from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
 from shoal.platform.model import DestinationRule, OutlierDetection, Service, VirtualService
-from shoal.platform.resources import parse_stored
+from shoal.platform.resources import StoredResources
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,11 @@ class Stats:
     served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
 
 
-def table_from_view(view: View, previous: RoutingTable | None) -> RoutingTable:
-    """Parse the view's documents and build a routing snapshot (bad documents are skipped)."""
-    parsed = [r for kind in CONFIG_KINDS for r in parse_stored(view.documents(kind)).values()]
+def table_from_view(
+    view: View, previous: RoutingTable | None, stored: StoredResources
+) -> RoutingTable:
+    """Build a routing snapshot from the view's documents (bad documents are skipped)."""
+    parsed = [r for kind in CONFIG_KINDS for r in stored.parse(kind, view.documents(kind)).values()]
     return RoutingTable.build(
         [r for r in parsed if isinstance(r, Service)],
         [r for r in parsed if isinstance(r, VirtualService)],
@@ -90,6 +92,7 @@ class Proxy:
     """Holds the current routing snapshot and the per-cluster state; makes the decisions."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
+        self._stored = StoredResources()
         self.table = RoutingTable.build([], [], [], [])
         self.revision = 0
         self.rng = rng or random.Random()
@@ -100,7 +103,7 @@ class Proxy:
     def update(self, view: View) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built."""
         try:
-            table = table_from_view(view, self.table)
+            table = table_from_view(view, self.table, self._stored)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             return

@@ -24,7 +24,7 @@ from shoal.platform.health import HealthThresholds, thresholds
 from shoal.platform.instance import InstanceSlot
 from shoal.platform.model import DestinationRule, Service
 from shoal.platform.reconcile import Slot, plan
-from shoal.platform.resources import parse_stored
+from shoal.platform.resources import StoredResources
 from shoal.platform.weights import find_rule
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -78,6 +78,7 @@ class Agent:
         self.grace = grace
         self.rng = rng or random.Random()
         self._services: dict[str, Service] = {}
+        self._stored = StoredResources()
         self._rules: list[DestinationRule] = []
         self._faults: dict[str, dict[str, Any]] = {}  # instance key -> the fault applied
         self._desired: dict[str, int] = {}
@@ -89,12 +90,14 @@ class Agent:
     def _on_view(self, view: View) -> None:
         services = {
             k: r
-            for k, r in parse_stored(view.documents("Service")).items()
+            for k, r in self._stored.parse("Service", view.documents("Service")).items()
             if isinstance(r, Service)
         }
         self._rules = [
             r
-            for r in parse_stored(view.documents("DestinationRule")).values()
+            for r in self._stored.parse(
+                "DestinationRule", view.documents("DestinationRule")
+            ).values()
             if isinstance(r, DestinationRule)
         ]
         self._services = services

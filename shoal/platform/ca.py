@@ -34,7 +34,6 @@ from shoal.platform.pki import (
     make_csr,
     new_key,
     new_root,
-    parse_bundle,
     sign,
 )
 from shoal.store.connection import Redis, translated
@@ -206,8 +205,3 @@ class IdentityRequester:
             raise PKIError("no trust bundle is published")
         verify_chain(cert_pem, bundle, now)
         return Issued(identity=identity, cert_pem=cert_pem, key_pem=key_to_pem(key))
-
-
-def roots_of(bundle: bytes) -> list[str]:
-    """Subjects of the roots in a bundle, for display."""
-    return [c.subject.rfc4514_string() for c in parse_bundle(bundle)]

@@ -125,7 +125,11 @@ class Client:
             if existing is not None and (keep_existing or encode(existing) == encode(doc)):
                 unchanged.append(label)
                 continue
-            before = parse_document(existing) if existing is not None else None
+            before = (
+                parse_document(existing)
+                if existing is not None and isinstance(r, Service)
+                else None
+            )
             if (
                 isinstance(r, Service)
                 and isinstance(before, Service)

@@ -16,7 +16,7 @@ import uuid
 from shoal.errors import StoreError
 from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
 from shoal.platform.model import Service
-from shoal.platform.resources import parse_stored
+from shoal.platform.resources import StoredResources
 from shoal.platform.scheduler import Placements, place
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis, translated
@@ -38,21 +38,21 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
 
 
-def wanted_instances(view: View) -> dict[str, int]:
+def wanted_instances(view: View, stored: StoredResources) -> dict[str, int]:
     """Instances wanted per ``service/revision``: each revision's ``scale.min``."""
     return {
         s.key: s.scale.min
-        for s in parse_stored(view.documents("Service")).values()
+        for s in stored.parse("Service", view.documents("Service")).values()
         if isinstance(s, Service)
     }
 
 
-def placement_changes(view: View) -> list[Change]:
+def placement_changes(view: View, stored: StoredResources) -> list[Change]:
     """The Placement writes that bring the stored placements to the wanted ones."""
     current = {
         node: dict(doc.get("revisions") or {}) for node, doc in view.documents(PLACEMENT).items()
     }
-    placed: Placements = place(wanted_instances(view), view.nodes.keys(), current)
+    placed: Placements = place(wanted_instances(view, stored), view.nodes.keys(), current)
     changes = [
         Change(PLACEMENT, node, {"revisions": revs})
         for node, revs in placed.items()
@@ -88,6 +88,7 @@ class Controller:
         self.leading = False
         self._renew = redis.register_script(_RENEW)
         self._view = View()
+        self._stored = StoredResources()
         self._dirty = asyncio.Event()
         self._steady_since: float | None = None  # since when we lead with the store reachable
 
@@ -117,7 +118,7 @@ class Controller:
         now = time.monotonic()
         if self._steady_since is None:
             self._steady_since = now
-        changes = placement_changes(self._view)
+        changes = placement_changes(self._view, self._stored)
         if changes:
             await self.config.write(changes)
         async with translated("reading the store's uptime"):

@@ -64,7 +64,6 @@ class InstanceSlot:
         self.state: InstanceState = "starting"
         self.port = 0
         self.pid: int | None = None
-        self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
 
@@ -123,7 +122,6 @@ class InstanceSlot:
             if self._stopping.is_set():
                 break
             failures = 0 if healthy else failures + 1
-            self.restarts += 1
             self._set("unhealthy")
             delay = restart_delay(max(1, failures), self.rng)
             log.warning("%s/%s exited; restarting in %.2fs", self.service.key, self.id, delay)

@@ -448,3 +448,32 @@ def parse_stored(documents: Mapping[str, object]) -> dict[str, Resource]:
         except ManifestError as e:
             _log.error("skipping stored document %s: %s", key, e)
     return parsed
+
+
+class StoredResources:
+    """:func:`parse_stored` with memory, for a process that follows the store.
+
+    A watcher hands over the same document object for a key until that key changes, so a
+    document seen before is not parsed again: a view caused by an instance's state change costs
+    no parsing at all, only config changes do.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[object, Resource]] = {}
+
+    def parse(self, kind: str, documents: Mapping[str, object]) -> dict[str, Resource]:
+        """The resources of one kind in ``documents``, by key (bad ones skipped and logged)."""
+        out: dict[str, Resource] = {}
+        fresh: dict[str, object] = {}
+        for key, doc in documents.items():
+            hit = self._seen.get((kind, key))
+            if hit is not None and hit[0] is doc:
+                out[key] = hit[1]
+            else:
+                fresh[key] = doc
+        for key, resource in parse_stored(fresh).items():
+            self._seen[(kind, key)] = (documents[key], resource)
+            out[key] = resource
+        for gone in [k for k in self._seen if k[0] == kind and k[1] not in documents]:
+            del self._seen[gone]
+        return out

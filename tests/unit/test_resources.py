@@ -1165,3 +1165,19 @@ def test_to_document_round_trips_every_valid_document(doc: dict[str, object]) ->
     assert parse_document(canonical) == resource
     assert parse_document(json.loads(json.dumps(canonical))) == resource
     assert to_document(parse_document(canonical)) == canonical
+
+
+def test_stored_resources_parse_each_document_once() -> None:
+    """A document object seen before gives the same resource back; a new object is parsed;
+    a key that left the store is forgotten."""
+    from shoal.platform.resources import StoredResources
+
+    stored = StoredResources()
+    doc = service_doc()
+    first = stored.parse("Service", {"hello": doc})["hello"]
+    assert stored.parse("Service", {"hello": doc})["hello"] is first
+    changed = service_doc(weight=2)
+    again = stored.parse("Service", {"hello": changed})["hello"]
+    assert again is not first and again == parse_document(changed)
+    assert stored.parse("Service", {}) == {}
+    assert stored.parse("Service", {"hello": changed})["hello"] is not again
