@@ -96,7 +96,9 @@ def up(
     example: Annotated[bool, typer.Option(help="Deploy the hello-world example.")] = False,
     redis: RedisOpt = None,
     port: Annotated[int, typer.Option(help="Gateway HTTP/1.1 + h2c port.")] = 8080,
-    mesh_port: Annotated[int, typer.Option(help="Node router port for instances.")] = 15001,
+    mesh_port: Annotated[
+        int, typer.Option(help="Node router's inbound mTLS port.")
+    ] = settings.DEFAULT_MESH_PORT,
     tls_port: Annotated[
         int | None, typer.Option(help="Gateway TLS port (needs --cert/--key).")
     ] = None,
@@ -175,7 +177,12 @@ def up(
 def node(
     redis: RedisOpt = None,
     node_id: Annotated[str | None, typer.Option(help="Node id (default: host name).")] = None,
-    mesh_port: Annotated[int, typer.Option(help="Router port for local instances.")] = 15001,
+    mesh_port: Annotated[
+        int, typer.Option(help="Router's inbound mTLS port.")
+    ] = settings.DEFAULT_MESH_PORT,
+    host: Annotated[
+        str, typer.Option(help="Address of the router's inbound listener (bound and announced).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -190,6 +197,8 @@ def node(
         "node",
         node_id=node_id or default_node_id(),
         state_dir=settings.state_dir(),
+        trust_domain=settings.trust_domain(),
+        host=host,
         mesh_port=mesh_port,
     )
 
@@ -214,7 +223,7 @@ def gateway(
     gs = GatewaySettings(
         host=host, port=port, tls_port=tls_port if cert else None, certfile=cert, keyfile=key
     )
-    run_component(run_gateway, redis, "gateway", settings=gs)
+    run_component(run_gateway, redis, "gateway", settings=gs, trust_domain=settings.trust_domain())
 
 
 @app.command()
@@ -225,7 +234,13 @@ def controller(redis: RedisOpt = None) -> None:
     """
     from shoal.platform.controller import run_controller
 
-    run_component(run_controller, redis, "controller")
+    run_component(
+        run_controller,
+        redis,
+        "controller",
+        state_dir=settings.state_dir(),
+        trust_domain=settings.trust_domain(),
+    )
 
 
 @app.command()

@@ -21,8 +21,10 @@ from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
 from shoal.gateway.limits import EdgeLimits
 from shoal.gateway.paths import SlashPolicy
+from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
+from shoal.mesh.identity import gateway_id
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.upstream import Upstreams
 from shoal.store.connection import Redis
@@ -83,15 +85,24 @@ async def run_gateway(
     *,
     settings: GatewaySettings,
     stop: asyncio.Event,
+    trust_domain: str,
     component: str = "gateway",
 ) -> None:
     """Serve until ``stop``; routing follows the store."""
     hypercorn_edge.install()
     proxy = Proxy()
     upstreams = Upstreams()
-    tasks = follow(proxy, redis, url, keys, component)
+    # Asked for in the background: instances outside the mesh are served meanwhile, and a
+    # request for one behind a router gets 503 no_mesh_identity until the CA has answered.
+    credentials = Credentials(redis, keys, component)
+    identity = str(gateway_id(trust_domain))
+    credentials.want(identity)
+    tasks = [
+        asyncio.ensure_future(credentials.run()),
+        *follow(proxy, redis, url, keys, component, credentials),
+    ]
     app = GatewayApp(
-        Forwarder(proxy, upstreams),
+        Forwarder(proxy, upstreams, mesh_tls=lambda: credentials.client_context(identity)),
         limits=settings.limits,
         slashes=settings.escaped_slashes,
         trusted_hops=settings.trusted_hops,

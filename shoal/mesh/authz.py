@@ -30,9 +30,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shoal.mesh.identity import SCHEME
-from shoal.platform.model import AuthorizationPolicy, Operation, Rule, Source
+from shoal.platform.model import (
+    AuthorizationPolicy,
+    MtlsMode,
+    Operation,
+    PeerAuthentication,
+    Rule,
+    Source,
+)
 
-__all__ = ["Authorizer", "Decision", "WorkloadAuthorizer", "compile_policies", "evaluate"]
+__all__ = [
+    "Authorizer",
+    "Decision",
+    "WorkloadAuthorizer",
+    "compile_policies",
+    "evaluate",
+    "mtls_mode",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,3 +288,25 @@ def evaluate(
     """The decision for one request under ``policies``; compile once with
     :func:`compile_policies` instead when checking many requests."""
     return compile_policies(policies).check(target_labels, principal, method, path)
+
+
+def mtls_mode(policies: Iterable[PeerAuthentication], labels: Mapping[str, str]) -> MtlsMode:
+    """The mTLS mode of a workload with ``labels``: STRICT, PERMISSIVE or DISABLE.
+
+    As Istio: a policy whose selector matches the workload wins over a mesh-wide one (no
+    selector); UNSET inherits from the wider level. Where nothing sets a mode, Shoal's default is
+    STRICT (Istio's is PERMISSIVE, for migrating plaintext workloads; Shoal runs every workload
+    itself). Among several matching policies of one level, the first by name wins.
+    """
+    ordered = sorted(policies, key=lambda p: p.name)
+    specific = [p for p in ordered if p.match_labels and _selects(p.match_labels, labels)]
+    wide = [p for p in ordered if not p.match_labels]
+    for level in (specific, wide):
+        for policy in level[:1]:
+            if policy.mtls_mode != "UNSET":
+                return policy.mtls_mode
+    return "STRICT"
+
+
+def _selects(selector: tuple[tuple[str, str], ...], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector)

@@ -24,6 +24,7 @@ class Endpoint:
     weight: int = 1
     state: InstanceState = "starting"
     pid: int | None = None
+    mtls: bool = False  # run by a Shoal node: reached only through its router, over mTLS
 
     @property
     def key(self) -> str:
@@ -49,6 +50,7 @@ class Endpoint:
                 "weight": self.weight,
                 "state": self.state,
                 "pid": self.pid,
+                "mtls": self.mtls,
             },
             sort_keys=True,
         )
@@ -71,4 +73,5 @@ class Endpoint:
             weight=int(raw.get("weight", 1)),
             state=state,
             pid=raw.get("pid"),
+            mtls=bool(raw.get("mtls", False)),
         )

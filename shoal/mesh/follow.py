@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+from shoal.mesh.credentials import Credentials
 from shoal.mesh.proxy import CONFIG_KINDS, Proxy
 from shoal.store.acks import Acks
 from shoal.store.connection import Redis
@@ -18,10 +20,26 @@ from shoal.store.watch import View, Watcher
 
 
 def follow(
-    proxy: Proxy, redis: Redis, url: str, keys: Keys, component: str
+    proxy: Proxy,
+    redis: Redis,
+    url: str,
+    keys: Keys,
+    component: str,
+    credentials: Credentials | None = None,
 ) -> list[asyncio.Task[None]]:
-    """Start following the store for ``proxy``; the caller cancels the returned tasks."""
-    acks = Acks(redis, keys, component, report=lambda: proxy.report(time.monotonic()))
+    """Start following the store for ``proxy``; the caller cancels the returned tasks.
+
+    With ``credentials``, the report also says which certificates the process holds and which
+    roots it trusts (``shoal certs status`` and root rotation read it).
+    """
+
+    def report() -> dict[str, Any]:
+        out = proxy.report(time.monotonic())
+        if credentials is not None:
+            out["certs"] = credentials.report()
+        return out
+
+    acks = Acks(redis, keys, component, report=report)
     watcher = Watcher(url, keys, CONFIG_KINDS)
 
     def on_view(view: View) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
 Body = AsyncIterator[bytes] | bytes | None
 
 BUFFER_LIMIT = 1 << 20  # bodies up to 1 MiB are buffered and may be retried (Envoy's default)
+
+
+INSTANCE = b"x-shoal-instance"
+"""Names the instance a request sent to a node router is for (``service/id``)."""
+
+
+class _NoIdentity(Exception):
+    """An instance behind a router was picked before this proxy holds a mesh certificate."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -80,9 +89,11 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         buffer_limit: int = BUFFER_LIMIT,
+        mesh_tls: Callable[[], ssl.SSLContext | None] = lambda: None,
     ) -> None:
         self.proxy = proxy
         self.upstreams = upstreams
+        self.mesh_tls = mesh_tls  # the client context presenting this caller's identity
         self.clock = clock
         self.rng = rng or proxy.rng
         self.buffer_limit = buffer_limit
@@ -123,6 +134,9 @@ class Forwarder:
 
         try:
             result = await self._attempts(req, route, state)
+        except _NoIdentity:
+            release()
+            return Refusal(503, "no_mesh_identity", "this proxy has no mesh certificate yet")
         except BaseException:
             release()
             raise
@@ -225,16 +239,24 @@ class Forwarder:
         total_timeout: float | None,
         route: Route,
     ) -> _Attempt:
+        authority, tls = endpoint.authority, None
+        if endpoint.mtls:  # through the instance's node router, which forwards to it
+            tls = self.mesh_tls()
+            if tls is None:
+                raise _NoIdentity
+            authority = self.proxy.meshes[endpoint.node]
+            headers = [*headers, (INSTANCE, endpoint.key.encode())]
         route.balancer.on_start(endpoint)
         try:
             response = await self.upstreams.request(
-                endpoint,
+                authority,
                 method,
                 target,
                 headers,
                 body,
                 head_timeout=head_timeout,
                 total_timeout=total_timeout,
+                tls=tls,
             )
         except UpstreamError as e:
             route.balancer.on_finish(endpoint)

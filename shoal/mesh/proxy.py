@@ -14,19 +14,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.mesh.authz import Authorizer, compile_policies
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
 from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
-from shoal.platform.model import DestinationRule, OutlierDetection, Service, VirtualService
+from shoal.platform.model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    OutlierDetection,
+    PeerAuthentication,
+    Service,
+    VirtualService,
+)
 from shoal.platform.resources import StoredResources
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)
 
-CONFIG_KINDS = ("Service", "VirtualService", "DestinationRule")
+CONFIG_KINDS = (
+    "Service",
+    "VirtualService",
+    "DestinationRule",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+)
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
@@ -74,18 +88,33 @@ class Stats:
     served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
 
 
+def mesh_addresses(view: View) -> dict[str, str]:
+    """Node id → ``host:port`` of its router's inbound mTLS listener, for live nodes."""
+    return {node: str(r["mesh"]) for node, r in view.nodes.items() if r.get("mesh")}
+
+
 def table_from_view(
-    view: View, previous: RoutingTable | None, stored: StoredResources
+    view: View, previous: RoutingTable | None, stored: StoredResources, meshes: Mapping[str, str]
 ) -> RoutingTable:
-    """Build a routing snapshot from the view's documents (bad documents are skipped)."""
+    """Build a routing snapshot from the view's documents (bad documents are skipped).
+
+    An instance run by a Shoal node is reachable only through that node's router, so one
+    whose node is not live (no inbound address) is left out.
+    """
     parsed = [r for kind in CONFIG_KINDS for r in stored.parse(kind, view.documents(kind)).values()]
     return RoutingTable.build(
         [r for r in parsed if isinstance(r, Service)],
         [r for r in parsed if isinstance(r, VirtualService)],
         [r for r in parsed if isinstance(r, DestinationRule)],
-        view.instances.values(),
+        [e for e in view.instances.values() if not e.mtls or e.node in meshes],
         previous=previous,
     )
+
+
+def authorizer_from_view(view: View, stored: StoredResources) -> Authorizer:
+    """The view's AuthorizationPolicies, compiled."""
+    docs = stored.parse("AuthorizationPolicy", view.documents("AuthorizationPolicy"))
+    return compile_policies(r for r in docs.values() if isinstance(r, AuthorizationPolicy))
 
 
 class Proxy:
@@ -94,6 +123,10 @@ class Proxy:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._stored = StoredResources()
         self.table = RoutingTable.build([], [], [], [])
+        self.meshes: Mapping[str, str] = {}  # node id -> its router's inbound address
+        self.instances: Mapping[str, Endpoint] = {}  # every registered instance, by key
+        self.authorizer = compile_policies(())
+        self.peer_authentications: tuple[PeerAuthentication, ...] = ()
         self.revision = 0
         self.rng = rng or random.Random()
         self.stats = Stats()
@@ -102,8 +135,9 @@ class Proxy:
 
     def update(self, view: View) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built."""
+        meshes = mesh_addresses(view)
         try:
-            table = table_from_view(view, self.table, self._stored)
+            table = table_from_view(view, self.table, self._stored, meshes)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             return
@@ -119,6 +153,16 @@ class Proxy:
             del self.clusters[key]
         self._retry_policies = {}
         self.table = table
+        self.meshes = meshes
+        self.instances = view.instances
+        self.authorizer = authorizer_from_view(view, self._stored)
+        self.peer_authentications = tuple(
+            r
+            for r in self._stored.parse(
+                "PeerAuthentication", view.documents("PeerAuthentication")
+            ).values()
+            if isinstance(r, PeerAuthentication)
+        )
         self.revision = view.revision
 
     def decide(

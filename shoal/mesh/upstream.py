@@ -7,6 +7,7 @@ Everything aiohttp raises is translated here into :class:`UpstreamError`, which 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,8 +15,10 @@ import aiohttp
 from yarl import URL
 
 from shoal.errors import ShoalError
-from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.headers import Headers
+
+UNSENT = "x-shoal-unsent"
+"""Set by a node router on a refusal made before any byte reached an instance."""
 
 
 class UpstreamError(ShoalError):
@@ -72,7 +75,7 @@ class Upstreams:
 
     async def request(
         self,
-        endpoint: Endpoint,
+        authority: str,
         method: str,
         target: str,
         headers: Headers,
@@ -80,14 +83,17 @@ class Upstreams:
         *,
         head_timeout: float | None = None,
         total_timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> UpstreamResponse:
-        """Send one request to ``endpoint``; return once the response head has arrived.
+        """Send one request to ``authority`` (``host:port``), over ``tls`` when given; return
+        once the response head has arrived.
 
         ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
-        exchange, body included.
+        exchange, body included. Connections are pooled per authority and TLS context, so a
+        new context (a renewed certificate, a new bundle) is used by new connections only.
         """
         # encoded=True: the target was normalised at the edge; send it byte for byte.
-        url = URL(f"http://{endpoint.authority}{target}", encoded=True)
+        url = URL(f"{'https' if tls else 'http'}://{authority}{target}", encoded=True)
         hdrs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
         try:
             async with asyncio.timeout(head_timeout):
@@ -102,19 +108,23 @@ class Upstreams:
                     ),
                     compress=None,
                     chunked=None,
+                    ssl=tls if tls is not None else True,
                 )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             raise UpstreamError(
-                503, "upstream_connect_error", f"{endpoint.authority}: {e}", sent=False
+                503, "upstream_connect_error", f"{authority}: {e}", sent=False
             ) from None
         except TimeoutError:
             raise UpstreamError(
-                504, "upstream_timeout", f"{endpoint.authority} timed out", sent=True
+                504, "upstream_timeout", f"{authority} timed out", sent=True
             ) from None
         except (aiohttp.ClientError, OSError) as e:
-            raise UpstreamError(
-                502, "upstream_reset", f"{endpoint.authority}: {e}", sent=True
-            ) from None
+            raise UpstreamError(502, "upstream_reset", f"{authority}: {e}", sent=True) from None
+        if tls is not None and UNSENT in response.headers:
+            # A node router refused before any byte reached an instance: safe to retry.
+            cause = response.headers.get("x-shoal-cause", "upstream_connect_error")
+            response.close()
+            raise UpstreamError(response.status, cause, f"{authority}: {cause}", sent=False)
         return UpstreamResponse(
             status=response.status,
             headers=[(bytes(n).lower(), bytes(v)) for n, v in response.raw_headers],

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,7 @@ class Agent:
         keys: Keys,
         *,
         node_id: str,
-        mesh_url: str,
+        mesh_url: Callable[[str], Awaitable[str]],
         log_dir: Path,
         node_record: dict[str, Any] | None = None,
         drain_delay: float = 1.0,
@@ -68,7 +70,7 @@ class Agent:
         rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
-        self.mesh_url = mesh_url
+        self.mesh_url = mesh_url  # service -> URL of its outbound listener
         self.log_dir = log_dir
         self.registry = Registry(redis, keys)
         self.watcher = Watcher(url, keys, ["Service", "DestinationRule", PLACEMENT, FAULT])
@@ -119,7 +121,7 @@ class Agent:
                 slot = InstanceSlot(
                     self._services[rev],
                     node=self.node_id,
-                    mesh_url=self.mesh_url,
+                    mesh_url=functools.partial(self.mesh_url, self._services[rev].name),
                     log_dir=self.log_dir,
                     on_change=self._slot_changed,
                     rng=self.rng,

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
 
 from shoal.errors import StoreError
 from shoal.platform.certs import verify_chain, write_private_key
@@ -30,6 +33,7 @@ from shoal.platform.pki import (
     CA,
     PKIError,
     bundle_pem,
+    cert_from_pem,
     key_to_pem,
     make_csr,
     new_key,
@@ -46,52 +50,81 @@ REPLY_TTL = 60  # seconds a signed certificate waits in its reply list
 LEAF_LIFETIME = timedelta(hours=24)
 
 
-def bundle_key(keys: Keys) -> str:
-    """Redis key of the trust bundle."""
-    return f"{keys.prefix}pki:bundle"
-
-
-def requests_key(keys: Keys) -> str:
-    """Redis stream of certificate requests."""
-    return f"{keys.prefix}pki:csr"
-
-
 @dataclass(frozen=True, slots=True)
 class CAFiles:
-    """The root certificate and key of the mesh CA, on the controller's disk."""
+    """The mesh CA's roots on the controller's disk: ``root.*`` signs; during a rotation
+    ``next.*`` is the root to come and ``previous.pem`` the one going (its key is no longer
+    needed). Keys are mode 0600 in a 0700 directory."""
 
     directory: Path
 
-    def load_or_create(self, trust_domain: str, now: datetime) -> CA:
-        """The CA in ``directory``; a new root is made (and kept) on first start."""
-        cert_path, key_path = self.directory / "root.pem", self.directory / "root.key"
-        if cert_path.exists() and key_path.exists():
-            ca = CA.from_pem(cert_path.read_bytes(), key_path.read_bytes())
-            if ca.trust_domain != trust_domain:
-                raise PKIError(
-                    f"the CA in {self.directory} is for trust domain "
-                    f"{ca.trust_domain!r}, not {trust_domain!r}"
-                )
-            return ca
+    def _load(self, name: str, trust_domain: str) -> CA | None:
+        cert_path, key_path = self.directory / f"{name}.pem", self.directory / f"{name}.key"
+        if not (cert_path.exists() and key_path.exists()):
+            return None
+        ca = CA.from_pem(cert_path.read_bytes(), key_path.read_bytes())
+        if ca.trust_domain != trust_domain:
+            raise PKIError(
+                f"the CA in {self.directory} is for trust domain "
+                f"{ca.trust_domain!r}, not {trust_domain!r}"
+            )
+        return ca
+
+    def _create(self, name: str, trust_domain: str, now: datetime) -> CA:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
         ca = new_root(trust_domain, now)
-        write_private_key(key_path, ca.key)
-        cert_path.write_bytes(ca.to_pem()[0])
-        log.info("created the mesh CA for %s in %s", trust_domain, self.directory)
+        write_private_key(self.directory / f"{name}.key", ca.key)
+        (self.directory / f"{name}.pem").write_bytes(ca.to_pem()[0])
         return ca
 
+    def load_or_create(self, trust_domain: str, now: datetime) -> CA:
+        """The signing root; a new one is made (and kept) on first start."""
+        ca = self._load("root", trust_domain)
+        if ca is None:
+            ca = self._create("root", trust_domain, now)
+            log.info("created the mesh CA for %s in %s", trust_domain, self.directory)
+        return ca
 
-async def publish_bundle(redis: Redis, keys: Keys, roots: list[CA]) -> None:
+    def next_root(self, trust_domain: str, now: datetime) -> CA:
+        """The root a rotation moves to (made on first call)."""
+        return self._load("next", trust_domain) or self._create("next", trust_domain, now)
+
+    def promote(self) -> None:
+        """The next root signs from now on; the old one is kept as ``previous.pem`` (trusted,
+        no longer signing). Does nothing when already promoted."""
+        d = self.directory
+        if not (d / "next.pem").exists():
+            return
+        os.replace(d / "root.pem", d / "previous.pem")
+        os.replace(d / "next.key", d / "root.key")
+        os.replace(d / "next.pem", d / "root.pem")
+
+    def retire(self) -> None:
+        """Forget the previous root."""
+        (self.directory / "previous.pem").unlink(missing_ok=True)
+
+    def trusted(self) -> list[x509.Certificate]:
+        """The roots the bundle must hold now: previous (if any), signing, next (if any)."""
+        names = ("previous.pem", "root.pem", "next.pem")
+        return [
+            cert_from_pem(path.read_bytes())
+            for path in (self.directory / n for n in names)
+            if path.exists()
+        ]
+
+
+async def publish_bundle(redis: Redis, keys: Keys, roots: Sequence[CA | x509.Certificate]) -> None:
     """Make ``roots`` the trusted bundle."""
+    certs = [r.cert if isinstance(r, CA) else r for r in roots]
     async with translated("publishing the trust bundle"):
-        await redis.set(bundle_key(keys), bundle_pem([r.cert for r in roots]).decode())
+        await redis.set(keys.bundle, bundle_pem(certs).decode())
 
 
 async def read_bundle(redis: Redis, keys: Keys) -> bytes | None:
     """The trusted bundle, or None before any CA published one."""
     async with translated("reading the trust bundle"):
-        raw = await redis.get(bundle_key(keys))
+        raw = await redis.get(keys.bundle)
     return None if raw is None else str(raw).encode()
 
 
@@ -111,9 +144,7 @@ class Signer:
         """Create the stream's consumer group if it does not exist."""
         try:
             async with translated("creating the CSR group"):
-                await self.redis.xgroup_create(
-                    requests_key(self.keys), GROUP, id="0", mkstream=True
-                )
+                await self.redis.xgroup_create(self.keys.csr, GROUP, id="0", mkstream=True)
         except StoreError as e:
             if "BUSYGROUP" not in str(e):  # Redis's answer when the group exists already
                 raise
@@ -124,7 +155,7 @@ class Signer:
             reply = await self.redis.xreadgroup(
                 GROUP,
                 self.consumer,
-                {requests_key(self.keys): ">"},
+                {self.keys.csr: ">"},
                 count=100,
                 block=block_ms or None,
             )
@@ -133,7 +164,7 @@ class Signer:
         for entry_id, fields in entries:
             await self._answer(fields, now)
             async with translated("acknowledging a certificate request"):
-                await self.redis.xack(requests_key(self.keys), GROUP, entry_id)
+                await self.redis.xack(self.keys.csr, GROUP, entry_id)
         return len(entries)
 
     async def _answer(self, fields: dict[str, str], now: datetime) -> None:
@@ -175,13 +206,13 @@ class IdentityRequester:
         self.keys = keys
         self.requester = requester
 
-    async def issue(self, identity: str, now: datetime, *, timeout: float = 10.0) -> Issued:
+    async def issue(self, identity: str, now: datetime, *, timeout: float = 4.0) -> Issued:
         """A fresh key and a signed, verified certificate for ``identity``."""
         key = new_key()
         reply = f"{self.keys.prefix}pki:reply:{uuid.uuid4().hex}"
         async with translated("requesting a certificate"):
             await self.redis.xadd(
-                requests_key(self.keys),
+                self.keys.csr,
                 {
                     "requester": self.requester,
                     "identity": identity,

@@ -23,10 +23,6 @@ from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from shoal.store.watch import View, Watcher
 
-# Kinds whose manifests parse, but whose policy the data plane does not apply yet (mTLS and
-# authorization land with issue 4). Storing them would promise a protection that is not there.
-NOT_ENFORCED_YET = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
-
 KIND_ALIASES = {
     "service": "Service",
     "services": "Service",
@@ -114,11 +110,6 @@ class Client:
         changed: list[str] = []
         unchanged: list[str] = []
         for r in resources:
-            if r.kind in NOT_ENFORCED_YET:
-                raise UserError(
-                    f"{r.kind} {r.key}: this version of Shoal validates {r.kind} but does not "
-                    "enforce it yet, so it refuses to store one that nobody could rely on"
-                )
             doc = to_document(r)
             label = f"{r.kind}/{r.key}"
             existing = await self.config.get(r.kind, r.key)

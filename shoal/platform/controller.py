@@ -12,12 +12,18 @@ import asyncio
 import logging
 import time
 import uuid
+from pathlib import Path
 
 from shoal.errors import StoreError
 from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
+from shoal.platform.authority import Authority
+from shoal.platform.ca import CAFiles
 from shoal.platform.model import Service
+from shoal.platform.pki import PKIError
 from shoal.platform.resources import StoredResources
+from shoal.platform.rotation import entitled
 from shoal.platform.scheduler import Placements, place
+from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis, translated
 from shoal.store.keys import Keys
@@ -78,8 +84,22 @@ def may_prune(
 class Controller:
     """Leader-elected control loop over one store."""
 
-    def __init__(self, redis: Redis, url: str, keys: Keys, *, id: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        url: str,
+        keys: Keys,
+        *,
+        state_dir: Path,
+        trust_domain: str,
+        id: str | None = None,
+    ) -> None:
         self.id = id or uuid.uuid4().hex[:8]
+        self.trust_domain = trust_domain
+        self.authority = Authority(
+            redis, keys, CAFiles(state_dir / "ca"), trust_domain, self._entitled
+        )
+        self._signing = False
         self.redis = redis
         self.keys = keys
         self.config = ConfigStore(redis, keys)
@@ -91,6 +111,26 @@ class Controller:
         self._stored = StoredResources()
         self._dirty = asyncio.Event()
         self._steady_since: float | None = None  # since when we lead with the store reachable
+
+    def _entitled(self, requester: str, identity: str) -> bool:
+        placements = {
+            node: {k: int(v) for k, v in (doc.get("revisions") or {}).items()}
+            for node, doc in self._view.documents(PLACEMENT).items()
+        }
+        return entitled(requester, identity, self.trust_domain, placements)
+
+    async def _sign(self, leading: bool) -> None:
+        """Start the CA's work when the lead is gained, stop it when it is lost."""
+        if leading and not self._signing:
+            try:
+                await self.authority.start()
+            except PKIError as e:
+                log.error("not signing certificates: %s", e)
+                return
+            self._signing = True
+        elif not leading and self._signing:
+            await self.authority.stop()
+            self._signing = False
 
     def _on_view(self, view: View) -> None:
         self._view = view
@@ -112,6 +152,7 @@ class Controller:
         if leading != self.leading:
             log.info("controller %s %s", self.id, "leads" if leading else "stands by")
             self.leading = leading
+        await self._sign(leading)
         if not leading:
             self._steady_since = None
             return
@@ -123,6 +164,11 @@ class Controller:
             await self.config.write(changes)
         async with translated("reading the store's uptime"):
             uptime = float((await self.redis.info("server"))["uptime_in_seconds"])
+        if self._signing:
+            try:
+                await self.authority.tick(await live_reports(self.redis, self.keys))
+            except PKIError as e:
+                log.error("root rotation stalled: %s", e)
         if may_prune(now, self._steady_since, uptime):
             pruned = await self.registry.prune()
             if pruned:
@@ -152,6 +198,7 @@ class Controller:
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+            await self._sign(False)
             if self.leading:
                 try:
                     async with translated("releasing the leader lease"):
@@ -161,6 +208,14 @@ class Controller:
                     pass
 
 
-async def run_controller(redis: Redis, url: str, keys: Keys, *, stop: asyncio.Event) -> None:
+async def run_controller(
+    redis: Redis,
+    url: str,
+    keys: Keys,
+    *,
+    stop: asyncio.Event,
+    state_dir: Path,
+    trust_domain: str,
+) -> None:
     """The ``shoal controller`` process body."""
-    await Controller(redis, url, keys).run(stop)
+    await Controller(redis, url, keys, state_dir=state_dir, trust_domain=trust_domain).run(stop)

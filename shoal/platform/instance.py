@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from shoal.mesh.endpoint import Endpoint, InstanceState
@@ -46,7 +46,7 @@ class InstanceSlot:
         service: Service,
         *,
         node: str,
-        mesh_url: str,
+        mesh_url: Callable[[], Awaitable[str]],
         log_dir: Path,
         on_change: Callable[[], None],
         rng: random.Random,
@@ -56,7 +56,8 @@ class InstanceSlot:
         self.thresholds = thresholds or health_thresholds(service.health, None)
         self.id = uuid.uuid4().hex[:8]
         self.node = node
-        self.mesh_url = mesh_url
+        self._mesh_url = mesh_url  # the outbound listener's URL, once the router has one
+        self.mesh_url = ""
         self.log_dir = log_dir
         self.on_change = on_change
         self.rng = rng
@@ -87,6 +88,7 @@ class InstanceSlot:
             weight=self.service.weight,
             state=self.state,
             pid=self.pid,
+            mtls=True,
         )
 
     def _set(self, state: InstanceState) -> None:
@@ -116,6 +118,17 @@ class InstanceSlot:
 
     async def run(self) -> None:
         """Keep an instance running until :meth:`stop`; returns once stopped."""
+        mesh = asyncio.ensure_future(self._mesh_url())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([mesh, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (mesh, stopping):
+                task.cancel()
+            await asyncio.gather(mesh, stopping, return_exceptions=True)
+        if self._stopping.is_set():
+            return
+        self.mesh_url = mesh.result()
         failures = 0
         while not self._stopping.is_set():
             healthy = await self._run_once()

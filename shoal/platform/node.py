@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
-from shoal.mesh.forward import Forwarder
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.router import Router
-from shoal.mesh.upstream import Upstreams
 from shoal.platform.agent import Agent
+from shoal.platform.settings import DEFAULT_MESH_PORT
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
-
-DEFAULT_MESH_PORT = 15001  # Istio's outbound port, for familiarity
 
 
 async def run_node(
@@ -25,27 +23,51 @@ async def run_node(
     node_id: str,
     state_dir: Path,
     stop: asyncio.Event,
+    trust_domain: str,
+    host: str = "127.0.0.1",
     mesh_port: int = DEFAULT_MESH_PORT,
     drain_delay: float = 1.0,
     grace: float = 30.0,
 ) -> None:
-    """Serve the node's router and run its agent until ``stop``; then drain and deregister."""
+    """Serve the node's router and run its agent until ``stop``; then drain and deregister.
+
+    The router's inbound listener binds ``host:mesh_port`` once the node holds its certificate
+    (a controller must be running to sign it); the node record announces that address.
+    """
     proxy = Proxy()
-    router = Router(Forwarder(proxy, Upstreams()))
-    port = await router.start("127.0.0.1", mesh_port)
-    agent = Agent(
-        redis,
-        url,
-        keys,
-        node_id=node_id,
-        mesh_url=f"http://127.0.0.1:{port}",
-        log_dir=state_dir / "logs",
-        node_record={"mesh": f"127.0.0.1:{port}"},
-        drain_delay=drain_delay,
-        grace=grace,
-    )
-    tasks = follow(proxy, redis, url, keys, f"router/{node_id}")
+    credentials = Credentials(redis, keys, f"node/{node_id}")
+    router = Router(proxy, credentials, node=node_id, trust_domain=trust_domain)
+    tasks = [
+        asyncio.ensure_future(credentials.run()),
+        *follow(proxy, redis, url, keys, f"router/{node_id}", credentials),
+    ]
     try:
+        starting = asyncio.ensure_future(router.start(host, mesh_port))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (starting, stopping):
+                waiter.cancel()
+            await asyncio.gather(starting, stopping, return_exceptions=True)
+        if stop.is_set():
+            return
+        port = starting.result()
+
+        async def mesh_url(service: str) -> str:
+            return f"http://127.0.0.1:{await router.outbound(service)}"
+
+        agent = Agent(
+            redis,
+            url,
+            keys,
+            node_id=node_id,
+            mesh_url=mesh_url,
+            log_dir=state_dir / "logs",
+            node_record={"mesh": f"{host}:{port}"},
+            drain_delay=drain_delay,
+            grace=grace,
+        )
         await agent.run(stop)
     finally:
         # The router serves until the agent has drained: instances call out while they drain.

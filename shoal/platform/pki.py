@@ -396,3 +396,15 @@ def renew_at(cert: x509.Certificate, fraction: float = 2 / 3) -> datetime:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     start = cert.not_valid_before_utc
     return start + (cert.not_valid_after_utc - start) * fraction
+
+
+def key_id(cert: x509.Certificate) -> str:
+    """The certificate's subject key identifier, hex: how roots are named in reports."""
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return ski.digest.hex()[:16]
+
+
+def issuer_key_id(cert: x509.Certificate) -> str:
+    """The key identifier of the certificate's issuer (its AKI), hex, as :func:`key_id`."""
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    return (aki.key_identifier or b"").hex()[:16]

@@ -9,6 +9,8 @@ from shoal.errors import StoreUnavailable
 from shoal.store.embedded import recorded_url
 
 DEFAULT_PREFIX = "shoal:"
+DEFAULT_MESH_PORT = 15006  # a node router's inbound mTLS port: Istio's inbound port
+DEFAULT_TRUST_DOMAIN = "cluster.local"  # Istio's, so principals read as they do there
 
 
 def state_dir() -> Path:
@@ -19,6 +21,11 @@ def state_dir() -> Path:
 def key_prefix() -> str:
     """``$SHOAL_PREFIX``, default ``shoal:``: lets several clusters share one Redis."""
     return os.environ.get("SHOAL_PREFIX", DEFAULT_PREFIX)
+
+
+def trust_domain() -> str:
+    """``$SHOAL_TRUST_DOMAIN``, default ``cluster.local``: the authority of every SPIFFE ID."""
+    return os.environ.get("SHOAL_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN)
 
 
 def redis_url(flag: str | None) -> str:

@@ -69,3 +69,23 @@ class Keys:
     def load(self) -> str:
         """Hash of per-service load samples written by proxies."""
         return f"{self.prefix}load"
+
+    @property
+    def bundle(self) -> str:
+        """The trust bundle: every root currently trusted, PEM."""
+        return f"{self.prefix}pki:bundle"
+
+    @property
+    def csr(self) -> str:
+        """Stream of certificate requests, read by the signer's consumer group."""
+        return f"{self.prefix}pki:csr"
+
+    @property
+    def epoch(self) -> str:
+        """Counter: every leaf issued before the current epoch is renewed at once."""
+        return f"{self.prefix}pki:epoch"
+
+    @property
+    def rotation(self) -> str:
+        """Hash: the root rotation asked for or under way, and its phase."""
+        return f"{self.prefix}pki:rotation"

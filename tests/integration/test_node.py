@@ -59,7 +59,7 @@ async def test_runs_restarts_and_drains(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://{hello.authority}/chain") as r:
             assert (r.status, await r.text()) == (200, "World, Hello!\n")
-        async with s.get(f"http://127.0.0.1:{cluster.mesh_port}/", headers={"Host": "hello"}) as r:
+        async with s.get(f"{cluster.gateway_url}/", headers={"Host": "hello"}) as r:
             assert r.headers["x-version"] == "v1"
 
     await cluster.client.delete("service", "world")

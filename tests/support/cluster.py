@@ -20,6 +20,7 @@ from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
+TRUST_DOMAIN = "shoal.test"
 STOP_TIMEOUT = 30.0  # seconds; a node drains an instance that ignores SIGTERM in grace=5
 
 SERVICES = f"""
@@ -97,7 +98,9 @@ async def running_cluster(
     """A controller, a node and a gateway in this event loop, on the given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
-    controller = asyncio.create_task(Controller(redis, redis_url, keys).run(stop))
+    controller = asyncio.create_task(
+        Controller(redis, redis_url, keys, state_dir=state_dir, trust_domain=TRUST_DOMAIN).run(stop)
+    )
     node = asyncio.create_task(
         run_node(
             redis,
@@ -106,6 +109,7 @@ async def running_cluster(
             node_id="n1",
             state_dir=state_dir,
             stop=stop,
+            trust_domain=TRUST_DOMAIN,
             mesh_port=mesh_port,
             drain_delay=0.1,
             grace=5,
@@ -118,6 +122,7 @@ async def running_cluster(
             redis_url,
             keys,
             stop=stop,
+            trust_domain=TRUST_DOMAIN,
             settings=GatewaySettings(host="127.0.0.1", port=gateway_port),
         )
     )

@@ -46,7 +46,9 @@ async def serving(
 ) -> AsyncIterator[Gateway]:
     """A gateway served by hypercorn with ``settings``, following the test's key prefix."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run_gateway(redis, redis_url, keys, settings=settings, stop=stop))
+    task = asyncio.create_task(
+        run_gateway(redis, redis_url, keys, settings=settings, stop=stop, trust_domain="shoal.test")
+    )
     async with asyncio.timeout(10):
         while True:
             with contextlib.suppress(OSError):

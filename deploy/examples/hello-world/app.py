@@ -22,12 +22,18 @@ MESH = os.environ.get("SHOAL_MESH_URL", "http://127.0.0.1:15001")
 
 
 async def _reply(send: Send, status: int, body: bytes) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                    (b"x-version", VERSION), (b"x-instance", INSTANCE)],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-version", VERSION),
+                (b"x-instance", INSTANCE),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

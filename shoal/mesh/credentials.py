@@ -1,0 +1,208 @@
+"""The mesh certificates one process holds, kept fresh without a restart.
+
+A :class:`Credentials` keeps, per identity it holds (``spiffe://<td>/gateway``, ``…/node/<id>``,
+``…/svc/<name>``), a private key made here, the certificate the CA signed for it, and TLS
+contexts built from them and the trust bundle. Every second it reads the bundle and the rotation
+epoch from Redis and renews what :func:`renewal_reason` says is due: at 2/3 of a leaf's life,
+when ``shoal certs rotate`` raised the epoch, or when the leaf's root left the bundle. A new
+bundle rebuilds the contexts (OpenSSL cannot drop a root from a live context).
+
+Live listeners keep one server context whose SNI callback hands each new handshake the current
+context (:meth:`Credentials.server_context`), so a renewal or a new bundle applies to the next
+connection and never to one in flight. Clients fetch :meth:`Credentials.client_context` per
+request; the upstream pool keys connections by context, so old connections finish as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+
+from shoal.errors import ShoalError
+from shoal.platform.ca import IdentityRequester, Issued
+from shoal.platform.certs import ALPN, client_context, server_context
+from shoal.platform.pki import (
+    cert_from_pem,
+    issuer_key_id,
+    key_id,
+    parse_bundle,
+    renew_at,
+)
+from shoal.store.connection import Redis, translated
+from shoal.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+REFRESH_EVERY = 1.0
+
+
+def utcnow() -> datetime:
+    """The wall clock, aware UTC (certificates are dated in it)."""
+    return datetime.now(UTC)
+
+
+def renewal_reason(
+    now: datetime,
+    cert: x509.Certificate | None,
+    issued_epoch: int,
+    epoch: int,
+    roots: Iterable[str],
+) -> str | None:
+    """Why the certificate held for an identity must be replaced now, or None.
+
+    ``roots`` are the key ids of the bundle's roots; ``epoch`` is the store's rotation epoch
+    and ``issued_epoch`` the one the certificate was issued under.
+    """
+    if cert is None:
+        return "none held"
+    if issuer_key_id(cert) not in set(roots):
+        return "its root left the bundle"
+    if epoch > issued_epoch:
+        return "rotation asked"
+    if now >= renew_at(cert):
+        return "2/3 of its life passed"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    issued: Issued
+    cert: x509.Certificate
+    epoch: int
+    client: ssl.SSLContext
+    server: ssl.SSLContext
+
+
+class Credentials:
+    """Certificates for the identities this process holds, renewed in the background."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        requester: str,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._requester = IdentityRequester(redis, keys, requester)
+        self._clock = clock
+        self._held: dict[str, _Held] = {}
+        self._ready: dict[str, asyncio.Event] = {}
+        self._listeners: dict[str, ssl.SSLContext] = {}
+        self._bundle: bytes | None = None
+        self._roots: tuple[str, ...] = ()
+        self._epoch = 0
+        self._wake = asyncio.Event()
+
+    def want(self, identity: str) -> None:
+        """Hold ``identity`` from now on (requested at once by :meth:`run`)."""
+        if identity not in self._ready:
+            self._ready[identity] = asyncio.Event()
+            self._wake.set()
+
+    async def ready(self, identity: str) -> None:
+        """Wait until a certificate for ``identity`` is held (asking for one if needed)."""
+        self.want(identity)
+        await self._ready[identity].wait()
+
+    def client_context(self, identity: str) -> ssl.SSLContext | None:
+        """The current client context presenting ``identity``, or None before one is held."""
+        held = self._held.get(identity)
+        return held.client if held is not None else None
+
+    def server_context(self, identity: str) -> ssl.SSLContext:
+        """A context for a listener presenting ``identity``: each handshake gets the current
+        certificate and bundle. Call once :meth:`ready` has returned."""
+        base = self._listeners.get(identity)
+        if base is None:
+            base = self._held[identity].server
+
+            def current(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+                sslobj.context = self._held[identity].server
+
+            # Called for every ClientHello, with or without SNI.
+            base.sni_callback = current
+            self._listeners[identity] = base
+        return base
+
+    async def run(self) -> None:
+        """Keep every wanted identity's certificate fresh, until cancelled."""
+        while True:
+            try:
+                await self.refresh()
+            except ShoalError as e:
+                log.warning("mesh certificates not refreshed: %s", e)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH_EVERY):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def refresh(self) -> None:
+        """One round: read the bundle and epoch; rebuild and renew what is due."""
+        async with translated("reading the trust bundle"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._keys.bundle)
+                pipe.get(self._keys.epoch)
+                raw_bundle, raw_epoch = await pipe.execute()
+        if raw_bundle is None:
+            return  # no CA has published a bundle yet
+        bundle = str(raw_bundle).encode()
+        self._epoch = int(raw_epoch or 0)
+        if bundle != self._bundle:
+            self._bundle = bundle
+            self._roots = tuple(key_id(c) for c in parse_bundle(bundle))
+            for identity, held in list(self._held.items()):
+                self._held[identity] = self._contexts(held.issued, held.epoch)
+            log.info("trust bundle now holds roots %s", ", ".join(self._roots))
+        for identity in list(self._ready):
+            current = self._held.get(identity)
+            reason = renewal_reason(
+                self._clock(),
+                current.cert if current else None,
+                current.epoch if current else 0,
+                self._epoch,
+                self._roots,
+            )
+            if reason is None:
+                continue
+            epoch = self._epoch
+            issued = await self._requester.issue(identity, self._clock())
+            self._held[identity] = self._contexts(issued, epoch)
+            self._ready[identity].set()
+            log.info("certificate for %s issued (%s)", identity, reason)
+
+    def _contexts(self, issued: Issued, epoch: int) -> _Held:
+        assert self._bundle is not None
+        return _Held(
+            issued=issued,
+            cert=cert_from_pem(issued.cert_pem),
+            epoch=epoch,
+            client=client_context(issued.cert_pem, issued.key_pem, self._bundle),
+            server=server_context(issued.cert_pem, issued.key_pem, self._bundle, alpn=ALPN),
+        )
+
+    def report(self) -> dict[str, Any]:
+        """What ``shoal certs status`` shows of this process: its leaves and trusted roots."""
+        return {
+            "trusts": list(self._roots),
+            "leaves": [
+                {
+                    "identity": identity,
+                    "serial": format(held.cert.serial_number, "x")[:16],
+                    "issuer": issuer_key_id(held.cert),
+                    "not_after": held.cert.not_valid_after_utc.isoformat(timespec="seconds"),
+                    "epoch": held.epoch,
+                }
+                for identity, held in sorted(self._held.items())
+            ],
+        }

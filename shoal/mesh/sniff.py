@@ -1,0 +1,345 @@
+"""One TCP port for both mTLS and plaintext HTTP, told apart by the first byte of a connection.
+
+Istio's PERMISSIVE mTLS mode lets a workload's port take mTLS from meshed peers and plaintext
+from clients outside the mesh, on the same port, so that services can join the mesh one at a
+time; STRICT refuses plaintext. Both need one listener that decides per connection. A TLS
+connection always opens with a handshake record, whose first byte is its content type 0x16; an
+HTTP/1.x request line and the HTTP/2 preface start with an ASCII letter. So
+:class:`SniffingSite` accepts connections itself, waits for the first byte, peeks at it
+(``MSG_PEEK`` leaves it in the socket for whoever reads next) and hands the socket to aiohttp's
+server wrapped in TLS or as it is.
+
+``plaintext()`` is asked once per plaintext connection, when its first byte arrives, so the
+mode can change at run time (a PeerAuthentication going from PERMISSIVE to STRICT) without
+reopening the port; connections already handed over are left alone. A refused connection is
+closed without a word: the client sees EOF or a reset, never an HTTP answer.
+
+Theory of operation. The listener owns every task it starts: one accept loop, and one task per
+connection from its accept until it is handed to aiohttp or closed. Waiting for the first byte
+and the TLS handshake are each bounded by ``sniff_timeout``, so a silent client costs a task
+for that long and never delays anyone else. Failures that are the peer's doing (silence, a
+reset, a refused handshake) close that connection and are logged at debug level; a port that
+cannot be bound raises :class:`~shoal.errors.PlatformError`; anything else is a bug and is
+logged at error level with its traceback.
+
+Why not a TaskGroup: a failure in one connection's task would cancel the listener and every
+other connection, so the listener keeps its tasks in a set and cancels and awaits them when it
+closes. Why not ``loop.sock_accept``: cancelling it (on close) just after a connection was
+accepted drops the accepted socket unclosed; accepting on readiness, as asyncio's own servers
+do, leaves a connection either in the kernel's queue or in a task that owns it.
+
+Needs a loop with ``add_reader`` (the default selector loop and uvloop; not Windows' proactor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from shoal.errors import PlatformError
+
+__all__ = ["ACCEPT_RETRY_DELAY", "TLS_HANDSHAKE", "SniffingSite"]
+
+log = logging.getLogger(__name__)
+
+TLS_HANDSHAKE = b"\x16"
+"""The content type of a TLS handshake record: the first byte of every TLS connection."""
+
+ACCEPT_RETRY_DELAY = 1.0
+"""Seconds the accept loop pauses when the process is out of descriptors or memory (as
+asyncio's own servers do): the pending connection keeps the listener readable, so retrying at
+once would spin."""
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class SniffingSite(web.BaseSite):
+    """An aiohttp site serving ``host:port`` over TLS with ``ssl_context``, and over plaintext
+    for each connection that arrives while ``plaintext()`` returns True.
+
+    ``sniff_timeout`` bounds the wait for a connection's first byte and, separately, its TLS
+    handshake. Like every site, it is registered with ``runner`` by :meth:`start`, and
+    ``runner.cleanup()`` stops it and then closes the connections it handed over.
+    """
+
+    __slots__ = (
+        "_bound_port",
+        "_host",
+        "_listener",
+        "_plaintext",
+        "_port",
+        "_sniff_timeout",
+        "_tls",
+    )
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        plaintext: Callable[[], bool],
+        sniff_timeout: float = 10.0,
+        backlog: int = 128,
+    ) -> None:
+        if not sniff_timeout > 0:
+            raise ValueError(f"sniff_timeout must be positive, got {sniff_timeout!r}")
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._tls = ssl_context
+        self._plaintext = plaintext
+        self._sniff_timeout = sniff_timeout
+        self._bound_port: int | None = None
+        self._listener: _Listener | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the one chosen when ``port`` was 0), else ``port``."""
+        return self._port if self._bound_port is None else self._bound_port
+
+    @property
+    def name(self) -> str:
+        """The site's URL; ``https`` because TLS is always served, plaintext only when let."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Register with the runner, bind and listen, and start accepting.
+
+        Raises PlatformError when ``host:port`` cannot be resolved or bound.
+        """
+        await super().start()
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError(f"{self._runner!r} has no server: call runner.setup() first")
+        loop = asyncio.get_running_loop()
+        sock = await _listen(loop, self._host, self._port, self._backlog)
+        self._bound_port = int(sock.getsockname()[1])
+        self._listener = _Listener(
+            loop,
+            sock,
+            factory=server,
+            ssl_context=self._tls,
+            plaintext=self._plaintext,
+            sniff_timeout=self._sniff_timeout,
+            backlog=self._backlog,
+        )
+        self._server = self._listener  # what BaseRunner.addresses reads
+        await self._listener.start_serving()
+
+    async def stop(self) -> None:
+        """Stop accepting, close the port, drop connections not yet handed over, unregister.
+
+        Unlike ``BaseSite.stop`` this waits for the listener's tasks to end, so nothing of the
+        site outlives it; the runner closes the handed-over connections afterwards.
+        """
+        self._runner._check_site(self)
+        if self._listener is not None:  # None if never started
+            self._listener.close()
+            await self._listener.wait_closed()
+        self._runner._unreg_site(self)
+
+
+class _Listener(asyncio.AbstractServer):
+    """The listening socket and the tasks serving it: the accept loop and one task per
+    connection not yet handed to aiohttp (or closed)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        *,
+        factory: Callable[[], asyncio.BaseProtocol],
+        ssl_context: ssl.SSLContext,
+        plaintext: Callable[[], bool],
+        sniff_timeout: float,
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._tls = ssl_context
+        self._plaintext = plaintext
+        self._timeout = sniff_timeout
+        self._backlog = max(backlog, 1)
+        self._name = f"{sock.getsockname()[0]}:{sock.getsockname()[1]}"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._serving = False
+        self._closed = False
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket while open (``BaseRunner.addresses`` reads it)."""
+        return () if self._closed else (self._sock,)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the listener runs on."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """Whether connections are being accepted."""
+        return self._serving and not self._closed
+
+    async def start_serving(self) -> None:
+        """Start the accept loop (once)."""
+        if self._closed:
+            raise RuntimeError(f"listener {self._name} is closed")
+        if not self._serving:
+            self._serving = True
+            self._spawn(self._accept_loop(), f"sniff-accept {self._name}")
+
+    async def serve_forever(self) -> None:
+        """Not supported: the owning site starts and stops the listener."""
+        raise NotImplementedError("a SniffingSite's listener is driven by the site")
+
+    def close(self) -> None:
+        """Stop accepting and cancel every connection not yet handed over; the listening
+        socket is closed as the accept loop ends (:meth:`wait_closed` waits for that)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._serving:
+            self._sock.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until every task of the listener has ended."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = self._loop.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=error)
+
+    async def _accept_loop(self) -> None:
+        try:
+            while True:
+                await _readable(self._loop, self._sock)
+                if not self._accept_queued():
+                    await asyncio.sleep(ACCEPT_RETRY_DELAY)
+        finally:
+            # Runs after _readable removed its reader, so the loop never watches a closed fd.
+            self._sock.close()
+
+    def _accept_queued(self) -> bool:
+        """Accept up to a backlog's worth of queued connections, each into its own task;
+        False when out of resources."""
+        for _ in range(self._backlog):
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except ConnectionAbortedError:  # the client gave up while queued
+                continue
+            except OSError as e:
+                if e.errno not in _OUT_OF_RESOURCES:
+                    raise
+                log.error(
+                    "cannot accept on %s: %s; retrying in %ss", self._name, e, ACCEPT_RETRY_DELAY
+                )
+                return False
+            conn.setblocking(False)
+            self._spawn(self._serve(conn, peer), f"sniff {_address(peer)}")
+        return True
+
+    async def _serve(self, conn: socket.socket, peer: Any) -> None:
+        """Sniff one connection, then hand it to aiohttp or close it."""
+        try:
+            first = await self._first_byte(conn, peer)
+            tls = first == TLS_HANDSHAKE
+            if not tls and not (first and self._plaintext()):
+                if first:
+                    log.debug("refused plaintext from %s: the port is STRICT", _address(peer))
+                conn.close()
+                return
+        except BaseException:
+            conn.close()
+            raise
+        # From here the socket is asyncio's: it closes it if the handover fails or is cancelled.
+        try:
+            if tls:
+                await self._loop.connect_accepted_socket(
+                    self._factory, conn, ssl=self._tls, ssl_handshake_timeout=self._timeout
+                )
+            else:
+                await self._loop.connect_accepted_socket(self._factory, conn)
+        except OSError as e:  # ssl.SSLError, a reset, the handshake deadline: the peer's doing
+            stage = "TLS handshake" if tls else "plaintext handover"
+            log.debug("%s with %s failed: %s", stage, _address(peer), e)
+
+    async def _first_byte(self, conn: socket.socket, peer: Any) -> bytes:
+        """The peer's first byte, left unread; b"" if it closed, reset or stayed silent."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    await _readable(self._loop, conn)
+                    try:
+                        return conn.recv(1, socket.MSG_PEEK)
+                    except (BlockingIOError, InterruptedError):  # a spurious wake-up
+                        continue
+        except TimeoutError:
+            log.debug("%s sent nothing in %ss: closing", _address(peer), self._timeout)
+        except OSError as e:
+            log.debug("%s failed before its first byte: %s", _address(peer), e)
+        return b""
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, backlog: int
+) -> socket.socket:
+    """A non-blocking socket listening on the first address ``host`` resolves to."""
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise PlatformError(f"cannot resolve {host!r} to listen on: {e}") from None
+    if not infos:
+        raise PlatformError(f"{host!r} resolves to no address to listen on")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise PlatformError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Return once ``sock`` has something to read: data, a connection, EOF or an error."""
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sock, _resolve, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # level-triggered: the loop may call again before the reader is removed
+        future.set_result(None)
+
+
+def _address(peer: Any) -> str:
+    """``host:port`` of a socket address, for logs."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
