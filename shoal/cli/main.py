@@ -379,6 +379,59 @@ def status(
             with_client(url, lambda c: c.follow(url, render.instance_change))
 
 
+certs_app = typer.Typer(
+    help="The mesh's certificates: who holds what, renewal and root rotation.",
+    no_args_is_help=True,
+)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("status")
+def certs_status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
+    """The trust bundle, and every component's identities, issuer, expiry and trust.
+
+    Example: shoal certs status
+    """
+    from shoal.platform.certs_admin import certs_status as read_status
+
+    st = with_client(redis, lambda c: read_status(c.redis, c.keys))
+    if output == "json":
+        typer.echo(json.dumps(render.certs_dict(st), indent=2))
+    else:
+        render.certs(st)
+
+
+@certs_app.command("rotate")
+def certs_rotate(
+    redis: RedisOpt = None,
+    root: Annotated[
+        bool, typer.Option("--root", help="Make a new root and move the mesh to it.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh.")] = 120.0,
+) -> None:
+    """Renew every leaf certificate now, or (--root) rotate the root CA without dropping a
+    request: trust old+new, re-issue every leaf from the new root, then retire the old one.
+
+    Example: shoal certs rotate --root --dry-run
+    """
+    from shoal.platform.certs_admin import certs_status as read_status
+    from shoal.platform.certs_admin import renew_leaves, rotate_root
+
+    async def go(c: Client) -> None:
+        if dry_run:
+            render.rotation_plan(await read_status(c.redis, c.keys), root=root)
+        elif root:
+            await rotate_root(c.redis, c.keys, timeout, typer.echo)
+        else:
+            await renew_leaves(c.redis, c.keys, timeout, typer.echo)
+            typer.echo("done: every component holds renewed certificates")
+
+    with_client(redis, go)
+
+
 drill_app = typer.Typer(
     help="Failover drills: prove that clients see no error.", no_args_is_help=True
 )

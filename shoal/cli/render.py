@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from shoal.platform.client import Applied, InstanceChange, Status
 from shoal.platform.drill import Report
+
+if TYPE_CHECKING:
+    from shoal.platform.certs_admin import CertsStatus
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -179,3 +182,66 @@ def drill(r: Report) -> None:
     console.print(table)
     for note in r.notes:
         console.print(f"note: {note}")
+
+
+def certs_dict(st: CertsStatus) -> dict[str, Any]:
+    """``shoal certs status -o json``."""
+    return {
+        "bundle": [{"id": r.id, "subject": r.subject, "not_after": r.not_after} for r in st.roots],
+        "epoch": st.epoch,
+        "rotation": st.rotation,
+        "components": {
+            c: {**certs, "trusts_bundle": st.trusts_bundle(c)} for c, certs in st.components.items()
+        },
+    }
+
+
+def certs(st: CertsStatus) -> None:
+    """The bundle's roots, then one row per identity a component holds."""
+    roots = Table(title="trust bundle", title_justify="left", box=None, pad_edge=False)
+    for col in ("ROOT", "SUBJECT", "EXPIRES"):
+        roots.add_column(col)
+    for r in st.roots:
+        roots.add_row(r.id, r.subject, r.not_after)
+    console.print(roots)
+    leaves = Table(title="\nidentities", title_justify="left", box=None, pad_edge=False)
+    for col in ("COMPONENT", "IDENTITY", "ISSUER", "EXPIRES", "EPOCH", "TRUSTS BUNDLE"):
+        leaves.add_column(col)
+    for component, held in st.components.items():
+        trusts = "yes" if st.trusts_bundle(component) else "[red]no[/red]"
+        for leaf in held.get("leaves", []) or [{}]:
+            leaves.add_row(
+                component,
+                leaf.get("identity", "(none yet)"),
+                leaf.get("issuer", "-"),
+                leaf.get("not_after", "-"),
+                str(leaf.get("epoch", "-")),
+                trusts,
+            )
+    console.print(leaves)
+    phase = st.rotation.get("phase")
+    if phase:
+        waiting = st.rotation.get("waiting")
+        console.print(f"\nroot rotation: {phase}" + (f", waiting for {waiting}" if waiting else ""))
+    console.print(f"\nepoch {st.epoch}")
+
+
+def rotation_plan(st: CertsStatus, *, root: bool) -> None:
+    """What ``shoal certs rotate [--root]`` would do, for ``--dry-run``."""
+    components = ", ".join(st.components) or "(none live)"
+    count = sum(len(c.get("leaves", [])) for c in st.components.values())
+    old = ", ".join(r.id for r in st.roots) or "(none)"
+    if not root:
+        console.print(
+            f"would raise the epoch to {st.epoch + 1}: {count} leaf certificates renewed now, "
+            f"signed by the current root ({old}), on {components}"
+        )
+        return
+    console.print(
+        "would rotate the root, step by step, each confirmed by every component:\n"
+        f"  1. make a new root; the bundle holds {old} and the new one; "
+        f"wait until {components} trust both\n"
+        f"  2. sign with the new root; re-issue all {count} leaf certificates; "
+        "wait until every leaf chains to it\n"
+        f"  3. remove {old} from the bundle; wait until nothing trusts it"
+    )

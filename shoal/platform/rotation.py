@@ -63,12 +63,13 @@ def _certs(report: Mapping[str, Any]) -> tuple[set[str], list[Mapping[str, Any]]
 
 
 def lagging(
-    phase: Phase, new_root: str, reports: Mapping[str, Mapping[str, Any]], epoch: int = 0
+    phase: Phase, new_root: str | None, reports: Mapping[str, Mapping[str, Any]], epoch: int = 0
 ) -> list[str]:
     """The components (of those that report certificates) not yet where ``phase`` needs them.
 
-    ``trust``: trusting ``new_root``; ``reissue``: every leaf issued by ``new_root`` under
-    ``epoch`` or later; ``retire``: trusting ``new_root`` only.
+    ``trust``: trusting ``new_root``; ``reissue``: holding leaves, every one issued under
+    ``epoch`` or later, and by ``new_root`` unless it is None; ``retire``: trusting ``new_root``
+    only.
     """
     out = []
     for component, report in sorted(reports.items()):
@@ -79,7 +80,7 @@ def lagging(
             ok = new_root in trusts
         elif phase == "reissue":
             ok = bool(leaves) and all(
-                leaf.get("issuer") == new_root and int(leaf.get("epoch", 0)) >= epoch
+                new_root in (None, leaf.get("issuer")) and int(leaf.get("epoch", 0)) >= epoch
                 for leaf in leaves
             )
         elif phase == "retire":

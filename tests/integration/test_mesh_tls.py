@@ -12,6 +12,7 @@ import pytest
 from shoal.mesh.identity import gateway_id
 from shoal.platform.ca import IdentityRequester, read_bundle
 from shoal.platform.certs import client_context
+from shoal.platform.certs_admin import certs_status, renew_leaves, rotate_root
 from shoal.platform.pki import key_to_pem, make_csr, new_key, new_root, sign
 from shoal.platform.resources import parse_text
 from shoal.store.acks import live_reports
@@ -154,3 +155,67 @@ async def test_authorization_policy_allows_only_hello_to_call_world(cluster: Clu
         assert (status, body.split(":")[0]) == (403, "denied")
         status, cause, _ = await get("world", "/")
         assert (status, cause) == (403, "denied")
+
+
+@pytest.mark.timeout(120)
+async def test_root_rotation_under_traffic_drops_nothing(cluster: Cluster) -> None:
+    """``certs rotate --root`` while requests flow gateway → hello → world: none fails; at the
+    end the bundle holds only the new root and every leaf chains to it."""
+    hello, world = SERVICES.split("---")[:2]
+    await cluster.client.apply(parse_text(hello + "---" + world))
+    await cluster.instances(lambda f: len(ready(f, "hello")) == 2 and len(ready(f, "world")) == 1)
+    redis, keys = cluster.client.redis, cluster.client.keys
+    before = await certs_status(redis, keys)
+    assert len(before.roots) == 1
+    outcomes: list[int] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                try:
+                    async with s.get(
+                        f"{cluster.gateway_url}/chain", headers={"Host": "hello"}
+                    ) as r:
+                        await r.read()
+                        outcomes.append(r.status)
+                except aiohttp.ClientError:
+                    outcomes.append(0)
+                await asyncio.sleep(0.01)
+
+    senders = [asyncio.ensure_future(traffic()) for _ in range(2)]
+    try:
+        steps: list[str] = []
+        state = await rotate_root(redis, keys, 60, steps.append)
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
+    assert state["phase"] == "done"
+    assert len(outcomes) > 100 and set(outcomes) == {200}, [o for o in outcomes if o != 200]
+    after = await certs_status(redis, keys)
+    (new,) = after.roots
+    assert new.id != before.roots[0].id and new.id == state["new"]
+    assert after.components and all(after.trusts_bundle(c) for c in after.components)
+    issuers = {leaf["issuer"] for c in after.components.values() for leaf in c["leaves"]}
+    assert issuers == {new.id}
+    assert any("re-issued" in step for step in steps)
+
+
+@pytest.mark.timeout(60)
+async def test_leaf_rotation_renews_every_certificate(cluster: Cluster) -> None:
+    """``certs rotate`` renews every component's leaves (new serials, same root)."""
+    await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
+    await cluster.instances(lambda f: len(ready(f, "hello")) == 2)
+    redis, keys = cluster.client.redis, cluster.client.keys
+    async with asyncio.timeout(10):
+        while len((before := await certs_status(redis, keys)).components) < 2:
+            await asyncio.sleep(0.1)
+    epoch = await renew_leaves(redis, keys, 30, lambda _: None)
+    after = await certs_status(redis, keys)
+    serials = {
+        c: {leaf["serial"] for leaf in held["leaves"]} for c, held in before.components.items()
+    }
+    for component, held in after.components.items():
+        assert all(leaf["epoch"] >= epoch for leaf in held["leaves"])
+        assert not serials.get(component, set()) & {leaf["serial"] for leaf in held["leaves"]}
+    assert after.roots == before.roots
