@@ -432,6 +432,37 @@ def certs_rotate(
     with_client(redis, go)
 
 
+@certs_app.command("issue")
+def certs_issue(
+    identity: Annotated[
+        str, typer.Argument(help="SPIFFE ID, e.g. spiffe://cluster.local/svc/hello.")
+    ],
+    out: Annotated[str, typer.Option(help="Directory for cert.pem, key.pem, bundle.pem.")] = ".",
+    hours: Annotated[float, typer.Option(help="Validity in hours.")] = 1.0,
+) -> None:
+    """Sign a mesh certificate with the CA on this host (the controller's state dir), for
+    debugging with openssl/curl or for a workload outside Shoal.
+
+    Example: shoal certs issue spiffe://cluster.local/gateway --out /tmp/mesh
+    """
+    from datetime import timedelta
+
+    from shoal.platform.ca import CAFiles
+    from shoal.platform.certs_admin import issue_local
+
+    try:
+        paths = issue_local(
+            CAFiles(settings.state_dir() / "ca"),
+            settings.trust_domain(),
+            identity,
+            timedelta(hours=hours),
+            Path(out),
+        )
+    except ShoalError as e:
+        raise fail(e) from None
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 drill_app = typer.Typer(
     help="Failover drills: prove that clients see no error.", no_args_is_help=True
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,8 @@ from shoal.platform.drill import Report
 if TYPE_CHECKING:
     from shoal.platform.certs_admin import CertsStatus
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, CI logs) gets room for whole identities rather than rich's 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 STATE_STYLE = {"ready": "green", "starting": "yellow", "draining": "cyan", "unhealthy": "red"}
 

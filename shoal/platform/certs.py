@@ -51,8 +51,9 @@ __all__ = [
     "write_private_key",
 ]
 
-ALPN = ("h2", "http/1.1")
-"""The ALPN protocols a mesh listener offers, in order of preference."""
+ALPN = ("http/1.1",)
+"""The ALPN protocol a mesh listener offers: the node router speaks HTTP/1.1, so a client that
+offers h2 too (curl does) must not be given it."""
 
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!DSS"
 """OpenSSL cipher string for TLS 1.2: ECDHE + AEAD only (TLS 1.3 suites are not affected)."""

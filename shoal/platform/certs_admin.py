@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from shoal.errors import PlatformError
+from shoal.errors import NotFoundError, PlatformError
 from shoal.platform.authority import request_root_rotation, rotation_state
-from shoal.platform.ca import read_bundle
-from shoal.platform.pki import key_id, parse_bundle
+from shoal.platform.ca import CAFiles, read_bundle
+from shoal.platform.certs import write_private_key
+from shoal.platform.pki import bundle_pem, key_id, make_csr, new_key, parse_bundle, sign
 from shoal.platform.rotation import Phase, check_phase, lagging
 from shoal.store.acks import live_reports
 from shoal.store.connection import Redis, translated
@@ -145,3 +147,25 @@ async def _until(
         if loop.time() >= deadline:
             raise PlatformError(f"not renewed after {timeout:.0f}s: {', '.join(left)}")
         await asyncio.sleep(POLL)
+
+
+def issue_local(
+    files: CAFiles, trust_domain: str, identity: str, valid_for: timedelta, out: Path
+) -> list[Path]:
+    """Sign a certificate for ``identity`` with the CA on this host's disk (an operator's tool:
+    debugging with ``openssl s_client``/``curl``, or a workload outside Shoal). Writes
+    ``cert.pem``, ``key.pem`` (0600) and ``bundle.pem`` into ``out``; returns their paths."""
+    if not (files.directory / "root.key").exists():
+        raise NotFoundError(
+            f"no mesh CA in {files.directory}: run this where the controller keeps its state"
+        )
+    now = datetime.now(UTC)
+    ca = files.load_or_create(trust_domain, now)
+    key = new_key()
+    cert = sign(ca, make_csr(key, identity), allowed=lambda _: True, now=now, valid_for=valid_for)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "cert.pem", out / "key.pem", out / "bundle.pem"]
+    paths[0].write_bytes(cert)
+    write_private_key(paths[1], key)
+    paths[2].write_bytes(bundle_pem(files.trusted()))
+    return paths

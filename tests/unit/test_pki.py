@@ -498,7 +498,7 @@ def test_mtls_handshake_reads_both_spiffe_ids_under_strict_verification(tls_ca: 
     assert outcome.reply == b"ok"
     assert peer_identity(outcome.server_peer) == service_id(TD, "hello")
     assert peer_identity(outcome.client_peer) == service_id(TD, "world")
-    assert outcome.server_alpn == "h2"
+    assert outcome.server_alpn == "http/1.1"
 
 
 def test_contexts_allow_only_tls12_and_up_and_require_certificates(tls_ca: CA) -> None:
