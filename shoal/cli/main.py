@@ -8,26 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import yaml
 
 from shoal.cli import render
 from shoal.errors import ShoalError, UserError
+from shoal.gateway.limits import LIMIT_NAMES, parse_limits
 from shoal.platform import settings
 from shoal.platform.client import Client
 from shoal.platform.drill import Report
 from shoal.platform.resources import load_files
 from shoal.store.connection import connect, redacted
 from shoal.store.keys import Keys
+
+if TYPE_CHECKING:
+    from shoal.gateway.server import GatewaySettings
 
 app = typer.Typer(
     help="Shoal: a gateway and service mesh that runs your services.",
@@ -46,6 +52,37 @@ RedisOpt = Annotated[
     ),
 ]
 OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table, json or yaml")]
+# The gateway's edge settings, taken as text and parsed by gateway_settings() so that a bad
+# value is one ``error:`` line like every other Shoal error.
+LimitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--limit",
+        metavar="NAME=VALUE",
+        help="An edge limit, repeatable: sizes in bytes or KiB/MiB/GiB, times in seconds "
+        "(read_timeout=off disables it), h2_* flood budgets as BURST/RATE. "
+        "E.g. --limit max_body_bytes=1MiB --limit header_timeout=5s --limit h2_reset=200/50. "
+        f"Names: {', '.join(LIMIT_NAMES)}.",
+    ),
+]
+TrustedHopsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trusted-hops",
+        metavar="N",
+        help="Proxies in front of the gateway whose X-Forwarded-For/Forwarded entries are kept "
+        "(default 0: the client's are replaced). E.g. --trusted-hops 1 behind one load balancer.",
+    ),
+]
+EscapedSlashesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--escaped-slashes",
+        metavar="reject|keep|decode",
+        help="%2F, %5C and backslashes in paths: reject (400, the default), keep them encoded, "
+        "or decode them to /. E.g. --escaped-slashes keep",
+    ),
+]
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
 
@@ -71,6 +108,35 @@ def with_client(redis_flag: str | None, fn: Callable[[Client], Awaitable[T]]) ->
         return asyncio.run(go())
     except ShoalError as e:
         raise fail(e) from None
+
+
+def gateway_settings(
+    *,
+    limit: list[str] | None,
+    trusted_hops: str | None,
+    escaped_slashes: str | None,
+    listen: GatewaySettings | None = None,
+) -> GatewaySettings:
+    """``listen`` (where the gateway listens, with which certificate) plus the edge flags; a
+    bad flag is a ``UserError`` naming it. ``up`` calls it too, to refuse a bad flag before it
+    starts anything.
+    """
+    from shoal.gateway.paths import SlashPolicy
+    from shoal.gateway.server import GatewaySettings
+
+    policies = {p.value: p for p in SlashPolicy}
+    slashes = escaped_slashes.strip().lower() if escaped_slashes is not None else "reject"
+    if slashes not in policies:
+        raise UserError(f"--escaped-slashes {escaped_slashes!r}: use reject, keep or decode")
+    hops = trusted_hops.strip() if trusted_hops is not None else "0"
+    if not re.fullmatch(r"[0-9]+", hops, re.ASCII):
+        raise UserError(f"--trusted-hops {trusted_hops!r}: expected a whole number >= 0, e.g. 1")
+    return dataclasses.replace(
+        listen or GatewaySettings(),
+        limits=parse_limits(limit or []),
+        trusted_hops=int(hops),
+        escaped_slashes=policies[slashes],
+    )
 
 
 def run_component(
@@ -104,6 +170,9 @@ def up(
     ] = None,
     cert: Annotated[str | None, typer.Option(help="PEM certificate chain for the gateway.")] = None,
     key: Annotated[str | None, typer.Option(help="PEM private key for the gateway.")] = None,
+    limit: LimitOpt = None,
+    trusted_hops: TrustedHopsOpt = None,
+    escaped_slashes: EscapedSlashesOpt = None,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -112,8 +181,20 @@ def up(
     """
     from shoal.platform.supervisor import Supervisor
 
+    # The gateway child parses these flags again; checked here so that a bad one stops
+    # 'shoal up' before it starts anything rather than ending up in the gateway's log.
+    try:
+        gateway_settings(limit=limit, trusted_hops=trusted_hops, escaped_slashes=escaped_slashes)
+    except ShoalError as e:
+        raise fail(e) from None
     state = settings.state_dir()
     gateway_args = ["--port", str(port)]
+    for pair in limit or []:
+        gateway_args += ["--limit", pair]
+    if trusted_hops is not None:
+        gateway_args += ["--trusted-hops", trusted_hops]
+    if escaped_slashes is not None:
+        gateway_args += ["--escaped-slashes", escaped_slashes]
     if tls_port is not None or cert is not None or key is not None:
         if tls_port is None or cert is None or key is None:
             raise fail(UserError("--tls-port, --cert and --key go together"))
@@ -211,18 +292,34 @@ def gateway(
     tls_port: Annotated[int | None, typer.Option(help="TLS port (needs --cert/--key).")] = None,
     cert: Annotated[str | None, typer.Option(help="PEM certificate chain.")] = None,
     key: Annotated[str | None, typer.Option(help="PEM private key.")] = None,
+    limit: LimitOpt = None,
+    trusted_hops: TrustedHopsOpt = None,
+    escaped_slashes: EscapedSlashesOpt = None,
 ) -> None:
     """Run the HTTP gateway.
 
     Example: shoal gateway --port 8080 --tls-port 8443 --cert edge.pem --key edge.key
+    Example: shoal gateway --limit max_body_bytes=1MiB --trusted-hops 1 --escaped-slashes keep
     """
     from shoal.gateway.server import GatewaySettings, run_gateway
 
     if (tls_port is None) != (cert is None) or (cert is None) != (key is None):
         raise fail(UserError("--tls-port, --cert and --key go together"))
-    gs = GatewaySettings(
-        host=host, port=port, tls_port=tls_port if cert else None, certfile=cert, keyfile=key
-    )
+    try:
+        gs = gateway_settings(
+            limit=limit,
+            trusted_hops=trusted_hops,
+            escaped_slashes=escaped_slashes,
+            listen=GatewaySettings(
+                host=host,
+                port=port,
+                tls_port=tls_port if cert else None,
+                certfile=cert,
+                keyfile=key,
+            ),
+        )
+    except ShoalError as e:
+        raise fail(e) from None
     run_component(run_gateway, redis, "gateway", settings=gs, trust_domain=settings.trust_domain())
 
 

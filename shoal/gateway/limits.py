@@ -3,18 +3,22 @@
 Stock hypercorn leaves most of these open (FACTS.md); :mod:`shoal.gateway.hypercorn_edge`
 passes the ones hypercorn knows to its ``Config`` and enforces the others itself, and
 :mod:`shoal.gateway.hygiene` checks the request head against them. Sizes are bytes, times are
-seconds.
+seconds. :func:`parse_limits` builds them from the CLI's ``--limit NAME=VALUE`` flags.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, get_type_hints
 
 from shoal.errors import UserError
 
 KiB = 1024
 MiB = 1024 * KiB
+GiB = 1024 * MiB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,3 +65,104 @@ class EdgeLimits:
                 continue
             if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
                 raise UserError(f"limits.{f.name} must be a positive number (got {value!r})")
+
+
+# What a ``--limit NAME=VALUE`` flag accepts, by the field's type. Sizes take binary suffixes only:
+# "1MB" could mean 10**6 or 2**20, so it is refused rather than guessed.
+_WHOLE = re.compile(r"[0-9]+", re.ASCII)
+_SIZE = re.compile(r"([0-9]+)\s*(kib|mib|gib)?", re.ASCII | re.IGNORECASE)
+_SECONDS = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*s?", re.ASCII)
+_BUDGET = re.compile(r"([0-9]+)\s*/\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+_UNITS = {None: 1, "kib": KiB, "mib": MiB, "gib": GiB}
+_OFF = frozenset({"none", "off"})
+
+
+def _whole(text: str) -> int:
+    if not _WHOLE.fullmatch(text):
+        raise ValueError("not a whole number, e.g. 100")
+    return int(text)
+
+
+def _size(text: str) -> int:
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError("not a size: use bytes or a KiB, MiB or GiB suffix, e.g. 1MiB")
+    number, unit = match.groups()
+    return int(number) * _UNITS[unit.lower() if unit else None]
+
+
+def _seconds(text: str) -> float:
+    match = _SECONDS.fullmatch(text)
+    if match is None:
+        raise ValueError("not a number of seconds, e.g. 10, 2.5 or 2.5s")
+    return float(match.group(1))
+
+
+def _seconds_or_off(text: str) -> float | None:
+    if text.lower() in _OFF:
+        return None
+    try:
+        return _seconds(text)
+    except ValueError:
+        raise ValueError("not a number of seconds or off, e.g. 60, 2.5s or off") from None
+
+
+def _budget(text: str) -> FloodBudget:
+    match = _BUDGET.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            "not a flood budget: use BURST/RATE (frames, frames per second), e.g. 50/10"
+        )
+    return FloodBudget(burst=int(match.group(1)), rate=float(match.group(2)))
+
+
+def _parser(name: str, hint: object) -> Callable[[str], object]:
+    """The value parser for a field of type ``hint``; a field of a type it does not know is a
+    programming error, caught when this module is imported."""
+    if hint is int:
+        return _size if name.endswith("_bytes") else _whole
+    if hint is float:
+        return _seconds
+    if hint == float | None:
+        return _seconds_or_off
+    if hint is FloodBudget:
+        return _budget
+    raise TypeError(f"EdgeLimits.{name}: no --limit parser for type {hint!r}")
+
+
+_HINTS = get_type_hints(EdgeLimits)
+_PARSERS = {f.name: _parser(f.name, _HINTS[f.name]) for f in fields(EdgeLimits)}
+LIMIT_NAMES = tuple(f.name for f in fields(EdgeLimits))
+"""Every name ``--limit`` accepts, in declaration order."""
+
+
+def parse_limits(
+    pairs: Sequence[str], base: EdgeLimits = EdgeLimits(), *, flag: str = "--limit"
+) -> EdgeLimits:
+    """``base`` with each ``NAME=VALUE`` in ``pairs`` applied in order (a later one wins).
+
+    NAME is a field of :class:`EdgeLimits` (``-`` may stand for ``_``). VALUE is a whole number
+    for counts; bytes for ``*_bytes``, optionally with a ``KiB``/``MiB``/``GiB`` suffix; seconds
+    for times (``10``, ``2.5``, ``2.5s``), or ``none``/``off`` for ``read_timeout``;
+    ``BURST/RATE`` for the ``h2_*`` flood budgets. A bad pair raises :class:`UserError` naming
+    ``flag`` and the pair; the result passes :class:`EdgeLimits`' own validation.
+    """
+    limits = base
+    for pair in pairs:
+        raw_name, sep, raw_value = pair.partition("=")
+        name = raw_name.strip().lower().replace("-", "_")
+        if not sep:
+            raise UserError(f"{flag} {pair!r}: expected NAME=VALUE, e.g. max_body_bytes=1MiB")
+        parse = _PARSERS.get(name)
+        if parse is None:
+            raise UserError(
+                f"{flag} {pair!r}: unknown limit {raw_name.strip()!r}; "
+                f"known: {', '.join(LIMIT_NAMES)}"
+            )
+        change: dict[str, Any] = {}
+        try:
+            change[name] = parse(raw_value.strip())
+            limits = replace(limits, **change)  # EdgeLimits validates the result
+        except (ValueError, UserError) as error:
+            raise UserError(f"{flag} {pair!r}: {error}") from None
+    return limits

@@ -83,3 +83,19 @@ def test_weights_must_sum_to_100(shoal) -> None:  # type: ignore[no-untyped-def]
     result = shoal("weights", "hello", "v1=80", "v2=30")
     assert result.exit_code == 2 and "sum to 100" in one_line_error(result)
     assert shoal("get", "vs", "hello", "-o", "json").output == before
+
+
+def test_bad_edge_flag_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad --limit is exit 2 with one line, for the gateway and for 'up' before it starts
+    anything (no embedded Redis in $SHOAL_HOME)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SHOAL_HOME", str(home))
+    monkeypatch.delenv("SHOAL_REDIS_URL", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["gateway", "--limit", "nope=1"])
+    assert result.exit_code == 2
+    assert "unknown limit 'nope'" in one_line_error(result)
+    result = runner.invoke(app, ["up", "--limit", "max_body_bytes=lots"])
+    assert result.exit_code == 2
+    assert "max_body_bytes=lots" in one_line_error(result)
+    assert not (home / "redis.url").exists()
