@@ -154,7 +154,10 @@ def run_component(
     async def main(redis: Any, url: str, keys: Keys, stop: asyncio.Event) -> None:
         await coro(redis, url, keys, stop=stop, **kwargs)
 
-    run_process(main, url, Keys(settings.key_prefix()))
+    try:
+        run_process(main, url, Keys(settings.key_prefix()))
+    except ShoalError as e:
+        raise fail(e) from None
 
 
 @app.command()
@@ -179,7 +182,7 @@ def up(
 
     Example: shoal up --example
     """
-    from shoal.platform.supervisor import Supervisor
+    from shoal.platform.supervisor import Supervisor, check_ports
 
     # The gateway child parses these flags again; checked here so that a bad one stops
     # 'shoal up' before it starts anything rather than ending up in the gateway's log.
@@ -206,6 +209,13 @@ def up(
             "--key",
             str(Path(key).absolute()),
         ]
+    ports = {"gateway": ("0.0.0.0", port), "mesh": ("127.0.0.1", mesh_port)}
+    if tls_port is not None:
+        ports["gateway TLS"] = ("0.0.0.0", tls_port)
+    try:
+        check_ports(ports)
+    except ShoalError as e:
+        raise fail(e) from None
     sup = Supervisor(
         state_dir=state,
         redis_url=redis,

@@ -10,12 +10,13 @@ itself (:mod:`.hygiene`, :mod:`.body`) above it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from dataclasses import dataclass, field
 
 from hypercorn.asyncio import serve
 
-from shoal.errors import UserError
+from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
@@ -31,6 +32,8 @@ from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 
 log = logging.getLogger(__name__)
+
+_CANNOT_BIND = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,11 +111,14 @@ async def run_gateway(
         trusted_hops=settings.trusted_hops,
     )
     try:
-        await serve(
-            app,  # type: ignore[arg-type]
-            hypercorn_config(settings),
-            shutdown_trigger=stop.wait,
-        )
+        config = hypercorn_config(settings)
+        try:
+            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        except OSError as e:
+            if e.errno not in _CANNOT_BIND:
+                raise
+            where = ", ".join([*config.bind, *config.insecure_bind])
+            raise PlatformError(f"the gateway cannot listen on {where}: {e.strerror}") from None
     finally:
         for t in tasks:
             t.cancel()

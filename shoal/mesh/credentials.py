@@ -137,11 +137,16 @@ class Credentials:
 
     async def run(self) -> None:
         """Keep every wanted identity's certificate fresh, until cancelled."""
+        task = asyncio.current_task()
         while True:
             try:
                 await self.refresh()
             except ShoalError as e:
                 log.warning("mesh certificates not refreshed: %s", e)
+            if task is not None and task.cancelling():
+                # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow a
+                # cancellation (CPython gh-86296); honour it, or our owner waits forever.
+                raise asyncio.CancelledError
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REFRESH_EVERY):
                     await self._wake.wait()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -138,3 +139,19 @@ class Supervisor:
                 child.stop(timeout=40.0 if child.name == "node" else 10.0)
         if self.embedded is not None:
             self.embedded.stop()
+
+
+def check_ports(ports: dict[str, tuple[str, int]]) -> None:
+    """Raise PlatformError naming every ``what: (host, port)`` that cannot be bound now, so
+    ``shoal up`` stops before starting anything rather than restarting a child forever."""
+    taken = []
+    for what, (host, port) in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                taken.append(f"{what} port {port} ({e.strerror})")
+    if taken:
+        raise PlatformError(f"cannot listen: {', '.join(taken)}; is another Shoal running?")
+

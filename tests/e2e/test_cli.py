@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from shoal.cli.main import app
+from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
@@ -98,4 +100,24 @@ def test_bad_edge_flag_starts_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     result = runner.invoke(app, ["up", "--limit", "max_body_bytes=lots"])
     assert result.exit_code == 2
     assert "max_body_bytes=lots" in one_line_error(result)
+    assert not (home / "redis.url").exists()
+
+
+def test_up_with_a_taken_port_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'shoal up' whose gateway port is taken stops at once: exit 5, one line naming the port,
+    no embedded Redis started (rather than restarting a gateway that can never bind)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SHOAL_HOME", str(home))
+    monkeypatch.delenv("SHOAL_REDIS_URL", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["up", "--port", str(port), "--mesh-port", str(free_port())]
+        )
+    assert result.exit_code == 5
+    assert f"gateway port {port}" in one_line_error(result)
     assert not (home / "redis.url").exists()
