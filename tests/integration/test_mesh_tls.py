@@ -219,3 +219,33 @@ async def test_leaf_rotation_renews_every_certificate(cluster: Cluster) -> None:
         assert all(leaf["epoch"] >= epoch for leaf in held["leaves"])
         assert not serials.get(component, set()) & {leaf["serial"] for leaf in held["leaves"]}
     assert after.roots == before.roots
+
+
+@pytest.mark.timeout(60)
+async def test_permissive_mode_takes_plaintext_for_its_workloads_only(cluster: Cluster) -> None:
+    """A PeerAuthentication PERMISSIVE for hello opens the mesh port to plaintext for hello;
+    world stays STRICT (403 mtls_required); deleting the policy closes plaintext again."""
+    hello, world = SERVICES.split("---")[:2]
+    await cluster.client.apply(parse_text(hello + "---" + world))
+    found = await cluster.instances(
+        lambda f: len(ready(f, "hello")) == 2 and len(ready(f, "world")) == 1
+    )
+    policy = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: hello-permissive}
+spec:
+  selector: {matchLabels: {app: hello}}
+  mtls: {mode: PERMISSIVE}
+"""
+    applied = await cluster.client.apply(parse_text(policy))
+    assert await cluster.client.wait_applied(applied.revision, timeout=10) == {}
+    hello_key, world_key = ready(found, "hello")[0].key, ready(found, "world")[0].key
+    assert await call_router(cluster, hello_key, None) == (200, "", "Hello, World!\n")
+    status, cause, _ = await call_router(cluster, world_key, None)
+    assert (status, cause) == (403, "mtls_required")
+    assert (await call_router(cluster, world_key, await mesh_client(cluster)))[0] == 200
+    await cluster.client.delete("peerauthentication", "hello-permissive")
+    assert await cluster.client.wait_applied(await cluster.client.config.revision(), 10) == {}
+    with pytest.raises(aiohttp.ClientError):
+        await call_router(cluster, hello_key, None)
