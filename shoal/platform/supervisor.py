@@ -154,4 +154,3 @@ def check_ports(ports: dict[str, tuple[str, int]]) -> None:
                 taken.append(f"{what} port {port} ({e.strerror})")
     if taken:
         raise PlatformError(f"cannot listen: {', '.join(taken)}; is another Shoal running?")
-
