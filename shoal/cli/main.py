@@ -84,6 +84,15 @@ EscapedSlashesOpt = Annotated[
     ),
 ]
 
+ActivationOpt = Annotated[
+    float,
+    typer.Option(
+        "--activation-timeout",
+        help="Seconds a request for a service with no ready instance (scaled to zero) waits "
+        "for one to start before 503 cold_start_timeout.",
+    ),
+]
+
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
 
 
@@ -176,6 +185,7 @@ def up(
     limit: LimitOpt = None,
     trusted_hops: TrustedHopsOpt = None,
     escaped_slashes: EscapedSlashesOpt = None,
+    activation_timeout: ActivationOpt = 30.0,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -191,7 +201,8 @@ def up(
     except ShoalError as e:
         raise fail(e) from None
     state = settings.state_dir()
-    gateway_args = ["--port", str(port)]
+    activation = ["--activation-timeout", str(activation_timeout)]
+    gateway_args = ["--port", str(port), *activation]
     for pair in limit or []:
         gateway_args += ["--limit", pair]
     if trusted_hops is not None:
@@ -221,7 +232,7 @@ def up(
         redis_url=redis,
         component_args={
             "controller": [],
-            "node": ["--mesh-port", str(mesh_port)],
+            "node": ["--mesh-port", str(mesh_port), *activation],
             "gateway": gateway_args,
         },
         env={**os.environ, "SHOAL_HOME": str(state)},
@@ -274,6 +285,7 @@ def node(
     host: Annotated[
         str, typer.Option(help="Address of the router's inbound listener (bound and announced).")
     ] = "127.0.0.1",
+    activation_timeout: ActivationOpt = 30.0,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -291,6 +303,7 @@ def node(
         trust_domain=settings.trust_domain(),
         host=host,
         mesh_port=mesh_port,
+        activation_timeout=activation_timeout,
     )
 
 
@@ -305,6 +318,7 @@ def gateway(
     limit: LimitOpt = None,
     trusted_hops: TrustedHopsOpt = None,
     escaped_slashes: EscapedSlashesOpt = None,
+    activation_timeout: ActivationOpt = 30.0,
 ) -> None:
     """Run the HTTP gateway.
 
@@ -326,6 +340,7 @@ def gateway(
                 tls_port=tls_port if cert else None,
                 certfile=cert,
                 keyfile=key,
+                activation_timeout=activation_timeout,
             ),
         )
     except ShoalError as e:

@@ -28,19 +28,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-async def refuse(
-    send: Send, status: int, cause: str, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
+async def refuse(send: Send, refusal: Refusal, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Answer a request the gateway will not forward."""
-    body = f"{cause}: {message}\n".encode()
+    body = f"{refusal.cause}: {refusal.message}\n".encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": refusal.status,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
-                (b"x-shoal-cause", cause.encode()),
+                *refusal.headers,
                 *extra,
             ],
         }
@@ -54,7 +52,9 @@ _CLOSE = ((b"connection", b"close"),)
 async def reject(send: Send, rejection: Rejection, http2: bool) -> None:
     """Answer a request refused at the edge; on HTTP/1.x the connection closes after it."""
     await refuse(
-        send, rejection.status, rejection.cause, rejection.message, () if http2 else _CLOSE
+        send,
+        Refusal(rejection.status, rejection.cause, rejection.message),
+        () if http2 else _CLOSE,
     )
 
 
@@ -139,7 +139,7 @@ class GatewayApp:
             if body is not None and body.rejection is not None:  # the upstream saw it abort
                 await reject(send, body.rejection, http2)
             else:
-                await refuse(send, result.status, result.cause, result.message)
+                await refuse(send, result)
             return
         response = result.response
         complete = False

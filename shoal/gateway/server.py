@@ -22,6 +22,7 @@ from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
 from shoal.gateway.limits import EdgeLimits
 from shoal.gateway.paths import SlashPolicy
+from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
@@ -51,6 +52,7 @@ class GatewaySettings:
     escaped_slashes: SlashPolicy = SlashPolicy.REJECT  # %2F, %5C and \ in paths
     tls_min_version: str = "1.2"  # or "1.3"
     tls_ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
+    activation_timeout: float = 30.0  # a request held for a service at zero, at most
 
     def __post_init__(self) -> None:
         if self.trusted_hops < 0:
@@ -104,8 +106,15 @@ async def run_gateway(
         asyncio.ensure_future(credentials.run()),
         *follow(proxy, redis, url, keys, component, credentials),
     ]
+    activator = Activator(proxy, asker(redis, keys, component), timeout=settings.activation_timeout)
+    proxy.extra_reports.append(activator.report)
     app = GatewayApp(
-        Forwarder(proxy, upstreams, mesh_tls=lambda: credentials.client_context(identity)),
+        Forwarder(
+            proxy,
+            upstreams,
+            mesh_tls=lambda: credentials.client_context(identity),
+            activator=activator,
+        ),
         limits=settings.limits,
         slashes=settings.escaped_slashes,
         trusted_hops=settings.trusted_hops,

@@ -32,6 +32,11 @@ class Endpoint:
         return f"{self.service}/{self.id}"
 
     @property
+    def revision_key(self) -> str:
+        """``service/revision``: the revision this instance runs."""
+        return f"{self.service}/{self.revision}"
+
+    @property
     def authority(self) -> str:
         """``address:port`` for connecting."""
         return f"{self.address}:{self.port}"

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from shoal.mesh.activation import Activator
 from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.headers import Headers, with_authority
 from shoal.mesh.outcome import Outcome, classify
@@ -90,10 +91,12 @@ class Forwarder:
         rng: random.Random | None = None,
         buffer_limit: int = BUFFER_LIMIT,
         mesh_tls: Callable[[], ssl.SSLContext | None] = lambda: None,
+        activator: Activator | None = None,
     ) -> None:
         self.proxy = proxy
         self.upstreams = upstreams
         self.mesh_tls = mesh_tls  # the client context presenting this caller's identity
+        self.activator = activator  # holds requests for destinations scaled to zero
         self.clock = clock
         self.rng = rng or proxy.rng
         self.buffer_limit = buffer_limit
@@ -111,6 +114,10 @@ class Forwarder:
         route = self.proxy.decide(req.host, req.method, req.path, req.fields)
         if isinstance(route, Refusal):
             return route
+        if not route.cluster.endpoints and route.cluster.revisions and self.activator:
+            route = await self.activator.hold(req.host, req.method, req.path, req.fields, route)
+            if isinstance(route, Refusal):
+                return route
         fault = route.match.route.fault
         if fault is not None:
             if fault.delay is not None and self.rng.random() * 100 < fault.delay.percentage:
@@ -224,7 +231,7 @@ class Forwarder:
         endpoint = last.endpoint
 
         def done() -> None:
-            route.balancer.on_finish(endpoint)
+            self._finished(route, endpoint)
 
         return Forwarded(response=last.response, endpoint=endpoint, attempts=attempt, done=done)
 
@@ -247,6 +254,7 @@ class Forwarder:
             authority = self.proxy.meshes[endpoint.node]
             headers = [*headers, (INSTANCE, endpoint.key.encode())]
         route.balancer.on_start(endpoint)
+        self.proxy.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)
         try:
             response = await self.upstreams.request(
                 authority,
@@ -259,13 +267,16 @@ class Forwarder:
                 tls=tls,
             )
         except UpstreamError as e:
-            route.balancer.on_finish(endpoint)
+            self._finished(route, endpoint)
             return _Attempt(endpoint, classify(None, e.cause), error=e)
         return _Attempt(endpoint, Outcome.response(response.status), response=response)
 
-    @staticmethod
-    def _discard(attempt: _Attempt, route: Route) -> None:
+    def _finished(self, route: Route, endpoint: Endpoint) -> None:
+        route.balancer.on_finish(endpoint)
+        self.proxy.load.change(endpoint.revision_key, -1, self.clock())
+
+    def _discard(self, attempt: _Attempt, route: Route) -> None:
         """Drop a failed attempt's response before trying again."""
         if attempt.response is not None:
             attempt.response.close()
-            route.balancer.on_finish(attempt.endpoint)
+            self._finished(route, attempt.endpoint)

@@ -8,9 +8,11 @@ of the request path: route match, weighted split, balancer pick.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from shoal.mesh.authz import Authorizer, compile_policies
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.endpoint import Endpoint
+from shoal.mesh.load import LoadMeter
 from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
 from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
@@ -54,6 +57,15 @@ class Refusal:
     status: int
     cause: str
     message: str
+    retry_after: int | None = None  # seconds, sent as Retry-After
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``x-shoal-cause`` and, when set, ``retry-after``."""
+        out = [(b"x-shoal-cause", self.cause.encode())]
+        if self.retry_after is not None:
+            out.append((b"retry-after", str(self.retry_after).encode()))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +139,10 @@ class Proxy:
         self.instances: Mapping[str, Endpoint] = {}  # every registered instance, by key
         self.authorizer = compile_policies(())
         self.peer_authentications: tuple[PeerAuthentication, ...] = ()
+        self.load = LoadMeter(time.monotonic())  # per revision, for the autoscaler
+        self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
+        self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
+        self._reports = 0
         self.revision = 0
         self.rng = rng or random.Random()
         self.stats = Stats()
@@ -153,6 +169,8 @@ class Proxy:
             del self.clusters[key]
         self._retry_policies = {}
         self.table = table
+        self.changed.set()
+        self.changed = asyncio.Event()
         self.meshes = meshes
         self.instances = view.instances
         self.authorizer = authorizer_from_view(view, self._stored)
@@ -241,7 +259,14 @@ class Proxy:
             if ejected:
                 ejections[f"{service}/{subset}" if subset else service] = ejected
         s = self.stats
+        self._reports += 1
+        out: dict[str, Any] = {}
+        for extra in self.extra_reports:
+            out.update(extra())
         return {
+            **out,
+            "seq": self._reports,
+            "load": {k: [round(c, 3), n] for k, (c, n) in self.load.read(now).items()},
             "revision": self.revision,
             "requests": s.requests,
             "retries": s.retries,

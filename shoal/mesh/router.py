@@ -30,6 +30,7 @@ from aiohttp import web
 
 from shoal.gateway.paths import SlashPolicy, normalize_path
 from shoal.gateway.rejection import Rejection
+from shoal.mesh.activation import Activator
 from shoal.mesh.authz import mtls_mode
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
@@ -53,10 +54,14 @@ SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the 
 _INSTANCE = INSTANCE.decode()
 
 
-def _refusal(status: int, cause: str, message: str, *, unsent: bool = False) -> web.Response:
+def _refusal(
+    status: int, cause: str, message: str, *, unsent: bool = False, retry_after: int | None = None
+) -> web.Response:
     headers = {"x-shoal-cause": cause}
     if unsent:
         headers[UNSENT] = "1"
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
     return web.Response(status=status, text=f"{cause}: {message}\n", headers=headers)
 
 
@@ -109,6 +114,7 @@ class Router:
         node: str,
         trust_domain: str,
         upstreams: Upstreams | None = None,
+        activator: Activator | None = None,
     ) -> None:
         self.proxy = proxy
         self.credentials = credentials
@@ -117,6 +123,7 @@ class Router:
         self.identity = str(node_id(trust_domain, node))
         self.upstreams = upstreams or Upstreams()
         self.inbound_port = 0
+        self.activator = activator
         self._runners: list[web.ServerRunner] = []
         self._outbound: dict[str, int] = {}
 
@@ -166,6 +173,7 @@ class Router:
                     self.proxy,
                     self.upstreams,
                     mesh_tls=lambda: self.credentials.client_context(identity),
+                    activator=self.activator,
                 )
                 port = await self._listen(
                     lambda request: self.outbound_request(forwarder, request),
@@ -203,7 +211,9 @@ class Router:
             )
         )
         if isinstance(result, Refusal):
-            return _refusal(result.status, result.cause, result.message)
+            return _refusal(
+                result.status, result.cause, result.message, retry_after=result.retry_after
+            )
         return await _relay(request, result.response, result.done)
 
     async def inbound(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -71,6 +71,7 @@ class Cluster:
     policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     unknown_service: bool = False
     unknown_subset: bool = False
+    revisions: tuple[str, ...] = ()  # ``service/revision`` of the Services the subset selects
 
     @property
     def key(self) -> ClusterKey:
@@ -233,7 +234,11 @@ class _Builder:
         destination_rules: Iterable[DestinationRule],
         endpoints: Iterable[Endpoint],
     ) -> None:
+        services = list(services)
         self.service_names = {service.name for service in services}
+        self.revisions: dict[str, list[Service]] = {}
+        for service in services:
+            self.revisions.setdefault(service.name, []).append(service)
         ready: dict[str, list[Endpoint]] = {}
         for endpoint in endpoints:
             if endpoint.state == "ready":
@@ -264,6 +269,7 @@ class _Builder:
 
     def _make_cluster(self, service: str, subset_name: str | None) -> Cluster:
         endpoints = self.ready.get(service, ())
+        revisions = self.revisions.get(service, [])
         rule = self.rules.get(service)
         policy = rule.traffic_policy if rule is not None else TrafficPolicy()
         unknown_subset = False
@@ -271,10 +277,11 @@ class _Builder:
             subsets = rule.subsets if rule is not None else ()
             subset = next((s for s in subsets if s.name == subset_name), None)
             if subset is None:
-                endpoints, unknown_subset = (), True
+                endpoints, revisions, unknown_subset = (), [], True
             else:
                 wanted = set(subset.labels)  # endpoint labels must include these pairs
                 endpoints = tuple(ep for ep in endpoints if wanted.issubset(ep.labels))
+                revisions = [r for r in revisions if wanted.issubset(r.instance_labels().items())]
                 if subset.traffic_policy is not None:
                     policy = merge_policy(policy, subset.traffic_policy)
         return Cluster(
@@ -284,6 +291,7 @@ class _Builder:
             policy=policy,
             unknown_service=service not in self.service_names,
             unknown_subset=unknown_subset,
+            revisions=tuple(sorted(r.key for r in revisions)),
         )
 
     def compile_virtual_service(self, vs: VirtualService) -> tuple[_Block, ...]:

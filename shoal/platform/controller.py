@@ -9,12 +9,17 @@ While leading it turns each ``Service`` revision's ``scale.min`` into ``Placemen
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from shoal.errors import StoreError
+from shoal.mesh.activation import ACTIVATION
 from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
 from shoal.platform.authority import Authority
 from shoal.platform.ca import CAFiles
@@ -22,6 +27,7 @@ from shoal.platform.model import Service
 from shoal.platform.pki import PKIError
 from shoal.platform.resources import StoredResources
 from shoal.platform.rotation import entitled
+from shoal.platform.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.scheduler import Placements, place
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore
@@ -44,21 +50,13 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
 
 
-def wanted_instances(view: View, stored: StoredResources) -> dict[str, int]:
-    """Instances wanted per ``service/revision``: each revision's ``scale.min``."""
-    return {
-        s.key: s.scale.min
-        for s in stored.parse("Service", view.documents("Service")).values()
-        if isinstance(s, Service)
-    }
-
-
-def placement_changes(view: View, stored: StoredResources) -> list[Change]:
-    """The Placement writes that bring the stored placements to the wanted ones."""
+def placement_changes(view: View, wanted: Mapping[str, int]) -> list[Change]:
+    """The Placement writes that bring the stored placements to ``wanted`` instances per
+    ``service/revision``."""
     current = {
         node: dict(doc.get("revisions") or {}) for node, doc in view.documents(PLACEMENT).items()
     }
-    placed: Placements = place(wanted_instances(view, stored), view.nodes.keys(), current)
+    placed: Placements = place(dict(wanted), view.nodes.keys(), current)
     changes = [
         Change(PLACEMENT, node, {"revisions": revs})
         for node, revs in placed.items()
@@ -66,6 +64,11 @@ def placement_changes(view: View, stored: StoredResources) -> list[Change]:
     ]
     changes += [Change(PLACEMENT, node, None) for node in current if node not in placed]
     return changes
+
+
+def ready_counts(view: View) -> Counter[str]:
+    """Ready instances per ``service/revision``."""
+    return Counter(e.revision_key for e in view.instances.values() if e.state == "ready")
 
 
 def may_prune(
@@ -92,6 +95,7 @@ class Controller:
         *,
         state_dir: Path,
         trust_domain: str,
+        autoscale: AutoscaleSettings | None = None,
         id: str | None = None,
     ) -> None:
         self.id = id or uuid.uuid4().hex[:8]
@@ -104,7 +108,8 @@ class Controller:
         self.keys = keys
         self.config = ConfigStore(redis, keys)
         self.registry = Registry(redis, keys)
-        self.watcher = Watcher(url, keys, ["Service", PLACEMENT])
+        self.watcher = Watcher(url, keys, ["Service", PLACEMENT, ACTIVATION])
+        self.autoscaling = Autoscaling(autoscale)
         self.leading = False
         self._renew = redis.register_script(_RENEW)
         self._view = View()
@@ -159,20 +164,56 @@ class Controller:
         now = time.monotonic()
         if self._steady_since is None:
             self._steady_since = now
-        changes = placement_changes(self._view, self._stored)
-        if changes:
-            await self.config.write(changes)
+        reports = await live_reports(self.redis, self.keys)
+        await self._scale(reports, now)
         async with translated("reading the store's uptime"):
             uptime = float((await self.redis.info("server"))["uptime_in_seconds"])
         if self._signing:
             try:
-                await self.authority.tick(await live_reports(self.redis, self.keys))
+                await self.authority.tick(reports)
             except PKIError as e:
                 log.error("root rotation stalled: %s", e)
         if may_prune(now, self._steady_since, uptime):
             pruned = await self.registry.prune()
             if pruned:
                 log.info("pruned expired leases: %s", ", ".join(pruned))
+
+    async def _scale(self, reports: Mapping[str, Mapping[str, Any]], now: float) -> None:
+        """Autoscale every revision on the proxies' load and pending activations; place the
+        instances wanted; publish the decisions for ``shoal status``."""
+        view = self._view
+        services = [
+            s
+            for s in self._stored.parse("Service", view.documents("Service")).values()
+            if isinstance(s, Service)
+        ]
+        self.autoscaling.observe(reports, now)
+        activations = list(view.documents(ACTIVATION))
+        for revision in activations:
+            self.autoscaling.activate(revision, now)
+        decisions = self.autoscaling.decide(services, ready_counts(view), now)
+        changes = placement_changes(view, {k: d.desired for k, d in decisions.items()})
+        changes += [Change(ACTIVATION, revision, None) for revision in activations]
+        if changes:
+            await self.config.write(changes)
+        ready = ready_counts(view)
+        status = {
+            key: json.dumps(
+                {
+                    "desired": d.desired,
+                    "ready": ready.get(key, 0),
+                    "panicking": d.panicking,
+                    "reason": d.reason,
+                }
+            )
+            for key, d in decisions.items()
+        }
+        async with translated("publishing autoscaler decisions"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.autoscaler)
+                if status:
+                    pipe.hset(self.keys.autoscaler, mapping=status)  # type: ignore[arg-type]
+                await pipe.execute()
 
     async def _next_tick(self, stop: asyncio.Event) -> None:
         """Wait for a change, ``stop`` or the tick period, whichever comes first."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.proxy import Proxy
@@ -28,6 +29,7 @@ async def run_node(
     mesh_port: int = DEFAULT_MESH_PORT,
     drain_delay: float = 1.0,
     grace: float = 30.0,
+    activation_timeout: float = 30.0,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -36,7 +38,13 @@ async def run_node(
     """
     proxy = Proxy()
     credentials = Credentials(redis, keys, f"node/{node_id}")
-    router = Router(proxy, credentials, node=node_id, trust_domain=trust_domain)
+    activator = Activator(
+        proxy, asker(redis, keys, f"router/{node_id}"), timeout=activation_timeout
+    )
+    proxy.extra_reports.append(activator.report)
+    router = Router(
+        proxy, credentials, node=node_id, trust_domain=trust_domain, activator=activator
+    )
     tasks = [
         asyncio.ensure_future(credentials.run()),
         *follow(proxy, redis, url, keys, f"router/{node_id}", credentials),

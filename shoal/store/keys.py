@@ -89,3 +89,8 @@ class Keys:
     def rotation(self) -> str:
         """Hash: the root rotation asked for or under way, and its phase."""
         return f"{self.prefix}pki:rotation"
+
+    @property
+    def autoscaler(self) -> str:
+        """Hash: ``service/revision`` → the autoscaler's last decision (JSON), for status."""
+        return f"{self.prefix}autoscaler"

@@ -49,6 +49,8 @@ class Platform:
                 str(self.port),
                 "--mesh-port",
                 str(self.mesh_port),
+                "--activation-timeout",
+                "2",
             ],
             env=self.env,
             stdout=subprocess.PIPE,
@@ -180,7 +182,7 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
         assert part in message
     assert platform.shoal("get", "vs", "extra").returncode == 3
 
-    # a route to a service without instances, and an unknown host
+    # a service at zero whose instance never becomes ready: held, then 503 with a cause
     svc = tmp_path / "idle.yaml"
     svc.write_text(
         "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: idle}\n"
@@ -188,7 +190,8 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     )
     assert platform.shoal("apply", "-f", str(svc), "--wait").returncode == 0
     status, headers, _ = platform.request("idle")
-    assert (status, headers["x-shoal-cause"]) == (503, "no_healthy_upstream")
+    assert (status, headers["x-shoal-cause"]) == (503, "cold_start_timeout")
+    assert int(headers["retry-after"]) >= 1
     status, headers, _ = platform.request("nowhere.example")
     assert (status, headers["x-shoal-cause"]) == (404, "no_route")
 
