@@ -15,6 +15,7 @@ from shoal.mesh.endpoint import Endpoint
 from shoal.platform.client import Client
 from shoal.platform.controller import Controller
 from shoal.platform.node import run_node
+from shoal.platform.scaling import AutoscaleSettings
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
@@ -93,13 +94,25 @@ async def cluster(
 
 @asynccontextmanager
 async def running_cluster(
-    redis: Redis, redis_url: str, keys: Keys, state_dir: Path
+    redis: Redis,
+    redis_url: str,
+    keys: Keys,
+    state_dir: Path,
+    autoscale: AutoscaleSettings | None = None,
 ) -> AsyncIterator[Cluster]:
-    """A controller, a node and a gateway in this event loop, on the given store."""
+    """A controller (with ``autoscale`` settings), a node and a gateway in this event loop, on
+    the given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
     controller = asyncio.create_task(
-        Controller(redis, redis_url, keys, state_dir=state_dir, trust_domain=TRUST_DOMAIN).run(stop)
+        Controller(
+            redis,
+            redis_url,
+            keys,
+            state_dir=state_dir,
+            trust_domain=TRUST_DOMAIN,
+            autoscale=autoscale,
+        ).run(stop)
     )
     node = asyncio.create_task(
         run_node(
