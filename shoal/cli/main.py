@@ -349,18 +349,39 @@ def gateway(
 
 
 @app.command()
-def controller(redis: RedisOpt = None) -> None:
-    """Run a controller (one leads; others stand by).
+def controller(
+    redis: RedisOpt = None,
+    stable_window: Annotated[
+        float, typer.Option(help="Autoscaler stable window, seconds (Knative's stable-window).")
+    ] = 60.0,
+    panic_window: Annotated[
+        float, typer.Option(help="Autoscaler panic window, seconds (10% of stable in Knative).")
+    ] = 6.0,
+    scale_to_zero_grace: Annotated[
+        float, typer.Option(help="Seconds idle past idle_timeout before the last instance goes.")
+    ] = 0.0,
+) -> None:
+    """Run a controller (one leads; others stand by): CA, scheduler, autoscaler.
 
-    Example: shoal controller --redis redis://10.0.0.5:6379
+    Example: shoal controller --redis redis://10.0.0.5:6379 --stable-window 30
     """
     from shoal.platform.controller import run_controller
+    from shoal.platform.scaling import AutoscaleSettings
 
+    try:
+        autoscale = AutoscaleSettings(
+            stable_window=stable_window,
+            panic_window=panic_window,
+            scale_to_zero_grace=scale_to_zero_grace,
+        )
+    except ValueError as e:
+        raise fail(UserError(str(e))) from None
     run_component(
         run_controller,
         redis,
         "controller",
         state_dir=settings.state_dir(),
+        autoscale=autoscale,
         trust_domain=settings.trust_domain(),
     )
 

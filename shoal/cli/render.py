@@ -61,7 +61,13 @@ def status_dict(st: Status) -> dict[str, Any]:
         "revision": st.revision,
         "nodes": st.nodes,
         "services": [
-            {"name": s.name, "revision": s.revision, "min": s.scale.min, "max": s.scale.max}
+            {
+                "name": s.name,
+                "revision": s.revision,
+                "min": s.scale.min,
+                "max": s.scale.max,
+                "autoscaler": st.autoscaler.get(s.key),
+            }
             for s in st.services
         ],
         "instances": [
@@ -94,11 +100,19 @@ def status(st: Status) -> None:
 
     ready = Counter((e.service, e.revision) for e in st.instances if e.state == "ready")
     services = Table(title="\nservices", title_justify="left", box=None, pad_edge=False)
-    for col in ("SERVICE", "REVISION", "READY", "MIN", "MAX"):
+    for col in ("SERVICE", "REVISION", "READY", "DESIRED", "MIN", "MAX", "AUTOSCALER"):
         services.add_column(col)
     for s in st.services:
+        decision = st.autoscaler.get(s.key, {})
+        reason = decision.get("reason", "-")
         services.add_row(
-            s.name, s.revision, str(ready[(s.name, s.revision)]), str(s.scale.min), str(s.scale.max)
+            s.name,
+            s.revision,
+            str(ready[(s.name, s.revision)]),
+            str(decision.get("desired", "-")),
+            str(s.scale.min),
+            str(s.scale.max),
+            f"[red]panic[/red] {reason}" if decision.get("panicking") else reason,
         )
     console.print(services)
 
@@ -118,7 +132,18 @@ def status(st: Status) -> None:
         )
     console.print(instances)
     proxies = Table(title="\nproxies", title_justify="left", box=None, pad_edge=False)
-    for col in ("PROXY", "REVISION", "REQUESTS", "RETRIES", "IN-FLIGHT", "REFUSED", "EJECTED"):
+    for col in (
+        "PROXY",
+        "REVISION",
+        "REQUESTS",
+        "RETRIES",
+        "IN-FLIGHT",
+        "HELD",
+        "ACTIVATIONS",
+        "COLD START MS (RECENT)",
+        "REFUSED",
+        "EJECTED",
+    ):
         proxies.add_column(col)
     for component, revision in sorted(st.acks.items()):
         r = st.reports.get(component, {})
@@ -134,6 +159,9 @@ def status(st: Status) -> None:
             str(r.get("requests", 0)),
             str(r.get("retries", 0)),
             str(sum(r.get("in_flight", {}).values())),
+            str(sum(r.get("held", {}).values())),
+            str(r.get("activations", 0)),
+            " ".join(f"{c:g}" for c in r.get("cold_starts_ms", [])[-5:]) or "-",
             refused or "-",
             ejected or "-",
         )

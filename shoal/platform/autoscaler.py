@@ -20,7 +20,9 @@ Theory of operation (each rule names the Knative concept it mirrors):
   max-scale-down-rate)`` (2x).
 * **Scale bounds.** ``min-scale``/``max-scale`` (``scale.min``/``scale.max``) win over everything.
 * **Scale to zero.** Only with ``scale.min == 0``, after ``scale.idle_timeout`` without any
-  request and then the scale-to-zero grace period (30 s) on top.
+  request (even if the stable window still averages the last burst) and then the scale-to-zero
+  grace period on top (30 s by default here as in Knative; Shoal's controller uses 0, because
+  its proxies hold requests for an empty destination themselves).
 * **Activation.** A service at zero that sees a request (arrived, in flight or held) gets at least
   one instance at once.
 """
@@ -269,6 +271,19 @@ def decide(
     if panic_started_at is not None:
         max_panic_pods = desired  # the high-water mark, within the bounds
 
+    # Idle for a whole idle_timeout: the stable window may still remember the last burst, but
+    # with min 0 nothing is wanted any more (Shoal's per-service idle_timeout; Knative waits for
+    # its stable-window average to reach zero).
+    last = metrics.last_active_at
+    if (
+        scale.min == 0
+        and panic_started_at is None
+        and last is not None
+        and now - last >= scale.idle_timeout
+    ):
+        # Down at the scale-down rate limit, as any scale-down: 15 → 7 → 3 → 1 → 0.
+        desired = max(0, max_down)
+        reason = f"idle for {now - last:g}s (idle_timeout {scale.idle_timeout:g}s)"
     idle_since: float | None = None
     if desired == 0:
         desired, reason, idle_since = _zero(

@@ -7,6 +7,7 @@ Redis or decides something lives here or below.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +19,7 @@ from shoal.platform.resources import parse_document, revision_spec, to_document
 from shoal.platform.weights import find_rule, find_virtual_service, parse_weights, set_weights
 from shoal.store.acks import live_acks, live_reports
 from shoal.store.config import Change, ConfigStore, encode
-from shoal.store.connection import Redis
+from shoal.store.connection import Redis, translated
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from shoal.store.watch import View, Watcher
@@ -69,6 +70,7 @@ class Status:
     instances: list[Endpoint]
     acks: dict[str, int] = field(default_factory=dict)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    autoscaler: dict[str, dict[str, Any]] = field(default_factory=dict)  # by service/revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,13 @@ class Client:
             instances=await self.registry.instances(),
             acks=await live_acks(self.redis, self.keys),
             reports=await live_reports(self.redis, self.keys),
+            autoscaler=await self._autoscaler(),
         )
+
+    async def _autoscaler(self) -> dict[str, dict[str, Any]]:
+        async with translated("reading the autoscaler's decisions"):
+            raw: dict[str, str] = await self.redis.hgetall(self.keys.autoscaler)  # type: ignore[assignment]
+        return {key: json.loads(value) for key, value in raw.items()}
 
     async def follow(self, url: str, on_change: Callable[[InstanceChange], None]) -> None:
         """Call ``on_change`` for every instance change from now on, until cancelled."""

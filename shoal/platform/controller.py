@@ -1,9 +1,12 @@
-"""The controller: places instances on nodes and prunes expired leases, while it leads.
+"""The controller: CA, scheduler and autoscaler, while it leads.
 
 Several controllers may run; one leads through a Redis lease (``SET NX PX``, renewed by a script
 that only extends the holder's own lease). A controller that cannot renew stops acting at once.
-While leading it turns each ``Service`` revision's ``scale.min`` into ``Placement`` documents
-(one per live node, :func:`shoal.platform.scheduler.place`) and removes expired registry entries.
+While leading it signs certificates (:mod:`.authority`), turns the proxies' load reports and
+activation requests into a desired instance count per Service revision (Knative's KPA,
+:mod:`.scaling`), writes ``Placement`` documents for them (one per live node,
+:func:`shoal.platform.scheduler.place`), publishes its decisions for ``shoal status`` and removes
+expired registry entries.
 """
 
 from __future__ import annotations
@@ -257,6 +260,9 @@ async def run_controller(
     stop: asyncio.Event,
     state_dir: Path,
     trust_domain: str,
+    autoscale: AutoscaleSettings | None = None,
 ) -> None:
     """The ``shoal controller`` process body."""
-    await Controller(redis, url, keys, state_dir=state_dir, trust_domain=trust_domain).run(stop)
+    await Controller(
+        redis, url, keys, state_dir=state_dir, trust_domain=trust_domain, autoscale=autoscale
+    ).run(stop)

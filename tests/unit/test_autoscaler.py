@@ -242,3 +242,18 @@ def test_desired_within_bounds_and_never_down_in_panic(
         if previous is not None and previous.panicking and decision.panicking:
             assert decision.desired >= previous.desired
         state, previous = decision.state, decision
+
+
+def test_idle_timeout_wins_over_a_stable_window_that_remembers_traffic() -> None:
+    """With min 0 and a 5 s idle_timeout, the service goes to zero 5 s after its last request
+    even though the 60 s stable window still averages that traffic; from several instances it
+    steps down at the scale-down rate limit."""
+    scale = Scale(min=0, max=100, target_concurrency=10, idle_timeout=5.0)
+    metrics = Metrics()
+    load(metrics, 0, 10, 1.0, requests=1)  # last request at 9.0
+    kept = decide(scale, metrics, AutoscalerState(), 1, 13.5, scale_to_zero_grace=0.0)
+    assert kept.desired == 1
+    gone = decide(scale, metrics, kept.state, 1, 14.0, scale_to_zero_grace=0.0)
+    assert gone.desired == 0 and "scale to zero" in gone.reason
+    stepped = decide(scale, metrics, AutoscalerState(), 6, 14.0, scale_to_zero_grace=0.0)
+    assert stepped.desired == 3
