@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -237,9 +238,11 @@ def up(
         },
         env={**os.environ, "SHOAL_HOME": str(state)},
     )
-    stop = threading.Event()
+    # The handler only appends to a list: setting a threading.Event from a signal handler can
+    # deadlock on the Event's lock when the signal lands while the main thread holds it.
+    stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: stopping.append(signum))
     try:
         url = sup.start()
         (state / "gateway.url").write_text(f"http://127.0.0.1:{port}\n")
@@ -263,7 +266,8 @@ def up(
         typer.echo("status     shoal status      (Ctrl-C stops everything)")
         watcher = threading.Thread(target=sup.watch, args=(typer.echo,), daemon=True)
         watcher.start()
-        stop.wait()
+        while not stopping:
+            time.sleep(0.2)
         typer.echo("stopping: draining instances…")
     except ShoalError as e:
         sup.stop()
