@@ -30,6 +30,7 @@ from shoal.platform import settings
 from shoal.platform.client import Client
 from shoal.platform.drill import Report
 from shoal.platform.resources import load_files
+from shoal.platform.rollout import RollBack
 from shoal.store.connection import connect, redacted
 from shoal.store.keys import Keys
 
@@ -429,10 +430,24 @@ def get(
     redis: RedisOpt = None,
     output: OutputOpt = "table",
 ) -> None:
-    """Show stored resources.
+    """Show stored resources; ``revisions SERVICE`` lists a service's revisions with their
+    traffic share and instances.
 
     Example: shoal get vs hello -o yaml
+    Example: shoal get revisions hello
     """
+    if kind.lower() in ("revisions", "revision", "rev"):
+        if name is None:
+            raise fail(UserError("shoal get revisions SERVICE: name the service"))
+        service = name
+        rows = with_client(redis, lambda c: c.revisions(service))
+        if output == "json":
+            typer.echo(json.dumps(rows, indent=2))
+        elif output == "yaml":
+            typer.echo(yaml.safe_dump(rows, sort_keys=False).rstrip())
+        else:
+            render.revisions(rows)
+        return
     docs = with_client(redis, lambda c: c.get(kind, name))
     if output == "json":
         typer.echo(json.dumps(docs, indent=2))
@@ -440,6 +455,42 @@ def get(
         typer.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
     else:
         render.documents(docs)
+
+
+@app.command()
+def rollout(
+    service: Annotated[str, typer.Argument()],
+    to: Annotated[str, typer.Option("--to", help="Subset (revision) to move traffic to.")],
+    steps: Annotated[
+        str, typer.Option(help="Traffic shares, percent, ending at 100.")
+    ] = "10,50,100",
+    interval: Annotated[str, typer.Option(help="How long each step is watched.")] = "30s",
+    max_error_rate: Annotated[
+        str, typer.Option(help="Roll back above this share of 5xx answers.")
+    ] = "1%",
+    scale_to: Annotated[int, typer.Option(help="Ready instances before the first step.")] = 1,
+    redis: RedisOpt = None,
+) -> None:
+    """Move traffic to a new revision in steps, watching its error rate; roll back by itself
+    when it breaches the limit (exit 1).
+
+    Example: shoal rollout hello --to v2 --steps 10,50,100 --interval 30s --max-error-rate 1%
+    """
+    from shoal.platform.rollout import parse_error_rate, parse_interval, parse_steps
+    from shoal.platform.rollout_runner import start_rollout
+
+    try:
+        settings_ = {
+            "steps": parse_steps(steps),
+            "interval": parse_interval(interval),
+            "max_error_rate": parse_error_rate(max_error_rate),
+            "scale_to": scale_to,
+        }
+    except ShoalError as e:
+        raise fail(e) from None
+    result = with_client(redis, lambda c: start_rollout(c, service, to, typer.echo, **settings_))
+    if isinstance(result, RollBack):
+        raise typer.Exit(1)
 
 
 @app.command()

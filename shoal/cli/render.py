@@ -275,3 +275,23 @@ def rotation_plan(st: CertsStatus, *, root: bool) -> None:
         "wait until every leaf chains to it\n"
         f"  3. remove {old} from the bundle; wait until nothing trusts it"
     )
+
+
+def revisions(rows: list[dict[str, Any]]) -> None:
+    """``shoal get revisions``: one row per revision."""
+    table = Table(box=None, pad_edge=False)
+    for col in ("REVISION", "TRAFFIC", "READY", "INSTANCES", "DESIRED", "MIN", "MAX"):
+        table.add_column(col)
+    for r in rows:
+        traffic = "by instances" if r["traffic"] is None else f"{r['traffic']:g}%"
+        desired = "-" if r["desired"] is None else str(r["desired"])
+        table.add_row(
+            r["revision"],
+            traffic,
+            str(r["ready"]),
+            str(r["instances"]),
+            desired,
+            str(r["min"]),
+            str(r["max"]),
+        )
+    console.print(table)

@@ -98,6 +98,8 @@ class Stats:
     refusals: dict[str, int] = field(default_factory=dict)  # by x-shoal-cause
     in_flight: dict[str, int] = field(default_factory=dict)  # by service
     served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
+    # by service/revision, since start: [requests answered, of which errors (5xx or none)]
+    outcomes: dict[str, list[int]] = field(default_factory=dict)
 
 
 def mesh_addresses(view: View) -> dict[str, str]:
@@ -273,5 +275,6 @@ class Proxy:
             "refusals": dict(s.refusals),
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
             "served": dict(s.served),
+            "outcomes": {k: list(v) for k, v in s.outcomes.items()},
             "ejections": ejections,
         }

@@ -16,7 +16,13 @@ from shoal.errors import NotFoundError, UserError
 from shoal.mesh.endpoint import Endpoint
 from shoal.platform.model import KINDS, DestinationRule, Resource, Service, VirtualService
 from shoal.platform.resources import parse_document, revision_spec, to_document
-from shoal.platform.weights import find_rule, find_virtual_service, parse_weights, set_weights
+from shoal.platform.weights import (
+    find_rule,
+    find_virtual_service,
+    parse_weights,
+    set_weights,
+    traffic_shares,
+)
 from shoal.store.acks import live_acks, live_reports
 from shoal.store.config import Change, ConfigStore, encode
 from shoal.store.connection import Redis, translated
@@ -160,9 +166,56 @@ class Client:
     async def _resources(self, kind: str) -> list[Any]:
         return [parse_document(d) for d in (await self.config.list(kind)).values()]
 
+    async def services(self) -> list[Service]:
+        """Every stored Service revision."""
+        return [s for s in await self._resources("Service") if isinstance(s, Service)]
+
+    async def virtual_services(self) -> list[VirtualService]:
+        """Every stored VirtualService."""
+        return [v for v in await self._resources("VirtualService") if isinstance(v, VirtualService)]
+
+    async def destination_rules(self) -> list[DestinationRule]:
+        """Every stored DestinationRule."""
+        return [
+            r for r in await self._resources("DestinationRule") if isinstance(r, DestinationRule)
+        ]
+
+    async def revisions(self, service: str) -> list[dict[str, Any]]:
+        """``service``'s revisions: traffic share, instances ready/desired, scale bounds."""
+        services = [s for s in await self.services() if s.name == service]
+        if not services:
+            raise NotFoundError(f"Service {service} not found")
+        shares = traffic_shares(
+            service,
+            find_virtual_service(service, await self.virtual_services()),
+            find_rule(service, await self.destination_rules()),
+            services,
+        )
+        instances = await self.registry.instances()
+        decisions = await self._autoscaler()
+        return [
+            {
+                "revision": s.revision,
+                "traffic": None if shares is None else round(shares.get(s.key, 0.0), 1),
+                "ready": sum(
+                    1 for e in instances if e.revision_key == s.key and e.state == "ready"
+                ),
+                "instances": sum(1 for e in instances if e.revision_key == s.key),
+                "desired": decisions.get(s.key, {}).get("desired"),
+                "min": s.scale.min,
+                "max": s.scale.max,
+            }
+            for s in sorted(services, key=lambda s: s.revision)
+        ]
+
     async def weights(self, service: str, pairs: list[str]) -> tuple[VirtualService, int]:
         """Split ``service``'s traffic between subsets; return the new VirtualService."""
-        weights = parse_weights(pairs)
+        return await self.set_weights(service, parse_weights(pairs))
+
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int]
+    ) -> tuple[VirtualService, int]:
+        """Split ``service``'s traffic between subsets by ``weights`` (summing to 100)."""
         vss: list[VirtualService] = await self._resources("VirtualService")
         rules: list[DestinationRule] = await self._resources("DestinationRule")
         vs = set_weights(

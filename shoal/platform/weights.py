@@ -16,6 +16,7 @@ from shoal.platform.model import (
     DestinationRule,
     HTTPRoute,
     RouteDestination,
+    Service,
     VirtualService,
 )
 
@@ -89,3 +90,51 @@ def find_rule(service: str, rules: Sequence[DestinationRule]) -> DestinationRule
         if rule.host == service or rule.host.split(".")[0] == service:
             return rule
     return None
+
+
+def current_weights(service: str, vs: VirtualService | None) -> dict[str, int]:
+    """Subset → weight of the first route of ``vs`` that sends traffic to ``service``."""
+    route = next((r for r in vs.http if _targets(r, service)), None) if vs is not None else None
+    if route is None:
+        raise UserError(f"no VirtualService route sends traffic to {service} by subset")
+    if any(d.destination.subset is None for d in route.route):
+        raise UserError(f"the route to {service} does not split traffic by subset")
+    if len(route.route) == 1:
+        return {str(route.route[0].destination.subset): 100}
+    return {str(d.destination.subset): d.weight for d in route.route}
+
+
+def subset_revisions(
+    service: str, subset: str, rule: DestinationRule | None, services: Sequence[Service]
+) -> list[str]:
+    """``service/revision`` keys of the revisions a subset selects (by its labels)."""
+    found = next((s for s in rule.subsets if s.name == subset), None) if rule else None
+    if found is None:
+        raise UserError(f"subset {subset} of {service} is not defined in a DestinationRule")
+    wanted = set(found.labels)
+    return sorted(
+        s.key
+        for s in services
+        if s.name == service and wanted.issubset(s.instance_labels().items())
+    )
+
+
+def traffic_shares(
+    service: str,
+    vs: VirtualService | None,
+    rule: DestinationRule | None,
+    services: Sequence[Service],
+) -> dict[str, float] | None:
+    """Percent of ``service``'s traffic each revision gets under its VirtualService's first
+    route (a subset's share split evenly among the revisions it selects); None when traffic is
+    not split by subset (every ready instance shares it)."""
+    try:
+        weights = current_weights(service, vs)
+    except UserError:
+        return None
+    shares: dict[str, float] = {}
+    for subset, weight in weights.items():
+        revisions = subset_revisions(service, subset, rule, services)
+        for key in revisions:
+            shares[key] = shares.get(key, 0.0) + weight / len(revisions)
+    return shares

@@ -19,3 +19,12 @@ async def slow(scope: Scope, receive: Receive, send: Send) -> None:
         await asyncio.sleep(0.2)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 500 to everything but ``/healthz``: a bad release that passes health checks."""
+    if scope["type"] != "http":
+        return
+    status = 200 if scope["path"] == "/healthz" else 500
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok" if status == 200 else b"boom"})
