@@ -11,11 +11,20 @@ from shoal.platform.model import (
     HTTPMatchRequest,
     HTTPRoute,
     RouteDestination,
+    Service,
     StringMatch,
     Subset,
     VirtualService,
 )
-from shoal.platform.weights import find_virtual_service, parse_weights, set_weights
+from shoal.platform.rollout_runner import delta, outcome_totals
+from shoal.platform.weights import (
+    current_weights,
+    find_virtual_service,
+    parse_weights,
+    set_weights,
+    subset_revisions,
+    traffic_shares,
+)
 
 RULE = DestinationRule(
     name="hello",
@@ -71,3 +80,64 @@ def test_find_virtual_service_by_host() -> None:
     """The VirtualService is found by its hosts first."""
     a = VirtualService(name="edge", hosts=("hello",), http=())
     assert find_virtual_service("hello", [a]) == a
+
+
+def svc(revision: str, **labels: str) -> Service:
+    return Service(
+        name="hello", revision=revision, app="app:hello", labels=tuple(sorted(labels.items()))
+    )
+
+
+def test_current_weights_read_back_what_set_weights_wrote() -> None:
+    """The first route to the service gives the split; a lone destination has it all."""
+    vs = set_weights("hello", {"v1": 80, "v2": 20}, None, RULE)
+    assert current_weights("hello", vs) == {"v1": 80, "v2": 20}
+    alone = set_weights("hello", {"v2": 100}, vs, RULE)
+    assert current_weights("hello", alone) == {"v2": 100}
+    with pytest.raises(UserError, match="by subset"):
+        current_weights(
+            "hello",
+            VirtualService(name="h", hosts=("hello",), http=(HTTPRoute(route=(to("hello"),)),)),
+        )
+    with pytest.raises(UserError, match="no VirtualService route"):
+        current_weights("hello", None)
+
+
+def test_traffic_shares_follow_subset_labels_to_revisions() -> None:
+    """A subset's weight goes to the revisions whose instance labels it selects, split evenly;
+    without a split by subset there are no shares (every instance serves)."""
+    rule = DestinationRule(
+        name="hello",
+        host="hello",
+        subsets=(
+            Subset(name="stable", labels=(("track", "stable"),)),
+            Subset(name="v3", labels=(("version", "v3"),)),
+        ),
+    )
+    services = [svc("v1", track="stable"), svc("v2", track="stable"), svc("v3")]
+    assert subset_revisions("hello", "stable", rule, services) == ["hello/v1", "hello/v2"]
+    vs = set_weights("hello", {"stable": 90, "v3": 10}, None, rule)
+    assert traffic_shares("hello", vs, rule, services) == {
+        "hello/v1": 45.0,
+        "hello/v2": 45.0,
+        "hello/v3": 10.0,
+    }
+    assert traffic_shares("hello", None, rule, services) is None
+    with pytest.raises(UserError, match="not defined"):
+        subset_revisions("hello", "nope", rule, services)
+
+
+def test_rollout_counts_deltas_per_proxy() -> None:
+    """Observations are what each proxy's counters grew by; a restarted proxy counts from 0."""
+    before = outcome_totals(
+        {"gateway": {"outcomes": {"hello/v2": [10, 1]}}, "router/n1": {}}, ["hello/v2"]
+    )
+    after = outcome_totals(
+        {
+            "gateway": {"outcomes": {"hello/v2": [3, 0]}},
+            "router/n1": {"outcomes": {"hello/v2": [5, 5]}},
+        },
+        ["hello/v2"],
+    )
+    assert delta(before, after, "requests") == 8
+    assert delta(before, after, "errors") == 5
