@@ -365,6 +365,13 @@ def controller(
     scale_to_zero_grace: Annotated[
         float, typer.Option(help="Seconds idle past idle_timeout before the last instance goes.")
     ] = 0.0,
+    retire_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a revision with 0% of its traffic and no request keeps its "
+            "instances before it is scaled to zero."
+        ),
+    ] = 300.0,
 ) -> None:
     """Run a controller (one leads; others stand by): CA, scheduler, autoscaler.
 
@@ -378,6 +385,7 @@ def controller(
             stable_window=stable_window,
             panic_window=panic_window,
             scale_to_zero_grace=scale_to_zero_grace,
+            retire_after=retire_after,
         )
     except ValueError as e:
         raise fail(UserError(str(e))) from None

@@ -21,6 +21,7 @@ start (first held request to its instance being routable) is recorded for report
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -48,12 +49,14 @@ class Activator:
         *,
         timeout: float = 30.0,
         queue_limit: int = 1000,
+        ask_again: float = ASK_AGAIN,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proxy = proxy
         self.ask = ask  # ask the controller for an instance of ``service/revision``
         self.timeout = timeout
         self.queue_limit = queue_limit
+        self.ask_again = ask_again
         self.clock = clock
         self.held: dict[str, int] = {}  # service -> requests waiting
         self.activations = 0
@@ -82,8 +85,9 @@ class Activator:
         for rev in revisions:
             self.proxy.load.change(rev, share, started)
             self._since.setdefault(rev, started)
+        deadline = asyncio.timeout(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline:
                 while True:
                     changed = self.proxy.changed
                     decided = self.proxy.decide(host, method, path, fields)
@@ -91,10 +95,11 @@ class Activator:
                         self._activated(revisions, decided)
                         return decided
                     await self._ask(decided.cluster.revisions or revisions)
-                    async with asyncio.timeout(ASK_AGAIN):
-                        await changed.wait()
+                    with contextlib.suppress(TimeoutError):  # only this wait's own deadline
+                        async with asyncio.timeout(self.ask_again):
+                            await changed.wait()
         except TimeoutError:
-            if self.clock() - started < self.timeout:
+            if not deadline.expired():
                 raise  # not ours: an enclosing deadline
             return Refusal(
                 503,
@@ -113,7 +118,7 @@ class Activator:
     async def _ask(self, revisions: tuple[str, ...]) -> None:
         now = self.clock()
         for rev in revisions:
-            if now - self._asked.get(rev, -ASK_AGAIN) >= ASK_AGAIN:
+            if now - self._asked.get(rev, -self.ask_again) >= self.ask_again:
                 self._asked[rev] = now
                 try:
                     await self.ask(rev)

@@ -17,21 +17,22 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import StoreError
+from shoal.errors import StoreError, UserError
 from shoal.mesh.activation import ACTIVATION
 from shoal.platform.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
 from shoal.platform.authority import Authority
 from shoal.platform.ca import CAFiles
-from shoal.platform.model import Service
+from shoal.platform.model import DestinationRule, Service, VirtualService
 from shoal.platform.pki import PKIError
 from shoal.platform.resources import StoredResources
 from shoal.platform.rotation import entitled
 from shoal.platform.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.scheduler import Placements, place
+from shoal.platform.weights import find_rule, find_virtual_service, traffic_shares
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis, translated
@@ -67,6 +68,30 @@ def placement_changes(view: View, wanted: Mapping[str, int]) -> list[Change]:
     ]
     changes += [Change(PLACEMENT, node, None) for node in current if node not in placed]
     return changes
+
+
+def unrouted_revisions(
+    view: View, stored: StoredResources, services: Sequence[Service]
+) -> list[str]:
+    """Revisions that get 0% of their service's traffic under its VirtualService's split."""
+    parsed = {
+        kind: list(stored.parse(kind, view.documents(kind)).values())
+        for kind in ("VirtualService", "DestinationRule")
+    }
+    vss = [v for v in parsed["VirtualService"] if isinstance(v, VirtualService)]
+    rules = [r for r in parsed["DestinationRule"] if isinstance(r, DestinationRule)]
+    out = []
+    for name in sorted({s.name for s in services}):
+        mine = [s for s in services if s.name == name]
+        try:
+            shares = traffic_shares(
+                name, find_virtual_service(name, vss), find_rule(name, rules), mine
+            )
+        except UserError:
+            continue  # a subset the rule does not define: leave the revisions alone
+        if shares is not None:
+            out += [s.key for s in mine if shares.get(s.key, 0.0) == 0.0]
+    return out
 
 
 def ready_counts(view: View) -> Counter[str]:
@@ -111,7 +136,9 @@ class Controller:
         self.keys = keys
         self.config = ConfigStore(redis, keys)
         self.registry = Registry(redis, keys)
-        self.watcher = Watcher(url, keys, ["Service", PLACEMENT, ACTIVATION])
+        self.watcher = Watcher(
+            url, keys, ["Service", "VirtualService", "DestinationRule", PLACEMENT, ACTIVATION]
+        )
         self.autoscaling = Autoscaling(autoscale)
         self.leading = False
         self._renew = redis.register_script(_RENEW)
@@ -194,7 +221,9 @@ class Controller:
         activations = list(view.documents(ACTIVATION))
         for revision in activations:
             self.autoscaling.activate(revision, now)
-        decisions = self.autoscaling.decide(services, ready_counts(view), now)
+        decisions = self.autoscaling.decide(
+            services, ready_counts(view), now, unrouted_revisions(view, self._stored, services)
+        )
         changes = placement_changes(view, {k: d.desired for k, d in decisions.items()})
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
         if changes:

@@ -25,6 +25,10 @@ class AutoscaleSettings:
     # Knative waits 30 s so that its activator is in the path before the last pod goes; Shoal's
     # proxies hold requests for an empty destination themselves, so nothing needs the wait.
     scale_to_zero_grace: float = 0.0
+    # A revision that no route sends traffic to (0% under its VirtualService's split) and that
+    # saw no request for this long is scaled to zero whatever its scale.min (Knative scales
+    # unrouted revisions away too); traffic sent back to it activates it again.
+    retire_after: float = 300.0
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.panic_window <= self.stable_window:
@@ -44,6 +48,7 @@ class Autoscaling:
         self._metrics: dict[str, Metrics] = {}
         self._states: dict[str, AutoscalerState] = {}
         self._seen: dict[str, int] = {}  # component -> last report sequence folded in
+        self._unrouted_since: dict[str, float] = {}
 
     def _window(self, revision: str) -> Metrics:
         metrics = self._metrics.get(revision)
@@ -68,14 +73,34 @@ class Autoscaling:
         self._window(revision).add(Sample(now, 1.0, 1))
 
     def decide(
-        self, services: Iterable[Service], ready: Mapping[str, int], now: float
+        self,
+        services: Iterable[Service],
+        ready: Mapping[str, int],
+        now: float,
+        unrouted: Iterable[str] = (),
     ) -> dict[str, Decision]:
         """The decision for every revision in ``services`` (``ready``: ready instances per
-        ``service/revision``); revisions no longer there are forgotten."""
+        ``service/revision``; ``unrouted``: revisions no route sends traffic to now);
+        revisions no longer there are forgotten."""
         s = self.settings
         out: dict[str, Decision] = {}
+        unrouted = set(unrouted)
+        for key in set(self._unrouted_since) - unrouted:
+            del self._unrouted_since[key]
         for service in services:
             key = service.key
+            if key in unrouted:
+                since = self._unrouted_since.setdefault(key, now)
+                last = self._window(key).last_active_at
+                quiet = now - max(since, last if last is not None else since)
+                if quiet >= s.retire_after:
+                    out[key] = Decision(
+                        desired=0,
+                        state=self._states.get(key, AutoscalerState()),
+                        panicking=False,
+                        reason=f"retired: no route sends it traffic (for {quiet:.0f}s)",
+                    )
+                    continue
             decision = decide(
                 service.scale,
                 self._window(key),

@@ -1,0 +1,99 @@
+"""The Activator against a real Proxy snapshot: held requests, asks, timeouts, the queue."""
+
+from __future__ import annotations
+
+import asyncio
+from types import MappingProxyType
+from typing import Any
+
+from shoal.mesh.activation import Activator
+from shoal.mesh.endpoint import Endpoint
+from shoal.mesh.proxy import Proxy, Refusal
+from shoal.platform.model import Scale, Service
+from shoal.platform.resources import to_document
+from shoal.store.watch import View
+
+HELLO = Service(name="hello", revision="v1", app="app:hello", scale=Scale(min=0))
+
+
+def view(revision: int, *instances: Endpoint) -> View:
+    doc: Any = to_document(HELLO)
+    return View(
+        revision=revision,
+        config=MappingProxyType({"Service": MappingProxyType({HELLO.key: doc})}),
+        instances=MappingProxyType({e.key: e for e in instances}),
+    )
+
+
+READY = Endpoint(
+    id="a1",
+    service="hello",
+    revision="v1",
+    node="n1",
+    address="127.0.0.1",
+    port=1,
+    labels=(("app", "hello"), ("version", "v1")),
+    state="ready",
+)
+
+
+async def hold(proxy: Proxy, activator: Activator) -> Any:
+    route = proxy.decide("hello", "GET", "/", {})
+    assert not isinstance(route, Refusal) and not route.cluster.endpoints
+    return await activator.hold("hello", "GET", "/", {}, route)
+
+
+async def test_held_until_an_instance_is_ready_then_routed() -> None:
+    """A request at zero asks for hello/v1, waits, and is routed once a snapshot has it."""
+    proxy = Proxy()
+    proxy.update(view(1))
+    asked: list[str] = []
+
+    async def ask(revision: str) -> None:
+        asked.append(revision)
+
+    activator = Activator(proxy, ask, timeout=5.0)
+    held = asyncio.ensure_future(hold(proxy, activator))
+    await asyncio.sleep(0.05)
+    assert asked == ["hello/v1"] and activator.held == {"hello": 1}
+    assert proxy.load.in_flight("hello/v1") == 1  # the autoscaler sees it
+    proxy.update(view(2, READY))
+    route = await held
+    assert not isinstance(route, Refusal) and route.cluster.endpoints == (READY,)
+    assert activator.held == {"hello": 0} and activator.activations == 1
+    assert proxy.load.in_flight("hello/v1") == 0
+
+
+async def test_cold_start_timeout_survives_several_asks() -> None:
+    """No instance within the timeout: 503 cold_start_timeout with Retry-After, after asking
+    again every ask_again seconds (an unrelated snapshot change does not end the wait)."""
+    proxy = Proxy()
+    proxy.update(view(1))
+    asked: list[str] = []
+
+    async def ask(revision: str) -> None:
+        asked.append(revision)
+
+    activator = Activator(proxy, ask, timeout=0.5, ask_again=0.1)
+    result = await hold(proxy, activator)
+    assert isinstance(result, Refusal)
+    assert (result.status, result.cause) == (503, "cold_start_timeout")
+    assert result.retry_after is not None and result.retry_after >= 1
+    assert len(asked) >= 3
+
+
+async def test_full_queue_overflows_at_once() -> None:
+    """Beyond queue_limit waiting requests, the next is refused (503 overflow, Retry-After)."""
+    proxy = Proxy()
+    proxy.update(view(1))
+
+    async def ask(revision: str) -> None:
+        pass
+
+    activator = Activator(proxy, ask, timeout=5.0, queue_limit=2)
+    waiting = [asyncio.ensure_future(hold(proxy, activator)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    refused = await hold(proxy, activator)
+    assert isinstance(refused, Refusal) and (refused.cause, refused.retry_after) == ("overflow", 1)
+    proxy.update(view(2, READY))
+    assert all(not isinstance(r, Refusal) for r in await asyncio.gather(*waiting))
