@@ -288,13 +288,17 @@ def node(
         int, typer.Option(help="Router's inbound mTLS port.")
     ] = settings.DEFAULT_MESH_PORT,
     host: Annotated[
-        str, typer.Option(help="Address of the router's inbound listener (bound and announced).")
+        str, typer.Option(help="Address the router's inbound mTLS listener binds.")
     ] = "127.0.0.1",
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="Address other hosts reach this node's router at (default: --host)."),
+    ] = None,
     activation_timeout: ActivationOpt = 30.0,
 ) -> None:
     """Run a node (router + agent) on this host.
 
-    Example: shoal node --redis redis://10.0.0.5:6379
+    Example: shoal node --redis redis://10.0.0.5:6379 --host 0.0.0.0 --advertise 10.0.0.7
     """
     from shoal.platform.agent import default_node_id
     from shoal.platform.node import run_node
@@ -307,6 +311,7 @@ def node(
         state_dir=settings.state_dir(),
         trust_domain=settings.trust_domain(),
         host=host,
+        advertise=advertise,
         mesh_port=mesh_port,
         activation_timeout=activation_timeout,
     )

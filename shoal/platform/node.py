@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from shoal.errors import UserError
 from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
@@ -26,6 +27,7 @@ async def run_node(
     stop: asyncio.Event,
     trust_domain: str,
     host: str = "127.0.0.1",
+    advertise: str | None = None,
     mesh_port: int = DEFAULT_MESH_PORT,
     drain_delay: float = 1.0,
     grace: float = 30.0,
@@ -34,8 +36,12 @@ async def run_node(
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
     The router's inbound listener binds ``host:mesh_port`` once the node holds its certificate
-    (a controller must be running to sign it); the node record announces that address.
+    (a controller must be running to sign it); the node record announces ``advertise`` (default
+    ``host``) as the address other hosts reach it at.
     """
+    announced = advertise or host
+    if announced in ("0.0.0.0", "::", ""):
+        raise UserError(f"the router binds {host!r}: give --advertise, the address others use")
     proxy = Proxy()
     credentials = Credentials(redis, keys, f"node/{node_id}")
     activator = Activator(
@@ -72,7 +78,7 @@ async def run_node(
             node_id=node_id,
             mesh_url=mesh_url,
             log_dir=state_dir / "logs",
-            node_record={"mesh": f"{host}:{port}"},
+            node_record={"mesh": f"{announced}:{port}"},
             drain_delay=drain_delay,
             grace=grace,
         )
