@@ -453,21 +453,21 @@ def get(
         if name is None:
             raise fail(UserError("shoal get revisions SERVICE: name the service"))
         service = name
-        rows = with_client(redis, lambda c: c.revisions(service))
-        if output == "json":
-            typer.echo(json.dumps(rows, indent=2))
-        elif output == "yaml":
-            typer.echo(yaml.safe_dump(rows, sort_keys=False).rstrip())
-        else:
-            render.revisions(rows)
+        emit(with_client(redis, lambda c: c.revisions(service)), output, render.revisions)
         return
-    docs = with_client(redis, lambda c: c.get(kind, name))
+    emit(with_client(redis, lambda c: c.get(kind, name)), output, render.documents)
+
+
+def emit(
+    rows: list[dict[str, Any]], output: str, table: Callable[[list[dict[str, Any]]], None]
+) -> None:
+    """Print ``rows`` as ``-o json``, ``-o yaml`` (one document each) or a table."""
     if output == "json":
-        typer.echo(json.dumps(docs, indent=2))
+        typer.echo(json.dumps(rows, indent=2))
     elif output == "yaml":
-        typer.echo(yaml.safe_dump_all(docs, sort_keys=False).rstrip())
+        typer.echo(yaml.safe_dump_all(rows, sort_keys=False).rstrip())
     else:
-        render.documents(docs)
+        table(rows)
 
 
 @app.command()

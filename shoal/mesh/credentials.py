@@ -16,7 +16,6 @@ request; the upstream pool keys connections by context, so old connections finis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -36,7 +35,7 @@ from shoal.platform.pki import (
     parse_bundle,
     renew_at,
 )
-from shoal.store.connection import Redis, translated
+from shoal.store.connection import Redis, honour_cancellation, translated, wait_at_most
 from shoal.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -137,19 +136,13 @@ class Credentials:
 
     async def run(self) -> None:
         """Keep every wanted identity's certificate fresh, until cancelled."""
-        task = asyncio.current_task()
         while True:
             try:
                 await self.refresh()
             except ShoalError as e:
                 log.warning("mesh certificates not refreshed: %s", e)
-            if task is not None and task.cancelling():
-                # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow a
-                # cancellation (CPython gh-86296); honour it, or our owner waits forever.
-                raise asyncio.CancelledError
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REFRESH_EVERY):
-                    await self._wake.wait()
+            honour_cancellation()
+            await wait_at_most(self._wake, REFRESH_EVERY)
             self._wake.clear()
 
     async def refresh(self) -> None:

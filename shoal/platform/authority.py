@@ -24,7 +24,7 @@ from shoal.mesh.credentials import utcnow
 from shoal.platform.ca import CAFiles, Signer, publish_bundle, read_bundle
 from shoal.platform.pki import CA, PKIError, key_id, parse_bundle
 from shoal.platform.rotation import check_phase, lagging
-from shoal.store.connection import Redis, translated
+from shoal.store.connection import Redis, honour_cancellation, translated
 from shoal.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class Authority:
             except ShoalError as e:
                 log.warning("certificate requests not served: %s", e)
                 await asyncio.sleep(1.0)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # redis-py may swallow it (gh-86296)
-                raise asyncio.CancelledError
+            honour_cancellation()
 
     async def tick(self, reports: Mapping[str, Mapping[str, Any]]) -> None:
         """Advance a root rotation, if one is asked for or under way."""

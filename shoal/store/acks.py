@@ -7,14 +7,13 @@ up, and which ones lag.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from shoal.errors import StoreError
-from shoal.store.connection import Redis, translated
+from shoal.store.connection import Redis, honour_cancellation, translated, wait_at_most
 from shoal.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,6 @@ class Acks:
 
     async def run(self) -> None:
         """Keep the ack and its lease fresh, until cancelled."""
-        task = asyncio.current_task()
         while True:
             self._changed.clear()
             try:
@@ -82,13 +80,8 @@ class Acks:
                     )
             except StoreError as e:
                 log.debug("ack not recorded: %s", e)
-            if task is not None and task.cancelling():
-                # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow a
-                # cancellation (CPython gh-86296); honour it, or our owner waits forever.
-                raise asyncio.CancelledError
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ACK_EVERY):
-                    await self._changed.wait()
+            honour_cancellation()
+            await wait_at_most(self._changed, ACK_EVERY)
 
 
 async def live_acks(redis: Redis, keys: Keys) -> dict[str, int]:

@@ -6,6 +6,8 @@ Nothing outside ``shoal.store`` imports ``redis``: callers get a :class:`Redis` 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -61,3 +63,22 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"{what}: Redis unreachable ({e})") from None
     except redis.exceptions.RedisError as e:
         raise StoreError(f"{what}: {e}") from None
+
+
+def honour_cancellation() -> None:
+    """Raise CancelledError if the current task is being cancelled.
+
+    redis-py sends through ``asyncio.wait_for``, which on Python 3.11 can swallow a
+    cancellation that lands just as a command completes (CPython gh-86296). A loop that calls
+    Redis must check this after each round, or its owner waits for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def wait_at_most(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` have passed, whichever is first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
