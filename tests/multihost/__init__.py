@@ -1,0 +1,1 @@
+"""Multi-host tests: Shoal's processes on separate network hosts (Linux namespaces)."""

@@ -1,0 +1,251 @@
+"""Issue 6, checks 1 and 2: a cluster on separate network hosts (Linux namespaces).
+
+Host A runs Redis, the controller and the gateway (no node); hosts B and C run nodes. Traffic
+enters the gateway on A, so every request crosses the network to B's or C's router over mTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.multihost.harness import (
+    MESH_PORT,
+    NODE_IDS,
+    MultiHost,
+    Status,
+    Traffic,
+    instances,
+    service,
+)
+
+HOSTS_BC = set(NODE_IDS.values())
+
+# Check 2's route: retry on another instance fast when one stops answering (README "Failover").
+HELLO_ROUTE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hello}
+spec:
+  host: hello
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 5s
+      baseEjectionTime: 15s
+      maxEjectionPercent: 50
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hello}
+spec:
+  hosts: [hello]
+  http:
+  - timeout: 5s
+    retries:
+      attempts: 3
+      perTryTimeout: 0.5s
+      retryOn: connect-failure,reset,503,gateway-error
+    route:
+    - destination: {host: hello}
+"""
+
+
+async def get(session: aiohttp.ClientSession, url: str, host: str) -> tuple[int, str, str]:
+    """GET ``url`` with ``Host: host``: (status, x-instance, body)."""
+    async with session.get(
+        url, headers={"Host": host}, timeout=aiohttp.ClientTimeout(total=10)
+    ) as r:
+        return r.status, r.headers.get("x-instance", ""), await r.text()
+
+
+async def first_success(
+    session: aiohttp.ClientSession, url: str, host: str, timeout: float = 15.0
+) -> None:
+    """Wait until the gateway answers 200 for ``host`` (it has its certificate and a view with
+    the instances); AssertionError with the answers seen meanwhile otherwise."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            status, _, body = await get(session, url, host)
+        except aiohttp.ClientError as e:
+            seen.append(repr(e))
+        else:
+            if status == 200:
+                return
+            seen.append(f"{status} {body.strip()[:80]}")
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway never answered 200 for {host} in {timeout}s: {seen[-5:]}")
+
+
+def node_of(st: Status) -> dict[str, str]:
+    """Instance id → node id."""
+    return {i["id"]: i["node"] for i in st["instances"]}
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_on_a_reaches_instances_on_b_and_c(multihost: MultiHost) -> None:
+    """A request entering the gateway on host A is served by instances on hosts B and C
+    (router to router over mTLS), and hello on one host calls world on another host."""
+    mh = multihost
+    await mh.apply(
+        "services",
+        service("hello", "app:hello", min_scale=2) + "---" + service("world", "app:world"),
+    )
+    st = await mh.wait_status(
+        lambda st: len(instances(st, "hello")) == 2 and len(instances(st, "world")) == 1,
+        "2 ready hello instances and 1 ready world",
+    )
+    assert "hostA" not in st["nodes"] and set(st["nodes"]) == HOSTS_BC
+    hello_nodes = sorted(i["node"] for i in instances(st, "hello"))
+    assert hello_nodes == ["hostB", "hostC"], f"hello's replicas not spread: {hello_nodes}"
+    where = node_of(st)
+    world_node = instances(st, "world")[0]["node"]
+
+    async with aiohttp.ClientSession() as session:
+        await first_success(session, mh.gateway_url, "hello")
+        answers = [await get(session, mh.gateway_url, "hello") for _ in range(10)]
+        assert [a[0] for a in answers] == [200] * 10, answers
+        served_by = Counter(where.get(a[1], f"unknown instance {a[1]!r}") for a in answers)
+        assert set(served_by) == HOSTS_BC, f"answers by node: {dict(served_by)}"
+
+        # East-west: hello calls world through its node's router; from the hello instance on
+        # the host without world, the call crosses hosts router → router over mTLS.
+        chain = [await get(session, f"{mh.gateway_url}/chain", "hello") for _ in range(10)]
+        assert [(a[0], a[2]) for a in chain] == [(200, "World, Hello!\n")] * 10, chain
+        callers = {where[a[1]] for a in chain}
+        assert callers == HOSTS_BC, f"/chain answered by hello on {callers}"
+        assert callers - {world_node}, "no hello instance on a host other than world's"
+
+        # The network sees only the routers' mTLS port: plaintext to it is cut off, and the
+        # instances (loopback inside their host) cannot be reached at the host's address.
+        b = mh.net.hosts["b"].address
+        with pytest.raises(aiohttp.ClientError):
+            await get(session, f"http://{b}:{MESH_PORT}/", "hello")
+        on_b = next(i for i in instances(st, "hello") if i["node"] == "hostB")
+        port = on_b["address"].rsplit(":", 1)[1]
+        assert on_b["address"].startswith("127.0.0.1:")
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await get(session, f"http://{b}:{port}/", "hello")
+
+
+@pytest.mark.timeout(120)
+async def test_cutting_host_c_off_under_traffic(
+    multihost: MultiHost, record_property: Callable[[str, object], None]
+) -> None:
+    """Cutting host C off under steady GETs costs clients nothing; C's instances are re-placed
+    on a live host once its lease expires, and C rejoins by itself when its link returns."""
+    mh = multihost
+    await mh.apply("hello", service("hello", "app:hello", min_scale=2) + "---" + HELLO_ROUTE)
+    st = await mh.wait_status(
+        lambda st: sorted(i["node"] for i in instances(st, "hello")) == ["hostB", "hostC"],
+        "2 ready hello instances, one on each of hostB and hostC",
+    )
+    before = node_of(st)
+    on_c = {i["id"] for i in instances(st, "hello") if i["node"] == "hostC"}
+    numbers: dict[str, Any] = {}
+
+    async with aiohttp.ClientSession() as session:
+        await first_success(session, mh.gateway_url, "hello")
+        traffic = Traffic(session, mh.gateway_url, "hello", rps=20)
+        stop = asyncio.Event()
+        sender = asyncio.create_task(traffic.run(stop))
+        try:
+            # Steady state: both hosts answer.
+            await wait_until(
+                lambda: {before.get(a.instance) for a in traffic.answers if a.ok} >= HOSTS_BC,
+                "traffic answered by both hostB and hostC",
+            )
+
+            cut = time.monotonic()
+            await asyncio.to_thread(mh.net.link_down, "c")
+            pruned_at: list[float] = []
+
+            def replaced(st: Status) -> bool:
+                if "hostC" not in st["nodes"] and not pruned_at:
+                    pruned_at.append(time.monotonic())
+                hello = instances(st, "hello", state=None)
+                return (
+                    "hostC" not in st["nodes"]
+                    and len(hello) == 2
+                    and all(i["node"] == "hostB" and i["state"] == "ready" for i in hello)
+                )
+
+            st = await mh.wait_status(
+                replaced, "hostC pruned and hello's 2 instances ready on hostB", timeout=40
+            )
+            numbers["node_pruned_s"] = round(pruned_at[0] - cut, 2)
+            numbers["replaced_s"] = round(time.monotonic() - cut, 2)
+            numbers["errors_while_cut"] = len(traffic.errors())
+
+            back = time.monotonic()
+            await asyncio.to_thread(mh.net.link_up, "c")
+            await mh.wait_status(
+                lambda st: "hostC" in st["nodes"], "hostC registered again", timeout=30
+            )
+            numbers["rejoin_s"] = round(time.monotonic() - back, 2)
+
+            # The instance C ran while cut off was re-placed elsewhere: C drops it by itself.
+            st = await mh.wait_status(
+                lambda st: (
+                    not on_c & {i["id"] for i in st["instances"]}
+                    and len(instances(st, "hello")) == 2
+                ),
+                "hostC's orphaned instance drained; hello back to 2 ready instances",
+                timeout=30,
+            )
+            numbers["orphan_drained_s"] = round(time.monotonic() - back, 2)
+            numbers["hello_nodes_after_rejoin"] = sorted(i["node"] for i in instances(st, "hello"))
+            numbers["answers_from_orphan_after_rejoin"] = sum(
+                a.ok and a.instance in on_c and a.sent >= back for a in traffic.answers
+            )
+
+            # And it takes new work: a third replica goes to C and serves traffic.
+            await mh.ashoal("scale", "hello", "--min", "3")
+            st = await mh.wait_status(
+                lambda st: (
+                    len(instances(st, "hello")) == 3
+                    and "hostC" in {i["node"] for i in instances(st, "hello")}
+                ),
+                "3 ready hello instances, one of them on hostC",
+                timeout=30,
+            )
+            now_on_c = {i["id"] for i in instances(st, "hello") if i["node"] == "hostC"}
+            await wait_until(
+                lambda: any(a.ok and a.instance in now_on_c for a in traffic.answers),
+                "traffic answered by the new instance on hostC",
+            )
+            numbers["serving_on_c_again_s"] = round(time.monotonic() - back, 2)
+        finally:
+            stop.set()
+            await sender
+
+    answers = traffic.answers
+    errors = traffic.errors()
+    numbers["requests"] = len(answers)
+    numbers["errors"] = len(errors)
+    numbers["max_latency_s"] = round(max(a.latency for a in answers), 3)
+    numbers["slow_over_0.4s"] = sum(a.latency > 0.4 for a in answers)
+    numbers["old_c_instances"] = sorted(on_c)
+    print(f"\nmultihost check 2: {numbers}")
+    record_property("numbers", numbers)  # in --junitxml reports
+    assert not errors, (
+        f"{len(errors)} of {len(answers)} requests failed: "
+        f"{Counter((e.status, e.cause) for e in errors).most_common(5)}; numbers: {numbers}"
+    )
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``cond()`` every 50 ms until true; AssertionError naming ``what`` after timeout."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
