@@ -34,7 +34,7 @@ from shoal.platform.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.scheduler import Placements, place
 from shoal.platform.weights import find_rule, find_virtual_service, traffic_shares
 from shoal.store.acks import live_reports
-from shoal.store.config import Change, ConfigStore
+from shoal.store.config import Change, ConfigStore, FencedOut
 from shoal.store.connection import Redis, translated
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
@@ -204,7 +204,7 @@ class Controller:
             except PKIError as e:
                 log.error("root rotation stalled: %s", e)
         if may_prune(now, self._steady_since, uptime):
-            pruned = await self.registry.prune()
+            pruned = await self.registry.prune(fence=self.id)
             if pruned:
                 log.info("pruned expired leases: %s", ", ".join(pruned))
 
@@ -227,7 +227,7 @@ class Controller:
         changes = placement_changes(view, {k: d.desired for k, d in decisions.items()})
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
         if changes:
-            await self.config.write(changes)
+            await self.config.write(changes, fence=self.id)
         ready = ready_counts(view)
         status = {
             key: json.dumps(
@@ -265,6 +265,11 @@ class Controller:
             while not stop.is_set():
                 try:
                     await self.tick()
+                except FencedOut as e:
+                    log.warning("controller %s stands by: %s", self.id, e)
+                    self.leading = False
+                    self._steady_since = None
+                    await self._sign(False)
                 except StoreError as e:
                     log.warning("controller tick failed: %s", e)
                 await self._next_tick(stop)

@@ -12,18 +12,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shoal.errors import StoreError
 from shoal.store.connection import Redis, translated
 from shoal.store.keys import Keys
 
 STREAM_MAXLEN = 10_000
 
-# KEYS[1] = revision counter, KEYS[2] = change stream; ARGV = prefix, maxlen, then triples
-# (kind, key, json-or-empty). Empty json means delete. Returns the new revision, or the current
-# one when nothing changed (a put of an identical document is not a change).
+# KEYS[1] = revision counter, KEYS[2] = change stream, KEYS[3] = leader lease; ARGV = prefix,
+# maxlen, fence (the leader lease's holder the writer must still be, or ''), then triples (kind,
+# key, json-or-empty). Empty json means delete. Returns the new revision, or the current one
+# when nothing changed (a put of an identical document is not a change), or -1 when fenced out.
 _WRITE = """
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
 local rev = tonumber(redis.call('GET', KEYS[1]) or '0')
 local changed = {}
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local hash = ARGV[1] .. 'cfg:' .. ARGV[i]
   local old = redis.call('HGET', hash, ARGV[i + 1])
   if ARGV[i + 2] == '' then
@@ -44,6 +47,10 @@ for _, c in ipairs(changed) do
 end
 return rev
 """
+
+
+class FencedOut(StoreError):
+    """A fenced write found the leader lease held by someone else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +78,22 @@ class ConfigStore:
         self._keys = keys
         self._write = redis.register_script(_WRITE)
 
-    async def write(self, changes: Sequence[Change]) -> int:
-        """Apply all ``changes`` atomically; return the config revision after them."""
-        argv: list[str] = [self._keys.prefix, str(STREAM_MAXLEN)]
+    async def write(self, changes: Sequence[Change], *, fence: str | None = None) -> int:
+        """Apply all ``changes`` atomically; return the config revision after them.
+
+        With ``fence``, the write happens only if the leader lease is still held by ``fence``
+        (checked in the same script): a controller that lost the lead cannot write, even with
+        a write already in flight. Raises FencedOut otherwise.
+        """
+        argv: list[str] = [self._keys.prefix, str(STREAM_MAXLEN), fence or ""]
         for c in changes:
             argv += [c.kind, c.key, "" if c.document is None else encode(c.document)]
         async with translated("writing config"):
-            rev = await self._write(keys=[self._keys.revision, self._keys.changes], args=argv)
+            rev = await self._write(
+                keys=[self._keys.revision, self._keys.changes, self._keys.leader], args=argv
+            )
+        if int(rev) < 0:
+            raise FencedOut(f"not written: the leader lease is no longer held by {fence}")
         return int(rev)
 
     async def revision(self) -> int:

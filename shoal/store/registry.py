@@ -58,6 +58,7 @@ return removed
 # keys. A prune that runs more than a second after it was asked for does nothing: it sat in a
 # stalled server (SIGSTOP, a long fork) while the owners could not renew their leases.
 _PRUNE = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now - tonumber(ARGV[3]) > 1000 then return {} end
@@ -141,14 +142,16 @@ class Registry:
             raw = await self._redis.hgetall(self._keys.nodes)
         return {str(k): json.loads(v) for k, v in sorted(raw.items())}
 
-    async def prune(self) -> list[str]:
-        """Remove expired instances and nodes; return the keys removed."""
+    async def prune(self, *, fence: str | None = None) -> list[str]:
+        """Remove expired instances and nodes; return the keys removed. With ``fence``, only
+        while the leader lease is held by ``fence`` (checked in the same script)."""
         removed: list[str] = []
         async with translated("pruning expired leases"):
             seconds, micros = await self._redis.time()
             asked_at = str(seconds * 1000 + micros // 1000)
             for kind in (INSTANCE, NODE):
                 removed += await self._prune(
-                    keys=self._table(kind), args=[kind, str(STREAM_MAXLEN), asked_at]
+                    keys=[*self._table(kind), self._keys.leader],
+                    args=[kind, str(STREAM_MAXLEN), asked_at, fence or ""],
                 )
         return removed

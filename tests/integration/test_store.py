@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from shoal.mesh.endpoint import Endpoint
-from shoal.store.config import Change, ConfigStore
+from shoal.store.config import Change, ConfigStore, FencedOut
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
@@ -147,7 +147,24 @@ async def test_prune_that_sat_in_a_stalled_server_does_nothing(redis: Redis, key
     seconds, micros = await redis.time()
     stale = seconds * 1000 + micros // 1000 - 5_000
     await asyncio.sleep(0.05)
-    table = [keys.instances, keys.instance_leases, keys.changes]
-    assert await reg._prune(keys=table, args=[INSTANCE, "100", str(stale)]) == []
+    table = [keys.instances, keys.instance_leases, keys.changes, keys.leader]
+    assert await reg._prune(keys=table, args=[INSTANCE, "100", str(stale), ""]) == []
     assert [e.id for e in await reg.instances()] == ["i1"]
     assert await reg.prune() == ["hello/i1"]
+
+
+async def test_fenced_writes_need_the_leader_lease(redis: Redis, keys: Keys) -> None:
+    """A write or prune fenced with a controller id happens only while that id holds the
+    leader lease: a deposed leader's late write changes nothing."""
+    store, reg = ConfigStore(redis, keys), Registry(redis, keys)
+    await redis.set(keys.leader, "ctl-a")
+    rev = await store.write([Change("Placement", "n1", {"revisions": {"a/v1": 1}})], fence="ctl-a")
+    await redis.set(keys.leader, "ctl-b")  # the lead moved on
+    with pytest.raises(FencedOut):
+        await store.write([Change("Placement", "n1", None)], fence="ctl-a")
+    assert await store.revision() == rev
+    assert await store.get("Placement", "n1") == {"revisions": {"a/v1": 1}}
+    await reg.put_instances([endpoint(1)], ttl=0.01)
+    await asyncio.sleep(0.05)
+    assert await reg.prune(fence="ctl-a") == []
+    assert await reg.prune(fence="ctl-b") == ["hello/i1"]

@@ -7,6 +7,10 @@ enters the gateway on A, so every request crosses the network to B's or C's rout
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +27,7 @@ from tests.multihost.harness import (
     Traffic,
     instances,
     service,
+    shoal_env,
 )
 
 HOSTS_BC = set(NODE_IDS.values())
@@ -249,3 +254,36 @@ async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 15.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+async def test_leader_controller_dies_another_takes_over(multihost: MultiHost) -> None:
+    """Issue 6, check 3: a second controller on host B (with a copy of the CA, as the README
+    says) stands by; SIGKILL the leader on A: B's controller leads within a few seconds (the
+    lease is 5 s) and scaling still works (a new min is placed and served)."""
+    mh = multihost
+    await mh.apply("hello", service("hello", "app:hello", min_scale=1))
+    await mh.wait_status(lambda st: len(instances(st, "hello")) == 1, "one hello instance")
+    shutil.copytree(mh.homes["a"] / "ca", mh.homes["b"] / "ca")
+    standby = mh.net.run(
+        "b",
+        "controller-b",
+        [sys.executable, "-m", "shoal", "controller", "--redis", mh.redis_url],
+        env=shoal_env(mh.homes["b"]),
+        cwd=mh.homes["b"],
+    )
+    mh.components["controller-b"] = standby
+    leader = mh.components.pop("controller")
+    await asyncio.sleep(1.0)  # B has started and stands by
+    killed_at = time.monotonic()
+    os.killpg(leader.pid, signal.SIGKILL)
+    await mh.ashoal("scale", "hello", "--min", "3")
+    await mh.wait_status(
+        lambda st: len(instances(st, "hello")) == 3, "three hello instances", timeout=30
+    )
+    took = time.monotonic() - killed_at
+    assert took < 15, f"scaled after the leader died in {took:.1f}s"
+    assert "leads" in standby.tail(200)
+    async with aiohttp.ClientSession() as s:
+        answers = [await get(s, mh.gateway_url, "hello") for _ in range(6)]
+    assert {status for status, _, _ in answers} == {200}
