@@ -86,6 +86,14 @@ EscapedSlashesOpt = Annotated[
     ),
 ]
 
+JoinTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--join-token",
+        envvar="SHOAL_JOIN_TOKEN",
+        help="Token from 'shoal token create': needed for this process's first certificate.",
+    ),
+]
 ActivationOpt = Annotated[
     float,
     typer.Option(
@@ -148,6 +156,13 @@ def gateway_settings(
         trusted_hops=int(hops),
         escaped_slashes=policies[slashes],
     )
+
+
+def secret_from_env(value: str | None) -> str | None:
+    """``value``, with ``$SHOAL_JOIN_TOKEN`` removed from the environment so that the
+    instances this process starts never see it."""
+    os.environ.pop("SHOAL_JOIN_TOKEN", None)
+    return value
 
 
 def run_component(
@@ -238,6 +253,7 @@ def up(
             "gateway": gateway_args,
         },
         env={**os.environ, "SHOAL_HOME": str(state)},
+        on_store=lambda url: {"SHOAL_JOIN_TOKEN": new_join_token(url, uses=2)},
     )
     # The handler only appends to a list: setting a threading.Event from a signal handler can
     # deadlock on the Event's lock when the signal lands while the main thread holds it.
@@ -280,6 +296,38 @@ def up(
     typer.echo("stopped")
 
 
+def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
+    """A join token made in the store at ``url``."""
+    from shoal.platform.tokens import JoinTokens
+
+    return with_client(url, lambda c: JoinTokens(c.redis, c.keys).create(ttl=ttl, uses=uses))
+
+
+token_app = typer.Typer(help="Join tokens for new nodes and gateways.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    redis: RedisOpt = None,
+    ttl: Annotated[str, typer.Option(help="How long the token is valid.")] = "1h",
+    uses: Annotated[int, typer.Option(help="How many components it may admit.")] = 1,
+) -> None:
+    """Make a join token: a node or gateway started with it (--join-token or
+    $SHOAL_JOIN_TOKEN) gets its first certificate; without one it gets none.
+
+    Example: shoal node --redis redis://10.0.0.5:6379 --join-token $(shoal token create)
+    """
+    from shoal.platform.rollout import parse_interval
+
+    try:
+        seconds = parse_interval(ttl, "--ttl")
+        url = settings.redis_url(redis)
+    except ShoalError as e:
+        raise fail(e) from None
+    typer.echo(new_join_token(url, ttl=seconds, uses=uses))
+
+
 @app.command()
 def node(
     redis: RedisOpt = None,
@@ -295,6 +343,7 @@ def node(
         typer.Option(help="Address other hosts reach this node's router at (default: --host)."),
     ] = None,
     activation_timeout: ActivationOpt = 30.0,
+    join_token: JoinTokenOpt = None,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -314,6 +363,7 @@ def node(
         advertise=advertise,
         mesh_port=mesh_port,
         activation_timeout=activation_timeout,
+        join_token=secret_from_env(join_token),
     )
 
 
@@ -329,6 +379,7 @@ def gateway(
     trusted_hops: TrustedHopsOpt = None,
     escaped_slashes: EscapedSlashesOpt = None,
     activation_timeout: ActivationOpt = 30.0,
+    join_token: JoinTokenOpt = None,
 ) -> None:
     """Run the HTTP gateway.
 
@@ -355,7 +406,14 @@ def gateway(
         )
     except ShoalError as e:
         raise fail(e) from None
-    run_component(run_gateway, redis, "gateway", settings=gs, trust_domain=settings.trust_domain())
+    run_component(
+        run_gateway,
+        redis,
+        "gateway",
+        settings=gs,
+        trust_domain=settings.trust_domain(),
+        join_token=secret_from_env(join_token),
+    )
 
 
 @app.command()

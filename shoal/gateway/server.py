@@ -92,6 +92,7 @@ async def run_gateway(
     stop: asyncio.Event,
     trust_domain: str,
     component: str = "gateway",
+    join_token: str | None = None,
 ) -> None:
     """Serve until ``stop``; routing follows the store."""
     hypercorn_edge.install()
@@ -99,7 +100,7 @@ async def run_gateway(
     upstreams = Upstreams()
     # Asked for in the background: instances outside the mesh are served meanwhile, and a
     # request for one behind a router gets 503 no_mesh_identity until the CA has answered.
-    credentials = Credentials(redis, keys, component)
+    credentials = Credentials(redis, keys, component, join_token=join_token)
     identity = str(gateway_id(trust_domain))
     credentials.want(identity)
     tasks = [

@@ -89,11 +89,12 @@ class Credentials:
         keys: Keys,
         requester: str,
         *,
+        join_token: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._requester = IdentityRequester(redis, keys, requester)
+        self._requester = IdentityRequester(redis, keys, requester, join_token)
         self._clock = clock
         self._held: dict[str, _Held] = {}
         self._ready: dict[str, asyncio.Event] = {}

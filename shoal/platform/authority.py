@@ -24,6 +24,7 @@ from shoal.mesh.credentials import utcnow
 from shoal.platform.ca import CAFiles, Signer, publish_bundle, read_bundle
 from shoal.platform.pki import CA, PKIError, key_id, parse_bundle
 from shoal.platform.rotation import check_phase, lagging
+from shoal.platform.tokens import JoinTokens
 from shoal.store.connection import Redis, honour_cancellation, translated
 from shoal.store.keys import Keys
 
@@ -50,7 +51,7 @@ class Authority:
         self.files = files
         self.trust_domain = trust_domain
         self.clock = clock
-        self.signer = Signer(redis, keys, self._load(), entitled)
+        self.signer = Signer(redis, keys, self._load(), entitled, JoinTokens(redis, keys).admit)
         self._task: asyncio.Task[None] | None = None
 
     def _load(self) -> CA:

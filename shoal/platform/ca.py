@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -132,12 +132,18 @@ class Signer:
     """Signs the certificate requests on the stream, for identities their requester may hold."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, ca: CA, entitled: Callable[[str, str], bool]
+        self,
+        redis: Redis,
+        keys: Keys,
+        ca: CA,
+        entitled: Callable[[str, str], bool],
+        admit: Callable[[str, str | None], Awaitable[str | None]] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.ca = ca
         self.entitled = entitled
+        self.admit = admit  # requester, join token -> None if admitted, else why not
         self.consumer = uuid.uuid4().hex[:8]
 
     async def ensure_group(self) -> None:
@@ -170,6 +176,9 @@ class Signer:
     async def _answer(self, fields: dict[str, str], now: datetime) -> None:
         requester, identity = fields.get("requester", ""), fields.get("identity", "")
         try:
+            refused = await self.admit(requester, fields.get("token")) if self.admit else None
+            if refused is not None:
+                raise PKIError(refused)
             cert = sign(
                 self.ca,
                 fields["csr"].encode(),
@@ -201,10 +210,13 @@ class Issued:
 class IdentityRequester:
     """Gets certificates for the identities a component holds: key here, CSR over Redis."""
 
-    def __init__(self, redis: Redis, keys: Keys, requester: str) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, requester: str, join_token: str | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.requester = requester
+        self.join_token = join_token  # sent with every request; used only until admitted
 
     async def issue(self, identity: str, now: datetime, *, timeout: float = 4.0) -> Issued:
         """A fresh key and a signed, verified certificate for ``identity``."""
@@ -218,6 +230,7 @@ class IdentityRequester:
                     "identity": identity,
                     "csr": make_csr(key, identity).decode(),
                     "reply": reply,
+                    **({"token": self.join_token} if self.join_token else {}),
                 },
             )
         async with translated("waiting for a certificate"):

@@ -32,6 +32,7 @@ async def run_node(
     drain_delay: float = 1.0,
     grace: float = 30.0,
     activation_timeout: float = 30.0,
+    join_token: str | None = None,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -43,7 +44,7 @@ async def run_node(
     if announced in ("0.0.0.0", "::", ""):
         raise UserError(f"the router binds {host!r}: give --advertise, the address others use")
     proxy = Proxy()
-    credentials = Credentials(redis, keys, f"node/{node_id}")
+    credentials = Credentials(redis, keys, f"node/{node_id}", join_token=join_token)
     activator = Activator(
         proxy, asker(redis, keys, f"router/{node_id}"), timeout=activation_timeout
     )

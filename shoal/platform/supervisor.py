@@ -79,6 +79,8 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     rng: random.Random = field(default_factory=random.Random)
+    # Called once the store is up, before any component starts: extra environment for them.
+    on_store: Callable[[str], dict[str, str]] | None = None
 
     def start(self) -> str:
         """Start Redis (unless a URL was given) and every component; return the store URL."""
@@ -86,6 +88,8 @@ class Supervisor:
         if url is None:
             self.embedded = EmbeddedRedis(state_dir=self.state_dir)
             url = self.embedded.start()
+        if self.on_store is not None:
+            self.env = {**self.env, **self.on_store(url)}
         logs = self.state_dir / "logs"
         for name, extra in self.component_args.items():
             child = Child(

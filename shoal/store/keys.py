@@ -94,3 +94,13 @@ class Keys:
     def autoscaler(self) -> str:
         """Hash: ``service/revision`` → the autoscaler's last decision (JSON), for status."""
         return f"{self.prefix}autoscaler"
+
+    @property
+    def tokens(self) -> str:
+        """Hash: join token id → its secret's digest, expiry and uses left (JSON)."""
+        return f"{self.prefix}pki:tokens"
+
+    @property
+    def admitted(self) -> str:
+        """Hash: requester (``node/<id>``, a gateway's name) → when a join token admitted it."""
+        return f"{self.prefix}pki:admitted"

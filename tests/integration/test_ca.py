@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from shoal.mesh.identity import service_id
+from shoal.mesh.identity import node_id, service_id
 from shoal.platform.ca import CAFiles, IdentityRequester, Signer, publish_bundle, read_bundle
 from shoal.platform.pki import PKIError, cert_from_pem, spiffe_id_of
+from shoal.platform.tokens import JoinTokens
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 
@@ -52,3 +54,39 @@ async def test_csr_is_signed_for_an_entitled_identity(
     await signer.sign_pending(NOW, block_ms=2000)
     with pytest.raises(PKIError, match="refused"):
         await refused
+
+
+async def test_join_token_admits_once_and_only_what_it_may(
+    redis: Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """A node without a join token gets no certificate; with one it is admitted and later
+    renews without it; a used-up, expired, wrong or malformed token admits nobody."""
+    ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
+    await publish_bundle(redis, keys, [ca])
+    tokens = JoinTokens(redis, keys)
+    signer = Signer(redis, keys, ca, entitled=lambda _r, _i: True, admit=tokens.admit)
+    await signer.ensure_group()
+
+    async def issue(node: str, token: str | None) -> str:
+        requester = IdentityRequester(redis, keys, f"node/{node}", token)
+        pending = asyncio.ensure_future(
+            requester.issue(str(node_id("shoal.test", node)), NOW, timeout=5)
+        )
+        await signer.sign_pending(NOW, block_ms=2000)
+        try:
+            await pending
+        except PKIError as e:
+            return str(e)
+        return "issued"
+
+    assert "not admitted" in await issue("n1", None)
+    token = await tokens.create(uses=1)
+    assert await issue("n1", token) == "issued"
+    assert await issue("n1", None) == "issued"  # admitted: renewals need no token
+    assert "used up" in await issue("n2", token)
+    assert "wrong secret" in await issue("n2", token.split(".")[0] + ".nope")
+    assert "malformed" in await issue("n2", "nope")
+    expired = await tokens.create(ttl=1, now=time.time() - 10)
+    assert "expired" in await issue("n2", expired)
+    stored = str(await redis.hget(keys.tokens, token.split(".")[0]))
+    assert token.split(".")[1] not in stored  # only a digest of the secret is kept

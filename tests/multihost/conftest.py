@@ -92,6 +92,7 @@ def multihost(tmp_path: Path) -> Iterator[MultiHost]:
     with network(["a", "b", "c"], tmp_path / "logs") as net:
         url, _ = _start_redis(net, homes["a"])
         mh = MultiHost(net=net, redis_url=url, homes=homes)
+        token = mh.shoal("token", "create", "--uses", "3").strip()  # two nodes and the gateway
         py = [sys.executable, "-m", "shoal"]
         mh.components["controller"] = net.run(
             "a",
@@ -115,6 +116,8 @@ def multihost(tmp_path: Path) -> Iterator[MultiHost]:
                     net.hosts[h].address,
                     "--mesh-port",
                     str(MESH_PORT),
+                    "--join-token",
+                    token,
                 ],
                 env=shoal_env(homes[h]),
                 cwd=homes[h],
@@ -131,6 +134,8 @@ def multihost(tmp_path: Path) -> Iterator[MultiHost]:
                 net.hosts["a"].address,
                 "--port",
                 str(GATEWAY_PORT),
+                "--join-token",
+                token,
             ],
             env=shoal_env(homes["a"]),
             cwd=homes["a"],

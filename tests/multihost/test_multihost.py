@@ -7,9 +7,11 @@ enters the gateway on A, so every request crosses the network to B's or C's rout
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -287,3 +289,48 @@ async def test_leader_controller_dies_another_takes_over(multihost: MultiHost) -
     async with aiohttp.ClientSession() as s:
         answers = [await get(s, mh.gateway_url, "hello") for _ in range(6)]
     assert {status for status, _, _ in answers} == {200}
+
+
+@pytest.mark.timeout(60)
+async def test_node_without_a_join_token_gets_no_certificate_and_no_traffic(
+    multihost: MultiHost,
+) -> None:
+    """Issue 6, check 5: a node started on C without a valid token is refused a certificate:
+    its router never listens, it never registers, nothing is placed on it, and every request
+    goes to the admitted nodes."""
+    mh = multihost
+    mh.net.stop(mh.components.pop("hostC"))
+    await mh.wait_status(lambda st: "hostC" not in st["nodes"], "hostC gone")
+    intruder = mh.net.run(
+        "c",
+        "intruder",
+        [
+            sys.executable,
+            "-m",
+            "shoal",
+            "node",
+            "--redis",
+            mh.redis_url,
+            "--node-id",
+            "intruder",
+            "--host",
+            mh.net.hosts["c"].address,
+            "--mesh-port",
+            str(MESH_PORT),
+            "--join-token",
+            "0000.not-a-token",
+        ],
+        env=shoal_env(mh.homes["c"]),
+        cwd=mh.homes["c"],
+    )
+    mh.components["intruder"] = intruder
+    await mh.apply("hello", service("hello", "app:hello", min_scale=3))
+    st = await mh.wait_status(lambda st: len(instances(st, "hello")) == 3, "three hello")
+    assert "intruder" not in st["nodes"]
+    assert {i["node"] for i in instances(st, "hello")} == {"hostB"}
+    certs = json.loads(await mh.ashoal("certs", "status", "-o", "json"))
+    held = {leaf["identity"] for c in certs["components"].values() for leaf in c["leaves"]}
+    assert not any("intruder" in identity for identity in held)
+    assert "join token refused: unknown token" in mh.components["controller"].tail(400)
+    with pytest.raises(OSError):  # its router never listens
+        socket.create_connection((mh.net.hosts["c"].address, MESH_PORT), timeout=1).close()

@@ -16,6 +16,7 @@ from shoal.platform.client import Client
 from shoal.platform.controller import Controller
 from shoal.platform.node import run_node
 from shoal.platform.scaling import AutoscaleSettings
+from shoal.platform.tokens import JoinTokens
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
@@ -104,6 +105,7 @@ async def running_cluster(
     the given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
+    token = await JoinTokens(redis, keys).create(uses=2)  # the node's and the gateway's
     controller = asyncio.create_task(
         Controller(
             redis,
@@ -123,6 +125,7 @@ async def running_cluster(
             state_dir=state_dir,
             stop=stop,
             trust_domain=TRUST_DOMAIN,
+            join_token=token,
             mesh_port=mesh_port,
             drain_delay=0.1,
             grace=5,
@@ -136,6 +139,7 @@ async def running_cluster(
             keys,
             stop=stop,
             trust_domain=TRUST_DOMAIN,
+            join_token=token,
             settings=GatewaySettings(host="127.0.0.1", port=gateway_port),
         )
     )
