@@ -94,6 +94,10 @@ JoinTokenOpt = Annotated[
         help="Token from 'shoal token create': needed for this process's first certificate.",
     ),
 ]
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option("--metrics-port", help="Prometheus /metrics on 127.0.0.1 at this port (0: off)."),
+]
 ActivationOpt = Annotated[
     float,
     typer.Option(
@@ -203,6 +207,13 @@ def up(
     trusted_hops: TrustedHopsOpt = None,
     escaped_slashes: EscapedSlashesOpt = None,
     activation_timeout: ActivationOpt = 30.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Prometheus /metrics: the gateway on this port, the node on the next "
+            "(127.0.0.1; 0: off)."
+        ),
+    ] = 15090,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -219,7 +230,7 @@ def up(
         raise fail(e) from None
     state = settings.state_dir()
     activation = ["--activation-timeout", str(activation_timeout)]
-    gateway_args = ["--port", str(port), *activation]
+    gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
     for pair in limit or []:
         gateway_args += ["--limit", pair]
     if trusted_hops is not None:
@@ -238,6 +249,9 @@ def up(
             str(Path(key).absolute()),
         ]
     ports = {"gateway": ("0.0.0.0", port), "mesh": ("127.0.0.1", mesh_port)}
+    if metrics_port:
+        ports["gateway metrics"] = ("127.0.0.1", metrics_port)
+        ports["node metrics"] = ("127.0.0.1", metrics_port + 1)
     if tls_port is not None:
         ports["gateway TLS"] = ("0.0.0.0", tls_port)
     try:
@@ -249,7 +263,13 @@ def up(
         redis_url=redis,
         component_args={
             "controller": [],
-            "node": ["--mesh-port", str(mesh_port), *activation],
+            "node": [
+                "--mesh-port",
+                str(mesh_port),
+                *activation,
+                "--metrics-port",
+                str(metrics_port + 1 if metrics_port else 0),
+            ],
             "gateway": gateway_args,
         },
         env={**os.environ, "SHOAL_HOME": str(state)},
@@ -344,6 +364,7 @@ def node(
     ] = None,
     activation_timeout: ActivationOpt = 30.0,
     join_token: JoinTokenOpt = None,
+    metrics_port: MetricsPortOpt = 15091,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -364,6 +385,7 @@ def node(
         mesh_port=mesh_port,
         activation_timeout=activation_timeout,
         join_token=secret_from_env(join_token),
+        metrics_port=metrics_port or None,
     )
 
 
@@ -380,6 +402,7 @@ def gateway(
     escaped_slashes: EscapedSlashesOpt = None,
     activation_timeout: ActivationOpt = 30.0,
     join_token: JoinTokenOpt = None,
+    metrics_port: MetricsPortOpt = 15090,
 ) -> None:
     """Run the HTTP gateway.
 
@@ -402,6 +425,7 @@ def gateway(
                 certfile=cert,
                 keyfile=key,
                 activation_timeout=activation_timeout,
+                metrics_port=metrics_port or None,
             ),
         )
     except ShoalError as e:

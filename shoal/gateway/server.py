@@ -27,6 +27,7 @@ from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
 from shoal.mesh.identity import gateway_id
+from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.upstream import Upstreams
 from shoal.store.connection import Redis
@@ -53,6 +54,8 @@ class GatewaySettings:
     tls_min_version: str = "1.2"  # or "1.3"
     tls_ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
     activation_timeout: float = 30.0  # a request held for a service at zero, at most
+    metrics_port: int | None = None  # Prometheus /metrics on metrics_host (None: off)
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.trusted_hops < 0:
@@ -120,6 +123,9 @@ async def run_gateway(
         slashes=settings.escaped_slashes,
         trusted_hops=settings.trusted_hops,
     )
+    metrics = MetricsServer(lambda: proxy.last_report, component)
+    if settings.metrics_port is not None:
+        await metrics.start(settings.metrics_host, settings.metrics_port)
     try:
         config = hypercorn_config(settings)
         try:
@@ -133,4 +139,5 @@ async def run_gateway(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await metrics.stop()
         await upstreams.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.proxy import CONFIG_KINDS, Proxy
@@ -33,13 +32,9 @@ def follow(
     roots it trusts (``shoal certs status`` and root rotation read it).
     """
 
-    def report() -> dict[str, Any]:
-        out = proxy.report(time.monotonic())
-        if credentials is not None:
-            out["certs"] = credentials.report()
-        return out
-
-    acks = Acks(redis, keys, component, report=report)
+    if credentials is not None:
+        proxy.extra_reports.append(lambda: {"certs": credentials.report()})
+    acks = Acks(redis, keys, component, report=lambda: proxy.report(time.monotonic()))
     watcher = Watcher(url, keys, CONFIG_KINDS)
 
     def on_view(view: View) -> None:

@@ -144,6 +144,7 @@ class Proxy:
         self.load = LoadMeter(time.monotonic())  # per revision, for the autoscaler
         self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
         self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
+        self.last_report: dict[str, Any] = {}  # what report() returned last, for /metrics
         self._reports = 0
         self.revision = 0
         self.rng = rng or random.Random()
@@ -265,7 +266,7 @@ class Proxy:
         out: dict[str, Any] = {}
         for extra in self.extra_reports:
             out.update(extra())
-        return {
+        self.last_report = {
             **out,
             "seq": self._reports,
             "load": {k: [round(c, 3), n] for k, (c, n) in self.load.read(now).items()},
@@ -278,3 +279,4 @@ class Proxy:
             "outcomes": {k: list(v) for k, v in s.outcomes.items()},
             "ejections": ejections,
         }
+        return self.last_report

@@ -9,6 +9,7 @@ from shoal.errors import UserError
 from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
+from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.router import Router
 from shoal.platform.agent import Agent
@@ -33,6 +34,7 @@ async def run_node(
     grace: float = 30.0,
     activation_timeout: float = 30.0,
     join_token: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -56,7 +58,10 @@ async def run_node(
         asyncio.ensure_future(credentials.run()),
         *follow(proxy, redis, url, keys, f"router/{node_id}", credentials),
     ]
+    metrics = MetricsServer(lambda: proxy.last_report, f"router/{node_id}")
     try:
+        if metrics_port is not None:  # Prometheus /metrics, loopback only
+            await metrics.start("127.0.0.1", metrics_port)
         starting = asyncio.ensure_future(router.start(host, mesh_port))
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -89,4 +94,5 @@ async def run_node(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await metrics.stop()
         await router.stop()

@@ -28,6 +28,7 @@ class Platform:
     home: Path
     port: int
     mesh_port: int
+    metrics_port: int = 0
     process: subprocess.Popen[str] | None = None
 
     @property
@@ -51,6 +52,8 @@ class Platform:
                 str(self.mesh_port),
                 "--activation-timeout",
                 "2",
+                "--metrics-port",
+                str(self.metrics_port),
             ],
             env=self.env,
             stdout=subprocess.PIPE,
@@ -113,7 +116,9 @@ def ready_count(p: Platform) -> int:
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     """``shoal up --example`` in a fresh state dir, stopped at the end."""
-    p = Platform(home=tmp_path / "home", port=free_port(), mesh_port=free_port())
+    p = Platform(
+        home=tmp_path / "home", port=free_port(), mesh_port=free_port(), metrics_port=free_port()
+    )
     p.start()
     yield p
     if p.process is not None and p.process.poll() is None:
@@ -192,6 +197,15 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     status, headers, _ = platform.request("idle")
     assert (status, headers["x-shoal-cause"]) == (503, "cold_start_timeout")
     assert int(headers["retry-after"]) >= 1
+
+    # the gateway's Prometheus metrics say so too (its report is refreshed every second)
+    def metrics() -> str:
+        with urlopen(f"http://127.0.0.1:{platform.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    wanted = 'shoal_refusals_total{cause="cold_start_timeout",component="gateway"} 1'
+    wait_for(lambda: wanted in metrics(), timeout=5)
+    assert 'shoal_revision_requests_total{component="gateway",revision="hello/v' in metrics()
     status, headers, _ = platform.request("nowhere.example")
     assert (status, headers["x-shoal-cause"]) == (404, "no_route")
 
