@@ -22,6 +22,7 @@ transport's ``ssl_object`` directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable
@@ -126,6 +127,7 @@ class Router:
         self.activator = activator
         self._runners: list[web.ServerRunner] = []
         self._outbound: dict[str, int] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
 
     async def _listen(
         self, handler: Callable[[web.BaseRequest], object], host: str, port: int, tls: bool
@@ -164,7 +166,10 @@ class Router:
         """The loopback port ``service``'s instances call out through (opened on first use,
         once the service's certificate is held)."""
         port = self._outbound.get(service)
-        if port is None:
+        if port is not None:
+            return port
+        # One lock per service: two instances starting together share one listener.
+        async with self._opening.setdefault(service, asyncio.Lock()):
             identity = str(service_id(self.trust_domain, service))
             await self.credentials.ready(identity)
             port = self._outbound.get(service)  # another instance may have opened it meanwhile

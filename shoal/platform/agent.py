@@ -23,10 +23,12 @@ from typing import Any
 from shoal.errors import StoreError
 from shoal.platform.faults import SIGNALS
 from shoal.platform.health import HealthThresholds, thresholds
-from shoal.platform.instance import InstanceSlot
+from shoal.platform.instance import InstanceSlot, template_env, templates_enabled
 from shoal.platform.model import DestinationRule, Service
 from shoal.platform.reconcile import Slot, plan
 from shoal.platform.resources import StoredResources
+from shoal.platform.template import TemplateError
+from shoal.platform.templates import Templates
 from shoal.platform.weights import find_rule
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -88,6 +90,8 @@ class Agent:
         self._registry_dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._removed: set[str] = set()
+        # One pre-warmed template per app revision: instances are forked, not started afresh.
+        self.templates = Templates()
 
     def _on_view(self, view: View) -> None:
         services = {
@@ -126,12 +130,28 @@ class Agent:
                     on_change=self._slot_changed,
                     rng=self.rng,
                     thresholds=self._thresholds(self._services[rev]),
+                    templates=self.templates,
                 )
                 self.slots[slot.id] = slot
                 self._spawn(slot.run())
                 log.info("starting %s instance %s", rev, slot.id)
         for slot_id in p.stop:
             self._spawn(self._drain(self.slots[slot_id]))
+        if templates_enabled():
+            self._spawn(self._warm_templates())
+
+    async def _warm_templates(self) -> None:
+        """Retire the templates of revisions gone; start those of ``app:`` revisions that may
+        be at zero (``scale.min: 0``), so that their first activation here is a fork too."""
+        await self.templates.retire(self._services.keys())
+        running = self.templates.running()
+        for service in list(self._services.values()):
+            if service.app is not None and service.scale.min == 0 and service.key not in running:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    await self.templates.get(service, template_env(service), log_dir=self.log_dir)
+                except TemplateError as e:
+                    log.debug("%s: no template: %s", service.key, e)
 
     def _apply_faults(self, wanted: dict[str, dict[str, Any]]) -> None:
         """Start drill faults on our instances as they appear; undo them when they go."""
@@ -213,6 +233,7 @@ class Agent:
                 *(self._drain(s) for s in list(self.slots.values())), return_exceptions=True
             )
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.templates.close()
             drained.set()
             self._registry_dirty.set()
             await heartbeats

@@ -1,7 +1,8 @@
 """Runs one instance of an ``app:`` Service: the ASGI app on hypercorn, on loopback.
 
-Started by the agent as ``python -m shoal.platform.runtime MODULE:ATTR --port N``. SIGTERM
-starts hypercorn's graceful shutdown, which lets in-flight requests finish.
+Started by the agent as ``python -m shoal.platform.runtime MODULE:ATTR --port N``, or forked
+from a pre-warmed template (:mod:`shoal.platform.template`); both end in :func:`serve_forever`.
+SIGTERM starts hypercorn's graceful shutdown, which lets in-flight requests finish.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ async def run(app: Any, cfg: Config) -> None:
     await serve(switch, cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
+def serve_forever(app: Any, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` in a new event loop (uvloop when installed) until
+    SIGTERM or SIGINT: what every instance runs, however its process was started."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(run(app, config(port)))
+    else:
+        uvloop.run(run(app, config(port)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="shoal-runtime")
@@ -59,13 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workdir:
         sys.path.insert(0, args.workdir)
-    app = load_app(args.app)
-    try:
-        import uvloop
-
-        uvloop.run(run(app, config(args.port)))
-    except ImportError:
-        asyncio.run(run(app, config(args.port)))
+    serve_forever(load_app(args.app), args.port)
 
 
 if __name__ == "__main__":

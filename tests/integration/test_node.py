@@ -17,18 +17,26 @@ from tests.support.cluster import SERVICES, Cluster, ready, running_cluster
 
 
 def instance_children() -> list[int]:
-    """This process's children that run an instance (``shoal.platform.runtime``)."""
-    me = str(os.getpid())
-    found = []
+    """Instance processes this process runs: its children running ``shoal.platform.runtime``,
+    and the processes its templates (``shoal.platform.template``) forked."""
+    me = os.getpid()
+    procs: dict[int, tuple[int, bytes]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            procs[int(stat.parent.name)] = (ppid, (stat.parent / "cmdline").read_bytes())
+        except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-        if ppid == me and b"shoal.platform.runtime" in cmdline:
-            found.append(int(stat.parent.name))
-    return found
+    templates = {
+        pid
+        for pid, (ppid, cmd) in procs.items()
+        if ppid == me and b"shoal.platform.template" in cmd
+    }
+    return [
+        pid
+        for pid, (ppid, cmd) in procs.items()
+        if (ppid == me and b"shoal.platform.runtime" in cmd) or ppid in templates
+    ]
 
 
 @pytest.mark.timeout(90)
