@@ -259,7 +259,8 @@ def decide(
     if panic_started_at is not None:
         desired = max(limited_stable, limited_panic, max_panic_pods)
         reason = (
-            f"panic since {panic_started_at:g}: {burst:.2f} in flight over {panic_window:g}s / "
+            f"panic for {now - panic_started_at:.0f}s: {burst:.2f} in flight over "
+            f"{panic_window:g}s / "
             f"{target:g} per instance (no scale-down while panicking)"
         )
 

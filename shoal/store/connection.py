@@ -2,12 +2,17 @@
 
 Nothing outside ``shoal.store`` imports ``redis``: callers get a :class:`Redis` handle from
 :func:`connect` and see only :class:`~shoal.errors.StoreError`.
+
+URLs: ``redis://``, ``rediss://`` and ``unix://`` as redis-py reads them, and
+``redis+sentinel://`` for a master found through Sentinel (form and failover behaviour in
+:mod:`shoal.store.sentinel`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +22,9 @@ import redis.exceptions
 from shoal.errors import StoreError, StoreUnavailable
 
 Redis = aioredis.Redis
+
+SENTINEL_SCHEME = "redis+sentinel"
+_SECRET_PARAM = re.compile(r"([?&]sentinel_password=)[^&]*")
 
 BLOCKING_SOCKET_TIMEOUT = 15.0  # seconds; readers BLOCK for 5 s at most (shoal.store.watch)
 
@@ -30,26 +38,49 @@ def connect(url: str, *, blocking: bool = False) -> Redis:
     through ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that lands just
     as the send completes (CPython gh-86296): a cancelled reader would then block on.
     """
+    socket_timeout = None if blocking else 5.0
+    health_check_interval = 0 if blocking else 30
     try:
+        if url.startswith(f"{SENTINEL_SCHEME}:"):
+            # Imported here: shoal.store.sentinel imports this module.
+            from shoal.store.sentinel import master_client, parse_sentinel_url
+
+            return master_client(
+                parse_sentinel_url(url),
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=3.0,
+                health_check_interval=health_check_interval,
+            )
         return aioredis.Redis.from_url(
             url,
             decode_responses=True,
-            socket_timeout=None if blocking else 5.0,
+            socket_timeout=socket_timeout,
             socket_connect_timeout=3.0,
-            health_check_interval=0 if blocking else 30,
+            health_check_interval=health_check_interval,
         )
     except ValueError as e:
-        raise StoreUnavailable(f"bad Redis URL {url!r}: {e}") from None
+        raise StoreUnavailable(f"bad Redis URL {redacted(url)!r}: {e}") from None
 
 
 def redacted(url: str) -> str:
     """``url`` with any password replaced by ``***``, for messages."""
+    url = _SECRET_PARAM.sub(r"\1***", url)
     if "@" not in url or "//" not in url:
         return url
     scheme, rest = url.split("//", 1)
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}//{user}:***@{host}"
+
+
+def failover_reply(e: redis.exceptions.ResponseError) -> bool:
+    """True for the replies of a server that stopped being the master: retry elsewhere."""
+    text = str(e)
+    return (
+        isinstance(e, redis.exceptions.ReadOnlyError | redis.exceptions.MasterDownError)
+        or "-READONLY" in text  # a write refused inside a Lua script
+        or text.startswith("UNBLOCK")  # a blocked read ended by a switch to replica
+    )
 
 
 @asynccontextmanager
@@ -61,6 +92,10 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"{what}: Redis refused the credentials ({e})") from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
         raise StoreUnavailable(f"{what}: Redis unreachable ({e})") from None
+    except redis.exceptions.ResponseError as e:
+        if failover_reply(e):
+            raise StoreUnavailable(f"{what}: Redis is a replica, not the master ({e})") from None
+        raise StoreError(f"{what}: {e}") from None
     except redis.exceptions.RedisError as e:
         raise StoreError(f"{what}: {e}") from None
 
