@@ -49,7 +49,7 @@ RedisOpt = Annotated[
     str | None,
     typer.Option(
         "--redis",
-        help="Store URL (redis://, rediss://). Default: $SHOAL_REDIS_URL, "
+        help="Store URL (redis://, rediss://, redis+sentinel://). Default: $SHOAL_REDIS_URL, "
         "else the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
     ),
 ]
