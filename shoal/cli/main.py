@@ -563,11 +563,14 @@ def rollout(
     max_error_rate: Annotated[
         str, typer.Option(help="Roll back above this share of 5xx answers.")
     ] = "1%",
+    max_p99: Annotated[
+        str | None, typer.Option(help="Roll back above this p99 latency, e.g. 500ms.")
+    ] = None,
     scale_to: Annotated[int, typer.Option(help="Ready instances before the first step.")] = 1,
     redis: RedisOpt = None,
 ) -> None:
-    """Move traffic to a new revision in steps, watching its error rate; roll back by itself
-    when it breaches the limit (exit 1).
+    """Move traffic to a new revision in steps, watching its error rate and (with --max-p99)
+    latency; roll back by itself when it breaches a limit (exit 1).
 
     Example: shoal rollout hello --to v2 --steps 10,50,100 --interval 30s --max-error-rate 1%
     """
@@ -579,6 +582,7 @@ def rollout(
             "steps": parse_steps(steps),
             "interval": parse_interval(interval),
             "max_error_rate": parse_error_rate(max_error_rate),
+            "max_p99": None if max_p99 is None else parse_interval(max_p99, "--max-p99"),
             "scale_to": scale_to,
         }
     except ShoalError as e:

@@ -225,10 +225,12 @@ class Forwarder:
                 "no_healthy_upstream",
                 f"no healthy instance of {route.cluster.service}{subset}",
             )
-        outcome = self.proxy.stats.outcomes.setdefault(last.endpoint.revision_key, [0, 0])
-        outcome[0] += 1
-        if last.response is None or last.response.status >= 500:
-            outcome[1] += 1  # the request's final answer was an error: rollouts judge on this
+        # The request's final answer and its time to a response head: rollouts judge on these.
+        self.proxy.stats.answered(
+            last.endpoint.revision_key,
+            last.response is None or last.response.status >= 500,
+            self.clock() - started,
+        )
         if last.response is None:
             assert last.error is not None
             return Refusal(last.error.status, last.error.cause, str(last.error))

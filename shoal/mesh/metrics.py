@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from shoal.mesh.proxy import LATENCY_BUCKETS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -75,6 +77,18 @@ def render(report: Mapping[str, Any], component: str) -> str:
     for revision, (total, failed) in sorted((report.get("outcomes") or {}).items()):
         answered.add(total, revision=revision, **base)
         errors.add(failed, revision=revision, **base)
+    latency = family(
+        "shoal_revision_latency_seconds",
+        "histogram",
+        "Time from a request to its answer's head, by service/revision.",
+    )
+    for revision, counts in sorted((report.get("latency") or {}).items()):
+        running = 0
+        for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
+            running += count
+            le = "+Inf" if math.isinf(bound) else f"{bound:g}"
+            latency.add(running, "_bucket", le=le, revision=revision, **base)
+        latency.add(running, "_count", revision=revision, **base)
     held = family("shoal_held_requests", "gauge", "Requests held for activation, by service.")
     for service, n in sorted((report.get("held") or {}).items()):
         held.add(n, service=service, **base)

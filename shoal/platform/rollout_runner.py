@@ -5,8 +5,9 @@ The state machine decides; this loop does what it says and feeds it observations
 - ``Prepare``: raise the new revision's ``scale.min`` to at least the number asked (so the
   autoscaler keeps it warm) and wait for a ready instance;
 - ``SetWeights``: edit the VirtualService (as ``shoal weights`` does);
-- ``Wait``: sleep, then observe the new revision's requests and errors since the previous
-  observation, summed over every live proxy's report (their per-revision outcome counters);
+- ``Wait``: sleep, then observe the new revision's requests, errors and p99 latency since the
+  previous observation, summed over every live proxy's report (their per-revision outcome
+  counters and latency histograms);
 - ``RollBack`` / ``Done``: restore the original weights or keep the final ones, and say why.
 
 It runs in the CLI process: interrupting it leaves the weights of the step in force (printed),
@@ -16,11 +17,13 @@ which ``shoal weights`` can set back.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from shoal.errors import UserError
+from shoal.mesh.proxy import LATENCY_BUCKETS, quantile
 from shoal.platform.client import Client
 from shoal.platform.model import DestinationRule, Service, VirtualService
 from shoal.platform.rollout import (
@@ -47,7 +50,8 @@ POLL = 0.5  # seconds between observations while waiting
 def outcome_totals(
     reports: Mapping[str, Mapping[str, Any]], revisions: list[str]
 ) -> dict[str, int]:
-    """Per live proxy, requests and errors answered by ``revisions`` since it started."""
+    """Per live proxy, requests and errors answered by ``revisions`` since it started, and
+    their latency histogram (``<component>:le<i>``, bucket i of LATENCY_BUCKETS)."""
     totals = {}
     for component, report in reports.items():
         outcomes = report.get("outcomes") or {}
@@ -55,7 +59,18 @@ def outcome_totals(
         errors = sum(int(outcomes.get(r, [0, 0])[1]) for r in revisions)
         totals[f"{component}:requests"] = requests
         totals[f"{component}:errors"] = errors
+        latency = report.get("latency") or {}
+        for i in range(len(LATENCY_BUCKETS)):
+            totals[f"{component}:le{i}"] = sum(
+                int((latency.get(r) or [0] * len(LATENCY_BUCKETS))[i]) for r in revisions
+            )
     return totals
+
+
+def latency_p99(before: Mapping[str, int], after: Mapping[str, int]) -> float | None:
+    """The p99 latency (a bucket's upper bound) of the answers between two totals."""
+    buckets = [delta(before, after, f"le{i}") for i in range(len(LATENCY_BUCKETS))]
+    return quantile(buckets, 0.99)
 
 
 def delta(before: Mapping[str, int], after: Mapping[str, int], kind: str) -> int:
@@ -97,8 +112,14 @@ class RolloutRunner:
         )
         requests = delta(self._totals, totals, "requests")
         errors = min(requests, delta(self._totals, totals, "errors"))
+        p99 = latency_p99(self._totals, totals)
         self._totals = totals
-        return Observation(requests=requests, errors=errors, ready=await self._ready())
+        return Observation(
+            requests=requests,
+            errors=errors,
+            ready=await self._ready(),
+            p99=None if p99 is None or math.isinf(p99) else p99,
+        )
 
     async def _prepare(self, action: Prepare) -> None:
         services = [s for s in await self.client.services() if s.key in self.revisions]

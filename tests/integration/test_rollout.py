@@ -43,6 +43,7 @@ spec:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
   - {name: bad, labels: {version: bad}}
+  - {name: slow, labels: {version: slow}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -58,6 +59,7 @@ MANIFESTS = "---".join(
         revision("v1", "app:hello", EXAMPLE),
         revision("v2", "app:world", EXAMPLE),
         revision("bad", "apps:failing", SUPPORT),
+        revision("slow", "apps:slow", SUPPORT),
         ROUTES,
     )
 )
@@ -90,7 +92,7 @@ async def deployed(cluster: Cluster) -> None:
     await cluster.instances(
         lambda f: all(
             any(e.revision == r and e.service == "roll" for e in ready(f, "roll"))
-            for r in ("v1", "v2", "bad")
+            for r in ("v1", "v2", "bad", "slow")
         )
     )
 
@@ -147,3 +149,25 @@ async def test_rollout_of_a_failing_revision_rolls_back_by_itself(cluster: Clust
     assert "error rate of bad" in result.reason
     assert await weights(cluster) == {"v1": 100}
     assert said[-1].startswith("rolled back: error rate of bad")
+
+
+@pytest.mark.timeout(90)
+async def test_rollout_of_a_slow_revision_rolls_back_on_latency(cluster: Cluster) -> None:
+    """A revision answering in 0.2 s breaches a 100 ms p99 limit: rolled back, saying so."""
+    await deployed(cluster)
+    said: list[str] = []
+    async with traffic(cluster) as statuses:
+        result = await start_rollout(
+            cluster.client,
+            "roll",
+            "slow",
+            said.append,
+            steps=[50, 100],
+            interval=1.5,
+            min_requests=5,
+            max_p99=0.1,
+        )
+    assert isinstance(result, RollBack)
+    assert "p99 latency of slow" in result.reason
+    assert set(statuses) == {200}
+    assert await weights(cluster) == {"v1": 100}

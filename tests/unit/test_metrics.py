@@ -10,6 +10,7 @@ REPORT = {
     "refusals": {"no_route": 3},
     "in_flight": {"hello": 1},
     "outcomes": {"hello/v1": [10, 1]},
+    "latency": {"hello/v1": [8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]},
     "held": {"lazy": 4},
     "activations": 2,
     "cold_starts_ms": [100.0, 300.0],
@@ -30,6 +31,11 @@ def test_report_renders_as_prometheus_text() -> None:
     assert 'shoal_refusals_total{cause="no_route",component="gateway"} 3' in lines
     assert 'shoal_revision_errors_total{component="gateway",revision="hello/v1"} 1' in lines
     assert 'shoal_held_requests{component="gateway",service="lazy"} 4' in lines
+    bucket = (
+        'shoal_revision_latency_seconds_bucket{component="gateway",le="%s",revision="hello/v1"}'
+    )
+    assert f"{bucket % '0.01'} 9" in lines
+    assert f"{bucket % '+Inf'} 10" in lines
     assert 'shoal_cold_start_seconds{component="gateway",quantile="0.5"} 0.1' in lines
     assert 'shoal_cold_start_seconds_count{component="gateway"} 2' in lines
     assert 'shoal_ejected_instances{cluster="hello/v1",component="gateway"} 1' in lines

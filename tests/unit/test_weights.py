@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import UserError
+from shoal.mesh.proxy import quantile
 from shoal.platform.model import (
     Destination,
     DestinationRule,
@@ -16,7 +17,7 @@ from shoal.platform.model import (
     Subset,
     VirtualService,
 )
-from shoal.platform.rollout_runner import delta, outcome_totals
+from shoal.platform.rollout_runner import delta, latency_p99, outcome_totals
 from shoal.platform.weights import (
     current_weights,
     find_virtual_service,
@@ -141,3 +142,13 @@ def test_rollout_counts_deltas_per_proxy() -> None:
     )
     assert delta(before, after, "requests") == 8
     assert delta(before, after, "errors") == 5
+
+
+def test_p99_from_histogram_deltas() -> None:
+    """p99 is the upper bound of the bucket holding the 99th percentile of the new answers."""
+    before = outcome_totals({"gateway": {"latency": {"hello/v2": [5] + [0] * 11}}}, ["hello/v2"])
+    grown = [105, 0, 0, 0, 0, 0, 2] + [0] * 5  # 100 more under 5 ms, 2 between 0.25 and 0.5 s
+    after = outcome_totals({"gateway": {"latency": {"hello/v2": grown}}}, ["hello/v2"])
+    assert latency_p99(before, after) == 0.5
+    assert latency_p99(after, after) is None
+    assert quantile([0] * 11 + [3], 0.99) == float("inf")
