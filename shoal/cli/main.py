@@ -365,14 +365,36 @@ def node(
     activation_timeout: ActivationOpt = 30.0,
     join_token: JoinTokenOpt = None,
     metrics_port: MetricsPortOpt = 15091,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            metavar="KEY=VALUE",
+            help="A node label, repeatable, matched by a Service's spec.node_selector. "
+            "E.g. --label zone=eu-1 --label disk=ssd",
+        ),
+    ] = None,
+    capacity: Annotated[
+        str | None,
+        typer.Option(
+            "--capacity",
+            metavar="N",
+            help="The most instances (of all services) this node runs (default: no limit).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node (router + agent) on this host.
 
     Example: shoal node --redis redis://10.0.0.5:6379 --host 0.0.0.0 --advertise 10.0.0.7
+    Example: shoal node --label zone=eu-1 --capacity 20
     """
     from shoal.platform.agent import default_node_id
-    from shoal.platform.node import run_node
+    from shoal.platform.node import node_capacity, node_labels, run_node
 
+    try:
+        labels, most = node_labels(label or []), node_capacity(capacity)
+    except ShoalError as e:
+        raise fail(e) from None
     run_component(
         run_node,
         redis,
@@ -386,6 +408,8 @@ def node(
         activation_timeout=activation_timeout,
         join_token=secret_from_env(join_token),
         metrics_port=metrics_port or None,
+        labels=labels,
+        capacity=most,
     )
 
 

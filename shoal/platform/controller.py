@@ -5,8 +5,9 @@ that only extends the holder's own lease). A controller that cannot renew stops 
 While leading it signs certificates (:mod:`.authority`), turns the proxies' load reports and
 activation requests into a desired instance count per Service revision (Knative's KPA,
 :mod:`.scaling`), writes ``Placement`` documents for them (one per live node,
-:func:`shoal.platform.scheduler.place`), publishes its decisions for ``shoal status`` and removes
-expired registry entries.
+:func:`shoal.platform.scheduler.place`: only on nodes a revision's ``node_selector`` matches,
+never beyond a node's capacity; what fits nowhere is logged once and shown in the decision's
+reason), publishes its decisions for ``shoal status`` and removes expired registry entries.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from shoal.platform.pki import PKIError
 from shoal.platform.resources import StoredResources
 from shoal.platform.rotation import entitled
 from shoal.platform.scaling import AutoscaleSettings, Autoscaling
-from shoal.platform.scheduler import Placements, place
+from shoal.platform.scheduler import Node, Schedule, place, unplaced_reason
 from shoal.platform.weights import find_rule, find_virtual_service, traffic_shares
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore, FencedOut
@@ -54,20 +55,31 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
 
 
-def placement_changes(view: View, wanted: Mapping[str, int]) -> list[Change]:
+def live_nodes(view: View) -> dict[str, Node]:
+    """The registered nodes, with the labels and capacity their records announce."""
+    return {node: Node.from_record(record) for node, record in view.nodes.items()}
+
+
+def placement_changes(
+    view: View,
+    wanted: Mapping[str, int],
+    selectors: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[list[Change], Schedule]:
     """The Placement writes that bring the stored placements to ``wanted`` instances per
-    ``service/revision``."""
+    ``service/revision`` (each on nodes its selector in ``selectors`` matches), and the
+    schedule they come from (its ``unplaced`` says what fitted nowhere)."""
     current = {
         node: dict(doc.get("revisions") or {}) for node, doc in view.documents(PLACEMENT).items()
     }
-    placed: Placements = place(dict(wanted), view.nodes.keys(), current)
+    schedule = place(dict(wanted), live_nodes(view), current, selectors)
+    placed = schedule.placements
     changes = [
         Change(PLACEMENT, node, {"revisions": revs})
         for node, revs in placed.items()
         if current.get(node) != revs
     ]
     changes += [Change(PLACEMENT, node, None) for node in current if node not in placed]
-    return changes
+    return changes, schedule
 
 
 def unrouted_revisions(
@@ -146,6 +158,7 @@ class Controller:
         self._stored = StoredResources()
         self._dirty = asyncio.Event()
         self._steady_since: float | None = None  # since when we lead with the store reachable
+        self._unplaced: dict[str, str] = {}  # revision -> why some of it is unplaced (logged)
 
     def _entitled(self, requester: str, identity: str) -> bool:
         placements = {
@@ -224,7 +237,11 @@ class Controller:
         decisions = self.autoscaling.decide(
             services, ready_counts(view), now, unrouted_revisions(view, self._stored, services)
         )
-        changes = placement_changes(view, {k: d.desired for k, d in decisions.items()})
+        selectors = {s.key: dict(s.node_selector) for s in services}
+        changes, schedule = placement_changes(
+            view, {k: d.desired for k, d in decisions.items()}, selectors
+        )
+        unplaced = self._note_unplaced(schedule, live_nodes(view), selectors)
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
         if changes:
             await self.config.write(changes, fence=self.id)
@@ -235,7 +252,7 @@ class Controller:
                     "desired": d.desired,
                     "ready": ready.get(key, 0),
                     "panicking": d.panicking,
-                    "reason": d.reason,
+                    "reason": f"{d.reason}; {unplaced[key]}" if key in unplaced else d.reason,
                 }
             )
             for key, d in decisions.items()
@@ -246,6 +263,25 @@ class Controller:
                 if status:
                     pipe.hset(self.keys.autoscaler, mapping=status)  # type: ignore[arg-type]
                 await pipe.execute()
+
+    def _note_unplaced(
+        self,
+        schedule: Schedule,
+        nodes: Mapping[str, Node],
+        selectors: Mapping[str, Mapping[str, str]],
+    ) -> dict[str, str]:
+        """Why each revision is (partly) unplaced; logged when that changes, not every tick."""
+        now = {
+            rev: unplaced_reason(count, nodes, selectors.get(rev))
+            for rev, count in schedule.unplaced.items()
+        }
+        for rev, why in sorted(now.items()):
+            if self._unplaced.get(rev) != why:
+                log.warning("%s: %s", rev, why)
+        for rev in sorted(self._unplaced.keys() - now.keys()):
+            log.info("%s: nothing is left unplaced", rev)
+        self._unplaced = now
+        return now
 
     async def _next_tick(self, stop: asyncio.Event) -> None:
         """Wait for a change, ``stop`` or the tick period, whichever comes first."""

@@ -48,7 +48,12 @@ class HealthCheck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
-    """One revision of a service Shoal runs: an ASGI ``app`` or a ``command`` serving ``$PORT``."""
+    """One revision of a service Shoal runs: an ASGI ``app`` or a ``command`` serving ``$PORT``.
+
+    ``node_selector`` confines its instances to nodes whose labels (``shoal node --label``)
+    include every pair; like ``scale`` it says where and how many, not what runs, so it is not
+    part of the revision.
+    """
 
     name: str
     revision: str
@@ -60,6 +65,7 @@ class Service:
     weight: int = 1
     scale: Scale = field(default_factory=Scale)
     health: HealthCheck = field(default_factory=HealthCheck)
+    node_selector: tuple[tuple[str, str], ...] = ()
 
     kind = "Service"
 

@@ -1,11 +1,20 @@
-"""A node: the router and the agent of one host, in one process (DESIGN.md §1)."""
+"""A node: the router and the agent of one host, in one process (DESIGN.md §1).
+
+Its registry record announces the router's mesh address and, for the scheduler, the node's
+labels (matched by a Service's ``node_selector``) and its capacity (the most instances it runs;
+absent: unlimited). :func:`node_labels` and :func:`node_capacity` read them from the
+``shoal node`` flags.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from shoal.errors import UserError
+from shoal.errors import ManifestError, UserError
 from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
@@ -13,9 +22,63 @@ from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.router import Router
 from shoal.platform.agent import Agent
+from shoal.platform.fields import labels as parse_labels
 from shoal.platform.settings import DEFAULT_MESH_PORT
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
+
+_RULE = "at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
+
+
+def node_labels(flags: Sequence[str]) -> dict[str, str]:
+    """The labels of ``--label KEY=VALUE`` flags, validated as a Service's ``node_selector``
+    is (Kubernetes label syntax: the key may have a DNS prefix and '/'; the value may be empty).
+
+    A bad or repeated flag is a UserError naming it.
+    """
+    result: dict[str, str] = {}
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        if not sep:
+            raise UserError(f"--label {flag!r}: expected KEY=VALUE, e.g. --label zone=eu-1")
+        for checked, what in (
+            ({key: ""}, f"the key must be an optional DNS prefix and '/', then {_RULE}"),
+            ({key: value}, f"the value must be empty or {_RULE}"),
+        ):
+            try:
+                parse_labels(checked, "--label")
+            except ManifestError:
+                raise UserError(f"--label {flag!r}: {what}") from None
+        if key in result:
+            raise UserError(f"--label {flag!r}: label {key!r} is given twice")
+        result[key] = value
+    return result
+
+
+def node_capacity(flag: str | None) -> int | None:
+    """The ``--capacity`` flag: None (unlimited) when absent, else a whole number >= 1."""
+    if flag is None:
+        return None
+    text = flag.strip()
+    if not re.fullmatch(r"[0-9]+", text, re.ASCII) or int(text) < 1:
+        raise UserError(
+            f"--capacity {flag!r}: expected the most instances this node runs, a whole number "
+            ">= 1 (omit it for no limit)"
+        )
+    return int(text)
+
+
+def node_record(
+    mesh: str, *, labels: Mapping[str, str] | None = None, capacity: int | None = None
+) -> dict[str, Any]:
+    """The registry record of a node (the agent adds pid and host): its router's mesh address,
+    its labels and its capacity (left out when unlimited)."""
+    record: dict[str, Any] = {"mesh": mesh}
+    if labels:
+        record["labels"] = dict(sorted(labels.items()))
+    if capacity is not None:
+        record["capacity"] = capacity
+    return record
 
 
 async def run_node(
@@ -35,12 +98,15 @@ async def run_node(
     activation_timeout: float = 30.0,
     join_token: str | None = None,
     metrics_port: int | None = None,
+    labels: Mapping[str, str] | None = None,
+    capacity: int | None = None,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
     The router's inbound listener binds ``host:mesh_port`` once the node holds its certificate
     (a controller must be running to sign it); the node record announces ``advertise`` (default
-    ``host``) as the address other hosts reach it at.
+    ``host``) as the address other hosts reach it at, and ``labels`` and ``capacity`` to the
+    scheduler.
     """
     announced = advertise or host
     if announced in ("0.0.0.0", "::", ""):
@@ -84,7 +150,7 @@ async def run_node(
             node_id=node_id,
             mesh_url=mesh_url,
             log_dir=state_dir / "logs",
-            node_record={"mesh": f"{announced}:{port}"},
+            node_record=node_record(f"{announced}:{port}", labels=labels, capacity=capacity),
             drain_delay=drain_delay,
             grace=grace,
         )

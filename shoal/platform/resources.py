@@ -301,7 +301,18 @@ def _parse_service(name: str, value: object, base_dir: str | None) -> Service:
     spec = Section(
         value,
         "spec",
-        ("app", "command", "revision", "workdir", "env", "labels", "weight", "scale", "health"),
+        (
+            "app",
+            "command",
+            "revision",
+            "workdir",
+            "env",
+            "labels",
+            "weight",
+            "scale",
+            "health",
+            "node_selector",
+        ),
     )
     app = spec.get("app", _app)
     command = spec.get("command", list_of(string, min_items=1))
@@ -321,19 +332,25 @@ def _parse_service(name: str, value: object, base_dir: str | None) -> Service:
         weight=spec.get("weight", integer(1), 1),
         scale=spec.get("scale", _scale, _SCALE),
         health=spec.get("health", _health, _HEALTH),
+        node_selector=spec.get("node_selector", labels, ()),
     )
     revision = spec.get("revision", dns_label)
     return replace(service, revision=revision or _revision_hash(service))
 
 
 def revision_spec(service: Service) -> dict[str, object]:
-    """What makes a revision: the canonical spec without ``revision`` and ``scale``.
+    """What makes a revision: the canonical spec without ``revision``, ``scale`` and
+    ``node_selector``.
 
-    Scaling bounds are not part of a revision (``shoal scale`` changes them in place); anything
+    Scaling bounds and the node selector say how many instances run and where, not what they
+    run, so neither is part of a revision: both change in place (``shoal scale``, or applying
+    the same revision with another selector), and a changed selector moves the revision's
+    instances to the nodes it now matches without a rollout or a new revision name. Anything
     else changed makes a new revision.
     """
     spec = _service_spec(service, with_revision=False)
     spec.pop("scale", None)
+    spec.pop("node_selector", None)
     return spec
 
 
@@ -432,6 +449,7 @@ def _service_spec(service: Service, *, with_revision: bool = True) -> dict[str, 
         _HEALTH.unhealthy_threshold,
     )
     put(spec, "health", health, {})
+    put(spec, "node_selector", dict(service.node_selector), {})
     return spec
 
 

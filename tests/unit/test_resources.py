@@ -43,6 +43,7 @@ from shoal.platform.resources import (
     parse_document,
     parse_duration,
     parse_text,
+    revision_spec,
     to_document,
 )
 
@@ -885,6 +886,61 @@ def test_scaling_is_not_a_new_revision() -> None:
     assert parse_document(service_doc(scale={"max": 3})).key == base.key
 
 
+def test_node_selector_is_not_a_new_revision() -> None:
+    """A node selector says where instances run, not what runs: the same revision, and a
+    revision hashed before node_selector existed keeps its name."""
+    base = parse_document(service_doc())
+    placed = parse_document(service_doc(node_selector={"zone": "eu-1"}))
+    assert isinstance(placed, Service)
+    assert placed.key == base.key
+    assert placed.node_selector == (("zone", "eu-1"),)
+    assert placed != base
+    assert "node_selector" not in revision_spec(placed)
+
+
+def test_node_selector_parses_sorted_and_round_trips() -> None:
+    """node_selector reads as label pairs sorted by key and is written back unchanged."""
+    doc = service_doc(node_selector={"zone": "eu-1", "example.com/disk": "ssd"})
+    service = parse_document(doc)
+    assert isinstance(service, Service)
+    assert service.node_selector == (("example.com/disk", "ssd"), ("zone", "eu-1"))
+    canonical = to_document(service)
+    assert canonical["spec"]["node_selector"] == {  # type: ignore[index]
+        "example.com/disk": "ssd",
+        "zone": "eu-1",
+    }
+    assert parse_document(json.loads(json.dumps(canonical))) == service
+    assert "node_selector" not in to_document(parse_document(service_doc()))["spec"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("selector", "field", "value"),
+    [
+        (["zone=eu"], "spec.node_selector", ["zone=eu"]),
+        ({"bad key": "x"}, "spec.node_selector['bad key']", "bad key"),
+        ({"zone": 1}, "spec.node_selector.zone", 1),
+        ({"zone": "-eu"}, "spec.node_selector.zone", "-eu"),
+        ({"zone": "x" * 64}, "spec.node_selector.zone", "x" * 64),
+    ],
+)
+def test_bad_node_selector_names_the_field_and_value(
+    selector: object, field: str, value: object
+) -> None:
+    """A node_selector that is not a map of label names to label values is an error naming
+    the file, document, field and value."""
+    text = yaml.safe_dump_all([service_doc(), service_doc(node_selector=selector)])
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, file="bad.yaml")
+    error = caught.value
+    assert (error.file, error.document, error.field, error.value) == ("bad.yaml", 1, field, value)
+
+
+def test_node_selector_is_spelled_in_snake_case() -> None:
+    """Kubernetes' nodeSelector spelling is an unknown field, like every camelCase Shoal field."""
+    error = manifest_error(service_doc(nodeSelector={"zone": "eu"}))
+    assert (error.field, error.reason) == ("spec.nodeSelector", "field not supported by Shoal")
+
+
 def test_explicit_revision_is_kept() -> None:
     """A revision given in the spec is used as is."""
     service = parse_document(service_doc(revision="blue-1"))
@@ -1127,6 +1183,7 @@ service_specs = st.fixed_dictionaries(
             lambda labels: {k: v for k, v in labels.items() if k not in ("app", "version")}
         ),
         "weight": st.integers(1, 100),
+        "node_selector": label_maps,
         "scale": scales(),
         "health": st.fixed_dictionaries(
             {},
