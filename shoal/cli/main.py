@@ -510,6 +510,7 @@ def controller(
     )
 
 
+@app.command("deploy", help="Same as apply: a Service spec change is a new revision.")
 @app.command()
 def apply(
     file: Annotated[list[str], typer.Option("-f", "--file", help="Manifest file(s); - is stdin.")],
