@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -103,22 +104,25 @@ async def weights(cluster: Cluster) -> dict[str, int]:
     )
 
 
-@pytest.mark.timeout(90)
-async def test_rollout_moves_traffic_in_steps_without_failures(cluster: Cluster) -> None:
-    """10 → 50 → 100 to a healthy revision under load: every request succeeds, and at the end
-    all traffic is on it."""
+async def rolled(
+    cluster: Cluster, to: str, **settings: Any
+) -> tuple[Done | RollBack, Counter[int], list[str]]:
+    """Deploy, then roll ``roll`` out to ``to`` under steady traffic: the result, the statuses
+    clients saw and what the rollout said."""
     await deployed(cluster)
     said: list[str] = []
     async with traffic(cluster) as statuses:
         result = await start_rollout(
-            cluster.client,
-            "roll",
-            "v2",
-            said.append,
-            steps=[10, 50, 100],
-            interval=1.0,
-            min_requests=5,
+            cluster.client, "roll", to, said.append, min_requests=5, **settings
         )
+    return result, statuses, said
+
+
+@pytest.mark.timeout(90)
+async def test_rollout_moves_traffic_in_steps_without_failures(cluster: Cluster) -> None:
+    """10 → 50 → 100 to a healthy revision under load: every request succeeds, and at the end
+    all traffic is on it."""
+    result, statuses, said = await rolled(cluster, "v2", steps=[10, 50, 100], interval=1.0)
     assert isinstance(result, Done)
     assert set(statuses) == {200} and sum(statuses.values()) > 50
     assert await weights(cluster) == {"v2": 100}
@@ -133,18 +137,7 @@ async def test_rollout_moves_traffic_in_steps_without_failures(cluster: Cluster)
 async def test_rollout_of_a_failing_revision_rolls_back_by_itself(cluster: Cluster) -> None:
     """A revision answering 500 breaches the error-rate limit at its first step: the rollout
     restores the original weights and says why."""
-    await deployed(cluster)
-    said: list[str] = []
-    async with traffic(cluster):
-        result = await start_rollout(
-            cluster.client,
-            "roll",
-            "bad",
-            said.append,
-            steps=[20, 100],
-            interval=1.5,
-            min_requests=5,
-        )
+    result, _, said = await rolled(cluster, "bad", steps=[20, 100], interval=1.5)
     assert isinstance(result, RollBack)
     assert "error rate of bad" in result.reason
     assert await weights(cluster) == {"v1": 100}
@@ -154,19 +147,7 @@ async def test_rollout_of_a_failing_revision_rolls_back_by_itself(cluster: Clust
 @pytest.mark.timeout(90)
 async def test_rollout_of_a_slow_revision_rolls_back_on_latency(cluster: Cluster) -> None:
     """A revision answering in 0.2 s breaches a 100 ms p99 limit: rolled back, saying so."""
-    await deployed(cluster)
-    said: list[str] = []
-    async with traffic(cluster) as statuses:
-        result = await start_rollout(
-            cluster.client,
-            "roll",
-            "slow",
-            said.append,
-            steps=[50, 100],
-            interval=1.5,
-            min_requests=5,
-            max_p99=0.1,
-        )
+    result, statuses, _ = await rolled(cluster, "slow", steps=[50, 100], interval=1.5, max_p99=0.1)
     assert isinstance(result, RollBack)
     assert "p99 latency of slow" in result.reason
     assert set(statuses) == {200}
