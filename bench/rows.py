@@ -69,8 +69,8 @@ def _shoal_gateway(ctx: RowContext) -> RunningServer:
     return shoal_rows.start_shoal_gateway(_backend_port(ctx), ctx.tls)
 
 
-def _shoal_router(ctx: RowContext) -> RunningServer:
-    return shoal_rows.start_shoal_router(_backend_port(ctx))
+def _shoal_mesh(ctx: RowContext) -> RunningServer:
+    return shoal_rows.start_shoal_mesh(_backend_port(ctx), ctx.tls)
 
 
 ROWS: tuple[Row, ...] = (
@@ -110,14 +110,14 @@ ROWS: tuple[Row, ...] = (
         start=_shoal_gateway,
     ),
     Row(
-        name="shoal-router",
-        description="Shoal's node-router hop in front of the backend",
+        name="shoal-mesh",
+        description="Shoal's gateway → mTLS → node router → backend (the path to an instance)",
         tools=("nginx",),
         needs_backend=True,
-        start=_shoal_router,
+        start=_shoal_mesh,
     ),
 )
 
 ROW_NAMES: tuple[str, ...] = tuple(row.name for row in ROWS)
 REFERENCE_ROWS: tuple[str, ...] = ("nginx-proxy", "hypercorn-hello", "direct")
-COMPARED_ROWS: tuple[str, ...] = ("shoal-gateway", "shoal-router")
+COMPARED_ROWS: tuple[str, ...] = ("shoal-gateway", "shoal-mesh")

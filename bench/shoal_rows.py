@@ -1,15 +1,24 @@
-"""Shoal's own rows: the gateway and the node-router hop, in front of the benchmark backend.
+"""Shoal's own rows: the gateway alone, and the whole mesh path, in front of the benchmark backend.
 
 Each row starts a private embedded Redis (a helper on the load generator's core, not counted),
 stores a catch-all VirtualService (``hosts: ["*"]``) routing to a service ``bench``, registers
 the backend nginx as that service's one instance (a registry record with a long lease: no agent
-runs it), then starts the Shoal process under test pinned to the server core and waits for its
-ports. The process is the real one a user runs (``shoal gateway`` / ``shoal node``).
+runs it), then starts the Shoal processes under test pinned to the server core and waits for
+their ports. The processes are the real ones a user runs (``shoal gateway``, ``shoal node``,
+``shoal controller``).
+
+- ``shoal-gateway``: the backend is registered as an instance outside the mesh, so the gateway
+  forwards to it directly: the gateway's own cost.
+- ``shoal-mesh``: the backend is registered as an instance of node ``bench``, so the gateway
+  forwards over mTLS to that node's router, which forwards to it: the path every request to a
+  Shoal-run instance takes. Gateway and node run on the server core (both counted, as one
+  process tree); the controller (the CA) is a helper on the other core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +37,7 @@ from bench.tls import TLSFiles
 from shoal.mesh.endpoint import Endpoint
 from shoal.platform.client import Client
 from shoal.platform.resources import parse_text
+from shoal.platform.tokens import JoinTokens
 from shoal.store.connection import connect
 from shoal.store.embedded import EmbeddedRedis
 from shoal.store.keys import Keys
@@ -44,7 +54,8 @@ spec:
 """
 
 
-async def _configure(url: str, backend_port: int) -> None:
+async def _configure(url: str, backend_port: int, *, mesh: bool) -> str:
+    """Store the route and the backend's record; return a join token (two uses)."""
     redis = connect(url)
     try:
         await Client(redis, Keys()).apply(parse_text(ROUTE))
@@ -56,77 +67,105 @@ async def _configure(url: str, backend_port: int) -> None:
             address="127.0.0.1",
             port=backend_port,
             state="ready",
+            mtls=mesh,
         )
         await Registry(redis, Keys()).put_instances([backend], ttl=24 * 3600)
+        return await JoinTokens(redis, Keys()).create(uses=2)
     finally:
         await redis.aclose()
 
 
-def _store(workdir: Path, backend_port: int) -> EmbeddedRedis:
+def _store(workdir: Path, backend_port: int, *, mesh: bool = False) -> tuple[EmbeddedRedis, str]:
     redis = EmbeddedRedis(state_dir=workdir / "shoal-state")
     redis.start()
     assert redis.process is not None
     pin_tree(redis.process.pid, BACKEND_CPU)
-    asyncio.run(_configure(redis.url, backend_port))
-    return redis
+    return redis, asyncio.run(_configure(redis.url, backend_port, mesh=mesh))
 
 
-def _start(name: str, extra: list[str], ports: list[int], backend_port: int) -> RunningServer:
+def _start(
+    name: str, commands: list[list[str]], ports: list[int], backend_port: int, *, mesh: bool
+) -> RunningServer:
+    """Start ``commands`` (``shoal`` argv each) as one process tree on the server core; with
+    ``mesh``, also a controller (the CA) as a helper on the other core."""
     workdir = Path(tempfile.mkdtemp(prefix=f"shoal-bench-{name}-"))
-    redis = _store(workdir, backend_port)
+    redis, token = _store(workdir, backend_port, mesh=mesh)
     log = workdir / f"{name}.log"
-    argv = [sys.executable, "-m", "shoal", *extra, "--redis", redis.url]
-    env = {"SHOAL_HOME": str(workdir / "shoal-state"), "PATH": "/usr/bin:/bin"}
-    process = spawn(argv, cpu=SERVER_CPU, log_path=log, env=env)
+    env = {
+        "SHOAL_HOME": str(workdir / "shoal-state"),
+        "PATH": "/usr/bin:/bin",
+        "SHOAL_JOIN_TOKEN": token,
+    }
+    shoal = [sys.executable, "-m", "shoal"]
+    helpers = [redis.process]
+    if mesh:
+        helpers.append(
+            spawn(
+                [*shoal, "controller", "--redis", redis.url],
+                cpu=BACKEND_CPU,
+                log_path=workdir / "controller.log",
+                env=env,
+            )
+        )
+    lines = [shlex.join([*shoal, *c, "--redis", redis.url]) for c in commands]
+    script = " & ".join(lines) + " & wait"  # one tree: its CPU is what the row costs
+    process = spawn(["sh", "-c", script], cpu=SERVER_CPU, log_path=log, env=env)
     try:
         wait_for_ports(process, ports, log_path=log)
     except ServerStartError:
         process.kill()
+        for helper in helpers:
+            if helper is not None:
+                helper.kill()
         redis.stop()
         raise
-    assert redis.process is not None
     return RunningServer(
         name=name,
         process=process,
         workdir=workdir,
-        helpers=[redis.process],
+        helpers=[h for h in helpers if h is not None],
         h1_port=ports[0],
-        h2c_port=ports[0] if name == "shoal-gateway" else None,
+        h2c_port=ports[0],
         tls_port=ports[1] if len(ports) > 1 else None,
     )
 
 
+def _gateway(port: int, tls_port: int, tls: TLSFiles) -> list[str]:
+    return [
+        "gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tls-port",
+        str(tls_port),
+        "--cert",
+        str(tls.cert),
+        "--key",
+        str(tls.key),
+        "--metrics-port",
+        "0",
+    ]
+
+
 def start_shoal_gateway(backend_port: int, tls: TLSFiles) -> RunningServer:
-    """Start ``shoal gateway`` (hypercorn, one process) routing everything to the backend."""
+    """``shoal gateway`` (hypercorn, one process) forwarding straight to the backend."""
     port, tls_port = free_port(), free_port()
     return _start(
-        "shoal-gateway",
-        [
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--tls-port",
-            str(tls_port),
-            "--cert",
-            str(tls.cert),
-            "--key",
-            str(tls.key),
-        ],
-        [port, tls_port],
-        backend_port,
+        "shoal-gateway", [_gateway(port, tls_port, tls)], [port, tls_port], backend_port, mesh=False
     )
 
 
-def start_shoal_router(backend_port: int) -> RunningServer:
-    """Start ``shoal node`` and measure its router's listener (HTTP/1.1, plaintext for now)."""
-    port = free_port()
+def start_shoal_mesh(backend_port: int, tls: TLSFiles) -> RunningServer:
+    """``shoal gateway`` → mTLS → ``shoal node``'s router → the backend: the whole path."""
+    port, tls_port, mesh_port = free_port(), free_port(), free_port()
+    node = ["node", "--node-id", "bench", "--mesh-port", str(mesh_port), "--metrics-port", "0"]
     server = _start(
-        "shoal-router",
-        ["node", "--node-id", "bench", "--mesh-port", str(port)],
-        [port],
+        "shoal-mesh",
+        [node, _gateway(port, tls_port, tls)],
+        [port, tls_port, mesh_port],
         backend_port,
+        mesh=True,
     )
-    server.notes.append("router listener is HTTP/1.1 plaintext (mTLS between routers: issue 4)")
+    server.notes.append("gateway and node router on one core; gateway → router is mTLS")
     return server
