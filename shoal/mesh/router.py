@@ -51,6 +51,7 @@ from shoal.platform.settings import DEFAULT_MESH_PORT
 
 log = logging.getLogger(__name__)
 
+SERVER = "shoal"  # the Server header of answers without one (Envoy says "envoy")
 SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the router stops
 _INSTANCE = INSTANCE.decode()
 
@@ -58,7 +59,7 @@ _INSTANCE = INSTANCE.decode()
 def _refusal(
     status: int, cause: str, message: str, *, unsent: bool = False, retry_after: int | None = None
 ) -> web.Response:
-    headers = {"x-shoal-cause": cause}
+    headers = {"x-shoal-cause": cause, "server": SERVER}
     if unsent:
         headers[UNSENT] = "1"
     if retry_after is not None:
@@ -92,6 +93,7 @@ async def _relay(
         for name, value in end_to_end(upstream.headers):
             if name != b"x-shoal-unsent":  # only this router may say nothing was sent
                 response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        response.headers.setdefault("server", SERVER)  # not aiohttp's name and version
         await response.prepare(request)
         async for chunk in upstream.chunks():
             await response.write(chunk)

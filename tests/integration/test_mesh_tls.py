@@ -155,6 +155,8 @@ async def test_authorization_policy_allows_only_hello_to_call_world(cluster: Clu
         assert (status, body.split(":")[0]) == (403, "denied")
         status, cause, _ = await get("world", "/")
         assert (status, cause) == (403, "denied")
+        async with s.get(cluster.gateway_url, headers={"Host": "world"}) as r:
+            assert r.headers["server"] == "shoal"  # not the router's library and version
 
 
 @pytest.mark.timeout(120)
