@@ -1,0 +1,138 @@
+"""What every ``shoal`` command shares: the Typer app, option types, one-line errors, the
+store client, and how a long-running component is run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from shoal.errors import ShoalError
+from shoal.gateway.limits import LIMIT_NAMES
+from shoal.platform import settings
+from shoal.platform.client import Client
+from shoal.store.connection import connect
+from shoal.store.keys import Keys
+
+if TYPE_CHECKING:
+    pass
+
+
+app = typer.Typer(
+    help="Shoal: a gateway and service mesh that runs your services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        help="Store URL (redis://, rediss://, redis+sentinel://). Default: $SHOAL_REDIS_URL, "
+        "else the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
+    ),
+]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table, json or yaml")]
+# The gateway's edge settings, taken as text and parsed by gateway_settings() so that a bad
+# value is one ``error:`` line like every other Shoal error.
+LimitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--limit",
+        metavar="NAME=VALUE",
+        help="An edge limit, repeatable: sizes in bytes or KiB/MiB/GiB, times in seconds "
+        "(read_timeout=off disables it), h2_* flood budgets as BURST/RATE. "
+        "E.g. --limit max_body_bytes=1MiB --limit header_timeout=5s --limit h2_reset=200/50. "
+        f"Names: {', '.join(LIMIT_NAMES)}.",
+    ),
+]
+TrustedHopsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trusted-hops",
+        metavar="N",
+        help="Proxies in front of the gateway whose X-Forwarded-For/Forwarded entries are kept "
+        "(default 0: the client's are replaced). E.g. --trusted-hops 1 behind one load balancer.",
+    ),
+]
+EscapedSlashesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--escaped-slashes",
+        metavar="reject|keep|decode",
+        help="%2F, %5C and backslashes in paths: reject (400, the default), keep them encoded, "
+        "or decode them to /. E.g. --escaped-slashes keep",
+    ),
+]
+
+JoinTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--join-token",
+        envvar="SHOAL_JOIN_TOKEN",
+        help="Token from 'shoal token create': needed for this process's first certificate.",
+    ),
+]
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option("--metrics-port", help="Prometheus /metrics on 127.0.0.1 at this port (0: off)."),
+]
+ActivationOpt = Annotated[
+    float,
+    typer.Option(
+        "--activation-timeout",
+        help="Seconds a request for a service with no ready instance (scaled to zero) waits "
+        "for one to start before 503 cold_start_timeout.",
+    ),
+]
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
+
+
+def fail(e: ShoalError) -> typer.Exit:
+    """Print one line for ``e`` and give the exit to raise."""
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(e.exit_code)
+
+
+def with_client(redis_flag: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect to the store, run ``fn`` with a client, close; errors become one line."""
+
+    async def go() -> T:
+        url = settings.redis_url(redis_flag)
+        redis = connect(url)
+        try:
+            return await fn(Client(redis, Keys(settings.key_prefix())))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ShoalError as e:
+        raise fail(e) from None
+
+
+def run_component(
+    coro: Callable[..., Coroutine[Any, Any, None]], redis_flag: str | None, name: str, **kwargs: Any
+) -> None:
+    """Run a long-lived component process until SIGTERM/SIGINT."""
+    from shoal.platform.process import run_process, setup_logging
+
+    setup_logging(name)
+    try:
+        url = settings.redis_url(redis_flag)
+    except ShoalError as e:
+        raise fail(e) from None
+
+    async def main(redis: Any, url: str, keys: Keys, stop: asyncio.Event) -> None:
+        await coro(redis, url, keys, stop=stop, **kwargs)
+
+    try:
+        run_process(main, url, Keys(settings.key_prefix()))
+    except ShoalError as e:
+        raise fail(e) from None

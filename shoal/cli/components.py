@@ -1,0 +1,364 @@
+"""Commands that run Shoal's processes: ``up`` (all of them on one host), ``node``,
+``gateway``, ``controller``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from shoal.errors import ShoalError, UserError
+from shoal.gateway.limits import parse_limits
+from shoal.platform import settings
+from shoal.platform.resources import load_files
+from shoal.store.connection import redacted
+
+if TYPE_CHECKING:
+    from shoal.gateway.server import GatewaySettings
+
+from shoal.cli.common import (
+    EXAMPLE_DIR,
+    ActivationOpt,
+    EscapedSlashesOpt,
+    JoinTokenOpt,
+    LimitOpt,
+    MetricsPortOpt,
+    RedisOpt,
+    TrustedHopsOpt,
+    app,
+    fail,
+    run_component,
+    with_client,
+)
+from shoal.cli.security import new_join_token
+
+
+def gateway_settings(
+    *,
+    limit: list[str] | None,
+    trusted_hops: str | None,
+    escaped_slashes: str | None,
+    listen: GatewaySettings | None = None,
+) -> GatewaySettings:
+    """``listen`` (where the gateway listens, with which certificate) plus the edge flags; a
+    bad flag is a ``UserError`` naming it. ``up`` calls it too, to refuse a bad flag before it
+    starts anything.
+    """
+    from shoal.gateway.paths import SlashPolicy
+    from shoal.gateway.server import GatewaySettings
+
+    policies = {p.value: p for p in SlashPolicy}
+    slashes = escaped_slashes.strip().lower() if escaped_slashes is not None else "reject"
+    if slashes not in policies:
+        raise UserError(f"--escaped-slashes {escaped_slashes!r}: use reject, keep or decode")
+    hops = trusted_hops.strip() if trusted_hops is not None else "0"
+    if not re.fullmatch(r"[0-9]+", hops, re.ASCII):
+        raise UserError(f"--trusted-hops {trusted_hops!r}: expected a whole number >= 0, e.g. 1")
+    return dataclasses.replace(
+        listen or GatewaySettings(),
+        limits=parse_limits(limit or []),
+        trusted_hops=int(hops),
+        escaped_slashes=policies[slashes],
+    )
+
+
+def secret_from_env(value: str | None) -> str | None:
+    """``value``, with ``$SHOAL_JOIN_TOKEN`` removed from the environment so that the
+    instances this process starts never see it."""
+    os.environ.pop("SHOAL_JOIN_TOKEN", None)
+    return value
+
+
+@app.command()
+def up(
+    example: Annotated[bool, typer.Option(help="Deploy the hello-world example.")] = False,
+    redis: RedisOpt = None,
+    port: Annotated[int, typer.Option(help="Gateway HTTP/1.1 + h2c port.")] = 8080,
+    mesh_port: Annotated[
+        int, typer.Option(help="Node router's inbound mTLS port.")
+    ] = settings.DEFAULT_MESH_PORT,
+    tls_port: Annotated[
+        int | None, typer.Option(help="Gateway TLS port (needs --cert/--key).")
+    ] = None,
+    cert: Annotated[str | None, typer.Option(help="PEM certificate chain for the gateway.")] = None,
+    key: Annotated[str | None, typer.Option(help="PEM private key for the gateway.")] = None,
+    limit: LimitOpt = None,
+    trusted_hops: TrustedHopsOpt = None,
+    escaped_slashes: EscapedSlashesOpt = None,
+    activation_timeout: ActivationOpt = 30.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Prometheus /metrics: the gateway on this port, the node on the next "
+            "(127.0.0.1; 0: off)."
+        ),
+    ] = 15090,
+) -> None:
+    """Start the platform on this host: Redis (embedded unless --redis), controller, node,
+    gateway. Ctrl-C stops everything cleanly.
+
+    Example: shoal up --example
+    """
+    from shoal.platform.supervisor import Supervisor, check_ports
+
+    # The gateway child parses these flags again; checked here so that a bad one stops
+    # 'shoal up' before it starts anything rather than ending up in the gateway's log.
+    try:
+        gateway_settings(limit=limit, trusted_hops=trusted_hops, escaped_slashes=escaped_slashes)
+    except ShoalError as e:
+        raise fail(e) from None
+    state = settings.state_dir()
+    activation = ["--activation-timeout", str(activation_timeout)]
+    gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
+    for pair in limit or []:
+        gateway_args += ["--limit", pair]
+    if trusted_hops is not None:
+        gateway_args += ["--trusted-hops", trusted_hops]
+    if escaped_slashes is not None:
+        gateway_args += ["--escaped-slashes", escaped_slashes]
+    if tls_port is not None or cert is not None or key is not None:
+        if tls_port is None or cert is None or key is None:
+            raise fail(UserError("--tls-port, --cert and --key go together"))
+        gateway_args += [
+            "--tls-port",
+            str(tls_port),
+            "--cert",
+            str(Path(cert).absolute()),
+            "--key",
+            str(Path(key).absolute()),
+        ]
+    ports = {"gateway": ("0.0.0.0", port), "mesh": ("127.0.0.1", mesh_port)}
+    if metrics_port:
+        ports["gateway metrics"] = ("127.0.0.1", metrics_port)
+        ports["node metrics"] = ("127.0.0.1", metrics_port + 1)
+    if tls_port is not None:
+        ports["gateway TLS"] = ("0.0.0.0", tls_port)
+    try:
+        check_ports(ports)
+    except ShoalError as e:
+        raise fail(e) from None
+    sup = Supervisor(
+        state_dir=state,
+        redis_url=redis,
+        component_args={
+            "controller": [],
+            "node": [
+                "--mesh-port",
+                str(mesh_port),
+                *activation,
+                "--metrics-port",
+                str(metrics_port + 1 if metrics_port else 0),
+            ],
+            "gateway": gateway_args,
+        },
+        env={**os.environ, "SHOAL_HOME": str(state)},
+        on_store=lambda url: {"SHOAL_JOIN_TOKEN": new_join_token(url, uses=2)},
+    )
+    # The handler only appends to a list: setting a threading.Event from a signal handler can
+    # deadlock on the Event's lock when the signal lands while the main thread holds it.
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: stopping.append(signum))
+    try:
+        url = sup.start()
+        (state / "gateway.url").write_text(f"http://127.0.0.1:{port}\n")
+        typer.echo(f"store      {redacted(url)}  (state in {state})")
+        typer.echo(f"gateway    http://localhost:{port}  (HTTP/1.1 and h2c)")
+        if tls_port is not None:
+            typer.echo(f"           https://localhost:{tls_port}  (TLS, ALPN h2 and http/1.1)")
+        typer.echo(f"logs       {state / 'logs'}")
+        if example:
+            resources = load_files(sorted(str(p) for p in EXAMPLE_DIR.glob("*.yaml")))
+            applied = with_client(url, lambda c: c.apply(resources, keep_existing=True))
+            typer.echo(
+                f"example    {len(applied.changed)} resources applied, "
+                f"{len(applied.unchanged)} already there (revision {applied.revision})"
+            )
+            typer.echo(
+                f"try        curl --http2-prior-knowledge -H 'Host: hello' localhost:{port}/"
+            )
+            typer.echo(f"           curl -H 'Host: world' localhost:{port}/")
+            typer.echo(f"           curl -H 'Host: hello' localhost:{port}/chain")
+        typer.echo("status     shoal status      (Ctrl-C stops everything)")
+        watcher = threading.Thread(target=sup.watch, args=(typer.echo,), daemon=True)
+        watcher.start()
+        while not stopping:
+            time.sleep(0.2)
+        typer.echo("stopping: draining instances…")
+    except ShoalError as e:
+        sup.stop()
+        raise fail(e) from None
+    except typer.Exit:
+        sup.stop()
+        raise
+    sup.stop()
+    typer.echo("stopped")
+
+
+@app.command()
+def node(
+    redis: RedisOpt = None,
+    node_id: Annotated[str | None, typer.Option(help="Node id (default: host name).")] = None,
+    mesh_port: Annotated[
+        int, typer.Option(help="Router's inbound mTLS port.")
+    ] = settings.DEFAULT_MESH_PORT,
+    host: Annotated[
+        str, typer.Option(help="Address the router's inbound mTLS listener binds.")
+    ] = "127.0.0.1",
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="Address other hosts reach this node's router at (default: --host)."),
+    ] = None,
+    activation_timeout: ActivationOpt = 30.0,
+    join_token: JoinTokenOpt = None,
+    metrics_port: MetricsPortOpt = 15091,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            metavar="KEY=VALUE",
+            help="A node label, repeatable, matched by a Service's spec.node_selector. "
+            "E.g. --label zone=eu-1 --label disk=ssd",
+        ),
+    ] = None,
+    capacity: Annotated[
+        str | None,
+        typer.Option(
+            "--capacity",
+            metavar="N",
+            help="The most instances (of all services) this node runs (default: no limit).",
+        ),
+    ] = None,
+) -> None:
+    """Run a node (router + agent) on this host.
+
+    Example: shoal node --redis redis://10.0.0.5:6379 --host 0.0.0.0 --advertise 10.0.0.7
+    Example: shoal node --label zone=eu-1 --capacity 20
+    """
+    from shoal.platform.agent import default_node_id
+    from shoal.platform.node import node_capacity, node_labels, run_node
+
+    try:
+        labels, most = node_labels(label or []), node_capacity(capacity)
+    except ShoalError as e:
+        raise fail(e) from None
+    run_component(
+        run_node,
+        redis,
+        "node",
+        node_id=node_id or default_node_id(),
+        state_dir=settings.state_dir(),
+        trust_domain=settings.trust_domain(),
+        host=host,
+        advertise=advertise,
+        mesh_port=mesh_port,
+        activation_timeout=activation_timeout,
+        join_token=secret_from_env(join_token),
+        metrics_port=metrics_port or None,
+        labels=labels,
+        capacity=most,
+    )
+
+
+@app.command()
+def gateway(
+    redis: RedisOpt = None,
+    port: Annotated[int, typer.Option(help="HTTP/1.1 + h2c port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    tls_port: Annotated[int | None, typer.Option(help="TLS port (needs --cert/--key).")] = None,
+    cert: Annotated[str | None, typer.Option(help="PEM certificate chain.")] = None,
+    key: Annotated[str | None, typer.Option(help="PEM private key.")] = None,
+    limit: LimitOpt = None,
+    trusted_hops: TrustedHopsOpt = None,
+    escaped_slashes: EscapedSlashesOpt = None,
+    activation_timeout: ActivationOpt = 30.0,
+    join_token: JoinTokenOpt = None,
+    metrics_port: MetricsPortOpt = 15090,
+) -> None:
+    """Run the HTTP gateway.
+
+    Example: shoal gateway --port 8080 --tls-port 8443 --cert edge.pem --key edge.key
+    Example: shoal gateway --limit max_body_bytes=1MiB --trusted-hops 1 --escaped-slashes keep
+    """
+    from shoal.gateway.server import GatewaySettings, run_gateway
+
+    if (tls_port is None) != (cert is None) or (cert is None) != (key is None):
+        raise fail(UserError("--tls-port, --cert and --key go together"))
+    try:
+        gs = gateway_settings(
+            limit=limit,
+            trusted_hops=trusted_hops,
+            escaped_slashes=escaped_slashes,
+            listen=GatewaySettings(
+                host=host,
+                port=port,
+                tls_port=tls_port if cert else None,
+                certfile=cert,
+                keyfile=key,
+                activation_timeout=activation_timeout,
+                metrics_port=metrics_port or None,
+            ),
+        )
+    except ShoalError as e:
+        raise fail(e) from None
+    run_component(
+        run_gateway,
+        redis,
+        "gateway",
+        settings=gs,
+        trust_domain=settings.trust_domain(),
+        join_token=secret_from_env(join_token),
+    )
+
+
+@app.command()
+def controller(
+    redis: RedisOpt = None,
+    stable_window: Annotated[
+        float, typer.Option(help="Autoscaler stable window, seconds (Knative's stable-window).")
+    ] = 60.0,
+    panic_window: Annotated[
+        float, typer.Option(help="Autoscaler panic window, seconds (10% of stable in Knative).")
+    ] = 6.0,
+    scale_to_zero_grace: Annotated[
+        float, typer.Option(help="Seconds idle past idle_timeout before the last instance goes.")
+    ] = 0.0,
+    retire_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a revision with 0% of its traffic and no request keeps its "
+            "instances before it is scaled to zero."
+        ),
+    ] = 300.0,
+) -> None:
+    """Run a controller (one leads; others stand by): CA, scheduler, autoscaler.
+
+    Example: shoal controller --redis redis://10.0.0.5:6379 --stable-window 30
+    """
+    from shoal.platform.controller import run_controller
+    from shoal.platform.scaling import AutoscaleSettings
+
+    try:
+        autoscale = AutoscaleSettings(
+            stable_window=stable_window,
+            panic_window=panic_window,
+            scale_to_zero_grace=scale_to_zero_grace,
+            retire_after=retire_after,
+        )
+    except ValueError as e:
+        raise fail(UserError(str(e))) from None
+    run_component(
+        run_controller,
+        redis,
+        "controller",
+        state_dir=settings.state_dir(),
+        autoscale=autoscale,
+        trust_domain=settings.trust_domain(),
+    )

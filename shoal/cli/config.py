@@ -1,0 +1,215 @@
+"""Commands that read and change configuration: apply/deploy, get, delete, weights, scale,
+rollout, status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+import yaml
+
+from shoal.cli import render
+from shoal.errors import ShoalError, UserError
+from shoal.platform import settings
+from shoal.platform.client import Client
+from shoal.platform.resources import load_files
+from shoal.platform.rollout import RollBack
+
+if TYPE_CHECKING:
+    pass
+
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
+
+
+@app.command("deploy", help="Same as apply: a Service spec change is a new revision.")
+@app.command()
+def apply(
+    file: Annotated[list[str], typer.Option("-f", "--file", help="Manifest file(s); - is stdin.")],
+    redis: RedisOpt = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every proxy applied it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 30.0,
+) -> None:
+    """Validate and apply manifests: all documents land together, or none do.
+
+    Example: shoal apply -f deploy/examples/hello-world/hello.yaml
+    """
+    try:
+        resources = load_files(file)
+    except ShoalError as e:
+        raise fail(e) from None
+
+    async def go(c: Client) -> tuple[Any, dict[str, int]]:
+        applied = await c.apply(resources)
+        lagging = await c.wait_applied(applied.revision, timeout) if wait else {}
+        return applied, lagging
+
+    applied, lagging = with_client(redis, go)
+    render.applied(applied)
+    if lagging:
+        raise fail(
+            ShoalError(
+                "not applied yet by: "
+                + ", ".join(f"{c} (at {r})" for c, r in sorted(lagging.items()))
+            )
+        )
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="service, virtualservice (vs), destinationrule (dr)")],
+    name: Annotated[str | None, typer.Argument()] = None,
+    redis: RedisOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Show stored resources; "revisions SERVICE" lists a service's revisions with their
+    traffic share and instances.
+
+    Example: shoal get vs hello -o yaml
+    Example: shoal get revisions hello
+    """
+    if kind.lower() in ("revisions", "revision", "rev"):
+        if name is None:
+            raise fail(UserError("shoal get revisions SERVICE: name the service"))
+        service = name
+        emit(with_client(redis, lambda c: c.revisions(service)), output, render.revisions)
+        return
+    emit(with_client(redis, lambda c: c.get(kind, name)), output, render.documents)
+
+
+def emit(
+    rows: list[dict[str, Any]], output: str, table: Callable[[list[dict[str, Any]]], None]
+) -> None:
+    """Print ``rows`` as ``-o json``, ``-o yaml`` (one document each) or a table."""
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump_all(rows, sort_keys=False).rstrip())
+    else:
+        table(rows)
+
+
+@app.command()
+def rollout(
+    service: Annotated[str, typer.Argument()],
+    to: Annotated[str, typer.Option("--to", help="Subset (revision) to move traffic to.")],
+    steps: Annotated[
+        str, typer.Option(help="Traffic shares, percent, ending at 100.")
+    ] = "10,50,100",
+    interval: Annotated[str, typer.Option(help="How long each step is watched.")] = "30s",
+    max_error_rate: Annotated[
+        str, typer.Option(help="Roll back above this share of 5xx answers.")
+    ] = "1%",
+    max_p99: Annotated[
+        str | None, typer.Option(help="Roll back above this p99 latency, e.g. 500ms.")
+    ] = None,
+    scale_to: Annotated[int, typer.Option(help="Ready instances before the first step.")] = 1,
+    redis: RedisOpt = None,
+) -> None:
+    """Move traffic to a new revision in steps, watching its error rate and (with --max-p99)
+    latency; roll back by itself when it breaches a limit (exit 1).
+
+    Example: shoal rollout hello --to v2 --steps 10,50,100 --interval 30s --max-error-rate 1%
+    """
+    from shoal.platform.rollout import parse_error_rate, parse_interval, parse_steps
+    from shoal.platform.rollout_runner import start_rollout
+
+    try:
+        settings_ = {
+            "steps": parse_steps(steps),
+            "interval": parse_interval(interval),
+            "max_error_rate": parse_error_rate(max_error_rate),
+            "max_p99": None if max_p99 is None else parse_interval(max_p99, "--max-p99"),
+            "scale_to": scale_to,
+        }
+    except ShoalError as e:
+        raise fail(e) from None
+    result = with_client(redis, lambda c: start_rollout(c, service, to, typer.echo, **settings_))
+    if isinstance(result, RollBack):
+        raise typer.Exit(1)
+
+
+@app.command()
+def delete(
+    kind: Annotated[str, typer.Argument(help="service, virtualservice (vs), destinationrule (dr)")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Name (a Service name deletes all revisions; NAME/REVISION deletes one)."
+        ),
+    ],
+    redis: RedisOpt = None,
+) -> None:
+    """Delete a resource.
+
+    Example: shoal delete service world
+    """
+    revision = with_client(redis, lambda c: c.delete(kind, name))
+    typer.echo(f"deleted {kind} {name} (revision {revision})")
+
+
+@app.command()
+def weights(
+    service: Annotated[str, typer.Argument()],
+    split: Annotated[list[str], typer.Argument(help="SUBSET=WEIGHT pairs summing to 100")],
+    redis: RedisOpt = None,
+) -> None:
+    """Split a service's traffic between subsets (edits its VirtualService).
+
+    Example: shoal weights hello v1=80 v2=20
+    """
+    vs, revision = with_client(redis, lambda c: c.weights(service, split))
+    parts = ", ".join(f"{d.destination.subset}={d.weight}" for d in vs.http[-1].route)
+    typer.echo(f"VirtualService {vs.name}: {service} → {parts} (revision {revision})")
+
+
+@app.command()
+def scale(
+    service: Annotated[str, typer.Argument()],
+    min: Annotated[
+        int | None, typer.Option("--min", help="Fewest instances (0: scale to zero when idle).")
+    ] = None,
+    max: Annotated[int | None, typer.Option("--max", help="Most instances.")] = None,
+    target: Annotated[
+        int | None, typer.Option("--target", help="Target concurrent requests per instance.")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Only this revision.")] = None,
+    redis: RedisOpt = None,
+) -> None:
+    """Set a service's scaling bounds (every revision, or --revision), in place.
+
+    Example: shoal scale hello --min 3 --max 10
+    """
+    scaled = with_client(
+        redis, lambda c: c.scale(service, min=min, max=max, target=target, revision=revision)
+    )
+    for s in scaled:
+        typer.echo(
+            f"{s.key}: min {s.scale.min}, max {s.scale.max}, target {s.scale.target_concurrency}"
+        )
+
+
+@app.command()
+def status(
+    redis: RedisOpt = None,
+    output: OutputOpt = "table",
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Then print every instance change.")
+    ] = False,
+) -> None:
+    """Nodes, services and instances with revision, node, address, pid and state.
+
+    Example: shoal status --watch
+    """
+    st = with_client(redis, lambda c: c.status())
+    if output == "json":
+        typer.echo(json.dumps(render.status_dict(st), indent=2))
+    else:
+        render.status(st)
+    if watch:
+        url = redis or settings.redis_url(None)
+        typer.echo("\nwatching instance changes (Ctrl-C to stop)")
+        with contextlib.suppress(KeyboardInterrupt):
+            with_client(url, lambda c: c.follow(url, render.instance_change))

@@ -1,0 +1,150 @@
+"""``shoal drill``: failover drills under traffic."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from shoal.cli import render
+from shoal.errors import ShoalError, UserError
+from shoal.platform import settings
+from shoal.platform.drill import Report
+
+if TYPE_CHECKING:
+    pass
+
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
+
+drill_app = typer.Typer(
+    help="Failover drills: prove that clients see no error.", no_args_is_help=True
+)
+app.add_typer(drill_app, name="drill")
+
+
+def gateway_url(flag: str | None) -> str:
+    """``--gateway``, else the gateway ``shoal up`` recorded, else localhost:8080."""
+    if flag:
+        return flag
+    recorded = settings.state_dir() / "gateway.url"
+    return recorded.read_text().strip() if recorded.exists() else "http://127.0.0.1:8080"
+
+
+def finish_drill(report: Report, output: str, limit: float) -> None:
+    """Print a drill's report; fail when its error rate is over the limit."""
+    if output == "json":
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render.drill(report)
+    if report.error_rate > limit:
+        raise fail(
+            ShoalError(f"error rate {report.error_rate:.2%} is above --max-error-rate {limit:.2%}")
+        )
+
+
+@drill_app.command("failover")
+def drill_failover(
+    service: Annotated[str, typer.Argument()],
+    fault: Annotated[
+        str,
+        typer.Option(
+            help="kill (SIGKILL), hang (SIGSTOP), error (answers 503) or slow (+0.5 s per answer)"
+        ),
+    ] = "kill",
+    count: Annotated[int, typer.Option(help="How many instances to fault.")] = 1,
+    duration: Annotated[str, typer.Option(help="Length of the drill.")] = "30s",
+    rps: Annotated[float, typer.Option(help="Requests per second through the gateway.")] = 100,
+    max_error_rate: Annotated[
+        str, typer.Option(help="Fail (exit 1) above this, e.g. 0 or 1%.")
+    ] = "0",
+    gateway: Annotated[
+        str | None, typer.Option(help="Gateway URL (default: the one 'shoal up' started).")
+    ] = None,
+    redis: RedisOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Fault instances of a service under steady traffic and report what clients saw.
+
+    Example: shoal drill failover hello --fault kill --duration 20s --rps 100
+    """
+    from shoal.platform.drill import failover
+    from shoal.platform.faults import FAULTS
+    from shoal.platform.rollout import parse_error_rate, parse_interval
+
+    try:
+        if fault not in FAULTS:
+            raise UserError(f"--fault {fault!r}: use one of {', '.join(FAULTS)}")
+        if count < 1 or rps <= 0:
+            raise UserError("--count and --rps must be positive")
+        seconds = parse_interval(duration, "--duration")
+        limit = parse_error_rate(max_error_rate)
+    except ShoalError as e:
+        raise fail(e) from None
+    report = with_client(
+        redis,
+        lambda c: failover(
+            c,
+            gateway=gateway_url(gateway),
+            service=service,
+            fault=fault,
+            count=count,
+            duration=seconds,
+            rps=rps,
+        ),
+    )
+    finish_drill(report, output, limit)
+
+
+@drill_app.command("redis")
+def drill_redis(
+    service: Annotated[str, typer.Argument(help="Service to send traffic to.")],
+    mode: Annotated[
+        str,
+        typer.Option(help="stop (SIGSTOP for --down) or kill (SIGKILL; 'shoal up' restarts it)"),
+    ] = "stop",
+    down: Annotated[str, typer.Option(help="How long the store stays stopped.")] = "30s",
+    duration: Annotated[
+        str, typer.Option(help="Length of the drill (at least --down + 5s).")
+    ] = "40s",
+    rps: Annotated[float, typer.Option(help="Requests per second through the gateway.")] = 100,
+    max_error_rate: Annotated[str, typer.Option(help="Fail (exit 1) above this.")] = "0",
+    gateway: Annotated[str | None, typer.Option(help="Gateway URL.")] = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Take the embedded store away under traffic; report errors and registry recovery.
+
+    Example: shoal drill redis hello --mode stop --down 30s
+    """
+    from shoal.platform.drill import redis_outage
+    from shoal.platform.rollout import parse_error_rate, parse_interval
+    from shoal.store.embedded import recorded_pid
+
+    try:
+        if mode not in ("stop", "kill"):
+            raise UserError(f"--mode {mode!r}: use stop or kill")
+        seconds_down = parse_interval(down, "--down")
+        seconds = parse_interval(duration, "--duration")
+        limit = parse_error_rate(max_error_rate)
+        pid = recorded_pid(settings.state_dir())
+        if pid is None:
+            raise UserError(
+                f"no embedded Redis of 'shoal up' running under "
+                f"{settings.state_dir()}: this drill needs it on this host"
+            )
+    except ShoalError as e:
+        raise fail(e) from None
+    report = with_client(
+        None,
+        lambda c: redis_outage(
+            c,
+            gateway=gateway_url(gateway),
+            service=service,
+            redis_pid=pid,
+            mode=mode,
+            down=seconds_down,
+            duration=seconds,
+            rps=rps,
+        ),
+    )
+    finish_drill(report, output, limit)

@@ -1,0 +1,135 @@
+"""Certificates and join tokens: ``shoal certs`` and ``shoal token``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from shoal.cli import render
+from shoal.errors import ShoalError
+from shoal.platform import settings
+from shoal.platform.client import Client
+
+if TYPE_CHECKING:
+    pass
+
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
+
+
+def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
+    """A join token made in the store at ``url``."""
+    from shoal.platform.tokens import JoinTokens
+
+    return with_client(url, lambda c: JoinTokens(c.redis, c.keys).create(ttl=ttl, uses=uses))
+
+
+token_app = typer.Typer(help="Join tokens for new nodes and gateways.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    redis: RedisOpt = None,
+    ttl: Annotated[str, typer.Option(help="How long the token is valid.")] = "1h",
+    uses: Annotated[int, typer.Option(help="How many components it may admit.")] = 1,
+) -> None:
+    """Make a join token: a node or gateway started with it (--join-token or
+    $SHOAL_JOIN_TOKEN) gets its first certificate; without one it gets none.
+
+    Example: shoal node --redis redis://10.0.0.5:6379 --join-token $(shoal token create)
+    """
+    from shoal.platform.rollout import parse_interval
+
+    try:
+        seconds = parse_interval(ttl, "--ttl")
+        url = settings.redis_url(redis)
+    except ShoalError as e:
+        raise fail(e) from None
+    typer.echo(new_join_token(url, ttl=seconds, uses=uses))
+
+
+certs_app = typer.Typer(
+    help="The mesh's certificates: who holds what, renewal and root rotation.",
+    no_args_is_help=True,
+)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("status")
+def certs_status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
+    """The trust bundle, and every component's identities, issuer, expiry and trust.
+
+    Example: shoal certs status
+    """
+    from shoal.platform.certs_admin import certs_status as read_status
+
+    st = with_client(redis, lambda c: read_status(c.redis, c.keys))
+    if output == "json":
+        typer.echo(json.dumps(render.certs_dict(st), indent=2))
+    else:
+        render.certs(st)
+
+
+@certs_app.command("rotate")
+def certs_rotate(
+    redis: RedisOpt = None,
+    root: Annotated[
+        bool, typer.Option("--root", help="Make a new root and move the mesh to it.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh.")] = 120.0,
+) -> None:
+    """Renew every leaf certificate now, or (--root) rotate the root CA without dropping a
+    request: trust old+new, re-issue every leaf from the new root, then retire the old one.
+
+    Example: shoal certs rotate --root --dry-run
+    """
+    from shoal.platform.certs_admin import certs_status as read_status
+    from shoal.platform.certs_admin import renew_leaves, rotate_root
+
+    async def go(c: Client) -> None:
+        if dry_run:
+            render.rotation_plan(await read_status(c.redis, c.keys), root=root)
+        elif root:
+            await rotate_root(c.redis, c.keys, timeout, typer.echo)
+        else:
+            await renew_leaves(c.redis, c.keys, timeout, typer.echo)
+            typer.echo("done: every component holds renewed certificates")
+
+    with_client(redis, go)
+
+
+@certs_app.command("issue")
+def certs_issue(
+    identity: Annotated[
+        str, typer.Argument(help="SPIFFE ID, e.g. spiffe://cluster.local/svc/hello.")
+    ],
+    out: Annotated[str, typer.Option(help="Directory for cert.pem, key.pem, bundle.pem.")] = ".",
+    hours: Annotated[float, typer.Option(help="Validity in hours.")] = 1.0,
+) -> None:
+    """Sign a mesh certificate with the CA on this host (the controller's state dir), for
+    debugging with openssl/curl or for a workload outside Shoal.
+
+    Example: shoal certs issue spiffe://cluster.local/gateway --out /tmp/mesh
+    """
+    from datetime import timedelta
+
+    from shoal.platform.ca import CAFiles
+    from shoal.platform.certs_admin import issue_local
+
+    try:
+        paths = issue_local(
+            CAFiles(settings.state_dir() / "ca"),
+            settings.trust_domain(),
+            identity,
+            timedelta(hours=hours),
+            Path(out),
+        )
+    except ShoalError as e:
+        raise fail(e) from None
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
