@@ -266,7 +266,12 @@ def decide(
 
     # Scale bounds win over the rate limits, as min-scale/max-scale do in Knative.
     if desired < scale.min:
-        desired, reason = scale.min, f"{reason}; raised to scale.min {scale.min}"
+        demand = max(stable, burst) if panic_started_at is not None else stable
+        reason = (
+            f"scale.min {scale.min} (demand: {demand:.2f} in flight / {target:g} per instance "
+            f"= {max(stable_pods, panic_pods if panic_started_at is not None else 0)})"
+        )
+        desired = scale.min
     elif desired > scale.max:
         desired, reason = scale.max, f"{reason}; capped at scale.max {scale.max}"
     if panic_started_at is not None:
