@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.multihost.harness import (
-    GATEWAY_PORT,
-    MESH_PORT,
     NODE_IDS,
     REDIS_PORT,
     MultiHost,
     Status,
-    shoal_env,
+    start_shoal,
     summary,
 )
 from tests.support.netns import Network, network, require_netns
@@ -92,54 +90,7 @@ def multihost(tmp_path: Path) -> Iterator[MultiHost]:
     with network(["a", "b", "c"], tmp_path / "logs") as net:
         url, _ = _start_redis(net, homes["a"])
         mh = MultiHost(net=net, redis_url=url, homes=homes)
-        token = mh.shoal("token", "create", "--uses", "3").strip()  # two nodes and the gateway
-        py = [sys.executable, "-m", "shoal"]
-        mh.components["controller"] = net.run(
-            "a",
-            "controller",
-            [*py, "controller", "--redis", url],
-            env=shoal_env(homes["a"]),
-            cwd=homes["a"],
-        )
-        for h, node_id in NODE_IDS.items():
-            mh.components[node_id] = net.run(
-                h,
-                node_id,
-                [
-                    *py,
-                    "node",
-                    "--redis",
-                    url,
-                    "--node-id",
-                    node_id,
-                    "--host",
-                    net.hosts[h].address,
-                    "--mesh-port",
-                    str(MESH_PORT),
-                    "--join-token",
-                    token,
-                ],
-                env=shoal_env(homes[h]),
-                cwd=homes[h],
-            )
-        mh.components["gateway"] = net.run(
-            "a",
-            "gateway",
-            [
-                *py,
-                "gateway",
-                "--redis",
-                url,
-                "--host",
-                net.hosts["a"].address,
-                "--port",
-                str(GATEWAY_PORT),
-                "--join-token",
-                token,
-            ],
-            env=shoal_env(homes["a"]),
-            cwd=homes["a"],
-        )
+        start_shoal(mh)
         try:
             _wait_for_nodes(mh)
             yield mh

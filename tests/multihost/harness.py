@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,73 @@ class Traffic:
             )
         self.answers.append(answer)
 
+    def account(self, numbers: dict[str, Any]) -> str:
+        """Add the traffic's totals to ``numbers``; return why it failed ('' when no request
+        did)."""
+        errors = self.errors()
+        numbers["requests"] = len(self.answers)
+        numbers["errors"] = len(errors)
+        numbers["max_latency_s"] = round(max(a.latency for a in self.answers), 3)
+        numbers["slow_over_0.4s"] = sum(a.latency > 0.4 for a in self.answers)
+        if not errors:
+            return ""
+        causes = Counter((e.status, e.cause) for e in errors).most_common(5)
+        return f"{len(errors)} of {len(self.answers)} requests failed: {causes}; numbers: {numbers}"
+
     def errors(self) -> list[Answer]:
         """Every answer that was not a 200 from an instance."""
         return [a for a in self.answers if not a.ok]
+
+
+def start_shoal(mh: MultiHost) -> None:
+    """Controller and gateway on A, nodes hostB and hostC on B and C, all on ``mh.redis_url``
+    and admitted with one join token."""
+    net, url, homes = mh.net, mh.redis_url, mh.homes
+    token = mh.shoal("token", "create", "--uses", "3").strip()  # two nodes and the gateway
+    py = [sys.executable, "-m", "shoal"]
+    mh.components["controller"] = net.run(
+        "a",
+        "controller",
+        [*py, "controller", "--redis", url],
+        env=shoal_env(homes["a"]),
+        cwd=homes["a"],
+    )
+    for h, node_id in NODE_IDS.items():
+        mh.components[node_id] = net.run(
+            h,
+            node_id,
+            [
+                *py,
+                "node",
+                "--redis",
+                url,
+                "--node-id",
+                node_id,
+                "--host",
+                net.hosts[h].address,
+                "--mesh-port",
+                str(MESH_PORT),
+                "--join-token",
+                token,
+            ],
+            env=shoal_env(homes[h]),
+            cwd=homes[h],
+        )
+    mh.components["gateway"] = net.run(
+        "a",
+        "gateway",
+        [
+            *py,
+            "gateway",
+            "--redis",
+            url,
+            "--host",
+            net.hosts["a"].address,
+            "--port",
+            str(GATEWAY_PORT),
+            "--join-token",
+            token,
+        ],
+        env=shoal_env(homes["a"]),
+        cwd=homes["a"],
+    )

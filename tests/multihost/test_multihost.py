@@ -234,19 +234,11 @@ async def test_cutting_host_c_off_under_traffic(
             stop.set()
             await sender
 
-    answers = traffic.answers
-    errors = traffic.errors()
-    numbers["requests"] = len(answers)
-    numbers["errors"] = len(errors)
-    numbers["max_latency_s"] = round(max(a.latency for a in answers), 3)
-    numbers["slow_over_0.4s"] = sum(a.latency > 0.4 for a in answers)
+    failed = traffic.account(numbers)
     numbers["old_c_instances"] = sorted(on_c)
     print(f"\nmultihost check 2: {numbers}")
     record_property("numbers", numbers)  # in --junitxml reports
-    assert not errors, (
-        f"{len(errors)} of {len(answers)} requests failed: "
-        f"{Counter((e.status, e.cause) for e in errors).most_common(5)}; numbers: {numbers}"
-    )
+    assert not failed, failed
 
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
