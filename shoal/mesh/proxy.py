@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.mesh.authz import Authorizer, compile_policies
+from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.endpoint import Endpoint
@@ -29,6 +29,7 @@ from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
 from shoal.platform.model import (
     AuthorizationPolicy,
     DestinationRule,
+    MtlsMode,
     OutlierDetection,
     PeerAuthentication,
     Service,
@@ -161,6 +162,15 @@ def authorizer_from_view(view: View, stored: StoredResources) -> Authorizer:
     return compile_policies(r for r in docs.values() if isinstance(r, AuthorizationPolicy))
 
 
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What a router enforces for one instance, resolved once per snapshot: the policies whose
+    selectors match its labels and its PeerAuthentication mode."""
+
+    authz: WorkloadAuthorizer
+    mtls_mode: MtlsMode
+
+
 class Proxy:
     """Holds the current routing snapshot and the per-cluster state; makes the decisions."""
 
@@ -171,6 +181,8 @@ class Proxy:
         self.instances: Mapping[str, Endpoint] = {}  # every registered instance, by key
         self.authorizer = compile_policies(())
         self.peer_authentications: tuple[PeerAuthentication, ...] = ()
+        self.plaintext_allowed = False  # does any PeerAuthentication let plaintext in
+        self._workloads: dict[str, Workload] = {}  # by instance key, for this snapshot
         self.load = LoadMeter(time.monotonic())  # per revision, for the autoscaler
         self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
         self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
@@ -214,7 +226,22 @@ class Proxy:
             ).values()
             if isinstance(r, PeerAuthentication)
         )
+        self.plaintext_allowed = any(
+            p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in self.peer_authentications
+        )
+        self._workloads = {}
         self.revision = view.revision
+
+    def workload(self, endpoint: Endpoint) -> Workload:
+        """The authorization and mTLS mode of ``endpoint`` (resolved on first use per snapshot:
+        not per request)."""
+        found = self._workloads.get(endpoint.key)
+        if found is None:
+            labels = dict(endpoint.labels)
+            found = self._workloads[endpoint.key] = Workload(
+                self.authorizer.for_workload(labels), mtls_mode(self.peer_authentications, labels)
+            )
+        return found
 
     def decide(
         self, host: str, method: str, path: str, headers: Mapping[str, str]

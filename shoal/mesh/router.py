@@ -32,7 +32,6 @@ from aiohttp import web
 from shoal.gateway.paths import SlashPolicy, normalize_path
 from shoal.gateway.rejection import Rejection
 from shoal.mesh.activation import Activator
-from shoal.mesh.authz import mtls_mode
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.headers import (
@@ -56,15 +55,16 @@ SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the 
 _INSTANCE = INSTANCE.decode()
 
 
-def _refusal(
-    status: int, cause: str, message: str, *, unsent: bool = False, retry_after: int | None = None
-) -> web.Response:
-    headers = {"x-shoal-cause": cause, "server": SERVER}
+def _refusal(refusal: Refusal | Rejection, *, unsent: bool = False) -> web.Response:
+    """The router's own answer; ``unsent``: nothing reached an instance (safe to retry)."""
+    headers = {"x-shoal-cause": refusal.cause, "server": SERVER}
+    if isinstance(refusal, Refusal):
+        headers.update((n.decode(), v.decode()) for n, v in refusal.headers)
     if unsent:
         headers[UNSENT] = "1"
-    if retry_after is not None:
-        headers["retry-after"] = str(retry_after)
-    return web.Response(status=status, text=f"{cause}: {message}\n", headers=headers)
+    return web.Response(
+        status=refusal.status, text=f"{refusal.cause}: {refusal.message}\n", headers=headers
+    )
 
 
 def _mesh_headers(request: web.BaseRequest) -> tuple[Headers, dict[str, str]]:
@@ -145,18 +145,13 @@ class Router:
                 host,
                 port,
                 ssl_context=self.credentials.server_context(self.identity),
-                plaintext=self._plaintext_allowed,
+                # STRICT everywhere: plaintext connections close before a byte is read.
+                plaintext=lambda: self.proxy.plaintext_allowed,
             )
         else:
             site = web.TCPSite(runner, host, port)
         await site.start()
         return int(runner.addresses[-1][1])
-
-    def _plaintext_allowed(self) -> bool:
-        """Whether any PeerAuthentication lets a workload take plaintext (else STRICT: refuse
-        plaintext connections before reading a byte)."""
-        modes = (p.mtls_mode for p in self.proxy.peer_authentications)
-        return any(mode in ("PERMISSIVE", "DISABLE") for mode in modes)
 
     async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_MESH_PORT) -> int:
         """Get the node's certificate, then serve the inbound listener; return its port."""
@@ -198,7 +193,7 @@ class Router:
         """Route and forward one request a local instance sent."""
         path = _target(request)
         if isinstance(path, Rejection):
-            return _refusal(path.status, path.cause, path.message)
+            return _refusal(path)
         raw, fields = _mesh_headers(request)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         query = request.query_string
@@ -218,9 +213,7 @@ class Router:
             )
         )
         if isinstance(result, Refusal):
-            return _refusal(
-                result.status, result.cause, result.message, retry_after=result.retry_after
-            )
+            return _refusal(result)
         return await _relay(request, result.response, result.done)
 
     async def inbound(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -228,25 +221,22 @@ class Router:
         key = request.headers.get(_INSTANCE, "")
         endpoint = self.proxy.instances.get(key)
         if endpoint is None or endpoint.node != self.node or not endpoint.mtls:
-            return _refusal(
-                503, "upstream_connect_error", f"no instance {key!r} on {self.node}", unsent=True
-            )
-        labels = dict(endpoint.labels)
+            missing = f"no instance {key!r} on {self.node}"
+            return _refusal(Refusal(503, "upstream_connect_error", missing), unsent=True)
+        workload = self.proxy.workload(endpoint)
         ssl_object: ssl.SSLObject | None = (
             request.transport.get_extra_info("ssl_object") if request.transport else None
         )
-        if ssl_object is None and mtls_mode(self.proxy.peer_authentications, labels) == "STRICT":
-            return _refusal(403, "mtls_required", f"{endpoint.service} accepts mTLS only")
+        if ssl_object is None and workload.mtls_mode == "STRICT":
+            return _refusal(Refusal(403, "mtls_required", f"{endpoint.service} accepts mTLS only"))
         caller = peer_identity(ssl_object.getpeercert()) if ssl_object is not None else None
         path = _target(request)
         if isinstance(path, Rejection):
-            return _refusal(path.status, path.cause, path.message, unsent=True)
-        decision = self.proxy.authorizer.check(
-            labels, str(caller) if caller else None, request.method, path
-        )
+            return _refusal(path, unsent=True)
+        decision = workload.authz.check(str(caller) if caller else None, request.method, path)
         if not decision.allowed:
             log.info("denied %s %s %s → %s: %s", caller, request.method, path, key, decision.reason)
-            return _refusal(403, "denied", decision.reason)
+            return _refusal(Refusal(403, "denied", decision.reason))
         raw, fields = _mesh_headers(request)
         headers = [(n, v) for n, v in raw]
         if caller is not None:  # Envoy's x-forwarded-client-cert: who called, verified
@@ -263,7 +253,7 @@ class Router:
                 request.content.iter_any() if expects_body(request.method, fields, False) else None,
             )
         except UpstreamError as e:
-            return _refusal(e.status, e.cause, str(e), unsent=not e.sent)
+            return _refusal(Refusal(e.status, e.cause, str(e)), unsent=not e.sent)
         return await _relay(request, upstream, lambda: None)
 
     async def stop(self) -> None:
