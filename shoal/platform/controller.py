@@ -234,8 +234,9 @@ class Controller:
         activations = list(view.documents(ACTIVATION))
         for revision in activations:
             self.autoscaling.activate(revision, now)
+        ready = ready_counts(view)
         decisions = self.autoscaling.decide(
-            services, ready_counts(view), now, unrouted_revisions(view, self._stored, services)
+            services, ready, now, unrouted_revisions(view, self._stored, services)
         )
         selectors = {s.key: dict(s.node_selector) for s in services}
         changes, schedule = placement_changes(
@@ -245,7 +246,6 @@ class Controller:
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
         if changes:
             await self.config.write(changes, fence=self.id)
-        ready = ready_counts(view)
         status = {
             key: json.dumps(
                 {
