@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import parsing
 from shoal.platform.client import Client
 from shoal.platform.resources import parse_text
 from shoal.store.connection import connect
@@ -72,9 +72,7 @@ class Result:
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (``q`` in [0, 100]) of a non-empty sample."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+    return parsing.percentile(sorted(values), q)
 
 
 class Platform:

@@ -9,6 +9,8 @@ The clock is an argument: pure, testable with literal times.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -64,3 +66,11 @@ class LoadMeter:
                 gauge.area, gauge.since, gauge.arrivals = 0.0, now, 0
         self._window_start = now
         return out
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0 < q <= 1, nearest rank) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

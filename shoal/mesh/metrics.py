@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shoal.mesh.load import percentile
 from shoal.mesh.proxy import LATENCY_BUCKETS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,11 +29,6 @@ def _labels(labels: Mapping[str, str]) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class _Family:
@@ -101,7 +97,7 @@ def render(report: Mapping[str, Any], component: str) -> str:
     )
     if cold:
         for q in (0.5, 0.9, 0.99):
-            summary.add(_quantile(cold, q), quantile=f"{q:g}", **base)
+            summary.add(percentile(cold, q) or 0.0, quantile=f"{q:g}", **base)
         summary.add(sum(cold), "_sum", **base)
         summary.add(len(cold), "_count", **base)
     ejected = family("shoal_ejected_instances", "gauge", "Instances ejected by outlier detection.")

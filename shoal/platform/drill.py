@@ -25,6 +25,7 @@ import aiohttp
 
 from shoal.errors import NotFoundError, StoreError, UserError
 from shoal.mesh.endpoint import Endpoint
+from shoal.mesh.load import percentile
 from shoal.platform.agent import FAULT
 from shoal.platform.client import Client
 from shoal.platform.faults import Fault
@@ -76,14 +77,6 @@ class Report:
             value = getattr(self, name)
             out[name] = value.__dict__ if isinstance(value, Phase) else value
         return out
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (nearest rank) of ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _phase(samples: Sequence[Sample]) -> Phase:
