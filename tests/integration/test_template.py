@@ -128,6 +128,25 @@ async def spawn(templates: Templates, tmp_path: Path, instance: str) -> tuple[in
     return port, pid, pidfd
 
 
+async def _mesh_url() -> str:
+    return "http://127.0.0.1:9"  # these instances never call out
+
+
+def hello_slot(
+    templates: Templates, log_dir: Path, on_change: Callable[[], None] = lambda: None
+) -> InstanceSlot:
+    """An InstanceSlot of the hello example app, forked from ``templates`` when enabled."""
+    return InstanceSlot(
+        HELLO,
+        node="n1",
+        mesh_url=_mesh_url,
+        log_dir=log_dir,
+        on_change=on_change,
+        rng=random.Random(1),
+        templates=templates,
+    )
+
+
 @pytest.mark.timeout(60)
 async def test_forked_instance_serves_with_its_own_env_and_takes_signals(
     templates: Templates, tmp_path: Path
@@ -174,22 +193,11 @@ async def test_slot_watches_a_forked_instance_restarts_it_and_drains_it(tmp_path
     changes: list[str] = []
     slot: InstanceSlot | None = None
 
-    async def mesh_url() -> str:
-        return "http://127.0.0.1:9"
-
     def on_change() -> None:
         assert slot is not None
         changes.append(slot.state)
 
-    slot = InstanceSlot(
-        HELLO,
-        node="n1",
-        mesh_url=mesh_url,
-        log_dir=tmp_path / "logs",
-        on_change=on_change,
-        rng=random.Random(1),
-        templates=templates,
-    )
+    slot = hello_slot(templates, tmp_path / "logs", on_change)
     run = asyncio.ensure_future(slot.run())
     try:
         await until(lambda: slot.state == "ready")
@@ -303,18 +311,7 @@ async def test_templates_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("SHOAL_TEMPLATES", "0")
     templates = Templates()
 
-    async def mesh_url() -> str:
-        return "http://127.0.0.1:9"
-
-    slot = InstanceSlot(
-        HELLO,
-        node="n1",
-        mesh_url=mesh_url,
-        log_dir=tmp_path,
-        on_change=lambda: None,
-        rng=random.Random(1),
-        templates=templates,
-    )
+    slot = hello_slot(templates, tmp_path)
     run = asyncio.ensure_future(slot.run())
     try:
         await until(lambda: slot.state == "ready")
@@ -332,18 +329,7 @@ async def test_a_dead_template_is_replaced(tmp_path: Path) -> None:
     from a new template (or, if the death is not known yet, a fresh interpreter)."""
     templates = Templates()
 
-    async def mesh_url() -> str:
-        return "http://127.0.0.1:9"
-
-    slot = InstanceSlot(
-        HELLO,
-        node="n1",
-        mesh_url=mesh_url,
-        log_dir=tmp_path,
-        on_change=lambda: None,
-        rng=random.Random(1),
-        templates=templates,
-    )
+    slot = hello_slot(templates, tmp_path)
     run = asyncio.ensure_future(slot.run())
     try:
         await until(lambda: slot.state == "ready")
