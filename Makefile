@@ -4,22 +4,37 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exactly the versions that were tested: requirements.lock (hashes included) is what gets
+# installed; pyproject.toml keeps the ranges it was computed from (`make lock` re-computes it).
+LOCK := requirements.lock
+PIP_VERSION := 26.3
 
-.PHONY: up test test-slow lint bench clean
+.PHONY: up test test-slow lint bench clean lock lockcheck
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK) tools/lock.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@$(PYTHON) tools/lock.py check
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python tools/lock.py sync $(BIN)/python
+	touch $(STAMP)
+
+# pyproject.toml and the lock must agree before anything runs.
+lockcheck:
+	@$(PYTHON) tools/lock.py check
+
+# Re-resolve pyproject.toml's ranges to the newest releases that satisfy them, then install them.
+lock: $(STAMP)
+	UV=$(BIN)/uv $(BIN)/python tools/lock.py write
+	$(BIN)/python tools/lock.py sync $(BIN)/python
 	touch $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/shoal up --example
 
-test: $(STAMP)
-	$(BIN)/ruff check shoal tests bench
-	$(BIN)/ruff format --check shoal tests bench
+test: lockcheck $(STAMP)
+	$(BIN)/ruff check shoal tests bench tools
+	$(BIN)/ruff format --check shoal tests bench tools
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 -q
 

@@ -313,7 +313,7 @@ def master_client(
     health_check_interval: int,
 ) -> aioredis.Redis:
     """A client of ``target``'s current master, with :class:`_MasterPool`'s fast failover."""
-    sentinels = _Sentinels(  # type: ignore[no-untyped-call]
+    sentinels = _Sentinels(
         list(target.sentinels),
         sentinel_kwargs={
             "username": target.sentinel_username,
