@@ -8,11 +8,11 @@ one ``GET /`` through the gateway (``Host: coldstart``, a new connection) from t
 first byte to the response's last, and checks that a new instance answered 200.
 
 It does that twice, on two fresh platforms: with templates (the default: instances forked from
-a pre-warmed template, see ``shoal/platform/template.py``) and with ``SHOAL_TEMPLATES=0`` (every
-instance a fresh interpreter), then prints p50/p90/p99/min/max of each and their ratio. The
-first activation on each platform is left out of the statistics and shown apart: it also pays
-for one-time work (the service's mesh listener and certificate; with templates, starting the
-revision's template).
+a pre-warmed template, see ``shoal/platform/runtime/template_process.py``) and with
+``SHOAL_TEMPLATES=0`` (every instance a fresh interpreter), then prints p50/p90/p99/min/max of
+each and their ratio. The first activation on each platform is left out of the statistics and
+shown apart: it also pays for one-time work (the service's mesh listener and certificate; with
+templates, starting the revision's template).
 
     .venv/bin/python -m bench.coldstart [--runs 20] [--modes templates,fresh] [--keep]
 """
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import parsing
-from shoal.platform.client import Client
-from shoal.platform.resources import parse_text
+from shoal.platform.control.client import Client
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import connect
 from shoal.store.embedded import free_port, recorded_url
 from shoal.store.keys import Keys

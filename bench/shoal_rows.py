@@ -34,13 +34,14 @@ from bench.process import (
     wait_for_ports,
 )
 from bench.tls import TLSFiles
-from shoal.mesh.endpoint import Endpoint
-from shoal.platform.client import Client
-from shoal.platform.resources import parse_text
-from shoal.platform.tokens import JoinTokens
+from shoal.platform.ca.tokens import JoinTokens
+from shoal.platform.control.client import Client
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import connect
 from shoal.store.embedded import EmbeddedRedis
 from shoal.store.keys import Keys
+from shoal.store.pki import PKIStore
 from shoal.store.registry import Registry
 
 ROUTE = """
@@ -70,7 +71,7 @@ async def _configure(url: str, backend_port: int, *, mesh: bool) -> str:
             mtls=mesh,
         )
         await Registry(redis, Keys()).put_instances([backend], ttl=24 * 3600)
-        return await JoinTokens(redis, Keys()).create(uses=2)
+        return await JoinTokens(PKIStore(redis, Keys())).create(uses=2)
     finally:
         await redis.aclose()
 

@@ -1,0 +1,1 @@
+"""Floor 4: the Typer commands — parse, call one function, render."""

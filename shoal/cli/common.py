@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from shoal.errors import ShoalError
-from shoal.gateway.limits import LIMIT_NAMES
+from shoal.http.limits import LIMIT_NAMES
 from shoal.platform import settings
-from shoal.platform.client import Client
+from shoal.platform.control.client import Client
 from shoal.store.connection import connect
 from shoal.store.keys import Keys
 

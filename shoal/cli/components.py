@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from shoal.errors import ShoalError, UserError
-from shoal.gateway.limits import parse_limits
+from shoal.http.limits import parse_limits
 from shoal.platform import settings
-from shoal.platform.resources import load_files
+from shoal.resources.manifest import load_files
 from shoal.store.connection import redacted
 
 if TYPE_CHECKING:
@@ -51,8 +51,8 @@ def gateway_settings(
     bad flag is a ``UserError`` naming it. ``up`` calls it too, to refuse a bad flag before it
     starts anything.
     """
-    from shoal.gateway.paths import SlashPolicy
     from shoal.gateway.server import GatewaySettings
+    from shoal.http.paths import SlashPolicy
 
     policies = {p.value: p for p in SlashPolicy}
     slashes = escaped_slashes.strip().lower() if escaped_slashes is not None else "reject"
@@ -242,8 +242,8 @@ def node(
     Example: shoal node --redis redis://10.0.0.5:6379 --host 0.0.0.0 --advertise 10.0.0.7
     Example: shoal node --label zone=eu-1 --capacity 20
     """
-    from shoal.platform.agent import default_node_id
     from shoal.platform.node import node_capacity, node_labels, run_node
+    from shoal.platform.runtime.agent import default_node_id
 
     try:
         labels, most = node_labels(label or []), node_capacity(capacity)
@@ -342,8 +342,8 @@ def controller(
 
     Example: shoal controller --redis redis://10.0.0.5:6379 --stable-window 30
     """
-    from shoal.platform.controller import run_controller
-    from shoal.platform.scaling import AutoscaleSettings
+    from shoal.platform.control.controller import run_controller
+    from shoal.platform.control.scaling import AutoscaleSettings
 
     try:
         autoscale = AutoscaleSettings(

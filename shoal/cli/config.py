@@ -14,9 +14,9 @@ import yaml
 from shoal.cli import render
 from shoal.errors import ShoalError, UserError
 from shoal.platform import settings
-from shoal.platform.client import Client
-from shoal.platform.resources import load_files
-from shoal.platform.rollout import RollBack
+from shoal.platform.control.client import Client
+from shoal.platform.control.rollout import RollBack
+from shoal.resources.manifest import load_files
 
 if TYPE_CHECKING:
     pass
@@ -113,8 +113,8 @@ def rollout(
 
     Example: shoal rollout hello --to v2 --steps 10,50,100 --interval 30s --max-error-rate 1%
     """
-    from shoal.platform.rollout import parse_error_rate, parse_interval, parse_steps
-    from shoal.platform.rollout_runner import start_rollout
+    from shoal.platform.control.rollout import parse_error_rate, parse_interval, parse_steps
+    from shoal.platform.control.rollout_runner import start_rollout
 
     try:
         settings_ = {

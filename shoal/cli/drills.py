@@ -10,7 +10,7 @@ import typer
 from shoal.cli import render
 from shoal.errors import ShoalError, UserError
 from shoal.platform import settings
-from shoal.platform.drill import Report
+from shoal.platform.drills.drill import Report
 
 if TYPE_CHECKING:
     pass
@@ -68,9 +68,9 @@ def drill_failover(
 
     Example: shoal drill failover hello --fault kill --duration 20s --rps 100
     """
-    from shoal.platform.drill import failover
-    from shoal.platform.faults import FAULTS
-    from shoal.platform.rollout import parse_error_rate, parse_interval
+    from shoal.platform.control.rollout import parse_error_rate, parse_interval
+    from shoal.platform.drills.drill import failover
+    from shoal.platform.runtime.faults import FAULTS
 
     try:
         if fault not in FAULTS:
@@ -116,8 +116,8 @@ def drill_redis(
 
     Example: shoal drill redis hello --mode stop --down 30s
     """
-    from shoal.platform.drill import redis_outage
-    from shoal.platform.rollout import parse_error_rate, parse_interval
+    from shoal.platform.control.rollout import parse_error_rate, parse_interval
+    from shoal.platform.drills.drill import redis_outage
     from shoal.store.embedded import recorded_pid
 
     try:

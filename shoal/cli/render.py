@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from shoal.platform.client import Applied, InstanceChange, Status
-from shoal.platform.drill import Report
+from shoal.platform.control.client import Applied, InstanceChange, Status
+from shoal.platform.drills.drill import Report
 
 if TYPE_CHECKING:
-    from shoal.platform.certs_admin import CertsStatus
+    from shoal.platform.ca.admin import CertsStatus
 
 # Piped output (scripts, CI logs) gets room for whole identities rather than rich's 80 columns.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)

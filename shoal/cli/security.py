@@ -11,7 +11,7 @@ import typer
 from shoal.cli import render
 from shoal.errors import ShoalError
 from shoal.platform import settings
-from shoal.platform.client import Client
+from shoal.platform.control.client import Client
 
 if TYPE_CHECKING:
     pass
@@ -21,9 +21,12 @@ from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
 
 def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
     """A join token made in the store at ``url``."""
-    from shoal.platform.tokens import JoinTokens
+    from shoal.platform.ca.tokens import JoinTokens
+    from shoal.store.pki import PKIStore
 
-    return with_client(url, lambda c: JoinTokens(c.redis, c.keys).create(ttl=ttl, uses=uses))
+    return with_client(
+        url, lambda c: JoinTokens(PKIStore(c.redis, c.keys)).create(ttl=ttl, uses=uses)
+    )
 
 
 token_app = typer.Typer(help="Join tokens for new nodes and gateways.", no_args_is_help=True)
@@ -41,7 +44,7 @@ def token_create(
 
     Example: shoal node --redis redis://10.0.0.5:6379 --join-token $(shoal token create)
     """
-    from shoal.platform.rollout import parse_interval
+    from shoal.platform.control.rollout import parse_interval
 
     try:
         seconds = parse_interval(ttl, "--ttl")
@@ -64,7 +67,7 @@ def certs_status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
 
     Example: shoal certs status
     """
-    from shoal.platform.certs_admin import certs_status as read_status
+    from shoal.platform.ca.admin import certs_status as read_status
 
     st = with_client(redis, lambda c: read_status(c.redis, c.keys))
     if output == "json":
@@ -89,8 +92,8 @@ def certs_rotate(
 
     Example: shoal certs rotate --root --dry-run
     """
-    from shoal.platform.certs_admin import certs_status as read_status
-    from shoal.platform.certs_admin import renew_leaves, rotate_root
+    from shoal.platform.ca.admin import certs_status as read_status
+    from shoal.platform.ca.admin import renew_leaves, rotate_root
 
     async def go(c: Client) -> None:
         if dry_run:
@@ -119,8 +122,8 @@ def certs_issue(
     """
     from datetime import timedelta
 
-    from shoal.platform.ca import CAFiles
-    from shoal.platform.certs_admin import issue_local
+    from shoal.platform.ca.admin import issue_local
+    from shoal.platform.ca.signer import CAFiles
 
     try:
         paths = issue_local(

@@ -1,0 +1,1 @@
+"""Floor 3: the hypercorn edge — listeners, TLS, edge hygiene and the ASGI proxy app."""

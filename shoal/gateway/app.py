@@ -15,11 +15,11 @@ from typing import Any
 
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import inspect_head
-from shoal.gateway.limits import EdgeLimits
-from shoal.gateway.paths import SlashPolicy
-from shoal.gateway.rejection import Rejection
+from shoal.http.headers import Headers, edge_request_headers, end_to_end
+from shoal.http.limits import EdgeLimits
+from shoal.http.paths import SlashPolicy
+from shoal.http.refusal import Rejection
 from shoal.mesh.forward import Forwarder, Outbound
-from shoal.mesh.headers import Headers, edge_request_headers, end_to_end
 from shoal.mesh.proxy import Refusal
 
 Scope = MutableMapping[str, Any]

@@ -10,7 +10,7 @@ gateway reads it through :class:`RequestBody`, which the upstream client consume
 
 Failing means raising :class:`BodyRefused` *before* yielding the piece that crossed the limit,
 so the upstream request is aborted and the upstream never sees a complete request; the
-:class:`~shoal.gateway.rejection.Rejection` stays on :attr:`RequestBody.rejection` for the app
+:class:`~shoal.http.refusal.Rejection` stays on :attr:`RequestBody.rejection` for the app
 to answer with, whichever way the failure surfaces from the forwarder.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from shoal.errors import ShoalError
-from shoal.gateway.limits import EdgeLimits
-from shoal.gateway.rejection import BODY_TOO_LARGE, REQUEST_TIMEOUT, Rejection
+from shoal.http.limits import EdgeLimits
+from shoal.http.refusal import BODY_TOO_LARGE, REQUEST_TIMEOUT, Rejection
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from shoal.gateway.limits import EdgeLimits, FloodBudget
+from shoal.http.limits import EdgeLimits, FloodBudget
 
 
 class Frame(enum.Enum):

@@ -4,7 +4,7 @@ hypercorn (h11, h2) has already parsed the head; what it lets through and the ga
 (FACTS.md): ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling), header
 blocks of any size or count when they arrive in one read, any URI length, duplicate ``Host``
 headers, and un-normalised paths. :func:`inspect_head` is pure: the head in, a :class:`Head` to
-route and forward or a :class:`~shoal.gateway.rejection.Rejection` out. Checks run in order of
+route and forward or a :class:`~shoal.http.refusal.Rejection` out. Checks run in order of
 cost, the first failing one wins:
 
 =====  ================================================================  ===================
@@ -16,7 +16,7 @@ cost, the first failing one wins:
         not digits, or two different ones
  400    more than one ``Host``                                            ``bad_request``
  413    ``Content-Length`` over ``max_body_bytes``                        ``body_too_large``
- 400    a path :func:`~shoal.gateway.paths.normalize_path` refuses         ``bad_path``
+ 400    a path :func:`~shoal.http.paths.normalize_path` refuses         ``bad_path``
 =====  ================================================================  ===================
 
 What h11 refuses before the app runs (hypercorn answers, :mod:`.hypercorn_edge` adds the cause):
@@ -30,9 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shoal.gateway.limits import EdgeLimits
-from shoal.gateway.paths import SlashPolicy, normalize_path
-from shoal.gateway.rejection import (
+from shoal.http.headers import expects_body
+from shoal.http.limits import EdgeLimits
+from shoal.http.paths import SlashPolicy, normalize_path
+from shoal.http.refusal import (
     BAD_FRAMING,
     BAD_REQUEST,
     BODY_TOO_LARGE,
@@ -40,7 +41,6 @@ from shoal.gateway.rejection import (
     URI_TOO_LONG,
     Rejection,
 )
-from shoal.mesh.headers import expects_body
 
 
 @dataclass(slots=True, kw_only=True)

@@ -56,8 +56,8 @@ from hypercorn.protocol.h11 import H11Protocol
 
 from shoal.errors import UserError
 from shoal.gateway.flood import FloodGuard, Frame
-from shoal.gateway.limits import EdgeLimits, KiB
-from shoal.gateway.rejection import BAD_FRAMING, BAD_REQUEST, HEADERS_TOO_LARGE, REQUEST_TIMEOUT
+from shoal.http.limits import EdgeLimits, KiB
+from shoal.http.refusal import BAD_FRAMING, BAD_REQUEST, HEADERS_TOO_LARGE, REQUEST_TIMEOUT
 
 log = logging.getLogger(__name__)
 

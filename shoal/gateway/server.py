@@ -2,7 +2,7 @@
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
 serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. Settings that bite a proxy are set
-on purpose (FACTS.md), and the edge's limits (:class:`~shoal.gateway.limits.EdgeLimits`) are
+on purpose (FACTS.md), and the edge's limits (:class:`~shoal.http.limits.EdgeLimits`) are
 enforced by hypercorn where it can, by :mod:`.hypercorn_edge` below the app and by the app
 itself (:mod:`.hygiene`, :mod:`.body`) above it.
 """
@@ -20,13 +20,13 @@ from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
-from shoal.gateway.limits import EdgeLimits
-from shoal.gateway.paths import SlashPolicy
+from shoal.http.limits import EdgeLimits
+from shoal.http.paths import SlashPolicy
+from shoal.identity.spiffe import gateway_id
 from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
-from shoal.mesh.identity import gateway_id
 from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.upstream import Upstreams

@@ -15,7 +15,7 @@ matches when any of its values does, a ``not`` list when none does.
 
 Values match as Istio's do: exactly ``*`` matches any (present) value, ``*x`` is a suffix match,
 ``x*`` a prefix match, anything else is exact and case-sensitive. Principals are compared
-without the ``spiffe://`` scheme (see :mod:`shoal.platform.security_fields`); a caller with no
+without the ``spiffe://`` scheme (see :mod:`shoal.resources.security`); a caller with no
 identity (plaintext, ``principal=None``) matches no ``principals`` list and so is never
 excluded by ``notPrincipals``. Paths are matched without their query string and must be the
 normalised path that is also forwarded.
@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from shoal.mesh.identity import SCHEME
-from shoal.platform.model import (
+from shoal.identity.spiffe import SCHEME
+from shoal.resources.model import (
     AuthorizationPolicy,
     MtlsMode,
     Operation,

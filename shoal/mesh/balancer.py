@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from typing import Protocol
 
-from shoal.mesh.endpoint import Endpoint
+from shoal.resources.endpoint import Endpoint
 
 POLICIES = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "WEIGHTED")
 

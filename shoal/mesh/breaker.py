@@ -27,7 +27,7 @@ Release what you acquired: the proxy keeps the :class:`Breaker` it called
 
 from __future__ import annotations
 
-from shoal.platform.model import ConnectionPool
+from shoal.resources.model import ConnectionPool
 
 
 def concurrency_limit(pool: ConnectionPool | None) -> int | None:

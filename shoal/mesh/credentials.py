@@ -26,17 +26,21 @@ from typing import Any
 from cryptography import x509
 
 from shoal.errors import ShoalError
-from shoal.platform.ca import IdentityRequester, Issued
-from shoal.platform.certs import ALPN, client_context, server_context
-from shoal.platform.pki import (
+from shoal.identity.certs import ALPN, client_context, server_context, verify_chain
+from shoal.identity.pki import (
+    PKIError,
     cert_from_pem,
     issuer_key_id,
     key_id,
+    key_to_pem,
+    make_csr,
+    new_key,
     parse_bundle,
     renew_at,
 )
-from shoal.store.connection import Redis, honour_cancellation, translated, wait_at_most
+from shoal.store.connection import Redis, honour_cancellation, wait_at_most
 from shoal.store.keys import Keys
+from shoal.store.pki import PKIStore
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,48 @@ def renewal_reason(
 
 
 @dataclass(frozen=True, slots=True)
+class Issued:
+    """A private key and the certificate the CA signed for it."""
+
+    identity: str
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class IdentityRequester:
+    """Gets certificates for the identities a component holds: key here, CSR over the store."""
+
+    def __init__(self, store: PKIStore, requester: str, join_token: str | None = None) -> None:
+        self.store = store
+        self.requester = requester
+        self.join_token = join_token  # sent with every request; used only until admitted
+
+    async def issue(self, identity: str, now: datetime, *, timeout: float = 4.0) -> Issued:
+        """A fresh key and a signed, verified certificate for ``identity``."""
+        key = new_key()
+        fields = {
+            "requester": self.requester,
+            "identity": identity,
+            "csr": make_csr(key, identity).decode(),
+            **({"token": self.join_token} if self.join_token else {}),
+        }
+        body = await self.store.request(fields, timeout)
+        if body is None:
+            raise PKIError(
+                f"no CA answered the request for {identity} within {timeout:.0f}s "
+                "(is a controller running?)"
+            )
+        if "error" in body:
+            raise PKIError(f"the CA refused {identity}: {body['error']}")
+        cert_pem = body["cert"].encode()
+        bundle = await self.store.bundle()
+        if bundle is None:
+            raise PKIError("no trust bundle is published")
+        verify_chain(cert_pem, bundle, now)
+        return Issued(identity=identity, cert_pem=cert_pem, key_pem=key_to_pem(key))
+
+
+@dataclass(frozen=True, slots=True)
 class _Held:
     issued: Issued
     cert: x509.Certificate
@@ -92,9 +138,8 @@ class Credentials:
         join_token: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._requester = IdentityRequester(redis, keys, requester, join_token)
+        self._store = PKIStore(redis, keys)
+        self._requester = IdentityRequester(self._store, requester, join_token)
         self._clock = clock
         self._held: dict[str, _Held] = {}
         self._ready: dict[str, asyncio.Event] = {}
@@ -148,15 +193,9 @@ class Credentials:
 
     async def refresh(self) -> None:
         """One round: read the bundle and epoch; rebuild and renew what is due."""
-        async with translated("reading the trust bundle"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self._keys.bundle)
-                pipe.get(self._keys.epoch)
-                raw_bundle, raw_epoch = await pipe.execute()
-        if raw_bundle is None:
+        bundle, self._epoch = await self._store.bundle_and_epoch()
+        if bundle is None:
             return  # no CA has published a bundle yet
-        bundle = str(raw_bundle).encode()
-        self._epoch = int(raw_epoch or 0)
         if bundle != self._bundle:
             self._bundle = bundle
             self._roots = tuple(key_id(c) for c in parse_bundle(bundle))

@@ -25,13 +25,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from shoal.http.headers import Headers, with_authority
 from shoal.mesh.activation import Activator
-from shoal.mesh.endpoint import Endpoint
-from shoal.mesh.headers import Headers, with_authority
 from shoal.mesh.outcome import Outcome, classify
 from shoal.mesh.proxy import ClusterState, Proxy, Refusal, Route
 from shoal.mesh.retry import attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
+from shoal.resources.endpoint import Endpoint
 
 Body = AsyncIterator[bytes] | bytes | None
 

@@ -48,9 +48,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.outcome import Outcome
-from shoal.platform.model import OutlierDetection
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.model import OutlierDetection
 
 MAX_EJECTION_TIME = 300.0  # Envoy's max_ejection_time default; Istio does not expose it
 

@@ -21,12 +21,13 @@ from typing import Any
 from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
-from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.load import LoadMeter
 from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
 from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
-from shoal.platform.model import (
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import StoredResources
+from shoal.resources.model import (
     AuthorizationPolicy,
     DestinationRule,
     MtlsMode,
@@ -35,7 +36,6 @@ from shoal.platform.model import (
     Service,
     VirtualService,
 )
-from shoal.platform.resources import StoredResources
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ import random
 from dataclasses import dataclass
 
 from shoal.mesh.outcome import Kind, Outcome
-from shoal.platform.model import Retries
+from shoal.resources.model import Retries
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 

@@ -29,12 +29,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from shoal.gateway.paths import SlashPolicy, normalize_path
-from shoal.gateway.rejection import Rejection
-from shoal.mesh.activation import Activator
-from shoal.mesh.credentials import Credentials
-from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
-from shoal.mesh.headers import (
+from shoal.http.headers import (
     IDENTITY,
     INTERNAL_PREFIX,
     Headers,
@@ -42,11 +37,15 @@ from shoal.mesh.headers import (
     expects_body,
     request_headers,
 )
-from shoal.mesh.identity import node_id, peer_identity, service_id
+from shoal.http.paths import SlashPolicy, normalize_path
+from shoal.http.refusal import Rejection
+from shoal.identity.spiffe import node_id, peer_identity, service_id
+from shoal.mesh.activation import Activator
+from shoal.mesh.credentials import Credentials
+from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.proxy import Proxy, Refusal
 from shoal.mesh.sniff import SniffingSite
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
-from shoal.platform.settings import DEFAULT_MESH_PORT
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ class Router:
         await site.start()
         return int(runner.addresses[-1][1])
 
-    async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_MESH_PORT) -> int:
+    async def start(self, host: str, port: int) -> int:
         """Get the node's certificate, then serve the inbound listener; return its port."""
         await self.credentials.ready(self.identity)
         self.inbound_port = await self._listen(self.inbound, host, port, tls=True)

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from shoal.mesh.balancer import Balancer, make_balancer
-from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.split import pick_weighted
-from shoal.platform.model import (
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.model import (
     Destination,
     DestinationRule,
     HTTPMatchRequest,

@@ -15,7 +15,7 @@ import aiohttp
 from yarl import URL
 
 from shoal.errors import ShoalError
-from shoal.mesh.headers import Headers
+from shoal.http.headers import Headers
 
 UNSENT = "x-shoal-unsent"
 """Set by a node router on a refusal made before any byte reached an instance."""

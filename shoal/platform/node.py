@@ -21,9 +21,9 @@ from shoal.mesh.follow import follow
 from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy import Proxy
 from shoal.mesh.router import Router
-from shoal.platform.agent import Agent
-from shoal.platform.fields import labels as parse_labels
+from shoal.platform.runtime.agent import Agent
 from shoal.platform.settings import DEFAULT_MESH_PORT
+from shoal.resources.fields import labels as parse_labels
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.errors import PlatformError
-from shoal.platform.reconcile import restart_delay
+from shoal.platform.runtime.reconcile import restart_delay
 from shoal.store.embedded import EmbeddedRedis
 
 log = logging.getLogger(__name__)

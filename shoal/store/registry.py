@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.mesh.endpoint import Endpoint
+from shoal.resources.endpoint import Endpoint
 from shoal.store.config import STREAM_MAXLEN
 from shoal.store.connection import Redis, translated
 from shoal.store.keys import Keys

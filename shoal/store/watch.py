@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from shoal.errors import StoreError, StoreUnavailable
-from shoal.mesh.endpoint import Endpoint
+from shoal.resources.endpoint import Endpoint
 from shoal.store.connection import BLOCKING_SOCKET_TIMEOUT, Redis, connect, translated
 from shoal.store.keys import Keys
 from shoal.store.registry import INSTANCE, NODE

@@ -61,10 +61,15 @@ class Platform:
             text=True,
         )
         assert self.process.stdout is not None
+        seen = []
         for line in self.process.stdout:
             if line.startswith("status"):
                 return
-        pytest.fail("shoal up exited before starting")
+            seen.append(line)
+        self.process.wait()
+        self.process.stdout.close()
+        code = self.process.returncode
+        pytest.fail(f"shoal up exited ({code}) before starting:\n{''.join(seen)}")
 
     def stop(self) -> str:
         """Ctrl-C, and the rest of its output."""

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from shoal.mesh.identity import node_id, service_id
-from shoal.platform.ca import CAFiles, IdentityRequester, Signer, publish_bundle, read_bundle
-from shoal.platform.pki import PKIError, cert_from_pem, spiffe_id_of
-from shoal.platform.tokens import JoinTokens
+from shoal.identity.pki import PKIError, cert_from_pem, spiffe_id_of
+from shoal.identity.spiffe import node_id, service_id
+from shoal.mesh.credentials import IdentityRequester
+from shoal.platform.ca.signer import CAFiles, Signer, bundle_of
+from shoal.platform.ca.tokens import JoinTokens
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
+from shoal.store.pki import PKIStore
 
 NOW = datetime.now(UTC)
 
@@ -35,14 +37,15 @@ async def test_csr_is_signed_for_an_entitled_identity(
     """A node gets a verified certificate for a service it runs; a request for another service
     is refused; a request made before the signer started is answered when it starts."""
     ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
-    await publish_bundle(redis, keys, [ca])
-    assert await read_bundle(redis, keys) is not None
+    store = PKIStore(redis, keys)
+    await store.publish_bundle(bundle_of([ca]))
+    assert await store.bundle() is not None
     hello = str(service_id("shoal.test", "hello"))
     world = str(service_id("shoal.test", "world"))
-    signer = Signer(redis, keys, ca, entitled=lambda node, identity: identity == hello)
-    await signer.ensure_group()
-    await signer.ensure_group()  # idempotent
-    requester = IdentityRequester(redis, keys, "node-1")
+    signer = Signer(store, ca, entitled=lambda node, identity: identity == hello)
+    await store.ensure_group()
+    await store.ensure_group()  # idempotent
+    requester = IdentityRequester(store, "node-1")
     pending = asyncio.ensure_future(requester.issue(hello, NOW, timeout=5))
     async with asyncio.timeout(5):  # the request is on the stream before anyone reads it
         while not await redis.xlen(f"{keys.prefix}pki:csr"):
@@ -62,13 +65,14 @@ async def test_join_token_admits_once_and_only_what_it_may(
     """A node without a join token gets no certificate; with one it is admitted and later
     renews without it; a used-up, expired, wrong or malformed token admits nobody."""
     ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
-    await publish_bundle(redis, keys, [ca])
-    tokens = JoinTokens(redis, keys)
-    signer = Signer(redis, keys, ca, entitled=lambda _r, _i: True, admit=tokens.admit)
-    await signer.ensure_group()
+    store = PKIStore(redis, keys)
+    await store.publish_bundle(bundle_of([ca]))
+    tokens = JoinTokens(store)
+    signer = Signer(store, ca, entitled=lambda _r, _i: True, admit=tokens.admit)
+    await store.ensure_group()
 
     async def issue(node: str, token: str | None) -> str:
-        requester = IdentityRequester(redis, keys, f"node/{node}", token)
+        requester = IdentityRequester(store, f"node/{node}", token)
         pending = asyncio.ensure_future(
             requester.issue(str(node_id("shoal.test", node)), NOW, timeout=5)
         )

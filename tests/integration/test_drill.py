@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.platform.drill import failover
-from shoal.platform.resources import load_files
+from shoal.platform.drills.drill import failover
+from shoal.resources.manifest import load_files
 from tests.support.cluster import EXAMPLE, Cluster, ready
 
 
@@ -42,8 +42,8 @@ async def test_scale_down_and_redeploy_lose_no_request(cluster: Cluster) -> None
     import dataclasses
     import time
 
-    from shoal.platform.drill import Traffic
-    from shoal.platform.model import Scale, Service
+    from shoal.platform.drills.drill import Traffic
+    from shoal.resources.model import Scale, Service
 
     resources = load_files([str(EXAMPLE / "hello.yaml")])
     await cluster.client.apply(resources)

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.gateway.limits import EdgeLimits, KiB
 from shoal.gateway.server import GatewaySettings
-from shoal.platform.resources import parse_text
+from shoal.http.limits import EdgeLimits, KiB
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys

@@ -16,7 +16,7 @@ import h2.errors
 import h2.events
 from hyperframe.frame import DataFrame, Frame, PingFrame, PriorityFrame, SettingsFrame
 
-from shoal.gateway.limits import FloodBudget, KiB
+from shoal.http.limits import FloodBudget, KiB
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.integration.test_edge_h1 import edge_gateway

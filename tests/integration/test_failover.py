@@ -7,7 +7,7 @@ import collections
 
 import aiohttp
 
-from shoal.platform.resources import parse_text
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry

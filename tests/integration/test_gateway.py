@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from shoal.gateway.server import GatewaySettings
-from shoal.platform.resources import parse_text
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys

@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from shoal.mesh.identity import gateway_id
-from shoal.platform.ca import IdentityRequester, read_bundle
-from shoal.platform.certs import client_context
-from shoal.platform.certs_admin import certs_status, renew_leaves, rotate_root
-from shoal.platform.pki import key_to_pem, make_csr, new_key, new_root, sign
-from shoal.platform.resources import parse_text
+from shoal.identity.certs import client_context
+from shoal.identity.pki import key_to_pem, make_csr, new_key, new_root, sign
+from shoal.identity.spiffe import gateway_id
+from shoal.mesh.credentials import IdentityRequester
+from shoal.platform.ca.admin import certs_status, renew_leaves, rotate_root
+from shoal.resources.manifest import parse_text
 from shoal.store.acks import live_reports
+from shoal.store.pki import PKIStore
 from tests.support.cluster import EXAMPLE, SERVICES, TRUST_DOMAIN, Cluster, ready
 
 WORLD_FROM_HELLO_ONLY = f"""
@@ -46,8 +47,9 @@ async def mesh_client(cluster: Cluster) -> ssl.SSLContext:
     hold it)."""
     identity = str(gateway_id(TRUST_DOMAIN))
     redis, keys = cluster.client.redis, cluster.client.keys
-    issued = await IdentityRequester(redis, keys, "gateway").issue(identity, datetime.now(UTC))
-    bundle = await read_bundle(redis, keys)
+    store = PKIStore(redis, keys)
+    issued = await IdentityRequester(store, "gateway").issue(identity, datetime.now(UTC))
+    bundle = await store.bundle()
     assert bundle is not None
     return client_context(issued.cert_pem, issued.key_pem, bundle)
 
@@ -97,7 +99,7 @@ async def test_router_inbound_requires_a_mesh_certificate(cluster: Cluster) -> N
     anonymous.verify_mode = ssl.CERT_NONE
     with pytest.raises(aiohttp.ClientError):
         await call_router(cluster, hello.key, anonymous)
-    bundle = await read_bundle(cluster.client.redis, cluster.client.keys)
+    bundle = await PKIStore(cluster.client.redis, cluster.client.keys).bundle()
     assert bundle is not None
     with pytest.raises(aiohttp.ClientError):
         await call_router(cluster, hello.key, foreign_client(bundle))

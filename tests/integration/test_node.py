@@ -9,16 +9,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shoal.mesh.endpoint import Endpoint
-from shoal.platform.resources import parse_text
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import SERVICES, Cluster, ready, running_cluster
 
 
 def instance_children() -> list[int]:
-    """Instance processes this process runs: its children running ``shoal.platform.runtime``,
-    and the processes its templates (``shoal.platform.template``) forked."""
+    """Instance processes this process runs: its children running ``shoal.platform.runtime.serve``,
+    and the processes its templates (``shoal.platform.runtime.template_process``) forked."""
     me = os.getpid()
     procs: dict[int, tuple[int, bytes]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -30,12 +30,12 @@ def instance_children() -> list[int]:
     templates = {
         pid
         for pid, (ppid, cmd) in procs.items()
-        if ppid == me and b"shoal.platform.template" in cmd
+        if ppid == me and b"shoal.platform.runtime.template_process" in cmd
     }
     return [
         pid
         for pid, (ppid, cmd) in procs.items()
-        if (ppid == me and b"shoal.platform.runtime" in cmd) or ppid in templates
+        if (ppid == me and b"shoal.platform.runtime.serve" in cmd) or ppid in templates
     ]
 
 

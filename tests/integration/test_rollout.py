@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shoal.platform.resources import parse_text
-from shoal.platform.rollout import Done, RollBack
-from shoal.platform.rollout_runner import start_rollout
-from shoal.platform.weights import current_weights, find_virtual_service
+from shoal.platform.control.rollout import Done, RollBack
+from shoal.platform.control.rollout_runner import start_rollout
+from shoal.resources.manifest import parse_text
+from shoal.resources.weights import current_weights, find_virtual_service
 from tests.support.cluster import EXAMPLE, Cluster, ready
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shoal.platform.resources import parse_text
-from shoal.platform.scaling import AutoscaleSettings
+from shoal.platform.control.scaling import AutoscaleSettings
+from shoal.resources.manifest import parse_text
 from shoal.store.acks import live_reports
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys

@@ -19,9 +19,9 @@ import uvloop
 from aiohttp import web
 
 from shoal.errors import PlatformError
+from shoal.identity.certs import client_context, server_context
+from shoal.identity.pki import bundle_pem, key_to_pem, make_csr, new_key, new_root, sign
 from shoal.mesh.sniff import SniffingSite
-from shoal.platform.certs import client_context, server_context
-from shoal.platform.pki import bundle_pem, key_to_pem, make_csr, new_key, new_root, sign
 
 pytestmark = pytest.mark.timeout(10)
 

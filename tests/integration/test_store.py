@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from shoal.mesh.endpoint import Endpoint
+from shoal.resources.endpoint import Endpoint
 from shoal.store.config import Change, ConfigStore, FencedOut
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys

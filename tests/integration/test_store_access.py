@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from shoal.errors import StoreError, StoreUnavailable
-from shoal.platform.resources import parse_text
+from shoal.resources.manifest import parse_text
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis, connect, translated
 from shoal.store.keys import Keys

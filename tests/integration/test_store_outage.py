@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.platform.drill import redis_outage
-from shoal.platform.resources import load_files
+from shoal.platform.drills.drill import redis_outage
 from shoal.platform.supervisor import Supervisor
+from shoal.resources.manifest import load_files
 from shoal.store.connection import connect
 from shoal.store.keys import Keys
 from tests.support.cluster import EXAMPLE, ready, running_cluster

@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shoal.platform.instance import InstanceSlot
-from shoal.platform.model import HealthCheck, Service
-from shoal.platform.template import TemplateError
-from shoal.platform.templates import Templates
+from shoal.platform.runtime.instance import InstanceSlot
+from shoal.platform.runtime.template_pool import Templates
+from shoal.platform.runtime.template_process import TemplateError
+from shoal.resources.model import HealthCheck, Service
 from shoal.store.embedded import free_port
 from tests.support.cluster import EXAMPLE
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from shoal.mesh.endpoint import Endpoint
+from shoal.resources.endpoint import Endpoint
 
 
 @dataclass

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 
 from shoal.gateway.server import GatewaySettings, run_gateway
-from shoal.mesh.endpoint import Endpoint
-from shoal.platform.client import Client
-from shoal.platform.controller import Controller
+from shoal.platform.ca.tokens import JoinTokens
+from shoal.platform.control.client import Client
+from shoal.platform.control.controller import Controller
+from shoal.platform.control.scaling import AutoscaleSettings
 from shoal.platform.node import run_node
-from shoal.platform.scaling import AutoscaleSettings
-from shoal.platform.tokens import JoinTokens
+from shoal.resources.endpoint import Endpoint
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
+from shoal.store.pki import PKIStore
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
 TRUST_DOMAIN = "shoal.test"
@@ -105,7 +106,7 @@ async def running_cluster(
     the given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
-    token = await JoinTokens(redis, keys).create(uses=2)  # the node's and the gateway's
+    token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
     controller = asyncio.create_task(
         Controller(
             redis,

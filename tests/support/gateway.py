@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from shoal.gateway.server import GatewaySettings, run_gateway
-from shoal.platform.client import Client
+from shoal.platform.control.client import Client
 from shoal.store.acks import live_acks
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port

@@ -7,10 +7,10 @@ from types import MappingProxyType
 from typing import Any
 
 from shoal.mesh.activation import Activator
-from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.proxy import Proxy, Refusal
-from shoal.platform.model import Scale, Service
-from shoal.platform.resources import to_document
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import to_document
+from shoal.resources.model import Scale, Service
 from shoal.store.watch import View
 
 HELLO = Service(name="hello", revision="v1", app="app:hello", scale=Scale(min=0))

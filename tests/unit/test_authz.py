@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.mesh.authz import Decision, compile_policies, evaluate
-from shoal.platform.model import AuthorizationPolicy, Operation, Rule, Source
-from shoal.platform.resources import parse_text
+from shoal.resources.manifest import parse_text
+from shoal.resources.model import AuthorizationPolicy, Operation, Rule, Source
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.platform.autoscaler import (
+from shoal.platform.control.autoscaler import (
     AutoscalerState,
     Decision,
     Metrics,
@@ -14,7 +14,7 @@ from shoal.platform.autoscaler import (
     decide,
     merge_samples,
 )
-from shoal.platform.model import Scale
+from shoal.resources.model import Scale
 
 SCALE = Scale(min=0, max=100, target_concurrency=10, idle_timeout=60.0)
 

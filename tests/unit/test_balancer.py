@@ -17,7 +17,7 @@ from shoal.mesh.balancer import (
     WeightedBalancer,
     make_balancer,
 )
-from shoal.mesh.endpoint import Endpoint
+from shoal.resources.endpoint import Endpoint
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=200)
 

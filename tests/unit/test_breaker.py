@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.mesh.breaker import Breaker, concurrency_limit
-from shoal.platform.model import ConnectionPool
+from shoal.resources.model import ConnectionPool
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=200)
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.platform.health import HealthState, HealthThresholds, Transition, thresholds
-from shoal.platform.model import HealthCheck, TrafficPolicy
+from shoal.platform.runtime.health import HealthState, HealthThresholds, Transition, thresholds
+from shoal.resources.model import HealthCheck, TrafficPolicy
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=200)
 

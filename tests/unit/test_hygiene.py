@@ -11,9 +11,9 @@ import pytest
 from shoal.errors import UserError
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
-from shoal.gateway.limits import EdgeLimits, FloodBudget, KiB
-from shoal.gateway.rejection import Rejection
-from shoal.mesh.headers import edge_request_headers, end_to_end, request_headers
+from shoal.http.headers import edge_request_headers, end_to_end, request_headers
+from shoal.http.limits import EdgeLimits, FloodBudget, KiB
+from shoal.http.refusal import Rejection
 
 LIMITS = EdgeLimits(max_header_bytes=1000, max_header_count=10, max_uri_bytes=100)
 

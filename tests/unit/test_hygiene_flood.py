@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shoal.gateway.flood import FloodGuard, Frame
-from shoal.gateway.limits import EdgeLimits, FloodBudget
+from shoal.http.limits import EdgeLimits, FloodBudget
 
 LIMITS = EdgeLimits(
     h2_ping=FloodBudget(burst=3, rate=1.0),

@@ -20,8 +20,8 @@ from shoal.gateway.hypercorn_edge import (
     EdgeH11Protocol,
     EdgeTCPServer,
 )
-from shoal.gateway.limits import EdgeLimits, KiB
 from shoal.gateway.server import GatewaySettings, hypercorn_config
+from shoal.http.limits import EdgeLimits, KiB
 from tests.support.tls import self_signed
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.gateway.paths import SlashPolicy, normalize_path
-from shoal.gateway.rejection import Rejection
+from shoal.http.paths import SlashPolicy, normalize_path
+from shoal.http.refusal import Rejection
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=500)
 

@@ -1,4 +1,4 @@
-"""SPIFFE IDs: shoal.mesh.identity."""
+"""SPIFFE IDs: shoal.identity.spiffe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import UserError
-from shoal.mesh.identity import (
+from shoal.identity.spiffe import (
     InvalidSpiffeId,
     SpiffeId,
     gateway_id,

@@ -7,7 +7,7 @@ from typing import get_type_hints
 import pytest
 
 from shoal.errors import UserError
-from shoal.gateway.limits import (
+from shoal.http.limits import (
     LIMIT_NAMES,
     EdgeLimits,
     FloodBudget,

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.mesh.endpoint import Endpoint
 from shoal.mesh.outcome import CONNECT_FAILURE, RESET, SUCCESS, TIMEOUT, Outcome
 from shoal.mesh.outlier import OutlierDetector, ejection_time, max_ejections
-from shoal.platform.model import OutlierDetection
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.model import OutlierDetection
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=200)
 KEYS = ("svc/a", "svc/b", "svc/c")

@@ -1,4 +1,4 @@
-"""The mesh PKI: shoal.platform.pki (CA, CSR, signing) and shoal.platform.certs (verification,
+"""The mesh PKI: shoal.identity.pki (CA, CSR, signing) and shoal.identity.certs (verification,
 real mTLS handshakes on loopback, key files)."""
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.errors import ShoalError, UserError
-from shoal.mesh.identity import peer_identity, service_id
-from shoal.platform.certs import (
+from shoal.identity.certs import (
     ALPN,
     client_context,
     server_context,
     verify_chain,
     write_private_key,
 )
-from shoal.platform.pki import (
+from shoal.identity.pki import (
     CA,
     CLOCK_SKEW,
     CertificateRejected,
@@ -48,6 +47,7 @@ from shoal.platform.pki import (
     renew_at,
     sign,
 )
+from shoal.identity.spiffe import peer_identity, service_id
 
 TD = "example.org"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -1,5 +1,5 @@
 """Pure PKI decisions: when a leaf is renewed (shoal.mesh.credentials.renewal_reason), who may
-hold which identity and which components lag a root rotation (shoal.platform.rotation), and a
+hold which identity and which components lag a root rotation (shoal.platform.ca.rotation), and a
 workload's mTLS mode (shoal.mesh.authz.mtls_mode)."""
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.errors import UserError
-from shoal.mesh.authz import mtls_mode
-from shoal.mesh.credentials import renewal_reason
-from shoal.platform.model import MtlsMode, PeerAuthentication
-from shoal.platform.pki import (
+from shoal.identity.pki import (
     CA,
     CLOCK_SKEW,
     cert_from_pem,
@@ -29,7 +26,10 @@ from shoal.platform.pki import (
     renew_at,
     sign,
 )
-from shoal.platform.rotation import PHASES, Phase, check_phase, entitled, lagging
+from shoal.mesh.authz import mtls_mode
+from shoal.mesh.credentials import renewal_reason
+from shoal.platform.ca.rotation import PHASES, Phase, check_phase, entitled, lagging
+from shoal.resources.model import MtlsMode, PeerAuthentication
 
 TD = "cluster.local"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

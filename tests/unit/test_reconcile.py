@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.platform.reconcile import Plan, Slot, plan, restart_delay
+from shoal.platform.runtime.reconcile import Plan, Slot, plan, restart_delay
 
 
 def slot(id: str, rev: str = "hello/v1", state: str = "ready", started: float = 0.0) -> Slot:

@@ -1,4 +1,4 @@
-"""Manifests to model values and back: shoal.platform.resources."""
+"""Manifests to model values and back: shoal.resources.manifest."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import ManifestError, UserError
-from shoal.platform.fields import format_duration
-from shoal.platform.model import (
+from shoal.resources.fields import format_duration
+from shoal.resources.manifest import (
+    load_files,
+    parse_document,
+    parse_duration,
+    parse_text,
+    revision_spec,
+    to_document,
+)
+from shoal.resources.model import (
     ConnectionPool,
     Destination,
     DestinationRule,
@@ -37,14 +45,6 @@ from shoal.platform.model import (
     Subset,
     TrafficPolicy,
     VirtualService,
-)
-from shoal.platform.resources import (
-    load_files,
-    parse_document,
-    parse_duration,
-    parse_text,
-    revision_spec,
-    to_document,
 )
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
@@ -1227,7 +1227,7 @@ def test_to_document_round_trips_every_valid_document(doc: dict[str, object]) ->
 def test_stored_resources_parse_each_document_once() -> None:
     """A document object seen before gives the same resource back; a new object is parsed;
     a key that left the store is forgotten."""
-    from shoal.platform.resources import StoredResources
+    from shoal.resources.manifest import StoredResources
 
     stored = StoredResources()
     doc = service_doc()

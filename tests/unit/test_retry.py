@@ -26,7 +26,7 @@ from shoal.mesh.retry import (
     retriable,
     should_retry,
 )
-from shoal.platform.model import Retries
+from shoal.resources.model import Retries
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=200)
 OUTCOMES = [CONNECT_FAILURE, REFUSED_STREAM, RESET, TIMEOUT] + [

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import UserError
-from shoal.platform.rollout import (
+from shoal.platform.control.rollout import (
     Done,
     Observation,
     Phase,

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.mesh.balancer import LeastRequestBalancer, RoundRobinBalancer
-from shoal.mesh.endpoint import Endpoint, InstanceState
 from shoal.mesh.routing import (
     Cluster,
     RouteMatch,
@@ -20,7 +19,8 @@ from shoal.mesh.routing import (
     merge_policy,
     normalize_host,
 )
-from shoal.platform.model import (
+from shoal.resources.endpoint import Endpoint, InstanceState
+from shoal.resources.model import (
     Destination,
     DestinationRule,
     HTTPMatchRequest,

@@ -3,8 +3,8 @@ retirement of unrouted revisions, with literal times."""
 
 from __future__ import annotations
 
-from shoal.platform.model import Scale, Service
-from shoal.platform.scaling import AutoscaleSettings, Autoscaling
+from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
+from shoal.resources.model import Scale, Service
 
 HELLO = Service(name="hello", revision="v1", app="app:hello", scale=Scale(min=0, max=100))
 KEPT = Service(name="hello", revision="v2", app="app:hello", scale=Scale(min=2, max=10))

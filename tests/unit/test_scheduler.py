@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shoal.cli.main import app
+from shoal.platform.control.scheduler import Node, eligible, place, unplaced_reason
 from shoal.platform.node import node_capacity, node_labels, node_record
-from shoal.platform.scheduler import Node, eligible, place, unplaced_reason
 
 
 def test_spreads_replicas_across_nodes() -> None:
@@ -60,7 +60,7 @@ def test_places_exactly_what_is_wanted_and_balanced(
 
 def test_no_pruning_right_after_store_restart_or_regained_lead() -> None:
     """Leases are pruned only after owners had a full grace period to re-assert them."""
-    from shoal.platform.controller import may_prune
+    from shoal.platform.control.controller import may_prune
 
     assert not may_prune(now=103.0, steady_since=100.0, store_uptime=500.0, grace=7.0)
     assert not may_prune(now=200.0, steady_since=100.0, store_uptime=2.0, grace=7.0)
@@ -173,8 +173,8 @@ def test_node_records_are_read_leniently(record: dict[str, object], node: Node) 
 
 def test_placement_changes_use_node_records_and_selectors() -> None:
     """The controller places by the labels and capacity the node records announce."""
-    from shoal.platform.agent import PLACEMENT
-    from shoal.platform.controller import placement_changes
+    from shoal.platform.control.controller import placement_changes
+    from shoal.platform.runtime.agent import PLACEMENT
     from shoal.store.config import Change
     from shoal.store.watch import View
 

@@ -1,5 +1,5 @@
-"""PeerAuthentication and AuthorizationPolicy manifests: shoal.platform.security_fields through
-shoal.platform.resources."""
+"""PeerAuthentication and AuthorizationPolicy manifests: shoal.resources.security through
+shoal.resources.manifest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import ManifestError
-from shoal.platform.model import (
+from shoal.resources.manifest import parse_document, parse_text, to_document
+from shoal.resources.model import (
     KINDS,
     AuthorizationPolicy,
     Operation,
@@ -19,7 +20,6 @@ from shoal.platform.model import (
     Rule,
     Source,
 )
-from shoal.platform.resources import parse_document, parse_text, to_document
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
 

@@ -9,9 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.coldstart import percentile
-from shoal.platform.instance import PROBE_EVERY, PROBE_FIRST, probe_delay, templates_enabled
-from shoal.platform.model import Service
-from shoal.platform.template import SpawnRequest, fingerprint, parse_request, warmable
+from shoal.platform.runtime.instance import PROBE_EVERY, PROBE_FIRST, probe_delay, templates_enabled
+from shoal.platform.runtime.template_process import (
+    SpawnRequest,
+    fingerprint,
+    parse_request,
+    warmable,
+)
+from shoal.resources.model import Service
 
 INSTALLED = ["/usr/lib/python3.11", "/venv/lib/python3.11/site-packages"]
 

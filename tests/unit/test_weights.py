@@ -6,7 +6,8 @@ import pytest
 
 from shoal.errors import UserError
 from shoal.mesh.proxy import quantile
-from shoal.platform.model import (
+from shoal.platform.control.rollout_runner import delta, latency_p99, outcome_totals
+from shoal.resources.model import (
     Destination,
     DestinationRule,
     HTTPMatchRequest,
@@ -17,8 +18,7 @@ from shoal.platform.model import (
     Subset,
     VirtualService,
 )
-from shoal.platform.rollout_runner import delta, latency_p99, outcome_totals
-from shoal.platform.weights import (
+from shoal.resources.weights import (
     current_weights,
     find_virtual_service,
     parse_weights,

@@ -1,0 +1,308 @@
+"""What the CLI's commands do, against one store: apply, get, delete, weights, status.
+
+The CLI parses flags, calls one method here and renders the result; everything that talks to
+Redis or decides something lives here or below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shoal.errors import NotFoundError, UserError
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import parse_document, revision_spec, to_document
+from shoal.resources.model import KINDS, DestinationRule, Resource, Service, VirtualService
+from shoal.resources.weights import (
+    find_rule,
+    find_virtual_service,
+    parse_weights,
+    set_weights,
+    traffic_shares,
+)
+from shoal.store.acks import live_acks, live_reports
+from shoal.store.config import Change, ConfigStore, encode
+from shoal.store.connection import Redis, translated
+from shoal.store.keys import Keys
+from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
+
+KIND_ALIASES = {
+    "service": "Service",
+    "services": "Service",
+    "svc": "Service",
+    "virtualservice": "VirtualService",
+    "virtualservices": "VirtualService",
+    "vs": "VirtualService",
+    "destinationrule": "DestinationRule",
+    "destinationrules": "DestinationRule",
+    "dr": "DestinationRule",
+    "peerauthentication": "PeerAuthentication",
+    "peerauthentications": "PeerAuthentication",
+    "pa": "PeerAuthentication",
+    "authorizationpolicy": "AuthorizationPolicy",
+    "authorizationpolicies": "AuthorizationPolicy",
+    "ap": "AuthorizationPolicy",
+}
+
+
+def kind_of(name: str) -> str:
+    """The resource kind a user typed (any case, plural or short form)."""
+    kind = KIND_ALIASES.get(name.lower())
+    if kind is None:
+        raise UserError(f"unknown kind {name!r}: use one of {', '.join(KINDS)}")
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of an apply: the revision, and what changed."""
+
+    revision: int
+    changed: list[str]
+    unchanged: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Nodes, services and instances, as the registry and config hold them now."""
+
+    revision: int
+    nodes: dict[str, dict[str, Any]]
+    services: list[Service]
+    instances: list[Endpoint]
+    acks: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    autoscaler: dict[str, dict[str, Any]] = field(default_factory=dict)  # by service/revision
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceChange:
+    """One instance appearing, changing state, port or pid, or disappearing."""
+
+    key: str
+    before: Endpoint | None
+    after: Endpoint | None
+
+
+def instance_changes(
+    old: Mapping[str, Endpoint], new: Mapping[str, Endpoint]
+) -> list[InstanceChange]:
+    """What differs between two registry views, in key order."""
+    return [
+        InstanceChange(k, old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+class Client:
+    """Operations on one Shoal store."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = ConfigStore(redis, keys)
+        self.registry = Registry(redis, keys)
+
+    async def apply(self, resources: Sequence[Resource], *, keep_existing: bool = False) -> Applied:
+        """Store ``resources`` atomically. A Service revision's spec cannot change once stored.
+
+        With ``keep_existing``, resources already stored are left as they are (how ``shoal up
+        --example`` deploys the example without undoing the user's later edits).
+        """
+        changes: list[Change] = []
+        changed: list[str] = []
+        unchanged: list[str] = []
+        for r in resources:
+            doc = to_document(r)
+            label = f"{r.kind}/{r.key}"
+            existing = await self.config.get(r.kind, r.key)
+            if existing is not None and (keep_existing or encode(existing) == encode(doc)):
+                unchanged.append(label)
+                continue
+            before = (
+                parse_document(existing)
+                if existing is not None and isinstance(r, Service)
+                else None
+            )
+            if (
+                isinstance(r, Service)
+                and isinstance(before, Service)
+                and (revision_spec(r) != revision_spec(before))
+            ):
+                raise UserError(
+                    f"Service {r.name} revision {r.revision} already exists with another spec; "
+                    "revisions are immutable: set a new spec.revision, or omit it to name the "
+                    "revision by the spec's hash"
+                )
+            changes.append(Change(r.kind, r.key, doc))
+            changed.append(label)
+        revision = await self.config.write(changes) if changes else await self.config.revision()
+        return Applied(revision=revision, changed=changed, unchanged=unchanged)
+
+    async def get(self, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Stored documents of ``kind`` (a Service name gives all its revisions)."""
+        kind = kind_of(kind)
+        docs = await self.config.list(kind)
+        if name is None:
+            return list(docs.values())
+        found = [d for k, d in docs.items() if k == name or k.split("/")[0] == name]
+        if not found:
+            raise NotFoundError(f"{kind} {name} not found")
+        return found
+
+    async def delete(self, kind: str, name: str) -> int:
+        """Delete a resource (a Service name deletes all its revisions); return the revision."""
+        kind = kind_of(kind)
+        keys = [k for k in await self.config.list(kind) if k == name or k.split("/")[0] == name]
+        if not keys:
+            raise NotFoundError(f"{kind} {name} not found")
+        return await self.config.write([Change(kind, k, None) for k in keys])
+
+    async def _resources(self, kind: str) -> list[Any]:
+        return [parse_document(d) for d in (await self.config.list(kind)).values()]
+
+    async def services(self) -> list[Service]:
+        """Every stored Service revision."""
+        return [s for s in await self._resources("Service") if isinstance(s, Service)]
+
+    async def virtual_services(self) -> list[VirtualService]:
+        """Every stored VirtualService."""
+        return [v for v in await self._resources("VirtualService") if isinstance(v, VirtualService)]
+
+    async def destination_rules(self) -> list[DestinationRule]:
+        """Every stored DestinationRule."""
+        return [
+            r for r in await self._resources("DestinationRule") if isinstance(r, DestinationRule)
+        ]
+
+    async def revisions(self, service: str) -> list[dict[str, Any]]:
+        """``service``'s revisions: traffic share, instances ready/desired, scale bounds."""
+        services = [s for s in await self.services() if s.name == service]
+        if not services:
+            raise NotFoundError(f"Service {service} not found")
+        shares = traffic_shares(
+            service,
+            find_virtual_service(service, await self.virtual_services()),
+            find_rule(service, await self.destination_rules()),
+            services,
+        )
+        instances = await self.registry.instances()
+        decisions = await self._autoscaler()
+        return [
+            {
+                "revision": s.revision,
+                "traffic": None if shares is None else round(shares.get(s.key, 0.0), 1),
+                "ready": sum(
+                    1 for e in instances if e.revision_key == s.key and e.state == "ready"
+                ),
+                "instances": sum(1 for e in instances if e.revision_key == s.key),
+                "desired": decisions.get(s.key, {}).get("desired"),
+                "min": s.scale.min,
+                "max": s.scale.max,
+            }
+            for s in sorted(services, key=lambda s: s.revision)
+        ]
+
+    async def weights(self, service: str, pairs: list[str]) -> tuple[VirtualService, int]:
+        """Split ``service``'s traffic between subsets; return the new VirtualService."""
+        return await self.set_weights(service, parse_weights(pairs))
+
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int]
+    ) -> tuple[VirtualService, int]:
+        """Split ``service``'s traffic between subsets by ``weights`` (summing to 100)."""
+        vss: list[VirtualService] = await self._resources("VirtualService")
+        rules: list[DestinationRule] = await self._resources("DestinationRule")
+        vs = set_weights(
+            service, weights, find_virtual_service(service, vss), find_rule(service, rules)
+        )
+        applied = await self.apply([vs])
+        return vs, applied.revision
+
+    async def scale(
+        self,
+        service: str,
+        *,
+        min: int | None = None,
+        max: int | None = None,
+        target: int | None = None,
+        revision: str | None = None,
+    ) -> list[Service]:
+        """Set scaling bounds of a service's revisions (all, or one) in place."""
+        if min is None and max is None and target is None:
+            raise UserError("give at least one of --min, --max, --target")
+        stored = [
+            s
+            for s in await self._resources("Service")
+            if isinstance(s, Service)
+            and s.name == service
+            and (revision is None or s.revision == revision)
+        ]
+        if not stored:
+            what = f"{service} revision {revision}" if revision else service
+            raise NotFoundError(f"Service {what} not found")
+        scaled = []
+        for s in stored:
+            bounds = replace(
+                s.scale,
+                min=s.scale.min if min is None else min,
+                max=s.scale.max if max is None else max,
+                target_concurrency=s.scale.target_concurrency if target is None else target,
+            )
+            if bounds.min < 0 or bounds.max < 1 or bounds.min > bounds.max:
+                raise UserError(
+                    f"{s.key}: need 0 <= min <= max and max >= 1 "
+                    f"(got min {bounds.min}, max {bounds.max})"
+                )
+            if bounds.target_concurrency < 1:
+                raise UserError(f"--target must be at least 1 (got {bounds.target_concurrency})")
+            scaled.append(replace(s, scale=bounds))
+        await self.apply(scaled)
+        return scaled
+
+    async def status(self) -> Status:
+        """What runs where."""
+        services = [s for s in await self._resources("Service") if isinstance(s, Service)]
+        return Status(
+            revision=await self.config.revision(),
+            nodes=await self.registry.nodes(),
+            services=services,
+            instances=await self.registry.instances(),
+            acks=await live_acks(self.redis, self.keys),
+            reports=await live_reports(self.redis, self.keys),
+            autoscaler=await self._autoscaler(),
+        )
+
+    async def _autoscaler(self) -> dict[str, dict[str, Any]]:
+        async with translated("reading the autoscaler's decisions"):
+            raw: dict[str, str] = await self.redis.hgetall(self.keys.autoscaler)  # type: ignore[assignment]
+        return {key: json.loads(value) for key, value in raw.items()}
+
+    async def follow(self, url: str, on_change: Callable[[InstanceChange], None]) -> None:
+        """Call ``on_change`` for every instance change from now on, until cancelled."""
+        seen: dict[str, Endpoint] | None = None
+
+        def on_view(view: View) -> None:
+            nonlocal seen
+            if seen is not None:
+                for change in instance_changes(seen, view.instances):
+                    on_change(change)
+            seen = dict(view.instances)
+
+        await Watcher(url, self.keys, ()).run(on_view)
+
+    async def wait_applied(self, revision: int, timeout: float) -> dict[str, int]:
+        """Wait until every live proxy has applied ``revision``; return the laggards."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            lagging = {
+                c: r for c, r in (await live_acks(self.redis, self.keys)).items() if r < revision
+            }
+            if not lagging or asyncio.get_running_loop().time() >= deadline:
+                return lagging
+            await asyncio.sleep(0.05)

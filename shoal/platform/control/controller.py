@@ -1,0 +1,339 @@
+"""The controller: CA, scheduler and autoscaler, while it leads.
+
+Several controllers may run; one leads through a Redis lease (``SET NX PX``, renewed by a script
+that only extends the holder's own lease). A controller that cannot renew stops acting at once.
+While leading it signs certificates (:mod:`shoal.platform.ca.authority`), turns the proxies' load
+reports and activation requests into a desired instance count per Service revision (Knative's KPA,
+:mod:`.scaling`), writes ``Placement`` documents for them (one per live node,
+:func:`.scheduler.place`: only on nodes a revision's ``node_selector`` matches, never beyond
+a node's capacity; what fits nowhere is logged once and shown in the decision's reason),
+publishes its decisions for ``shoal status`` and removes expired registry entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import StoreError, UserError
+from shoal.identity.pki import PKIError
+from shoal.mesh.activation import ACTIVATION
+from shoal.platform.ca.authority import Authority
+from shoal.platform.ca.rotation import entitled
+from shoal.platform.ca.signer import CAFiles
+from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
+from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_reason
+from shoal.platform.runtime.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
+from shoal.resources.manifest import StoredResources
+from shoal.resources.model import DestinationRule, Service, VirtualService
+from shoal.resources.weights import find_rule, find_virtual_service, traffic_shares
+from shoal.store.acks import live_reports
+from shoal.store.config import Change, ConfigStore, FencedOut
+from shoal.store.connection import Redis, translated
+from shoal.store.keys import Keys
+from shoal.store.pki import PKIStore
+from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 5_000
+TICK = 1.0
+PRUNE_GRACE = LEASE_TTL + 2 * HEARTBEAT_EVERY
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+def live_nodes(view: View) -> dict[str, Node]:
+    """The registered nodes, with the labels and capacity their records announce."""
+    return {node: Node.from_record(record) for node, record in view.nodes.items()}
+
+
+def placement_changes(
+    view: View,
+    wanted: Mapping[str, int],
+    selectors: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[list[Change], Schedule]:
+    """The Placement writes that bring the stored placements to ``wanted`` instances per
+    ``service/revision`` (each on nodes its selector in ``selectors`` matches), and the
+    schedule they come from (its ``unplaced`` says what fitted nowhere)."""
+    current = {
+        node: dict(doc.get("revisions") or {}) for node, doc in view.documents(PLACEMENT).items()
+    }
+    schedule = place(dict(wanted), live_nodes(view), current, selectors)
+    placed = schedule.placements
+    changes = [
+        Change(PLACEMENT, node, {"revisions": revs})
+        for node, revs in placed.items()
+        if current.get(node) != revs
+    ]
+    changes += [Change(PLACEMENT, node, None) for node in current if node not in placed]
+    return changes, schedule
+
+
+def unrouted_revisions(
+    view: View, stored: StoredResources, services: Sequence[Service]
+) -> list[str]:
+    """Revisions that get 0% of their service's traffic under its VirtualService's split."""
+    parsed = {
+        kind: list(stored.parse(kind, view.documents(kind)).values())
+        for kind in ("VirtualService", "DestinationRule")
+    }
+    vss = [v for v in parsed["VirtualService"] if isinstance(v, VirtualService)]
+    rules = [r for r in parsed["DestinationRule"] if isinstance(r, DestinationRule)]
+    out = []
+    for name in sorted({s.name for s in services}):
+        mine = [s for s in services if s.name == name]
+        try:
+            shares = traffic_shares(
+                name, find_virtual_service(name, vss), find_rule(name, rules), mine
+            )
+        except UserError:
+            continue  # a subset the rule does not define: leave the revisions alone
+        if shares is not None:
+            out += [s.key for s in mine if shares.get(s.key, 0.0) == 0.0]
+    return out
+
+
+def ready_counts(view: View) -> Counter[str]:
+    """Ready instances per ``service/revision``."""
+    return Counter(e.revision_key for e in view.instances.values() if e.state == "ready")
+
+
+def may_prune(
+    now: float, steady_since: float, store_uptime: float, grace: float = PRUNE_GRACE
+) -> bool:
+    """Whether expired leases may be pruned: only once owners have had time to re-assert them.
+
+    After Redis restarts (its uptime is short) or after this controller regained the store or
+    the lead, leases may look expired only because nobody could renew them; pruning then would
+    empty a healthy registry. Waiting ``grace`` (a lease TTL plus two heartbeats) lets every
+    live owner re-assert first.
+    """
+    return now - steady_since >= grace and store_uptime >= grace
+
+
+class Controller:
+    """Leader-elected control loop over one store."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        url: str,
+        keys: Keys,
+        *,
+        state_dir: Path,
+        trust_domain: str,
+        autoscale: AutoscaleSettings | None = None,
+        id: str | None = None,
+    ) -> None:
+        self.id = id or uuid.uuid4().hex[:8]
+        self.trust_domain = trust_domain
+        self.authority = Authority(
+            PKIStore(redis, keys), CAFiles(state_dir / "ca"), trust_domain, self._entitled
+        )
+        self._signing = False
+        self.redis = redis
+        self.keys = keys
+        self.config = ConfigStore(redis, keys)
+        self.registry = Registry(redis, keys)
+        self.watcher = Watcher(
+            url, keys, ["Service", "VirtualService", "DestinationRule", PLACEMENT, ACTIVATION]
+        )
+        self.autoscaling = Autoscaling(autoscale)
+        self.leading = False
+        self._renew = redis.register_script(_RENEW)
+        self._view = View()
+        self._stored = StoredResources()
+        self._dirty = asyncio.Event()
+        self._steady_since: float | None = None  # since when we lead with the store reachable
+        self._unplaced: dict[str, str] = {}  # revision -> why some of it is unplaced (logged)
+
+    def _entitled(self, requester: str, identity: str) -> bool:
+        placements = {
+            node: {k: int(v) for k, v in (doc.get("revisions") or {}).items()}
+            for node, doc in self._view.documents(PLACEMENT).items()
+        }
+        return entitled(requester, identity, self.trust_domain, placements)
+
+    async def _sign(self, leading: bool) -> None:
+        """Start the CA's work when the lead is gained, stop it when it is lost."""
+        if leading and not self._signing:
+            try:
+                await self.authority.start()
+            except PKIError as e:
+                log.error("not signing certificates: %s", e)
+                return
+            self._signing = True
+        elif not leading and self._signing:
+            await self.authority.stop()
+            self._signing = False
+
+    def _on_view(self, view: View) -> None:
+        self._view = view
+        self._dirty.set()
+
+    async def _renew_lease(self) -> bool:
+        async with translated("renewing the leader lease"):
+            held = await self._renew(keys=[self.keys.leader], args=[self.id, LEASE_MS])
+        return bool(held)
+
+    async def tick(self) -> None:
+        """One round: renew the lease; if leading, place instances and prune leases."""
+        try:
+            leading = await self._renew_lease()
+        except StoreError as e:
+            log.warning("lost the store, standing by: %s", e)
+            leading = False
+            self._steady_since = None
+        if leading != self.leading:
+            log.info("controller %s %s", self.id, "leads" if leading else "stands by")
+            self.leading = leading
+        await self._sign(leading)
+        if not leading:
+            self._steady_since = None
+            return
+        now = time.monotonic()
+        if self._steady_since is None:
+            self._steady_since = now
+        reports = await live_reports(self.redis, self.keys)
+        await self._scale(reports, now)
+        async with translated("reading the store's uptime"):
+            uptime = float((await self.redis.info("server"))["uptime_in_seconds"])
+        if self._signing:
+            try:
+                await self.authority.tick(reports)
+            except PKIError as e:
+                log.error("root rotation stalled: %s", e)
+        if may_prune(now, self._steady_since, uptime):
+            pruned = await self.registry.prune(fence=self.id)
+            if pruned:
+                log.info("pruned expired leases: %s", ", ".join(pruned))
+
+    async def _scale(self, reports: Mapping[str, Mapping[str, Any]], now: float) -> None:
+        """Autoscale every revision on the proxies' load and pending activations; place the
+        instances wanted; publish the decisions for ``shoal status``."""
+        view = self._view
+        services = [
+            s
+            for s in self._stored.parse("Service", view.documents("Service")).values()
+            if isinstance(s, Service)
+        ]
+        self.autoscaling.observe(reports, now)
+        activations = list(view.documents(ACTIVATION))
+        for revision in activations:
+            self.autoscaling.activate(revision, now)
+        ready = ready_counts(view)
+        decisions = self.autoscaling.decide(
+            services, ready, now, unrouted_revisions(view, self._stored, services)
+        )
+        selectors = {s.key: dict(s.node_selector) for s in services}
+        changes, schedule = placement_changes(
+            view, {k: d.desired for k, d in decisions.items()}, selectors
+        )
+        unplaced = self._note_unplaced(schedule, live_nodes(view), selectors)
+        changes += [Change(ACTIVATION, revision, None) for revision in activations]
+        if changes:
+            await self.config.write(changes, fence=self.id)
+        status = {
+            key: json.dumps(
+                {
+                    "desired": d.desired,
+                    "ready": ready.get(key, 0),
+                    "panicking": d.panicking,
+                    "reason": f"{d.reason}; {unplaced[key]}" if key in unplaced else d.reason,
+                }
+            )
+            for key, d in decisions.items()
+        }
+        async with translated("publishing autoscaler decisions"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.autoscaler)
+                if status:
+                    pipe.hset(self.keys.autoscaler, mapping=status)  # type: ignore[arg-type]
+                await pipe.execute()
+
+    def _note_unplaced(
+        self,
+        schedule: Schedule,
+        nodes: Mapping[str, Node],
+        selectors: Mapping[str, Mapping[str, str]],
+    ) -> dict[str, str]:
+        """Why each revision is (partly) unplaced; logged when that changes, not every tick."""
+        now = {
+            rev: unplaced_reason(count, nodes, selectors.get(rev))
+            for rev, count in schedule.unplaced.items()
+        }
+        for rev, why in sorted(now.items()):
+            if self._unplaced.get(rev) != why:
+                log.warning("%s: %s", rev, why)
+        for rev in sorted(self._unplaced.keys() - now.keys()):
+            log.info("%s: nothing is left unplaced", rev)
+        self._unplaced = now
+        return now
+
+    async def _next_tick(self, stop: asyncio.Event) -> None:
+        """Wait for a change, ``stop`` or the tick period, whichever comes first."""
+        waiters = [asyncio.ensure_future(self._dirty.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        self._dirty.clear()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run ticks on every change and every second, until ``stop``; then release the lease."""
+        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except FencedOut as e:
+                    log.warning("controller %s stands by: %s", self.id, e)
+                    self.leading = False
+                    self._steady_since = None
+                    await self._sign(False)
+                except StoreError as e:
+                    log.warning("controller tick failed: %s", e)
+                await self._next_tick(stop)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await self._sign(False)
+            if self.leading:
+                try:
+                    async with translated("releasing the leader lease"):
+                        if await self.redis.get(self.keys.leader) == self.id:
+                            await self.redis.delete(self.keys.leader)
+                except StoreError:
+                    pass
+
+
+async def run_controller(
+    redis: Redis,
+    url: str,
+    keys: Keys,
+    *,
+    stop: asyncio.Event,
+    state_dir: Path,
+    trust_domain: str,
+    autoscale: AutoscaleSettings | None = None,
+) -> None:
+    """The ``shoal controller`` process body."""
+    await Controller(
+        redis, url, keys, state_dir=state_dir, trust_domain=trust_domain, autoscale=autoscale
+    ).run(stop)

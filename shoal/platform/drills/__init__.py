@@ -1,0 +1,1 @@
+"""Failover drills: steady traffic, an injected fault or store outage, and a report."""

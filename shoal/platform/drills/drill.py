@@ -1,0 +1,374 @@
+"""Failover drills: steady traffic through the gateway, a fault, and a report of what clients saw.
+
+``shoal drill failover`` drives GETs at a fixed rate, injects a fault into some instances
+(through the agents, by a ``Fault`` document per instance), keeps the traffic going through
+detection and recovery, and reports client-visible errors by cause, latency before / during /
+after, time to detection and to recovery, and how many requests the proxies retried.
+``shoal drill redis`` does the same around a store outage. The report is computed by the pure
+:func:`summarize` from the recorded requests and timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from shoal.errors import NotFoundError, StoreError, UserError
+from shoal.mesh.load import percentile
+from shoal.platform.control.client import Client
+from shoal.platform.runtime.agent import FAULT
+from shoal.platform.runtime.faults import Fault
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.model import Service
+from shoal.store.acks import live_reports
+from shoal.store.config import Change
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request of the drill: when it was sent (drill clock), how long, how it ended."""
+
+    at: float
+    latency: float
+    status: int
+    cause: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """Latency figures of one phase of the drill."""
+
+    requests: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What the drill observed."""
+
+    fault: str
+    targets: list[str]
+    requests: int
+    errors: dict[str, int]
+    error_rate: float
+    before: Phase
+    during: Phase
+    after: Phase
+    detected_after: float | None
+    recovered_after: float | None
+    retried: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``-o json``."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.__dict__ if isinstance(value, Phase) else value
+        return out
+
+
+def _phase(samples: Sequence[Sample]) -> Phase:
+    latencies = [s.latency * 1000 for s in samples]
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    return Phase(
+        len(samples), None if p50 is None else round(p50, 1), None if p99 is None else round(p99, 1)
+    )
+
+
+def summarize(
+    samples: Sequence[Sample],
+    *,
+    fault: str,
+    targets: list[str],
+    fault_at: float,
+    detected_at: float | None,
+    recovered_at: float | None,
+    retried: int,
+    notes: list[str] | None = None,
+) -> Report:
+    """The drill's report from what was recorded (times on the drill's clock)."""
+    errors = Counter(s.cause or f"http_{s.status}" for s in samples if not 200 <= s.status < 400)
+    end = recovered_at if recovered_at is not None else math.inf
+    return Report(
+        fault=fault,
+        targets=targets,
+        requests=len(samples),
+        errors=dict(errors),
+        error_rate=sum(errors.values()) / len(samples) if samples else 0.0,
+        before=_phase([s for s in samples if s.at < fault_at]),
+        during=_phase([s for s in samples if fault_at <= s.at < end]),
+        after=_phase([s for s in samples if s.at >= end]),
+        detected_after=None if detected_at is None else round(detected_at - fault_at, 2),
+        recovered_after=None if recovered_at is None else round(recovered_at - fault_at, 2),
+        retried=retried,
+        notes=notes or [],
+    )
+
+
+class Traffic:
+    """Steady GETs at ``rps`` through the gateway, recording every outcome."""
+
+    def __init__(self, url: str, host: str, rps: float, clock: Callable[[], float]) -> None:
+        self.url = url
+        self.host = host
+        self.rps = rps
+        self.clock = clock
+        self.samples: list[Sample] = []
+
+    async def run(self, until: float) -> None:
+        """Send requests on schedule until the drill clock reaches ``until``."""
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            tasks: set[asyncio.Task[None]] = set()
+            start = self.clock()
+            n = 0
+            while (due := start + n / self.rps) < until:
+                await asyncio.sleep(max(0.0, due - self.clock()))
+                task = asyncio.ensure_future(self._one(session))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            if tasks:
+                await asyncio.gather(*tasks)
+
+    async def _one(self, session: aiohttp.ClientSession) -> None:
+        at = self.clock()
+        try:
+            async with session.get(self.url, headers={"Host": self.host}) as r:
+                await r.read()
+                status, cause = r.status, r.headers.get("x-shoal-cause")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            status, cause = 0, f"client_{type(e).__name__}"
+        self.samples.append(Sample(at, self.clock() - at, status, cause))
+
+
+async def retried_total(client: Client) -> int:
+    """Retries counted so far by every live proxy."""
+    return sum(
+        int(r.get("retries", 0)) for r in (await live_reports(client.redis, client.keys)).values()
+    )
+
+
+async def ejected(client: Client, keys: set[str]) -> bool:
+    """Whether any live proxy currently ejects one of the instances ``keys``."""
+    for report in (await live_reports(client.redis, client.keys)).values():
+        for entries in report.get("ejections", {}).values():
+            if any(e["instance"] in keys for e in entries):
+                return True
+    return False
+
+
+async def choose_targets(client: Client, service: str, count: int, fault: Fault) -> list[Endpoint]:
+    """``count`` ready instances of ``service`` that can take ``fault``."""
+    ready = [
+        e for e in await client.registry.instances() if e.service == service and e.state == "ready"
+    ]
+    # An instance some proxy still ejects (an earlier drill) would blur the detection time.
+    ready = [e for e in ready if not await ejected(client, {e.key})] or ready
+    if not ready:
+        raise NotFoundError(f"no ready instance of {service}")
+    if fault in ("error", "slow"):
+        specs = {s.key: s for s in (await client.status()).services}
+        apps = [
+            e
+            for e in ready
+            if (spec := specs.get(f"{e.service}/{e.revision}"))
+            and isinstance(spec, Service)
+            and spec.app is not None
+        ]
+        if len(apps) < count:
+            raise UserError(
+                f"--fault {fault} needs instances of an app: service (Shoal's "
+                "runtime injects it); use kill or hang for command: services"
+            )
+        ready = apps
+    # Fault instances of one revision, and leave it at least one to fail over to: traffic
+    # routed to a subset never spills into another (as in Istio).
+    by_revision: dict[str, list[Endpoint]] = {}
+    for e in ready:
+        by_revision.setdefault(e.revision, []).append(e)
+    revision, candidates = max(by_revision.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    if len(candidates) <= count:
+        raise UserError(
+            f"{service} revision {revision} has {len(candidates)} ready instances: faulting "
+            f"{count} would leave none to fail over to; scale it up first"
+        )
+    return candidates[:count]
+
+
+async def watch_until(
+    cond: Callable[[], Awaitable[bool]],
+    clock: Callable[[], float],
+    until: float,
+    every: float = 0.1,
+) -> float | None:
+    """Poll ``cond`` until it holds (return the drill time) or ``until`` passes (None)."""
+    while clock() < until:
+        if await cond():
+            return clock()
+        await asyncio.sleep(every)
+    return None
+
+
+async def failover(
+    client: Client,
+    *,
+    gateway: str,
+    service: str,
+    fault: Fault,
+    count: int,
+    duration: float,
+    rps: float,
+) -> Report:
+    """Run one failover drill and report on it."""
+    targets = await choose_targets(client, service, count, fault)
+    target_keys = {e.key for e in targets}
+    origin = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - origin
+
+    warmup = max(2.0, duration / 5)
+    fault_ends = warmup + duration / 2 if fault != "kill" else None
+    traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
+    load = asyncio.ensure_future(traffic.run(duration))
+    retried_before = await retried_total(client)
+    drill_id = uuid.uuid4().hex[:8]
+    await asyncio.sleep(warmup)
+    await client.config.write(
+        [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
+    )
+    fault_at = clock()
+
+    async def detected() -> bool:
+        current = {e.key: e for e in await client.registry.instances()}
+        gone = any(
+            k not in current or current[k].state != "ready" or current[k].pid != t.pid
+            for t in targets
+            for k in [t.key]
+        )
+        return gone or await ejected(client, target_keys)
+
+    async def recovered() -> bool:
+        current = {e.key: e for e in await client.registry.instances()}
+        return all(
+            k in current
+            and current[k].state == "ready"
+            and (fault != "kill" or current[k].pid != t.pid)
+            for t in targets
+            for k in [t.key]
+        )
+
+    try:
+        detected_at = await watch_until(detected, clock, fault_ends or duration)
+        if fault_ends is not None:
+            await asyncio.sleep(max(0.0, fault_ends - clock()))
+        await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
+        recovered_at = await watch_until(recovered, clock, duration)
+    finally:
+        await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
+        await load
+    retried = await retried_total(client) - retried_before
+    notes = [] if fault_ends is None else [f"fault held for {duration / 2:.0f}s, then undone"]
+    return summarize(
+        traffic.samples,
+        fault=fault,
+        targets=sorted(target_keys),
+        fault_at=fault_at,
+        detected_at=detected_at,
+        recovered_at=recovered_at,
+        retried=retried,
+        notes=notes,
+    )
+
+
+async def _registry(client: Client) -> dict[str, Endpoint] | None:
+    """The registry now, or None while the store does not answer."""
+    try:
+        return {e.key: e for e in await client.registry.instances()}
+    except StoreError:
+        return None
+
+
+async def redis_outage(
+    client: Client,
+    *,
+    gateway: str,
+    service: str,
+    redis_pid: int,
+    mode: str,
+    down: float,
+    duration: float,
+    rps: float,
+) -> Report:
+    """Take the store away under traffic (``stop``: SIGSTOP for ``down`` seconds; ``kill``:
+    SIGKILL, and the supervisor restarts it) and report what clients and the registry saw."""
+    before = await _registry(client) or {}
+    origin = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - origin
+
+    warmup = max(2.0, duration / 5)
+    traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
+    if mode == "kill":
+        down = 0.0
+    load = asyncio.ensure_future(traffic.run(max(duration, warmup + down + 5)))
+    await asyncio.sleep(warmup)
+    fault_at = clock()
+    if mode == "kill":
+        os.kill(redis_pid, signal.SIGKILL)
+    else:
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(down)
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+    returned_at: float | None = None
+    complete_at: float | None = None
+    missing: set[str] = set()
+    deadline = clock() + 60
+    while clock() < deadline:
+        now = await _registry(client)
+        if now is not None:
+            returned_at = returned_at or clock()
+            gone = {k for k in before if k not in now}
+            missing |= gone
+            if not gone and all(now[k].state == "ready" for k in before):
+                complete_at = clock()
+                break
+        await asyncio.sleep(0.1)
+    await load
+    notes = [f"store {'killed' if mode == 'kill' else f'stopped for {down:.0f}s'}"]
+    if returned_at is not None and complete_at is not None:
+        notes.append(
+            f"registry complete {complete_at - returned_at:.2f}s after the store answered again"
+        )
+    notes.append(
+        "no instance was pruned"
+        if not missing
+        else f"{len(missing)} instances were missing after the store returned: "
+        + ", ".join(sorted(missing))
+    )
+    return summarize(
+        traffic.samples,
+        fault=f"redis-{mode}",
+        targets=[f"redis-server pid {redis_pid}"],
+        fault_at=fault_at,
+        detected_at=None,
+        recovered_at=complete_at,
+        retried=0,
+        notes=notes,
+    )

@@ -1,0 +1,244 @@
+"""The node agent: runs the instances placed on this node and keeps the registry told.
+
+It watches its node's ``Placement`` (desired instances per revision, written by the controller)
+and the ``Service`` documents; a reconcile loop turns the difference into slot starts and drains
+(:func:`.reconcile.plan`). A heartbeat loop re-asserts every instance record and
+the node record with short leases, at once when a slot changes state and every second
+otherwise, so a Redis restart never leaves the registry empty for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import StoreError
+from shoal.platform.runtime.faults import SIGNALS
+from shoal.platform.runtime.health import HealthThresholds, thresholds
+from shoal.platform.runtime.instance import InstanceSlot, template_env, templates_enabled
+from shoal.platform.runtime.reconcile import Slot, plan
+from shoal.platform.runtime.template_pool import Templates
+from shoal.platform.runtime.template_process import TemplateError
+from shoal.resources.manifest import StoredResources
+from shoal.resources.model import DestinationRule, Service
+from shoal.resources.weights import find_rule
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from shoal.store.registry import Registry
+from shoal.store.watch import View, Watcher
+
+log = logging.getLogger(__name__)
+
+PLACEMENT = "Placement"
+FAULT = "Fault"  # drills: {"fault": kill|hang|error|slow, "id": drill id} by instance key
+HEARTBEAT_EVERY = 1.0
+LEASE_TTL = 5.0
+
+
+def default_node_id() -> str:
+    """This host's name: a node id that stays the same across restarts."""
+    return socket.gethostname().split(".")[0] or "node"
+
+
+def desired_for(view: View, node_id: str) -> dict[str, int]:
+    """The instances per ``service/revision`` the controller placed on ``node_id``."""
+    doc = view.documents(PLACEMENT).get(node_id) or {}
+    return {k: int(v) for k, v in (doc.get("revisions") or {}).items()}
+
+
+class Agent:
+    """Supervises this node's instance slots and their registry records."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        url: str,
+        keys: Keys,
+        *,
+        node_id: str,
+        mesh_url: Callable[[str], Awaitable[str]],
+        log_dir: Path,
+        node_record: dict[str, Any] | None = None,
+        drain_delay: float = 1.0,
+        grace: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.mesh_url = mesh_url  # service -> URL of its outbound listener
+        self.log_dir = log_dir
+        self.registry = Registry(redis, keys)
+        self.watcher = Watcher(url, keys, ["Service", "DestinationRule", PLACEMENT, FAULT])
+        self.slots: dict[str, InstanceSlot] = {}
+        self.node_record = {"pid": os.getpid(), "host": socket.gethostname(), **(node_record or {})}
+        self.drain_delay = drain_delay
+        self.grace = grace
+        self.rng = rng or random.Random()
+        self._services: dict[str, Service] = {}
+        self._stored = StoredResources()
+        self._rules: list[DestinationRule] = []
+        self._faults: dict[str, dict[str, Any]] = {}  # instance key -> the fault applied
+        self._desired: dict[str, int] = {}
+        self._dirty = asyncio.Event()
+        self._registry_dirty = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._removed: set[str] = set()
+        # One pre-warmed template per app revision: instances are forked, not started afresh.
+        self.templates = Templates()
+
+    def _on_view(self, view: View) -> None:
+        services = {
+            k: r
+            for k, r in self._stored.parse("Service", view.documents("Service")).items()
+            if isinstance(r, Service)
+        }
+        self._rules = [
+            r
+            for r in self._stored.parse(
+                "DestinationRule", view.documents("DestinationRule")
+            ).values()
+            if isinstance(r, DestinationRule)
+        ]
+        self._services = services
+        self._apply_faults(dict(view.documents(FAULT)))
+        self._desired = {k: n for k, n in desired_for(view, self.node_id).items() if k in services}
+        self._dirty.set()
+
+    def _slot_changed(self) -> None:
+        self._registry_dirty.set()
+
+    def _reconcile(self) -> None:
+        slots = [
+            Slot(id=s.id, revision_key=s.revision_key, state=s.state, started=s.created)
+            for s in self.slots.values()
+        ]
+        p = plan(self._desired, slots)
+        for rev, count in p.start:
+            for _ in range(count):
+                slot = InstanceSlot(
+                    self._services[rev],
+                    node=self.node_id,
+                    mesh_url=functools.partial(self.mesh_url, self._services[rev].name),
+                    log_dir=self.log_dir,
+                    on_change=self._slot_changed,
+                    rng=self.rng,
+                    thresholds=self._thresholds(self._services[rev]),
+                    templates=self.templates,
+                )
+                self.slots[slot.id] = slot
+                self._spawn(slot.run())
+                log.info("starting %s instance %s", rev, slot.id)
+        for slot_id in p.stop:
+            self._spawn(self._drain(self.slots[slot_id]))
+        if templates_enabled():
+            self._spawn(self._warm_templates())
+
+    async def _warm_templates(self) -> None:
+        """Retire the templates of revisions gone; start those of ``app:`` revisions that may
+        be at zero (``scale.min: 0``), so that their first activation here is a fork too."""
+        await self.templates.retire(self._services.keys())
+        running = self.templates.running()
+        for service in list(self._services.values()):
+            if service.app is not None and service.scale.min == 0 and service.key not in running:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    await self.templates.get(service, template_env(service), log_dir=self.log_dir)
+                except TemplateError as e:
+                    log.debug("%s: no template: %s", service.key, e)
+
+    def _apply_faults(self, wanted: dict[str, dict[str, Any]]) -> None:
+        """Start drill faults on our instances as they appear; undo them when they go."""
+        slots = {f"{s.service.name}/{s.id}": s for s in self.slots.values()}
+        for key, doc in wanted.items():
+            slot = slots.get(key)
+            if slot is None or self._faults.get(key) == doc or doc.get("fault") not in SIGNALS:
+                continue
+            log.warning("drill: %s fault on %s", doc["fault"], key)
+            slot.signal(SIGNALS[doc["fault"]][0])
+            self._faults[key] = doc
+        for key in [k for k in self._faults if k not in wanted]:
+            undo = SIGNALS[self._faults.pop(key)["fault"]][1]
+            slot = slots.get(key)
+            if undo is not None and slot is not None:
+                log.warning("drill: fault on %s ends", key)
+                slot.signal(undo)
+
+    def _thresholds(self, service: Service) -> HealthThresholds:
+        rule = find_rule(service.name, self._rules)
+        return thresholds(service.health, rule.traffic_policy if rule is not None else None)
+
+    async def _drain(self, slot: InstanceSlot) -> None:
+        log.info("draining %s instance %s", slot.revision_key, slot.id)
+        await slot.stop(drain_delay=self.drain_delay, grace=self.grace)
+        self.slots.pop(slot.id, None)
+        ep = slot.endpoint()
+        if ep is not None:
+            self._removed.add(ep.key)
+        self._registry_dirty.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeat_once(self) -> None:
+        endpoints = [ep for s in self.slots.values() if (ep := s.endpoint()) is not None]
+        await self.registry.put_instances(endpoints, ttl=LEASE_TTL)
+        if self._removed:
+            removed = sorted(self._removed)
+            await self.registry.remove_instances(removed)
+            self._removed.difference_update(removed)
+        await self.registry.put_node(self.node_id, self.node_record, ttl=LEASE_TTL)
+
+    async def _heartbeats(self, done: asyncio.Event) -> None:
+        # Ended by ``done`` (set with ``_registry_dirty`` to wake it), not by cancellation: the
+        # Redis calls here go through asyncio.wait_for, which on Python 3.11 can swallow one.
+        while not done.is_set():
+            self._registry_dirty.clear()
+            try:
+                await self._heartbeat_once()
+            except StoreError as e:
+                log.warning("heartbeat failed: %s", e)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_EVERY):
+                    await self._registry_dirty.wait()
+
+    async def _reconciler(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._reconcile()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain every instance and deregister."""
+        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
+        reconcile = asyncio.ensure_future(self._reconciler())
+        drained = asyncio.Event()
+        heartbeats = asyncio.ensure_future(self._heartbeats(drained))
+        try:
+            await stop.wait()
+        finally:
+            # No new views, so no new slots; heartbeats go on and publish the drain.
+            watch.cancel()
+            reconcile.cancel()
+            await asyncio.gather(watch, reconcile, return_exceptions=True)
+            await asyncio.gather(
+                *(self._drain(s) for s in list(self.slots.values())), return_exceptions=True
+            )
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.templates.close()
+            drained.set()
+            self._registry_dirty.set()
+            await heartbeats
+            try:
+                await self._heartbeat_once()
+                await self.registry.remove_node(self.node_id)
+            except StoreError as e:
+                log.warning("could not deregister on shutdown: %s", e)

@@ -1,0 +1,409 @@
+"""One instance slot on a node: spawn the process, wait for health, restart crashes, drain.
+
+Theory of operation — a slot cycles through these states, and every change is reported through
+``on_change`` so the agent writes it to the registry at once:
+
+    starting ──health ok──► ready ──process exits──► unhealthy ──backoff──► starting …
+        │                     │
+        └──── stop() ─────────┴──► draining ──(proxies told; SIGTERM; grace; SIGKILL)──► gone
+
+A slot keeps its id across restarts; each restart gets a new loopback port.
+
+An ``app:`` instance is forked from its revision's pre-warmed template
+(:mod:`.template_process`) when one can be had, else started as a fresh interpreter
+(``python -m shoal.platform.runtime.serve``), as a ``command:`` instance always is. Either way
+the slot holds a :class:`Started`: a pid whose process group it signals, and an exit it can await.
+``SHOAL_TEMPLATES=0`` in the agent's environment turns templates off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import select
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from shoal.platform.runtime.health import HealthState, HealthThresholds
+from shoal.platform.runtime.health import thresholds as health_thresholds
+from shoal.platform.runtime.probe import probe
+from shoal.platform.runtime.reconcile import restart_delay
+from shoal.platform.runtime.template_pool import Templates
+from shoal.platform.runtime.template_process import TemplateError
+from shoal.resources.endpoint import Endpoint, InstanceState
+from shoal.resources.model import Service
+from shoal.store.embedded import free_port
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0
+PROBE_FIRST = 0.005  # seconds between readiness probes at first (a forked app takes ~10 ms)
+PROBE_EVERY = 0.1  # ... growing with the time waited, up to this
+
+
+def probe_delay(waited: float) -> float:
+    """Seconds until the next readiness probe, ``waited`` seconds after the start: a tenth of
+    the time waited (so readiness is seen at most ~10% late), within [PROBE_FIRST,
+    PROBE_EVERY]. A refused connect is cheap, but a slow starter is not probed 200 times/s."""
+    return min(PROBE_EVERY, max(PROBE_FIRST, waited / 10))
+
+
+def templates_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """False when ``SHOAL_TEMPLATES`` is ``0`` (or false/no/off): start every instance fresh."""
+    return env.get("SHOAL_TEMPLATES", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def template_env(service: Service) -> dict[str, str]:
+    """The environment of a revision's template: what all its instances on this node share. A
+    forked instance gets its own whole environment (``PORT``, ``SHOAL_INSTANCE``,
+    ``SHOAL_MESH_URL``) before it imports the app's own code."""
+    return {
+        **os.environ,
+        **dict(service.env),
+        "SHOAL_SERVICE": service.name,
+        "SHOAL_REVISION": service.revision,
+    }
+
+
+class Started(Protocol):
+    """An instance process, however it was started: what a slot needs of it."""
+
+    @property
+    def pid(self) -> int:
+        """Its pid, which is also its process group id (it leads its own session)."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """Not yet exited."""
+        ...
+
+    async def wait(self) -> None:
+        """Return once it has exited."""
+        ...
+
+    def close(self) -> None:
+        """Release what watches it (once it has exited, or when giving up on it)."""
+        ...
+
+
+class Spawned:
+    """A fresh process started by the agent (its child): asyncio waits for it."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        """The child's pid."""
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Not yet exited."""
+        return self.process.returncode is None
+
+    async def wait(self) -> None:
+        """Return once it has exited."""
+        await self.process.wait()
+
+    def close(self) -> None:
+        """Nothing to release: asyncio reaps its children."""
+
+
+class Forked:
+    """A process a template forked: not the agent's child, so its exit is watched through a
+    pidfd (readable once it has terminated; the template reaps it)."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self._pid = pid
+        self._pidfd = pidfd
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(pidfd, self._on_exit)
+
+    @property
+    def pid(self) -> int:
+        """The forked process's pid."""
+        return self._pid
+
+    @property
+    def running(self) -> bool:
+        """Not yet exited: asks the pidfd, so a signal is never sent after the exit is known
+        to the kernel (the template may have reaped it and the pid may be reused)."""
+        if not self._exited.done() and self._pidfd >= 0:
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            if poller.poll(0):
+                self._on_exit()
+        return not self._exited.done()
+
+    def _on_exit(self) -> None:
+        self._release()
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    def _release(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    async def wait(self) -> None:
+        """Return once it has exited."""
+        await asyncio.shield(self._exited)
+
+    def close(self) -> None:
+        """Stop watching; a waiter still waiting is cancelled (the process is not ours now)."""
+        self._release()
+        self._exited.cancel()
+
+
+class InstanceSlot:
+    """Runs one instance of ``service`` until stopped; restarts it when it crashes."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        node: str,
+        mesh_url: Callable[[], Awaitable[str]],
+        log_dir: Path,
+        on_change: Callable[[], None],
+        rng: random.Random,
+        thresholds: HealthThresholds | None = None,
+        templates: Templates | None = None,
+    ) -> None:
+        self.service = service
+        self._templates = templates  # the agent's; None: always a fresh interpreter
+        self.thresholds = thresholds or health_thresholds(service.health, None)
+        self.id = uuid.uuid4().hex[:8]
+        self.node = node
+        self._mesh_url = mesh_url  # the outbound listener's URL, once the router has one
+        self.mesh_url = ""
+        self.log_dir = log_dir
+        self.on_change = on_change
+        self.rng = rng
+        self.created = time.monotonic()
+        self.state: InstanceState = "starting"
+        self.port = 0
+        self.pid: int | None = None
+        self._process: Started | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def revision_key(self) -> str:
+        """``service/revision`` of what this slot runs."""
+        return self.service.key
+
+    def endpoint(self) -> Endpoint | None:
+        """The registry record of this slot, or None before its first port is chosen."""
+        if not self.port:
+            return None
+        return Endpoint(
+            id=self.id,
+            service=self.service.name,
+            revision=self.service.revision,
+            node=self.node,
+            address="127.0.0.1",
+            port=self.port,
+            labels=tuple(sorted(self.service.instance_labels().items())),
+            weight=self.service.weight,
+            state=self.state,
+            pid=self.pid,
+            mtls=True,
+        )
+
+    def _set(self, state: InstanceState) -> None:
+        if state != self.state:
+            self.state = state
+            self.on_change()
+
+    def _argv(self) -> list[str]:
+        s = self.service
+        if s.app is not None:
+            argv = [
+                sys.executable,
+                "-m",
+                "shoal.platform.runtime.serve",
+                s.app,
+                "--port",
+                str(self.port),
+            ]
+            return argv + (["--workdir", s.workdir] if s.workdir else [])
+        assert s.command is not None
+        port = str(self.port)
+        return [a.replace("${PORT}", port).replace("$PORT", port) for a in s.command]
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            **dict(self.service.env),
+            "PORT": str(self.port),
+            "SHOAL_SERVICE": self.service.name,
+            "SHOAL_REVISION": self.service.revision,
+            "SHOAL_INSTANCE": self.id,
+            "SHOAL_MESH_URL": self.mesh_url,
+        }
+
+    async def run(self) -> None:
+        """Keep an instance running until :meth:`stop`; returns once stopped."""
+        mesh = asyncio.ensure_future(self._mesh_url())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([mesh, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (mesh, stopping):
+                task.cancel()
+            await asyncio.gather(mesh, stopping, return_exceptions=True)
+        if self._stopping.is_set():
+            return
+        self.mesh_url = mesh.result()
+        failures = 0
+        while not self._stopping.is_set():
+            healthy = await self._run_once()
+            if self._stopping.is_set():
+                break
+            failures = 0 if healthy else failures + 1
+            self._set("unhealthy")
+            delay = restart_delay(max(1, failures), self.rng)
+            log.warning("%s/%s exited; restarting in %.2fs", self.service.key, self.id, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+
+    async def _run_once(self) -> bool:
+        """Start the process, mark it ready when healthy, wait for it to exit.
+
+        Returns whether it had become ready (a crash loop before ready backs off harder).
+        """
+        self.port = free_port()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile = self.log_dir / f"{self.service.name}-{self.service.revision}-{self.id}.log"
+        process = await self._fork(logfile)
+        if process is None:
+            process = await self._spawn(logfile)
+        if process is None:
+            return False
+        self._process = process
+        self.pid = process.pid
+        self._set("starting")
+        self.on_change()  # the new port and pid
+        exited = asyncio.ensure_future(process.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        checks: asyncio.Future[None] | None = None
+        try:
+            ready = await self._wait_ready(exited)
+            if ready:
+                self._set("ready")
+                checks = asyncio.ensure_future(self._health_checks())
+            await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+            return ready
+        finally:
+            helpers = [t for t in (checks, stopping, exited) if t is not None]
+            for task in helpers:
+                # While stopping, the process is being ended (by stop(), or by _wait_ready for
+                # one spawned as stop() began): wait for its exit, so no child outlives its slot.
+                if task is not exited or not self._stopping.is_set():
+                    task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            process.close()
+
+    async def _fork(self, logfile: Path) -> Started | None:
+        """An ``app:`` instance forked from the revision's template, or None (start it fresh)."""
+        templates = self._templates
+        if self.service.app is None or templates is None or not templates_enabled():
+            return None
+        try:
+            pid, pidfd = await templates.spawn(
+                self.service,
+                template_env=template_env(self.service),
+                env=self._env(),
+                port=self.port,
+                log=logfile,
+            )
+        except TemplateError as e:
+            log.warning("%s/%s: starting without a template: %s", self.service.key, self.id, e)
+            return None
+        return Forked(pid, pidfd)
+
+    async def _spawn(self, logfile: Path) -> Started | None:
+        """A fresh process: the runtime for an ``app:`` instance, the command otherwise."""
+        with logfile.open("ab") as out:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *self._argv(),
+                    env=self._env(),
+                    cwd=self.service.workdir or None,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                log.error("%s: cannot start %s: %s", self.service.key, self._argv()[0], e)
+                return None
+        return Spawned(process)
+
+    async def _health_checks(self) -> None:
+        """Probe the running instance; flip it between ready and unhealthy by the thresholds."""
+        loop = asyncio.get_running_loop()
+        state = HealthState(self.thresholds, now=loop.time(), rng=self.rng)
+        while True:
+            await asyncio.sleep(max(0.0, state.next_deadline() - loop.time()))
+            ok = await probe(
+                "127.0.0.1", self.port, self.service.health.path, timeout=self.thresholds.timeout
+            )
+            transition = state.on_result(ok, loop.time(), self.rng)
+            if transition is not None and self.state != "draining":
+                log.warning(
+                    "%s/%s is %s after %d probes",
+                    self.service.key,
+                    self.id,
+                    transition.state,
+                    transition.streak,
+                )
+                self._set(transition.state)
+
+    async def _wait_ready(self, exited: asyncio.Future[None]) -> bool:
+        health = self.service.health
+        started = time.monotonic()
+        deadline = started + READY_TIMEOUT
+        while time.monotonic() < deadline and not exited.done() and not self._stopping.is_set():
+            if await probe("127.0.0.1", self.port, health.path, timeout=health.timeout):
+                return True
+            await asyncio.sleep(probe_delay(time.monotonic() - started))
+        if not exited.done():
+            self._signal(signal.SIGKILL)
+        return False
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._process is not None and self._process.running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, sig)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the instance's process group (drills)."""
+        self._signal(sig)
+
+    async def stop(self, *, drain_delay: float, grace: float) -> None:
+        """Drain: announce draining, let proxies stop sending, SIGTERM, wait, SIGKILL."""
+        self._stopping.set()
+        self._set("draining")
+        if self._process is not None and self._process.running:
+            await asyncio.sleep(drain_delay)
+            self._signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace):
+                    await self._process.wait()
+            except TimeoutError:
+                self._signal(signal.SIGKILL)
+                await self._process.wait()

@@ -1,0 +1,495 @@
+"""VirtualService and DestinationRule specs: Istio's field names to model values and back.
+
+Only the subset of Istio that Shoal implements is accepted; any other Istio field (``corsPolicy``,
+``tcp``, ``consistentHash``...) is an error naming its path rather than something quietly
+ignored. :func:`virtual_service_spec` and :func:`destination_rule_spec` write the canonical spec
+back (defaults omitted), and the parsers read it to an equal value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from shoal.errors import ManifestError
+from shoal.resources.fields import (
+    Section,
+    boolean,
+    dns_label,
+    elements,
+    entries,
+    format_duration,
+    integer,
+    labels,
+    list_of,
+    matching,
+    parse_duration,
+    percent,
+    positive_duration,
+    put,
+    put_duration,
+    section,
+    string,
+    text,
+)
+from shoal.resources.model import (
+    ConnectionPool,
+    Destination,
+    DestinationRule,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    HTTPMatchRequest,
+    HTTPRoute,
+    LoadBalancerPolicy,
+    OutlierDetection,
+    Retries,
+    Rewrite,
+    RouteDestination,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+)
+
+_RETRIES = Retries()
+_OUTLIER = OutlierDetection()
+_POLICY = TrafficPolicy()
+
+# Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on); a bare status code is
+# accepted too, as Istio does.
+RETRY_CONDITIONS = frozenset(
+    "5xx gateway-error reset connect-failure envoy-ratelimited retriable-4xx refused-stream "
+    "retriable-status-codes retriable-headers cancelled deadline-exceeded internal "
+    "resource-exhausted unavailable".split()
+)
+
+LOAD_BALANCERS: Mapping[str, LoadBalancerPolicy] = MappingProxyType(
+    {
+        "ROUND_ROBIN": "ROUND_ROBIN",
+        "RANDOM": "RANDOM",
+        "LEAST_REQUEST": "LEAST_REQUEST",
+        "LEAST_CONN": "LEAST_REQUEST",  # Istio's deprecated name for LEAST_REQUEST
+        "WEIGHTED": "WEIGHTED",  # Shoal's: smooth weighted round robin by instance weight
+    }
+)
+
+# The Istio fields Shoal implements, per object; any other key is an error.
+_HTTP_ROUTE = tuple("name match route timeout retries fault rewrite mirror".split())
+_MATCH = tuple("name uri method authority headers ignoreUriCase".split())
+_POLICY_FIELDS = tuple(
+    "loadBalancer outlierDetection connectionPool failureThreshold healthyThreshold".split()
+)
+_OUTLIER_FIELDS = tuple(
+    "consecutive5xxErrors consecutiveErrors consecutiveGatewayErrors interval baseEjectionTime "
+    "maxEjectionPercent minHealthPercent".split()
+)
+_TCP_POOL = ("maxConnections", "connectTimeout")
+_HTTP_POOL = tuple(
+    "http1MaxPendingRequests http2MaxRequests maxRequestsPerConnection idleTimeout".split()
+)
+
+_host = matching(re.compile(r"[^\s/:]+"), "a host name (no spaces, '/' or ':')")
+_header_name = matching(
+    re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"), "an HTTP header name", max_length=256
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# VirtualService
+
+
+def parse_virtual_service(name: str, value: object) -> VirtualService:
+    """The VirtualService named ``name`` whose ``spec`` is ``value``."""
+    spec = Section(value, "spec", ("hosts", "gateways", "http"))
+    return VirtualService(
+        name=name,
+        hosts=spec.need("hosts", list_of(_host, min_items=1)),
+        gateways=spec.get("gateways", list_of(string), ()),
+        http=spec.need("http", list_of(_http_route, min_items=1)),
+    )
+
+
+def _http_route(value: object, field: str) -> HTTPRoute:
+    rule = Section(value, field, _HTTP_ROUTE)
+    fault = rule.get("fault", _fault)
+    route: tuple[RouteDestination, ...] = rule.get("route", _route, ())
+    if not route and (fault is None or fault.abort is None):
+        raise ManifestError(
+            "at least one destination is required (unless fault.abort is set)",
+            field=rule.at("route"),
+        )
+    return HTTPRoute(
+        name=rule.get("name", string),
+        match=rule.get("match", list_of(_match), ()),
+        route=route,
+        timeout=rule.get("timeout", positive_duration),
+        retries=rule.get("retries", _retries),
+        fault=fault,
+        rewrite=rule.get("rewrite", _rewrite),
+        mirror=rule.get("mirror", _destination),
+    )
+
+
+def _match(value: object, field: str) -> HTTPMatchRequest:
+    match = Section(value, field, _MATCH)
+    return HTTPMatchRequest(
+        name=match.get("name", string),
+        uri=match.get("uri", _string_match),
+        method=match.get("method", _string_match),
+        authority=match.get("authority", _string_match),
+        headers=match.get("headers", _headers, ()),
+        ignore_uri_case=match.get("ignoreUriCase", boolean, False),
+    )
+
+
+def _headers(value: object, field: str) -> tuple[tuple[str, StringMatch], ...]:
+    """Header matches keyed by lower-case name; two spellings of one name are an error."""
+    result: dict[str, StringMatch] = {}
+    for key, item, path in entries(value, field):
+        name = _header_name(key, path).lower()
+        if name in result:
+            raise ManifestError("header is matched twice", field=path, value=key)
+        result[name] = _string_match(item, path)
+    return tuple(sorted(result.items()))
+
+
+def _string_match(value: object, field: str) -> StringMatch:
+    match = Section(value, field, ("exact", "prefix", "regex"))
+    if sum(match.has(key) for key in ("exact", "prefix", "regex")) != 1:
+        raise ManifestError(
+            "must set exactly one of exact, prefix or regex", field=field, value=value
+        )
+    regex = match.get("regex", text)
+    if regex is not None:
+        try:
+            re.compile(regex)
+        except re.error as err:
+            raise ManifestError(
+                f"invalid regular expression: {err}", field=match.at("regex"), value=regex
+            ) from None
+    return StringMatch(
+        exact=match.get("exact", text), prefix=match.get("prefix", text), regex=regex
+    )
+
+
+def _route(value: object, field: str) -> tuple[RouteDestination, ...]:
+    """Weighted destinations: a lone one takes all traffic (its weight is 100, as Istio assumes);
+    several default to 0 each and must sum to exactly 100."""
+    parsed = []
+    for item, path in elements(value, field):
+        entry = Section(item, path, ("destination", "weight"))
+        parsed.append(
+            (entry.need("destination", _destination), entry.get("weight", integer(0, 100)))
+        )
+    if len(parsed) == 1:
+        return (RouteDestination(destination=parsed[0][0], weight=100),)
+    routes = tuple(
+        RouteDestination(destination=destination, weight=weight or 0)
+        for destination, weight in parsed
+    )
+    total = sum(route.weight for route in routes)
+    if routes and total != 100:
+        raise ManifestError("destination weights must sum to 100", field=field, value=total)
+    return routes
+
+
+def _destination(value: object, field: str) -> Destination:
+    destination = Section(value, field, ("host", "subset", "port"))
+    port = destination.get("port", section(("number",)))
+    return Destination(
+        host=destination.need("host", _host),
+        subset=destination.get("subset", dns_label),
+        port=None if port is None else port.need("number", integer(1, 65535)),
+    )
+
+
+def _retries(value: object, field: str) -> Retries:
+    retries = Section(value, field, ("attempts", "perTryTimeout", "retryOn", "retryNonIdempotent"))
+    return Retries(
+        attempts=retries.get("attempts", integer(0), _RETRIES.attempts),
+        per_try_timeout=retries.get("perTryTimeout", positive_duration),
+        retry_on=retries.get("retryOn", _retry_on, _RETRIES.retry_on),
+        non_idempotent=retries.get("retryNonIdempotent", boolean, False),
+    )
+
+
+def _retry_on(value: object, field: str) -> tuple[str, ...]:
+    conditions = tuple(part.strip() for part in string(value, field).split(","))
+    for condition in conditions:
+        if condition not in RETRY_CONDITIONS and not (
+            condition.isdigit() and 100 <= int(condition) <= 599
+        ):
+            raise ManifestError(
+                f"unknown retry condition {condition!r}; expected a comma-separated list of "
+                f"{', '.join(sorted(RETRY_CONDITIONS))} or HTTP status codes",
+                field=field,
+                value=value,
+            )
+    return conditions
+
+
+def _fault(value: object, field: str) -> Fault:
+    fault = Section(value, field, ("delay", "abort"))
+    if not (fault.has("delay") or fault.has("abort")):
+        raise ManifestError("must set delay or abort", field=field, value=value)
+    return Fault(delay=fault.get("delay", _fault_delay), abort=fault.get("abort", _fault_abort))
+
+
+def _fault_delay(value: object, field: str) -> FaultDelay:
+    delay = Section(value, field, ("percentage", "fixedDelay"))
+    return FaultDelay(
+        percentage=delay.get("percentage", _percentage, 100.0),
+        fixed_delay=delay.need("fixedDelay", parse_duration),
+    )
+
+
+def _fault_abort(value: object, field: str) -> FaultAbort:
+    abort = Section(value, field, ("percentage", "httpStatus"))
+    return FaultAbort(
+        percentage=abort.get("percentage", _percentage, 100.0),
+        http_status=abort.need("httpStatus", integer(200, 599)),
+    )
+
+
+def _percentage(value: object, field: str) -> float:
+    return Section(value, field, ("value",)).need("value", percent)
+
+
+def _rewrite(value: object, field: str) -> Rewrite:
+    rewrite = Section(value, field, ("uri", "authority"))
+    if not (rewrite.has("uri") or rewrite.has("authority")):
+        raise ManifestError("must set uri or authority", field=field, value=value)
+    return Rewrite(uri=rewrite.get("uri", string), authority=rewrite.get("authority", string))
+
+
+def virtual_service_spec(service: VirtualService) -> dict[str, object]:
+    """The canonical ``spec`` of a VirtualService, in Istio's field names."""
+    spec: dict[str, object] = {"hosts": list(service.hosts)}
+    put(spec, "gateways", list(service.gateways), [])
+    spec["http"] = [_http_route_doc(rule) for rule in service.http]
+    return spec
+
+
+def _http_route_doc(rule: HTTPRoute) -> dict[str, object]:
+    out: dict[str, object] = {}
+    put(out, "name", rule.name)
+    put(out, "match", [_match_doc(match) for match in rule.match], [])
+    # Weights are always written: an omitted one would read back as 100 or as 0.
+    put(
+        out,
+        "route",
+        [
+            {"destination": _destination_doc(route.destination), "weight": route.weight}
+            for route in rule.route
+        ],
+        [],
+    )
+    put_duration(out, "timeout", rule.timeout)
+    if rule.retries is not None:
+        retries: dict[str, object] = {}
+        put(retries, "attempts", rule.retries.attempts, _RETRIES.attempts)
+        put_duration(retries, "perTryTimeout", rule.retries.per_try_timeout)
+        put(retries, "retryOn", ",".join(rule.retries.retry_on), ",".join(_RETRIES.retry_on))
+        put(retries, "retryNonIdempotent", rule.retries.non_idempotent, False)
+        out["retries"] = retries
+    if rule.fault is not None:
+        out["fault"] = _fault_doc(rule.fault)
+    if rule.rewrite is not None:
+        rewrite: dict[str, object] = {}
+        put(rewrite, "uri", rule.rewrite.uri)
+        put(rewrite, "authority", rule.rewrite.authority)
+        out["rewrite"] = rewrite
+    if rule.mirror is not None:
+        out["mirror"] = _destination_doc(rule.mirror)
+    return out
+
+
+def _match_doc(match: HTTPMatchRequest) -> dict[str, object]:
+    out: dict[str, object] = {}
+    put(out, "name", match.name)
+    for key, value in (
+        ("uri", match.uri),
+        ("method", match.method),
+        ("authority", match.authority),
+    ):
+        if value is not None:
+            out[key] = _string_match_doc(value)
+    put(out, "headers", {name: _string_match_doc(value) for name, value in match.headers}, {})
+    put(out, "ignoreUriCase", match.ignore_uri_case, False)
+    return out
+
+
+def _string_match_doc(match: StringMatch) -> dict[str, object]:
+    out: dict[str, object] = {}
+    put(out, "exact", match.exact)
+    put(out, "prefix", match.prefix)
+    put(out, "regex", match.regex)
+    return out
+
+
+def _destination_doc(destination: Destination) -> dict[str, object]:
+    out: dict[str, object] = {"host": destination.host}
+    put(out, "subset", destination.subset)
+    if destination.port is not None:
+        out["port"] = {"number": destination.port}
+    return out
+
+
+def _fault_doc(fault: Fault) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if fault.delay is not None:
+        delay: dict[str, object] = {}
+        put(delay, "percentage", {"value": fault.delay.percentage}, {"value": 100.0})
+        delay["fixedDelay"] = format_duration(fault.delay.fixed_delay)
+        out["delay"] = delay
+    if fault.abort is not None:
+        abort: dict[str, object] = {}
+        put(abort, "percentage", {"value": fault.abort.percentage}, {"value": 100.0})
+        abort["httpStatus"] = fault.abort.http_status
+        out["abort"] = abort
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# DestinationRule
+
+
+def parse_destination_rule(name: str, value: object) -> DestinationRule:
+    """The DestinationRule named ``name`` whose ``spec`` is ``value``."""
+    spec = Section(value, "spec", ("host", "subsets", "trafficPolicy"))
+    subsets: tuple[Subset, ...] = spec.get("subsets", list_of(_subset), ())
+    seen: set[str] = set()
+    for index, subset in enumerate(subsets):
+        if subset.name in seen:
+            raise ManifestError(
+                "duplicate subset name", field=f"spec.subsets[{index}].name", value=subset.name
+            )
+        seen.add(subset.name)
+    return DestinationRule(
+        name=name,
+        host=spec.need("host", _host),
+        subsets=subsets,
+        traffic_policy=spec.get("trafficPolicy", _traffic_policy, _POLICY),
+    )
+
+
+def _subset(value: object, field: str) -> Subset:
+    subset = Section(value, field, ("name", "labels", "trafficPolicy"))
+    return Subset(
+        name=subset.need("name", dns_label),
+        labels=subset.get("labels", labels, ()),
+        traffic_policy=subset.get("trafficPolicy", _traffic_policy),
+    )
+
+
+def _traffic_policy(value: object, field: str) -> TrafficPolicy:
+    policy = Section(value, field, _POLICY_FIELDS)
+    balancer = policy.get("loadBalancer", section(("simple",)))
+    return TrafficPolicy(
+        load_balancer=None if balancer is None else balancer.need("simple", _simple),
+        outlier_detection=policy.get("outlierDetection", _outlier_detection),
+        connection_pool=policy.get("connectionPool", _connection_pool),
+        failure_threshold=policy.get("failureThreshold", integer(1)),
+        healthy_threshold=policy.get("healthyThreshold", integer(1)),
+    )
+
+
+def _simple(value: object, field: str) -> LoadBalancerPolicy:
+    if not isinstance(value, str) or value not in LOAD_BALANCERS:
+        raise ManifestError(f"must be one of {', '.join(LOAD_BALANCERS)}", field=field, value=value)
+    return LOAD_BALANCERS[value]
+
+
+def _outlier_detection(value: object, field: str) -> OutlierDetection:
+    outlier = Section(value, field, _OUTLIER_FIELDS)
+    if outlier.has("consecutive5xxErrors") and outlier.has("consecutiveErrors"):
+        raise ManifestError(
+            "consecutiveErrors is the deprecated name of consecutive5xxErrors; set only one",
+            field=outlier.at("consecutiveErrors"),
+            value=outlier.raw("consecutiveErrors"),
+        )
+    five_xx = "consecutiveErrors" if outlier.has("consecutiveErrors") else "consecutive5xxErrors"
+    return OutlierDetection(
+        consecutive_5xx_errors=outlier.get(five_xx, integer(0), _OUTLIER.consecutive_5xx_errors),
+        consecutive_gateway_errors=outlier.get("consecutiveGatewayErrors", integer(0)),
+        interval=outlier.get("interval", positive_duration, _OUTLIER.interval),
+        base_ejection_time=outlier.get(
+            "baseEjectionTime", positive_duration, _OUTLIER.base_ejection_time
+        ),
+        max_ejection_percent=outlier.get(
+            "maxEjectionPercent", percent, _OUTLIER.max_ejection_percent
+        ),
+        min_health_percent=outlier.get("minHealthPercent", percent, _OUTLIER.min_health_percent),
+    )
+
+
+def _connection_pool(value: object, field: str) -> ConnectionPool:
+    """Istio's two-level connectionPool, flattened; every limit is optional and >= 1."""
+    pool = Section(value, field, ("tcp", "http"))
+    tcp = pool.get("tcp", section(_TCP_POOL), Section({}, pool.at("tcp"), ()))
+    http = pool.get("http", section(_HTTP_POOL), Section({}, pool.at("http"), ()))
+    return ConnectionPool(
+        max_connections=tcp.get("maxConnections", integer(1)),
+        connect_timeout=tcp.get("connectTimeout", positive_duration),
+        http1_max_pending_requests=http.get("http1MaxPendingRequests", integer(1)),
+        http2_max_requests=http.get("http2MaxRequests", integer(1)),
+        max_requests_per_connection=http.get("maxRequestsPerConnection", integer(1)),
+        idle_timeout=http.get("idleTimeout", positive_duration),
+    )
+
+
+def destination_rule_spec(rule: DestinationRule) -> dict[str, object]:
+    """The canonical ``spec`` of a DestinationRule, in Istio's field names."""
+    spec: dict[str, object] = {"host": rule.host}
+    subsets = []
+    for subset in rule.subsets:
+        out: dict[str, object] = {"name": subset.name}
+        put(out, "labels", dict(subset.labels), {})
+        if subset.traffic_policy is not None:
+            out["trafficPolicy"] = _traffic_policy_doc(subset.traffic_policy)
+        subsets.append(out)
+    put(spec, "subsets", subsets, [])
+    put(spec, "trafficPolicy", _traffic_policy_doc(rule.traffic_policy), {})
+    return spec
+
+
+def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if policy.load_balancer is not None:
+        out["loadBalancer"] = {"simple": policy.load_balancer}
+    if policy.outlier_detection is not None:
+        out["outlierDetection"] = _outlier_doc(policy.outlier_detection)
+    if policy.connection_pool is not None:
+        out["connectionPool"] = _connection_pool_doc(policy.connection_pool)
+    put(out, "failureThreshold", policy.failure_threshold)
+    put(out, "healthyThreshold", policy.healthy_threshold)
+    return out
+
+
+def _outlier_doc(outlier: OutlierDetection) -> dict[str, object]:
+    out: dict[str, object] = {}
+    default = _OUTLIER
+    put(out, "consecutive5xxErrors", outlier.consecutive_5xx_errors, default.consecutive_5xx_errors)
+    put(out, "consecutiveGatewayErrors", outlier.consecutive_gateway_errors)
+    put_duration(out, "interval", outlier.interval, default.interval)
+    put_duration(out, "baseEjectionTime", outlier.base_ejection_time, default.base_ejection_time)
+    put(out, "maxEjectionPercent", outlier.max_ejection_percent, default.max_ejection_percent)
+    put(out, "minHealthPercent", outlier.min_health_percent, default.min_health_percent)
+    return out
+
+
+def _connection_pool_doc(pool: ConnectionPool) -> dict[str, object]:
+    tcp: dict[str, object] = {}
+    put(tcp, "maxConnections", pool.max_connections)
+    put_duration(tcp, "connectTimeout", pool.connect_timeout)
+    http: dict[str, object] = {}
+    put(http, "http1MaxPendingRequests", pool.http1_max_pending_requests)
+    put(http, "http2MaxRequests", pool.http2_max_requests)
+    put(http, "maxRequestsPerConnection", pool.max_requests_per_connection)
+    put_duration(http, "idleTimeout", pool.idle_timeout)
+    out: dict[str, object] = {}
+    put(out, "tcp", tcp, {})
+    put(out, "http", http, {})
+    return out

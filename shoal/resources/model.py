@@ -1,0 +1,361 @@
+"""The resources users write, as frozen values.
+
+``Service`` (``shoal/v1``) says what to run; ``VirtualService`` and ``DestinationRule`` reuse
+Istio's kinds and field names (``networking.istio.io/v1``, ``v1beta1`` and ``v1alpha3`` are all
+accepted), as do ``PeerAuthentication`` and ``AuthorizationPolicy`` (``security.istio.io/v1``
+and ``v1beta1``). These classes are built only by :mod:`shoal.resources.manifest`, which
+validates every field; code that holds one may trust it.
+
+Durations are float seconds; percentages are floats in [0, 100].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SERVICE_API = "shoal/v1"
+ISTIO_APIS = (
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+)
+SECURITY_APIS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+
+LoadBalancerPolicy = Literal["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "WEIGHTED"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scale:
+    """How many instances of a revision run: bounds, autoscaler target, idle timeout."""
+
+    min: int = 1
+    max: int = 10
+    target_concurrency: int = 10
+    idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    """The active health check of an instance: HTTP GET ``path`` (TCP connect when None)."""
+
+    path: str | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    """One revision of a service Shoal runs: an ASGI ``app`` or a ``command`` serving ``$PORT``.
+
+    ``node_selector`` confines its instances to nodes whose labels (``shoal node --label``)
+    include every pair; like ``scale`` it says where and how many, not what runs, so it is not
+    part of the revision.
+    """
+
+    name: str
+    revision: str
+    app: str | None = None
+    command: tuple[str, ...] | None = None
+    workdir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+    scale: Scale = field(default_factory=Scale)
+    health: HealthCheck = field(default_factory=HealthCheck)
+    node_selector: tuple[tuple[str, str], ...] = ()
+
+    kind = "Service"
+
+    @property
+    def key(self) -> str:
+        """Store key: one entry per revision."""
+        return f"{self.name}/{self.revision}"
+
+    def instance_labels(self) -> dict[str, str]:
+        """Labels every instance of this revision carries (``version`` is the revision)."""
+        return {**dict(self.labels), "app": self.name, "version": self.revision}
+
+
+# ---------------------------------------------------------------------------------------------
+# VirtualService
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StringMatch:
+    """Istio's StringMatch: exactly one of ``exact``, ``prefix``, ``regex`` is set."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPMatchRequest:
+    """One match block; all its conditions must hold (AND). Header names are lower case."""
+
+    name: str | None = None
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: tuple[tuple[str, StringMatch], ...] = ()
+    ignore_uri_case: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Destination:
+    """Where traffic goes: a service host and optionally a DestinationRule subset."""
+
+    host: str
+    subset: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteDestination:
+    """A weighted destination of a route."""
+
+    destination: Destination
+    weight: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retries:
+    """Istio's HTTPRetry, plus Shoal's ``retryNonIdempotent`` opt-in.
+
+    Envoy retries any method; Shoal retries a request that may have reached the instance only
+    when its method is idempotent, unless ``non_idempotent`` says the route's handlers are safe
+    to run twice.
+    """
+
+    attempts: int = 2
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = (
+        "connect-failure",
+        "refused-stream",
+        "unavailable",
+        "cancelled",
+        "retriable-status-codes",
+    )
+    non_idempotent: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultDelay:
+    """Inject ``fixed_delay`` seconds into ``percentage`` % of requests."""
+
+    percentage: float = 100.0
+    fixed_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultAbort:
+    """Answer ``http_status`` to ``percentage`` % of requests without forwarding them."""
+
+    percentage: float = 100.0
+    http_status: int = 503
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """Istio's HTTPFaultInjection."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rewrite:
+    """Istio's HTTPRewrite: replace the matched URI prefix (or whole URI) and/or the authority."""
+
+    uri: str | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPRoute:
+    """One ``http[]`` rule: matches (OR of blocks; empty matches everything) and where to go."""
+
+    name: str | None = None
+    match: tuple[HTTPMatchRequest, ...] = ()
+    route: tuple[RouteDestination, ...] = ()
+    timeout: float | None = None
+    retries: Retries | None = None
+    fault: Fault | None = None
+    rewrite: Rewrite | None = None
+    mirror: Destination | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VirtualService:
+    """Istio's VirtualService: routing rules for requests addressed to ``hosts``."""
+
+    name: str
+    hosts: tuple[str, ...]
+    gateways: tuple[str, ...] = ()
+    http: tuple[HTTPRoute, ...] = ()
+
+    kind = "VirtualService"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# DestinationRule
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection:
+    """Istio/Envoy passive outlier detection. Defaults are Istio's."""
+
+    consecutive_5xx_errors: int = 5
+    consecutive_gateway_errors: int | None = None
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: float = 10.0
+    min_health_percent: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionPool:
+    """Circuit-breaker limits (Istio's connectionPool.tcp/http); None means unlimited."""
+
+    max_connections: int | None = None
+    connect_timeout: float | None = None
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficPolicy:
+    """Per-destination policy: balancer, outlier detection, pool limits, health thresholds."""
+
+    load_balancer: LoadBalancerPolicy | None = None  # None: not set here (ROUND_ROBIN overall)
+    outlier_detection: OutlierDetection | None = None
+    connection_pool: ConnectionPool | None = None
+    failure_threshold: int | None = None
+    healthy_threshold: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subset:
+    """A named group of a service's instances, selected by labels."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    traffic_policy: TrafficPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestinationRule:
+    """Istio's DestinationRule: subsets and traffic policy of one service host."""
+
+    name: str
+    host: str
+    subsets: tuple[Subset, ...] = ()
+    traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+
+    kind = "DestinationRule"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# PeerAuthentication and AuthorizationPolicy (security.istio.io)
+
+MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
+AuthorizationAction = Literal["ALLOW", "DENY"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAuthentication:
+    """Istio's PeerAuthentication: the mTLS mode of the workloads whose labels include
+    ``match_labels`` (all workloads when empty). UNSET inherits the wider policy."""
+
+    name: str
+    match_labels: tuple[tuple[str, str], ...] = ()
+    mtls_mode: MtlsMode = "UNSET"
+
+    kind = "PeerAuthentication"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Istio's ``rules[].from[].source``: who calls. Empty tuples do not constrain.
+
+    Principals are SPIFFE IDs without the ``spiffe://`` scheme (``<td>/svc/<service>``), as
+    Istio writes them, with an optional leading or trailing ``*`` or exactly ``*``.
+    """
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operation:
+    """Istio's ``rules[].to[].operation``: what is called. Empty tuples do not constrain."""
+
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """One ``rules[]`` entry: some ``from_`` source AND some ``to`` operation must match; an
+    empty tuple does not constrain, so ``Rule()`` matches every request."""
+
+    from_: tuple[Source, ...] = ()
+    to: tuple[Operation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationPolicy:
+    """Istio's AuthorizationPolicy: ALLOW or DENY the requests matching any of ``rules`` to
+    workloads whose labels include ``match_labels`` (all workloads when empty). A policy
+    without rules matches nothing (an ALLOW one then allows nothing)."""
+
+    name: str
+    match_labels: tuple[tuple[str, str], ...] = ()
+    action: AuthorizationAction = "ALLOW"
+    rules: tuple[Rule, ...] = ()
+
+    kind = "AuthorizationPolicy"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+Resource = Service | VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy
+KINDS: dict[
+    str,
+    type[Service]
+    | type[VirtualService]
+    | type[DestinationRule]
+    | type[PeerAuthentication]
+    | type[AuthorizationPolicy],
+] = {
+    "Service": Service,
+    "VirtualService": VirtualService,
+    "DestinationRule": DestinationRule,
+    "PeerAuthentication": PeerAuthentication,
+    "AuthorizationPolicy": AuthorizationPolicy,
+}
