@@ -11,11 +11,13 @@ PIP_VERSION := 26.3
 
 .PHONY: up test test-slow lint bench clean lock lockcheck
 
-$(STAMP): pyproject.toml $(LOCK) tools/lock.py
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
-	@$(PYTHON) tools/lock.py check
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
+
+$(STAMP): pyproject.toml $(LOCK) tools/lock.py | $(BIN)/python
+	@$(PYTHON) tools/lock.py check
 	$(BIN)/python tools/lock.py sync $(BIN)/python
 	touch $(STAMP)
 
@@ -24,7 +26,8 @@ lockcheck:
 	@$(PYTHON) tools/lock.py check
 
 # Re-resolve pyproject.toml's ranges to the newest releases that satisfy them, then install them.
-lock: $(STAMP)
+lock: | $(BIN)/python
+	test -x $(BIN)/uv || $(BIN)/pip install -q "$$(grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)"
 	UV=$(BIN)/uv $(BIN)/python tools/lock.py write
 	$(BIN)/python tools/lock.py sync $(BIN)/python
 	touch $(STAMP)
