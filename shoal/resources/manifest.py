@@ -29,6 +29,7 @@ from dataclasses import replace
 import yaml
 
 from shoal.errors import ManifestError, UserError
+from shoal.resources.destination_rule import destination_rule_spec, parse_destination_rule
 from shoal.resources.fields import (
     Section,
     dns_label,
@@ -46,12 +47,6 @@ from shoal.resources.fields import (
     section,
     string,
     string_map,
-)
-from shoal.resources.istio import (
-    destination_rule_spec,
-    parse_destination_rule,
-    parse_virtual_service,
-    virtual_service_spec,
 )
 from shoal.resources.model import (
     ISTIO_APIS,
@@ -72,6 +67,7 @@ from shoal.resources.security import (
     parse_peer_authentication,
     peer_authentication_spec,
 )
+from shoal.resources.virtual_service import parse_virtual_service, virtual_service_spec
 
 __all__ = ["load_files", "parse_document", "parse_duration", "parse_text", "to_document"]
 
