@@ -37,7 +37,7 @@ from shoal.platform.runtime.health import thresholds as health_thresholds
 from shoal.platform.runtime.probe import probe
 from shoal.platform.runtime.reconcile import restart_delay
 from shoal.platform.runtime.template_pool import Templates
-from shoal.platform.runtime.template_process import TemplateError
+from shoal.platform.runtime.template_protocol import TemplateError
 from shoal.resources.endpoint import Endpoint, InstanceState
 from shoal.resources.model import Service
 from shoal.store.embedded import free_port
