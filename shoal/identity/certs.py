@@ -5,7 +5,7 @@
 ``shoal certs status`` and tests use, while live connections are verified by OpenSSL through
 the contexts below.
 
-Both sides of every mesh hop present a leaf from :mod:`shoal.identity.pki` and require one from
+Both sides of every mesh hop present a leaf from :mod:`shoal.identity.issuance` and require one from
 the peer (``CERT_REQUIRED``), verified against the trust bundle. Host names are not checked
 (``check_hostname=False``): the name that matters is the peer's SPIFFE ID, which the caller
 reads with :func:`shoal.identity.spiffe.peer_identity` and matches itself.

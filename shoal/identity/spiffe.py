@@ -6,7 +6,7 @@ Every Shoal workload is named by a SPIFFE ID (https://spiffe.io, "SPIFFE-ID" sta
     spiffe://<trust-domain>/gateway           the edge gateway
     spiffe://<trust-domain>/node/<node-id>    a node's router and agent
 
-The ID travels as the one URI SAN of an X.509 leaf certificate (:mod:`shoal.identity.pki`).
+The ID travels as the one URI SAN of an X.509 leaf certificate (:mod:`shoal.identity.issuance`).
 Parsing is strict, as the standard asks: the scheme is ``spiffe`` in lower case; the trust
 domain is 1-255 characters of ``[a-z0-9.-_]``; the path is empty or ``/``-separated non-empty
 segments of ``[A-Za-z0-9.-_]`` that are not ``.`` or ``..``; no user info, port, query, fragment

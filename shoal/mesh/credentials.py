@@ -27,13 +27,13 @@ from cryptography import x509
 
 from shoal.errors import ShoalError
 from shoal.identity.certs import ALPN, client_context, server_context, verify_chain
+from shoal.identity.issuance import make_csr
 from shoal.identity.pki import (
     PKIError,
     cert_from_pem,
     issuer_key_id,
     key_id,
     key_to_pem,
-    make_csr,
     new_key,
     parse_bundle,
     renew_at,

@@ -154,6 +154,7 @@ dns_subdomain = matching(
     "a DNS name (lower-case letters, digits, '-' and '.', at most 253 characters)",
     253,
 )
+host_name = matching(re.compile(r"[^\s/:]+"), "a host name (no spaces, '/' or ':')")
 
 
 def boolean(value: object, field: str) -> bool:

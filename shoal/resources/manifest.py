@@ -13,45 +13,30 @@ error it raises that error itself, with its file, document, field and value set.
 
 :func:`to_document` writes the canonical document of a resource (fields at their defaults left
 out, weights and revisions always written); ``parse_document(to_document(r)) == r``.
+
+This module owns the envelope (``apiVersion``, ``kind``, ``metadata``), files and streams of
+documents, and documents read back from the store; each kind's ``spec`` is read and written by
+its own module (:mod:`.service_spec`, :mod:`.virtual_service`, :mod:`.destination_rule`,
+:mod:`.security`), and YAML text is read by :mod:`.yaml_documents`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import replace
-
-import yaml
+from collections.abc import Mapping, Sequence
 
 from shoal.errors import ManifestError, UserError
+from shoal.resources.destination_rule import destination_rule_spec, parse_destination_rule
 from shoal.resources.fields import (
     Section,
     dns_label,
     dns_subdomain,
-    entries,
-    integer,
-    join,
     labels,
-    list_of,
-    matching,
-    parse_duration,
-    positive_duration,
-    put,
-    put_duration,
     section,
     string,
     string_map,
-)
-from shoal.resources.istio import (
-    destination_rule_spec,
-    parse_destination_rule,
-    parse_virtual_service,
-    virtual_service_spec,
 )
 from shoal.resources.model import (
     ISTIO_APIS,
@@ -59,10 +44,8 @@ from shoal.resources.model import (
     SECURITY_APIS,
     SERVICE_API,
     DestinationRule,
-    HealthCheck,
     PeerAuthentication,
     Resource,
-    Scale,
     Service,
     VirtualService,
 )
@@ -72,19 +55,18 @@ from shoal.resources.security import (
     parse_peer_authentication,
     peer_authentication_spec,
 )
+from shoal.resources.service_spec import parse_service, service_spec
+from shoal.resources.virtual_service import parse_virtual_service, virtual_service_spec
+from shoal.resources.yaml_documents import read_documents
 
-__all__ = ["load_files", "parse_document", "parse_duration", "parse_text", "to_document"]
-
-RESERVED_LABELS = ("app", "version")
-
-_SCALE = Scale()
-_HEALTH = HealthCheck()
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_app = matching(
-    re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*"), "'module:attribute' of an ASGI app"
-)
-_ENV_NAME = re.compile(_IDENT)
-_health_path = matching(re.compile(r"/\S*"), "a path starting with '/'")
+__all__ = [
+    "StoredResources",
+    "load_files",
+    "parse_document",
+    "parse_stored",
+    "parse_text",
+    "to_document",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +106,7 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
     metadata.get("annotations", string_map)
     if kind == "Service":
         name = metadata.need("name", dns_label)
-        return _parse_service(name, top.need("spec", _unparsed), base_dir)
+        return parse_service(name, top.need("spec", _unparsed), base_dir)
     name = metadata.need("name", dns_subdomain)
     if kind == "VirtualService":
         return parse_virtual_service(name, top.need("spec", _unparsed))
@@ -144,7 +126,7 @@ def _unparsed(value: object, field: str) -> object:
 def to_document(resource: Resource) -> dict[str, object]:
     """The canonical manifest of ``resource``: plain JSON-able values that parse back to it."""
     if isinstance(resource, Service):
-        api_version, spec = SERVICE_API, _service_spec(resource)
+        api_version, spec = SERVICE_API, service_spec(resource)
     elif isinstance(resource, VirtualService):
         api_version, spec = ISTIO_APIS[0], virtual_service_spec(resource)
     elif isinstance(resource, DestinationRule):
@@ -234,7 +216,7 @@ def _parse_stream(
     parsed: list[tuple[int, Resource]] = []
     errors: list[ManifestError] = []
     try:
-        for index, doc in _documents(text, file):
+        for index, doc in read_documents(text, file):
             try:
                 parsed.append((index, parse_document(doc, base_dir=base_dir)))
             except ManifestError as err:
@@ -244,214 +226,8 @@ def _parse_stream(
     return parsed, errors
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a key repeated in one mapping is an error.
-
-    SafeLoader keeps the last value of a repeated key, which would silently drop a field.
-    """
-
-    def construct_mapping(
-        self, node: yaml.MappingNode, deep: bool = False
-    ) -> dict[Hashable, object]:
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found duplicate key {key!r}",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _documents(text: str, file: str) -> Iterator[tuple[int, object]]:
-    """``(index in the file, document)`` of each non-empty YAML document of ``text``."""
-    loaded = yaml.load_all(text, Loader=_StrictLoader)
-    index = 0
-    while True:
-        try:
-            doc = next(loaded)
-        except StopIteration:
-            return
-        except yaml.YAMLError as err:
-            raise ManifestError(_yaml_reason(err), file=file, document=index) from None
-        if doc is not None:
-            yield index, doc
-        index += 1
-
-
-def _yaml_reason(err: yaml.YAMLError) -> str:
-    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
-        mark = err.problem_mark
-        return f"invalid YAML: {err.problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return f"invalid YAML: {err}"
-
-
 # ---------------------------------------------------------------------------------------------
-# Service
-
-
-def _parse_service(name: str, value: object, base_dir: str | None) -> Service:
-    spec = Section(
-        value,
-        "spec",
-        (
-            "app",
-            "command",
-            "revision",
-            "workdir",
-            "env",
-            "labels",
-            "weight",
-            "scale",
-            "health",
-            "node_selector",
-        ),
-    )
-    app = spec.get("app", _app)
-    command = spec.get("command", list_of(string, min_items=1))
-    if (app is None) == (command is None):
-        raise ManifestError("set exactly one of app or command", field="spec")
-    workdir = spec.get("workdir", string)
-    if workdir is not None and base_dir is not None and not os.path.isabs(workdir):
-        workdir = os.path.normpath(os.path.join(base_dir, workdir))
-    service = Service(
-        name=name,
-        revision="",
-        app=app,
-        command=command,
-        workdir=workdir,
-        env=spec.get("env", _env, ()),
-        labels=spec.get("labels", _service_labels, ()),
-        weight=spec.get("weight", integer(1), 1),
-        scale=spec.get("scale", _scale, _SCALE),
-        health=spec.get("health", _health, _HEALTH),
-        node_selector=spec.get("node_selector", labels, ()),
-    )
-    revision = spec.get("revision", dns_label)
-    return replace(service, revision=revision or _revision_hash(service))
-
-
-def revision_spec(service: Service) -> dict[str, object]:
-    """What makes a revision: the canonical spec without ``revision``, ``scale`` and
-    ``node_selector``.
-
-    Scaling bounds and the node selector say how many instances run and where, not what they
-    run, so neither is part of a revision: both change in place (``shoal scale``, or applying
-    the same revision with another selector), and a changed selector moves the revision's
-    instances to the nodes it now matches without a rollout or a new revision name. Anything
-    else changed makes a new revision.
-    """
-    spec = _service_spec(service, with_revision=False)
-    spec.pop("scale", None)
-    spec.pop("node_selector", None)
-    return spec
-
-
-def _revision_hash(service: Service) -> str:
-    """The first 10 hex digits of the SHA-256 of :func:`revision_spec`."""
-    canonical = json.dumps(revision_spec(service), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-
-def _env(value: object, field: str) -> tuple[tuple[str, str], ...]:
-    """Environment variables; numbers and booleans (YAML reads ``8080`` as an int) become text."""
-    result = []
-    for key, item, path in entries(value, field):
-        if not _ENV_NAME.fullmatch(key):
-            raise ManifestError("must be an environment variable name", field=path, value=key)
-        if isinstance(item, bool):
-            item = "true" if item else "false"
-        elif isinstance(item, int | float):
-            item = str(item)
-        if not isinstance(item, str):
-            raise ManifestError("must be a string, number or boolean", field=path, value=item)
-        result.append((key, item))
-    return tuple(sorted(result))
-
-
-def _service_labels(value: object, field: str) -> tuple[tuple[str, str], ...]:
-    result = labels(value, field)
-    for key, _ in result:
-        if key in RESERVED_LABELS:
-            raise ManifestError(
-                "reserved label: Shoal sets app to the service name and version to the revision",
-                field=join(field, key),
-                value=key,
-            )
-    return result
-
-
-def _scale(value: object, field: str) -> Scale:
-    scale = Section(value, field, ("min", "max", "target_concurrency", "idle_timeout"))
-    minimum = scale.get("min", integer(0), _SCALE.min)
-    maximum = scale.get("max", integer(1), _SCALE.max)
-    if maximum < minimum:
-        raise ManifestError(
-            f"must be at least scale.min ({minimum})", field=scale.at("max"), value=maximum
-        )
-    return Scale(
-        min=minimum,
-        max=maximum,
-        target_concurrency=scale.get("target_concurrency", integer(1), _SCALE.target_concurrency),
-        idle_timeout=scale.get("idle_timeout", positive_duration, _SCALE.idle_timeout),
-    )
-
-
-def _health(value: object, field: str) -> HealthCheck:
-    health = Section(
-        value,
-        field,
-        ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"),
-    )
-    return HealthCheck(
-        path=health.get("path", _health_path),
-        interval=health.get("interval", positive_duration, _HEALTH.interval),
-        timeout=health.get("timeout", positive_duration, _HEALTH.timeout),
-        healthy_threshold=health.get("healthy_threshold", integer(1), _HEALTH.healthy_threshold),
-        unhealthy_threshold=health.get(
-            "unhealthy_threshold", integer(1), _HEALTH.unhealthy_threshold
-        ),
-    )
-
-
-def _service_spec(service: Service, *, with_revision: bool = True) -> dict[str, object]:
-    spec: dict[str, object] = {}
-    if with_revision:
-        spec["revision"] = service.revision
-    put(spec, "app", service.app)
-    put(spec, "command", None if service.command is None else list(service.command))
-    put(spec, "workdir", service.workdir)
-    put(spec, "env", dict(service.env), {})
-    put(spec, "labels", dict(service.labels), {})
-    put(spec, "weight", service.weight, 1)
-    scale: dict[str, object] = {}
-    put(scale, "min", service.scale.min, _SCALE.min)
-    put(scale, "max", service.scale.max, _SCALE.max)
-    put(scale, "target_concurrency", service.scale.target_concurrency, _SCALE.target_concurrency)
-    put_duration(scale, "idle_timeout", service.scale.idle_timeout, _SCALE.idle_timeout)
-    put(spec, "scale", scale, {})
-    health: dict[str, object] = {}
-    put(health, "path", service.health.path)
-    put_duration(health, "interval", service.health.interval, _HEALTH.interval)
-    put_duration(health, "timeout", service.health.timeout, _HEALTH.timeout)
-    put(health, "healthy_threshold", service.health.healthy_threshold, _HEALTH.healthy_threshold)
-    put(
-        health,
-        "unhealthy_threshold",
-        service.health.unhealthy_threshold,
-        _HEALTH.unhealthy_threshold,
-    )
-    put(spec, "health", health, {})
-    put(spec, "node_selector", dict(service.node_selector), {})
-    return spec
-
+# Documents read back from the store
 
 _log = logging.getLogger(__name__)
 

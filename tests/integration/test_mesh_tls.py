@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from shoal.identity.certs import client_context
-from shoal.identity.pki import key_to_pem, make_csr, new_key, new_root, sign
+from shoal.identity.issuance import make_csr, new_root, sign
+from shoal.identity.pki import key_to_pem, new_key
 from shoal.identity.spiffe import gateway_id
 from shoal.mesh.credentials import IdentityRequester
 from shoal.platform.ca.admin import certs_status, renew_leaves, rotate_root

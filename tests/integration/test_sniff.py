@@ -20,7 +20,8 @@ from aiohttp import web
 
 from shoal.errors import PlatformError
 from shoal.identity.certs import client_context, server_context
-from shoal.identity.pki import bundle_pem, key_to_pem, make_csr, new_key, new_root, sign
+from shoal.identity.issuance import make_csr, new_root, sign
+from shoal.identity.pki import bundle_pem, key_to_pem, new_key
 from shoal.mesh.sniff import SniffingSite
 
 pytestmark = pytest.mark.timeout(10)

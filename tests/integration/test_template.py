@@ -16,7 +16,7 @@ import pytest
 
 from shoal.platform.runtime.instance import InstanceSlot
 from shoal.platform.runtime.template_pool import Templates
-from shoal.platform.runtime.template_process import TemplateError
+from shoal.platform.runtime.template_protocol import TemplateError
 from shoal.resources.model import HealthCheck, Service
 from shoal.store.embedded import free_port
 from tests.support.cluster import EXAMPLE

@@ -1,5 +1,5 @@
-"""The mesh PKI: shoal.identity.pki (CA, CSR, signing) and shoal.identity.certs (verification,
-real mTLS handshakes on loopback, key files)."""
+"""The mesh PKI: shoal.identity.pki (keys, PEM), shoal.identity.issuance (CA, CSR, signing) and
+shoal.identity.certs (verification, real mTLS handshakes on loopback, key files)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ from shoal.identity.certs import (
     verify_chain,
     write_private_key,
 )
+from shoal.identity.issuance import CA, CLOCK_SKEW, make_csr, new_root, sign
 from shoal.identity.pki import (
-    CA,
-    CLOCK_SKEW,
     CertificateRejected,
     CSRRefused,
     PKIError,
@@ -40,12 +39,9 @@ from shoal.identity.pki import (
     cert_to_pem,
     key_from_pem,
     key_to_pem,
-    make_csr,
     new_key,
-    new_root,
     parse_bundle,
     renew_at,
-    sign,
 )
 from shoal.identity.spiffe import peer_identity, service_id
 

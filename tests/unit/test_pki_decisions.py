@@ -14,18 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.errors import UserError
-from shoal.identity.pki import (
-    CA,
-    CLOCK_SKEW,
-    cert_from_pem,
-    issuer_key_id,
-    key_id,
-    make_csr,
-    new_key,
-    new_root,
-    renew_at,
-    sign,
-)
+from shoal.identity.issuance import CA, CLOCK_SKEW, make_csr, new_root, sign
+from shoal.identity.pki import cert_from_pem, issuer_key_id, key_id, new_key, renew_at
 from shoal.mesh.authz import mtls_mode
 from shoal.mesh.credentials import renewal_reason
 from shoal.platform.ca.rotation import PHASES, Phase, check_phase, entitled, lagging

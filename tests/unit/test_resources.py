@@ -16,15 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import ManifestError, UserError
-from shoal.resources.fields import format_duration
-from shoal.resources.manifest import (
-    load_files,
-    parse_document,
-    parse_duration,
-    parse_text,
-    revision_spec,
-    to_document,
-)
+from shoal.resources.fields import format_duration, parse_duration
+from shoal.resources.manifest import load_files, parse_document, parse_text, to_document
 from shoal.resources.model import (
     ConnectionPool,
     Destination,
@@ -46,6 +39,7 @@ from shoal.resources.model import (
     TrafficPolicy,
     VirtualService,
 )
+from shoal.resources.service_spec import revision_spec
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
 

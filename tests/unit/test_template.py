@@ -10,12 +10,9 @@ from hypothesis import strategies as st
 
 from bench.coldstart import percentile
 from shoal.platform.runtime.instance import PROBE_EVERY, PROBE_FIRST, probe_delay, templates_enabled
-from shoal.platform.runtime.template_process import (
-    SpawnRequest,
-    fingerprint,
-    parse_request,
-    warmable,
-)
+from shoal.platform.runtime.template_pool import fingerprint
+from shoal.platform.runtime.template_protocol import SpawnRequest, parse_request
+from shoal.platform.runtime.template_warmup import warmable
 from shoal.resources.model import Service
 
 INSTALLED = ["/usr/lib/python3.11", "/venv/lib/python3.11/site-packages"]

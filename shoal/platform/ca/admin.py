@@ -12,7 +12,8 @@ from typing import Any
 
 from shoal.errors import NotFoundError, PlatformError
 from shoal.identity.certs import write_private_key
-from shoal.identity.pki import bundle_pem, key_id, make_csr, new_key, parse_bundle, sign
+from shoal.identity.issuance import make_csr, sign
+from shoal.identity.pki import bundle_pem, key_id, new_key, parse_bundle
 from shoal.platform.ca.authority import request_root_rotation
 from shoal.platform.ca.rotation import Phase, check_phase, lagging
 from shoal.platform.ca.signer import CAFiles

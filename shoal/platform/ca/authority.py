@@ -20,7 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from shoal.errors import ShoalError
-from shoal.identity.pki import CA, PKIError, key_id, parse_bundle
+from shoal.identity.issuance import CA
+from shoal.identity.pki import PKIError, key_id, parse_bundle
 from shoal.mesh.credentials import utcnow
 from shoal.platform.ca.rotation import check_phase, lagging
 from shoal.platform.ca.signer import CAFiles, Signer, bundle_of

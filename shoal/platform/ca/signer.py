@@ -24,14 +24,8 @@ from pathlib import Path
 from cryptography import x509
 
 from shoal.identity.certs import write_private_key
-from shoal.identity.pki import (
-    CA,
-    PKIError,
-    bundle_pem,
-    cert_from_pem,
-    new_root,
-    sign,
-)
+from shoal.identity.issuance import CA, new_root, sign
+from shoal.identity.pki import PKIError, bundle_pem, cert_from_pem
 from shoal.store.pki import PKIStore
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ from typing import Any
 
 from shoal.errors import NotFoundError, UserError
 from shoal.resources.endpoint import Endpoint
-from shoal.resources.manifest import parse_document, revision_spec, to_document
+from shoal.resources.manifest import parse_document, to_document
 from shoal.resources.model import KINDS, DestinationRule, Resource, Service, VirtualService
+from shoal.resources.service_spec import revision_spec
 from shoal.resources.weights import (
     find_rule,
     find_virtual_service,

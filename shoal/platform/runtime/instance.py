@@ -12,7 +12,8 @@ A slot keeps its id across restarts; each restart gets a new loopback port.
 An ``app:`` instance is forked from its revision's pre-warmed template
 (:mod:`.template_process`) when one can be had, else started as a fresh interpreter
 (``python -m shoal.platform.runtime.serve``), as a ``command:`` instance always is. Either way
-the slot holds a :class:`Started`: a pid whose process group it signals, and an exit it can await.
+the slot holds a :class:`~.instance_process.Started`: a pid whose process group it signals, and
+an exit it can await.
 ``SHOAL_TEMPLATES=0`` in the agent's environment turns templates off.
 """
 
@@ -23,21 +24,20 @@ import contextlib
 import logging
 import os
 import random
-import select
 import signal
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 from shoal.platform.runtime.health import HealthState, HealthThresholds
 from shoal.platform.runtime.health import thresholds as health_thresholds
+from shoal.platform.runtime.instance_process import Forked, Spawned, Started
 from shoal.platform.runtime.probe import probe
 from shoal.platform.runtime.reconcile import restart_delay
 from shoal.platform.runtime.template_pool import Templates
-from shoal.platform.runtime.template_process import TemplateError
+from shoal.platform.runtime.template_protocol import TemplateError
 from shoal.resources.endpoint import Endpoint, InstanceState
 from shoal.resources.model import Service
 from shoal.store.embedded import free_port
@@ -71,100 +71,6 @@ def template_env(service: Service) -> dict[str, str]:
         "SHOAL_SERVICE": service.name,
         "SHOAL_REVISION": service.revision,
     }
-
-
-class Started(Protocol):
-    """An instance process, however it was started: what a slot needs of it."""
-
-    @property
-    def pid(self) -> int:
-        """Its pid, which is also its process group id (it leads its own session)."""
-        ...
-
-    @property
-    def running(self) -> bool:
-        """Not yet exited."""
-        ...
-
-    async def wait(self) -> None:
-        """Return once it has exited."""
-        ...
-
-    def close(self) -> None:
-        """Release what watches it (once it has exited, or when giving up on it)."""
-        ...
-
-
-class Spawned:
-    """A fresh process started by the agent (its child): asyncio waits for it."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @property
-    def pid(self) -> int:
-        """The child's pid."""
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        """Not yet exited."""
-        return self.process.returncode is None
-
-    async def wait(self) -> None:
-        """Return once it has exited."""
-        await self.process.wait()
-
-    def close(self) -> None:
-        """Nothing to release: asyncio reaps its children."""
-
-
-class Forked:
-    """A process a template forked: not the agent's child, so its exit is watched through a
-    pidfd (readable once it has terminated; the template reaps it)."""
-
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self._pid = pid
-        self._pidfd = pidfd
-        self._loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_reader(pidfd, self._on_exit)
-
-    @property
-    def pid(self) -> int:
-        """The forked process's pid."""
-        return self._pid
-
-    @property
-    def running(self) -> bool:
-        """Not yet exited: asks the pidfd, so a signal is never sent after the exit is known
-        to the kernel (the template may have reaped it and the pid may be reused)."""
-        if not self._exited.done() and self._pidfd >= 0:
-            poller = select.poll()
-            poller.register(self._pidfd, select.POLLIN)
-            if poller.poll(0):
-                self._on_exit()
-        return not self._exited.done()
-
-    def _on_exit(self) -> None:
-        self._release()
-        if not self._exited.done():
-            self._exited.set_result(None)
-
-    def _release(self) -> None:
-        if self._pidfd >= 0:
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-
-    async def wait(self) -> None:
-        """Return once it has exited."""
-        await asyncio.shield(self._exited)
-
-    def close(self) -> None:
-        """Stop watching; a waiter still waiting is cancelled (the process is not ours now)."""
-        self._release()
-        self._exited.cancel()
 
 
 class InstanceSlot:
@@ -245,11 +151,8 @@ class InstanceSlot:
 
     def _env(self) -> dict[str, str]:
         return {
-            **os.environ,
-            **dict(self.service.env),
+            **template_env(self.service),
             "PORT": str(self.port),
-            "SHOAL_SERVICE": self.service.name,
-            "SHOAL_REVISION": self.service.revision,
             "SHOAL_INSTANCE": self.id,
             "SHOAL_MESH_URL": self.mesh_url,
         }

@@ -3,7 +3,7 @@ per revision, ask it to fork instances, stop it.
 
 :class:`Templates` is a registry keyed by revision, owned by the agent (which closes it when it
 stops); a failure to start or use a template is a
-:class:`~.template_process.TemplateError`, and the caller falls back to a fresh
+:class:`~.template_protocol.TemplateError`, and the caller falls back to a fresh
 interpreter.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -26,20 +27,23 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from shoal.platform.runtime.template_process import (
-    CLOSE_TIMEOUT,
-    CONNECT_EVERY,
-    MAX_MESSAGE,
-    RETRY_AFTER,
-    SPAWN_TIMEOUT,
-    START_TIMEOUT,
-    TemplateError,
-    elapsed_ms,
-    fingerprint,
-)
+from shoal.platform.runtime.template_protocol import MAX_MESSAGE, TemplateError, elapsed_ms
 from shoal.resources.model import Service
 
 log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # seconds for a template to import everything and say it is ready
+SPAWN_TIMEOUT = 10.0  # seconds for a fork request to be answered
+CLOSE_TIMEOUT = 5.0  # seconds for a template to exit once its agent has hung up
+CONNECT_EVERY = 0.01  # seconds between attempts to reach a template's control socket
+RETRY_AFTER = 30.0  # seconds before a revision whose template failed gets another one
+
+
+def fingerprint(service: Service) -> str:
+    """What a revision's template depends on: a change (a revision re-applied under the same
+    name with another app, workdir or env) means a new template."""
+    doc = json.dumps([service.app, service.workdir, sorted(service.env)])
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
 class Template:

@@ -1,16 +1,15 @@
-"""VirtualService and DestinationRule specs: Istio's field names to model values and back.
+"""VirtualService specs: Istio's field names to model values and back.
 
-Only the subset of Istio that Shoal implements is accepted; any other Istio field (``corsPolicy``,
-``tcp``, ``consistentHash``...) is an error naming its path rather than something quietly
-ignored. :func:`virtual_service_spec` and :func:`destination_rule_spec` write the canonical spec
-back (defaults omitted), and the parsers read it to an equal value.
+Only the subset of ``networking.istio.io`` HTTP routing that Shoal implements is accepted (match,
+weighted route, timeout, retries, fault, rewrite, mirror); any other Istio field (``corsPolicy``,
+``tcp``...) is an error naming its path rather than something quietly ignored.
+:func:`virtual_service_spec` writes the canonical spec back (defaults omitted), and
+:func:`parse_virtual_service` reads it to an equal value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from types import MappingProxyType
 
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
@@ -20,8 +19,8 @@ from shoal.resources.fields import (
     elements,
     entries,
     format_duration,
+    host_name,
     integer,
-    labels,
     list_of,
     matching,
     parse_duration,
@@ -34,28 +33,22 @@ from shoal.resources.fields import (
     text,
 )
 from shoal.resources.model import (
-    ConnectionPool,
     Destination,
-    DestinationRule,
     Fault,
     FaultAbort,
     FaultDelay,
     HTTPMatchRequest,
     HTTPRoute,
-    LoadBalancerPolicy,
-    OutlierDetection,
     Retries,
     Rewrite,
     RouteDestination,
     StringMatch,
-    Subset,
-    TrafficPolicy,
     VirtualService,
 )
 
+__all__ = ["RETRY_CONDITIONS", "parse_virtual_service", "virtual_service_spec"]
+
 _RETRIES = Retries()
-_OUTLIER = OutlierDetection()
-_POLICY = TrafficPolicy()
 
 # Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on); a bare status code is
 # accepted too, as Istio does.
@@ -65,39 +58,13 @@ RETRY_CONDITIONS = frozenset(
     "resource-exhausted unavailable".split()
 )
 
-LOAD_BALANCERS: Mapping[str, LoadBalancerPolicy] = MappingProxyType(
-    {
-        "ROUND_ROBIN": "ROUND_ROBIN",
-        "RANDOM": "RANDOM",
-        "LEAST_REQUEST": "LEAST_REQUEST",
-        "LEAST_CONN": "LEAST_REQUEST",  # Istio's deprecated name for LEAST_REQUEST
-        "WEIGHTED": "WEIGHTED",  # Shoal's: smooth weighted round robin by instance weight
-    }
-)
-
 # The Istio fields Shoal implements, per object; any other key is an error.
 _HTTP_ROUTE = tuple("name match route timeout retries fault rewrite mirror".split())
 _MATCH = tuple("name uri method authority headers ignoreUriCase".split())
-_POLICY_FIELDS = tuple(
-    "loadBalancer outlierDetection connectionPool failureThreshold healthyThreshold".split()
-)
-_OUTLIER_FIELDS = tuple(
-    "consecutive5xxErrors consecutiveErrors consecutiveGatewayErrors interval baseEjectionTime "
-    "maxEjectionPercent minHealthPercent".split()
-)
-_TCP_POOL = ("maxConnections", "connectTimeout")
-_HTTP_POOL = tuple(
-    "http1MaxPendingRequests http2MaxRequests maxRequestsPerConnection idleTimeout".split()
-)
 
-_host = matching(re.compile(r"[^\s/:]+"), "a host name (no spaces, '/' or ':')")
 _header_name = matching(
     re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"), "an HTTP header name", max_length=256
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# VirtualService
 
 
 def parse_virtual_service(name: str, value: object) -> VirtualService:
@@ -105,7 +72,7 @@ def parse_virtual_service(name: str, value: object) -> VirtualService:
     spec = Section(value, "spec", ("hosts", "gateways", "http"))
     return VirtualService(
         name=name,
-        hosts=spec.need("hosts", list_of(_host, min_items=1)),
+        hosts=spec.need("hosts", list_of(host_name, min_items=1)),
         gateways=spec.get("gateways", list_of(string), ()),
         http=spec.need("http", list_of(_http_route, min_items=1)),
     )
@@ -199,7 +166,7 @@ def _destination(value: object, field: str) -> Destination:
     destination = Section(value, field, ("host", "subset", "port"))
     port = destination.get("port", section(("number",)))
     return Destination(
-        host=destination.need("host", _host),
+        host=destination.need("host", host_name),
         subset=destination.get("subset", dns_label),
         port=None if port is None else port.need("number", integer(1, 65535)),
     )
@@ -349,147 +316,4 @@ def _fault_doc(fault: Fault) -> dict[str, object]:
         put(abort, "percentage", {"value": fault.abort.percentage}, {"value": 100.0})
         abort["httpStatus"] = fault.abort.http_status
         out["abort"] = abort
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# DestinationRule
-
-
-def parse_destination_rule(name: str, value: object) -> DestinationRule:
-    """The DestinationRule named ``name`` whose ``spec`` is ``value``."""
-    spec = Section(value, "spec", ("host", "subsets", "trafficPolicy"))
-    subsets: tuple[Subset, ...] = spec.get("subsets", list_of(_subset), ())
-    seen: set[str] = set()
-    for index, subset in enumerate(subsets):
-        if subset.name in seen:
-            raise ManifestError(
-                "duplicate subset name", field=f"spec.subsets[{index}].name", value=subset.name
-            )
-        seen.add(subset.name)
-    return DestinationRule(
-        name=name,
-        host=spec.need("host", _host),
-        subsets=subsets,
-        traffic_policy=spec.get("trafficPolicy", _traffic_policy, _POLICY),
-    )
-
-
-def _subset(value: object, field: str) -> Subset:
-    subset = Section(value, field, ("name", "labels", "trafficPolicy"))
-    return Subset(
-        name=subset.need("name", dns_label),
-        labels=subset.get("labels", labels, ()),
-        traffic_policy=subset.get("trafficPolicy", _traffic_policy),
-    )
-
-
-def _traffic_policy(value: object, field: str) -> TrafficPolicy:
-    policy = Section(value, field, _POLICY_FIELDS)
-    balancer = policy.get("loadBalancer", section(("simple",)))
-    return TrafficPolicy(
-        load_balancer=None if balancer is None else balancer.need("simple", _simple),
-        outlier_detection=policy.get("outlierDetection", _outlier_detection),
-        connection_pool=policy.get("connectionPool", _connection_pool),
-        failure_threshold=policy.get("failureThreshold", integer(1)),
-        healthy_threshold=policy.get("healthyThreshold", integer(1)),
-    )
-
-
-def _simple(value: object, field: str) -> LoadBalancerPolicy:
-    if not isinstance(value, str) or value not in LOAD_BALANCERS:
-        raise ManifestError(f"must be one of {', '.join(LOAD_BALANCERS)}", field=field, value=value)
-    return LOAD_BALANCERS[value]
-
-
-def _outlier_detection(value: object, field: str) -> OutlierDetection:
-    outlier = Section(value, field, _OUTLIER_FIELDS)
-    if outlier.has("consecutive5xxErrors") and outlier.has("consecutiveErrors"):
-        raise ManifestError(
-            "consecutiveErrors is the deprecated name of consecutive5xxErrors; set only one",
-            field=outlier.at("consecutiveErrors"),
-            value=outlier.raw("consecutiveErrors"),
-        )
-    five_xx = "consecutiveErrors" if outlier.has("consecutiveErrors") else "consecutive5xxErrors"
-    return OutlierDetection(
-        consecutive_5xx_errors=outlier.get(five_xx, integer(0), _OUTLIER.consecutive_5xx_errors),
-        consecutive_gateway_errors=outlier.get("consecutiveGatewayErrors", integer(0)),
-        interval=outlier.get("interval", positive_duration, _OUTLIER.interval),
-        base_ejection_time=outlier.get(
-            "baseEjectionTime", positive_duration, _OUTLIER.base_ejection_time
-        ),
-        max_ejection_percent=outlier.get(
-            "maxEjectionPercent", percent, _OUTLIER.max_ejection_percent
-        ),
-        min_health_percent=outlier.get("minHealthPercent", percent, _OUTLIER.min_health_percent),
-    )
-
-
-def _connection_pool(value: object, field: str) -> ConnectionPool:
-    """Istio's two-level connectionPool, flattened; every limit is optional and >= 1."""
-    pool = Section(value, field, ("tcp", "http"))
-    tcp = pool.get("tcp", section(_TCP_POOL), Section({}, pool.at("tcp"), ()))
-    http = pool.get("http", section(_HTTP_POOL), Section({}, pool.at("http"), ()))
-    return ConnectionPool(
-        max_connections=tcp.get("maxConnections", integer(1)),
-        connect_timeout=tcp.get("connectTimeout", positive_duration),
-        http1_max_pending_requests=http.get("http1MaxPendingRequests", integer(1)),
-        http2_max_requests=http.get("http2MaxRequests", integer(1)),
-        max_requests_per_connection=http.get("maxRequestsPerConnection", integer(1)),
-        idle_timeout=http.get("idleTimeout", positive_duration),
-    )
-
-
-def destination_rule_spec(rule: DestinationRule) -> dict[str, object]:
-    """The canonical ``spec`` of a DestinationRule, in Istio's field names."""
-    spec: dict[str, object] = {"host": rule.host}
-    subsets = []
-    for subset in rule.subsets:
-        out: dict[str, object] = {"name": subset.name}
-        put(out, "labels", dict(subset.labels), {})
-        if subset.traffic_policy is not None:
-            out["trafficPolicy"] = _traffic_policy_doc(subset.traffic_policy)
-        subsets.append(out)
-    put(spec, "subsets", subsets, [])
-    put(spec, "trafficPolicy", _traffic_policy_doc(rule.traffic_policy), {})
-    return spec
-
-
-def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
-    out: dict[str, object] = {}
-    if policy.load_balancer is not None:
-        out["loadBalancer"] = {"simple": policy.load_balancer}
-    if policy.outlier_detection is not None:
-        out["outlierDetection"] = _outlier_doc(policy.outlier_detection)
-    if policy.connection_pool is not None:
-        out["connectionPool"] = _connection_pool_doc(policy.connection_pool)
-    put(out, "failureThreshold", policy.failure_threshold)
-    put(out, "healthyThreshold", policy.healthy_threshold)
-    return out
-
-
-def _outlier_doc(outlier: OutlierDetection) -> dict[str, object]:
-    out: dict[str, object] = {}
-    default = _OUTLIER
-    put(out, "consecutive5xxErrors", outlier.consecutive_5xx_errors, default.consecutive_5xx_errors)
-    put(out, "consecutiveGatewayErrors", outlier.consecutive_gateway_errors)
-    put_duration(out, "interval", outlier.interval, default.interval)
-    put_duration(out, "baseEjectionTime", outlier.base_ejection_time, default.base_ejection_time)
-    put(out, "maxEjectionPercent", outlier.max_ejection_percent, default.max_ejection_percent)
-    put(out, "minHealthPercent", outlier.min_health_percent, default.min_health_percent)
-    return out
-
-
-def _connection_pool_doc(pool: ConnectionPool) -> dict[str, object]:
-    tcp: dict[str, object] = {}
-    put(tcp, "maxConnections", pool.max_connections)
-    put_duration(tcp, "connectTimeout", pool.connect_timeout)
-    http: dict[str, object] = {}
-    put(http, "http1MaxPendingRequests", pool.http1_max_pending_requests)
-    put(http, "http2MaxRequests", pool.http2_max_requests)
-    put(http, "maxRequestsPerConnection", pool.max_requests_per_connection)
-    put_duration(http, "idleTimeout", pool.idle_timeout)
-    out: dict[str, object] = {}
-    put(out, "tcp", tcp, {})
-    put(out, "http", http, {})
     return out
