@@ -1,0 +1,369 @@
+"""An HTTP/1.1 server on asyncio Protocols and the sans-IO codec: the router's listener side.
+
+Each connection parses requests with :class:`shoal.http.h1.Reader` and runs one handler task
+per request, in order (a pipelined request waits for the one before it). A handler gets an
+:class:`Exchange`: the request head as received (raw target, field values as sent), its body as
+an async iterator, and methods that write the response — the head (framed by a
+``Content-Length`` it carries, else chunked, else closed-delimited for HTTP/1.0), body pieces,
+and the end with trailers.
+
+- ``Expect: 100-continue`` is answered here, once, when the handler first reads the body; a
+  handler that answers without reading it never makes the client send it (the connection then
+  closes, since the body's bytes would follow).
+- A client that goes away cancels its handler at once: whatever it holds upstream (a
+  connection, an in-flight slot) is released by the cancellation.
+- Reading pauses while a request body has more than :data:`HIGH_WATER` unread bytes; writing
+  waits while the transport's buffer is full.
+- A head the codec refuses gets the codec's status and ``x-shoal-cause`` and the connection is
+  closed; so does a connection idle longer than ``idle_timeout`` between requests.
+
+The :class:`Server` owns its connections: :meth:`Server.close` stops new requests, lets those in
+flight finish for a grace period, then cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+from shoal.http.h1 import (
+    BodyWriter,
+    Data,
+    End,
+    Fields,
+    HeadLimits,
+    ProtocolError,
+    Reader,
+    RequestHead,
+    Upgraded,
+    response_head,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER = b"shoal"  # the Server field of answers that have none
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+Handler = Callable[["Exchange"], Awaitable[None]]
+
+
+def reason(status: int) -> bytes:
+    """The standard reason phrase of ``status`` (``b""`` for an unknown one)."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+class Exchange:
+    """One request on a connection and the response the handler writes to it."""
+
+    def __init__(self, connection: _Connection, head: RequestHead) -> None:
+        self.connection = connection
+        self.head = head
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._complete = head.framing.value == "none"  # the whole request body arrived
+        self._waiter: asyncio.Future[None] | None = None
+        self._body_read = False
+        self._writer: BodyWriter | None = None
+        self.started = False  # the response head went out
+        self.ended = False
+        self.close_after = not head.keep_alive
+
+    # -- the request
+
+    @property
+    def peer(self) -> Any:
+        """The client's address."""
+        return self.connection.extra("peername")
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS session, on a TLS connection."""
+        found: ssl.SSLObject | None = self.connection.extra("ssl_object")
+        return found
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a request body follows the head."""
+        return self.head.framing.value != "none"
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives (sending ``100 Continue`` first when asked for)."""
+        if self._body_read:
+            raise RuntimeError("the request body can be read once")
+        self._body_read = True
+        if self.head.expects_continue and not self._complete and not self.started:
+            self.connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._pieces:
+                piece = self._pieces.popleft()
+                self._buffered -= len(piece)
+                self.connection.consumed(self._buffered)
+                yield piece
+            elif self._complete:
+                return
+            else:
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+    def _received(self, piece: bytes | None) -> None:
+        """A piece of the body arrived (None: the body is complete)."""
+        if piece is None:
+            self._complete = True
+        else:
+            self._pieces.append(piece)
+            self._buffered += len(piece)
+            if self._buffered > HIGH_WATER:
+                self.connection.pause()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- the response
+
+    async def start(self, status: int, fields: Iterable[tuple[bytes, bytes]]) -> None:
+        """Write the response head; its framing follows from ``fields`` and the request."""
+        fields = [(n, v) for n, v in fields if n != b"transfer-encoding"]
+        names = {n for n, _ in fields}
+        if b"server" not in names:
+            fields.append((b"server", SERVER))
+        bodiless = self.head.method == b"HEAD" or status in (204, 304) or status < 200
+        chunked = False
+        if not bodiless and b"content-length" not in names:
+            if self.head.version == b"1.1":
+                chunked = True
+                fields.append((b"transfer-encoding", b"chunked"))
+            else:
+                self.close_after = True  # HTTP/1.0: the body ends with the connection
+        if self.has_body and not self._complete and not self._body_read:
+            self.close_after = True  # the unread body's bytes would follow on the connection
+        if self.close_after:
+            fields.append((b"connection", b"close"))
+        self._writer = BodyWriter(chunked)
+        self.started = True
+        self.connection.write(response_head(status, reason(status), fields))
+        await self.connection.drain()
+
+    async def write(self, data: bytes) -> None:
+        """Write a piece of the response body."""
+        assert self._writer is not None, "start() first"
+        if data and self.head.method != b"HEAD":
+            self.connection.write(self._writer.data(data))
+            await self.connection.drain()
+
+    async def end(self, trailers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        """End the response (with ``trailers`` when chunked)."""
+        assert self._writer is not None, "start() first"
+        if self.head.method != b"HEAD":
+            self.connection.write(self._writer.end(trailers))
+        self.ended = True
+
+    async def respond(
+        self, status: int, fields: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
+    ) -> None:
+        """A whole response at once."""
+        await self.start(status, [*fields, (b"content-length", b"%d" % len(body))])
+        await self.write(body)
+        await self.end()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, run handlers one at a time, write their responses."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.reader = Reader("request", server.limits)
+        self.transport: asyncio.Transport | None = None
+        self.queue: collections.deque[Exchange] = collections.deque()  # received, not yet run
+        self.current: Exchange | None = None  # whose body the reader is reading
+        self.task: asyncio.Task[None] | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    def extra(self, name: str) -> Any:
+        return self.transport.get_extra_info(name) if self.transport else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.task is not None:
+            self.task.cancel()  # the client went away: release what its request holds
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as e:
+            self._refuse(e)
+            return
+        for event in events:
+            if isinstance(event, RequestHead):
+                exchange = Exchange(self, event)
+                self.current = exchange
+                self.queue.append(exchange)
+            elif isinstance(event, Data) and self.current is not None:
+                self.current._received(event.data)
+            elif isinstance(event, End) and self.current is not None:
+                self.current._received(None)
+            elif isinstance(event, Upgraded):  # protocol switches are not relayed (yet)
+                if self.current is not None:
+                    self.current.close_after = True
+        self._next()
+
+    def eof_received(self) -> bool:
+        # A client that stops sending has gone away (nginx's proxy_ignore_client_abort off):
+        # closing cancels what its request holds upstream.
+        return False
+
+    def _next(self) -> None:
+        """Start the next request's handler when none is running."""
+        if self.task is not None or not self.queue or self.server.closing:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        exchange = self.queue.popleft()
+        self.task = asyncio.get_running_loop().create_task(self._run(exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await self.server.handler(exchange)
+            if not exchange.started:
+                await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"no response\n")
+            elif not exchange.ended:
+                exchange.close_after = True
+        except asyncio.CancelledError:
+            exchange.close_after = True
+            raise
+        except Exception:
+            log.exception("handler failed on %s", exchange.head.target[:200])
+            exchange.close_after = True
+            if not exchange.started:
+                await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"internal\n")
+        finally:
+            self.task = None
+            self._finished(exchange)
+
+    def _finished(self, exchange: Exchange) -> None:
+        if self.transport is None:
+            return
+        if exchange.close_after or not exchange.ended:
+            self.transport.close()
+            return
+        if self.current is exchange and not exchange._complete:
+            self.transport.close()  # the handler left part of the body unread
+            return
+        self.resume()
+        self._arm_idle()
+        self._next()
+
+    def _refuse(self, error: ProtocolError) -> None:
+        body = f"{error.cause}: {error}\n".encode()
+        fields: Fields = (
+            (b"x-shoal-cause", error.cause.encode()),
+            (b"server", SERVER),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        )
+        if self.transport is not None:
+            if self.task is None:  # not in the middle of another response
+                self.transport.write(response_head(error.status, reason(error.status), fields))
+                self.transport.write(body)
+            self.transport.close()
+
+    def _arm_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.server.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self.task is None and not self.queue and self.transport is not None:
+            self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._drained is not None:
+            await self._drained
+        if self.transport is None:
+            raise ConnectionResetError("the client went away")
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def consumed(self, buffered: int) -> None:
+        if buffered < LOW_WATER:
+            self.resume()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self.transport.resume_reading()
+            self._paused = False
+
+
+class Server:
+    """A protocol factory serving ``handler`` (give it to ``loop.create_server`` or a listener)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: HeadLimits = HeadLimits(),
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.idle_timeout = idle_timeout
+        self.connections: set[_Connection] = set()
+        self.closing = False
+
+    def __call__(self) -> _Connection:
+        return _Connection(self)
+
+    async def close(self, grace: float) -> None:
+        """Take no new request; let those running finish for ``grace`` seconds; close all."""
+        self.closing = True
+        for connection in list(self.connections):
+            if connection.task is None and connection.transport is not None:
+                connection.transport.close()
+        running = [c.task for c in self.connections if c.task is not None]
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
