@@ -59,24 +59,30 @@ def build_config(port: int, tls_port: int | None, cert: str | None, key: str | N
     return config
 
 
-async def _main(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT."""
+async def serve_until_stopped(application: Any, config: Config) -> None:
+    """Serve ``application`` until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve(application, config, shutdown_trigger=stop.wait)
 
 
-def main() -> None:
-    """Parse the command line and serve."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The command line both hypercorn rows take."""
+    parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tls-port", type=int)
     parser.add_argument("--cert")
     parser.add_argument("--key")
-    args = parser.parse_args()
-    uvloop.run(_main(build_config(args.port, args.tls_port, args.cert, args.key)))
+    return parser
+
+
+def main() -> None:
+    """Parse the command line and serve."""
+    args = arguments(__doc__).parse_args()
+    config = build_config(args.port, args.tls_port, args.cert, args.key)
+    uvloop.run(serve_until_stopped(app, config))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ def _hypercorn_hello(ctx: RowContext) -> RunningServer:
     return servers.start_hypercorn_hello(ctx.workdir, ctx.tls, ctx.server_cpu)
 
 
+def _naive_proxy(ctx: RowContext) -> RunningServer:
+    return servers.start_naive_proxy(ctx.workdir, ctx.tls, _backend_port(ctx), ctx.server_cpu)
+
+
 def _shoal_gateway(ctx: RowContext) -> RunningServer:
     return shoal_rows.start_shoal_gateway(_backend_port(ctx), ctx.tls)
 
@@ -103,6 +107,13 @@ ROWS: tuple[Row, ...] = (
         start=_hypercorn_hello,
     ),
     Row(
+        name="naive-proxy",
+        description="hypercorn + aiohttp client, the obvious 40-line proxy (for reference)",
+        tools=("nginx",),
+        needs_backend=True,
+        start=_naive_proxy,
+    ),
+    Row(
         name="shoal-gateway",
         description="Shoal's gateway in front of the backend",
         tools=("nginx",),
@@ -119,5 +130,5 @@ ROWS: tuple[Row, ...] = (
 )
 
 ROW_NAMES: tuple[str, ...] = tuple(row.name for row in ROWS)
-REFERENCE_ROWS: tuple[str, ...] = ("nginx-proxy", "hypercorn-hello", "direct")
+REFERENCE_ROWS: tuple[str, ...] = ("nginx-proxy", "hypercorn-hello", "naive-proxy", "direct")
 COMPARED_ROWS: tuple[str, ...] = ("shoal-gateway", "shoal-mesh")

@@ -186,9 +186,23 @@ def start_haproxy(
 
 def start_hypercorn_hello(workdir: Path, tls: TLSFiles, cpu: int | None) -> RunningServer:
     """``bench.hello_app`` on hypercorn: h1 + h2c on one port, TLS h2 on another."""
-    directory = _fresh_dir(workdir, "hypercorn-hello")
+    return _start_hypercorn_row("hypercorn-hello", ["bench.hello_app"], workdir, tls, cpu)
+
+
+def start_naive_proxy(
+    workdir: Path, tls: TLSFiles, backend_port: int, cpu: int | None
+) -> RunningServer:
+    """``bench.naive_proxy`` (hypercorn + aiohttp) in front of the backend."""
+    module = ["bench.naive_proxy", "--upstream", str(backend_port)]
+    return _start_hypercorn_row("naive-proxy", module, workdir, tls, cpu)
+
+
+def _start_hypercorn_row(
+    name: str, module: list[str], workdir: Path, tls: TLSFiles, cpu: int | None
+) -> RunningServer:
+    directory = _fresh_dir(workdir, name)
     port, tls_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "bench.hello_app", "--port", str(port)]
+    argv = [sys.executable, "-m", *module, "--port", str(port)]
     argv += ["--tls-port", str(tls_port), "--cert", str(tls.cert), "--key", str(tls.key)]
     log = directory / "stdout.log"
     proc = spawn(argv, cpu=cpu, log_path=log, cwd=REPO_ROOT)
@@ -198,7 +212,7 @@ def start_hypercorn_hello(workdir: Path, tls: TLSFiles, cpu: int | None) -> Runn
         kill_group(proc)
         raise
     return RunningServer(
-        name="hypercorn-hello",
+        name=name,
         process=proc,
         h1_port=port,
         h2c_port=port,
