@@ -1,7 +1,8 @@
 """The controller: CA, scheduler and autoscaler, while it leads.
 
-Several controllers may run; one leads through a Redis lease (``SET NX PX``, renewed by a script
-that only extends the holder's own lease). A controller that cannot renew stops acting at once.
+Several controllers may run; one leads through a Redis lease
+(:class:`~shoal.store.leader.LeaderLease`: ``SET NX PX``, renewed by a script that only extends
+the holder's own lease). A controller that cannot renew stops acting at once.
 While leading it signs certificates (:mod:`shoal.platform.ca.authority`), turns the proxies' load
 reports and activation requests into a desired instance count per Service revision (Knative's KPA,
 :mod:`.scaling`), writes ``Placement`` documents for them (one per live node,
@@ -13,7 +14,6 @@ publishes its decisions for ``shoal status`` and removes expired registry entrie
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -36,24 +36,18 @@ from shoal.resources.model import DestinationRule, Service, VirtualService
 from shoal.resources.weights import find_rule, find_virtual_service, traffic_shares
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore, FencedOut
-from shoal.store.connection import Redis, translated
+from shoal.store.connection import Redis, uptime
+from shoal.store.decisions import AutoscalerDecisions
 from shoal.store.keys import Keys
+from shoal.store.leader import LeaderLease
 from shoal.store.pki import PKIStore
 from shoal.store.registry import Registry
 from shoal.store.watch import View, Watcher
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 5_000
 TICK = 1.0
 PRUNE_GRACE = LEASE_TTL + 2 * HEARTBEAT_EVERY
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
 
 
 def live_nodes(view: View) -> dict[str, Node]:
@@ -154,7 +148,8 @@ class Controller:
         )
         self.autoscaling = Autoscaling(autoscale)
         self.leading = False
-        self._renew = redis.register_script(_RENEW)
+        self.lease = LeaderLease(redis, keys, self.id)
+        self.decisions = AutoscalerDecisions(redis, keys)
         self._view = View()
         self._stored = StoredResources()
         self._dirty = asyncio.Event()
@@ -185,15 +180,10 @@ class Controller:
         self._view = view
         self._dirty.set()
 
-    async def _renew_lease(self) -> bool:
-        async with translated("renewing the leader lease"):
-            held = await self._renew(keys=[self.keys.leader], args=[self.id, LEASE_MS])
-        return bool(held)
-
     async def tick(self) -> None:
         """One round: renew the lease; if leading, place instances and prune leases."""
         try:
-            leading = await self._renew_lease()
+            leading = await self.lease.renew()
         except StoreError as e:
             log.warning("lost the store, standing by: %s", e)
             leading = False
@@ -210,14 +200,13 @@ class Controller:
             self._steady_since = now
         reports = await live_reports(self.redis, self.keys)
         await self._scale(reports, now)
-        async with translated("reading the store's uptime"):
-            uptime = float((await self.redis.info("server"))["uptime_in_seconds"])
+        store_uptime = await uptime(self.redis)
         if self._signing:
             try:
                 await self.authority.tick(reports)
             except PKIError as e:
                 log.error("root rotation stalled: %s", e)
-        if may_prune(now, self._steady_since, uptime):
+        if may_prune(now, self._steady_since, store_uptime):
             pruned = await self.registry.prune(fence=self.id)
             if pruned:
                 log.info("pruned expired leases: %s", ", ".join(pruned))
@@ -247,23 +236,17 @@ class Controller:
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
         if changes:
             await self.config.write(changes, fence=self.id)
-        status = {
-            key: json.dumps(
-                {
+        await self.decisions.publish(
+            {
+                key: {
                     "desired": d.desired,
                     "ready": ready.get(key, 0),
                     "panicking": d.panicking,
                     "reason": f"{d.reason}; {unplaced[key]}" if key in unplaced else d.reason,
                 }
-            )
-            for key, d in decisions.items()
-        }
-        async with translated("publishing autoscaler decisions"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self.keys.autoscaler)
-                if status:
-                    pipe.hset(self.keys.autoscaler, mapping=status)  # type: ignore[arg-type]
-                await pipe.execute()
+                for key, d in decisions.items()
+            }
+        )
 
     def _note_unplaced(
         self,
@@ -316,9 +299,7 @@ class Controller:
             await self._sign(False)
             if self.leading:
                 try:
-                    async with translated("releasing the leader lease"):
-                        if await self.redis.get(self.keys.leader) == self.id:
-                            await self.redis.delete(self.keys.leader)
+                    await self.lease.release()
                 except StoreError:
                     pass
 
