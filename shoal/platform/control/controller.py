@@ -31,12 +31,13 @@ from shoal.platform.ca.signer import CAFiles
 from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_reason
 from shoal.platform.runtime.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
+from shoal.platform.tasks import task_group
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service, VirtualService
 from shoal.resources.weights import find_rule, find_virtual_service, traffic_shares
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore, FencedOut
-from shoal.store.connection import Redis, uptime
+from shoal.store.connection import Redis, honour_cancellation, uptime, wait_at_most
 from shoal.store.decisions import AutoscalerDecisions
 from shoal.store.keys import Keys
 from shoal.store.leader import LeaderLease
@@ -267,35 +268,48 @@ class Controller:
         self._unplaced = now
         return now
 
-    async def _next_tick(self, stop: asyncio.Event) -> None:
-        """Wait for a change, ``stop`` or the tick period, whichever comes first."""
-        waiters = [asyncio.ensure_future(self._dirty.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        """Wake the tick loop when ``stop`` is set, so it need not wait out a tick."""
+        await stop.wait()
+        self._dirty.set()
+
+    async def _next_tick(self) -> None:
+        """Wait for a change, ``stop`` (see :meth:`_wake_on`) or the tick period, whichever
+        comes first."""
+        await wait_at_most(self._dirty, TICK)
         self._dirty.clear()
 
+    async def _ticks(self, stop: asyncio.Event) -> None:
+        """Tick on every change and every second, until ``stop``."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except FencedOut as e:
+                log.warning("controller %s stands by: %s", self.id, e)
+                self.leading = False
+                self._steady_since = None
+                await self._sign(False)
+            except StoreError as e:
+                log.warning("controller tick failed: %s", e)
+            # Cancelled by the task group when the watcher fails: a Redis call in the tick
+            # may have swallowed that cancellation (Python 3.11, gh-86296).
+            honour_cancellation()
+            await self._next_tick()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run ticks on every change and every second, until ``stop``; then release the lease."""
-        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
+        """Run ticks on every change and every second, until ``stop``; then release the lease.
+
+        The watcher and the waker belong to a task group: should the watcher fail, the
+        controller fails with it rather than lead on a view that no longer changes.
+        """
         try:
-            while not stop.is_set():
-                try:
-                    await self.tick()
-                except FencedOut as e:
-                    log.warning("controller %s stands by: %s", self.id, e)
-                    self.leading = False
-                    self._steady_since = None
-                    await self._sign(False)
-                except StoreError as e:
-                    log.warning("controller tick failed: %s", e)
-                await self._next_tick(stop)
+            async with task_group() as tasks:
+                watch = tasks.create_task(self.watcher.run(self._on_view), name="watch")
+                wake = tasks.create_task(self._wake_on(stop), name="wake on stop")
+                await self._ticks(stop)
+                watch.cancel()
+                wake.cancel()
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
             await self._sign(False)
             if self.leading:
                 try:
