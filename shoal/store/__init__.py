@@ -1,2 +1,3 @@
-"""Floor 1: Redis — connection (and the embedded server), keys, config, registry, change feed
-and acks. The only place Redis commands live."""
+"""Floor 1: Redis — connection (and the embedded server), keys, config, registry, change feed,
+acks, the PKI's keys, the leader lease and the autoscaler's published decisions. The only place
+Redis commands live."""

@@ -100,6 +100,12 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise StoreError(f"{what}: {e}") from None
 
 
+async def uptime(redis: Redis) -> float:
+    """How long the server has been up, in seconds (short right after a restart)."""
+    async with translated("reading the store's uptime"):
+        return float((await redis.info("server"))["uptime_in_seconds"])
+
+
 def honour_cancellation() -> None:
     """Raise CancelledError if the current task is being cancelled.
 

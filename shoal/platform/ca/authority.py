@@ -26,6 +26,7 @@ from shoal.mesh.credentials import utcnow
 from shoal.platform.ca.rotation import check_phase, lagging
 from shoal.platform.ca.signer import CAFiles, Signer, bundle_of
 from shoal.platform.ca.tokens import JoinTokens
+from shoal.platform.tasks import OwnedTasks
 from shoal.store.connection import honour_cancellation
 from shoal.store.pki import PKIStore
 
@@ -51,7 +52,7 @@ class Authority:
         self.trust_domain = trust_domain
         self.clock = clock
         self.signer = Signer(store, self._load(), entitled, JoinTokens(store).admit)
-        self._task: asyncio.Task[None] | None = None
+        self._signing = OwnedTasks("the CA")
 
     def _load(self) -> CA:
         return self.files.load_or_create(self.trust_domain, self.clock())
@@ -69,14 +70,11 @@ class Authority:
             )
         await self._publish()
         await self.store.ensure_group()
-        self._task = asyncio.ensure_future(self._serve())
+        self._signing.spawn(self._serve(), name="signer")
 
     async def stop(self) -> None:
         """Stop signing (the lead is lost, or the controller stops)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._signing.cancel()
 
     async def _publish(self) -> None:
         await self.store.publish_bundle(bundle_of(self.files.trusted()))

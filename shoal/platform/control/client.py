@@ -7,7 +7,6 @@ Redis or decides something lives here or below.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,7 +25,8 @@ from shoal.resources.weights import (
 )
 from shoal.store.acks import live_acks, live_reports
 from shoal.store.config import Change, ConfigStore, encode
-from shoal.store.connection import Redis, translated
+from shoal.store.connection import Redis
+from shoal.store.decisions import AutoscalerDecisions
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from shoal.store.watch import View, Watcher
@@ -108,6 +108,7 @@ class Client:
         self.keys = keys
         self.config = ConfigStore(redis, keys)
         self.registry = Registry(redis, keys)
+        self.decisions = AutoscalerDecisions(redis, keys)
 
     async def apply(self, resources: Sequence[Resource], *, keep_existing: bool = False) -> Applied:
         """Store ``resources`` atomically. A Service revision's spec cannot change once stored.
@@ -193,7 +194,7 @@ class Client:
             services,
         )
         instances = await self.registry.instances()
-        decisions = await self._autoscaler()
+        decisions = await self.decisions.read()
         return [
             {
                 "revision": s.revision,
@@ -276,13 +277,8 @@ class Client:
             instances=await self.registry.instances(),
             acks=await live_acks(self.redis, self.keys),
             reports=await live_reports(self.redis, self.keys),
-            autoscaler=await self._autoscaler(),
+            autoscaler=await self.decisions.read(),
         )
-
-    async def _autoscaler(self) -> dict[str, dict[str, Any]]:
-        async with translated("reading the autoscaler's decisions"):
-            raw: dict[str, str] = await self.redis.hgetall(self.keys.autoscaler)  # type: ignore[assignment]
-        return {key: json.loads(value) for key, value in raw.items()}
 
     async def follow(self, url: str, on_change: Callable[[InstanceChange], None]) -> None:
         """Call ``on_change`` for every instance change from now on, until cancelled."""

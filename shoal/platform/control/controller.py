@@ -1,7 +1,8 @@
 """The controller: CA, scheduler and autoscaler, while it leads.
 
-Several controllers may run; one leads through a Redis lease (``SET NX PX``, renewed by a script
-that only extends the holder's own lease). A controller that cannot renew stops acting at once.
+Several controllers may run; one leads through a Redis lease
+(:class:`~shoal.store.leader.LeaderLease`: ``SET NX PX``, renewed by a script that only extends
+the holder's own lease). A controller that cannot renew stops acting at once.
 While leading it signs certificates (:mod:`shoal.platform.ca.authority`), turns the proxies' load
 reports and activation requests into a desired instance count per Service revision (Knative's KPA,
 :mod:`.scaling`), writes ``Placement`` documents for them (one per live node,
@@ -13,7 +14,6 @@ publishes its decisions for ``shoal status`` and removes expired registry entrie
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -31,29 +31,24 @@ from shoal.platform.ca.signer import CAFiles
 from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_reason
 from shoal.platform.runtime.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
+from shoal.platform.tasks import task_group
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service, VirtualService
 from shoal.resources.weights import find_rule, find_virtual_service, traffic_shares
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore, FencedOut
-from shoal.store.connection import Redis, translated
+from shoal.store.connection import Redis, honour_cancellation, uptime, wait_at_most
+from shoal.store.decisions import AutoscalerDecisions
 from shoal.store.keys import Keys
+from shoal.store.leader import LeaderLease
 from shoal.store.pki import PKIStore
 from shoal.store.registry import Registry
 from shoal.store.watch import View, Watcher
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 5_000
 TICK = 1.0
 PRUNE_GRACE = LEASE_TTL + 2 * HEARTBEAT_EVERY
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
 
 
 def live_nodes(view: View) -> dict[str, Node]:
@@ -154,7 +149,8 @@ class Controller:
         )
         self.autoscaling = Autoscaling(autoscale)
         self.leading = False
-        self._renew = redis.register_script(_RENEW)
+        self.lease = LeaderLease(redis, keys, self.id)
+        self.decisions = AutoscalerDecisions(redis, keys)
         self._view = View()
         self._stored = StoredResources()
         self._dirty = asyncio.Event()
@@ -185,15 +181,10 @@ class Controller:
         self._view = view
         self._dirty.set()
 
-    async def _renew_lease(self) -> bool:
-        async with translated("renewing the leader lease"):
-            held = await self._renew(keys=[self.keys.leader], args=[self.id, LEASE_MS])
-        return bool(held)
-
     async def tick(self) -> None:
         """One round: renew the lease; if leading, place instances and prune leases."""
         try:
-            leading = await self._renew_lease()
+            leading = await self.lease.renew()
         except StoreError as e:
             log.warning("lost the store, standing by: %s", e)
             leading = False
@@ -210,14 +201,13 @@ class Controller:
             self._steady_since = now
         reports = await live_reports(self.redis, self.keys)
         await self._scale(reports, now)
-        async with translated("reading the store's uptime"):
-            uptime = float((await self.redis.info("server"))["uptime_in_seconds"])
+        store_uptime = await uptime(self.redis)
         if self._signing:
             try:
                 await self.authority.tick(reports)
             except PKIError as e:
                 log.error("root rotation stalled: %s", e)
-        if may_prune(now, self._steady_since, uptime):
+        if may_prune(now, self._steady_since, store_uptime):
             pruned = await self.registry.prune(fence=self.id)
             if pruned:
                 log.info("pruned expired leases: %s", ", ".join(pruned))
@@ -247,23 +237,17 @@ class Controller:
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
         if changes:
             await self.config.write(changes, fence=self.id)
-        status = {
-            key: json.dumps(
-                {
+        await self.decisions.publish(
+            {
+                key: {
                     "desired": d.desired,
                     "ready": ready.get(key, 0),
                     "panicking": d.panicking,
                     "reason": f"{d.reason}; {unplaced[key]}" if key in unplaced else d.reason,
                 }
-            )
-            for key, d in decisions.items()
-        }
-        async with translated("publishing autoscaler decisions"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self.keys.autoscaler)
-                if status:
-                    pipe.hset(self.keys.autoscaler, mapping=status)  # type: ignore[arg-type]
-                await pipe.execute()
+                for key, d in decisions.items()
+            }
+        )
 
     def _note_unplaced(
         self,
@@ -284,41 +268,52 @@ class Controller:
         self._unplaced = now
         return now
 
-    async def _next_tick(self, stop: asyncio.Event) -> None:
-        """Wait for a change, ``stop`` or the tick period, whichever comes first."""
-        waiters = [asyncio.ensure_future(self._dirty.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        """Wake the tick loop when ``stop`` is set, so it need not wait out a tick."""
+        await stop.wait()
+        self._dirty.set()
+
+    async def _next_tick(self) -> None:
+        """Wait for a change, ``stop`` (see :meth:`_wake_on`) or the tick period, whichever
+        comes first."""
+        await wait_at_most(self._dirty, TICK)
         self._dirty.clear()
 
+    async def _ticks(self, stop: asyncio.Event) -> None:
+        """Tick on every change and every second, until ``stop``."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except FencedOut as e:
+                log.warning("controller %s stands by: %s", self.id, e)
+                self.leading = False
+                self._steady_since = None
+                await self._sign(False)
+            except StoreError as e:
+                log.warning("controller tick failed: %s", e)
+            # Cancelled by the task group when the watcher fails: a Redis call in the tick
+            # may have swallowed that cancellation (Python 3.11, gh-86296).
+            honour_cancellation()
+            await self._next_tick()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run ticks on every change and every second, until ``stop``; then release the lease."""
-        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
+        """Run ticks on every change and every second, until ``stop``; then release the lease.
+
+        The watcher and the waker belong to a task group: should the watcher fail, the
+        controller fails with it rather than lead on a view that no longer changes.
+        """
         try:
-            while not stop.is_set():
-                try:
-                    await self.tick()
-                except FencedOut as e:
-                    log.warning("controller %s stands by: %s", self.id, e)
-                    self.leading = False
-                    self._steady_since = None
-                    await self._sign(False)
-                except StoreError as e:
-                    log.warning("controller tick failed: %s", e)
-                await self._next_tick(stop)
+            async with task_group() as tasks:
+                watch = tasks.create_task(self.watcher.run(self._on_view), name="watch")
+                wake = tasks.create_task(self._wake_on(stop), name="wake on stop")
+                await self._ticks(stop)
+                watch.cancel()
+                wake.cancel()
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
             await self._sign(False)
             if self.leading:
                 try:
-                    async with translated("releasing the leader lease"):
-                        if await self.redis.get(self.keys.leader) == self.id:
-                            await self.redis.delete(self.keys.leader)
+                    await self.lease.release()
                 except StoreError:
                     pass
 

@@ -28,6 +28,7 @@ from shoal.mesh.load import percentile
 from shoal.platform.control.client import Client
 from shoal.platform.runtime.agent import FAULT
 from shoal.platform.runtime.faults import Fault
+from shoal.platform.tasks import task_group
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.model import Service
 from shoal.store.acks import live_reports
@@ -130,18 +131,13 @@ class Traffic:
     async def run(self, until: float) -> None:
         """Send requests on schedule until the drill clock reaches ``until``."""
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            tasks: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(timeout=timeout) as session, task_group() as requests:
             start = self.clock()
             n = 0
             while (due := start + n / self.rps) < until:
                 await asyncio.sleep(max(0.0, due - self.clock()))
-                task = asyncio.ensure_future(self._one(session))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                requests.create_task(self._one(session), name=f"request {n}")
                 n += 1
-            if tasks:
-                await asyncio.gather(*tasks)
 
     async def _one(self, session: aiohttp.ClientSession) -> None:
         at = self.clock()
@@ -243,14 +239,6 @@ async def failover(
     warmup = max(2.0, duration / 5)
     fault_ends = warmup + duration / 2 if fault != "kill" else None
     traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
-    load = asyncio.ensure_future(traffic.run(duration))
-    retried_before = await retried_total(client)
-    drill_id = uuid.uuid4().hex[:8]
-    await asyncio.sleep(warmup)
-    await client.config.write(
-        [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
-    )
-    fault_at = clock()
 
     async def detected() -> bool:
         current = {e.key: e for e in await client.registry.instances()}
@@ -271,15 +259,25 @@ async def failover(
             for k in [t.key]
         )
 
-    try:
-        detected_at = await watch_until(detected, clock, fault_ends or duration)
-        if fault_ends is not None:
-            await asyncio.sleep(max(0.0, fault_ends - clock()))
-        await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
-        recovered_at = await watch_until(recovered, clock, duration)
-    finally:
-        await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
-        await load
+    async with task_group() as traffic_tasks:
+        load = traffic_tasks.create_task(traffic.run(duration), name="traffic")
+        retried_before = await retried_total(client)
+        drill_id = uuid.uuid4().hex[:8]
+        await asyncio.sleep(warmup)
+        await client.config.write(
+            [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
+        )
+        fault_at = clock()
+
+        try:
+            detected_at = await watch_until(detected, clock, fault_ends or duration)
+            if fault_ends is not None:
+                await asyncio.sleep(max(0.0, fault_ends - clock()))
+            await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
+            recovered_at = await watch_until(recovered, clock, duration)
+        finally:
+            await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
+            await load
     retried = await retried_total(client) - retried_before
     notes = [] if fault_ends is None else [f"fault held for {duration / 2:.0f}s, then undone"]
     return summarize(
@@ -325,32 +323,35 @@ async def redis_outage(
     traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
     if mode == "kill":
         down = 0.0
-    load = asyncio.ensure_future(traffic.run(max(duration, warmup + down + 5)))
-    await asyncio.sleep(warmup)
-    fault_at = clock()
-    if mode == "kill":
-        os.kill(redis_pid, signal.SIGKILL)
-    else:
-        os.kill(redis_pid, signal.SIGSTOP)
-        try:
-            await asyncio.sleep(down)
-        finally:
-            os.kill(redis_pid, signal.SIGCONT)
-    returned_at: float | None = None
-    complete_at: float | None = None
-    missing: set[str] = set()
-    deadline = clock() + 60
-    while clock() < deadline:
-        now = await _registry(client)
-        if now is not None:
-            returned_at = returned_at or clock()
-            gone = {k for k in before if k not in now}
-            missing |= gone
-            if not gone and all(now[k].state == "ready" for k in before):
-                complete_at = clock()
-                break
-        await asyncio.sleep(0.1)
-    await load
+    async with task_group() as traffic_tasks:
+        load = traffic_tasks.create_task(
+            traffic.run(max(duration, warmup + down + 5)), name="traffic"
+        )
+        await asyncio.sleep(warmup)
+        fault_at = clock()
+        if mode == "kill":
+            os.kill(redis_pid, signal.SIGKILL)
+        else:
+            os.kill(redis_pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(down)
+            finally:
+                os.kill(redis_pid, signal.SIGCONT)
+        returned_at: float | None = None
+        complete_at: float | None = None
+        missing: set[str] = set()
+        deadline = clock() + 60
+        while clock() < deadline:
+            now = await _registry(client)
+            if now is not None:
+                returned_at = returned_at or clock()
+                gone = {k for k in before if k not in now}
+                missing |= gone
+                if not gone and all(now[k].state == "ready" for k in before):
+                    complete_at = clock()
+                    break
+            await asyncio.sleep(0.1)
+        await load
     notes = [f"store {'killed' if mode == 'kill' else f'stopped for {down:.0f}s'}"]
     if returned_at is not None and complete_at is not None:
         notes.append(

@@ -27,6 +27,7 @@ from shoal.platform.runtime.instance import InstanceSlot, template_env, template
 from shoal.platform.runtime.reconcile import Slot, plan
 from shoal.platform.runtime.template_pool import Templates
 from shoal.platform.runtime.template_protocol import TemplateError
+from shoal.platform.tasks import OwnedTasks, task_group
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service
 from shoal.resources.weights import find_rule
@@ -88,7 +89,8 @@ class Agent:
         self._desired: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._registry_dirty = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Slot runs, drains and template warm-ups: each ends on its own, all before we stop.
+        self._tasks = OwnedTasks(f"agent {node_id}")
         self._removed: set[str] = set()
         # One pre-warmed template per app revision: instances are forked, not started afresh.
         self.templates = Templates()
@@ -133,12 +135,12 @@ class Agent:
                     templates=self.templates,
                 )
                 self.slots[slot.id] = slot
-                self._spawn(slot.run())
+                self._tasks.spawn(slot.run(), name=f"run {rev} {slot.id}")
                 log.info("starting %s instance %s", rev, slot.id)
         for slot_id in p.stop:
-            self._spawn(self._drain(self.slots[slot_id]))
+            self._tasks.spawn(self._drain(self.slots[slot_id]), name=f"drain {slot_id}")
         if templates_enabled():
-            self._spawn(self._warm_templates())
+            self._tasks.spawn(self._warm_templates(), name="warm templates")
 
     async def _warm_templates(self) -> None:
         """Retire the templates of revisions gone; start those of ``app:`` revisions that may
@@ -183,11 +185,6 @@ class Agent:
             self._removed.add(ep.key)
         self._registry_dirty.set()
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _heartbeat_once(self) -> None:
         endpoints = [ep for s in self.slots.values() if (ep := s.endpoint()) is not None]
         await self.registry.put_instances(endpoints, ttl=LEASE_TTL)
@@ -216,27 +213,40 @@ class Agent:
             self._dirty.clear()
             self._reconcile()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then drain every instance and deregister."""
-        watch = asyncio.ensure_future(self.watcher.run(self._on_view))
-        reconcile = asyncio.ensure_future(self._reconciler())
-        drained = asyncio.Event()
-        heartbeats = asyncio.ensure_future(self._heartbeats(drained))
-        try:
+    async def _follow(self, stop: asyncio.Event) -> None:
+        """Follow the views and reconcile them until ``stop`` is set."""
+        async with task_group() as tasks:
+            watch = tasks.create_task(self.watcher.run(self._on_view), name="watch")
+            reconcile = tasks.create_task(self._reconciler(), name="reconcile")
             await stop.wait()
-        finally:
             # No new views, so no new slots; heartbeats go on and publish the drain.
             watch.cancel()
             reconcile.cancel()
-            await asyncio.gather(watch, reconcile, return_exceptions=True)
-            await asyncio.gather(
-                *(self._drain(s) for s in list(self.slots.values())), return_exceptions=True
-            )
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.templates.close()
-            drained.set()
-            self._registry_dirty.set()
-            await heartbeats
+
+    async def _drain_all(self) -> None:
+        """Drain every instance and wait for every slot task; then close the templates."""
+        for s in list(self.slots.values()):
+            self._tasks.spawn(self._drain(s), name=f"drain {s.id}")
+        await self._tasks.join()
+        await self.templates.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain every instance and deregister.
+
+        The watcher, the reconciler and the heartbeats belong to task groups: should one fail,
+        the agent drains and fails with it rather than run on without it.
+        """
+        drained = asyncio.Event()
+        try:
+            async with task_group() as tasks:
+                tasks.create_task(self._heartbeats(drained), name="heartbeats")
+                try:
+                    await self._follow(stop)
+                finally:
+                    await self._drain_all()
+                    drained.set()
+                    self._registry_dirty.set()
+        finally:
             try:
                 await self._heartbeat_once()
                 await self.registry.remove_node(self.node_id)
