@@ -57,7 +57,13 @@ from hypercorn.protocol.h11 import H11Protocol
 from shoal.errors import UserError
 from shoal.gateway.flood import FloodGuard, Frame
 from shoal.http.limits import EdgeLimits, KiB
-from shoal.http.refusal import BAD_FRAMING, BAD_REQUEST, HEADERS_TOO_LARGE, REQUEST_TIMEOUT
+from shoal.http.refusal import (
+    BAD_FRAMING,
+    BAD_REQUEST,
+    CAUSE_HEADER,
+    HEADERS_TOO_LARGE,
+    REQUEST_TIMEOUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +223,7 @@ class EdgeH11Protocol(H11Protocol):
                 headers=[
                     (b"content-length", b"0"),
                     (b"connection", b"close"),
-                    (b"x-shoal-cause", cause.encode()),
+                    (CAUSE_HEADER, cause.encode()),
                     *self.config.response_headers("h11"),
                 ],
             )

@@ -13,7 +13,8 @@ the request is held instead of refused:
   the moment it is ready; no polling) and is routed again as soon as its cluster has an
   instance.
 
-The wait is bounded: a full queue (``queue_limit`` per service) is 503 ``overflow``, a wait past
+The wait is bounded: a full queue (``queue_limit`` per service) is 503
+``activation_overflow``, a wait past
 ``timeout`` is 503 ``cold_start_timeout``, both with ``Retry-After``. Each activation's cold
 start (first held request to its instance being routable) is recorded for reports.
 """
@@ -27,7 +28,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-from shoal.mesh.proxy import Proxy, Refusal, Route
+from shoal.http.refusal import ACTIVATION_OVERFLOW, COLD_START_TIMEOUT, Refusal
+from shoal.mesh.proxy import Proxy, Route
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -74,7 +76,7 @@ class Activator:
         if self.held.get(service, 0) >= self.queue_limit:
             return Refusal(
                 503,
-                "overflow",
+                ACTIVATION_OVERFLOW,
                 f"{self.queue_limit} requests already wait for {service} to start",
                 retry_after=1,
             )
@@ -103,7 +105,7 @@ class Activator:
                 raise  # not ours: an enclosing deadline
             return Refusal(
                 503,
-                "cold_start_timeout",
+                COLD_START_TIMEOUT,
                 f"no instance of {service} became ready within {self.timeout:g}s",
                 retry_after=max(1, round(self.timeout / 10)),
             )

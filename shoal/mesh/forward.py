@@ -26,9 +26,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from shoal.http.headers import Headers, with_authority
+from shoal.http.refusal import (
+    FAULT_ABORT,
+    NO_HEALTHY_UPSTREAM,
+    NO_MESH_IDENTITY,
+    OVERFLOW,
+    UPSTREAM_TIMEOUT,
+    Refusal,
+)
 from shoal.mesh.activation import Activator
 from shoal.mesh.outcome import Outcome, classify
-from shoal.mesh.proxy import ClusterState, Proxy, Refusal, Route
+from shoal.mesh.proxy import ClusterState, Proxy, Route
 from shoal.mesh.retry import attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
 from shoal.resources.endpoint import Endpoint
@@ -123,12 +131,12 @@ class Forwarder:
             if fault.delay is not None and self.rng.random() * 100 < fault.delay.percentage:
                 await asyncio.sleep(fault.delay.fixed_delay)
             if fault.abort is not None and self.rng.random() * 100 < fault.abort.percentage:
-                return Refusal(fault.abort.http_status, "fault_abort", "fault injected by route")
+                return Refusal(fault.abort.http_status, FAULT_ABORT, "fault injected by route")
         state = self.proxy.cluster_state(route.cluster)
         if not state.breaker.try_acquire():
             return Refusal(
                 503,
-                "overflow",
+                OVERFLOW,
                 f"{route.cluster.service}: more than {state.breaker.limit} requests in flight",
             )
         stats, service = self.proxy.stats, route.cluster.service
@@ -143,7 +151,7 @@ class Forwarder:
             result = await self._attempts(req, route, state)
         except _NoIdentity:
             release()
-            return Refusal(503, "no_mesh_identity", "this proxy has no mesh certificate yet")
+            return Refusal(503, NO_MESH_IDENTITY, "this proxy has no mesh certificate yet")
         except BaseException:
             release()
             raise
@@ -218,11 +226,11 @@ class Forwarder:
             await asyncio.sleep(backoff(attempt, self.rng))
         if last is None:
             if attempt_timeout(policy, self.clock() - started) == 0.0:
-                return Refusal(504, "upstream_timeout", "route timeout passed before any try")
+                return Refusal(504, UPSTREAM_TIMEOUT, "route timeout passed before any try")
             subset = f" subset {route.cluster.subset}" if route.cluster.subset else ""
             return Refusal(
                 503,
-                "no_healthy_upstream",
+                NO_HEALTHY_UPSTREAM,
                 f"no healthy instance of {route.cluster.service}{subset}",
             )
         # The request's final answer and its time to a response head: rollouts judge on these.

@@ -1,4 +1,4 @@
-"""The routing state every proxy (gateway, node router) shares: snapshot, decision, refusal.
+"""The routing state every proxy (gateway, node router) shares: snapshot, decision, stats.
 
 A proxy process keeps one :class:`Proxy`. Each store view is turned into a new immutable
 :class:`~shoal.mesh.routing.RoutingTable`, swapped in by one assignment; request handlers read
@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.http.refusal import NO_HEALTHY_UPSTREAM, NO_ROUTE, Refusal
 from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
@@ -51,24 +52,6 @@ CONFIG_KINDS = (
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
 DEFAULT_OUTLIER = OutlierDetection()
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A request the proxy answers itself: status, ``x-shoal-cause`` and a message."""
-
-    status: int
-    cause: str
-    message: str
-    retry_after: int | None = None  # seconds, sent as Retry-After
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """``x-shoal-cause`` and, when set, ``retry-after``."""
-        out = [(b"x-shoal-cause", self.cause.encode())]
-        if self.retry_after is not None:
-            out.append((b"retry-after", str(self.retry_after).encode()))
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +233,10 @@ class Proxy:
         table = self.table
         match = table.resolve(host, method, path, headers)
         if match is None:
-            return Refusal(404, "no_route", f"no route for host {host!r} and path {path!r}")
+            return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
         cluster = table.pick(match, self.rng)
         if cluster is None:
-            return Refusal(503, "no_healthy_upstream", f"route for {host!r} has no destination")
+            return Refusal(503, NO_HEALTHY_UPSTREAM, f"route for {host!r} has no destination")
         rewrite = match.route.rewrite
         new_path = match.rewrite_path(path)
         return Route(

@@ -6,8 +6,9 @@ import asyncio
 from types import MappingProxyType
 from typing import Any
 
+from shoal.http.refusal import Refusal
 from shoal.mesh.activation import Activator
-from shoal.mesh.proxy import Proxy, Refusal
+from shoal.mesh.proxy import Proxy
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import to_document
 from shoal.resources.model import Scale, Service
@@ -83,7 +84,8 @@ async def test_cold_start_timeout_survives_several_asks() -> None:
 
 
 async def test_full_queue_overflows_at_once() -> None:
-    """Beyond queue_limit waiting requests, the next is refused (503 overflow, Retry-After)."""
+    """Beyond queue_limit waiting requests, the next is refused at once (503
+    activation_overflow, Retry-After)."""
     proxy = Proxy()
     proxy.update(view(1))
 
@@ -94,6 +96,9 @@ async def test_full_queue_overflows_at_once() -> None:
     waiting = [asyncio.ensure_future(hold(proxy, activator)) for _ in range(2)]
     await asyncio.sleep(0.01)
     refused = await hold(proxy, activator)
-    assert isinstance(refused, Refusal) and (refused.cause, refused.retry_after) == ("overflow", 1)
+    assert isinstance(refused, Refusal) and (refused.cause, refused.retry_after) == (
+        "activation_overflow",
+        1,
+    )
     proxy.update(view(2, READY))
     assert all(not isinstance(r, Refusal) for r in await asyncio.gather(*waiting))
