@@ -1,10 +1,11 @@
 """The gateway's ASGI app: a raw proxy, no framework in the hot path.
 
 Per request: the head checked and the path normalised once (:func:`.hygiene.inspect_head`), one
-snapshot read and decision (:meth:`shoal.mesh.proxy.Proxy.decide`), one pooled upstream request,
-bodies streamed both ways (the request body through :class:`.body.RequestBody`, bounded in size
-and time). Every answer the gateway makes itself carries ``x-shoal-cause``; a rejected request
-reaches no upstream, and on HTTP/1.x its connection is closed.
+snapshot read and decision (:meth:`shoal.mesh.proxy_state.ProxyState.decide`), one pooled
+upstream request, bodies streamed both ways (the request body through
+:class:`.body.RequestBody`, bounded in size and time). Every answer the gateway makes itself
+carries ``x-shoal-cause``; a refused request reaches no upstream, and on HTTP/1.x its
+connection is closed.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
 from shoal.mesh.metrics import MetricsServer
-from shoal.mesh.proxy import Proxy
+from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.upstream import Upstreams
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -99,7 +99,7 @@ async def run_gateway(
 ) -> None:
     """Serve until ``stop``; routing follows the store."""
     hypercorn_edge.install()
-    proxy = Proxy()
+    proxy = ProxyState()
     upstreams = Upstreams()
     # Asked for in the background: instances outside the mesh are served meanwhile, and a
     # request for one behind a router gets 503 no_mesh_identity until the CA has answered.

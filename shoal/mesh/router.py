@@ -49,7 +49,7 @@ from shoal.identity.spiffe import node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
-from shoal.mesh.proxy import Proxy
+from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.sniff import SniffingSite
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
 
@@ -119,7 +119,7 @@ class Router:
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy_state: ProxyState,
         credentials: Credentials,
         *,
         node: str,
@@ -127,7 +127,7 @@ class Router:
         upstreams: Upstreams | None = None,
         activator: Activator | None = None,
     ) -> None:
-        self.proxy = proxy
+        self.proxy_state = proxy_state
         self.credentials = credentials
         self.node = node
         self.trust_domain = trust_domain
@@ -154,7 +154,7 @@ class Router:
                 port,
                 ssl_context=self.credentials.server_context(self.identity),
                 # STRICT everywhere: plaintext connections close before a byte is read.
-                plaintext=lambda: self.proxy.plaintext_allowed,
+                plaintext=lambda: self.proxy_state.plaintext_allowed,
             )
         else:
             site = web.TCPSite(runner, host, port)
@@ -180,7 +180,7 @@ class Router:
             port = self._outbound.get(service)  # another instance may have opened it meanwhile
             if port is None:
                 forwarder = Forwarder(
-                    self.proxy,
+                    self.proxy_state,
                     self.upstreams,
                     mesh_tls=lambda: self.credentials.client_context(identity),
                     activator=self.activator,
@@ -227,11 +227,11 @@ class Router:
     async def inbound(self, request: web.BaseRequest) -> web.StreamResponse:
         """Check and forward one request a proxy sent for one of this node's instances."""
         key = request.headers.get(_INSTANCE, "")
-        endpoint = self.proxy.instances.get(key)
+        endpoint = self.proxy_state.instances.get(key)
         if endpoint is None or endpoint.node != self.node or not endpoint.mtls:
             missing = f"no instance {key!r} on {self.node}"
             return _refusal(Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
-        workload = self.proxy.workload(endpoint)
+        workload = self.proxy_state.workload(endpoint)
         ssl_object: ssl.SSLObject | None = (
             request.transport.get_extra_info("ssl_object") if request.transport else None
         )

@@ -19,7 +19,7 @@ from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.follow import follow
 from shoal.mesh.metrics import MetricsServer
-from shoal.mesh.proxy import Proxy
+from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.router import Router
 from shoal.platform.runtime.agent import Agent
 from shoal.platform.settings import DEFAULT_MESH_PORT
@@ -111,7 +111,7 @@ async def run_node(
     announced = advertise or host
     if announced in ("0.0.0.0", "::", ""):
         raise UserError(f"the router binds {host!r}: give --advertise, the address others use")
-    proxy = Proxy()
+    proxy = ProxyState()
     credentials = Credentials(redis, keys, f"node/{node_id}", join_token=join_token)
     activator = Activator(
         proxy, asker(redis, keys, f"router/{node_id}"), timeout=activation_timeout
