@@ -21,10 +21,12 @@ from shoal.http.refusal import NO_HEALTHY_UPSTREAM, NO_ROUTE, Refusal
 from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
+from shoal.mesh.clusters import Cluster, ClusterKey
 from shoal.mesh.load import LoadMeter
+from shoal.mesh.matching import RouteMatch
 from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
-from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
+from shoal.mesh.routing import RoutingTable
 from shoal.mesh.stats import Stats
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import StoredResources
