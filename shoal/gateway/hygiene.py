@@ -1,11 +1,12 @@
 """The request head, checked once at the edge: framing, limits, Host, path.
 
-hypercorn (h11, h2) has already parsed the head; what it lets through and the gateway must not
-(FACTS.md): ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling), header
-blocks of any size or count when they arrive in one read, any URI length, duplicate ``Host``
-headers, and un-normalised paths. :func:`inspect_head` is pure: the head in, a :class:`Head` to
-route and forward or a :class:`~shoal.http.refusal.Refusal` out. Checks run in order of
-cost, the first failing one wins:
+hypercorn (h11, h2) has already parsed the head; what hypercorn 0.18.0 lets through and the
+gateway must not: ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling),
+header blocks of any size or count when they arrive in one read (h11 only bounds a head that is
+still incomplete), any URI length, duplicate ``Host`` headers, and un-normalised paths.
+:func:`inspect_head` is pure: the head in, a :class:`Head` to route and forward or a
+:class:`~shoal.http.refusal.Refusal` out. Checks run in order of cost, the first failing one
+wins:
 
 =====  ================================================================  ===================
  414    path + query longer than ``max_uri_bytes``                        ``uri_too_long``

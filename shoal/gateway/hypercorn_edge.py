@@ -1,7 +1,7 @@
 """hypercorn 0.18.0 hardened for the edge: the one module that reaches into hypercorn's internals.
 
-Why: some gaps stock hypercorn leaves open cannot be closed from an ASGI app, because they
-happen before a request exists or below it (FACTS.md):
+Why: some gaps stock hypercorn 0.18.0 leaves open cannot be closed from an ASGI app, because
+they happen before a request exists or below it:
 
 - a request head trickled in a byte at a time gets no 408: only ``keep_alive_timeout`` (the idle
   timer, counted from the end of the previous response) ends it, silently, and it cannot be

@@ -1,10 +1,13 @@
 """The gateway process: hypercorn serving :class:`GatewayApp`, fed by a store watcher.
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
-serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. Settings that bite a proxy are set
-on purpose (FACTS.md), and the edge's limits (:class:`~shoal.http.limits.EdgeLimits`) are
-enforced by hypercorn where it can, by :mod:`.hypercorn_edge` below the app and by the app
-itself (:mod:`.hygiene`, :mod:`.body`) above it.
+serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. hypercorn's defaults that bite a
+proxy are overridden on purpose (:func:`hypercorn_config`): it closes a keep-alive connection
+after 1,000 requests, adds its own ``Date`` and ``Server`` headers next to the upstream's, and
+waits only 3 s for requests in flight on shutdown. The edge's limits
+(:class:`~shoal.http.limits.EdgeLimits`) are enforced by hypercorn where it can, by
+:mod:`.hypercorn_edge` below the app and by the app itself (:mod:`.hygiene`, :mod:`.body`)
+above it.
 """
 
 from __future__ import annotations
