@@ -1,10 +1,11 @@
 """The gateway's ASGI app: a raw proxy, no framework in the hot path.
 
 Per request: the head checked and the path normalised once (:func:`.hygiene.inspect_head`), one
-snapshot read and decision (:meth:`shoal.mesh.proxy.Proxy.decide`), one pooled upstream request,
-bodies streamed both ways (the request body through :class:`.body.RequestBody`, bounded in size
-and time). Every answer the gateway makes itself carries ``x-shoal-cause``; a rejected request
-reaches no upstream, and on HTTP/1.x its connection is closed.
+snapshot read and decision (:meth:`shoal.mesh.proxy_state.ProxyState.decide`), one pooled
+upstream request, bodies streamed both ways (the request body through
+:class:`.body.RequestBody`, bounded in size and time). Every answer the gateway makes itself
+carries ``x-shoal-cause``; a refused request reaches no upstream, and on HTTP/1.x its
+connection is closed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from shoal.gateway.hygiene import inspect_head
 from shoal.http.headers import Headers, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
-from shoal.http.refusal import Rejection
+from shoal.http.refusal import Refusal
 from shoal.mesh.forward import Forwarder, Outbound
-from shoal.mesh.proxy import Refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,7 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 async def refuse(send: Send, refusal: Refusal, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Answer a request the gateway will not forward."""
-    body = f"{refusal.cause}: {refusal.message}\n".encode()
+    body = refusal.body()
     await send(
         {
             "type": "http.response.start",
@@ -49,13 +49,10 @@ async def refuse(send: Send, refusal: Refusal, extra: Sequence[tuple[bytes, byte
 _CLOSE = ((b"connection", b"close"),)
 
 
-async def reject(send: Send, rejection: Rejection, http2: bool) -> None:
-    """Answer a request refused at the edge; on HTTP/1.x the connection closes after it."""
-    await refuse(
-        send,
-        Refusal(rejection.status, rejection.cause, rejection.message),
-        () if http2 else _CLOSE,
-    )
+async def reject(send: Send, refusal: Refusal, http2: bool) -> None:
+    """Answer a request refused for the client's fault; on HTTP/1.x the connection closes
+    after it."""
+    await refuse(send, refusal, () if http2 else _CLOSE)
 
 
 class GatewayApp:
@@ -101,7 +98,7 @@ class GatewayApp:
             self.limits,
             self.slashes,
         )
-        if isinstance(head, Rejection):
+        if isinstance(head, Refusal):
             await reject(send, head, http2)
             return
         client = scope.get("client")
@@ -133,11 +130,11 @@ class GatewayApp:
                 )
             )
         except BodyRefused as e:
-            await reject(send, e.rejection, http2)
+            await reject(send, e.refusal, http2)
             return
         if isinstance(result, Refusal):
-            if body is not None and body.rejection is not None:  # the upstream saw it abort
-                await reject(send, body.rejection, http2)
+            if body is not None and body.refusal is not None:  # the upstream saw it abort
+                await reject(send, body.refusal, http2)
             else:
                 await refuse(send, result)
             return

@@ -10,7 +10,7 @@ gateway reads it through :class:`RequestBody`, which the upstream client consume
 
 Failing means raising :class:`BodyRefused` *before* yielding the piece that crossed the limit,
 so the upstream request is aborted and the upstream never sees a complete request; the
-:class:`~shoal.http.refusal.Rejection` stays on :attr:`RequestBody.rejection` for the app
+:class:`~shoal.http.refusal.Refusal` stays on :attr:`RequestBody.refusal` for the app
 to answer with, whichever way the failure surfaces from the forwarder.
 """
 
@@ -22,25 +22,23 @@ from typing import Any
 
 from shoal.errors import ShoalError
 from shoal.http.limits import EdgeLimits
-from shoal.http.refusal import BODY_TOO_LARGE, REQUEST_TIMEOUT, Rejection
+from shoal.http.refusal import BODY_TOO_LARGE, CLIENT_CLOSED, REQUEST_TIMEOUT, Refusal
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-
-CLIENT_CLOSED = "client_closed"
 
 
 class BodyRefused(ShoalError):
     """The client's request body broke a limit (or the client left); carries the answer."""
 
-    def __init__(self, rejection: Rejection) -> None:
-        super().__init__(rejection.message)
-        self.rejection = rejection
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class RequestBody:
     """An ASGI request body as an async iterator of chunks, within the edge's limits."""
 
-    __slots__ = ("_deadline", "_idle", "_max", "_receive", "received", "rejection")
+    __slots__ = ("_deadline", "_idle", "_max", "_receive", "received", "refusal")
 
     def __init__(self, receive: Receive, limits: EdgeLimits, started: float) -> None:
         """``started`` is the event-loop time the head arrived (the body deadline counts from)."""
@@ -48,12 +46,12 @@ class RequestBody:
         self._max = limits.max_body_bytes
         self._idle = limits.body_idle_timeout
         self._deadline = started + limits.body_timeout
-        self.rejection: Rejection | None = None
+        self.refusal: Refusal | None = None
         self.received = 0
 
-    def _fail(self, rejection: Rejection) -> BodyRefused:
-        self.rejection = rejection
-        return BodyRefused(rejection)
+    def _fail(self, refusal: Refusal) -> BodyRefused:
+        self.refusal = refusal
+        return BodyRefused(refusal)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces as they arrive; raises :class:`BodyRefused` on a broken limit."""
@@ -64,16 +62,16 @@ class RequestBody:
                     message = await self._receive()
             except TimeoutError:
                 raise self._fail(
-                    Rejection(408, REQUEST_TIMEOUT, "request body not received in time")
+                    Refusal(408, REQUEST_TIMEOUT, "request body not received in time")
                 ) from None
             if message["type"] == "http.disconnect":
-                raise self._fail(Rejection(400, CLIENT_CLOSED, "client left mid-body"))
+                raise self._fail(Refusal(400, CLIENT_CLOSED, "client left mid-body"))
             chunk: bytes = message.get("body", b"")
             if chunk:
                 self.received += len(chunk)
                 if self.received > self._max:
                     raise self._fail(
-                        Rejection(413, BODY_TOO_LARGE, f"request body over {self._max} bytes")
+                        Refusal(413, BODY_TOO_LARGE, f"request body over {self._max} bytes")
                     )
                 yield chunk
             if not message.get("more_body", False):

@@ -1,11 +1,12 @@
 """The request head, checked once at the edge: framing, limits, Host, path.
 
-hypercorn (h11, h2) has already parsed the head; what it lets through and the gateway must not
-(FACTS.md): ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling), header
-blocks of any size or count when they arrive in one read, any URI length, duplicate ``Host``
-headers, and un-normalised paths. :func:`inspect_head` is pure: the head in, a :class:`Head` to
-route and forward or a :class:`~shoal.http.refusal.Rejection` out. Checks run in order of
-cost, the first failing one wins:
+hypercorn (h11, h2) has already parsed the head; what hypercorn 0.18.0 lets through and the
+gateway must not: ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling),
+header blocks of any size or count when they arrive in one read (h11 only bounds a head that is
+still incomplete), any URI length, duplicate ``Host`` headers, and un-normalised paths.
+:func:`inspect_head` is pure: the head in, a :class:`Head` to route and forward or a
+:class:`~shoal.http.refusal.Refusal` out. Checks run in order of cost, the first failing one
+wins:
 
 =====  ================================================================  ===================
  414    path + query longer than ``max_uri_bytes``                        ``uri_too_long``
@@ -39,7 +40,7 @@ from shoal.http.refusal import (
     BODY_TOO_LARGE,
     HEADERS_TOO_LARGE,
     URI_TOO_LONG,
-    Rejection,
+    Refusal,
 )
 
 
@@ -66,13 +67,13 @@ def inspect_head(
     http_version: str,
     limits: EdgeLimits,
     slashes: SlashPolicy = SlashPolicy.REJECT,
-) -> Head | Rejection:
+) -> Head | Refusal:
     """Check one request head against ``limits``; see the module docstring for the table."""
     if len(raw_path) + len(query) > limits.max_uri_bytes:
-        return Rejection(414, URI_TOO_LONG, f"request target over {limits.max_uri_bytes} bytes")
+        return Refusal(414, URI_TOO_LONG, f"request target over {limits.max_uri_bytes} bytes")
     count = len(headers)
     if count > limits.max_header_count:
-        return Rejection(
+        return Refusal(
             431, HEADERS_TOO_LARGE, f"{count} header fields, over {limits.max_header_count}"
         )
     size = 4 * count
@@ -81,31 +82,31 @@ def inspect_head(
         size += len(name) + len(value)
         fields[name.decode("latin-1")] = value.decode("latin-1")
     if size > limits.max_header_bytes:
-        return Rejection(
+        return Refusal(
             431, HEADERS_TOO_LARGE, f"header fields over {limits.max_header_bytes} bytes"
         )
     length = fields.get("content-length")
     if "transfer-encoding" in fields:
         if length is not None:
-            return Rejection(400, BAD_FRAMING, "Content-Length with Transfer-Encoding")
+            return Refusal(400, BAD_FRAMING, "Content-Length with Transfer-Encoding")
         if http_version != "1.1":
-            return Rejection(400, BAD_FRAMING, f"Transfer-Encoding in HTTP/{http_version}")
+            return Refusal(400, BAD_FRAMING, f"Transfer-Encoding in HTTP/{http_version}")
         if fields["transfer-encoding"].lower() != "chunked":
-            return Rejection(400, BAD_FRAMING, "Transfer-Encoding other than chunked")
+            return Refusal(400, BAD_FRAMING, "Transfer-Encoding other than chunked")
     content_length: int | None = None
     if length is not None:
         if not (length.isascii() and length.isdigit()):
-            return Rejection(400, BAD_FRAMING, "Content-Length is not a number")
+            return Refusal(400, BAD_FRAMING, "Content-Length is not a number")
         content_length = int(length)
     if len(fields) != count:  # a repeated field: Host and Content-Length may not differ
         if len(_repeated(headers, b"host")) > 1:
-            return Rejection(400, BAD_REQUEST, "more than one Host header")
+            return Refusal(400, BAD_REQUEST, "more than one Host header")
         if len(set(_repeated(headers, b"content-length"))) > 1:
-            return Rejection(400, BAD_FRAMING, "conflicting Content-Length headers")
+            return Refusal(400, BAD_FRAMING, "conflicting Content-Length headers")
     if content_length is not None and content_length > limits.max_body_bytes:
-        return Rejection(413, BODY_TOO_LARGE, f"Content-Length over {limits.max_body_bytes} bytes")
+        return Refusal(413, BODY_TOO_LARGE, f"Content-Length over {limits.max_body_bytes} bytes")
     path = normalize_path(raw_path, slashes)
-    if isinstance(path, Rejection):
+    if isinstance(path, Refusal):
         return path
     return Head(
         path=path,

@@ -1,7 +1,7 @@
 """hypercorn 0.18.0 hardened for the edge: the one module that reaches into hypercorn's internals.
 
-Why: some gaps stock hypercorn leaves open cannot be closed from an ASGI app, because they
-happen before a request exists or below it (FACTS.md):
+Why: some gaps stock hypercorn 0.18.0 leaves open cannot be closed from an ASGI app, because
+they happen before a request exists or below it:
 
 - a request head trickled in a byte at a time gets no 408: only ``keep_alive_timeout`` (the idle
   timer, counted from the end of the previous response) ends it, silently, and it cannot be
@@ -57,7 +57,13 @@ from hypercorn.protocol.h11 import H11Protocol
 from shoal.errors import UserError
 from shoal.gateway.flood import FloodGuard, Frame
 from shoal.http.limits import EdgeLimits, KiB
-from shoal.http.refusal import BAD_FRAMING, BAD_REQUEST, HEADERS_TOO_LARGE, REQUEST_TIMEOUT
+from shoal.http.refusal import (
+    BAD_FRAMING,
+    BAD_REQUEST,
+    CAUSE_HEADER,
+    HEADERS_TOO_LARGE,
+    REQUEST_TIMEOUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +223,7 @@ class EdgeH11Protocol(H11Protocol):
                 headers=[
                     (b"content-length", b"0"),
                     (b"connection", b"close"),
-                    (b"x-shoal-cause", cause.encode()),
+                    (CAUSE_HEADER, cause.encode()),
                     *self.config.response_headers("h11"),
                 ],
             )

@@ -1,10 +1,13 @@
 """The gateway process: hypercorn serving :class:`GatewayApp`, fed by a store watcher.
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
-serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. Settings that bite a proxy are set
-on purpose (FACTS.md), and the edge's limits (:class:`~shoal.http.limits.EdgeLimits`) are
-enforced by hypercorn where it can, by :mod:`.hypercorn_edge` below the app and by the app
-itself (:mod:`.hygiene`, :mod:`.body`) above it.
+serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. hypercorn's defaults that bite a
+proxy are overridden on purpose (:func:`hypercorn_config`): it closes a keep-alive connection
+after 1,000 requests, adds its own ``Date`` and ``Server`` headers next to the upstream's, and
+waits only 3 s for requests in flight on shutdown. The edge's limits
+(:class:`~shoal.http.limits.EdgeLimits`) are enforced by hypercorn where it can, by
+:mod:`.hypercorn_edge` below the app and by the app itself (:mod:`.hygiene`, :mod:`.body`)
+above it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,8 @@ from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
-from shoal.mesh.activation import Activator, asker
-from shoal.mesh.credentials import Credentials
-from shoal.mesh.follow import follow
 from shoal.mesh.forward import Forwarder
-from shoal.mesh.metrics import MetricsServer
-from shoal.mesh.proxy import Proxy
+from shoal.mesh.proxy_process import ProxyProcess
 from shoal.mesh.upstream import Upstreams
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -99,45 +98,40 @@ async def run_gateway(
 ) -> None:
     """Serve until ``stop``; routing follows the store."""
     hypercorn_edge.install()
-    proxy = Proxy()
-    upstreams = Upstreams()
-    # Asked for in the background: instances outside the mesh are served meanwhile, and a
-    # request for one behind a router gets 503 no_mesh_identity until the CA has answered.
-    credentials = Credentials(redis, keys, component, join_token=join_token)
+    process = ProxyProcess(
+        redis,
+        url,
+        keys,
+        component=component,
+        requester=component,
+        join_token=join_token,
+        activation_timeout=settings.activation_timeout,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    )
     identity = str(gateway_id(trust_domain))
-    credentials.want(identity)
-    tasks = [
-        asyncio.ensure_future(credentials.run()),
-        *follow(proxy, redis, url, keys, component, credentials),
-    ]
-    activator = Activator(proxy, asker(redis, keys, component), timeout=settings.activation_timeout)
-    proxy.extra_reports.append(activator.report)
+    process.credentials.want(identity)
+    upstreams = Upstreams()
     app = GatewayApp(
         Forwarder(
-            proxy,
+            process.state,
             upstreams,
-            mesh_tls=lambda: credentials.client_context(identity),
-            activator=activator,
+            mesh_tls=lambda: process.credentials.client_context(identity),
+            activator=process.activator,
         ),
         limits=settings.limits,
         slashes=settings.escaped_slashes,
         trusted_hops=settings.trusted_hops,
     )
-    metrics = MetricsServer(lambda: proxy.last_report, component)
-    if settings.metrics_port is not None:
-        await metrics.start(settings.metrics_host, settings.metrics_port)
+    config = hypercorn_config(settings)
     try:
-        config = hypercorn_config(settings)
-        try:
-            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-        except OSError as e:
-            if e.errno not in _CANNOT_BIND:
-                raise
-            where = ", ".join([*config.bind, *config.insecure_bind])
-            raise PlatformError(f"the gateway cannot listen on {where}: {e.strerror}") from None
+        async with process.running():
+            try:
+                await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            except OSError as e:
+                if e.errno not in _CANNOT_BIND:
+                    raise
+                where = ", ".join([*config.bind, *config.insecure_bind])
+                raise PlatformError(f"the gateway cannot listen on {where}: {e.strerror}") from None
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await metrics.stop()
         await upstreams.close()

@@ -1,8 +1,10 @@
 """The edge's limits: sizes, counts, deadlines and HTTP/2 flood budgets, in one validated value.
 
-Stock hypercorn leaves most of these open (FACTS.md); :mod:`shoal.gateway.hypercorn_edge`
-passes the ones hypercorn knows to its ``Config`` and enforces the others itself, and
-:mod:`shoal.gateway.hygiene` checks the request head against them. Sizes are bytes, times are
+Stock hypercorn 0.18.0 leaves most of these open: no deadline on a request head or body, no cap
+on connections, header bytes or URI length once a head is complete, and no budget for HTTP/2
+control frames. :mod:`shoal.gateway.hypercorn_edge` passes the ones hypercorn knows to its
+``Config`` and enforces the others itself, and :mod:`shoal.gateway.hygiene` checks the request
+head against them. Sizes are bytes, times are
 seconds. :func:`parse_limits` builds them from the CLI's ``--limit NAME=VALUE`` flags.
 """
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import re
 
-from shoal.http.refusal import BAD_PATH, Rejection
+from shoal.http.refusal import BAD_PATH, Refusal
 
 
 class SlashPolicy(enum.Enum):
@@ -45,11 +45,11 @@ _LITERAL = _UNRESERVED | frozenset(b"!$&'()*+,;=:@/")
 _SLASH_ESCAPES = frozenset({0x2F, 0x5C})
 
 
-def _bad(message: str) -> Rejection:
-    return Rejection(400, BAD_PATH, message)
+def _bad(message: str) -> Refusal:
+    return Refusal(400, BAD_PATH, message)
 
 
-def _decode(raw: bytes, slashes: SlashPolicy) -> str | Rejection:
+def _decode(raw: bytes, slashes: SlashPolicy) -> str | Refusal:
     """Step 1 and 2: one pass over the bytes, escapes decoded or canonicalised."""
     out: list[str] = []
     i, n = 0, len(raw)
@@ -106,13 +106,13 @@ def _resolve(path: str) -> str:
     return "/" + "/".join(kept) + ("/" if trailing else "")
 
 
-def normalize_path(raw_path: bytes, slashes: SlashPolicy = SlashPolicy.REJECT) -> str | Rejection:
+def normalize_path(raw_path: bytes, slashes: SlashPolicy = SlashPolicy.REJECT) -> str | Refusal:
     """``raw_path`` (no query) in normal form, or why it is refused (400 ``bad_path``)."""
     if not raw_path.startswith(b"/"):
         return _bad("request target is not an absolute path")
     if _NORMAL.fullmatch(raw_path):
         return raw_path.decode("ascii")
     decoded = _decode(raw_path, slashes)
-    if isinstance(decoded, Rejection):
+    if isinstance(decoded, Refusal):
         return decoded
     return _resolve(decoded)

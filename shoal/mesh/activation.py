@@ -13,7 +13,8 @@ the request is held instead of refused:
   the moment it is ready; no polling) and is routed again as soon as its cluster has an
   instance.
 
-The wait is bounded: a full queue (``queue_limit`` per service) is 503 ``overflow``, a wait past
+The wait is bounded: a full queue (``queue_limit`` per service) is 503
+``activation_overflow``, a wait past
 ``timeout`` is 503 ``cold_start_timeout``, both with ``Retry-After``. Each activation's cold
 start (first held request to its instance being routable) is recorded for reports.
 """
@@ -27,7 +28,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-from shoal.mesh.proxy import Proxy, Refusal, Route
+from shoal.http.refusal import ACTIVATION_OVERFLOW, COLD_START_TIMEOUT, Refusal
+from shoal.mesh.proxy_state import ProxyState, Route
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -44,7 +46,7 @@ class Activator:
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy_state: ProxyState,
         ask: Callable[[str], Awaitable[None]],
         *,
         timeout: float = 30.0,
@@ -52,7 +54,7 @@ class Activator:
         ask_again: float = ASK_AGAIN,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.proxy = proxy
+        self.proxy_state = proxy_state
         self.ask = ask  # ask the controller for an instance of ``service/revision``
         self.timeout = timeout
         self.queue_limit = queue_limit
@@ -74,7 +76,7 @@ class Activator:
         if self.held.get(service, 0) >= self.queue_limit:
             return Refusal(
                 503,
-                "overflow",
+                ACTIVATION_OVERFLOW,
                 f"{self.queue_limit} requests already wait for {service} to start",
                 retry_after=1,
             )
@@ -83,14 +85,14 @@ class Activator:
         started = self.clock()
         self.held[service] = self.held.get(service, 0) + 1
         for rev in revisions:
-            self.proxy.load.change(rev, share, started)
+            self.proxy_state.load.change(rev, share, started)
             self._since.setdefault(rev, started)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
                 while True:
-                    changed = self.proxy.changed
-                    decided = self.proxy.decide(host, method, path, fields)
+                    changed = self.proxy_state.changed
+                    decided = self.proxy_state.decide(host, method, path, fields)
                     if isinstance(decided, Refusal) or decided.cluster.endpoints:
                         self._activated(revisions, decided)
                         return decided
@@ -103,7 +105,7 @@ class Activator:
                 raise  # not ours: an enclosing deadline
             return Refusal(
                 503,
-                "cold_start_timeout",
+                COLD_START_TIMEOUT,
                 f"no instance of {service} became ready within {self.timeout:g}s",
                 retry_after=max(1, round(self.timeout / 10)),
             )
@@ -111,7 +113,7 @@ class Activator:
             self.held[service] -= 1
             now = self.clock()
             for rev in revisions:
-                self.proxy.load.change(rev, -share, now)
+                self.proxy_state.load.change(rev, -share, now)
                 if not self.held[service]:
                     self._since.pop(rev, None)  # a timed-out activation ends with its waiters
 

@@ -26,9 +26,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from shoal.http.headers import Headers, with_authority
+from shoal.http.refusal import (
+    FAULT_ABORT,
+    NO_HEALTHY_UPSTREAM,
+    NO_MESH_IDENTITY,
+    OVERFLOW,
+    UPSTREAM_TIMEOUT,
+    Refusal,
+)
 from shoal.mesh.activation import Activator
 from shoal.mesh.outcome import Outcome, classify
-from shoal.mesh.proxy import ClusterState, Proxy, Refusal, Route
+from shoal.mesh.proxy_state import ClusterState, ProxyState, Route
 from shoal.mesh.retry import attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
 from shoal.resources.endpoint import Endpoint
@@ -80,11 +88,12 @@ class _Attempt:
 
 
 class Forwarder:
-    """Sends requests for one proxy process (gateway or node router)."""
+    """The proxy of one process (gateway or node router): sends each request where its
+    :class:`~shoal.mesh.proxy_state.ProxyState` decides, and records what happened there."""
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy_state: ProxyState,
         upstreams: Upstreams,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -93,25 +102,25 @@ class Forwarder:
         mesh_tls: Callable[[], ssl.SSLContext | None] = lambda: None,
         activator: Activator | None = None,
     ) -> None:
-        self.proxy = proxy
+        self.proxy_state = proxy_state
         self.upstreams = upstreams
         self.mesh_tls = mesh_tls  # the client context presenting this caller's identity
         self.activator = activator  # holds requests for destinations scaled to zero
         self.clock = clock
-        self.rng = rng or proxy.rng
+        self.rng = rng or proxy_state.rng
         self.buffer_limit = buffer_limit
 
     async def forward(self, req: Outbound) -> Forwarded | Refusal:
         """Route and send ``req``; the caller relays the body and then calls ``done``."""
-        self.proxy.stats.requests += 1
+        self.proxy_state.stats.requests += 1
         result = await self._forward(req)
         if isinstance(result, Refusal):
-            refusals = self.proxy.stats.refusals
+            refusals = self.proxy_state.stats.refusals
             refusals[result.cause] = refusals.get(result.cause, 0) + 1
         return result
 
     async def _forward(self, req: Outbound) -> Forwarded | Refusal:
-        route = self.proxy.decide(req.host, req.method, req.path, req.fields)
+        route = self.proxy_state.decide(req.host, req.method, req.path, req.fields)
         if isinstance(route, Refusal):
             return route
         if not route.cluster.endpoints and route.cluster.revisions and self.activator:
@@ -123,15 +132,15 @@ class Forwarder:
             if fault.delay is not None and self.rng.random() * 100 < fault.delay.percentage:
                 await asyncio.sleep(fault.delay.fixed_delay)
             if fault.abort is not None and self.rng.random() * 100 < fault.abort.percentage:
-                return Refusal(fault.abort.http_status, "fault_abort", "fault injected by route")
-        state = self.proxy.cluster_state(route.cluster)
+                return Refusal(fault.abort.http_status, FAULT_ABORT, "fault injected by route")
+        state = self.proxy_state.cluster_state(route.cluster)
         if not state.breaker.try_acquire():
             return Refusal(
                 503,
-                "overflow",
+                OVERFLOW,
                 f"{route.cluster.service}: more than {state.breaker.limit} requests in flight",
             )
-        stats, service = self.proxy.stats, route.cluster.service
+        stats, service = self.proxy_state.stats, route.cluster.service
         stats.served[service] = stats.served.get(service, 0) + 1
         stats.in_flight[service] = stats.in_flight.get(service, 0) + 1
 
@@ -143,7 +152,7 @@ class Forwarder:
             result = await self._attempts(req, route, state)
         except _NoIdentity:
             release()
-            return Refusal(503, "no_mesh_identity", "this proxy has no mesh certificate yet")
+            return Refusal(503, NO_MESH_IDENTITY, "this proxy has no mesh certificate yet")
         except BaseException:
             release()
             raise
@@ -162,7 +171,7 @@ class Forwarder:
     async def _attempts(
         self, req: Outbound, route: Route, state: ClusterState
     ) -> Forwarded | Refusal:
-        policy = self.proxy.retry_policy(route.match)
+        policy = self.proxy_state.retry_policy(route.match)
         retries = route.match.route.retries
         opt_in = retries is not None and retries.non_idempotent
         body = req.body
@@ -189,7 +198,7 @@ class Forwarder:
         while True:
             now = self.clock()
             timeout = attempt_timeout(policy, now - started)
-            endpoint = self.proxy.pick(route, state, now, tried) if timeout != 0.0 else None
+            endpoint = self.proxy_state.pick(route, state, now, tried) if timeout != 0.0 else None
             if endpoint is None:
                 break
             attempt += 1
@@ -214,19 +223,19 @@ class Forwarder:
                 break
             if not state.budget.can_retry(self.clock()):
                 break
-            self.proxy.stats.retries += 1
+            self.proxy_state.stats.retries += 1
             await asyncio.sleep(backoff(attempt, self.rng))
         if last is None:
             if attempt_timeout(policy, self.clock() - started) == 0.0:
-                return Refusal(504, "upstream_timeout", "route timeout passed before any try")
+                return Refusal(504, UPSTREAM_TIMEOUT, "route timeout passed before any try")
             subset = f" subset {route.cluster.subset}" if route.cluster.subset else ""
             return Refusal(
                 503,
-                "no_healthy_upstream",
+                NO_HEALTHY_UPSTREAM,
                 f"no healthy instance of {route.cluster.service}{subset}",
             )
         # The request's final answer and its time to a response head: rollouts judge on these.
-        self.proxy.stats.answered(
+        self.proxy_state.stats.answered(
             last.endpoint.revision_key,
             last.response is None or last.response.status >= 500,
             self.clock() - started,
@@ -257,10 +266,10 @@ class Forwarder:
             tls = self.mesh_tls()
             if tls is None:
                 raise _NoIdentity
-            authority = self.proxy.meshes[endpoint.node]
+            authority = self.proxy_state.meshes[endpoint.node]
             headers = [*headers, (INSTANCE, endpoint.key.encode())]
         route.balancer.on_start(endpoint)
-        self.proxy.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)
+        self.proxy_state.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)
         try:
             response = await self.upstreams.request(
                 authority,
@@ -279,7 +288,7 @@ class Forwarder:
 
     def _finished(self, route: Route, endpoint: Endpoint) -> None:
         route.balancer.on_finish(endpoint)
-        self.proxy.load.change(endpoint.revision_key, -1, self.clock())
+        self.proxy_state.load.change(endpoint.revision_key, -1, self.clock())
 
     def _discard(self, attempt: _Attempt, route: Route) -> None:
         """Drop a failed attempt's response before trying again."""

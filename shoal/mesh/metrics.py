@@ -1,9 +1,9 @@
 """Prometheus metrics of a proxy process (gateway or node router), from its own report.
 
-The report a proxy last wrote to Redis (:attr:`shoal.mesh.proxy.Proxy.last_report`: counters,
-load, the activator's and the certificates' parts) is rendered in Prometheus' text exposition format
-on ``GET /metrics`` of a small loopback listener (Istio's proxies use port 15090). Pure
-rendering (:func:`render`) and a thin aiohttp server (:class:`MetricsServer`).
+The report a proxy last wrote to Redis (:attr:`shoal.mesh.proxy_state.ProxyState.last_report`:
+counters, load, the activator's and the certificates' parts) is rendered in Prometheus' text
+exposition format on ``GET /metrics`` of a small loopback listener (Istio's proxies use port
+15090). Pure rendering (:func:`render`) and a thin aiohttp server (:class:`MetricsServer`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from shoal.mesh.load import percentile
-from shoal.mesh.proxy import LATENCY_BUCKETS
+from shoal.mesh.stats import LATENCY_BUCKETS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -14,6 +14,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from shoal.http.refusal import (
+    UPSTREAM_CONNECT_ERROR,
+    UPSTREAM_REFUSED_STREAM,
+    UPSTREAM_RESET,
+    UPSTREAM_TIMEOUT,
+)
+
 
 class Kind(enum.Enum):
     """How an attempt ended."""
@@ -81,10 +88,10 @@ RESET = Outcome(Kind.RESET, 502)
 
 # The ``x-shoal-cause`` values the upstream layer raises, and what each one means here.
 CAUSES = {
-    "upstream_connect_error": CONNECT_FAILURE,
-    "upstream_refused_stream": REFUSED_STREAM,
-    "upstream_timeout": TIMEOUT,
-    "upstream_reset": RESET,
+    UPSTREAM_CONNECT_ERROR: CONNECT_FAILURE,
+    UPSTREAM_REFUSED_STREAM: REFUSED_STREAM,
+    UPSTREAM_TIMEOUT: TIMEOUT,
+    UPSTREAM_RESET: RESET,
 }
 
 

@@ -38,12 +38,18 @@ from shoal.http.headers import (
     request_headers,
 )
 from shoal.http.paths import SlashPolicy, normalize_path
-from shoal.http.refusal import Rejection
+from shoal.http.refusal import (
+    CAUSE_HEADER,
+    DENIED,
+    MTLS_REQUIRED,
+    UPSTREAM_CONNECT_ERROR,
+    Refusal,
+)
 from shoal.identity.spiffe import node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
-from shoal.mesh.proxy import Proxy, Refusal
+from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.sniff import SniffingSite
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
 
@@ -54,15 +60,18 @@ SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the 
 _INSTANCE = INSTANCE.decode()
 
 
-def _refusal(refusal: Refusal | Rejection, *, unsent: bool = False) -> web.Response:
+def _refusal(refusal: Refusal, *, unsent: bool = False) -> web.Response:
     """The router's own answer; ``unsent``: nothing reached an instance (safe to retry)."""
-    headers = {"x-shoal-cause": refusal.cause, "server": SERVER}
-    if isinstance(refusal, Refusal):
-        headers.update((n.decode(), v.decode()) for n, v in refusal.headers)
+    headers = {CAUSE_HEADER.decode(): refusal.cause, "server": SERVER}
+    headers.update((n.decode(), v.decode()) for n, v in refusal.headers)
     if unsent:
         headers[UNSENT] = "1"
     return web.Response(
-        status=refusal.status, text=f"{refusal.cause}: {refusal.message}\n", headers=headers
+        status=refusal.status,
+        body=refusal.body(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers=headers,
     )
 
 
@@ -76,7 +85,7 @@ def _mesh_headers(request: web.BaseRequest) -> tuple[Headers, dict[str, str]]:
     return raw, {n.decode("latin-1"): v.decode("latin-1") for n, v in raw}
 
 
-def _target(request: web.BaseRequest) -> str | Rejection:
+def _target(request: web.BaseRequest) -> str | Refusal:
     """The normalised path, as the gateway makes it, so routes and policies see one form."""
     raw = request.raw_path.split("?", 1)[0].encode("latin-1")
     return normalize_path(raw, SlashPolicy.KEEP)
@@ -110,7 +119,7 @@ class Router:
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy_state: ProxyState,
         credentials: Credentials,
         *,
         node: str,
@@ -118,7 +127,7 @@ class Router:
         upstreams: Upstreams | None = None,
         activator: Activator | None = None,
     ) -> None:
-        self.proxy = proxy
+        self.proxy_state = proxy_state
         self.credentials = credentials
         self.node = node
         self.trust_domain = trust_domain
@@ -145,7 +154,7 @@ class Router:
                 port,
                 ssl_context=self.credentials.server_context(self.identity),
                 # STRICT everywhere: plaintext connections close before a byte is read.
-                plaintext=lambda: self.proxy.plaintext_allowed,
+                plaintext=lambda: self.proxy_state.plaintext_allowed,
             )
         else:
             site = web.TCPSite(runner, host, port)
@@ -171,7 +180,7 @@ class Router:
             port = self._outbound.get(service)  # another instance may have opened it meanwhile
             if port is None:
                 forwarder = Forwarder(
-                    self.proxy,
+                    self.proxy_state,
                     self.upstreams,
                     mesh_tls=lambda: self.credentials.client_context(identity),
                     activator=self.activator,
@@ -191,7 +200,7 @@ class Router:
     ) -> web.StreamResponse:
         """Route and forward one request a local instance sent."""
         path = _target(request)
-        if isinstance(path, Rejection):
+        if isinstance(path, Refusal):
             return _refusal(path)
         raw, fields = _mesh_headers(request)
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -218,24 +227,24 @@ class Router:
     async def inbound(self, request: web.BaseRequest) -> web.StreamResponse:
         """Check and forward one request a proxy sent for one of this node's instances."""
         key = request.headers.get(_INSTANCE, "")
-        endpoint = self.proxy.instances.get(key)
+        endpoint = self.proxy_state.instances.get(key)
         if endpoint is None or endpoint.node != self.node or not endpoint.mtls:
             missing = f"no instance {key!r} on {self.node}"
-            return _refusal(Refusal(503, "upstream_connect_error", missing), unsent=True)
-        workload = self.proxy.workload(endpoint)
+            return _refusal(Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
+        workload = self.proxy_state.workload(endpoint)
         ssl_object: ssl.SSLObject | None = (
             request.transport.get_extra_info("ssl_object") if request.transport else None
         )
         if ssl_object is None and workload.mtls_mode == "STRICT":
-            return _refusal(Refusal(403, "mtls_required", f"{endpoint.service} accepts mTLS only"))
+            return _refusal(Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only"))
         caller = peer_identity(ssl_object.getpeercert()) if ssl_object is not None else None
         path = _target(request)
-        if isinstance(path, Rejection):
+        if isinstance(path, Refusal):
             return _refusal(path, unsent=True)
         decision = workload.authz.check(str(caller) if caller else None, request.method, path)
         if not decision.allowed:
             log.info("denied %s %s %s → %s: %s", caller, request.method, path, key, decision.reason)
-            return _refusal(Refusal(403, "denied", decision.reason))
+            return _refusal(Refusal(403, DENIED, decision.reason))
         raw, fields = _mesh_headers(request)
         headers = [(n, v) for n, v in raw]
         if caller is not None:  # Envoy's x-forwarded-client-cert: who called, verified

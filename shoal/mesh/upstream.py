@@ -16,6 +16,12 @@ from yarl import URL
 
 from shoal.errors import ShoalError
 from shoal.http.headers import Headers
+from shoal.http.refusal import (
+    CAUSE_HEADER,
+    UPSTREAM_CONNECT_ERROR,
+    UPSTREAM_RESET,
+    UPSTREAM_TIMEOUT,
+)
 
 UNSENT = "x-shoal-unsent"
 """Set by a node router on a refusal made before any byte reached an instance."""
@@ -45,7 +51,7 @@ class UpstreamResponse:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamError(502, "upstream_reset", f"upstream body: {e}", sent=True) from None
+            raise UpstreamError(502, UPSTREAM_RESET, f"upstream body: {e}", sent=True) from None
         finally:
             self._response.release()
 
@@ -112,17 +118,17 @@ class Upstreams:
                 )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             raise UpstreamError(
-                503, "upstream_connect_error", f"{authority}: {e}", sent=False
+                503, UPSTREAM_CONNECT_ERROR, f"{authority}: {e}", sent=False
             ) from None
         except TimeoutError:
             raise UpstreamError(
-                504, "upstream_timeout", f"{authority} timed out", sent=True
+                504, UPSTREAM_TIMEOUT, f"{authority} timed out", sent=True
             ) from None
         except (aiohttp.ClientError, OSError) as e:
-            raise UpstreamError(502, "upstream_reset", f"{authority}: {e}", sent=True) from None
+            raise UpstreamError(502, UPSTREAM_RESET, f"{authority}: {e}", sent=True) from None
         if tls is not None and UNSENT in response.headers:
             # A node router refused before any byte reached an instance: safe to retry.
-            cause = response.headers.get("x-shoal-cause", "upstream_connect_error")
+            cause = response.headers.get(CAUSE_HEADER.decode(), UPSTREAM_CONNECT_ERROR)
             response.close()
             raise UpstreamError(response.status, cause, f"{authority}: {cause}", sent=False)
         return UpstreamResponse(

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ManifestError, UserError
-from shoal.mesh.activation import Activator, asker
-from shoal.mesh.credentials import Credentials
-from shoal.mesh.follow import follow
-from shoal.mesh.metrics import MetricsServer
-from shoal.mesh.proxy import Proxy
+from shoal.mesh.proxy_process import ProxyProcess
 from shoal.mesh.router import Router
+from shoal.mesh.tasks import until_stopped
 from shoal.platform.runtime.agent import Agent
 from shoal.platform.settings import DEFAULT_MESH_PORT
 from shoal.resources.fields import labels as parse_labels
@@ -111,54 +108,47 @@ async def run_node(
     announced = advertise or host
     if announced in ("0.0.0.0", "::", ""):
         raise UserError(f"the router binds {host!r}: give --advertise, the address others use")
-    proxy = Proxy()
-    credentials = Credentials(redis, keys, f"node/{node_id}", join_token=join_token)
-    activator = Activator(
-        proxy, asker(redis, keys, f"router/{node_id}"), timeout=activation_timeout
+    component = f"router/{node_id}"
+    process = ProxyProcess(
+        redis,
+        url,
+        keys,
+        component=component,
+        requester=f"node/{node_id}",
+        join_token=join_token,
+        activation_timeout=activation_timeout,
+        metrics_port=metrics_port,  # loopback only
     )
-    proxy.extra_reports.append(activator.report)
     router = Router(
-        proxy, credentials, node=node_id, trust_domain=trust_domain, activator=activator
+        process.state,
+        process.credentials,
+        node=node_id,
+        trust_domain=trust_domain,
+        activator=process.activator,
     )
-    tasks = [
-        asyncio.ensure_future(credentials.run()),
-        *follow(proxy, redis, url, keys, f"router/{node_id}", credentials),
-    ]
-    metrics = MetricsServer(lambda: proxy.last_report, f"router/{node_id}")
-    try:
-        if metrics_port is not None:  # Prometheus /metrics, loopback only
-            await metrics.start("127.0.0.1", metrics_port)
-        starting = asyncio.ensure_future(router.start(host, mesh_port))
-        stopping = asyncio.ensure_future(stop.wait())
+    async with process.running():
         try:
-            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            # The certificate needs a controller to sign it: stop may come first.
+            port = await until_stopped(router.start(host, mesh_port), stop)
+            if port is None or stop.is_set():
+                return
+
+            async def mesh_url(service: str) -> str:
+                return f"http://127.0.0.1:{await router.outbound(service)}"
+
+            agent = Agent(
+                redis,
+                url,
+                keys,
+                node_id=node_id,
+                mesh_url=mesh_url,
+                log_dir=state_dir / "logs",
+                node_record=node_record(f"{announced}:{port}", labels=labels, capacity=capacity),
+                drain_delay=drain_delay,
+                grace=grace,
+            )
+            await agent.run(stop)
         finally:
-            for waiter in (starting, stopping):
-                waiter.cancel()
-            await asyncio.gather(starting, stopping, return_exceptions=True)
-        if stop.is_set():
-            return
-        port = starting.result()
-
-        async def mesh_url(service: str) -> str:
-            return f"http://127.0.0.1:{await router.outbound(service)}"
-
-        agent = Agent(
-            redis,
-            url,
-            keys,
-            node_id=node_id,
-            mesh_url=mesh_url,
-            log_dir=state_dir / "logs",
-            node_record=node_record(f"{announced}:{port}", labels=labels, capacity=capacity),
-            drain_delay=drain_delay,
-            grace=grace,
-        )
-        await agent.run(stop)
-    finally:
-        # The router serves until the agent has drained: instances call out while they drain.
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await metrics.stop()
-        await router.stop()
+            # The router serves until the agent has drained: instances call out while they
+            # drain. It stops before the store follower, which keeps its routes fresh meanwhile.
+            await router.stop()

@@ -1,4 +1,4 @@
-"""The Activator against a real Proxy snapshot: held requests, asks, timeouts, the queue."""
+"""The Activator against a real ProxyState snapshot: held requests, asks, timeouts, the queue."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 from types import MappingProxyType
 from typing import Any
 
+from shoal.http.refusal import Refusal
 from shoal.mesh.activation import Activator
-from shoal.mesh.proxy import Proxy, Refusal
+from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import to_document
 from shoal.resources.model import Scale, Service
@@ -37,45 +38,45 @@ READY = Endpoint(
 )
 
 
-async def hold(proxy: Proxy, activator: Activator) -> Any:
-    route = proxy.decide("hello", "GET", "/", {})
+async def hold(state: ProxyState, activator: Activator) -> Any:
+    route = state.decide("hello", "GET", "/", {})
     assert not isinstance(route, Refusal) and not route.cluster.endpoints
     return await activator.hold("hello", "GET", "/", {}, route)
 
 
 async def test_held_until_an_instance_is_ready_then_routed() -> None:
     """A request at zero asks for hello/v1, waits, and is routed once a snapshot has it."""
-    proxy = Proxy()
-    proxy.update(view(1))
+    state = ProxyState()
+    state.update(view(1))
     asked: list[str] = []
 
     async def ask(revision: str) -> None:
         asked.append(revision)
 
-    activator = Activator(proxy, ask, timeout=5.0)
-    held = asyncio.ensure_future(hold(proxy, activator))
+    activator = Activator(state, ask, timeout=5.0)
+    held = asyncio.ensure_future(hold(state, activator))
     await asyncio.sleep(0.05)
     assert asked == ["hello/v1"] and activator.held == {"hello": 1}
-    assert proxy.load.in_flight("hello/v1") == 1  # the autoscaler sees it
-    proxy.update(view(2, READY))
+    assert state.load.in_flight("hello/v1") == 1  # the autoscaler sees it
+    state.update(view(2, READY))
     route = await held
     assert not isinstance(route, Refusal) and route.cluster.endpoints == (READY,)
     assert activator.held == {"hello": 0} and activator.activations == 1
-    assert proxy.load.in_flight("hello/v1") == 0
+    assert state.load.in_flight("hello/v1") == 0
 
 
 async def test_cold_start_timeout_survives_several_asks() -> None:
     """No instance within the timeout: 503 cold_start_timeout with Retry-After, after asking
     again every ask_again seconds (an unrelated snapshot change does not end the wait)."""
-    proxy = Proxy()
-    proxy.update(view(1))
+    state = ProxyState()
+    state.update(view(1))
     asked: list[str] = []
 
     async def ask(revision: str) -> None:
         asked.append(revision)
 
-    activator = Activator(proxy, ask, timeout=0.5, ask_again=0.1)
-    result = await hold(proxy, activator)
+    activator = Activator(state, ask, timeout=0.5, ask_again=0.1)
+    result = await hold(state, activator)
     assert isinstance(result, Refusal)
     assert (result.status, result.cause) == (503, "cold_start_timeout")
     assert result.retry_after is not None and result.retry_after >= 1
@@ -83,17 +84,21 @@ async def test_cold_start_timeout_survives_several_asks() -> None:
 
 
 async def test_full_queue_overflows_at_once() -> None:
-    """Beyond queue_limit waiting requests, the next is refused (503 overflow, Retry-After)."""
-    proxy = Proxy()
-    proxy.update(view(1))
+    """Beyond queue_limit waiting requests, the next is refused at once (503
+    activation_overflow, Retry-After)."""
+    state = ProxyState()
+    state.update(view(1))
 
     async def ask(revision: str) -> None:
         pass
 
-    activator = Activator(proxy, ask, timeout=5.0, queue_limit=2)
-    waiting = [asyncio.ensure_future(hold(proxy, activator)) for _ in range(2)]
+    activator = Activator(state, ask, timeout=5.0, queue_limit=2)
+    waiting = [asyncio.ensure_future(hold(state, activator)) for _ in range(2)]
     await asyncio.sleep(0.01)
-    refused = await hold(proxy, activator)
-    assert isinstance(refused, Refusal) and (refused.cause, refused.retry_after) == ("overflow", 1)
-    proxy.update(view(2, READY))
+    refused = await hold(state, activator)
+    assert isinstance(refused, Refusal) and (refused.cause, refused.retry_after) == (
+        "activation_overflow",
+        1,
+    )
+    state.update(view(2, READY))
     assert all(not isinstance(r, Refusal) for r in await asyncio.gather(*waiting))

@@ -13,7 +13,7 @@ from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.http.headers import edge_request_headers, end_to_end, request_headers
 from shoal.http.limits import EdgeLimits, FloodBudget, KiB
-from shoal.http.refusal import Rejection
+from shoal.http.refusal import Refusal
 
 LIMITS = EdgeLimits(max_header_bytes=1000, max_header_count=10, max_uri_bytes=100)
 
@@ -28,14 +28,14 @@ def head(
     method: str = "GET",
     version: str = "1.1",
     limits: EdgeLimits = LIMITS,
-) -> Head | Rejection:
+) -> Head | Refusal:
     """``inspect_head`` with test defaults."""
     return inspect_head(method, path, query, list(headers), version, limits)
 
 
-def refused(result: Head | Rejection) -> tuple[int, str]:
-    """The status and cause of a rejection (fails if the head was accepted)."""
-    assert isinstance(result, Rejection), result
+def refused(result: Head | Refusal) -> tuple[int, str]:
+    """The status and cause of a refusal (fails if the head was accepted)."""
+    assert isinstance(result, Refusal), result
     return result.status, result.cause
 
 
@@ -300,7 +300,7 @@ async def test_body_passes_within_limits() -> None:
     loop = asyncio.get_running_loop()
     body = RequestBody(receiver(messages), EdgeLimits(max_body_bytes=4), loop.time())
     assert await drain(body) == b"abcd"
-    assert body.rejection is None
+    assert body.refusal is None
 
 
 async def test_body_over_limit_fails_before_the_crossing_chunk() -> None:
@@ -316,7 +316,7 @@ async def test_body_over_limit_fails_before_the_crossing_chunk() -> None:
         async for chunk in body.chunks():
             seen.append(chunk)
     assert seen == [b"abc"]
-    assert body.rejection is not None and body.rejection.status == 413
+    assert body.refusal is not None and body.refusal.status == 413
 
 
 async def test_body_stall_and_disconnect() -> None:
@@ -331,11 +331,11 @@ async def test_body_stall_and_disconnect() -> None:
     )
     with pytest.raises(BodyRefused):
         await drain(stalled)
-    assert stalled.rejection is not None and stalled.rejection.status == 408
+    assert stalled.refusal is not None and stalled.refusal.status == 408
     gone = RequestBody(receiver([]), limits, loop.time())
     with pytest.raises(BodyRefused):
         await drain(gone)
-    assert gone.rejection is not None and gone.rejection.cause == "client_closed"
+    assert gone.refusal is not None and gone.refusal.cause == "client_closed"
 
 
 async def test_body_total_deadline() -> None:
@@ -351,4 +351,4 @@ async def test_body_total_deadline() -> None:
     body = RequestBody(trickle, limits, loop.time())
     with pytest.raises(BodyRefused):
         await drain(body)
-    assert body.rejection is not None and body.rejection.status == 408
+    assert body.refusal is not None and body.refusal.status == 408

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.http.paths import SlashPolicy, normalize_path
-from shoal.http.refusal import Rejection
+from shoal.http.refusal import Refusal
 
 PROPERTY = settings(database=None, derandomize=True, deadline=None, max_examples=500)
 
@@ -69,7 +69,7 @@ def test_refused(raw: bytes) -> None:
     """Non-absolute targets, bad escapes, NUL and control bytes, fragments, encoded slashes and
     backslashes are refused with 400 bad_path under the default policy."""
     result = normalize_path(raw)
-    assert isinstance(result, Rejection)
+    assert isinstance(result, Refusal)
     assert (result.status, result.cause) == (400, "bad_path")
 
 
@@ -137,7 +137,7 @@ def test_never_dot_segments_nor_above_root(raw: bytes, policy: SlashPolicy) -> N
     """The result is absolute, has no empty, ``.`` or ``..`` segment (so, resolved under any
     root, it stays under it), and is printable ASCII with no backslash."""
     normal = normalize_path(raw, policy)
-    if isinstance(normal, Rejection):
+    if isinstance(normal, Refusal):
         return
     assert normal.startswith("/")
     segments = normal.split("/")[1:]

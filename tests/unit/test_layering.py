@@ -89,7 +89,7 @@ def test_every_package_has_a_floor() -> None:
 def test_an_upward_import_is_named_with_file_and_line() -> None:
     """The check fails on an upward or sideways import and says where it is."""
     files = {
-        "store/registry.py": "import json\nfrom shoal.mesh.proxy import Proxy\n",
+        "store/registry.py": "import json\nfrom shoal.mesh.proxy_state import ProxyState\n",
         "gateway/app.py": "def f():\n    from shoal.platform.node import run_node\n",
         "mesh/proxy.py": "from shoal.store import keys\nfrom shoal.http.paths import normalize\n",
         "http/paths.py": "from shoal.resources.model import Service\n",
@@ -97,5 +97,5 @@ def test_an_upward_import_is_named_with_file_and_line() -> None:
     }
     assert violations(files) == [
         "shoal/gateway/app.py:2: gateway (floor 3) imports shoal.platform.node (floor 3)",
-        "shoal/store/registry.py:2: store (floor 1) imports shoal.mesh.proxy (floor 2)",
+        "shoal/store/registry.py:2: store (floor 1) imports shoal.mesh.proxy_state (floor 2)",
     ]

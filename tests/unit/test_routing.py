@@ -11,14 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.mesh.balancer import LeastRequestBalancer, RoundRobinBalancer
-from shoal.mesh.routing import (
-    Cluster,
-    RouteMatch,
-    RoutingTable,
-    apply_rewrite,
-    merge_policy,
-    normalize_host,
-)
+from shoal.mesh.clusters import Cluster, merge_policy
+from shoal.mesh.matching import RouteMatch, apply_rewrite, normalize_host
+from shoal.mesh.routing import RoutingTable
 from shoal.resources.endpoint import Endpoint, InstanceState
 from shoal.resources.model import (
     Destination,

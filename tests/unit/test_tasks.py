@@ -1,79 +1,111 @@
-"""Owned background tasks: a lone failure in a task group surfaces as itself; an owned set
-logs each failure as it happens and is cancelled or awaited whole."""
+"""TaskScope and until_stopped: owned tasks end with their block, and their failures are heard."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import pytest
 
-from shoal.errors import StoreError
-from shoal.platform.tasks import OwnedTasks, task_group
+from shoal.errors import PlatformError
+from shoal.mesh.tasks import TaskScope, until_stopped
 
 
-async def fail(error: Exception) -> None:
-    """Raise ``error`` on the next turn of the loop."""
-    await asyncio.sleep(0)
-    raise error
+async def forever(started: asyncio.Event) -> None:
+    started.set()
+    await asyncio.Event().wait()
 
 
-async def test_a_lone_failure_is_raised_unwrapped() -> None:
-    """One failing task ends the group with its own error, not an ExceptionGroup."""
-    with pytest.raises(StoreError, match="gone"):
-        async with task_group() as group:
-            group.create_task(fail(StoreError("gone")))
-            await asyncio.Event().wait()  # cancelled by the group when the task fails
+async def fail_after(started: asyncio.Event) -> None:
+    await started.wait()
+    raise PlatformError("cannot bind")
 
 
-async def test_a_failing_body_is_raised_unwrapped_and_ends_the_tasks() -> None:
-    """An error in the block itself is raised as itself, and the group's tasks are cancelled."""
-    forever = asyncio.Event()
-    with pytest.raises(StoreError, match="body"):
-        async with task_group() as group:
-            task = group.create_task(forever.wait())
-            raise StoreError("body")
+async def test_leaving_the_block_cancels_and_awaits_its_tasks() -> None:
+    """A task still running when the block ends is cancelled and has ended when it exits."""
+    started = asyncio.Event()
+    async with asyncio.timeout(5):
+        async with TaskScope() as scope:
+            task = scope.start(forever(started))
+            await started.wait()
     assert task.cancelled()
 
 
-async def test_several_failures_stay_grouped() -> None:
-    """Two tasks failing together are both reported, in an ExceptionGroup."""
-    with pytest.raises(ExceptionGroup) as raised:
-        async with task_group() as group:
-            group.create_task(fail(StoreError("one")))
-            group.create_task(fail(ValueError("two")))
-    assert sorted(str(e) for e in raised.value.exceptions) == ["one", "two"]
+async def test_a_failing_task_ends_the_block_with_its_own_error() -> None:
+    """A task's error cancels the block and is raised as itself, not in an ExceptionGroup."""
+    started = asyncio.Event()
+    body_cancelled = False
+    async with asyncio.timeout(5):
+        with pytest.raises(PlatformError, match="cannot bind"):
+            async with TaskScope() as scope:
+                other = scope.start(forever(asyncio.Event()))
+                scope.start(fail_after(started))
+                started.set()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    body_cancelled = True
+                    raise
+    assert body_cancelled and other.cancelled()
+    me = asyncio.current_task()
+    assert me is not None and me.cancelling() == 0  # the scope took back the cancel it asked
 
 
-async def test_owned_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """A failing owned task is logged with its owner and name; its siblings go on."""
-    tasks = OwnedTasks("agent n1")
-    sibling = tasks.spawn(asyncio.Event().wait(), name="sibling")
-    with caplog.at_level(logging.ERROR, logger="shoal.platform.tasks"):
-        failing = tasks.spawn(fail(ValueError("boom")), name="run hello/v1 i1")
-        await asyncio.wait([failing])
-    assert "agent n1: task run hello/v1 i1 failed" in caplog.text
-    assert not sibling.done()
-    assert len(tasks) == 1
-    await tasks.cancel()
-    assert sibling.cancelled()
-    assert len(tasks) == 0
+async def test_the_blocks_error_propagates_unchanged() -> None:
+    """An error raised by the block itself comes out as it is, after the tasks have ended."""
+    started = asyncio.Event()
+    async with asyncio.timeout(5):
+        with pytest.raises(KeyError):
+            async with TaskScope() as scope:
+                task = scope.start(forever(started))
+                await started.wait()
+                raise KeyError("body")
+    assert task.cancelled()
 
 
-async def test_join_waits_for_tasks_spawned_meanwhile() -> None:
-    """``join`` returns only once every task has ended, including ones started by a task."""
-    tasks = OwnedTasks("test")
-    order: list[str] = []
+async def test_an_outside_cancellation_propagates() -> None:
+    """Cancelling the owner cancels the block and the tasks; the owner ends cancelled."""
+    started = asyncio.Event()
+    inner: list[asyncio.Task[None]] = []
 
-    async def second() -> None:
-        await asyncio.sleep(0)
-        order.append("second")
+    async def owner() -> None:
+        async with TaskScope() as scope:
+            inner.append(scope.start(forever(started)))
+            await asyncio.Event().wait()
 
-    async def first() -> None:
-        tasks.spawn(second(), name="second")
-        order.append("first")
+    task = asyncio.create_task(owner())
+    async with asyncio.timeout(5):
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert inner[0].cancelled()
 
-    tasks.spawn(first(), name="first")
-    await tasks.join()
-    assert order == ["first", "second"]
-    assert len(tasks) == 0
+
+async def test_until_stopped_returns_the_result_or_none_on_stop() -> None:
+    """The work's result when it finishes first; None (work cancelled) when stop comes first."""
+    stop = asyncio.Event()
+
+    async def quick() -> int:
+        return 7
+
+    started = asyncio.Event()
+
+    async def slow() -> int:
+        await forever(started)
+        return 0
+
+    async with asyncio.timeout(5):
+        assert await until_stopped(quick(), stop) == 7
+        waiting = asyncio.create_task(until_stopped(slow(), stop))
+        await started.wait()
+        stop.set()
+        assert await waiting is None
+
+
+async def test_until_stopped_raises_the_works_error() -> None:
+    """An error of the work is raised as it is."""
+    started = asyncio.Event()
+    started.set()
+    async with asyncio.timeout(5):
+        with pytest.raises(PlatformError):
+            await until_stopped(fail_after(started), asyncio.Event())

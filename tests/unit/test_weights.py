@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import UserError
-from shoal.mesh.proxy import quantile
+from shoal.mesh.stats import quantile
 from shoal.platform.control.rollout_runner import delta, latency_p99, outcome_totals
 from shoal.resources.model import (
     Destination,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shoal.errors import UserError
-from shoal.mesh.proxy import LATENCY_BUCKETS, quantile
+from shoal.mesh.stats import LATENCY_BUCKETS, quantile
 from shoal.platform.control.client import Client
 from shoal.platform.control.rollout import (
     Action,

@@ -1,30 +1,33 @@
-"""The routing state every proxy (gateway, node router) shares: snapshot, decision, refusal.
+"""The state every proxy (gateway, node router) keeps: snapshot, per-cluster state, stats.
 
-A proxy process keeps one :class:`Proxy`. Each store view is turned into a new immutable
+A proxy process keeps one :class:`ProxyState`; the :class:`~shoal.mesh.forward.Forwarder`
+is what sends requests with it. Each store view is turned into a new immutable
 :class:`~shoal.mesh.routing.RoutingTable`, swapped in by one assignment; request handlers read
-``proxy.table`` once per request and never lock. :meth:`Proxy.decide` is the synchronous part
-of the request path: route match, weighted split, balancer pick.
+``state.table`` once per request and never lock. :meth:`ProxyState.decide` is the synchronous
+part of the request path: route match, weighted split, balancer pick.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from shoal.http.refusal import NO_HEALTHY_UPSTREAM, NO_ROUTE, Refusal
 from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
+from shoal.mesh.clusters import Cluster, ClusterKey
 from shoal.mesh.load import LoadMeter
+from shoal.mesh.matching import RouteMatch
 from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
-from shoal.mesh.routing import Cluster, ClusterKey, RouteMatch, RoutingTable
+from shoal.mesh.routing import RoutingTable
+from shoal.mesh.stats import Stats
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import (
@@ -54,24 +57,6 @@ DEFAULT_OUTLIER = OutlierDetection()
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
-    """A request the proxy answers itself: status, ``x-shoal-cause`` and a message."""
-
-    status: int
-    cause: str
-    message: str
-    retry_after: int | None = None  # seconds, sent as Retry-After
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """``x-shoal-cause`` and, when set, ``retry-after``."""
-        out = [(b"x-shoal-cause", self.cause.encode())]
-        if self.retry_after is not None:
-            out.append((b"retry-after", str(self.retry_after).encode()))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
 class Route:
     """Where one request goes, short of the instance: route, cluster, balancer, path to send."""
 
@@ -90,47 +75,6 @@ class ClusterState:
     detector: OutlierDetector
     breaker: Breaker
     budget: RetryBudget
-
-
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
-"""Upper bounds (seconds) of the per-revision latency histogram: Prometheus' defaults."""
-
-
-def quantile(buckets: list[int], q: float) -> float | None:
-    """The upper bound of the bucket holding the ``q`` quantile of a LATENCY_BUCKETS histogram
-    (counts per bucket), or None when it is empty."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    seen = 0
-    for bound, count in zip(LATENCY_BUCKETS, buckets, strict=True):
-        seen += count
-        if seen >= q * total:
-            return bound
-    return LATENCY_BUCKETS[-1]
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one proxy process, published for ``shoal status`` and drills."""
-
-    requests: int = 0
-    retries: int = 0
-    refusals: dict[str, int] = field(default_factory=dict)  # by x-shoal-cause
-    in_flight: dict[str, int] = field(default_factory=dict)  # by service
-    served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
-    # by service/revision, since start: [requests answered, of which errors (5xx or none)]
-    outcomes: dict[str, list[int]] = field(default_factory=dict)
-    # by service/revision, since start: answers per LATENCY_BUCKETS bound (request to head)
-    latency: dict[str, list[int]] = field(default_factory=dict)
-
-    def answered(self, revision: str, error: bool, seconds: float) -> None:
-        """Count one request's final answer (``error``: 5xx or none) and its latency."""
-        outcome = self.outcomes.setdefault(revision, [0, 0])
-        outcome[0] += 1
-        outcome[1] += error
-        buckets = self.latency.setdefault(revision, [0] * len(LATENCY_BUCKETS))
-        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 def mesh_addresses(view: View) -> dict[str, str]:
@@ -171,8 +115,9 @@ class Workload:
     mtls_mode: MtlsMode
 
 
-class Proxy:
-    """Holds the current routing snapshot and the per-cluster state; makes the decisions."""
+class ProxyState:
+    """The current routing snapshot, the per-cluster state and the stats of one proxy process;
+    makes the synchronous decisions (route, pick) of the request path."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._stored = StoredResources()
@@ -250,10 +195,10 @@ class Proxy:
         table = self.table
         match = table.resolve(host, method, path, headers)
         if match is None:
-            return Refusal(404, "no_route", f"no route for host {host!r} and path {path!r}")
+            return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
         cluster = table.pick(match, self.rng)
         if cluster is None:
-            return Refusal(503, "no_healthy_upstream", f"route for {host!r} has no destination")
+            return Refusal(503, NO_HEALTHY_UPSTREAM, f"route for {host!r} has no destination")
         rewrite = match.route.rewrite
         new_path = match.rewrite_path(path)
         return Route(

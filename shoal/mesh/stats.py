@@ -1,0 +1,52 @@
+"""The counters one proxy process keeps and publishes: requests, retries, refusals by cause,
+in-flight and served requests by service, and per-revision outcomes and latency.
+
+Rollouts judge a revision on its outcomes and its latency histogram (:func:`quantile`);
+``shoal status``, drills and ``/metrics`` read the rest.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
+"""Upper bounds (seconds) of the per-revision latency histogram: Prometheus' defaults."""
+
+
+def quantile(buckets: list[int], q: float) -> float | None:
+    """The upper bound of the bucket holding the ``q`` quantile of a LATENCY_BUCKETS histogram
+    (counts per bucket), or None when it is empty."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    seen = 0
+    for bound, count in zip(LATENCY_BUCKETS, buckets, strict=True):
+        seen += count
+        if seen >= q * total:
+            return bound
+    return LATENCY_BUCKETS[-1]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one proxy process, published for ``shoal status``, drills and rollouts."""
+
+    requests: int = 0
+    retries: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)  # by x-shoal-cause
+    in_flight: dict[str, int] = field(default_factory=dict)  # by service
+    served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
+    # by service/revision, since start: [requests answered, of which errors (5xx or none)]
+    outcomes: dict[str, list[int]] = field(default_factory=dict)
+    # by service/revision, since start: answers per LATENCY_BUCKETS bound (request to head)
+    latency: dict[str, list[int]] = field(default_factory=dict)
+
+    def answered(self, revision: str, error: bool, seconds: float) -> None:
+        """Count one request's final answer (``error``: 5xx or none) and its latency."""
+        outcome = self.outcomes.setdefault(revision, [0, 0])
+        outcome[0] += 1
+        outcome[1] += error
+        buckets = self.latency.setdefault(revision, [0] * len(LATENCY_BUCKETS))
+        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
