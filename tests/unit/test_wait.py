@@ -40,7 +40,7 @@ async def test_eventually_fails_naming_what_and_the_last_value() -> None:
 async def test_eventually_bounds_a_hanging_probe() -> None:
     """A probe still running at the deadline fails the wait then."""
     with pytest.raises(AssertionError, match="the probe never returned"):
-        await eventually(lambda: asyncio.sleep(10), "a hang", timeout=0.1)
+        await eventually(lambda: asyncio.Event().wait(), "a hang", timeout=0.1)
 
 
 async def test_eventually_propagates_other_errors() -> None:
