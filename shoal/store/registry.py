@@ -142,16 +142,21 @@ class Registry:
             raw = await self._redis.hgetall(self._keys.nodes)
         return {str(k): json.loads(v) for k, v in sorted(raw.items())}
 
-    async def prune(self, *, fence: str | None = None) -> list[str]:
+    async def prune(self, *, fence: str | None = None, asked_at: int | None = None) -> list[str]:
         """Remove expired instances and nodes; return the keys removed. With ``fence``, only
-        while the leader lease is held by ``fence`` (checked in the same script)."""
+        while the leader lease is held by ``fence`` (checked in the same script).
+
+        ``asked_at`` is when the prune was decided, in ms on the Redis server's clock (by
+        default: now, read from the server); a prune that runs more than a second after it
+        removes nothing (see ``_PRUNE``)."""
         removed: list[str] = []
         async with translated("pruning expired leases"):
-            seconds, micros = await self._redis.time()
-            asked_at = str(seconds * 1000 + micros // 1000)
+            if asked_at is None:
+                seconds, micros = await self._redis.time()
+                asked_at = seconds * 1000 + micros // 1000
             for kind in (INSTANCE, NODE):
                 removed += await self._prune(
                     keys=[*self._table(kind), self._keys.leader],
-                    args=[kind, str(STREAM_MAXLEN), asked_at, fence or ""],
+                    args=[kind, str(STREAM_MAXLEN), str(asked_at), fence or ""],
                 )
         return removed

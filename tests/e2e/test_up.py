@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from urllib.request import Request, urlopen
 import pytest
 
 from shoal.store.embedded import free_port
+from tests.support.wait import eventually_sync
 
 
 @dataclass
@@ -104,15 +104,6 @@ class Platform:
             return e.code, dict(e.headers), e.read().decode()
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll ``cond`` until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met in {timeout}s")
-        time.sleep(0.1)
-
-
 def ready_count(p: Platform) -> int:
     """Ready instances in the registry."""
     return sum(1 for i in p.status()["instances"] if i["state"] == "ready")
@@ -134,7 +125,13 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     """The quickstart: example served over h1 and h2c, weights, restarts, bad manifests,
     error causes, and config surviving a restart."""
-    wait_for(lambda: ready_count(platform) == 5)
+    eventually_sync(
+        lambda: ready_count(platform),
+        "5 ready instances",
+        until=lambda n: n == 5,
+        timeout=30,
+        interval=0.1,
+    )
     assert platform.request("hello")[2] == "Hello, World!\n"
     assert platform.request("world")[2] == "World, Hello!\n"
     assert platform.request("hello", "/chain")[2] == "World, Hello!\n"
@@ -159,7 +156,13 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     result = platform.shoal("weights", "hello", "v1=80", "v2=20")
     assert result.returncode == 0, result.stderr
     revision = int(result.stdout.rsplit("revision ", 1)[1].rstrip(")\n"))
-    wait_for(lambda: min(platform.status()["proxies"].values()) >= revision)
+    eventually_sync(
+        lambda: platform.status()["proxies"],
+        f"every proxy at revision {revision}",
+        until=lambda proxies: min(proxies.values()) >= revision,
+        timeout=30,
+        interval=0.1,
+    )
     versions = collections.Counter(
         platform.request("hello")[1].get("x-version") for _ in range(1000)
     )
@@ -169,11 +172,14 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     # kill -9 an instance: the agent restarts it under the same id
     world = next(i for i in platform.status()["instances"] if i["service"] == "world")
     os.kill(world["pid"], signal.SIGKILL)
-    wait_for(
+    eventually_sync(
         lambda: any(
             i["id"] == world["id"] and i["pid"] != world["pid"] and i["state"] == "ready"
             for i in platform.status()["instances"]
-        )
+        ),
+        f"{world['id']} restarted and ready",
+        timeout=30,
+        interval=0.1,
     )
 
     # a file with one good and one bad document applies nothing
@@ -209,7 +215,7 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
             return str(r.read().decode())
 
     wanted = 'shoal_refusals_total{cause="cold_start_timeout",component="gateway"} 1'
-    wait_for(lambda: wanted in metrics(), timeout=5)
+    eventually_sync(lambda: wanted in metrics(), wanted, timeout=5, interval=0.1)
     assert 'shoal_revision_requests_total{component="gateway",revision="hello/v' in metrics()
     status, headers, _ = platform.request("nowhere.example")
     assert (status, headers["x-shoal-cause"]) == (404, "no_route")
@@ -221,5 +227,11 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
     got = platform.shoal("get", "vs", "hello", "-o", "json")
     route = json.loads(got.stdout)[0]["spec"]["http"][0]["route"]
     assert [r["weight"] for r in route] == [80, 20]
-    wait_for(lambda: ready_count(platform) == 5)
+    eventually_sync(
+        lambda: ready_count(platform),
+        "5 ready instances",
+        until=lambda n: n == 5,
+        timeout=30,
+        interval=0.1,
+    )
     assert platform.request("hello")[0] == 200

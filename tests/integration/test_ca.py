@@ -18,6 +18,7 @@ from shoal.platform.ca.tokens import JoinTokens
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.pki import PKIStore
+from tests.support.wait import eventually
 
 NOW = datetime.now(UTC)
 
@@ -47,9 +48,9 @@ async def test_csr_is_signed_for_an_entitled_identity(
     await store.ensure_group()  # idempotent
     requester = IdentityRequester(store, "node-1")
     pending = asyncio.ensure_future(requester.issue(hello, NOW, timeout=5))
-    async with asyncio.timeout(5):  # the request is on the stream before anyone reads it
-        while not await redis.xlen(f"{keys.prefix}pki:csr"):
-            await asyncio.sleep(0.01)
+    await eventually(  # the request is on the stream before anyone reads it
+        lambda: redis.xlen(f"{keys.prefix}pki:csr"), "the CSR on the stream", timeout=5
+    )
     assert await signer.sign_pending(NOW, block_ms=2000) == 1
     issued = await pending
     assert str(spiffe_id_of(cert_from_pem(issued.cert_pem))) == hello

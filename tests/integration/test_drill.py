@@ -7,6 +7,7 @@ import pytest
 from shoal.platform.drills.drill import failover
 from shoal.resources.manifest import load_files
 from tests.support.cluster import EXAMPLE, Cluster, ready
+from tests.support.wait import eventually
 
 
 @pytest.mark.slow
@@ -51,7 +52,7 @@ async def test_scale_down_and_redeploy_lose_no_request(cluster: Cluster) -> None
     origin = time.monotonic()
     traffic = Traffic(cluster.gateway_url + "/", "hello", 100, lambda: time.monotonic() - origin)
     load = asyncio.ensure_future(traffic.run(8.0))
-    await asyncio.sleep(1.5)
+    await eventually(lambda: len(traffic.samples) >= 100, "traffic flowing", timeout=5)
     v1 = next(r for r in resources if isinstance(r, Service) and r.revision == "v1")
     await cluster.client.apply([dataclasses.replace(v1, scale=Scale(min=1))])
     await cluster.instances(lambda f: len([e for e in f if e.revision == "v1"]) == 1)

@@ -20,6 +20,7 @@ from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from tests.support.backends import Backend, echo_backend
 from tests.support.gateway import Gateway, serving
+from tests.support.wait import eventually
 
 ROUTES = """
 apiVersion: networking.istio.io/v1
@@ -429,9 +430,12 @@ async def test_connection_cap(redis: Redis, redis_url: str, keys: Keys) -> None:
                 async with Wire.to(edge.port) as third:
                     await third.send(request())
                     assert await third.closed()
-            async with asyncio.timeout(5):
-                while True:  # the gateway notices the close asynchronously
-                    async with Wire.to(edge.port) as fourth:
-                        if await still_serves(fourth):
-                            break
+
+            async def fourth_served() -> bool:
+                async with Wire.to(edge.port) as fourth:
+                    return await still_serves(fourth)
+
+            await eventually(  # the gateway notices the close asynchronously
+                fourth_served, "a new connection served once one of the two closed", timeout=5
+            )
             assert await still_serves(second)

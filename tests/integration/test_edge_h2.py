@@ -114,7 +114,7 @@ class H2Wire:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
 
-    async def until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def read_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
         """Read and process frames until ``done()`` or the connection closes."""
         async with asyncio.timeout(timeout):
             while not done() and not self.eof:
@@ -130,7 +130,7 @@ class H2Wire:
 
     async def answer(self, sid: int) -> Answer:
         """The complete answer on stream ``sid`` (a response, or a reset)."""
-        await self.until(
+        await self.read_until(
             lambda: (
                 sid in self.answers
                 and (self.answers[sid].ended or self.answers[sid].reset is not None)
@@ -141,7 +141,7 @@ class H2Wire:
     async def closed(self, timeout: float = 3.0) -> bool:
         """Whether the gateway closes the connection within ``timeout``."""
         try:
-            await self.until(lambda: False, timeout)
+            await self.read_until(lambda: False, timeout)
         except TimeoutError:
             return False
         return self.eof
@@ -198,7 +198,7 @@ async def test_body_limits(redis: Redis, redis_url: str, keys: Keys) -> None:
         assert (answer.status, answer.headers[b"x-shoal-cause"]) == (413, b"body_too_large")
         wire.conn.send_data(sid, b"z" * 1000)
         await wire.flush()
-        await wire.until(lambda: wire.answers[sid].reset is not None)
+        await wire.read_until(lambda: wire.answers[sid].reset is not None)
         assert wire.answers[sid].reset == h2.errors.ErrorCodes.NO_ERROR
         sid = await wire.request(get(b"/", b"POST"), end=False)
         for _ in range(5):  # 40 KiB in 8 KiB DATA frames, no content-length

@@ -13,6 +13,7 @@ from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from tests.support.backends import echo_backend
 from tests.support.gateway import Gateway, get
+from tests.support.wait import eventually
 
 RULES = """
 apiVersion: networking.istio.io/v1
@@ -113,9 +114,7 @@ async def test_breaker_overflows_immediately(gateway: Gateway, redis: Redis, key
         await gateway.client.apply(parse_text(RULES))
         await gateway.settle()
         first = asyncio.create_task(get(gateway, "/tight"))
-        async with asyncio.timeout(5):
-            while not slow.seen:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: slow.seen, "the first request at the backend", timeout=5)
         status, headers, _ = await get(gateway, "/tight")
         assert (status, headers["x-shoal-cause"]) == (503, "overflow")
         assert (await first)[0] == 200

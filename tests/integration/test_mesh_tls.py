@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from shoal.resources.manifest import parse_text
 from shoal.store.acks import live_reports
 from shoal.store.pki import PKIStore
 from tests.support.cluster import EXAMPLE, SERVICES, TRUST_DOMAIN, Cluster, ready
+from tests.support.wait import eventually
 
 WORLD_FROM_HELLO_ONLY = f"""
 apiVersion: security.istio.io/v1
@@ -121,17 +123,25 @@ async def test_every_hop_is_mtls_and_reported(cluster: Cluster) -> None:
             assert (r.status, await r.text()) == (200, "World, Hello!\n")
     td = f"spiffe://{TRUST_DOMAIN}"
     wanted = {f"{td}/gateway", f"{td}/node/n1", f"{td}/svc/hello", f"{td}/svc/world"}
-    async with asyncio.timeout(5):  # reports are written every second
-        while True:
-            reports = await live_reports(cluster.client.redis, cluster.client.keys)
-            held = {
-                leaf["identity"]: leaf["issuer"]
-                for report in reports.values()
-                for leaf in report.get("certs", {}).get("leaves", [])
-            }
-            if wanted <= set(held):
-                break
-            await asyncio.sleep(0.1)
+
+    async def reported() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """The live reports, and the identities they hold with their issuers."""
+        reports = await live_reports(cluster.client.redis, cluster.client.keys)
+        held = {
+            leaf["identity"]: leaf["issuer"]
+            for report in reports.values()
+            for leaf in report.get("certs", {}).get("leaves", [])
+        }
+        return reports, held
+
+    reports, held = await eventually(  # reports are written every second
+        reported,
+        f"reports holding {sorted(wanted)}",
+        until=lambda got: wanted <= set(got[1]),
+        timeout=5,
+        interval=0.1,
+        show=lambda got: str(sorted(got[1])),
+    )
     trusted = {r for report in reports.values() for r in report["certs"]["trusts"]}
     assert len(trusted) == 1 and set(held.values()) == trusted
 
@@ -212,9 +222,13 @@ async def test_leaf_rotation_renews_every_certificate(cluster: Cluster) -> None:
     await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
     await cluster.instances(lambda f: len(ready(f, "hello")) == 2)
     redis, keys = cluster.client.redis, cluster.client.keys
-    async with asyncio.timeout(10):
-        while len((before := await certs_status(redis, keys)).components) < 2:
-            await asyncio.sleep(0.1)
+    before = await eventually(
+        lambda: certs_status(redis, keys),
+        "two components reporting their certificates",
+        until=lambda status: len(status.components) >= 2,
+        timeout=10,
+        interval=0.1,
+    )
     epoch = await renew_leaves(redis, keys, 30, lambda _: None)
     after = await certs_status(redis, keys)
     serials = {

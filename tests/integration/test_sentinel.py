@@ -30,6 +30,7 @@ from shoal.store.sentinel import (
     parse_switch,
 )
 from shoal.store.watch import View, Watcher
+from tests.support.wait import eventually
 
 SERVICE = "shoal"
 KIND = "VirtualService"
@@ -235,23 +236,6 @@ async def ask(url: str, call: Callable[[Redis], Any]) -> Any:
         await client.aclose()
 
 
-async def eventually(probe: Callable[[], Any], what: str, timeout: float = READY_TIMEOUT) -> Any:
-    """Poll the async ``probe`` every 50 ms until it returns something true (StoreError counts as
-    not yet); AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = await probe()
-        except StoreError as e:
-            last = e
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last!r})")
-
-
 @pytest.fixture
 async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelCluster]:
     """Master r1, replica r2 in sync, and three Sentinels that see both and each other."""
@@ -264,7 +248,9 @@ async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelCluster]:
             info = await ask(cluster.server_url("r2"), lambda r: r.info("replication"))
             return info.get("master_link_status") == "up"
 
-        await eventually(in_sync, "r2 replicating r1")
+        await eventually(
+            in_sync, "r2 replicating r1", timeout=READY_TIMEOUT, interval=0.05, ignore=(StoreError,)
+        )
         for i in range(3):
             cluster.start_sentinel(i, "r1")
 
@@ -275,7 +261,13 @@ async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelCluster]:
                     return False
             return True
 
-        await eventually(all_see_all, "each Sentinel seeing the replica and two peers")
+        await eventually(
+            all_see_all,
+            "each Sentinel seeing the replica and two peers",
+            timeout=READY_TIMEOUT,
+            interval=0.05,
+            ignore=(StoreError,),
+        )
         yield cluster
     finally:
         cluster.stop()
@@ -306,9 +298,12 @@ async def watching(url: str, keys: Keys) -> AsyncIterator[list[View]]:
 async def seen(views: list[View], name: str, timeout: float) -> float:
     """Wait until a delivered view holds document ``name``; the seconds it took."""
     t0 = time.monotonic()
-    async with asyncio.timeout(timeout):
-        while not any(name in v.documents(KIND) for v in views):
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: any(name in v.documents(KIND) for v in views),
+        f"a view with document {name}",
+        timeout=timeout,
+        interval=0.01,
+    )
     return time.monotonic() - t0
 
 
@@ -331,7 +326,9 @@ async def test_sentinel_url_reaches_the_master(sentinels: SentinelCluster) -> No
             raw = await ask(sentinels.server_url("r2"), lambda r: r.hget(keys.config(KIND), "b"))
             return raw is not None
 
-        await eventually(replicated, "document b on the replica", timeout=5)
+        await eventually(
+            replicated, "document b on the replica", timeout=5, interval=0.05, ignore=(StoreError,)
+        )
     finally:
         await redis.aclose()
 
@@ -383,19 +380,29 @@ async def test_master_crash(
                 ),
                 "document before on the replica",
                 timeout=5,
+                interval=0.05,
+                ignore=(StoreError,),
             )
 
             crashed = time.monotonic()
             sentinels.kill("r1")
             failures = 0
-            while True:
+
+            async def written() -> bool:
+                nonlocal failures
                 try:
                     await store.write([Change(KIND, "after", {"x": 2})])
-                    break
                 except StoreUnavailable:
                     failures += 1
-                    assert time.monotonic() - crashed < 20, sentinels.log("sentinel0")
-                    await asyncio.sleep(0.02)
+                    return False
+                return True
+
+            await eventually(
+                written,
+                "a write through the same client after the crash",
+                timeout=20,
+                detail=lambda: sentinels.log("sentinel0"),
+            )
             writes_back = time.monotonic() - crashed
             assert await served_by(redis) == sentinels.ports["r2"]
             await seen(views, "after", timeout=10)
@@ -457,26 +464,27 @@ async def test_manual_failover(
         async with watching(sentinels.url, keys) as views:
             writer = asyncio.create_task(steady_writes(redis, "log", writes, stop))
             try:
-                while len(writes) < 20:
-                    await asyncio.sleep(0.01)
+                await eventually(lambda: len(writes) >= 20, "20 steady writes")
 
                 async def failover() -> bool:
                     return bool(
                         await ask(sentinels.sentinel_url(0), lambda r: r.sentinel_failover(SERVICE))
                     )
 
-                await eventually(failover, "SENTINEL FAILOVER accepted", timeout=10)
+                await eventually(
+                    failover,
+                    "SENTINEL FAILOVER accepted",
+                    timeout=10,
+                    interval=0.05,
+                    ignore=(StoreError,),
+                )
                 started = time.monotonic()
                 r2 = sentinels.ports["r2"]
 
                 def moved() -> float | None:
                     return next((w.sent for w in writes if w.port == r2), None)
 
-                async def moved_yet() -> float | None:
-                    return moved()
-
-                await eventually(moved_yet, "a write on the new master", timeout=10)
-                switched = moved()
+                switched = await eventually(moved, "a write on the new master", timeout=10)
                 assert switched is not None
                 store = ConfigStore(redis, keys)
                 await store.write([Change(KIND, "after", {"x": 1})])
@@ -486,9 +494,16 @@ async def test_manual_failover(
                     info = await ask(sentinels.server_url("r1"), lambda r: r.info("replication"))
                     return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
-                await eventually(demoted, "r1 demoted to a replica of r2", timeout=30)
+                await eventually(
+                    demoted,
+                    "r1 demoted to a replica of r2",
+                    timeout=30,
+                    interval=0.05,
+                    ignore=(StoreError,),
+                )
                 demoted_at = time.monotonic()
-                await asyncio.sleep(0.5)  # writes go on while r1 has just turned replica
+                sent = len(writes)  # writes go on while r1 has just turned replica
+                await eventually(lambda: len(writes) >= sent + 50, "50 writes after the demotion")
             finally:
                 stop.set()
                 await writer

@@ -20,6 +20,7 @@ from shoal.store.acks import live_reports
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import EXAMPLE, Cluster, ready, running_cluster
+from tests.support.wait import eventually
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 FAST = AutoscaleSettings(stable_window=3.0, panic_window=1.0)
@@ -70,7 +71,12 @@ async def test_scale_to_zero_and_back_on_the_next_request(fast_cluster: Cluster)
     reports the activation and its cold start."""
     cluster = fast_cluster
     await cluster.client.apply(parse_text(AT_ZERO))
-    await asyncio.sleep(1.5)  # several controller ticks: nothing is started for min 0
+    (decided,) = await eventually(  # the controller has seen hello/v1: it places nothing
+        lambda: cluster.client.revisions("hello"),
+        "the autoscaler deciding on hello/v1",
+        until=lambda revisions: revisions[0]["desired"] is not None,
+    )
+    assert decided["desired"] == 0
     assert not [e for e in await cluster.client.registry.instances() if e.service == "hello"]
     async with aiohttp.ClientSession() as s:
         started = time.monotonic()

@@ -23,6 +23,7 @@ from shoal.identity.certs import client_context, server_context
 from shoal.identity.issuance import make_csr, new_root, sign
 from shoal.identity.pki import bundle_pem, key_to_pem, new_key
 from shoal.mesh.sniff import SniffingSite
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -128,13 +129,6 @@ def is_plain(reply: bytes) -> bool:
     return reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nplain")
 
 
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 async def test_tls_client_is_served_over_tls(tls: Contexts) -> None:
     """A mesh client's TLS connection reaches the handler as TLS, with its certificate."""
     async with serving(tls) as site:
@@ -212,7 +206,11 @@ async def test_tls_without_client_cert_fails_quietly(
         async with serving(tls) as site:
             with pytest.raises(aiohttp.ClientError):
                 await get_tls(site.port, tls.anonymous)
-            await until(lambda: any("TLS handshake" in r.getMessage() for r in caplog.records))
+            await eventually(
+                lambda: any("TLS handshake" in r.getMessage() for r in caplog.records),
+                "the refused handshake logged",
+                timeout=2,
+            )
             assert await get_tls(site.port, tls.client) == ("tls", GATEWAY)
     finally:
         loop.set_exception_handler(None)
@@ -231,7 +229,11 @@ async def test_failing_plaintext_decision_is_loud(
 
     async with serving(tls, plaintext=plaintext) as site:
         assert await exchange(site.port, REQUEST) == b""
-        await until(lambda: any(r.levelno == logging.ERROR for r in caplog.records))
+        await eventually(
+            lambda: any(r.levelno == logging.ERROR for r in caplog.records),
+            "the failing decision logged at error level",
+            timeout=2,
+        )
         assert await get_tls(site.port, tls.client) == ("tls", GATEWAY)
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.name == "shoal.mesh.sniff"

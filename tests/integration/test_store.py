@@ -13,6 +13,7 @@ from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
 from shoal.store.watch import View, Watcher
+from tests.support.wait import eventually
 
 
 def endpoint(n: int, state: str = "ready") -> Endpoint:
@@ -28,14 +29,9 @@ def endpoint(n: int, state: str = "ready") -> Endpoint:
     )  # type: ignore[arg-type]
 
 
-async def until(views: list[View], cond: Callable[[View], bool], timeout: float = 5.0) -> View:
-    """Wait until a received view satisfies ``cond``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            for v in reversed(views):
-                if cond(v):
-                    return v
-            await asyncio.sleep(0.01)
+def latest(views: list[View], cond: Callable[[View], bool]) -> View | None:
+    """The newest received view that satisfies ``cond``, if any."""
+    return next((v for v in reversed(views) if cond(v)), None)
 
 
 async def test_write_is_atomic_and_bumps_one_revision(redis: Redis, keys: Keys) -> None:
@@ -85,9 +81,7 @@ async def test_prune_removes_only_expired(redis: Redis, keys: Keys) -> None:
     reg = Registry(redis, keys)
     await reg.put_instances([endpoint(1)], ttl=0.05)
     await reg.put_instances([endpoint(2)], ttl=30)
-    async with asyncio.timeout(5):
-        while not await reg.prune():
-            await asyncio.sleep(0.02)
+    await eventually(reg.prune, "the expired instance pruned", timeout=5)
     assert [e.id for e in await reg.instances()] == ["i2"]
 
 
@@ -99,15 +93,20 @@ async def test_watcher_sees_snapshot_then_changes(redis_url: str, redis: Redis, 
     watcher = Watcher(redis_url, keys, ["VirtualService"])
     task = asyncio.create_task(watcher.run(views.append))
     try:
-        await until(views, lambda v: "a" in v.documents("VirtualService"))
+        await eventually(
+            lambda: latest(views, lambda v: "a" in v.documents("VirtualService")), "a view with a"
+        )
         await store.write([Change("VirtualService", "b", {"x": 2})])
         await reg.put_instances([endpoint(1)], ttl=5)
-        v = await until(
-            views, lambda v: "b" in v.documents("VirtualService") and "hello/i1" in v.instances
+        v = await eventually(
+            lambda: latest(
+                views, lambda v: "b" in v.documents("VirtualService") and "hello/i1" in v.instances
+            ),
+            "a view with b and hello/i1",
         )
         assert v.revision == 2
         await reg.remove_instances(["hello/i1"])
-        await until(views, lambda v: not v.instances)
+        await eventually(lambda: latest(views, lambda v: not v.instances), "a view without i1")
     finally:
         task.cancel()
 
@@ -123,7 +122,10 @@ async def test_watcher_resyncs_after_reconnect(redis_url: str, redis: Redis, key
             await watcher.connected.wait()
         await redis.client_kill_filter(_type="normal", skipme=True)
         await store.write([Change("VirtualService", "late", {"x": 3})])
-        await until(views, lambda v: "late" in v.documents("VirtualService"))
+        await eventually(
+            lambda: latest(views, lambda v: "late" in v.documents("VirtualService")),
+            "a view with the document written while disconnected",
+        )
     finally:
         task.cancel()
 
@@ -140,15 +142,11 @@ async def test_registry_lists_sorted(redis: Redis, keys: Keys, n: int) -> None:
 
 async def test_prune_that_sat_in_a_stalled_server_does_nothing(redis: Redis, keys: Keys) -> None:
     """A prune executed over a second after it was asked for removes nothing."""
-    from shoal.store.registry import INSTANCE
-
     reg = Registry(redis, keys)
-    await reg.put_instances([endpoint(1)], ttl=0.01)
+    await reg.put_instances([endpoint(1)], ttl=0)  # its lease ends as it is written
     seconds, micros = await redis.time()
     stale = seconds * 1000 + micros // 1000 - 5_000
-    await asyncio.sleep(0.05)
-    table = [keys.instances, keys.instance_leases, keys.changes, keys.leader]
-    assert await reg._prune(keys=table, args=[INSTANCE, "100", str(stale), ""]) == []
+    assert await reg.prune(asked_at=stale) == []
     assert [e.id for e in await reg.instances()] == ["i1"]
     assert await reg.prune() == ["hello/i1"]
 
@@ -164,7 +162,6 @@ async def test_fenced_writes_need_the_leader_lease(redis: Redis, keys: Keys) -> 
         await store.write([Change("Placement", "n1", None)], fence="ctl-a")
     assert await store.revision() == rev
     assert await store.get("Placement", "n1") == {"revisions": {"a/v1": 1}}
-    await reg.put_instances([endpoint(1)], ttl=0.01)
-    await asyncio.sleep(0.05)
+    await reg.put_instances([endpoint(1)], ttl=0)  # its lease ends as it is written
     assert await reg.prune(fence="ctl-a") == []
     assert await reg.prune(fence="ctl-b") == ["hello/i1"]

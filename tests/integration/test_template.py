@@ -20,6 +20,7 @@ from shoal.platform.runtime.template_protocol import TemplateError
 from shoal.resources.model import HealthCheck, Service
 from shoal.store.embedded import free_port
 from tests.support.cluster import EXAMPLE
+from tests.support.wait import eventually
 
 HELLO = Service(
     name="hello",
@@ -61,13 +62,6 @@ def gone(pid: int) -> bool:
     return info is None or info[1] == "Z"
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
 async def fetch(port: int, path: str = "/") -> tuple[int, dict[str, str], str]:
     """One GET to a local instance: status, headers, body."""
     async with aiohttp.ClientSession() as s:
@@ -77,12 +71,13 @@ async def fetch(port: int, path: str = "/") -> tuple[int, dict[str, str], str]:
 
 async def serving(port: int, timeout: float = 10.0) -> tuple[int, dict[str, str], str]:
     """The first answer of an instance that is starting."""
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                return await fetch(port)
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.01)
+    return await eventually(
+        lambda: fetch(port),
+        f"an answer on port {port}",
+        timeout=timeout,
+        interval=0.01,
+        ignore=(aiohttp.ClientConnectionError,),
+    )
 
 
 def refuses(port: int) -> bool:
@@ -163,13 +158,13 @@ async def test_forked_instance_serves_with_its_own_env_and_takes_signals(
         assert (status, body, headers["x-instance"]) == (200, "Hello, World!\n", "first")
 
         os.killpg(pid, signal.SIGUSR1)  # the drills' "error" fault, as the agent sends it
-        async with asyncio.timeout(5):
-            while (await fetch(port))[0] != 503:
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: fetch(port), "the fault on: 503", until=lambda a: a[0] == 503, timeout=5
+        )
         os.killpg(pid, signal.SIGUSR1)
-        async with asyncio.timeout(5):
-            while (await fetch(port))[0] != 200:
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: fetch(port), "the fault off: 200", until=lambda a: a[0] == 200, timeout=5
+        )
 
         second_port, second, second_fd = await spawn(templates, tmp_path, "second")
         os.close(second_fd)
@@ -177,8 +172,11 @@ async def test_forked_instance_serves_with_its_own_env_and_takes_signals(
         os.killpg(second, signal.SIGKILL)
 
         os.killpg(pid, signal.SIGTERM)
-        await until(lambda: gone(pid) and gone(second))
-        await until(lambda: f"instance {pid} exited with code 0" in template.log.read_text())
+        await eventually(lambda: gone(pid) and gone(second), "both instances gone")
+        await eventually(
+            lambda: f"instance {pid} exited with code 0" in template.log.read_text(),
+            "the template logging the first instance's clean exit",
+        )
         assert f"instance {second} exited with code -9" in template.log.read_text()
     finally:
         os.close(pidfd)
@@ -200,7 +198,7 @@ async def test_slot_watches_a_forked_instance_restarts_it_and_drains_it(tmp_path
     slot = hello_slot(templates, tmp_path / "logs", on_change)
     run = asyncio.ensure_future(slot.run())
     try:
-        await until(lambda: slot.state == "ready")
+        await eventually(lambda: slot.state == "ready", "the slot ready")
         template = templates.running()[HELLO.key]
         first = slot.pid
         assert first is not None and parent(first) == template.pid
@@ -208,7 +206,9 @@ async def test_slot_watches_a_forked_instance_restarts_it_and_drains_it(tmp_path
         assert (await fetch(slot.port))[0] == 200
 
         os.killpg(first, signal.SIGKILL)
-        await until(lambda: slot.state == "ready" and slot.pid != first)
+        await eventually(
+            lambda: slot.state == "ready" and slot.pid != first, "the slot ready again, restarted"
+        )
         assert "unhealthy" in changes  # the exit was seen, and reported, before the restart
         assert refuses(first_port) and gone(first)
         second = slot.pid
@@ -218,7 +218,9 @@ async def test_slot_watches_a_forked_instance_restarts_it_and_drains_it(tmp_path
         await slot.stop(drain_delay=0.0, grace=5.0)
         await run
         assert gone(second)
-        await until(lambda: children(template.pid) == {})  # reaped: not even a zombie
+        await eventually(  # reaped: not even a zombie
+            lambda: children(template.pid) == {}, "the template without children"
+        )
         # no descriptor left behind by two forks: stdio, the control connection, the wakeup pair
         assert len(os.listdir(f"/proc/{template.pid}/fd")) == 6
     finally:
@@ -247,7 +249,7 @@ async def test_template_exits_when_the_agent_hangs_up_and_its_instances_live_on(
     finally:
         os.killpg(pid, signal.SIGTERM)
         os.close(pidfd)
-    await until(lambda: refuses(port))
+    await eventually(lambda: refuses(port), f"nothing listening on port {port}")
 
 
 @pytest.mark.timeout(60)
@@ -263,7 +265,7 @@ async def test_retire_stops_the_templates_of_revisions_gone(
     await templates.retire(keep=set())
     assert templates.running() == {} and template.process.returncode == 0
     os.killpg(pid, signal.SIGTERM)
-    await until(lambda: refuses(port))
+    await eventually(lambda: refuses(port), f"nothing listening on port {port}")
 
 
 @pytest.mark.timeout(60)
@@ -314,7 +316,7 @@ async def test_templates_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.M
     slot = hello_slot(templates, tmp_path)
     run = asyncio.ensure_future(slot.run())
     try:
-        await until(lambda: slot.state == "ready")
+        await eventually(lambda: slot.state == "ready", "the slot ready")
         assert slot.pid is not None and parent(slot.pid) == os.getpid()
         assert templates.running() == {}
     finally:
@@ -332,7 +334,7 @@ async def test_a_dead_template_is_replaced(tmp_path: Path) -> None:
     slot = hello_slot(templates, tmp_path)
     run = asyncio.ensure_future(slot.run())
     try:
-        await until(lambda: slot.state == "ready")
+        await eventually(lambda: slot.state == "ready", "the slot ready")
         first, port = slot.pid, slot.port
         assert first is not None
         dead = templates.running()[HELLO.key]
@@ -340,7 +342,9 @@ async def test_a_dead_template_is_replaced(tmp_path: Path) -> None:
         await dead.process.wait()
         assert (await fetch(port))[0] == 200  # the orphaned instance still serves
         os.killpg(first, signal.SIGKILL)
-        await until(lambda: slot.state == "ready" and slot.pid != first)
+        await eventually(
+            lambda: slot.state == "ready" and slot.pid != first, "the slot ready again, restarted"
+        )
         assert slot.pid is not None and parent(slot.pid) in (
             os.getpid(),
             *(t.pid for t in templates.running().values()),

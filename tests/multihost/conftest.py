@@ -6,7 +6,6 @@ import json
 import secrets
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.multihost.harness import (
     summary,
 )
 from tests.support.netns import Network, network, require_netns
+from tests.support.wait import eventually_sync
 
 STARTUP_TIMEOUT = 30.0
 
@@ -71,11 +71,12 @@ def _start_redis(net: Network, home: Path) -> tuple[str, str]:
         ],
         cwd=home,
     )
-    deadline = time.monotonic() + 10.0
-    while not _redis_answers(address, REDIS_PORT, password):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"redis-server on {address}:{REDIS_PORT} did not answer in 10s")
-        time.sleep(0.05)
+    eventually_sync(
+        lambda: _redis_answers(address, REDIS_PORT, password),
+        f"redis-server on {address}:{REDIS_PORT} answering",
+        timeout=10,
+        interval=0.05,
+    )
     return f"redis://:{password}@{address}:{REDIS_PORT}/0", password
 
 
@@ -105,16 +106,21 @@ def multihost(tmp_path: Path) -> Iterator[MultiHost]:
 
 def _wait_for_nodes(mh: MultiHost) -> None:
     """Block until both nodes are registered (each holds its certificate by then)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last: Status = {}
-    while time.monotonic() < deadline:
-        last = json.loads(mh.shoal("status", "-o", "json"))
-        if set(NODE_IDS.values()) <= set(last.get("nodes", {})):
-            return
+
+    def status() -> Status:
+        """``shoal status``; AssertionError at once if a component has exited."""
+        st: Status = json.loads(mh.shoal("status", "-o", "json"))
         dead = [n for n, p in mh.components.items() if not p.alive()]
         if dead:
             raise AssertionError(f"exited during startup: {dead}\n{mh.diagnostics()}")
-        time.sleep(0.2)
-    raise AssertionError(
-        f"nodes not registered within {STARTUP_TIMEOUT}s: {summary(last)}\n{mh.diagnostics()}"
+        return st
+
+    eventually_sync(
+        status,
+        "both nodes registered",
+        until=lambda st: set(NODE_IDS.values()) <= set(st.get("nodes", {})),
+        timeout=STARTUP_TIMEOUT,
+        interval=0.2,
+        show=summary,
+        detail=mh.diagnostics,
     )

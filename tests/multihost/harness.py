@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.netns import Network, Process
+from tests.support.wait import eventually
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
 REDIS_PORT = 6390  # fixed: each test has its own namespaces, so ports cannot collide
@@ -136,15 +137,14 @@ class MultiHost:
     ) -> Status:
         """Poll ``shoal status`` until ``cond`` holds; AssertionError naming ``what`` (with the
         last status and the components' logs) after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        st: Status = {}
-        while time.monotonic() < deadline:
-            st = await self.status()
-            if cond(st):
-                return st
-            await asyncio.sleep(0.2)
-        raise AssertionError(
-            f"not within {timeout}s: {what}\nlast status: {summary(st)}\n{self.diagnostics()}"
+        return await eventually(
+            self.status,
+            what,
+            until=cond,
+            timeout=timeout,
+            interval=0.2,
+            show=summary,
+            detail=self.diagnostics,
         )
 
     def diagnostics(self, lines: int = 25) -> str:
@@ -153,6 +153,29 @@ class MultiHost:
         for name, proc in self.components.items():
             parts.append(f"--- {name} on {proc.host.name} ---\n{proc.tail(lines)}")
         return "\n".join(parts)
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds an established TCP connection to ``port`` (its socket
+    descriptors looked up in its namespace's TCP tables in /proc)."""
+    sockets = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        rows = [
+            line.split()
+            for table in ("tcp", "tcp6")
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        ]
+    except OSError:  # it has exited
+        return False
+    return any(
+        row[3] == "01"  # ESTABLISHED
+        and int(row[2].rsplit(":", 1)[1], 16) == port
+        and f"socket:[{row[9]}]" in sockets
+        for row in rows
+    )
 
 
 def summary(st: Status) -> str:

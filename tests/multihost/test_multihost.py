@@ -24,13 +24,16 @@ import pytest
 from tests.multihost.harness import (
     MESH_PORT,
     NODE_IDS,
+    REDIS_PORT,
     MultiHost,
     Status,
     Traffic,
+    connected_to,
     instances,
     service,
     shoal_env,
 )
+from tests.support.wait import eventually
 
 HOSTS_BC = set(NODE_IDS.values())
 
@@ -76,20 +79,16 @@ async def first_success(
     session: aiohttp.ClientSession, url: str, host: str, timeout: float = 15.0
 ) -> None:
     """Wait until the gateway answers 200 for ``host`` (it has its certificate and a view with
-    the instances); AssertionError with the answers seen meanwhile otherwise."""
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            status, _, body = await get(session, url, host)
-        except aiohttp.ClientError as e:
-            seen.append(repr(e))
-        else:
-            if status == 200:
-                return
-            seen.append(f"{status} {body.strip()[:80]}")
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"gateway never answered 200 for {host} in {timeout}s: {seen[-5:]}")
+    the instances); AssertionError with the last answer seen otherwise."""
+    await eventually(
+        lambda: get(session, url, host),
+        f"the gateway answering 200 for {host}",
+        until=lambda answer: answer[0] == 200,
+        timeout=timeout,
+        interval=0.1,
+        ignore=(aiohttp.ClientError,),
+        show=lambda answer: f"{answer[0]} {answer[2].strip()[:80]}",
+    )
 
 
 def node_of(st: Status) -> dict[str, str]:
@@ -166,9 +165,11 @@ async def test_cutting_host_c_off_under_traffic(
         sender = asyncio.create_task(traffic.run(stop))
         try:
             # Steady state: both hosts answer.
-            await wait_until(
+            await eventually(
                 lambda: {before.get(a.instance) for a in traffic.answers if a.ok} >= HOSTS_BC,
                 "traffic answered by both hostB and hostC",
+                timeout=15,
+                interval=0.05,
             )
 
             cut = time.monotonic()
@@ -225,9 +226,11 @@ async def test_cutting_host_c_off_under_traffic(
                 timeout=30,
             )
             now_on_c = {i["id"] for i in instances(st, "hello") if i["node"] == "hostC"}
-            await wait_until(
+            await eventually(
                 lambda: any(a.ok and a.instance in now_on_c for a in traffic.answers),
                 "traffic answered by the new instance on hostC",
+                timeout=15,
+                interval=0.05,
             )
             numbers["serving_on_c_again_s"] = round(time.monotonic() - back, 2)
         finally:
@@ -239,15 +242,6 @@ async def test_cutting_host_c_off_under_traffic(
     print(f"\nmultihost check 2: {numbers}")
     record_property("numbers", numbers)  # in --junitxml reports
     assert not failed, failed
-
-
-async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll ``cond()`` every 50 ms until true; AssertionError naming ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(90)
@@ -268,7 +262,13 @@ async def test_leader_controller_dies_another_takes_over(multihost: MultiHost) -
     )
     mh.components["controller-b"] = standby
     leader = mh.components.pop("controller")
-    await asyncio.sleep(1.0)  # B has started and stands by
+    await eventually(  # B has started and stands by: it talks to the store
+        lambda: connected_to(standby.pid, REDIS_PORT),
+        "controller-b connected to Redis",
+        timeout=15,
+        interval=0.05,
+        detail=standby.tail,
+    )
     killed_at = time.monotonic()
     os.killpg(leader.pid, signal.SIGKILL)
     await mh.ashoal("scale", "hello", "--min", "3")

@@ -35,6 +35,7 @@ from tests.multihost.harness import (
     start_shoal,
 )
 from tests.support.netns import Network, Process, network, require_netns
+from tests.support.wait import eventually
 
 SERVICE = "shoal"
 SENTINEL_PORT = 26379
@@ -73,21 +74,8 @@ async def ask(url: str, call: Callable[[Redis], Any]) -> Any:
         await client.aclose()
 
 
-async def eventually(probe: Callable[[], Any], what: str, timeout: float = READY_TIMEOUT) -> Any:
-    """Poll the async ``probe`` every 100 ms until it returns something true (StoreError and
-    AssertionError count as not yet); AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = await probe()
-        except (StoreError, AssertionError) as e:
-            last = e
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last!r})")
+# A probe of the store or the CLI may fail while the cluster settles or fails over: not yet.
+NOT_YET = (StoreError, AssertionError)
 
 
 def _redis(net: Network, host: str, home: Path, password: str, *extra: str) -> Process:
@@ -166,7 +154,13 @@ async def sentinel_hosts(tmp_path: Path) -> AsyncIterator[SentinelHosts]:
             info = await ask(sh.server_url("b"), lambda r: r.info("replication"))
             return info.get("master_link_status") == "up"
 
-        await eventually(in_sync, "the replica on B in sync with the master on A")
+        await eventually(
+            in_sync,
+            "the replica on B in sync with the master on A",
+            timeout=READY_TIMEOUT,
+            interval=0.1,
+            ignore=NOT_YET,
+        )
         for h in ("a", "b", "c"):
             _sentinel(net, h, homes[h], password, sentinel_password)
 
@@ -177,7 +171,13 @@ async def sentinel_hosts(tmp_path: Path) -> AsyncIterator[SentinelHosts]:
                     return False
             return True
 
-        await eventually(all_see_all, "each Sentinel seeing the replica and its two peers")
+        await eventually(
+            all_see_all,
+            "each Sentinel seeing the replica and its two peers",
+            timeout=READY_TIMEOUT,
+            interval=0.1,
+            ignore=NOT_YET,
+        )
         try:
             start_shoal(mh)
             await mh.wait_status(
@@ -190,15 +190,6 @@ async def sentinel_hosts(tmp_path: Path) -> AsyncIterator[SentinelHosts]:
             # Shoal's processes first, while Redis is still there; the network's teardown then
             # stops Redis and the Sentinels and sweeps.
             net.stop(*reversed(mh.components.values()), timeout=20.0)
-
-
-async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll ``cond()`` every 50 ms until true; AssertionError naming ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(150)
@@ -228,12 +219,19 @@ async def test_sentinel_failover_under_traffic(
             except (aiohttp.ClientError, TimeoutError):
                 return False
 
-        await eventually(answered, "a 200 from the gateway", timeout=15)
+        await eventually(
+            answered, "a 200 from the gateway", timeout=15, interval=0.1, ignore=NOT_YET
+        )
         traffic = Traffic(session, mh.gateway_url, "hello", rps=20)
         stop = asyncio.Event()
         sender = asyncio.create_task(traffic.run(stop))
         try:
-            await wait_until(lambda: sum(a.ok for a in traffic.answers) >= 20, "steady traffic")
+            await eventually(
+                lambda: sum(a.ok for a in traffic.answers) >= 20,
+                "steady traffic",
+                timeout=15,
+                interval=0.05,
+            )
 
             killed = time.monotonic()
             os.killpg(sh.master.pid, signal.SIGKILL)
@@ -244,10 +242,18 @@ async def test_sentinel_failover_under_traffic(
                 )
                 return bool(addr) and addr[0] == b
 
-            await eventually(promoted, "the Sentinels promoting B's replica", timeout=30)
+            await eventually(
+                promoted,
+                "the Sentinels promoting B's replica",
+                timeout=30,
+                interval=0.1,
+                ignore=NOT_YET,
+            )
             numbers["promoted_s"] = round(time.monotonic() - killed, 2)
 
-            st = await eventually(mh.status, "shoal status answering", timeout=30)
+            st = await eventually(
+                mh.status, "shoal status answering", timeout=30, interval=0.1, ignore=NOT_YET
+            )
             numbers["status_s"] = round(time.monotonic() - killed, 2)
             assert {i["node"] for i in instances(st, "hello")} <= set(NODE_IDS.values())
 
@@ -255,7 +261,9 @@ async def test_sentinel_failover_under_traffic(
                 await mh.ashoal("scale", "hello", "--min", "3")
                 return True
 
-            await eventually(scale, "shoal scale hello --min 3", timeout=30)
+            await eventually(
+                scale, "shoal scale hello --min 3", timeout=30, interval=0.1, ignore=NOT_YET
+            )
             numbers["scale_accepted_s"] = round(time.monotonic() - killed, 2)
             st = await mh.wait_status(
                 lambda st: len(instances(st, "hello")) == 3,
@@ -264,15 +272,21 @@ async def test_sentinel_failover_under_traffic(
             )
             numbers["scaled_s"] = round(time.monotonic() - killed, 2)
             before = {i["id"] for i in instances(st, "hello")}
-            await wait_until(
+            await eventually(
                 lambda: len({a.instance for a in traffic.answers if a.ok} & before) == 3,
                 "traffic answered by all 3 instances",
                 timeout=30,
+                interval=0.05,
             )
             numbers["served_by_3_s"] = round(time.monotonic() - killed, 2)
             # Two more seconds of traffic on the new master's view (40 requests at 20/s).
             sent = len(traffic.answers)
-            await wait_until(lambda: len(traffic.answers) >= sent + 40, "40 more answers")
+            await eventually(
+                lambda: len(traffic.answers) >= sent + 40,
+                "40 more answers",
+                timeout=15,
+                interval=0.05,
+            )
             # The store really is B now, and it holds the new scale.
             role = await ask(sh.server_url("b"), lambda r: r.info("replication"))
             assert role["role"] == "master"

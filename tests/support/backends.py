@@ -58,7 +58,7 @@ async def echo_backend(
         }
         backend.seen.append(record)
         if delay is not None:
-            await asyncio.sleep(delay(request))
+            await asyncio.sleep(delay(request))  # a slow backend: holding the answer is the point
         if reset is not None and reset(request) and request.transport is not None:
             request.transport.abort()
             raise asyncio.CancelledError

@@ -21,6 +21,7 @@ from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 from shoal.store.pki import PKIStore
+from tests.support.wait import eventually
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "hello-world"
 TRUST_DOMAIN = "shoal.test"
@@ -72,12 +73,14 @@ class Cluster:
         self, cond: Callable[[list[Endpoint]], bool], timeout: float = 20.0
     ) -> list[Endpoint]:
         """Poll the registry until ``cond`` holds for the instance list."""
-        async with asyncio.timeout(timeout):
-            while True:
-                found = await self.client.registry.instances()
-                if cond(found):
-                    return found
-                await asyncio.sleep(0.05)
+        return await eventually(
+            self.client.registry.instances,
+            "the registry's instances to match",
+            until=cond,
+            timeout=timeout,
+            interval=0.05,
+            show=lambda found: str([f"{e.key} {e.state}" for e in found]),
+        )
 
 
 def ready(found: list[Endpoint], service: str) -> list[Endpoint]:
@@ -162,8 +165,10 @@ async def running_cluster(
 async def no_task_left(timeout: float = 5.0) -> None:
     """Wait until this test's task is the loop's only one: every component awaited its own."""
     me = asyncio.current_task()
-    deadline = asyncio.get_running_loop().time() + timeout
-    while left := [t for t in asyncio.all_tasks() if t is not me]:
-        if asyncio.get_running_loop().time() >= deadline:
-            raise AssertionError(f"tasks left running: {[t.get_coro() for t in left]}")
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: [t.get_coro() for t in asyncio.all_tasks() if t is not me],
+        "no task left running",
+        until=lambda left: not left,
+        timeout=timeout,
+        interval=0.05,
+    )

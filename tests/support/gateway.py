@@ -16,6 +16,7 @@ from shoal.store.acks import live_acks
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
+from tests.support.wait import eventually
 
 
 @dataclass
@@ -33,11 +34,12 @@ class Gateway:
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait until the gateway has applied the store's current config revision."""
         revision = await self.client.config.revision()
-        async with asyncio.timeout(timeout):
-            while (await live_acks(self.client.redis, self.client.keys)).get(
-                "gateway", -1
-            ) < revision:
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: live_acks(self.client.redis, self.client.keys),
+            f"the gateway to apply config revision {revision}",
+            until=lambda acks: acks.get("gateway", -1) >= revision,
+            timeout=timeout,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -49,13 +51,12 @@ async def serving(
     task = asyncio.create_task(
         run_gateway(redis, redis_url, keys, settings=settings, stop=stop, trust_domain="shoal.test")
     )
-    async with asyncio.timeout(10):
-        while True:
-            with contextlib.suppress(OSError):
-                _, w = await asyncio.open_connection("127.0.0.1", settings.port)
-                w.close()
-                break
-            await asyncio.sleep(0.02)
+    _, w = await eventually(
+        lambda: asyncio.open_connection("127.0.0.1", settings.port),
+        f"the gateway listening on port {settings.port}",
+        ignore=(OSError,),
+    )
+    w.close()
     try:
         yield Gateway(port=settings.port, client=Client(redis, keys))
     finally:

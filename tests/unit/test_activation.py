@@ -13,6 +13,7 @@ from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import to_document
 from shoal.resources.model import Scale, Service
 from shoal.store.watch import View
+from tests.support.wait import eventually
 
 HELLO = Service(name="hello", revision="v1", app="app:hello", scale=Scale(min=0))
 
@@ -55,7 +56,7 @@ async def test_held_until_an_instance_is_ready_then_routed() -> None:
 
     activator = Activator(state, ask, timeout=5.0)
     held = asyncio.ensure_future(hold(state, activator))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: asked, "the activator asking for an instance", timeout=5)
     assert asked == ["hello/v1"] and activator.held == {"hello": 1}
     assert state.load.in_flight("hello/v1") == 1  # the autoscaler sees it
     state.update(view(2, READY))
@@ -94,7 +95,7 @@ async def test_full_queue_overflows_at_once() -> None:
 
     activator = Activator(state, ask, timeout=5.0, queue_limit=2)
     waiting = [asyncio.ensure_future(hold(state, activator)) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await eventually(lambda: activator.held == {"hello": 2}, "two requests held", timeout=5)
     refused = await hold(state, activator)
     assert isinstance(refused, Refusal) and (refused.cause, refused.retry_after) == (
         "activation_overflow",
