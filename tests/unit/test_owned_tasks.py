@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from shoal.errors import StoreError
-from shoal.platform.tasks import OwnedTasks, task_group
+from shoal.mesh.tasks import OwnedTasks, task_group
 
 
 async def fail(error: Exception) -> None:

@@ -23,10 +23,10 @@ from shoal.errors import ShoalError
 from shoal.identity.issuance import CA
 from shoal.identity.pki import PKIError, key_id, parse_bundle
 from shoal.mesh.credentials import utcnow
+from shoal.mesh.tasks import OwnedTasks
 from shoal.platform.ca.rotation import check_phase, lagging
 from shoal.platform.ca.signer import CAFiles, Signer, bundle_of
 from shoal.platform.ca.tokens import JoinTokens
-from shoal.platform.tasks import OwnedTasks
 from shoal.store.connection import honour_cancellation
 from shoal.store.pki import PKIStore
 

@@ -25,13 +25,13 @@ from typing import Any
 from shoal.errors import StoreError, UserError
 from shoal.identity.pki import PKIError
 from shoal.mesh.activation import ACTIVATION
+from shoal.mesh.tasks import task_group
 from shoal.platform.ca.authority import Authority
 from shoal.platform.ca.rotation import entitled
 from shoal.platform.ca.signer import CAFiles
 from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_reason
 from shoal.platform.runtime.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
-from shoal.platform.tasks import task_group
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service, VirtualService
 from shoal.resources.weights import find_rule, find_virtual_service, traffic_shares

@@ -25,10 +25,10 @@ import aiohttp
 
 from shoal.errors import NotFoundError, StoreError, UserError
 from shoal.mesh.load import percentile
+from shoal.mesh.tasks import task_group
 from shoal.platform.control.client import Client
 from shoal.platform.runtime.agent import FAULT
 from shoal.platform.runtime.faults import Fault
-from shoal.platform.tasks import task_group
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.model import Service
 from shoal.store.acks import live_reports

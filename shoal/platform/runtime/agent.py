@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import StoreError
+from shoal.mesh.tasks import OwnedTasks, task_group
 from shoal.platform.runtime.faults import SIGNALS
 from shoal.platform.runtime.health import HealthThresholds, thresholds
 from shoal.platform.runtime.instance import InstanceSlot, template_env, templates_enabled
 from shoal.platform.runtime.reconcile import Slot, plan
 from shoal.platform.runtime.template_pool import Templates
 from shoal.platform.runtime.template_protocol import TemplateError
-from shoal.platform.tasks import OwnedTasks, task_group
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service
 from shoal.resources.weights import find_rule

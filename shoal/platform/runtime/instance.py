@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from shoal.mesh.tasks import until_stopped
 from shoal.platform.runtime.health import HealthState, HealthThresholds
 from shoal.platform.runtime.health import thresholds as health_thresholds
 from shoal.platform.runtime.instance_process import Forked, Spawned, Started
@@ -159,17 +160,14 @@ class InstanceSlot:
 
     async def run(self) -> None:
         """Keep an instance running until :meth:`stop`; returns once stopped."""
-        mesh = asyncio.ensure_future(self._mesh_url())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait([mesh, stopping], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (mesh, stopping):
-                task.cancel()
-            await asyncio.gather(mesh, stopping, return_exceptions=True)
-        if self._stopping.is_set():
+
+        async def outbound_url() -> str:
+            return await self._mesh_url()
+
+        mesh_url = await until_stopped(outbound_url(), self._stopping)
+        if mesh_url is None or self._stopping.is_set():
             return
-        self.mesh_url = mesh.result()
+        self.mesh_url = mesh_url
         failures = 0
         while not self._stopping.is_set():
             healthy = await self._run_once()
@@ -217,7 +215,9 @@ class InstanceSlot:
                 # one spawned as stop() began): wait for its exit, so no child outlives its slot.
                 if task is not exited or not self._stopping.is_set():
                     task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            for result in await asyncio.gather(*helpers, return_exceptions=True):
+                if isinstance(result, Exception):  # a bug in the health checks: say so
+                    log.error("%s/%s: %r", self.service.key, self.id, result, exc_info=result)
             process.close()
 
     async def _fork(self, logfile: Path) -> Started | None:
