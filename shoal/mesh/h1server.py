@@ -29,7 +29,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from shoal.http.h1 import (
     BodyWriter,
@@ -196,8 +196,9 @@ class _Connection(asyncio.Protocol):
         return self.transport.get_extra_info(name) if self.transport else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but it is one in all
+        # but name: check nothing, cast.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
         self._arm_idle()
 

@@ -1,7 +1,19 @@
-"""Pooled HTTP/1.1 connections to instances, over aiohttp's client.
+"""Pooled HTTP/1.1 connections to upstreams (instances and node routers): the proxy's client.
 
-Everything aiohttp raises is translated here into :class:`UpstreamError`, which carries the
-``x-shoal-cause`` and HTTP status the proxy answers with (DESIGN.md §4 step 5).
+What a proxy sends is what it was given: the target as bytes, the header values as received,
+the body in the framing it arrived in (a known length stays a ``Content-Length``; a body of
+unknown length goes chunked), and what comes back is relayed as it arrives, trailers included
+(:mod:`shoal.http.h1` parses and frames). Informational responses (``100 Continue``) are
+absorbed: the body is streamed without waiting for them.
+
+One :class:`Upstreams` pool per proxy process keeps idle connections per authority and TLS
+context (a renewed certificate is used by new connections only) for :data:`IDLE_TIMEOUT`
+seconds. A reused connection that the upstream had closed just before the request went out
+is replaced by a fresh one once, when the request can be sent again (no body, or a body held
+in memory). The connections themselves are :mod:`shoal.mesh.upstream_connection`.
+
+Every failure is an :class:`UpstreamError` carrying the ``x-shoal-cause`` and status the proxy
+answers with, and whether any byte of the request may have reached the upstream.
 """
 
 from __future__ import annotations
@@ -11,10 +23,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
-from shoal.errors import ShoalError
+from shoal.http.h1 import BodyWriter, request_head
 from shoal.http.headers import Headers
 from shoal.http.refusal import (
     CAUSE_HEADER,
@@ -22,19 +31,27 @@ from shoal.http.refusal import (
     UPSTREAM_RESET,
     UPSTREAM_TIMEOUT,
 )
+from shoal.mesh.upstream_connection import (
+    Exchange,
+    Lost,
+    PoolKey,
+    UpstreamConnection,
+    UpstreamError,
+)
+
+__all__ = ["UNSENT", "UpstreamError", "UpstreamResponse", "Upstreams"]
 
 UNSENT = "x-shoal-unsent"
 """Set by a node router on a refusal made before any byte reached an instance."""
 
+IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept
 
-class UpstreamError(ShoalError):
-    """The upstream could not be reached or did not answer in time."""
+_FRAMING = (b"content-length", b"transfer-encoding")
 
-    def __init__(self, status: int, cause: str, detail: str, *, sent: bool) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.cause = cause
-        self.sent = sent  # whether any byte of the request may have reached the upstream
+
+def _split(authority: str) -> tuple[str, int]:
+    host, _, port = authority.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(slots=True)
@@ -43,41 +60,104 @@ class UpstreamResponse:
 
     status: int
     headers: Headers
-    _response: aiohttp.ClientResponse
+    _exchange: Exchange
+    _deadline: float | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the body received and not yet taken by the caller."""
+        return self._exchange.buffered
+
+    @property
+    def trailers(self) -> Headers:
+        """The trailer fields of a chunked response (once :meth:`chunks` has ended)."""
+        return self._exchange.trailers
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; upstream failures mid-body raise :class:`UpstreamError`."""
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamError(502, UPSTREAM_RESET, f"upstream body: {e}", sent=True) from None
-        finally:
-            self._response.release()
+        exchange = self._exchange
+        loop = asyncio.get_running_loop()
+        while True:
+            if exchange.pieces:
+                piece = exchange.pieces.popleft()
+                exchange.connection.consumed(exchange, len(piece))
+                yield piece
+                continue
+            if exchange.finished:
+                return
+            if exchange.error is not None:
+                raise UpstreamError(
+                    502, UPSTREAM_RESET, f"upstream body: {exchange.error}", sent=True
+                )
+            exchange.waiter = loop.create_future()
+            try:
+                # Only the wait is under the deadline: never a yield (the caller's own awaits).
+                async with asyncio.timeout_at(self._deadline):
+                    await exchange.waiter
+            except TimeoutError:
+                self.close()
+                raise UpstreamError(
+                    502, UPSTREAM_RESET, "upstream body timed out", sent=True
+                ) from None
+            finally:
+                exchange.waiter = None
 
     def close(self) -> None:
         """Drop the connection (the body was not read to the end)."""
-        self._response.close()
+        exchange = self._exchange
+        if not exchange.finished:
+            exchange.connection.close()
+        if exchange.sender is not None:
+            exchange.sender.cancel()
 
 
 class Upstreams:
-    """One keep-alive pool for all upstream instances of a proxy process."""
+    """One keep-alive pool for all upstream connections of a proxy process."""
 
     def __init__(self, *, connect_timeout: float = 3.0) -> None:
         self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self._all: set[UpstreamConnection] = set()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=None
-                ),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+    def park(self, connection: UpstreamConnection) -> None:
+        """Keep ``connection`` for reuse."""
+        connection.idle_since = asyncio.get_running_loop().time()
+        self._idle.setdefault(connection.key, []).append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """``connection`` closed: drop it."""
+        self._all.discard(connection)
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    async def _connect(
+        self, key: PoolKey, deadline: float | None
+    ) -> tuple[UpstreamConnection, bool]:
+        """An idle connection for ``key`` (reused: True), else a new one, connected within
+        the connect timeout and before ``deadline`` (the attempt's: a connection that cannot
+        be made in time is a connect failure, nothing was sent)."""
+        loop = asyncio.get_running_loop()
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.open and loop.time() - connection.idle_since < IDLE_TIMEOUT:
+                return connection, True
+            connection.close()
+        authority, tls = key
+        host, port = _split(authority)
+        limit = loop.time() + self._connect_timeout
+        try:
+            async with asyncio.timeout_at(limit if deadline is None else min(limit, deadline)):
+                _, protocol = await loop.create_connection(
+                    lambda: UpstreamConnection(self, key), host, port, ssl=tls
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as e:
+            raise UpstreamError(
+                503, UPSTREAM_CONNECT_ERROR, f"{authority}: {e!r}", sent=False
+            ) from None
+        self._all.add(protocol)
+        return protocol, False
 
     async def request(
         self,
@@ -95,50 +175,121 @@ class Upstreams:
         once the response head has arrived.
 
         ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
-        exchange, body included. Connections are pooled per authority and TLS context, so a
-        new context (a renewed certificate, a new bundle) is used by new connections only.
+        exchange, body included.
         """
-        # encoded=True: the target was normalised at the edge; send it byte for byte.
-        url = URL(f"{'https' if tls else 'http'}://{authority}{target}", encoded=True)
-        hdrs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+        loop = asyncio.get_running_loop()
+        deadline = None if total_timeout is None else loop.time() + total_timeout
+        fields = [(n, v) for n, v in headers if n not in _FRAMING]
+        if not any(n == b"host" for n, _ in fields):
+            fields.insert(0, (b"host", authority.encode()))
+        chunked = False
+        if isinstance(body, bytes):
+            fields.append((b"content-length", b"%d" % len(body)))
+        elif body is not None:
+            length = next((v for n, v in headers if n == b"content-length"), None)
+            chunked = length is None
+            fields.append(
+                (b"content-length", length) if length else (b"transfer-encoding", b"chunked")
+            )
+        head = request_head(method.encode(), target.encode("latin-1"), fields)
+        replayable = not isinstance(body, AsyncIterator)
+        head_deadline = _earliest(loop, head_timeout, deadline)  # this attempt's
+        for attempt in (1, 2):
+            connection, reused = await self._connect((authority, tls), head_deadline)
+            exchange = self._start(connection, method, head, body, chunked)
+            try:
+                async with asyncio.timeout_at(head_deadline):
+                    response_head = await exchange.head
+            except TimeoutError:
+                self._abandon(exchange)
+                raise UpstreamError(
+                    504, UPSTREAM_TIMEOUT, f"{authority} timed out", sent=True
+                ) from None
+            except Lost as e:
+                self._abandon(exchange)
+                if reused and not exchange.received and replayable and attempt == 1:
+                    continue  # the upstream closed an idle connection as the request left
+                raise UpstreamError(502, UPSTREAM_RESET, f"{authority}: {e}", sent=True) from None
+            except BaseException:  # also the caller's body failing (e.g. refused at the edge)
+                self._abandon(exchange)
+                raise
+            response = UpstreamResponse(
+                status=response_head.status,
+                headers=list(response_head.fields),
+                _exchange=exchange,
+                _deadline=deadline,
+            )
+            if tls is not None and response_head.get(UNSENT.encode()) is not None:
+                # A node router refused before any byte reached an instance: safe to retry.
+                cause = (
+                    response_head.get(CAUSE_HEADER) or UPSTREAM_CONNECT_ERROR.encode()
+                ).decode()
+                response.close()
+                raise UpstreamError(response.status, cause, f"{authority}: {cause}", sent=False)
+            return response
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _start(
+        self,
+        connection: UpstreamConnection,
+        method: str,
+        head: bytes,
+        body: AsyncIterator[bytes] | bytes | None,
+        chunked: bool,
+    ) -> Exchange:
+        """Put the request on ``connection``: the head (and a body in memory) at once, a
+        streamed body by a task the exchange owns."""
+        loop = asyncio.get_running_loop()
+        exchange = Exchange(connection=connection, head=loop.create_future())
+        connection.exchange = exchange
+        if method == "HEAD":
+            connection.reader.expect_head()
+        assert connection.transport is not None
+        if isinstance(body, bytes) or body is None:
+            connection.transport.write(head + (body or b""))
+        else:
+            exchange.body_sent = False
+            connection.transport.write(head)
+            exchange.sender = loop.create_task(self._send_body(exchange, body, chunked))
+        return exchange
+
+    async def _send_body(
+        self, exchange: Exchange, body: AsyncIterator[bytes], chunked: bool
+    ) -> None:
+        """Stream ``body``; a failure of the caller's body ends the exchange with it."""
+        connection, writer = exchange.connection, BodyWriter(chunked)
         try:
-            async with asyncio.timeout(head_timeout):
-                response = await self._client().request(
-                    method,
-                    url,
-                    headers=hdrs,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=total_timeout, connect=self._connect_timeout
-                    ),
-                    compress=None,
-                    chunked=None,
-                    ssl=tls if tls is not None else True,
-                )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
-            raise UpstreamError(
-                503, UPSTREAM_CONNECT_ERROR, f"{authority}: {e}", sent=False
-            ) from None
-        except TimeoutError:
-            raise UpstreamError(
-                504, UPSTREAM_TIMEOUT, f"{authority} timed out", sent=True
-            ) from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise UpstreamError(502, UPSTREAM_RESET, f"{authority}: {e}", sent=True) from None
-        if tls is not None and UNSENT in response.headers:
-            # A node router refused before any byte reached an instance: safe to retry.
-            cause = response.headers.get(CAUSE_HEADER.decode(), UPSTREAM_CONNECT_ERROR)
-            response.close()
-            raise UpstreamError(response.status, cause, f"{authority}: {cause}", sent=False)
-        return UpstreamResponse(
-            status=response.status,
-            headers=[(bytes(n).lower(), bytes(v)) for n, v in response.raw_headers],
-            _response=response,
-        )
+            async for piece in body:
+                if not connection.open or connection.transport is None:
+                    return
+                connection.transport.write(writer.data(piece))
+                await connection.drain()
+            if connection.transport is not None:
+                connection.transport.write(writer.end())
+            exchange.body_sent = True
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            exchange.fail(e)
+            connection.close()
+
+    def _abandon(self, exchange: Exchange) -> None:
+        exchange.connection.close()
+        if exchange.sender is not None:
+            exchange.sender.cancel()
 
     async def close(self) -> None:
-        """Close every pooled connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every connection."""
+        for connection in list(self._all):
+            connection.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+def _earliest(
+    loop: asyncio.AbstractEventLoop, timeout: float | None, deadline: float | None
+) -> float | None:
+    """The earlier of ``now + timeout`` and ``deadline`` (None: no limit)."""
+    if timeout is None:
+        return deadline
+    return loop.time() + timeout if deadline is None else min(deadline, loop.time() + timeout)

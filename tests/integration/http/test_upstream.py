@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import socket
+import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from shoal.mesh.h1upstream import UpstreamError, Upstreams
+from shoal.mesh.upstream import UpstreamError, Upstreams
 from tests.support.backends import echo_backend
+from tests.support.tls import self_signed
 
 
 @dataclass
@@ -231,3 +237,68 @@ async def test_a_slow_reader_pauses_the_upstream() -> None:
         await pool.close()
     assert digest.digest() == hashlib.sha256(b"z" * size).digest()
     assert most < 2 * 1024 * 1024
+
+
+async def test_over_tls_a_connection_is_kept_and_reused(tmp_path: Path) -> None:
+    """Over TLS (the mesh hop), requests flow and share one pooled connection."""
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        pending = b""
+        while data := await reader.read(65536):
+            pending += data
+            while b"\r\n\r\n" in pending:
+                _, pending = pending.split(b"\r\n\r\n", 1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
+    port = int(srv.sockets[0].getsockname()[1])
+    pool = Upstreams()
+    try:
+        for _ in range(3):
+            response = await pool.request(f"127.0.0.1:{port}", "GET", "/", [], None, tls=client_tls)
+            assert await read_all(response.chunks()) == b"ok"
+    finally:
+        await pool.close()
+        srv.close()
+        await srv.wait_closed()
+    assert connections == 1
+
+
+async def test_a_connect_that_cannot_finish_within_the_attempt_is_a_connect_failure() -> None:
+    """A listener whose accept queue is full never completes a connect: the attempt's deadline
+    ends it as a connect failure (503, nothing sent), not after the pool's connect timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue (the kernel allows backlog + 1)
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        pool = Upstreams(connect_timeout=30.0)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as e:
+            await pool.request(f"127.0.0.1:{port}", "GET", "/", [], None, head_timeout=0.3)
+        assert (e.value.status, e.value.cause, e.value.sent) == (
+            503,
+            "upstream_connect_error",
+            False,
+        )
+        assert time.monotonic() - started < 5
+        await pool.close()
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

@@ -1,0 +1,193 @@
+"""One pooled HTTP/1.1 connection to an upstream, as an asyncio Protocol, and the exchange on it.
+
+:class:`UpstreamConnection` parses what the upstream sends with :class:`shoal.http.h1.Reader`
+and hands the events of the current :class:`Exchange` to it: the final response head (a ``1xx``
+is absorbed), body pieces, the end with trailers. A complete response gives the connection back
+to its pool when it can be reused (the whole request went out, the upstream keeps it alive);
+otherwise the connection closes. Reading pauses while the caller has more than
+:data:`HIGH_WATER` unread bytes, so a slow client never makes a proxy buffer a whole response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from shoal.errors import ShoalError
+from shoal.http.h1 import Data, End, Event, ProtocolError, Reader, ResponseHead, Upgraded
+from shoal.http.headers import Headers
+from shoal.http.refusal import UPSTREAM_RESET
+
+HIGH_WATER = 256 * 1024  # unread response bytes above which reading pauses
+LOW_WATER = 64 * 1024  # ... and below which it resumes
+
+PoolKey = tuple[str, ssl.SSLContext | None]  # authority and the TLS context it is reached with
+
+
+class UpstreamError(ShoalError):
+    """The upstream could not be reached or did not answer in time."""
+
+    def __init__(self, status: int, cause: str, detail: str, *, sent: bool) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.cause = cause
+        self.sent = sent  # whether any byte of the request may have reached the upstream
+
+
+class Lost(Exception):
+    """The connection ended before a complete response arrived."""
+
+
+class Pool(Protocol):
+    """Where a connection goes when it is idle, and leaves when it closes."""
+
+    def park(self, connection: UpstreamConnection) -> None: ...
+
+    def forget(self, connection: UpstreamConnection) -> None: ...
+
+
+@dataclass(eq=False)
+class Exchange:
+    """One request on one connection: the response head, then its body as it arrives."""
+
+    connection: UpstreamConnection
+    head: asyncio.Future[ResponseHead]
+    pieces: collections.deque[bytes] = field(default_factory=collections.deque)
+    buffered: int = 0
+    trailers: Headers = field(default_factory=list)
+    finished: bool = False  # the whole response arrived
+    error: BaseException | None = None
+    received: bool = False  # any byte of a response arrived
+    body_sent: bool = True  # the whole request went out
+    waiter: asyncio.Future[None] | None = None
+    sender: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        if self.finished or self.error is not None:
+            return
+        self.error = error
+        if not self.head.done():
+            self.head.set_exception(error)
+        self.wake()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One upstream connection; at most one exchange at a time."""
+
+    def __init__(self, pool: Pool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.reader = Reader("response")
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.idle_since = 0.0
+        self.open = True
+        self.reading_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but it is one in all
+        # but name: check nothing, cast.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:  # nothing was asked: a broken upstream
+            self.close()
+            return
+        exchange.received = True
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as e:
+            exchange.fail(UpstreamError(502, UPSTREAM_RESET, f"bad response: {e}", sent=True))
+            self.close()
+            return
+        self._on_events(exchange, events)
+
+    def eof_received(self) -> bool:
+        exchange = self.exchange
+        if exchange is not None:
+            try:
+                events = self.reader.eof()
+            except ProtocolError:
+                events = []
+            self._on_events(exchange, events)
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.pool.forget(self)
+        if self.exchange is not None:
+            self.exchange.fail(Lost(str(exc) if exc else "connection closed"))
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # -- the exchange
+
+    def _on_events(self, exchange: Exchange, events: Iterable[Event]) -> None:
+        for event in events:
+            if isinstance(event, Data):
+                exchange.pieces.append(event.data)
+                exchange.buffered += len(event.data)
+                if exchange.buffered > HIGH_WATER and self.transport and not self.reading_paused:
+                    self.transport.pause_reading()
+                    self.reading_paused = True
+            elif isinstance(event, ResponseHead):
+                if event.informational:
+                    continue  # the body is streamed anyway: a 100 Continue changes nothing
+                if not event.keep_alive or event.status == 101:
+                    self.open = False  # used up by this exchange
+                if not exchange.head.done():
+                    exchange.head.set_result(event)
+            elif isinstance(event, End):
+                if exchange.head.done() and not exchange.head.exception():
+                    exchange.trailers = list(event.trailers)
+                    exchange.finished = True
+                    self.release(exchange)
+            elif isinstance(event, Upgraded):  # protocol switches are not relayed (yet)
+                self.open = False
+        exchange.wake()
+
+    def release(self, exchange: Exchange) -> None:
+        """The response is complete: the connection goes back to the pool if it can."""
+        self.exchange = None
+        if self.open and exchange.body_sent and self.transport is not None:
+            self.pool.park(self)
+        else:
+            self.close()
+
+    def consumed(self, exchange: Exchange, size: int) -> None:
+        """The caller took ``size`` bytes: resume reading below the low-water mark."""
+        exchange.buffered -= size
+        if self.reading_paused and exchange.buffered < LOW_WATER and self.transport:
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is full."""
+        if self._drained is not None:
+            await self._drained
+
+    def close(self) -> None:
+        """Drop the connection now (what is in flight on it is lost)."""
+        self.open = False
+        if self.transport is not None:
+            self.transport.abort()
