@@ -14,32 +14,23 @@ Two kinds of listener (DESIGN.md §1):
   and forwards to the picked instance's node router over mTLS, presenting the calling service's
   own identity, so the callee sees the real caller.
 
-It runs on aiohttp's low-level server (C HTTP parser, no framework), chosen over hypercorn
-because this hop is paid twice per east-west call (DESIGN.md §4); ``bench/`` measures it. Unlike
-hypercorn, aiohttp hands the handler its transport, so the peer certificate is read from the
-transport's ``ssl_object`` directly.
+It runs on Shoal's own HTTP/1.1 core (:mod:`shoal.mesh.h1server` and :mod:`shoal.mesh.upstream`
+on asyncio Protocols, llhttp parsing), not hypercorn: this hop is paid twice per east-west call,
+and it forwards what it received byte for byte — the raw target and query, header values as
+sent (minus hop-by-hop ones), bodies in any framing, trailers. ``Expect: 100-continue`` is
+answered here (once, when the body is first read) and not forwarded. The peer certificate is
+read from the connection's ``ssl_object``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from aiohttp import web
-
-from shoal.http.headers import (
-    IDENTITY,
-    INTERNAL_PREFIX,
-    Headers,
-    end_to_end,
-    expects_body,
-    request_headers,
-)
+from shoal.http.headers import IDENTITY, INTERNAL_PREFIX, Headers, end_to_end, request_headers
 from shoal.http.paths import SlashPolicy, normalize_path
 from shoal.http.refusal import (
-    CAUSE_HEADER,
     DENIED,
     MTLS_REQUIRED,
     UPSTREAM_CONNECT_ERROR,
@@ -49,69 +40,61 @@ from shoal.identity.spiffe import node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
+from shoal.mesh.h1server import Exchange, Handler, Server
 from shoal.mesh.proxy_state import ProxyState
-from shoal.mesh.sniff import SniffingSite
+from shoal.mesh.sniff import serve_sniffing
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
 
 log = logging.getLogger(__name__)
 
-SERVER = "shoal"  # the Server header of answers without one (Envoy says "envoy")
 SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the router stops
-_INSTANCE = INSTANCE.decode()
+_UNSENT = UNSENT.encode()
+_DROP = frozenset({b"expect"})  # answered by this hop's server, never forwarded
 
 
-def _refusal(refusal: Refusal, *, unsent: bool = False) -> web.Response:
+async def _refuse(exchange: Exchange, refusal: Refusal, *, unsent: bool = False) -> None:
     """The router's own answer; ``unsent``: nothing reached an instance (safe to retry)."""
-    headers = {CAUSE_HEADER.decode(): refusal.cause, "server": SERVER}
-    headers.update((n.decode(), v.decode()) for n, v in refusal.headers)
+    fields = [*refusal.headers, (b"content-type", b"text/plain; charset=utf-8")]
     if unsent:
-        headers[UNSENT] = "1"
-    return web.Response(
-        status=refusal.status,
-        body=refusal.body(),
-        content_type="text/plain",
-        charset="utf-8",
-        headers=headers,
-    )
+        fields.append((_UNSENT, b"1"))
+    await exchange.respond(refusal.status, fields, refusal.body())
 
 
-def _mesh_headers(request: web.BaseRequest) -> tuple[Headers, dict[str, str]]:
-    """The request's headers without Shoal's internal ones (only routers may set those)."""
-    raw = [
+def _mesh_fields(exchange: Exchange) -> Headers:
+    """The request's end-to-end fields without Shoal's internal ones (only routers set those)."""
+    return [
         (n, v)
-        for n, v in ((bytes(n).lower(), bytes(v)) for n, v in request.raw_headers)
-        if not n.startswith(INTERNAL_PREFIX) and n not in IDENTITY
+        for n, v in end_to_end(exchange.head.fields)
+        if not n.startswith(INTERNAL_PREFIX) and n not in IDENTITY and n not in _DROP
     ]
-    return raw, {n.decode("latin-1"): v.decode("latin-1") for n, v in raw}
 
 
-def _target(request: web.BaseRequest) -> str | Refusal:
-    """The normalised path, as the gateway makes it, so routes and policies see one form."""
-    raw = request.raw_path.split("?", 1)[0].encode("latin-1")
-    return normalize_path(raw, SlashPolicy.KEEP)
+def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {n.decode("latin-1"): v.decode("latin-1") for n, v in fields}
 
 
-async def _relay(
-    request: web.BaseRequest, upstream: UpstreamResponse, done: Callable[[], None]
-) -> web.StreamResponse:
-    """Stream ``upstream``'s response to the caller; ``done`` once it is over."""
+def _target(exchange: Exchange) -> tuple[str, str] | Refusal:
+    """The normalised path (as the gateway makes it, so routes and policies see one form) and
+    the raw query, as sent."""
+    path, _, query = exchange.head.target.partition(b"?")
+    normal = normalize_path(path, SlashPolicy.KEEP)
+    return normal if isinstance(normal, Refusal) else (normal, query.decode("latin-1"))
+
+
+async def _relay(exchange: Exchange, upstream: UpstreamResponse, done: Callable[[], None]) -> None:
+    """Stream ``upstream``'s response to the caller, trailers included; ``done`` once over."""
     complete = False
     try:
-        response = web.StreamResponse(status=upstream.status)
-        for name, value in end_to_end(upstream.headers):
-            if name != b"x-shoal-unsent":  # only this router may say nothing was sent
-                response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        response.headers.setdefault("server", SERVER)  # not aiohttp's name and version
-        await response.prepare(request)
+        fields = [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
+        await exchange.start(upstream.status, fields)  # only this router may say "unsent"
         async for chunk in upstream.chunks():
-            await response.write(chunk)
+            await exchange.write(chunk)
+        await exchange.end(upstream.trailers)
         complete = True
     finally:
         done()
         if not complete:
             upstream.close()
-    await response.write_eof()
-    return response
 
 
 class Router:
@@ -135,36 +118,29 @@ class Router:
         self.upstreams = upstreams or Upstreams()
         self.inbound_port = 0
         self.activator = activator
-        self._runners: list[web.ServerRunner] = []
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._servers: list[Server] = []
         self._outbound: dict[str, int] = {}
         self._opening: dict[str, asyncio.Lock] = {}
 
-    async def _listen(
-        self, handler: Callable[[web.BaseRequest], object], host: str, port: int, tls: bool
-    ) -> int:
-        server = web.Server(handler, handler_cancellation=True, access_log=None)  # type: ignore[arg-type]
-        runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
-        await runner.setup()
-        self._runners.append(runner)
-        site: web.BaseSite
-        if tls:
-            site = SniffingSite(
-                runner,
-                host,
-                port,
-                ssl_context=self.credentials.server_context(self.identity),
-                # STRICT everywhere: plaintext connections close before a byte is read.
-                plaintext=lambda: self.proxy_state.plaintext_allowed,
-            )
-        else:
-            site = web.TCPSite(runner, host, port)
-        await site.start()
-        return int(runner.addresses[-1][1])
+    def _server(self, handler: Handler) -> Server:
+        server = Server(handler)
+        self._servers.append(server)
+        return server
 
     async def start(self, host: str, port: int) -> int:
         """Get the node's certificate, then serve the inbound listener; return its port."""
         await self.credentials.ready(self.identity)
-        self.inbound_port = await self._listen(self.inbound, host, port, tls=True)
+        listener = await serve_sniffing(
+            self._server(self.inbound),
+            host,
+            port,
+            ssl_context=self.credentials.server_context(self.identity),
+            # STRICT everywhere: plaintext connections close before a byte is read.
+            plaintext=lambda: self.proxy_state.plaintext_allowed,
+        )
+        self._listeners.append(listener)
+        self.inbound_port = int(listener.sockets[0].getsockname()[1])
         return self.inbound_port
 
     async def outbound(self, service: str) -> int:
@@ -185,91 +161,98 @@ class Router:
                     mesh_tls=lambda: self.credentials.client_context(identity),
                     activator=self.activator,
                 )
-                port = await self._listen(
-                    lambda request: self.outbound_request(forwarder, request),
-                    "127.0.0.1",
-                    0,
-                    tls=False,
+
+                async def handle(exchange: Exchange) -> None:
+                    await self.outbound_request(forwarder, exchange)
+
+                listener = await asyncio.get_running_loop().create_server(
+                    self._server(handle), "127.0.0.1", 0
                 )
+                self._listeners.append(listener)
+                port = int(listener.sockets[0].getsockname()[1])
                 self._outbound[service] = port
                 log.info("outbound listener for %s on 127.0.0.1:%d", service, port)
         return port
 
-    async def outbound_request(
-        self, forwarder: Forwarder, request: web.BaseRequest
-    ) -> web.StreamResponse:
+    async def outbound_request(self, forwarder: Forwarder, exchange: Exchange) -> None:
         """Route and forward one request a local instance sent."""
-        path = _target(request)
-        if isinstance(path, Refusal):
-            return _refusal(path)
-        raw, fields = _mesh_headers(request)
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        query = request.query_string
+        target = _target(exchange)
+        if isinstance(target, Refusal):
+            await _refuse(exchange, target)
+            return
+        path, query = target
+        raw = _mesh_fields(exchange)
+        fields = _as_dict(raw)
+        peer = exchange.peer
         result = await forwarder.forward(
             Outbound(
-                method=request.method,
+                method=exchange.head.method.decode(),
                 host=fields.get("host", ""),
                 path=path,
                 raw_target=path + (f"?{query}" if query else ""),
                 query=query,
                 headers=request_headers(raw, fields, peer[0] if peer else None, "http"),
                 fields=fields,
-                body=request.content.iter_any()
-                if expects_body(request.method, fields, False)
-                else None,
-                content_length=request.content_length,
+                body=exchange.body() if exchange.has_body else None,
+                content_length=exchange.head.content_length,
             )
         )
         if isinstance(result, Refusal):
-            return _refusal(result)
-        return await _relay(request, result.response, result.done)
+            await _refuse(exchange, result)
+            return
+        await _relay(exchange, result.response, result.done)
 
-    async def inbound(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
-        key = request.headers.get(_INSTANCE, "")
+        key = (exchange.head.get(INSTANCE) or b"").decode("latin-1")
         endpoint = self.proxy_state.instances.get(key)
         if endpoint is None or endpoint.node != self.node or not endpoint.mtls:
             missing = f"no instance {key!r} on {self.node}"
-            return _refusal(Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
+            await _refuse(exchange, Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
+            return
         workload = self.proxy_state.workload(endpoint)
-        ssl_object: ssl.SSLObject | None = (
-            request.transport.get_extra_info("ssl_object") if request.transport else None
-        )
+        ssl_object = exchange.ssl_object
         if ssl_object is None and workload.mtls_mode == "STRICT":
-            return _refusal(Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only"))
+            refusal = Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only")
+            await _refuse(exchange, refusal)
+            return
         caller = peer_identity(ssl_object.getpeercert()) if ssl_object is not None else None
-        path = _target(request)
-        if isinstance(path, Refusal):
-            return _refusal(path, unsent=True)
-        decision = workload.authz.check(str(caller) if caller else None, request.method, path)
+        target = _target(exchange)
+        if isinstance(target, Refusal):
+            await _refuse(exchange, target, unsent=True)
+            return
+        path, query = target
+        method = exchange.head.method.decode()
+        decision = workload.authz.check(str(caller) if caller else None, method, path)
         if not decision.allowed:
-            log.info("denied %s %s %s → %s: %s", caller, request.method, path, key, decision.reason)
-            return _refusal(Refusal(403, DENIED, decision.reason))
-        raw, fields = _mesh_headers(request)
-        headers = [(n, v) for n, v in raw]
+            log.info("denied %s %s %s → %s: %s", caller, method, path, key, decision.reason)
+            await _refuse(exchange, Refusal(403, DENIED, decision.reason))
+            return
+        headers = _mesh_fields(exchange)
         if caller is not None:  # Envoy's x-forwarded-client-cert: who called, verified
             headers.append(
                 (b"x-forwarded-client-cert", f"By={self.identity};URI={caller}".encode())
             )
-        query = request.query_string
         try:
             upstream = await self.upstreams.request(
                 endpoint.authority,
-                request.method,
+                method,
                 path + (f"?{query}" if query else ""),
                 headers,
-                request.content.iter_any() if expects_body(request.method, fields, False) else None,
+                exchange.body() if exchange.has_body else None,
             )
         except UpstreamError as e:
-            return _refusal(Refusal(e.status, e.cause, str(e)), unsent=not e.sent)
-        return await _relay(request, upstream, lambda: None)
+            await _refuse(exchange, Refusal(e.status, e.cause, str(e)), unsent=not e.sent)
+            return
+        await _relay(exchange, upstream, lambda: None)
 
     async def stop(self) -> None:
         """Stop listening, let requests in flight finish (up to ``SHUTDOWN_GRACE``), close every
         connection and the upstream pool."""
-        for runner in self._runners:
-            # aiohttp's own sequence: close the listener, then idle keep-alive connections at
-            # once, then the rest as their requests end. Closing only the listening socket would
-            # leave connections open (and Python 3.12+'s Server.wait_closed() waiting on them).
-            await runner.cleanup()
+        for listener in self._listeners:
+            listener.close()
+        for server in self._servers:
+            await server.close(SHUTDOWN_GRACE)
+        for listener in self._listeners:
+            await listener.wait_closed()
         await self.upstreams.close()

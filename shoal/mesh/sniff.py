@@ -45,7 +45,13 @@ from aiohttp import web
 
 from shoal.errors import PlatformError
 
-__all__ = ["ACCEPT_RETRY_DELAY", "TLS_HANDSHAKE", "SniffingSite"]
+__all__ = [
+    "ACCEPT_RETRY_DELAY",
+    "TLS_HANDSHAKE",
+    "SniffingListener",
+    "SniffingSite",
+    "serve_sniffing",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ class SniffingSite(web.BaseSite):
         self._plaintext = plaintext
         self._sniff_timeout = sniff_timeout
         self._bound_port: int | None = None
-        self._listener: _Listener | None = None
+        self._listener: SniffingListener | None = None
 
     @property
     def port(self) -> int:
@@ -124,7 +130,7 @@ class SniffingSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         sock = await _listen(loop, self._host, self._port, self._backlog)
         self._bound_port = int(sock.getsockname()[1])
-        self._listener = _Listener(
+        self._listener = SniffingListener(
             loop,
             sock,
             factory=server,
@@ -149,7 +155,34 @@ class SniffingSite(web.BaseSite):
         self._runner._unreg_site(self)
 
 
-class _Listener(asyncio.AbstractServer):
+async def serve_sniffing(
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext,
+    plaintext: Callable[[], bool],
+    sniff_timeout: float = 10.0,
+    backlog: int = 128,
+) -> SniffingListener:
+    """Serve ``factory``'s protocol on ``host:port`` over TLS, and over plaintext while
+    ``plaintext()`` says so (the same listener :class:`SniffingSite` gives aiohttp); close it
+    with ``close()`` and ``wait_closed()``. Raises PlatformError when the port cannot be bound."""
+    loop = asyncio.get_running_loop()
+    listener = SniffingListener(
+        loop,
+        await _listen(loop, host, port, backlog),
+        factory=factory,
+        ssl_context=ssl_context,
+        plaintext=plaintext,
+        sniff_timeout=sniff_timeout,
+        backlog=backlog,
+    )
+    await listener.start_serving()
+    return listener
+
+
+class SniffingListener(asyncio.AbstractServer):
     """The listening socket and the tasks serving it: the accept loop and one task per
     connection not yet handed to aiohttp (or closed)."""
 
