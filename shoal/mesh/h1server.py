@@ -43,6 +43,7 @@ from shoal.http.h1 import (
     Upgraded,
     response_head,
 )
+from shoal.mesh.flow import WriteFlow
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class Exchange:
         await self.end()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow):
     """One client connection: parse, run handlers one at a time, write their responses."""
 
     def __init__(self, server: Server) -> None:
@@ -189,7 +190,6 @@ class _Connection(asyncio.Protocol):
         self.current: Exchange | None = None  # whose body the reader is reading
         self.task: asyncio.Task[None] | None = None
         self._paused = False
-        self._drained: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
 
     def extra(self, name: str) -> Any:
@@ -209,8 +209,7 @@ class _Connection(asyncio.Protocol):
             self._idle.cancel()
         if self.task is not None:
             self.task.cancel()  # the client went away: release what its request holds
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self.release_writers()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -306,18 +305,9 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self._drained is not None:
-            await self._drained
+        await self.writable()
         if self.transport is None:
             raise ConnectionResetError("the client went away")
-
-    def pause_writing(self) -> None:
-        self._drained = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:

@@ -1,6 +1,6 @@
 """The node router: the hop every mesh call takes, off hypercorn for speed.
 
-Two kinds of listener (DESIGN.md §1):
+Two kinds of listener:
 
 - **inbound** (one per node, default port 15006, Istio's): mTLS, presenting the node's identity
   and requiring a certificate of the mesh CA from the caller. A request names the instance it is

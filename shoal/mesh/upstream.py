@@ -263,7 +263,7 @@ class Upstreams:
                 if not connection.open or connection.transport is None:
                     return
                 connection.transport.write(writer.data(piece))
-                await connection.drain()
+                await connection.writable()
             if connection.transport is not None:
                 connection.transport.write(writer.end())
             exchange.body_sent = True

@@ -21,6 +21,7 @@ from shoal.errors import ShoalError
 from shoal.http.h1 import Data, End, Event, ProtocolError, Reader, ResponseHead, Upgraded
 from shoal.http.headers import Headers
 from shoal.http.refusal import UPSTREAM_RESET
+from shoal.mesh.flow import WriteFlow
 
 HIGH_WATER = 256 * 1024  # unread response bytes above which reading pauses
 LOW_WATER = 64 * 1024  # ... and below which it resumes
@@ -79,7 +80,7 @@ class Exchange:
         self.wake()
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(WriteFlow):
     """One upstream connection; at most one exchange at a time."""
 
     def __init__(self, pool: Pool, key: PoolKey) -> None:
@@ -91,7 +92,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.open = True
         self.reading_paused = False
-        self._drained: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol
 
@@ -129,16 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if self.exchange is not None:
             self.exchange.fail(Lost(str(exc) if exc else "connection closed"))
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._drained = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
+        self.release_writers()
 
     # -- the exchange
 
@@ -180,11 +171,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.reading_paused and exchange.buffered < LOW_WATER and self.transport:
             self.transport.resume_reading()
             self.reading_paused = False
-
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is full."""
-        if self._drained is not None:
-            await self._drained
 
     def close(self) -> None:
         """Drop the connection now (what is in flight on it is lost)."""

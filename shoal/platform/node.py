@@ -1,4 +1,4 @@
-"""A node: the router and the agent of one host, in one process (DESIGN.md §1).
+"""A node: the router and the agent of one host, in one process.
 
 Its registry record announces the router's mesh address and, for the scheduler, the node's
 labels (matched by a Service's ``node_selector``) and its capacity (the most instances it runs;

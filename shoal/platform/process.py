@@ -1,7 +1,7 @@
 """How every long-running Shoal process starts and stops: uvloop, logging, signals, store.
 
 SIGTERM or SIGINT sets the ``stop`` event that flows down to every loop of the process; the
-process then drains and exits cleanly (STYLE.md habit 7).
+process then drains and exits cleanly.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The config store: resources as JSON by kind and key, one global revision, a change stream.
 
 Every write — any number of puts and deletes — is one Lua script, so the documents, the revision
-bump and the stream entries land together or not at all (DESIGN.md §3). Stream entries are
+bump and the stream entries land together or not at all. Stream entries are
 ``{rev, kind, name, op}`` with ``op`` in ``put``/``delete``.
 """
 

@@ -1,4 +1,4 @@
-"""The Redis key layout, in one place (DESIGN.md §3). Every key starts with the prefix."""
+"""The Redis key layout, in one place. Every key starts with the prefix."""
 
 from __future__ import annotations
 

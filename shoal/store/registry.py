@@ -1,4 +1,4 @@
-"""The registry: instance and node records with leases (DESIGN.md §3).
+"""The registry: instance and node records with leases.
 
 A record lives in a hash; its lease deadline (ms on the Redis server's clock, so hosts' clocks
 need not agree) lives in a sorted set. A heartbeat is an upsert: it re-asserts the whole record

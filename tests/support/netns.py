@@ -1,4 +1,4 @@
-"""Hosts as Linux network namespaces, for tests that need separate network hosts (issue 6).
+"""Hosts as Linux network namespaces, for tests that need separate network hosts.
 
 :func:`network` builds N hosts: one network namespace each (loopback up), a veth pair from the
 host to one Linux bridge in the root namespace, and an address per host in a private /24

@@ -44,7 +44,7 @@ def test_parse_splits_trust_domain_and_path() -> None:
 
 
 def test_constructors_build_shoal_identities() -> None:
-    """service_id, gateway_id and node_id spell DESIGN.md §4's identities."""
+    """service_id, gateway_id and node_id spell the mesh's SPIFFE identities."""
     assert str(service_id("cluster.local", "hello")) == "spiffe://cluster.local/svc/hello"
     assert str(gateway_id("cluster.local")) == "spiffe://cluster.local/gateway"
     assert str(node_id("cluster.local", "node-1")) == "spiffe://cluster.local/node/node-1"
