@@ -28,3 +28,34 @@ async def failing(scope: Scope, receive: Receive, send: Send) -> None:
     status = 200 if scope["path"] == "/healthz" else 500
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b"ok" if status == 200 else b"boom"})
+
+
+async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers JSON of what arrived — method, raw path, raw query, header pairs, body length
+    and sha256 — and copies an ``x-echo`` request header into its response."""
+    import hashlib
+    import json
+
+    if scope["type"] != "http":
+        return
+    sha, size = hashlib.sha256(), 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        sha.update(chunk)
+        size += len(chunk)
+        if not message.get("more_body"):
+            break
+    headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
+    record = {
+        "method": scope["method"],
+        "raw_path": scope["raw_path"].decode("latin-1"),
+        "query": scope["query_string"].decode("latin-1"),
+        "headers": headers,
+        "body_len": size,
+        "body_sha256": sha.hexdigest(),
+    }
+    out = [(b"content-type", b"application/json")]
+    out += [(b"x-echo", v) for n, v in scope["headers"] if n == b"x-echo"]
+    await send({"type": "http.response.start", "status": 200, "headers": out})
+    await send({"type": "http.response.body", "body": json.dumps(record).encode()})

@@ -1,0 +1,113 @@
+"""What a client sends through the gateway, the mTLS hop and the node router arrives at the
+instance exactly as sent (curl as the client, Shoal running the instance)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from shoal.resources.manifest import parse_text
+from tests.support.cluster import Cluster, ready
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+
+ECHO = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  app: apps:echo
+  workdir: {SUPPORT}
+  revision: v1
+"""
+
+
+async def curl(*args: str) -> tuple[int, bytes, bytes]:
+    """Run curl; its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out, err
+
+
+async def deploy_echo(cluster: Cluster) -> None:
+    """The echo app as a Shoal service with one ready instance."""
+    await cluster.client.apply(parse_text(ECHO))
+    await cluster.instances(lambda found: len(ready(found, "echo")) == 1, timeout=30)
+
+
+async def echoed(cluster: Cluster, *args: str) -> dict[str, Any]:
+    """What the echo instance saw of one curl request through the gateway."""
+    code, out, err = await curl("-H", "Host: echo", *args)
+    assert code == 0, err
+    record: dict[str, Any] = json.loads(out)
+    return record
+
+
+async def test_query_bytes_and_a_big_header_arrive_unchanged(cluster: Cluster) -> None:
+    """%25 %2F %3F %23 %20 '+' and UTF-8 escapes in the query reach the instance byte for byte;
+    a 32 KiB header goes there and (copied by the instance) comes back."""
+    await deploy_echo(cluster)
+    query = "p=100%25&y=%2F%3F%26%3D&h=%23frag&x=a%20b+c&q=%E2%9C%93"
+    big = "v" * 32 * 1024
+    code, out, err = await curl(
+        "-i", "-H", "Host: echo", "-H", f"X-Echo: {big}", f"{cluster.gateway_url}/q?{query}"
+    )
+    assert code == 0, err
+    head, _, body = out.partition(b"\r\n\r\n")
+    record = json.loads(body)
+    assert record["query"] == query
+    assert record["raw_path"] == "/q"
+    assert f"\r\nx-echo: {big}".encode() in head.lower()
+
+
+async def test_bodies_without_length_and_with_expect_arrive_whole(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A chunked upload of 10 KB and a 2 MiB upload with Expect: 100-continue (curl's own,
+    above 1 MB) arrive intact; the second gets one 100 and one final answer."""
+    await deploy_echo(cluster)
+    small, large = tmp_path / "small.bin", tmp_path / "large.bin"
+    small.write_bytes(bytes(range(256)) * 40)
+    large.write_bytes(bytes(range(256)) * 8192)
+    url = f"{cluster.gateway_url}/upload"
+    record = await echoed(
+        cluster, "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{small}", url
+    )
+    assert record["body_len"] == 10240
+    assert record["body_sha256"] == hashlib.sha256(small.read_bytes()).hexdigest()
+    code, out, err = await curl("-v", "-H", "Host: echo", "--data-binary", f"@{large}", url)
+    assert code == 0, err
+    assert err.count(b"< HTTP/1.1 100") == 1, err.decode(errors="replace")
+    assert err.count(b"< HTTP/1.1 200") == 1
+    record = json.loads(out)
+    assert record["body_sha256"] == hashlib.sha256(large.read_bytes()).hexdigest()
+
+
+async def test_hop_by_hop_fields_never_reach_the_instance(cluster: Cluster) -> None:
+    """Connection, the fields it names, Keep-Alive, TE, Upgrade, Proxy-Connection and Expect
+    stop at the proxies; end-to-end fields pass."""
+    await deploy_echo(cluster)
+    record = await echoed(
+        cluster,
+        "-H",
+        "Connection: keep-alive, x-private",
+        "-H",
+        "X-Private: secret",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Proxy-Connection: keep-alive",
+        "-H",
+        "X-Kept: yes",
+        f"{cluster.gateway_url}/h",
+    )
+    names = {name for name, _ in record["headers"]}
+    assert not names & {"connection", "x-private", "keep-alive", "te", "proxy-connection"}
+    assert ["x-kept", "yes"] in record["headers"]
