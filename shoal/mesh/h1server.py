@@ -92,6 +92,11 @@ class Exchange:
         return found
 
     @property
+    def memo(self) -> dict[str, Any]:
+        """What the handler keeps per connection (e.g. the verified peer identity)."""
+        return self.connection.memo
+
+    @property
     def has_body(self) -> bool:
         """Whether a request body follows the head."""
         return self.head.framing.value != "none"
@@ -190,7 +195,8 @@ class _Connection(WriteFlow):
         self.current: Exchange | None = None  # whose body the reader is reading
         self.task: asyncio.Task[None] | None = None
         self._paused = False
-        self._idle: asyncio.TimerHandle | None = None
+        self.idle_since: float | None = None  # between requests: since when
+        self.memo: dict[str, Any] = {}  # what a handler keeps per connection (a peer identity)
 
     def extra(self, name: str) -> Any:
         return self.transport.get_extra_info(name) if self.transport else None
@@ -199,14 +205,11 @@ class _Connection(WriteFlow):
         # uvloop's TLS transport is not an asyncio.Transport subclass, but it is one in all
         # but name: check nothing, cast.
         self.transport = cast(asyncio.Transport, transport)
-        self.server.connections.add(self)
-        self._arm_idle()
+        self.server.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
-        if self._idle is not None:
-            self._idle.cancel()
         if self.task is not None:
             self.task.cancel()  # the client went away: release what its request holds
         self.release_writers()
@@ -240,9 +243,7 @@ class _Connection(WriteFlow):
         """Start the next request's handler when none is running."""
         if self.task is not None or not self.queue or self.server.closing:
             return
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = None
         exchange = self.queue.popleft()
         self.task = asyncio.get_running_loop().create_task(self._run(exchange))
 
@@ -275,7 +276,7 @@ class _Connection(WriteFlow):
             self.transport.close()  # the handler left part of the body unread
             return
         self.resume()
-        self._arm_idle()
+        self.idle_since = asyncio.get_running_loop().time()
         self._next()
 
     def _refuse(self, error: ProtocolError) -> None:
@@ -290,14 +291,6 @@ class _Connection(WriteFlow):
             if self.task is None:  # not in the middle of another response
                 self.transport.write(response_head(error.status, reason(error.status), fields))
                 self.transport.write(body)
-            self.transport.close()
-
-    def _arm_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.server.idle_timeout, self._on_idle)
-
-    def _on_idle(self) -> None:
-        if self.task is None and not self.queue and self.transport is not None:
             self.transport.close()
 
     def write(self, data: bytes) -> None:
@@ -339,6 +332,28 @@ class Server:
         self.idle_timeout = idle_timeout
         self.connections: set[_Connection] = set()
         self.closing = False
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def add(self, connection: _Connection) -> None:
+        """A new connection: idle until its first request; the sweep watches it."""
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
+        self.connections.add(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.idle_timeout / 4, self._close_idle)
+
+    def _close_idle(self) -> None:
+        """Close connections idle longer than ``idle_timeout`` (one timer per server, not
+        one per request); runs every quarter of it while connections exist."""
+        loop = asyncio.get_running_loop()
+        limit = loop.time() - self.idle_timeout
+        for connection in list(self.connections):
+            since = connection.idle_since
+            if since is not None and since < limit and connection.transport is not None:
+                connection.transport.close()
+        self._sweep = (
+            loop.call_later(self.idle_timeout / 4, self._close_idle) if self.connections else None
+        )
 
     def __call__(self) -> _Connection:
         return _Connection(self)
@@ -346,6 +361,9 @@ class Server:
     async def close(self, grace: float) -> None:
         """Take no new request; let those running finish for ``grace`` seconds; close all."""
         self.closing = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in list(self.connections):
             if connection.task is None and connection.transport is not None:
                 connection.transport.close()

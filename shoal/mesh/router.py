@@ -36,7 +36,7 @@ from shoal.http.refusal import (
     UPSTREAM_CONNECT_ERROR,
     Refusal,
 )
-from shoal.identity.spiffe import node_id, peer_identity, service_id
+from shoal.identity.spiffe import SpiffeId, node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
@@ -95,6 +95,17 @@ async def _relay(exchange: Exchange, upstream: UpstreamResponse, done: Callable[
         done()
         if not complete:
             upstream.close()
+
+
+def _caller(exchange: Exchange) -> SpiffeId | None:
+    """The SPIFFE ID of the connection's verified client certificate: read once per
+    connection (TLS 1.3 cannot change it), not per request."""
+    memo = exchange.memo
+    if "caller" not in memo:
+        ssl_object = exchange.ssl_object
+        memo["caller"] = peer_identity(ssl_object.getpeercert()) if ssl_object else None
+    caller: SpiffeId | None = memo["caller"]
+    return caller
 
 
 class Router:
@@ -216,7 +227,7 @@ class Router:
             refusal = Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only")
             await _refuse(exchange, refusal)
             return
-        caller = peer_identity(ssl_object.getpeercert()) if ssl_object is not None else None
+        caller = _caller(exchange)
         target = _target(exchange)
         if isinstance(target, Refusal):
             await _refuse(exchange, target, unsent=True)

@@ -11,9 +11,11 @@ from shoal.mesh.h1server import Exchange, Handler, Server
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[tuple[int, Server]]:
+async def serving(
+    handler: Handler, idle_timeout: float = 60.0
+) -> AsyncIterator[tuple[int, Server]]:
     """``handler`` on a free loopback port."""
-    server = Server(handler)
+    server = Server(handler, idle_timeout=idle_timeout)
     listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
     try:
         yield int(listener.sockets[0].getsockname()[1]), server
@@ -137,3 +139,21 @@ async def test_a_client_that_goes_away_cancels_its_handler() -> None:
         writer.close()
         async with asyncio.timeout(5):
             await cancelled.wait()
+
+
+async def test_an_idle_connection_is_closed_after_a_request_and_before_one() -> None:
+    """Connections idle longer than idle_timeout are closed: one that never sent a request,
+    and one whose request was answered (the answer arrives whole first)."""
+    async with serving(digest, idle_timeout=0.4) as (port, _):
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            assert await silent_reader.read() == b""
+            answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert answer.endswith(
+            b"0\r\nx-checksum: " + hashlib.sha256().hexdigest().encode() + b"\r\n\r\n"
+        )
+        silent.close()
+        writer.close()
