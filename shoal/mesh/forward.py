@@ -171,7 +171,7 @@ class Forwarder:
     async def _attempts(
         self, req: Outbound, route: Route, state: ClusterState
     ) -> Forwarded | Refusal:
-        policy = self.proxy_state.retry_policy(route.match)
+        policy = route.snapshot.retry_policy(route.match)
         retries = route.match.route.retries
         opt_in = retries is not None and retries.non_idempotent
         body = req.body
@@ -266,7 +266,8 @@ class Forwarder:
             tls = self.mesh_tls()
             if tls is None:
                 raise _NoIdentity
-            authority = self.proxy_state.meshes[endpoint.node]
+            # The endpoint is from this snapshot, which keeps only instances of live nodes.
+            authority = route.snapshot.meshes[endpoint.node]
             headers = [*headers, (INSTANCE, endpoint.key.encode())]
         route.balancer.on_start(endpoint)
         self.proxy_state.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)

@@ -1,10 +1,12 @@
 """The state every proxy (gateway, node router) keeps: snapshot, per-cluster state, stats.
 
 A proxy process keeps one :class:`ProxyState`; the :class:`~shoal.mesh.forward.Forwarder`
-is what sends requests with it. Each store view is turned into a new immutable
-:class:`~shoal.mesh.routing.RoutingTable`, swapped in by one assignment; request handlers read
-``state.table`` once per request and never lock. :meth:`ProxyState.decide` is the synchronous
-part of the request path: route match, weighted split, balancer pick.
+is what sends requests with it. Each store view is turned into one immutable :class:`Snapshot`
+(routing table, node routers' addresses, instances, authorization, mTLS modes), swapped in by
+one assignment. A request captures the snapshot once — :meth:`ProxyState.decide` puts it in
+the :class:`Route` — and uses that one to the end, whatever happens meanwhile: a node that
+leaves while a request body is read cannot pull an address from under it. Per-cluster state
+(outliers, breaker, retry budget) outlives snapshots on purpose.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.http.refusal import NO_HEALTHY_UPSTREAM, NO_ROUTE, Refusal
@@ -54,18 +56,6 @@ CONFIG_KINDS = (
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
 DEFAULT_OUTLIER = OutlierDetection()
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where one request goes, short of the instance: route, cluster, balancer, path to send."""
-
-    match: RouteMatch
-    cluster: Cluster
-    balancer: Balancer
-    path: str
-    rewritten: bool
-    authority: str | None = None  # the Host to send, when the route rewrites it
 
 
 @dataclass(slots=True)
@@ -115,35 +105,97 @@ class Workload:
     mtls_mode: MtlsMode
 
 
+def _empty_table() -> RoutingTable:
+    return RoutingTable.build([], [], [], [])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything a proxy routes and checks by, from one store view; never changed once built.
+
+    The two memo dicts only cache what follows from the rest (per snapshot, not per request).
+    """
+
+    revision: int = 0
+    table: RoutingTable = field(default_factory=_empty_table)
+    meshes: Mapping[str, str] = field(default_factory=dict)  # node id -> its router's address
+    instances: Mapping[str, Endpoint] = field(default_factory=dict)  # every instance, by key
+    authorizer: Authorizer = field(default_factory=lambda: compile_policies(()))
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    plaintext_allowed: bool = False  # does any PeerAuthentication let plaintext in
+    workloads: dict[str, Workload] = field(default_factory=dict)  # memo, by instance key
+    retry_policies: dict[int, RetryPolicy] = field(default_factory=dict)  # memo, by route id
+
+    def workload(self, endpoint: Endpoint) -> Workload:
+        """The authorization and mTLS mode of ``endpoint`` (resolved on first use)."""
+        found = self.workloads.get(endpoint.key)
+        if found is None:
+            labels = dict(endpoint.labels)
+            found = self.workloads[endpoint.key] = Workload(
+                self.authorizer.for_workload(labels), mtls_mode(self.peer_authentications, labels)
+            )
+        return found
+
+    def retry_policy(self, match: RouteMatch) -> RetryPolicy:
+        """The effective retry policy of a route (computed once per snapshot)."""
+        policy = self.retry_policies.get(id(match))
+        if policy is None:
+            policy = effective(match.route.retries, match.route.timeout)
+            self.retry_policies[id(match)] = policy
+        return policy
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes, short of the instance: the snapshot it was decided on, route,
+    cluster, balancer, path to send."""
+
+    snapshot: Snapshot
+    match: RouteMatch
+    cluster: Cluster
+    balancer: Balancer
+    path: str
+    rewritten: bool
+    authority: str | None = None  # the Host to send, when the route rewrites it
+
+
 class ProxyState:
-    """The current routing snapshot, the per-cluster state and the stats of one proxy process;
-    makes the synchronous decisions (route, pick) of the request path."""
+    """The current snapshot, the per-cluster state and the stats of one proxy process; makes
+    the synchronous decisions (route, pick) of the request path."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._stored = StoredResources()
-        self.table = RoutingTable.build([], [], [], [])
-        self.meshes: Mapping[str, str] = {}  # node id -> its router's inbound address
-        self.instances: Mapping[str, Endpoint] = {}  # every registered instance, by key
-        self.authorizer = compile_policies(())
-        self.peer_authentications: tuple[PeerAuthentication, ...] = ()
-        self.plaintext_allowed = False  # does any PeerAuthentication let plaintext in
-        self._workloads: dict[str, Workload] = {}  # by instance key, for this snapshot
+        self.snapshot = Snapshot()
         self.load = LoadMeter(time.monotonic())  # per revision, for the autoscaler
         self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
         self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
         self.last_report: dict[str, Any] = {}  # what report() returned last, for /metrics
         self._reports = 0
-        self.revision = 0
         self.rng = rng or random.Random()
         self.stats = Stats()
         self.clusters: dict[ClusterKey, ClusterState] = {}
-        self._retry_policies: dict[int, RetryPolicy] = {}
+
+    # The current snapshot's parts, for readers outside the request path (reports, tests).
+    @property
+    def revision(self) -> int:
+        """The store revision of the current snapshot."""
+        return self.snapshot.revision
+
+    @property
+    def table(self) -> RoutingTable:
+        """The current routing table."""
+        return self.snapshot.table
+
+    @property
+    def plaintext_allowed(self) -> bool:
+        """Whether any PeerAuthentication now lets plaintext in (asked per new connection)."""
+        return self.snapshot.plaintext_allowed
 
     def update(self, view: View) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built."""
         meshes = mesh_addresses(view)
         try:
-            table = table_from_view(view, self.table, self._stored, meshes)
+            table = table_from_view(view, self.snapshot.table, self._stored, meshes)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             return
@@ -157,42 +209,33 @@ class ProxyState:
                 state.breaker.update(cluster.policy.connection_pool)
         for key in set(self.clusters) - set(table.clusters):
             del self.clusters[key]
-        self._retry_policies = {}
-        self.table = table
-        self.changed.set()
-        self.changed = asyncio.Event()
-        self.meshes = meshes
-        self.instances = view.instances
-        self.authorizer = authorizer_from_view(view, self._stored)
-        self.peer_authentications = tuple(
+        peer_authentications = tuple(
             r
             for r in self._stored.parse(
                 "PeerAuthentication", view.documents("PeerAuthentication")
             ).values()
             if isinstance(r, PeerAuthentication)
         )
-        self.plaintext_allowed = any(
-            p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in self.peer_authentications
+        self.snapshot = Snapshot(
+            revision=view.revision,
+            table=table,
+            meshes=meshes,
+            instances=view.instances,
+            authorizer=authorizer_from_view(view, self._stored),
+            peer_authentications=peer_authentications,
+            plaintext_allowed=any(
+                p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in peer_authentications
+            ),
         )
-        self._workloads = {}
-        self.revision = view.revision
-
-    def workload(self, endpoint: Endpoint) -> Workload:
-        """The authorization and mTLS mode of ``endpoint`` (resolved on first use per snapshot:
-        not per request)."""
-        found = self._workloads.get(endpoint.key)
-        if found is None:
-            labels = dict(endpoint.labels)
-            found = self._workloads[endpoint.key] = Workload(
-                self.authorizer.for_workload(labels), mtls_mode(self.peer_authentications, labels)
-            )
-        return found
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     def decide(
         self, host: str, method: str, path: str, headers: Mapping[str, str]
     ) -> Route | Refusal:
-        """Route ``method host path`` to a cluster, or say why not."""
-        table = self.table
+        """Route ``method host path`` to a cluster on the current snapshot, or say why not."""
+        snapshot = self.snapshot
+        table = snapshot.table
         match = table.resolve(host, method, path, headers)
         if match is None:
             return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
@@ -202,6 +245,7 @@ class ProxyState:
         rewrite = match.route.rewrite
         new_path = match.rewrite_path(path)
         return Route(
+            snapshot=snapshot,
             match=match,
             cluster=cluster,
             balancer=table.balancer_for(cluster),
@@ -222,14 +266,6 @@ class ProxyState:
             )
             self.clusters[cluster.key] = state
         return state
-
-    def retry_policy(self, match: RouteMatch) -> RetryPolicy:
-        """The effective retry policy of a route (computed once per snapshot)."""
-        policy = self._retry_policies.get(id(match))
-        if policy is None:
-            policy = effective(match.route.retries, match.route.timeout)
-            self._retry_policies[id(match)] = policy
-        return policy
 
     def pick(
         self, route: Route, state: ClusterState, now: float, tried: set[str]

@@ -216,12 +216,13 @@ class Router:
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
         key = (exchange.head.get(INSTANCE) or b"").decode("latin-1")
-        endpoint = self.proxy_state.instances.get(key)
+        snapshot = self.proxy_state.snapshot  # one snapshot for the whole request
+        endpoint = snapshot.instances.get(key)
         if endpoint is None or endpoint.node != self.node or not endpoint.mtls:
             missing = f"no instance {key!r} on {self.node}"
             await _refuse(exchange, Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
             return
-        workload = self.proxy_state.workload(endpoint)
+        workload = snapshot.workload(endpoint)
         ssl_object = exchange.ssl_object
         if ssl_object is None and workload.mtls_mode == "STRICT":
             refusal = Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only")
