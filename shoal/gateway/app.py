@@ -14,8 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from shoal.gateway.body import BodyRefused, RequestBody
-from shoal.gateway.hygiene import inspect_head
+from shoal.gateway.body import BodyRefused, RequestBody, cancel_when_gone
+from shoal.gateway.hygiene import Head, inspect_head
 from shoal.http.headers import Headers, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
@@ -53,6 +53,9 @@ async def reject(send: Send, refusal: Refusal, http2: bool) -> None:
     """Answer a request refused for the client's fault; on HTTP/1.x the connection closes
     after it."""
     await refuse(send, refusal, () if http2 else _CLOSE)
+
+
+WATCH_AFTER = 0.25  # seconds a request runs before the gateway watches for its client leaving
 
 
 class GatewayApp:
@@ -101,13 +104,52 @@ class GatewayApp:
         if isinstance(head, Refusal):
             await reject(send, head, http2)
             return
-        client = scope.get("client")
-        query_text = query.decode("latin-1")
         body = (
             RequestBody(receive, self.limits, asyncio.get_running_loop().time())
             if head.has_body
             else None
         )
+        body_read = asyncio.Event() if body is None else body.read
+        if body is None:
+            body_read.set()
+        # Watching for the client leaving costs a task per request, so it starts only for
+        # requests still running after WATCH_AFTER (a slow upstream, a long response).
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+        watch: asyncio.Task[None] | None = None
+
+        def start_watching() -> None:
+            nonlocal watch
+            watch = loop.create_task(cancel_when_gone(receive, body_read, me))
+
+        timer = loop.call_later(WATCH_AFTER, start_watching)
+        try:
+            await self._forward(scope, head, body, send)
+        except asyncio.CancelledError:
+            left = watch is not None and watch.done() and not watch.cancelled()
+            if not left or me.cancelling() > 1:
+                raise  # not (only) the client leaving: hypercorn or shutdown cancels us
+            me.uncancel()  # the client left: nothing more to answer
+        finally:
+            timer.cancel()
+            if watch is not None:
+                watch.cancel()
+                try:
+                    await watch
+                except asyncio.CancelledError:
+                    if me.cancelling():  # cancelled from outside meanwhile: let that through
+                        raise
+
+    async def _forward(
+        self, scope: Scope, head: Head, body: RequestBody | None, send: Send
+    ) -> None:
+        """Route and send the request, then relay the answer (or answer a refusal)."""
+        http2 = scope["http_version"] == "2"
+        raw_headers: Headers = scope["headers"]
+        method: str = scope["method"]
+        client = scope.get("client")
+        query_text = scope["query_string"].decode("latin-1")
         try:
             result = await self.forwarder.forward(
                 Outbound(

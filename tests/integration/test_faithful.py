@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.resources.manifest import parse_text
+from shoal.store.acks import live_reports
 from tests.support.cluster import Cluster, ready
+from tests.support.wait import eventually
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
@@ -111,3 +113,33 @@ async def test_hop_by_hop_fields_never_reach_the_instance(cluster: Cluster) -> N
     names = {name for name, _ in record["headers"]}
     assert not names & {"connection", "x-private", "keep-alive", "te", "proxy-connection"}
     assert ["x-kept", "yes"] in record["headers"]
+
+
+HANG = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: hang}}
+spec:
+  app: apps:hang
+  workdir: {SUPPORT}
+  revision: v1
+  health: {{path: /healthz}}
+"""
+
+
+async def test_a_client_that_goes_away_leaves_nothing_in_flight(cluster: Cluster) -> None:
+    """A client that gives up on a request the instance never answers: the gateway and the
+    node router both count it in flight, then neither does once the client is gone."""
+    await cluster.client.apply(parse_text(HANG))
+    await cluster.instances(lambda found: len(ready(found, "hang")) == 1, timeout=30)
+
+    async def in_flight() -> list[int]:
+        reports = await live_reports(cluster.client.redis, cluster.client.keys)
+        return [r.get("in_flight", {}).get("hang", 0) for r in reports.values()]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.gateway_port)
+    writer.write(b"GET /wait HTTP/1.1\r\nHost: hang\r\n\r\n")
+    await eventually(in_flight, "the request in flight at a proxy", until=any, timeout=10)
+    writer.close()
+    await eventually(in_flight, "nothing in flight", until=lambda n: not any(n), timeout=10)
+    assert await reader.read() == b""

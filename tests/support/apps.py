@@ -59,3 +59,15 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     out += [(b"x-echo", v) for n, v in scope["headers"] if n == b"x-echo"]
     await send({"type": "http.response.start", "status": 200, "headers": out})
     await send({"type": "http.response.body", "body": json.dumps(record).encode()})
+
+
+async def hang(scope: Scope, receive: Receive, send: Send) -> None:
+    """Never answers (``/healthz`` excepted): it waits until its client goes away."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/healthz":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    while (await receive())["type"] != "http.disconnect":
+        pass
