@@ -48,7 +48,7 @@ import h2.exceptions
 import h11
 import hypercorn.asyncio.run
 import hypercorn.protocol
-from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
@@ -151,11 +151,34 @@ class EdgeTCPServer(TCPServer):
             config.open_connections -= 1
 
     async def _read_data(self) -> None:
-        await super()._read_data()
-        if isinstance(self.config, EdgeConfig):
-            # The client is gone. hypercorn would keep the socket open, and the connection
-            # counted, until the idle timer fires; stopping the timer lets ``run`` finish now.
-            await self.idle_task.stop()
+        """hypercorn's read loop, except that ``read_timeout`` does not end a connection while
+        a response is still streaming (a client may stay silent for as long as an event stream
+        lasts); then, the client gone, the idle timer stops so ``run`` finishes at once
+        (hypercorn would keep the socket open, and counted, until the timer fired)."""
+        if not isinstance(self.config, EdgeConfig):
+            await super()._read_data()
+            return
+        timeout = self.config.read_timeout
+        while not self.reader.at_eof():
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(MAX_RECV)
+            except TimeoutError:
+                if self._streaming():
+                    continue
+                break
+            except (ConnectionError, OSError, ssl.SSLError):
+                break
+            await self.protocol.handle(RawData(data))
+        await self.protocol.handle(Closed())
+        await self.idle_task.stop()
+
+    def _streaming(self) -> bool:
+        """Whether a request on this connection is still being answered."""
+        inner = self.protocol.protocol
+        if isinstance(inner, H11Protocol):
+            return inner.stream is not None
+        return bool(inner.streams)
 
 
 class EdgeH11Protocol(H11Protocol):

@@ -9,9 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from shoal.http.limits import EdgeLimits
 from shoal.resources.manifest import parse_text
 from shoal.store.acks import live_reports
-from tests.support.cluster import Cluster, ready
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import Cluster, ready, running_cluster
 from tests.support.wait import eventually
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -143,3 +146,31 @@ async def test_a_client_that_goes_away_leaves_nothing_in_flight(cluster: Cluster
     writer.close()
     await eventually(in_flight, "nothing in flight", until=lambda n: not any(n), timeout=10)
     assert await reader.read() == b""
+
+
+SSE = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: events}}
+spec:
+  app: apps:sse
+  workdir: {SUPPORT}
+  revision: v1
+"""
+
+
+async def test_an_event_stream_outlives_the_read_timeout_on_h1_and_h2c(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A response streaming an event every 1.5 s, for 4.5 s, is not cut by a 1 s read timeout
+    while the client sends nothing (HTTP/1.1 and h2c)."""
+    limits = EdgeLimits(read_timeout=1.0)
+    async with running_cluster(redis, redis_url, keys, tmp_path, limits=limits) as cluster:
+        await cluster.client.apply(parse_text(SSE))
+        await cluster.instances(lambda found: len(ready(found, "events")) == 1, timeout=30)
+        url = f"{cluster.gateway_url}/stream?n=4&gap=1.5"
+        want = b"".join(f"data: {n}\n\n".encode() for n in range(4))
+        for protocol in ("--http1.1", "--http2-prior-knowledge"):
+            code, out, err = await curl(protocol, "-N", "-H", "Host: events", url)
+            assert code == 0, err
+            assert out == want, protocol

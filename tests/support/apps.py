@@ -71,3 +71,21 @@ async def hang(scope: Scope, receive: Receive, send: Send) -> None:
         return
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def sse(scope: Scope, receive: Receive, send: Send) -> None:
+    """An event stream: ``?n=N&gap=S`` sends N events S seconds apart (default: 3, 1 s)."""
+    from urllib.parse import parse_qs
+
+    if scope["type"] != "http":
+        return
+    query = parse_qs(scope["query_string"].decode())
+    count, gap = int(query.get("n", ["3"])[0]), float(query.get("gap", ["1"])[0])
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for n in range(count):
+        if n:
+            await asyncio.sleep(gap)  # the stream's own pace: what the test is about
+        event = f"data: {n}\n\n".encode()
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

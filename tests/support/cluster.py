@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shoal.gateway.server import GatewaySettings, run_gateway
+from shoal.http.limits import EdgeLimits
 from shoal.platform.ca.tokens import JoinTokens
 from shoal.platform.control.client import Client
 from shoal.platform.control.controller import Controller
@@ -104,9 +105,10 @@ async def running_cluster(
     keys: Keys,
     state_dir: Path,
     autoscale: AutoscaleSettings | None = None,
+    limits: EdgeLimits | None = None,
 ) -> AsyncIterator[Cluster]:
-    """A controller (with ``autoscale`` settings), a node and a gateway in this event loop, on
-    the given store."""
+    """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``)
+    in this event loop, on the given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
     token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
@@ -144,7 +146,9 @@ async def running_cluster(
             stop=stop,
             trust_domain=TRUST_DOMAIN,
             join_token=token,
-            settings=GatewaySettings(host="127.0.0.1", port=gateway_port),
+            settings=GatewaySettings(
+                host="127.0.0.1", port=gateway_port, limits=limits or EdgeLimits()
+            ),
         )
     )
     try:
