@@ -28,16 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shoal.identity.spiffe import SCHEME
-from shoal.resources.model import (
-    AuthorizationPolicy,
-    MtlsMode,
-    Operation,
-    PeerAuthentication,
-    Rule,
-    Source,
-)
+
+if TYPE_CHECKING:  # annotations only
+    from shoal.resources import model
 
 __all__ = [
     "Authorizer",
@@ -160,14 +156,14 @@ def _strip_scheme(value: str) -> str:
     return value[len(SCHEME) :] if value.startswith(SCHEME) else value
 
 
-def _compile_source(source: Source) -> _Source:
+def _compile_source(source: model.Source) -> _Source:
     return _Source(
         principals=_values(tuple(_strip_scheme(p) for p in source.principals)),
         not_principals=_values(tuple(_strip_scheme(p) for p in source.not_principals)),
     )
 
 
-def _compile_operation(operation: Operation) -> _Operation:
+def _compile_operation(operation: model.Operation) -> _Operation:
     return _Operation(
         methods=_values(operation.methods),
         not_methods=_values(operation.not_methods),
@@ -176,14 +172,14 @@ def _compile_operation(operation: Operation) -> _Operation:
     )
 
 
-def _compile_rule(rule: Rule) -> _Rule:
+def _compile_rule(rule: model.Rule) -> _Rule:
     return _Rule(
         sources=tuple(_compile_source(source) for source in rule.from_),
         operations=tuple(_compile_operation(operation) for operation in rule.to),
     )
 
 
-def _compile(policy: AuthorizationPolicy) -> _Policy:
+def _compile(policy: model.AuthorizationPolicy) -> _Policy:
     return _Policy(
         name=policy.name,
         selector=policy.match_labels,
@@ -269,7 +265,7 @@ class Authorizer:
         return self.for_workload(target_labels).check(principal, method, path)
 
 
-def compile_policies(policies: Iterable[AuthorizationPolicy]) -> Authorizer:
+def compile_policies(policies: Iterable[model.AuthorizationPolicy]) -> Authorizer:
     """An :class:`Authorizer` for ``policies`` (validated model values)."""
     ordered = sorted(policies, key=lambda policy: policy.name)
     return Authorizer(
@@ -279,7 +275,7 @@ def compile_policies(policies: Iterable[AuthorizationPolicy]) -> Authorizer:
 
 
 def evaluate(
-    policies: Sequence[AuthorizationPolicy],
+    policies: Sequence[model.AuthorizationPolicy],
     target_labels: Mapping[str, str],
     principal: str | None,
     method: str,
@@ -290,7 +286,9 @@ def evaluate(
     return compile_policies(policies).check(target_labels, principal, method, path)
 
 
-def mtls_mode(policies: Iterable[PeerAuthentication], labels: Mapping[str, str]) -> MtlsMode:
+def mtls_mode(
+    policies: Iterable[model.PeerAuthentication], labels: Mapping[str, str]
+) -> model.MtlsMode:
     """The mTLS mode of a workload with ``labels``: STRICT, PERMISSIVE or DISABLE.
 
     As Istio: a policy whose selector matches the workload wins over a mesh-wide one (no

@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from shoal.mesh.balancer import Balancer, make_balancer
 from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterKey
 from shoal.mesh.matching import MatchBlock, RouteMatch, compile_virtual_service, normalize_host
 from shoal.mesh.split import pick_weighted
 from shoal.resources.endpoint import Endpoint
-from shoal.resources.model import (
-    Destination,
-    DestinationRule,
-    HTTPRoute,
-    RouteDestination,
-    Service,
-    VirtualService,
-)
+from shoal.resources.model import Destination, HTTPRoute, RouteDestination
+
+if TYPE_CHECKING:  # annotations only
+    from shoal.resources.model import DestinationRule, Service, VirtualService
 
 
 class RoutingTable:
