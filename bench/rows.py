@@ -77,6 +77,10 @@ def _shoal_mesh(ctx: RowContext) -> RunningServer:
     return shoal_rows.start_shoal_mesh(_backend_port(ctx), ctx.tls)
 
 
+def _shoal_router(ctx: RowContext) -> RunningServer:
+    return shoal_rows.start_shoal_router(ctx.tools.path("haproxy"), _backend_port(ctx))
+
+
 ROWS: tuple[Row, ...] = (
     Row(
         name="direct",
@@ -127,8 +131,15 @@ ROWS: tuple[Row, ...] = (
         needs_backend=True,
         start=_shoal_mesh,
     ),
+    Row(
+        name="shoal-router",
+        description="a client with a mesh certificate → mTLS → Shoal's node router → backend",
+        tools=("nginx", "haproxy"),
+        needs_backend=True,
+        start=_shoal_router,
+    ),
 )
 
 ROW_NAMES: tuple[str, ...] = tuple(row.name for row in ROWS)
 REFERENCE_ROWS: tuple[str, ...] = ("nginx-proxy", "hypercorn-hello", "naive-proxy", "direct")
-COMPARED_ROWS: tuple[str, ...] = ("shoal-gateway", "shoal-mesh")
+COMPARED_ROWS: tuple[str, ...] = ("shoal-gateway", "shoal-mesh", "shoal-router")

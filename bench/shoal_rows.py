@@ -13,14 +13,19 @@ their ports. The processes are the real ones a user runs (``shoal gateway``, ``s
   forwards over mTLS to that node's router, which forwards to it: the path every request to a
   Shoal-run instance takes. Gateway and node run on the server core (both counted, as one
   process tree); the controller (the CA) is a helper on the other core.
+- ``shoal-router``: the node router alone, called over mTLS by haproxy holding a certificate
+  from the mesh CA (on the load generator's core), as a gateway would call it (HTTP/1.1 only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import shlex
+import subprocess
 import sys
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 
 from bench.process import (
@@ -34,6 +39,9 @@ from bench.process import (
     wait_for_ports,
 )
 from bench.tls import TLSFiles
+from shoal.identity.spiffe import gateway_id
+from shoal.platform.ca.admin import issue_local
+from shoal.platform.ca.signer import CAFiles
 from shoal.platform.ca.tokens import JoinTokens
 from shoal.platform.control.client import Client
 from shoal.resources.endpoint import Endpoint
@@ -169,4 +177,89 @@ def start_shoal_mesh(backend_port: int, tls: TLSFiles) -> RunningServer:
         mesh=True,
     )
     server.notes.append("gateway and node router on one core; gateway → router is mTLS")
+    return server
+
+
+_ROUTER_CLIENT = """\
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+
+frontend fe
+    bind 127.0.0.1:{h1}
+    http-request set-header x-shoal-instance bench/nginx
+    default_backend router
+
+backend router
+    http-reuse always
+    server r1 127.0.0.1:{mesh} ssl crt {client} ca-file {bundle} verify required maxconn 1000
+"""
+
+
+def _wait_for_file(path: Path, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise ServerStartError(f"{path} did not appear (controller exit {process.poll()})")
+        time.sleep(0.05)
+
+
+def start_shoal_router(haproxy: str, backend_port: int) -> RunningServer:
+    """``shoal node``'s router alone, called the way a gateway calls it: a client holding a
+    mesh certificate (haproxy on the load generator's core, originating mTLS and naming the
+    instance in ``x-shoal-instance``) → router (the server core) → the backend."""
+    workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-shoal-router-"))
+    redis, token = _store(workdir, backend_port, mesh=True)
+    state = workdir / "shoal-state"
+    env = {"SHOAL_HOME": str(state), "PATH": "/usr/bin:/bin", "SHOAL_JOIN_TOKEN": token}
+    shoal = [sys.executable, "-m", "shoal"]
+    helpers: list[subprocess.Popen[bytes]] = [p for p in [redis.process] if p is not None]
+    controller = spawn(
+        [*shoal, "controller", "--redis", redis.url],
+        cpu=BACKEND_CPU,
+        log_path=workdir / "controller.log",
+        env=env,
+    )
+    helpers.append(controller)
+    try:
+        _wait_for_file(state / "ca" / "root.key", controller)
+        cert, key, bundle = issue_local(
+            CAFiles(state / "ca"),
+            "cluster.local",
+            str(gateway_id("cluster.local")),
+            timedelta(hours=24),
+            workdir / "client",
+        )
+        client = workdir / "client" / "client.pem"
+        client.write_bytes(cert.read_bytes() + key.read_bytes())
+        mesh, h1 = free_port(), free_port()
+        node = [*shoal, "node", "--node-id", "bench", "--mesh-port", str(mesh)]
+        node += ["--metrics-port", "0", "--redis", redis.url]
+        log = workdir / "node.log"
+        process = spawn(node, cpu=SERVER_CPU, log_path=log, env=env)
+        wait_for_ports(process, [mesh], log_path=log)
+        conf = workdir / "haproxy.cfg"
+        conf.write_text(_ROUTER_CLIENT.format(h1=h1, mesh=mesh, client=client, bundle=bundle))
+        front = spawn(
+            [haproxy, "-db", "-f", str(conf)], cpu=BACKEND_CPU, log_path=workdir / "haproxy.log"
+        )
+        helpers.append(front)
+        wait_for_ports(front, [h1], log_path=workdir / "haproxy.log")
+    except BaseException:
+        for helper in helpers:
+            helper.kill()
+        redis.stop()
+        raise
+    server = RunningServer(
+        name="shoal-router", process=process, workdir=workdir, helpers=helpers, h1_port=h1
+    )
+    server.notes.append("router alone; its mTLS client is haproxy on the load generator's core")
     return server
