@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -100,6 +101,9 @@ def up(
             "(127.0.0.1; 0: off)."
         ),
     ] = 15090,
+    gateway_workers: Annotated[
+        int, typer.Option(min=1, help="Gateway processes sharing its ports (SO_REUSEPORT).")
+    ] = 1,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -117,6 +121,7 @@ def up(
     state = settings.state_dir()
     activation = ["--activation-timeout", str(activation_timeout)]
     gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
+    gateway_args += ["--workers", str(gateway_workers)]
     for pair in limit or []:
         gateway_args += ["--limit", pair]
     if trusted_hops is not None:
@@ -281,16 +286,28 @@ def gateway(
     activation_timeout: ActivationOpt = 30.0,
     join_token: JoinTokenOpt = None,
     metrics_port: MetricsPortOpt = 15090,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Gateway processes sharing the ports (SO_REUSEPORT); /metrics is worker 0's.",
+        ),
+    ] = 1,
+    worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the HTTP gateway.
 
     Example: shoal gateway --port 8080 --tls-port 8443 --cert edge.pem --key edge.key
     Example: shoal gateway --limit max_body_bytes=1MiB --trusted-hops 1 --escaped-slashes keep
+    Example: shoal gateway --workers 2
     """
     from shoal.gateway.server import GatewaySettings, run_gateway
+    from shoal.gateway.workers import component, run_workers
 
     if (tls_port is None) != (cert is None) or (cert is None) != (key is None):
         raise fail(UserError("--tls-port, --cert and --key go together"))
+    if workers > 1 and worker is None:
+        raise typer.Exit(run_workers(workers, sys.argv[1:]))
     try:
         gs = gateway_settings(
             limit=limit,
@@ -303,7 +320,8 @@ def gateway(
                 certfile=cert,
                 keyfile=key,
                 activation_timeout=activation_timeout,
-                metrics_port=metrics_port or None,
+                metrics_port=(metrics_port or None) if not worker else None,
+                reuse_port=workers > 1,
             ),
         )
     except ShoalError as e:
@@ -311,7 +329,8 @@ def gateway(
     run_component(
         run_gateway,
         redis,
-        "gateway",
+        component(worker),
+        component=component(worker),
         settings=gs,
         trust_domain=settings.trust_domain(),
         join_token=secret_from_env(join_token),

@@ -54,6 +54,7 @@ class GatewaySettings:
     tls_ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
     activation_timeout: float = 30.0  # a request held for a service at zero, at most
     metrics_port: int | None = None  # Prometheus /metrics on metrics_host (None: off)
+    reuse_port: bool = False  # bind with SO_REUSEPORT: several workers share the ports
     metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ def hypercorn_config(s: GatewaySettings) -> EdgeConfig:
         cfg.alpn_protocols = ["h2", "http/1.1"]
     else:
         cfg.bind = plain
+    if s.reuse_port:
+        cfg.workers = 2  # hypercorn sets SO_REUSEPORT on the sockets it binds when workers > 1
     cfg.keep_alive_max_requests = 1_000_000_000
     cfg.graceful_timeout = s.graceful_timeout
     # The upstream's own Date and Server pass through; hypercorn must not add a second pair.
@@ -103,7 +106,7 @@ async def run_gateway(
         url,
         keys,
         component=component,
-        requester=component,
+        requester="gateway",  # every worker holds the one gateway identity, admitted once
         join_token=join_token,
         activation_timeout=settings.activation_timeout,
         metrics_host=settings.metrics_host,

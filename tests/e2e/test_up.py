@@ -30,6 +30,7 @@ class Platform:
     mesh_port: int
     metrics_port: int = 0
     process: subprocess.Popen[str] | None = None
+    extra: tuple[str, ...] = ()  # more ``shoal up`` flags
 
     @property
     def env(self) -> dict[str, str]:
@@ -54,6 +55,7 @@ class Platform:
                 "2",
                 "--metrics-port",
                 str(self.metrics_port),
+                *self.extra,
             ],
             env=self.env,
             stdout=subprocess.PIPE,
@@ -235,3 +237,47 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
         interval=0.1,
     )
     assert platform.request("hello")[0] == 200
+
+
+@pytest.mark.timeout(180)
+def test_two_gateway_workers_share_the_port_and_both_follow_the_store(tmp_path: Path) -> None:
+    """``shoal up --gateway-workers 2``: requests on fresh connections are answered by both
+    worker processes, and ``apply --wait`` returns only once each has applied the change."""
+    p = Platform(
+        home=tmp_path / "home",
+        port=free_port(),
+        mesh_port=free_port(),
+        metrics_port=0,  # off: the node would take the next port, which may be in use
+        extra=("--gateway-workers", "2"),
+    )
+    p.start()
+    try:
+        eventually_sync(
+            lambda: ready_count(p), "5 ready instances", until=lambda n: n == 5, timeout=30
+        )
+
+        def served() -> dict[str, int]:
+            for _ in range(20):  # a new connection each: the kernel spreads them
+                assert p.request("hello")[0] == 200
+            reports = p.status()["reports"]
+            return {c: r.get("requests", 0) for c, r in reports.items() if "gateway" in c}
+
+        counts = eventually_sync(
+            served,
+            "both gateway workers answering",
+            until=lambda c: len(c) == 2 and all(c.values()),
+            timeout=30,
+        )
+        assert set(counts) == {"gateway/0", "gateway/1"}
+        manifest = tmp_path / "w.yaml"
+        manifest.write_text(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+            "metadata: {name: world}\nspec: {host: world}\n"
+        )
+        applied = p.shoal("apply", "-f", str(manifest), "--wait")
+        assert applied.returncode == 0, applied.stderr
+        revision = max(p.status()["proxies"].values())
+        acks = p.status()["proxies"]
+        assert acks["gateway/0"] == acks["gateway/1"] == revision
+    finally:
+        p.stop()
