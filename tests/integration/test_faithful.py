@@ -30,12 +30,17 @@ spec:
 """
 
 
-async def curl(*args: str) -> tuple[int, bytes, bytes]:
-    """Run curl; its exit code, stdout and stderr."""
+async def curl(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    """Run curl (``stdin`` piped in, for ``-T -``); its exit code, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        "curl",
+        "-sS",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    out, err = await proc.communicate(stdin)
     return proc.returncode or 0, out, err
 
 
@@ -73,8 +78,9 @@ async def test_query_bytes_and_a_big_header_arrive_unchanged(cluster: Cluster) -
 async def test_bodies_without_length_and_with_expect_arrive_whole(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """A chunked upload of 10 KB and a 2 MiB upload with Expect: 100-continue (curl's own,
-    above 1 MB) arrive intact; the second gets one 100 and one final answer."""
+    """A chunked upload of 10 KB, the same over HTTP/2 without content-length, and a 2 MiB
+    upload with Expect: 100-continue (curl's own, above 1 MB) arrive intact; the last gets one
+    100 and one final answer."""
     await deploy_echo(cluster)
     small, large = tmp_path / "small.bin", tmp_path / "large.bin"
     small.write_bytes(bytes(range(256)) * 40)
@@ -84,6 +90,14 @@ async def test_bodies_without_length_and_with_expect_arrive_whole(
         cluster, "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{small}", url
     )
     assert record["body_len"] == 10240
+    assert record["body_sha256"] == hashlib.sha256(small.read_bytes()).hexdigest()
+    # HTTP/2 with no content-length (curl streams stdin): the length-less h2 upload.
+    code, out, err = await curl(
+        "--http2-prior-knowledge", "-H", "Host: echo", "-T", "-", url, stdin=small.read_bytes()
+    )
+    assert code == 0, err
+    record = json.loads(out)
+    assert (record["method"], record["body_len"]) == ("PUT", 10240)
     assert record["body_sha256"] == hashlib.sha256(small.read_bytes()).hexdigest()
     code, out, err = await curl("-v", "-H", "Host: echo", "--data-binary", f"@{large}", url)
     assert code == 0, err
@@ -174,3 +188,54 @@ async def test_an_event_stream_outlives_the_read_timeout_on_h1_and_h2c(
             code, out, err = await curl(protocol, "-N", "-H", "Host: events", url)
             assert code == 0, err
             assert out == want, protocol
+
+
+async def test_a_200_mb_chunked_upload_arrives_whole_with_flat_memory(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """200 MB uploaded chunked (no length) through gateway → mTLS → router → instance arrives
+    intact, and the proxies (this process) never hold more than a few MB of it."""
+    size = 200 * 1024 * 1024
+    path = tmp_path / "big.bin"
+    block = hashlib.sha256(b"shoal").digest() * 32768  # 1 MiB
+    sha = hashlib.sha256()
+    with path.open("wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+            sha.update(block)
+    limits = EdgeLimits(max_body_bytes=300 * 1024 * 1024)
+    async with running_cluster(redis, redis_url, keys, tmp_path, limits=limits) as cluster:
+        await deploy_echo(cluster)
+        base, peak = rss(), 0
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss() - base)
+                await asyncio.sleep(0.05)  # the sampling period
+
+        sampler = asyncio.create_task(sample())
+        try:
+            record = await echoed(
+                cluster,
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                f"@{path}",
+                f"{cluster.gateway_url}/big",
+            )
+        finally:
+            done.set()
+            await sampler
+    assert record["body_len"] == size
+    assert record["body_sha256"] == sha.hexdigest()
+    assert peak < 64 * 1024 * 1024, f"proxies grew by {peak / 2**20:.0f} MiB"
+
+
+def rss() -> int:
+    """This process's resident memory, bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
