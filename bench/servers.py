@@ -70,7 +70,7 @@ _NGINX_PROXY = """\
     }}
 """
 
-_HAPROXY = """\
+HAPROXY_DEFAULTS = """\
 global
     nbthread 1
     maxconn 4096
@@ -83,7 +83,11 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
     option http-keep-alive
+"""
 
+_HAPROXY = (
+    HAPROXY_DEFAULTS
+    + """
 frontend fe
     bind 127.0.0.1:{h1}
     bind 127.0.0.1:{h2c} proto h2
@@ -94,6 +98,7 @@ backend be
     http-reuse always
     server s1 127.0.0.1:{backend} maxconn 1000
 """
+)
 
 
 def _fresh_dir(workdir: Path, name: str) -> Path:

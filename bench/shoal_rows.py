@@ -38,6 +38,7 @@ from bench.process import (
     spawn,
     wait_for_ports,
 )
+from bench.servers import HAPROXY_DEFAULTS
 from bench.tls import TLSFiles
 from shoal.identity.spiffe import gateway_id
 from shoal.platform.ca.admin import issue_local
@@ -180,19 +181,9 @@ def start_shoal_mesh(backend_port: int, tls: TLSFiles) -> RunningServer:
     return server
 
 
-_ROUTER_CLIENT = """\
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-
+_ROUTER_CLIENT = (
+    HAPROXY_DEFAULTS
+    + """
 frontend fe
     bind 127.0.0.1:{h1}
     http-request set-header x-shoal-instance bench/nginx
@@ -202,6 +193,7 @@ backend router
     http-reuse always
     server r1 127.0.0.1:{mesh} ssl crt {client} ca-file {bundle} verify required maxconn 1000
 """
+)
 
 
 def _wait_for_file(path: Path, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

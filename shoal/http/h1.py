@@ -63,11 +63,9 @@ class HeadLimits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestHead:
-    """A request line and its header fields, as received (names lower-cased)."""
+class Head:
+    """What request and response heads share: version, fields (names lower-cased), framing."""
 
-    method: bytes
-    target: bytes  # the raw request target: path and query exactly as sent
     version: bytes  # b"1.1" or b"1.0"
     fields: Fields
     framing: Framing
@@ -78,6 +76,14 @@ class RequestHead:
         """The first value of field ``name`` (lower-case), or None."""
         return _get(self.fields, name)
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestHead(Head):
+    """A request line and its header fields, as received."""
+
+    method: bytes
+    target: bytes  # the raw request target: path and query exactly as sent
+
     @property
     def expects_continue(self) -> bool:
         """Whether the client waits for ``100 Continue`` before sending its body."""
@@ -86,20 +92,11 @@ class RequestHead:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseHead:
-    """A status line and its header fields, as received (names lower-cased)."""
+class ResponseHead(Head):
+    """A status line and its header fields, as received."""
 
     status: int
     reason: bytes
-    version: bytes
-    fields: Fields
-    framing: Framing
-    content_length: int | None
-    keep_alive: bool
-
-    def get(self, name: bytes) -> bytes | None:
-        """The first value of field ``name`` (lower-case), or None."""
-        return _get(self.fields, name)
 
     @property
     def informational(self) -> bool:
