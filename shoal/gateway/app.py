@@ -182,12 +182,21 @@ class GatewayApp:
             return
         response = result.response
         complete = False
+        # hypercorn sends trailers on HTTP/2 to a client that said ``te: trailers`` (gRPC's);
+        # they must be announced before the body, so only for an upstream that announced them
+        # (``Trailer``), and the h2 library cannot send an empty trailer block.
+        trailers = (
+            http2
+            and (b"te", b"trailers") in raw_headers
+            and any(n == b"trailer" for n, _ in response.headers)
+        )
         try:
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status,
                     "headers": end_to_end(response.headers),
+                    "trailers": trailers,
                 }
             )
             async for chunk in response.chunks():
@@ -197,5 +206,7 @@ class GatewayApp:
             result.done()
             if complete:
                 await send({"type": "http.response.body", "body": b""})
+                if trailers:
+                    await send({"type": "http.response.trailers", "headers": response.trailers})
             else:  # a truncated body must reach the client as a reset, never as complete
                 response.close()

@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterable
 
 # RFC 9110 §7.6.1 connection-specific fields, plus proxy-only ones; never forwarded.
+# (``Trailer`` is not one: it announces end-to-end trailer fields, and the gateway needs it to
+# know it must offer HTTP/2 trailers before the body starts.)
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -33,7 +35,6 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
         b"proxy-authorization",
         b"te",
-        b"trailer",
         b"transfer-encoding",
         b"upgrade",
     }

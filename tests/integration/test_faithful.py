@@ -239,3 +239,59 @@ def rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+TRAILERS = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: trailers}}
+spec:
+  command: [python3, {SUPPORT}/trailers_server.py, "$PORT"]
+  revision: v1
+"""
+
+
+async def h2_get(port: int, host: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """One h2c (prior knowledge) GET with ``te: trailers``: status, body, trailers."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", host), (":path", path)]
+    conn.send_headers(1, [*headers, ("te", "trailers")], end_stream=True)
+    writer.write(conn.data_to_send())
+    status, body, trailers = 0, b"", []
+    try:
+        while True:
+            data = await reader.read(65536)
+            assert data, "connection closed before the stream ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(len(event.data), 1)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = list(event.headers)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return status, body, trailers
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+
+
+async def test_trailers_from_an_http1_instance_reach_an_http2_client(cluster: Cluster) -> None:
+    """An instance's chunked trailers cross the router (HTTP/1.1) and reach an h2c client that
+    sent te: trailers as HTTP/2 trailers; an answer without trailers still ends cleanly."""
+    await cluster.client.apply(parse_text(TRAILERS))
+    await deploy_echo(cluster)
+    await cluster.instances(lambda found: len(ready(found, "trailers")) == 1, timeout=30)
+    status, body, trailers = await h2_get(cluster.gateway_port, "trailers", "/t")
+    assert (status, body) == (200, b"hello")
+    assert (b"grpc-status", b"0") in trailers and (b"grpc-message", b"fine") in trailers
+    status, body, trailers = await h2_get(cluster.gateway_port, "echo", "/none")
+    assert status == 200 and json.loads(body)["raw_path"] == "/none"
+    assert trailers == []
