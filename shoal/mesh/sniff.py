@@ -5,9 +5,9 @@ from clients outside the mesh, on the same port, so that services can join the m
 time; STRICT refuses plaintext. Both need one listener that decides per connection. A TLS
 connection always opens with a handshake record, whose first byte is its content type 0x16; an
 HTTP/1.x request line and the HTTP/2 preface start with an ASCII letter. So
-:class:`SniffingSite` accepts connections itself, waits for the first byte, peeks at it
-(``MSG_PEEK`` leaves it in the socket for whoever reads next) and hands the socket to aiohttp's
-server wrapped in TLS or as it is.
+:func:`serve_sniffing` accepts connections itself, waits for the first byte, peeks at it
+(``MSG_PEEK`` leaves it in the socket for whoever reads next) and hands the socket to the
+protocol it serves (the router's HTTP/1.1 server), wrapped in TLS or as it is.
 
 ``plaintext()`` is asked once per plaintext connection, when its first byte arrives, so the
 mode can change at run time (a PeerAuthentication going from PERMISSIVE to STRICT) without
@@ -15,7 +15,7 @@ reopening the port; connections already handed over are left alone. A refused co
 closed without a word: the client sees EOF or a reset, never an HTTP answer.
 
 Theory of operation. The listener owns every task it starts: one accept loop, and one task per
-connection from its accept until it is handed to aiohttp or closed. Waiting for the first byte
+connection from its accept until it is handed to its protocol or closed. Waiting for the first byte
 and the TLS handshake are each bounded by ``sniff_timeout``, so a silent client costs a task
 for that long and never delays anyone else. Failures that are the peer's doing (silence, a
 reset, a refused handshake) close that connection and are logged at debug level; a port that
@@ -41,17 +41,9 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiohttp import web
-
 from shoal.errors import PlatformError
 
-__all__ = [
-    "ACCEPT_RETRY_DELAY",
-    "TLS_HANDSHAKE",
-    "SniffingListener",
-    "SniffingSite",
-    "serve_sniffing",
-]
+__all__ = ["ACCEPT_RETRY_DELAY", "TLS_HANDSHAKE", "SniffingListener", "serve_sniffing"]
 
 log = logging.getLogger(__name__)
 
@@ -66,95 +58,6 @@ once would spin."""
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class SniffingSite(web.BaseSite):
-    """An aiohttp site serving ``host:port`` over TLS with ``ssl_context``, and over plaintext
-    for each connection that arrives while ``plaintext()`` returns True.
-
-    ``sniff_timeout`` bounds the wait for a connection's first byte and, separately, its TLS
-    handshake. Like every site, it is registered with ``runner`` by :meth:`start`, and
-    ``runner.cleanup()`` stops it and then closes the connections it handed over.
-    """
-
-    __slots__ = (
-        "_bound_port",
-        "_host",
-        "_listener",
-        "_plaintext",
-        "_port",
-        "_sniff_timeout",
-        "_tls",
-    )
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        host: str,
-        port: int,
-        *,
-        ssl_context: ssl.SSLContext,
-        plaintext: Callable[[], bool],
-        sniff_timeout: float = 10.0,
-        backlog: int = 128,
-    ) -> None:
-        if not sniff_timeout > 0:
-            raise ValueError(f"sniff_timeout must be positive, got {sniff_timeout!r}")
-        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
-        self._host = host
-        self._port = port
-        self._tls = ssl_context
-        self._plaintext = plaintext
-        self._sniff_timeout = sniff_timeout
-        self._bound_port: int | None = None
-        self._listener: SniffingListener | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port once started (the one chosen when ``port`` was 0), else ``port``."""
-        return self._port if self._bound_port is None else self._bound_port
-
-    @property
-    def name(self) -> str:
-        """The site's URL; ``https`` because TLS is always served, plaintext only when let."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"https://{host}:{self.port}"
-
-    async def start(self) -> None:
-        """Register with the runner, bind and listen, and start accepting.
-
-        Raises PlatformError when ``host:port`` cannot be resolved or bound.
-        """
-        await super().start()
-        server = self._runner.server
-        if server is None:
-            raise RuntimeError(f"{self._runner!r} has no server: call runner.setup() first")
-        loop = asyncio.get_running_loop()
-        sock = await _listen(loop, self._host, self._port, self._backlog)
-        self._bound_port = int(sock.getsockname()[1])
-        self._listener = SniffingListener(
-            loop,
-            sock,
-            factory=server,
-            ssl_context=self._tls,
-            plaintext=self._plaintext,
-            sniff_timeout=self._sniff_timeout,
-            backlog=self._backlog,
-        )
-        self._server = self._listener  # what BaseRunner.addresses reads
-        await self._listener.start_serving()
-
-    async def stop(self) -> None:
-        """Stop accepting, close the port, drop connections not yet handed over, unregister.
-
-        Unlike ``BaseSite.stop`` this waits for the listener's tasks to end, so nothing of the
-        site outlives it; the runner closes the handed-over connections afterwards.
-        """
-        self._runner._check_site(self)
-        if self._listener is not None:  # None if never started
-            self._listener.close()
-            await self._listener.wait_closed()
-        self._runner._unreg_site(self)
-
-
 async def serve_sniffing(
     factory: Callable[[], asyncio.BaseProtocol],
     host: str,
@@ -165,9 +68,10 @@ async def serve_sniffing(
     sniff_timeout: float = 10.0,
     backlog: int = 128,
 ) -> SniffingListener:
-    """Serve ``factory``'s protocol on ``host:port`` over TLS, and over plaintext while
-    ``plaintext()`` says so (the same listener :class:`SniffingSite` gives aiohttp); close it
-    with ``close()`` and ``wait_closed()``. Raises PlatformError when the port cannot be bound."""
+    """Serve ``factory``'s protocol on ``host:port`` over TLS, and over plaintext for each
+    connection that arrives while ``plaintext()`` says so; ``sniff_timeout`` bounds the wait
+    for a connection's first byte and, separately, its TLS handshake. Close it with
+    ``close()`` and ``wait_closed()``. Raises PlatformError when the port cannot be bound."""
     loop = asyncio.get_running_loop()
     listener = SniffingListener(
         loop,
@@ -184,7 +88,7 @@ async def serve_sniffing(
 
 class SniffingListener(asyncio.AbstractServer):
     """The listening socket and the tasks serving it: the accept loop and one task per
-    connection not yet handed to aiohttp (or closed)."""
+    connection not yet handed to its protocol (or closed)."""
 
     def __init__(
         self,
@@ -211,7 +115,7 @@ class SniffingListener(asyncio.AbstractServer):
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        """The listening socket while open (``BaseRunner.addresses`` reads it)."""
+        """The listening socket while open."""
         return () if self._closed else (self._sock,)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -231,8 +135,8 @@ class SniffingListener(asyncio.AbstractServer):
             self._spawn(self._accept_loop(), f"sniff-accept {self._name}")
 
     async def serve_forever(self) -> None:
-        """Not supported: the owning site starts and stops the listener."""
-        raise NotImplementedError("a SniffingSite's listener is driven by the site")
+        """Not supported: :func:`serve_sniffing` starts it and its owner closes it."""
+        raise NotImplementedError("a sniffing listener serves from serve_sniffing until closed")
 
     def close(self) -> None:
         """Stop accepting and cancel every connection not yet handed over; the listening
@@ -292,7 +196,7 @@ class SniffingListener(asyncio.AbstractServer):
         return True
 
     async def _serve(self, conn: socket.socket, peer: Any) -> None:
-        """Sniff one connection, then hand it to aiohttp or close it."""
+        """Sniff one connection, then hand it to its protocol or close it."""
         try:
             first = await self._first_byte(conn, peer)
             tls = first == TLS_HANDSHAKE

@@ -1,6 +1,6 @@
-"""SniffingSite: one port serving mTLS and plaintext HTTP, decided per connection by its first
-byte; checked with real sockets on loopback, real handshakes with mesh certificates and
-aiohttp's own server, on the default loop and on uvloop."""
+"""The sniffing listener: one port serving mTLS and plaintext HTTP, decided per connection by
+its first byte; checked with real sockets on loopback, real handshakes with mesh certificates
+and Shoal's HTTP/1.1 server (the router's), on the default loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 import uvloop
-from aiohttp import web
 
 from shoal.errors import PlatformError
 from shoal.identity.certs import client_context, server_context
 from shoal.identity.issuance import make_csr, new_root, sign
 from shoal.identity.pki import bundle_pem, key_to_pem, new_key
-from shoal.mesh.sniff import SniffingSite
+from shoal.mesh.h1server import Exchange, Server
+from shoal.mesh.sniff import SniffingListener, serve_sniffing
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.timeout(10)
@@ -68,37 +68,55 @@ def tls() -> Contexts:
     )
 
 
-async def answer(request: web.BaseRequest) -> web.Response:
+async def answer(exchange: Exchange) -> None:
     """ "tls" with the peer certificate's URI SANs in ``x-peer``, or "plain"."""
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    ssl_object = exchange.ssl_object
     if ssl_object is None:
-        return web.Response(text="plain")
+        await exchange.respond(200, body=b"plain")
+        return
     cert = ssl_object.getpeercert() or {}
-    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
-    return web.Response(text="tls", headers={"x-peer": " ".join(uris)})
+    uris = [str(value) for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    await exchange.respond(200, [(b"x-peer", " ".join(uris).encode())], b"tls")
+
+
+@dataclass
+class Site:
+    """A serving listener and its HTTP server."""
+
+    listener: SniffingListener
+    server: Server
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self.listener.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Close the port and the connections being sniffed, then the served ones."""
+        self.listener.close()
+        await self.listener.wait_closed()
+        await self.server.close(grace=1.0)
 
 
 @asynccontextmanager
 async def serving(
     tls: Contexts, plaintext: Callable[[], bool] = lambda: False, sniff_timeout: float = 2.0
-) -> AsyncIterator[SniffingSite]:
-    """A started SniffingSite on an ephemeral loopback port; the runner is cleaned up after."""
-    runner = web.ServerRunner(web.Server(answer, access_log=None))
-    await runner.setup()
-    site = SniffingSite(
-        runner,
+) -> AsyncIterator[Site]:
+    """A sniffing listener on an ephemeral loopback port, stopped after."""
+    server = Server(answer)
+    listener = await serve_sniffing(
+        server,
         "127.0.0.1",
         0,
         ssl_context=tls.server,
         plaintext=plaintext,
         sniff_timeout=sniff_timeout,
     )
+    site = Site(listener, server)
     try:
-        await site.start()
         yield site
     finally:
-        await runner.cleanup()
+        await site.stop()
 
 
 async def get_tls(port: int, context: ssl.SSLContext) -> tuple[str, str]:
@@ -241,42 +259,36 @@ async def test_failing_plaintext_decision_is_loud(
 
 
 async def test_port_in_use_is_a_platform_error(tls: Contexts) -> None:
-    """A port another listener holds raises PlatformError naming it; cleanup still works."""
+    """A port another listener holds raises PlatformError naming it; the other goes on."""
     async with serving(tls) as taken:
-        runner = web.ServerRunner(web.Server(answer, access_log=None))
-        await runner.setup()
-        site = SniffingSite(
-            runner, "127.0.0.1", taken.port, ssl_context=tls.server, plaintext=lambda: True
-        )
-        try:
-            with pytest.raises(PlatformError, match=f"127.0.0.1:{taken.port}"):
-                await site.start()
-        finally:
-            await runner.cleanup()
+        with pytest.raises(PlatformError, match=f"127.0.0.1:{taken.port}"):
+            await serve_sniffing(
+                Server(answer),
+                "127.0.0.1",
+                taken.port,
+                ssl_context=tls.server,
+                plaintext=lambda: True,
+            )
         assert await get_tls(taken.port, tls.client) == ("tls", GATEWAY)
 
 
-async def test_cleanup_ends_everything(tls: Contexts) -> None:
-    """runner.cleanup() closes the port, drops a connection still being sniffed and one
-    already served, and leaves no task behind."""
-    runner = web.ServerRunner(web.Server(answer, access_log=None))
-    await runner.setup()
-    site = SniffingSite(runner, "127.0.0.1", 0, ssl_context=tls.server, plaintext=lambda: True)
-    await site.start()
-    port = site.port
-    assert runner.addresses == [("127.0.0.1", port)]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # silent: being sniffed
-    try:
-        async with aiohttp.ClientSession() as session:  # keeps its connection alive
-            async with session.get(f"https://127.0.0.1:{port}/", ssl=tls.client) as response:
-                assert await response.text() == "tls"
-            await runner.cleanup()
-            assert asyncio.all_tasks() - {asyncio.current_task()} == set()
-        assert await reader.read() == b""
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert runner.sites == set()
+async def test_stopping_ends_everything(tls: Contexts) -> None:
+    """Stopping closes the port, drops a connection still being sniffed and one already
+    served, and leaves no task behind."""
+    async with serving(tls, plaintext=lambda: True) as site:
+        port = site.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # silent: sniffed
+        try:
+            async with aiohttp.ClientSession() as session:  # keeps its connection alive
+                async with session.get(f"https://127.0.0.1:{port}/", ssl=tls.client) as response:
+                    assert await response.text() == "tls"
+                await site.stop()
+                assert asyncio.all_tasks() - {asyncio.current_task()} == set()
+            assert await reader.read() == b""
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert site.listener.sockets == ()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
 
