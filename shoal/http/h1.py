@@ -155,7 +155,6 @@ class _Message:
     reason: bytearray = field(default_factory=bytearray)
     fields: list[tuple[bytes, bytes]] = field(default_factory=list)
     field_bytes: int = 0
-    in_trailers: bool = False
 
 
 class Reader:
@@ -280,7 +279,7 @@ class Reader:
     def on_headers_complete(self) -> None:
         m = self._message
         fields = tuple(m.fields)
-        m.fields, m.in_trailers, m.field_bytes = [], True, 0
+        m.fields, m.field_bytes = [], 0  # what follows the head: trailer fields
         p = self._parser
         version = p.get_http_version().encode()
         length = _content_length(fields)

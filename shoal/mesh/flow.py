@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+# Unread body bytes a connection holds for the other side before it stops reading (and below
+# which it reads again): a slow peer never makes a proxy buffer a whole body.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
 
 class WriteFlow(asyncio.Protocol):
     """An asyncio Protocol whose writers can wait for the transport to take more."""

@@ -36,6 +36,7 @@ from shoal.http.h1 import (
     Data,
     End,
     Fields,
+    Framing,
     HeadLimits,
     ProtocolError,
     Reader,
@@ -43,13 +44,11 @@ from shoal.http.h1 import (
     Upgraded,
     response_head,
 )
-from shoal.mesh.flow import WriteFlow
+from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 
 log = logging.getLogger(__name__)
 
 SERVER = b"shoal"  # the Server field of answers that have none
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 
 Handler = Callable[["Exchange"], Awaitable[None]]
 
@@ -70,7 +69,7 @@ class Exchange:
         self.head = head
         self._pieces: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        self._complete = head.framing.value == "none"  # the whole request body arrived
+        self._complete = head.framing is Framing.NONE  # the whole request body arrived
         self._waiter: asyncio.Future[None] | None = None
         self._body_read = False
         self._writer: BodyWriter | None = None
@@ -99,7 +98,7 @@ class Exchange:
     @property
     def has_body(self) -> bool:
         """Whether a request body follows the head."""
-        return self.head.framing.value != "none"
+        return self.head.framing is not Framing.NONE
 
     async def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (sending ``100 Continue`` first when asked for)."""

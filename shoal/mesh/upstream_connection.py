@@ -21,10 +21,7 @@ from shoal.errors import ShoalError
 from shoal.http.h1 import Data, End, Event, ProtocolError, Reader, ResponseHead, Upgraded
 from shoal.http.headers import Headers
 from shoal.http.refusal import UPSTREAM_RESET
-from shoal.mesh.flow import WriteFlow
-
-HIGH_WATER = 256 * 1024  # unread response bytes above which reading pauses
-LOW_WATER = 64 * 1024  # ... and below which it resumes
+from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 
 PoolKey = tuple[str, ssl.SSLContext | None]  # authority and the TLS context it is reached with
 
