@@ -11,7 +11,7 @@ connection is closed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
 from shoal.gateway.body import BodyRefused, RequestBody, cancel_when_gone
@@ -21,6 +21,8 @@ from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import Refusal
 from shoal.mesh.forward import Forwarder, Outbound
+from shoal.mesh.h1server import Exchange
+from shoal.mesh.upstream import UpstreamError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +55,31 @@ async def reject(send: Send, refusal: Refusal, http2: bool) -> None:
     """Answer a request refused for the client's fault; on HTTP/1.x the connection closes
     after it."""
     await refuse(send, refusal, () if http2 else _CLOSE)
+
+
+async def _answer(exchange: Exchange, refusal: Refusal, *, close: bool) -> None:
+    """:func:`refuse` on Shoal's HTTP/1.1 server; ``close``: the connection closes after it."""
+    if close:
+        exchange.close_after = True
+    await exchange.respond(
+        refusal.status,
+        [(b"content-type", b"text/plain; charset=utf-8"), *refusal.headers],
+        refusal.body(),
+    )
+
+
+def _receive(exchange: Exchange) -> Receive:
+    """The request body of ``exchange`` as ASGI ``receive`` (what :class:`RequestBody` reads)."""
+    pieces = exchange.body()
+
+    async def receive() -> Message:
+        try:
+            piece = await anext(pieces)
+        except StopAsyncIteration:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": piece, "more_body": True}
+
+    return receive
 
 
 WATCH_AFTER = 0.25  # seconds a request runs before the gateway watches for its client leaving
@@ -141,34 +168,109 @@ class GatewayApp:
                     if me.cancelling():  # cancelled from outside meanwhile: let that through
                         raise
 
+    async def serve_h1(self, exchange: Exchange) -> None:
+        """Serve one HTTP/1.x request on Shoal's own server core (hypercorn hands those
+        connections over, see :mod:`.hypercorn_edge`): the same checks and forwarding as
+        :meth:`_http`, without the ASGI layer; a client leaving cancels this at once."""
+        request = exchange.head
+        target = request.target
+        path, _, query = target.partition(b"?")
+        method = request.method.decode("latin-1")
+        head = inspect_head(
+            method,
+            path,
+            query,
+            request.fields,
+            request.version.decode("latin-1"),
+            self.limits,
+            self.slashes,
+        )
+        if isinstance(head, Refusal):
+            await _answer(exchange, head, close=True)
+            return
+        loop = asyncio.get_running_loop()
+        body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
+        peer = exchange.peer
+        scheme = "https" if exchange.ssl_object is not None else "http"
+        outbound = self._outbound(
+            head, method, query, request.fields, peer[0] if peer else None, scheme, body
+        )
+        try:
+            result = await self.forwarder.forward(outbound)
+        except BodyRefused as e:
+            await _answer(exchange, e.refusal, close=True)
+            return
+        if isinstance(result, Refusal):
+            if body is not None and body.refusal is not None:  # the upstream saw it abort
+                await _answer(exchange, body.refusal, close=True)
+            else:
+                await _answer(exchange, result, close=False)
+            return
+        response = result.response
+        complete = False
+        try:
+            await exchange.start(response.status, end_to_end(response.headers))
+            async for chunk in response.chunks():
+                await exchange.write(chunk)
+            complete = True
+        except (UpstreamError, ConnectionError):
+            pass  # cut short: the client's connection closes without the response's end
+        finally:
+            result.done()
+            if complete:
+                await exchange.end(response.trailers)
+            else:
+                response.close()
+
+    def _outbound(
+        self,
+        head: Head,
+        method: str,
+        query: bytes,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        client_ip: str | None,
+        scheme: str,
+        body: RequestBody | None,
+    ) -> Outbound:
+        """The request to forward: the normalised path with the query as received, the
+        client's end-to-end headers plus the forwarding ones."""
+        query_text = query.decode("latin-1")
+        return Outbound(
+            method=method,
+            host=head.host,
+            path=head.path,
+            raw_target=head.path + ("?" + query_text if query_text else ""),
+            query=query_text,
+            headers=edge_request_headers(
+                raw_headers,
+                head.fields,
+                client_ip=client_ip,
+                scheme=scheme,
+                host=head.host,
+                trusted_hops=self.trusted_hops,
+            ),
+            fields=head.fields,
+            body=body.chunks() if body is not None else None,
+            content_length=head.content_length,
+        )
+
     async def _forward(
         self, scope: Scope, head: Head, body: RequestBody | None, send: Send
     ) -> None:
         """Route and send the request, then relay the answer (or answer a refusal)."""
         http2 = scope["http_version"] == "2"
         raw_headers: Headers = scope["headers"]
-        method: str = scope["method"]
         client = scope.get("client")
-        query_text = scope["query_string"].decode("latin-1")
         try:
             result = await self.forwarder.forward(
-                Outbound(
-                    method=method,
-                    host=head.host,
-                    path=head.path,
-                    raw_target=head.path + ("?" + query_text if query_text else ""),
-                    query=query_text,
-                    headers=edge_request_headers(
-                        raw_headers,
-                        head.fields,
-                        client_ip=client[0] if client else None,
-                        scheme=scope["scheme"],
-                        host=head.host,
-                        trusted_hops=self.trusted_hops,
-                    ),
-                    fields=head.fields,
-                    body=body.chunks() if body is not None else None,
-                    content_length=head.content_length,
+                self._outbound(
+                    head,
+                    scope["method"],
+                    scope["query_string"],
+                    raw_headers,
+                    client[0] if client else None,
+                    scope["scheme"],
+                    body,
                 )
             )
         except BodyRefused as e:

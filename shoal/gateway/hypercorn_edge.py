@@ -64,6 +64,7 @@ from shoal.http.refusal import (
     HEADERS_TOO_LARGE,
     REQUEST_TIMEOUT,
 )
+from shoal.mesh.h1server import Server
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class EdgeConfig(Config):
         self.tls_min_version = TLS_VERSIONS[tls_min_version]
         self.ciphers = ciphers
         self.open_connections = 0
+        self.h1: Server | None = None  # serves HTTP/1.x connections instead of hypercorn
         self.keep_alive_timeout = limits.idle_timeout
         # hypercorn types it ``int | None``; it is passed to ``asyncio.wait_for``, any number works.
         self.read_timeout = limits.read_timeout  # type: ignore[assignment]
@@ -154,11 +156,14 @@ class EdgeTCPServer(TCPServer):
         """hypercorn's read loop, except that ``read_timeout`` does not end a connection while
         a response is still streaming (a client may stay silent for as long as an event stream
         lasts); then, the client gone, the idle timer stops so ``run`` finishes at once
-        (hypercorn would keep the socket open, and counted, until the timer fired)."""
+        (hypercorn would keep the socket open, and counted, until the timer fired). An HTTP/1.x
+        connection is handed over to Shoal's own server first (:meth:`_hand_over`)."""
         if not isinstance(self.config, EdgeConfig):
             await super()._read_data()
             return
         timeout = self.config.read_timeout
+        if self.config.h1 is not None and not await self._hand_over(self.config.h1):
+            return
         while not self.reader.at_eof():
             try:
                 async with asyncio.timeout(timeout):
@@ -173,12 +178,53 @@ class EdgeTCPServer(TCPServer):
         await self.protocol.handle(Closed())
         await self.idle_task.stop()
 
+    async def _hand_over(self, h1: Server) -> bool:
+        """Give an HTTP/1.x connection to Shoal's own server (far cheaper per request than
+        hypercorn's h11 and ASGI layers) and serve it there until it closes; keep HTTP/2
+        (ALPN h2, the prior-knowledge preface, an ``Upgrade: h2c`` request) for hypercorn.
+        Returns whether hypercorn serves the connection (its first bytes, if read, handled)."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            return True
+        try:
+            async with asyncio.timeout(self.config.read_timeout):
+                data = await self.reader.read(MAX_RECV)
+            # All the reader holds goes over with the connection.
+            while self.reader._buffer:  # type: ignore[attr-defined]
+                data += await self.reader.read(MAX_RECV)
+        except (TimeoutError, ConnectionError, OSError, ssl.SSLError):
+            return False  # run() closes it
+        if not data or _wants_h2(data):
+            if data:
+                await self.protocol.handle(RawData(data))
+            return True
+        # No await from the last read to the hand-over: bytes arriving meanwhile would stay
+        # behind in the reader.
+        transport = self.writer.transport
+        streams = transport.get_protocol()
+        closed = h1.adopt(transport, data)
+        try:
+            await self.idle_task.stop()  # the new owner has its own idle timeout
+            await closed
+        finally:
+            streams.connection_lost(None)  # run()'s close waits for the stream to see the end
+        return False
+
     def _streaming(self) -> bool:
         """Whether a request on this connection is still being answered."""
         inner = self.protocol.protocol
         if isinstance(inner, H11Protocol):
             return inner.stream is not None
         return bool(inner.streams)
+
+
+def _wants_h2(data: bytes) -> bool:
+    """Whether a plaintext connection's first bytes ask for HTTP/2: the prior-knowledge
+    preface, or a request head (as far as it arrived) asking to upgrade to h2c."""
+    if data.startswith(b"PRI * HTTP/2.0"):
+        return True
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    return b"\r\nupgrade:" in head and b"h2c" in head
 
 
 class EdgeH11Protocol(H11Protocol):

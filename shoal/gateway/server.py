@@ -23,11 +23,14 @@ from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
+from shoal.http.h1 import HeadLimits
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
 from shoal.mesh.forward import Forwarder
+from shoal.mesh.h1server import Server
 from shoal.mesh.proxy_process import ProxyProcess
+from shoal.mesh.tasks import task_group
 from shoal.mesh.upstream import Upstreams
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -127,8 +130,25 @@ async def run_gateway(
         trusted_hops=settings.trusted_hops,
     )
     config = hypercorn_config(settings)
+    limits = settings.limits
+    config.h1 = h1 = Server(
+        app.serve_h1,
+        limits=HeadLimits(
+            max_target_bytes=limits.max_uri_bytes,
+            max_field_bytes=limits.max_header_bytes,
+            max_field_count=limits.max_header_count,
+        ),
+        idle_timeout=limits.idle_timeout,
+        header_timeout=limits.header_timeout,
+    )
+
+    async def drain_h1() -> None:
+        await stop.wait()
+        await h1.close(settings.graceful_timeout)
+
     try:
-        async with process.running():
+        async with process.running(), task_group() as tasks:
+            tasks.create_task(drain_h1())
             try:
                 await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             except OSError as e:

@@ -176,6 +176,7 @@ class Reader:
         self._done = False
         self._until_close = False
         self._error: ProtocolError | None = None
+        self.in_head = False  # part of a head has been read, not all of it
 
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         if self.kind == "request":
@@ -225,13 +226,8 @@ class Reader:
         except httptools.HttpParserInvalidURLError as e:
             raise ProtocolError(400, BAD_REQUEST, f"bad request target: {e}") from None
         except httptools.HttpParserError as e:
-            text = str(e)
-            cause = (
-                BAD_FRAMING
-                if "length" in text.lower() or "encoding" in text.lower()
-                else BAD_REQUEST
-            )
-            raise ProtocolError(400, cause, f"bad HTTP/1.1: {text}") from None
+            status, cause = _classify(str(e).lower())
+            raise ProtocolError(status, cause, f"bad HTTP/1.1: {e}") from None
 
     def _feed_head_only(self, data: bytes) -> bytes:
         """Feed one head of a response to a HEAD (llhttp would wait for the announced body);
@@ -258,6 +254,7 @@ class Reader:
 
     def on_message_begin(self) -> None:
         self._message = _Message()
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._message.target += url
@@ -277,6 +274,7 @@ class Reader:
         m.fields.append((name.lower(), value.rstrip(b" \t")))  # trailing whitespace is not value
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         m = self._message
         fields = tuple(m.fields)
         m.fields, m.field_bytes = [], 0  # what follows the head: trailer fields
@@ -285,6 +283,9 @@ class Reader:
         length = _content_length(fields)
         chunked = _chunked(fields)
         if isinstance(p, httptools.HttpRequestParser):
+            refused = _coding_error(fields, version)
+            if refused is not None:
+                self._refuse(*refused)
             framing = Framing.CHUNKED if chunked else Framing.LENGTH if length else Framing.NONE
             self._events.append(
                 RequestHead(
@@ -329,6 +330,27 @@ class Reader:
     def on_message_complete(self) -> None:
         self._events.append(End(tuple(self._message.fields)))
         self._message = _Message()
+
+
+def _classify(error: str) -> tuple[int, str]:
+    """The status and cause for an llhttp error (RFC 9112 §6.1: a transfer coding the server
+    does not understand is 501)."""
+    if "transfer-encoding" in error:
+        return (400 if "content-length" in error else 501), BAD_FRAMING
+    return 400, BAD_REQUEST
+
+
+def _coding_error(fields: Fields, version: bytes) -> tuple[int, str, str] | None:
+    """A request's Transfer-Encoding must be exactly ``chunked``, once, in HTTP/1.1: llhttp
+    also takes ``gzip, chunked`` and HTTP/1.0, which a proxy must not pass on."""
+    codings = [v for n, v in fields if n == b"transfer-encoding"]
+    if not codings:
+        return None
+    if version != b"1.1":
+        return 400, BAD_FRAMING, "Transfer-Encoding in an HTTP/1.0 request"
+    if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
+        return 501, BAD_FRAMING, "transfer coding other than chunked"
+    return None
 
 
 def _content_length(fields: Fields) -> int | None:

@@ -44,11 +44,12 @@ from shoal.http.h1 import (
     Upgraded,
     response_head,
 )
+from shoal.http.refusal import REQUEST_TIMEOUT
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 
 log = logging.getLogger(__name__)
 
-SERVER = b"shoal"  # the Server field of answers that have none
+SERVER = b"shoal"  # the Server field of the answers Shoal makes itself
 
 Handler = Callable[["Exchange"], Awaitable[None]]
 
@@ -141,8 +142,6 @@ class Exchange:
         """Write the response head; its framing follows from ``fields`` and the request."""
         fields = [(n, v) for n, v in fields if n != b"transfer-encoding"]
         names = {n for n, _ in fields}
-        if b"server" not in names:
-            fields.append((b"server", SERVER))
         bodiless = self.head.method == b"HEAD" or status in (204, 304) or status < 200
         chunked = False
         if not bodiless and b"content-length" not in names:
@@ -177,8 +176,10 @@ class Exchange:
     async def respond(
         self, status: int, fields: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
     ) -> None:
-        """A whole response at once."""
-        await self.start(status, [*fields, (b"content-length", b"%d" % len(body))])
+        """A whole response at once: one Shoal makes itself (named ``server: shoal``)."""
+        await self.start(
+            status, [*fields, (b"server", SERVER), (b"content-length", b"%d" % len(body))]
+        )
         await self.write(body)
         await self.end()
 
@@ -196,6 +197,8 @@ class _Connection(WriteFlow):
         self._paused = False
         self.idle_since: float | None = None  # between requests: since when
         self.memo: dict[str, Any] = {}  # what a handler keeps per connection (a peer identity)
+        self.head_timer: asyncio.TimerHandle | None = None  # a head begun, not yet complete
+        self.closed = asyncio.get_running_loop().create_future()
 
     def extra(self, name: str) -> Any:
         return self.transport.get_extra_info(name) if self.transport else None
@@ -209,6 +212,9 @@ class _Connection(WriteFlow):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        self._stop_head_timer()
+        if not self.closed.done():
+            self.closed.set_result(None)
         if self.task is not None:
             self.task.cancel()  # the client went away: release what its request holds
         self.release_writers()
@@ -231,7 +237,28 @@ class _Connection(WriteFlow):
             elif isinstance(event, Upgraded):  # protocol switches are not relayed (yet)
                 if self.current is not None:
                     self.current.close_after = True
+        self._watch_head()
         self._next()
+
+    def _watch_head(self) -> None:
+        """Bound the time from a head's first byte to its end (``header_timeout``)."""
+        timeout = self.server.header_timeout
+        if timeout is None:
+            return
+        if not self.reader.in_head:
+            self._stop_head_timer()
+        elif self.head_timer is None:
+            self.head_timer = asyncio.get_running_loop().call_later(timeout, self._head_late)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        if self.reader.in_head:
+            self._refuse(ProtocolError(408, REQUEST_TIMEOUT, "request head not received in time"))
 
     def eof_received(self) -> bool:
         # A client that stops sending has gone away (nginx's proxy_ignore_client_abort off):
@@ -325,10 +352,12 @@ class Server:
         *,
         limits: HeadLimits = HeadLimits(),
         idle_timeout: float = 60.0,
+        header_timeout: float | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits
         self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout  # a head's first byte to its end, else 408
         self.connections: set[_Connection] = set()
         self.closing = False
         self._sweep: asyncio.TimerHandle | None = None
@@ -356,6 +385,16 @@ class Server:
 
     def __call__(self) -> _Connection:
         return _Connection(self)
+
+    def adopt(self, transport: asyncio.BaseTransport, received: bytes) -> asyncio.Future[None]:
+        """Serve a connection another server accepted (``received``: the bytes it already
+        read from it); the future is done once it has closed."""
+        connection = _Connection(self)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        if received:
+            connection.data_received(received)
+        return connection.closed
 
     async def close(self, grace: float) -> None:
         """Take no new request; let those running finish for ``grace`` seconds; close all."""

@@ -283,12 +283,31 @@ async def h2_get(port: int, host: str, path: str) -> tuple[int, bytes, list[tupl
         writer.close()
 
 
-async def test_trailers_from_an_http1_instance_reach_an_http2_client(cluster: Cluster) -> None:
-    """An instance's chunked trailers cross the router (HTTP/1.1) and reach an h2c client that
-    sent te: trailers as HTTP/2 trailers; an answer without trailers still ends cleanly."""
+async def h1_get_raw(port: int, host: str, path: str) -> bytes:
+    """One HTTP/1.1 GET with ``te: trailers`` on a fresh connection: the response's bytes up
+    to the end of a chunked body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}\r\nte: trailers\r\n\r\n".encode())
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            return head + await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+
+async def test_trailers_from_an_http1_instance_reach_http1_and_http2_clients(
+    cluster: Cluster,
+) -> None:
+    """An instance's chunked trailers cross the router (HTTP/1.1) and reach an HTTP/1.1 client
+    as chunked trailers, and an h2c client that sent te: trailers as HTTP/2 trailers; an answer
+    without trailers still ends cleanly."""
     await cluster.client.apply(parse_text(TRAILERS))
     await deploy_echo(cluster)
     await cluster.instances(lambda found: len(ready(found, "trailers")) == 1, timeout=30)
+    raw = await h1_get_raw(cluster.gateway_port, "trailers", "/t")
+    assert raw.startswith(b"HTTP/1.1 200 ") and b"\r\ntransfer-encoding: chunked\r\n" in raw
+    assert raw.endswith(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n")
     status, body, trailers = await h2_get(cluster.gateway_port, "trailers", "/t")
     assert (status, body) == (200, b"hello")
     assert (b"grpc-status", b"0") in trailers and (b"grpc-message", b"fine") in trailers

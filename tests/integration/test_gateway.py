@@ -157,27 +157,32 @@ async def test_weights_split_without_failures(gateway: Gateway, redis: Redis, ke
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-async def test_http2_prior_knowledge(gateway: Gateway, redis: Redis, keys: Keys) -> None:
-    """h2c with prior knowledge works on the same port as HTTP/1.1."""
+async def test_http2_prior_knowledge_and_upgrade(
+    gateway: Gateway, redis: Redis, keys: Keys
+) -> None:
+    """h2c, with prior knowledge or by ``Upgrade: h2c`` (curl --http2), works on the same port
+    as HTTP/1.1."""
     async with echo_backend("one") as one:
         await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
         await gateway.client.apply(parse_text(ROUTES))
         await gateway.settle()
-        proc = await asyncio.create_subprocess_exec(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_version} %{http_code}",
-            "--http2-prior-knowledge",
-            "-H",
-            "Host: echo",
-            gateway.url + "/",
-            stdout=subprocess.PIPE,
-        )
-        out, _ = await proc.communicate()
-        assert out.decode() == "2 200"
+        cases = (("--http2-prior-knowledge", "2"), ("--http2", "2"), ("--http1.1", "1.1"))
+        for flag, version in cases:
+            proc = await asyncio.create_subprocess_exec(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                flag,
+                "-H",
+                "Host: echo",
+                gateway.url + "/",
+                stdout=subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            assert out.decode() == f"{version} 200", flag
 
 
 async def test_rewrite_uri_and_authority(gateway: Gateway, redis: Redis, keys: Keys) -> None:

@@ -76,6 +76,39 @@ def test_length_and_chunked_together_is_refused_as_bad_framing() -> None:
     assert (e.value.status, e.value.cause) == (400, "bad_framing")
 
 
+@pytest.mark.parametrize(
+    ("fields", "version", "expected"),
+    [
+        (b"Content-Length: 3\r\nContent-Length: 4\r\n", b"1.1", (400, "bad_request")),
+        (b"Content-Length: 3x\r\n", b"1.1", (400, "bad_request")),
+        (b"Transfer-Encoding: chunked\r\n", b"1.0", (400, "bad_framing")),
+        (b"Transfer-Encoding: gzip, chunked\r\n", b"1.1", (501, "bad_framing")),
+        (b"Transfer-Encoding: chunked\r\n" * 2, b"1.1", (501, "bad_framing")),
+        (b"Transfer-Encoding: identity\r\n", b"1.1", (501, "bad_framing")),
+    ],
+)
+def test_framing_a_proxy_must_not_pass_on(
+    fields: bytes, version: bytes, expected: tuple[int, str]
+) -> None:
+    """Bad lengths are 400 bad_request; a transfer coding other than exactly one ``chunked``
+    in HTTP/1.1 is bad_framing: 400 in HTTP/1.0, else 501 (RFC 9112 §6.1)."""
+    with pytest.raises(ProtocolError) as e:
+        read("request", b"POST / HTTP/" + version + b"\r\nHost: h\r\n" + fields + b"\r\n")
+    assert (e.value.status, e.value.cause) == expected
+
+
+def test_in_head_from_the_first_byte_of_a_head_to_its_end() -> None:
+    """``in_head`` tells a server a head has begun but not ended (its deadline runs)."""
+    reader = Reader("request")
+    assert not reader.in_head
+    reader.feed(b"GE")
+    assert reader.in_head
+    reader.feed(b"T / HTTP/1.1\r\nHost: h\r\n")
+    assert reader.in_head
+    assert isinstance(reader.feed(b"\r\n")[0], RequestHead)
+    assert not reader.in_head
+
+
 def test_head_limits_answer_414_and_431() -> None:
     """A target or field block over the limits is refused with the status the edge uses."""
     limits = HeadLimits(max_target_bytes=10, max_field_bytes=100, max_field_count=2)
