@@ -22,7 +22,7 @@ from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import Refusal
 from shoal.mesh.forward import Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
-from shoal.mesh.upstream import UpstreamError
+from shoal.mesh.relay import relay
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -207,20 +207,7 @@ class GatewayApp:
                 await _answer(exchange, result, close=False)
             return
         response = result.response
-        complete = False
-        try:
-            await exchange.start(response.status, end_to_end(response.headers))
-            async for chunk in response.chunks():
-                await exchange.write(chunk)
-            complete = True
-        except (UpstreamError, ConnectionError):
-            pass  # cut short: the client's connection closes without the response's end
-        finally:
-            result.done()
-            if complete:
-                await exchange.end(response.trailers)
-            else:
-                response.close()
+        await relay(exchange, response, end_to_end(response.headers), result.done)
 
     def _outbound(
         self,
@@ -301,13 +288,16 @@ class GatewayApp:
                     "trailers": trailers,
                 }
             )
+            ended = False  # the last piece went out with the end of the body
             async for chunk in response.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = response.complete and not trailers
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             complete = True
         finally:
             result.done()
             if complete:
-                await send({"type": "http.response.body", "body": b""})
+                if not ended:
+                    await send({"type": "http.response.body", "body": b""})
                 if trailers:
                     await send({"type": "http.response.trailers", "headers": response.trailers})
             else:  # a truncated body must reach the client as a reset, never as complete

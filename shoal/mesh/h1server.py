@@ -1,4 +1,5 @@
-"""An HTTP/1.1 server on asyncio Protocols and the sans-IO codec: the router's listener side.
+"""An HTTP/1.1 server on asyncio Protocols and the sans-IO codec: what the node router and the
+gateway (for HTTP/1.x clients) serve requests with.
 
 Each connection parses requests with :class:`shoal.http.h1.Reader` and runs one handler task
 per request, in order (a pipelined request waits for the one before it). A handler gets an
@@ -13,7 +14,9 @@ and the end with trailers.
 - A client that goes away cancels its handler at once: whatever it holds upstream (a
   connection, an in-flight slot) is released by the cancellation.
 - Reading pauses while a request body has more than :data:`HIGH_WATER` unread bytes; writing
-  waits while the transport's buffer is full.
+  waits while the transport's buffer is full. A response's head and pieces are gathered and
+  written together (up to :data:`FLUSH_AT` bytes, or when the handler flushes or ends it), so
+  a small response costs one write.
 - A head the codec refuses gets the codec's status and ``x-shoal-cause`` and the connection is
   closed; so does a connection idle longer than ``idle_timeout`` between requests.
 
@@ -53,6 +56,11 @@ SERVER = b"shoal"  # the Server field of the answers Shoal makes itself
 
 Handler = Callable[["Exchange"], Awaitable[None]]
 
+FLUSH_AT = 64 * 1024
+"""Response bytes an exchange gathers before it writes them: a small response goes out in one
+write however many pieces it was written in. A handler that waits between pieces calls
+:meth:`Exchange.flush` first (:func:`shoal.mesh.relay.relay` does)."""
+
 
 def reason(status: int) -> bytes:
     """The standard reason phrase of ``status`` (``b""`` for an unknown one)."""
@@ -74,7 +82,9 @@ class Exchange:
         self._waiter: asyncio.Future[None] | None = None
         self._body_read = False
         self._writer: BodyWriter | None = None
-        self.started = False  # the response head went out
+        self._out: list[bytes] = []  # written, not yet on the wire (see flush)
+        self._out_bytes = 0
+        self.started = False  # the response head was written
         self.ended = False
         self.close_after = not head.keep_alive
 
@@ -156,22 +166,32 @@ class Exchange:
             fields.append((b"connection", b"close"))
         self._writer = BodyWriter(chunked)
         self.started = True
-        self.connection.write(response_head(status, reason(status), fields))
-        await self.connection.drain()
+        self._out.append(response_head(status, reason(status), fields))
 
     async def write(self, data: bytes) -> None:
         """Write a piece of the response body."""
         assert self._writer is not None, "start() first"
         if data and self.head.method != b"HEAD":
-            self.connection.write(self._writer.data(data))
-            await self.connection.drain()
+            self._out.append(self._writer.data(data))
+            self._out_bytes += len(data)
+            if self._out_bytes >= FLUSH_AT:
+                self.flush()
+                await self.connection.drain()
 
     async def end(self, trailers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """End the response (with ``trailers`` when chunked)."""
         assert self._writer is not None, "start() first"
         if self.head.method != b"HEAD":
-            self.connection.write(self._writer.end(trailers))
+            self._out.append(self._writer.end(trailers))
         self.ended = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Put what was written so far on the wire (one write: one TLS record, one syscall)."""
+        if self._out:
+            self.connection.write(b"".join(self._out))
+            self._out.clear()
+            self._out_bytes = 0
 
     async def respond(
         self, status: int, fields: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from shoal.http.headers import IDENTITY, INTERNAL_PREFIX, Headers, end_to_end, request_headers
 from shoal.http.paths import SlashPolicy, normalize_path
@@ -42,6 +42,7 @@ from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
 from shoal.mesh.proxy_state import ProxyState
+from shoal.mesh.relay import relay
 from shoal.mesh.sniff import serve_sniffing
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
 
@@ -81,20 +82,9 @@ def _target(exchange: Exchange) -> tuple[str, str] | Refusal:
     return normal if isinstance(normal, Refusal) else (normal, query.decode("latin-1"))
 
 
-async def _relay(exchange: Exchange, upstream: UpstreamResponse, done: Callable[[], None]) -> None:
-    """Stream ``upstream``'s response to the caller, trailers included; ``done`` once over."""
-    complete = False
-    try:
-        fields = [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
-        await exchange.start(upstream.status, fields)  # only this router may say "unsent"
-        async for chunk in upstream.chunks():
-            await exchange.write(chunk)
-        await exchange.end(upstream.trailers)
-        complete = True
-    finally:
-        done()
-        if not complete:
-            upstream.close()
+def _answer_fields(upstream: UpstreamResponse) -> Headers:
+    """An instance's end-to-end response fields: only this router may say "unsent"."""
+    return [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
 
 
 def _caller(exchange: Exchange) -> SpiffeId | None:
@@ -211,7 +201,7 @@ class Router:
         if isinstance(result, Refusal):
             await _refuse(exchange, result)
             return
-        await _relay(exchange, result.response, result.done)
+        await relay(exchange, result.response, _answer_fields(result.response), result.done)
 
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
@@ -256,7 +246,7 @@ class Router:
         except UpstreamError as e:
             await _refuse(exchange, Refusal(e.status, e.cause, str(e)), unsent=not e.sent)
             return
-        await _relay(exchange, upstream, lambda: None)
+        await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
 
     async def stop(self) -> None:
         """Stop listening, let requests in flight finish (up to ``SHUTDOWN_GRACE``), close every

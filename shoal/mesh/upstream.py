@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from shoal.http.h1 import BodyWriter, request_head
@@ -69,12 +69,19 @@ class UpstreamResponse:
         return self._exchange.buffered
 
     @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived and been taken (the last piece is out)."""
+        return self._exchange.finished and not self._exchange.pieces
+
+    @property
     def trailers(self) -> Headers:
         """The trailer fields of a chunked response (once :meth:`chunks` has ended)."""
         return self._exchange.trailers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; upstream failures mid-body raise :class:`UpstreamError`."""
+    async def chunks(self, before_wait: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; upstream failures mid-body raise :class:`UpstreamError`.
+        ``before_wait`` is called each time no piece is at hand and the body goes on (a relay
+        flushes what it gathered)."""
         exchange = self._exchange
         loop = asyncio.get_running_loop()
         while True:
@@ -89,6 +96,8 @@ class UpstreamResponse:
                 raise UpstreamError(
                     502, UPSTREAM_RESET, f"upstream body: {exchange.error}", sent=True
                 )
+            if before_wait is not None:
+                before_wait()
             exchange.waiter = loop.create_future()
             try:
                 # Only the wait is under the deadline: never a yield (the caller's own awaits).

@@ -1,0 +1,37 @@
+"""An upstream's response relayed to an HTTP/1.1 client: what the router and the gateway share.
+
+The head, the body as it arrives and the trailers go to the client's :class:`Exchange`; what
+arrived together leaves together (one write), and what is gathered is flushed before waiting
+for more, so a stream's head and events are never held back. A response cut short, by the
+upstream or the client, is left unended: the client's connection closes, so the client sees a
+truncated response, never a complete-looking one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shoal.http.headers import Headers
+from shoal.mesh.h1server import Exchange
+from shoal.mesh.upstream import UpstreamError, UpstreamResponse
+
+
+async def relay(
+    exchange: Exchange, upstream: UpstreamResponse, fields: Headers, done: Callable[[], None]
+) -> None:
+    """Send ``upstream``'s status, ``fields`` (its end-to-end ones, as the caller chose them),
+    body and trailers to ``exchange``; call ``done`` once over, however it ends."""
+    complete = False
+    try:
+        await exchange.start(upstream.status, fields)
+        async for chunk in upstream.chunks(before_wait=exchange.flush):
+            await exchange.write(chunk)
+        complete = True
+    except (UpstreamError, ConnectionError):
+        pass  # cut short: the client's connection closes without the response's end
+    finally:
+        done()
+        if complete:
+            await exchange.end(upstream.trailers)
+        else:
+            upstream.close()
