@@ -8,8 +8,9 @@ that are not part of the benchmark, whose noise the report flags.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +49,7 @@ class Plan:
     loadgen_cpu: int | None
     backend_cpu: int | None
     wait_quiet_s: float = 0.0
+    warmup_s: float = 0.0  # the same load first, not counted: pools, caches and TLS sessions warm
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +163,12 @@ def measure_one(
     if not tools.has(tool):
         entry.status, entry.note = "skipped", tools.why_missing(tool)
         return entry
+    if plan.warmup_s > 0:
+        warm = replace(spec, duration_s=plan.warmup_s)
+        with contextlib.suppress(LoadError):  # the measured run reports any failure
+            run_load(
+                tools, warm, cpu=plan.loadgen_cpu, scratch=scratch, h1_rate_tool=plan.h1_rate_tool
+            )
     quiet = plan.wait_quiet_s <= 0 or wait_until_quiet(plan.wait_quiet_s)
     before = _CpuSnapshot.take(server, backend)
     try:

@@ -71,6 +71,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="S",
         help="before each run, wait up to S seconds for the machine to be idle (shared hosts)",
     )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="before each measured run, the same load for S seconds, not counted (0: none)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/<ts>.json)")
@@ -133,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loadgen_cpu=loadgen_cpu,
         backend_cpu=backend_cpu,
         wait_quiet_s=args.wait_quiet,
+        warmup_s=args.warmup,
     )
 
     def progress(e: Entry) -> None:
