@@ -122,8 +122,8 @@ def up(
     activation = ["--activation-timeout", str(activation_timeout)]
     gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
     gateway_args += ["--workers", str(gateway_workers)]
-    for pair in limit or []:
-        gateway_args += ["--limit", pair]
+    limit_args = [arg for pair in limit or [] for arg in ("--limit", pair)]
+    gateway_args += limit_args
     if trusted_hops is not None:
         gateway_args += ["--trusted-hops", trusted_hops]
     if escaped_slashes is not None:
@@ -160,6 +160,7 @@ def up(
                 *activation,
                 "--metrics-port",
                 str(metrics_port + 1 if metrics_port else 0),
+                *limit_args,
             ],
             "gateway": gateway_args,
         },
@@ -241,6 +242,15 @@ def node(
             help="The most instances (of all services) this node runs (default: no limit).",
         ),
     ] = None,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--limit",
+            metavar="NAME=VALUE",
+            help="The gateway's edge limits (same flags): the router admits any request head "
+            "the gateway admits. E.g. --limit max_header_bytes=120KiB",
+        ),
+    ] = None,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -252,6 +262,7 @@ def node(
 
     try:
         labels, most = node_labels(label or []), node_capacity(capacity)
+        limits = parse_limits(limit or [])
     except ShoalError as e:
         raise fail(e) from None
     run_component(
@@ -269,6 +280,7 @@ def node(
         metrics_port=metrics_port or None,
         labels=labels,
         capacity=most,
+        limits=limits,
     )
 
 

@@ -23,7 +23,6 @@ from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
-from shoal.http.h1 import HeadLimits
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
@@ -133,11 +132,7 @@ async def run_gateway(
     limits = settings.limits
     config.h1 = h1 = Server(
         app.serve_h1,
-        limits=HeadLimits(
-            max_target_bytes=limits.max_uri_bytes,
-            max_field_bytes=limits.max_header_bytes,
-            max_field_count=limits.max_header_count,
-        ),
+        limits=limits.head_limits(),
         idle_timeout=limits.idle_timeout,
         header_timeout=limits.header_timeout,
     )

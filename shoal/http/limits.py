@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, get_type_hints
 
 from shoal.errors import UserError
+from shoal.http.h1 import HeadLimits
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -35,6 +36,13 @@ class FloodBudget:
             raise UserError(f"flood budget burst must be >= 1 (got {self.burst!r})")
         if not (self.rate >= 0 and math.isfinite(self.rate)):
             raise UserError(f"flood budget rate must be a finite number >= 0 (got {self.rate!r})")
+
+
+FORWARDING_FIELDS = 16
+"""Header fields Shoal's proxies may add to a request on its way in (x-forwarded-for, -proto,
+-host, forwarded, x-request-id, x-shoal-*, x-forwarded-client-cert), with room to spare."""
+FORWARDING_BYTES = 4 * KiB
+"""Bytes those fields, and a route's rewrite, may add to a head."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +67,17 @@ class EdgeLimits:
     h2_priority: FloodBudget = FloodBudget(burst=100, rate=20.0)
     h2_reset: FloodBudget = FloodBudget(burst=100, rate=20.0)  # client RST_STREAMs (rapid reset)
     h2_max_empty_frames: int = 10  # consecutive empty DATA frames without END_STREAM
+
+    def head_limits(self, *, inner: bool = False) -> HeadLimits:
+        """The HTTP/1.1 head limits of the edge, or (``inner``) of a hop behind it, which also
+        takes the fields Shoal's proxies add on the way (forwarding headers, a request id,
+        the instance's name): what the edge admits, every hop admits."""
+        extra_fields, extra_bytes = (FORWARDING_FIELDS, FORWARDING_BYTES) if inner else (0, 0)
+        return HeadLimits(
+            max_target_bytes=self.max_uri_bytes + extra_bytes,
+            max_field_bytes=self.max_header_bytes + extra_bytes,
+            max_field_count=self.max_header_count + extra_fields,
+        )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -28,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
+from shoal.http.h1 import HeadLimits
 from shoal.http.headers import IDENTITY, INTERNAL_PREFIX, Headers, end_to_end, request_headers
 from shoal.http.paths import SlashPolicy, normalize_path
 from shoal.http.refusal import (
@@ -110,8 +111,10 @@ class Router:
         trust_domain: str,
         upstreams: Upstreams | None = None,
         activator: Activator | None = None,
+        head_limits: HeadLimits = HeadLimits(),
     ) -> None:
         self.proxy_state = proxy_state
+        self.head_limits = head_limits  # at least the edge's (EdgeLimits.head_limits(inner=True))
         self.credentials = credentials
         self.node = node
         self.trust_domain = trust_domain
@@ -125,7 +128,7 @@ class Router:
         self._opening: dict[str, asyncio.Lock] = {}
 
     def _server(self, handler: Handler) -> Server:
-        server = Server(handler)
+        server = Server(handler, limits=self.head_limits)
         self._servers.append(server)
         return server
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ManifestError, UserError
+from shoal.http.limits import EdgeLimits
 from shoal.mesh.proxy_process import ProxyProcess
 from shoal.mesh.router import Router
 from shoal.mesh.tasks import until_stopped
@@ -97,13 +98,15 @@ async def run_node(
     metrics_port: int | None = None,
     labels: Mapping[str, str] | None = None,
     capacity: int | None = None,
+    limits: EdgeLimits | None = None,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
     The router's inbound listener binds ``host:mesh_port`` once the node holds its certificate
     (a controller must be running to sign it); the node record announces ``advertise`` (default
     ``host``) as the address other hosts reach it at, and ``labels`` and ``capacity`` to the
-    scheduler.
+    scheduler. ``limits`` are the edge's (the gateway's ``--limit``): the router takes any
+    request head the gateway admitted.
     """
     announced = advertise or host
     if announced in ("0.0.0.0", "::", ""):
@@ -125,6 +128,7 @@ async def run_node(
         node=node_id,
         trust_domain=trust_domain,
         activator=process.activator,
+        head_limits=(limits or EdgeLimits()).head_limits(inner=True),
     )
     async with process.running():
         try:

@@ -75,6 +75,18 @@ async def test_query_bytes_and_a_big_header_arrive_unchanged(cluster: Cluster) -
     assert f"\r\nx-echo: {big}".encode() in head.lower()
 
 
+async def test_what_the_edge_admits_every_hop_admits(cluster: Cluster) -> None:
+    """As many header fields as the edge takes (100), with Shoal's forwarding fields added on
+    the way, reach the instance through the router."""
+    await deploy_echo(cluster)
+    fields = [arg for i in range(97) for arg in ("-H", f"X-F{i}: {i}")]  # curl's 3 make 100
+    code, out, err = await curl("-i", "-H", "Host: echo", *fields, f"{cluster.gateway_url}/many")
+    assert code == 0, err
+    assert out.startswith(b"HTTP/1.1 200"), out[:300]
+    body = out.partition(b"\r\n\r\n")[2]
+    assert sum(1 for name, _ in json.loads(body)["headers"] if name[3:].isdigit()) == 97
+
+
 async def test_bodies_without_length_and_with_expect_arrive_whole(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -135,6 +135,7 @@ async def running_cluster(
             mesh_port=mesh_port,
             drain_delay=0.1,
             grace=5,
+            limits=limits,
         )
     )
     gateway_port = free_port()

@@ -158,3 +158,13 @@ def test_every_field_can_be_set() -> None:
     assert {name: getattr(limits, name) for name in LIMIT_NAMES} == {
         name: samples[hints[name]][1] for name in LIMIT_NAMES
     }
+
+
+def test_every_hop_admits_what_the_edge_admits() -> None:
+    """The edge's head limits, raised by --limit, are the router's too, with room for the
+    fields Shoal's proxies add on the way."""
+    limits = parse_limits(["max_header_count=150", "max_header_bytes=120KiB"])
+    edge, inner = limits.head_limits(), limits.head_limits(inner=True)
+    assert (edge.max_field_count, edge.max_field_bytes) == (150, 120 * 1024)
+    assert inner.max_field_count >= 150 + 10 and inner.max_field_bytes >= 120 * 1024 + 2048
+    assert inner.max_target_bytes > edge.max_target_bytes == 8 * 1024
