@@ -159,11 +159,11 @@ def _gateway(port: int, tls_port: int, tls: TLSFiles) -> list[str]:
 
 
 def start_shoal_gateway(backend_port: int, tls: TLSFiles) -> RunningServer:
-    """``shoal gateway`` (hypercorn, one process) forwarding straight to the backend."""
+    """``shoal gateway`` (hypercorn, one process) forwarding straight to the backend (no CA
+    runs: it listens without waiting for a mesh certificate)."""
     port, tls_port = free_port(), free_port()
-    return _start(
-        "shoal-gateway", [_gateway(port, tls_port, tls)], [port, tls_port], backend_port, mesh=False
-    )
+    command = [*_gateway(port, tls_port, tls), "--identity-wait", "0"]
+    return _start("shoal-gateway", [command], [port, tls_port], backend_port, mesh=False)
 
 
 def start_shoal_mesh(backend_port: int, tls: TLSFiles) -> RunningServer:

@@ -305,6 +305,14 @@ def gateway(
             help="Gateway processes sharing the ports (SO_REUSEPORT); /metrics is worker 0's.",
         ),
     ] = 1,
+    identity_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds to wait for the gateway's mesh certificate before listening "
+            "(0: at once; without one, requests for mesh instances get 503).",
+        ),
+    ] = 10.0,
     worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the HTTP gateway.
@@ -334,6 +342,7 @@ def gateway(
                 activation_timeout=activation_timeout,
                 metrics_port=(metrics_port or None) if not worker else None,
                 reuse_port=workers > 1,
+                identity_wait=identity_wait,
             ),
         )
     except ShoalError as e:

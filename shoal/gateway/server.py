@@ -29,7 +29,7 @@ from shoal.identity.spiffe import gateway_id
 from shoal.mesh.forward import Forwarder
 from shoal.mesh.h1server import Server
 from shoal.mesh.proxy_process import ProxyProcess
-from shoal.mesh.tasks import task_group
+from shoal.mesh.tasks import task_group, until_stopped
 from shoal.mesh.upstream import Upstreams
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -55,6 +55,9 @@ class GatewaySettings:
     tls_min_version: str = "1.2"  # or "1.3"
     tls_ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
     activation_timeout: float = 30.0  # a request held for a service at zero, at most
+    # Seconds to wait for the mesh certificate before listening (until it is held, a request
+    # for an instance in the mesh gets 503 no_mesh_identity); 0: listen at once.
+    identity_wait: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics on metrics_host (None: off)
     reuse_port: bool = False  # bind with SO_REUSEPORT: several workers share the ports
     metrics_host: str = "127.0.0.1"
@@ -88,6 +91,25 @@ def hypercorn_config(s: GatewaySettings) -> EdgeConfig:
     cfg.accesslog = None
     cfg.errorlog = "-"
     return cfg
+
+
+async def _identity(
+    process: ProxyProcess, identity: str, settings: GatewaySettings, stop: asyncio.Event
+) -> bool:
+    """Wait (``identity_wait`` at most) for the gateway's mesh certificate; False if stopped
+    meanwhile. Without one it listens anyway (instances outside the mesh need none)."""
+    if settings.identity_wait <= 0:
+        return True
+    try:
+        async with asyncio.timeout(settings.identity_wait):
+            await until_stopped(process.credentials.ready(identity), stop)
+    except TimeoutError:
+        log.warning(
+            "no mesh certificate after %gs (is a controller running?): listening anyway; "
+            "requests for instances in the mesh get 503 no_mesh_identity until one is issued",
+            settings.identity_wait,
+        )
+    return not stop.is_set()
 
 
 async def run_gateway(
@@ -143,6 +165,8 @@ async def run_gateway(
 
     try:
         async with process.running(), task_group() as tasks:
+            if not await _identity(process, identity, settings, stop):
+                return  # stopped while waiting
             tasks.create_task(drain_h1())
             try:
                 await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]

@@ -258,7 +258,7 @@ def test_two_gateway_workers_share_the_port_and_both_follow_the_store(tmp_path: 
 
         def served() -> tuple[dict[str, int], set[int]]:
             # A new connection each: the kernel spreads them over the workers. A worker still
-            # starting may refuse, or answer 503 until it holds its mesh certificate.
+            # starting may refuse (it listens once it holds its mesh certificate).
             statuses = {p.request("hello")[0] for _ in range(20)}
             reports = p.status()["reports"]
             counts = {c: r.get("requests", 0) for c, r in reports.items() if "gateway" in c}

@@ -153,6 +153,13 @@ async def running_cluster(
         )
     )
     try:
+        # The gateway listens once it holds its mesh certificate.
+        _, writer = await eventually(
+            lambda: asyncio.open_connection("127.0.0.1", gateway_port),
+            f"the gateway listening on port {gateway_port}",
+            ignore=(OSError,),
+        )
+        writer.close()
         yield Cluster(Client(redis, keys), mesh_port, gateway_port)
     finally:
         stop.set()

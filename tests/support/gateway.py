@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -46,7 +47,9 @@ class Gateway:
 async def serving(
     redis: Redis, redis_url: str, keys: Keys, settings: GatewaySettings
 ) -> AsyncIterator[Gateway]:
-    """A gateway served by hypercorn with ``settings``, following the test's key prefix."""
+    """A gateway served by hypercorn with ``settings``, following the test's key prefix. No CA
+    runs: it listens at once, without a mesh certificate (its upstreams are outside the mesh)."""
+    settings = dataclasses.replace(settings, identity_wait=0)
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_gateway(redis, redis_url, keys, settings=settings, stop=stop, trust_domain="shoal.test")
