@@ -51,8 +51,11 @@ import hypercorn.protocol
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Response
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
+from priority.priority import DeadlockError
 
 from shoal.errors import UserError
 from shoal.gateway.flood import FloodGuard, Frame
@@ -369,6 +372,70 @@ class EdgeH2Protocol(H2Protocol):
                     return
             kept.append(event)
         await super()._handle_events(kept)
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        """As hypercorn, but response headers wait in h2's buffer for the sender (below),
+        which writes them with the body that usually follows at once: one write per small
+        response instead of three (HEADERS, DATA, an empty END_STREAM DATA)."""
+        if self._guard is None or type(event) is not Response:
+            await super().stream_send(event)
+            return
+        try:
+            self.connection.send_headers(
+                event.stream_id,
+                [
+                    (b":status", b"%d" % event.status_code),
+                    *event.headers,
+                    *self.config.response_headers("h2"),
+                ],
+            )
+        except (KeyError, h2.exceptions.ProtocolError):
+            return  # the stream or the connection closed meanwhile
+        await self.has_data.set()
+
+    async def send_task(self) -> None:
+        """hypercorn's sender, writing out what is framed whenever it runs out of data to
+        send (so headers of a response without a body yet, e.g. an event stream, leave at
+        once)."""
+        if self._guard is None:
+            await super().send_task()
+            return
+        while not self.closed:
+            try:
+                stream_id = next(self.priority)
+            except DeadlockError:
+                await self._flush()
+                await self.has_data.wait()
+                await self.has_data.clear()
+            else:
+                await self._send_data(stream_id)
+
+    async def _send_data(self, stream_id: int) -> None:
+        """hypercorn's, except that the last piece of a body carries END_STREAM itself, and
+        a stream's turn is one write."""
+        if self._guard is None:
+            await super()._send_data(stream_id)
+            return
+        try:
+            buffer = self.stream_buffers[stream_id]
+            window = self.connection.local_flow_control_window(stream_id)
+            data = await buffer.pop(max(0, min(window, self.connection.max_outbound_frame_size)))
+            end = buffer.complete
+            if data:
+                self.connection.send_data(stream_id, data, end_stream=end)
+            elif end:
+                self.connection.end_stream(stream_id)
+            else:
+                self.priority.block(stream_id)
+            await self._flush()
+            if end:
+                del self.stream_buffers[stream_id]
+                self.priority.remove_stream(stream_id)
+        except (h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError):
+            # As hypercorn: the stream or connection closed while this waited.
+            await self.stream_buffers[stream_id].close()
+            del self.stream_buffers[stream_id]
+            self.priority.remove_stream(stream_id)
 
     def _refuse_late_data(self, event: h2.events.DataReceived) -> None:
         """DATA for a stream already answered: credit the window, ask the client to stop."""

@@ -44,6 +44,7 @@ class Answer:
     body: bytes = b""
     ended: bool = False
     reset: h2.errors.ErrorCodes | int | None = None
+    data_frames: list[bool] = field(default_factory=list)  # per DATA frame: END_STREAM on it
 
 
 class H2Wire:
@@ -106,6 +107,7 @@ class H2Wire:
                 answer.headers = headers
             elif isinstance(event, h2.events.DataReceived) and answer is not None:
                 answer.body += event.data
+                answer.data_frames.append(event.stream_ended is not None)
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             elif isinstance(event, h2.events.StreamEnded) and answer is not None:
                 answer.ended = True
@@ -149,6 +151,16 @@ class H2Wire:
     async def serves(self) -> bool:
         """Whether the connection still carries a request to the upstream and back."""
         return (await self.answer(await self.request(get(b"/still")))).status == 200
+
+
+async def test_a_small_answer_is_one_data_frame_with_end_stream(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """The body's last piece carries END_STREAM (no empty DATA frame after it)."""
+    async with edge_gateway(redis, redis_url, keys) as edge, H2Wire.to(edge.port) as wire:
+        answer = await wire.answer(await wire.request(get(b"/small")))
+        assert answer.status == 200 and answer.body
+        assert answer.data_frames == [True]
 
 
 async def test_header_limits_answer_on_the_stream(redis: Redis, redis_url: str, keys: Keys) -> None:
