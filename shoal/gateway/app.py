@@ -1,4 +1,6 @@
-"""The gateway's ASGI app: a raw proxy, no framework in the hot path.
+"""The gateway's proxy app: ASGI for hypercorn's HTTP/2 streams (:meth:`GatewayApp.__call__`),
+and a handler for Shoal's own HTTP/1.1 server (:meth:`GatewayApp.serve_h1`), which serves the
+HTTP/1.x connections hypercorn hands over; no framework in the hot path.
 
 Per request: the head checked and the path normalised once (:func:`.hygiene.inspect_head`), one
 snapshot read and decision (:meth:`shoal.mesh.proxy_state.ProxyState.decide`), one pooled

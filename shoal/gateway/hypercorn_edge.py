@@ -17,10 +17,13 @@ they happen before a request exists or below it:
   its TLS context drops the options ``ssl.create_default_context`` sets.
 
 What: :class:`EdgeConfig` (a hypercorn ``Config`` built from :class:`EdgeLimits`, with a strict
-TLS context) and three subclasses — :class:`EdgeTCPServer` (connection cap, prompt close),
-:class:`EdgeH11Protocol` (header deadline → 408, causes on error answers) and
-:class:`EdgeH2Protocol` (:class:`~shoal.gateway.flood.FloodGuard` → GOAWAY ENHANCE_YOUR_CALM;
-late DATA → RST_STREAM NO_ERROR; GOAWAY on idle close). :func:`install` puts the subclasses
+TLS context) and three subclasses — :class:`EdgeTCPServer` (connection cap, prompt close, and
+the hand-over of HTTP/1.x connections to Shoal's own HTTP/1.1 server, ``EdgeConfig.h1``, which
+serves them at a fraction of h11's and ASGI's cost), :class:`EdgeH11Protocol` (header deadline
+→ 408, causes on error answers: for the requests hypercorn still reads over HTTP/1.1, an
+``Upgrade: h2c``) and :class:`EdgeH2Protocol` (:class:`~shoal.gateway.flood.FloodGuard` →
+GOAWAY ENHANCE_YOUR_CALM; late DATA → RST_STREAM NO_ERROR; GOAWAY on idle close; a small
+response in one write). :func:`install` puts the subclasses
 where hypercorn looks its classes up at call time (``hypercorn.asyncio.run.TCPServer``,
 ``hypercorn.protocol.H11Protocol`` and ``H2Protocol``). They behave exactly like hypercorn's
 unless the ``Config`` is an :class:`EdgeConfig`, so any other hypercorn server in the process
