@@ -37,7 +37,7 @@ from shoal.http.refusal import (
     UPSTREAM_CONNECT_ERROR,
     Refusal,
 )
-from shoal.identity.spiffe import SpiffeId, node_id, peer_identity, service_id
+from shoal.identity.spiffe import node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
@@ -88,15 +88,19 @@ def _answer_fields(upstream: UpstreamResponse) -> Headers:
     return [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
 
 
-def _caller(exchange: Exchange) -> SpiffeId | None:
-    """The SPIFFE ID of the connection's verified client certificate: read once per
+def _caller(exchange: Exchange, router: str) -> tuple[str | None, Headers]:
+    """The SPIFFE ID of the connection's verified client certificate, and the fields that say
+    so to the instance (Envoy's x-forwarded-client-cert, naming ``router``): read once per
     connection (TLS 1.3 cannot change it), not per request."""
     memo = exchange.memo
     if "caller" not in memo:
         ssl_object = exchange.ssl_object
-        memo["caller"] = peer_identity(ssl_object.getpeercert()) if ssl_object else None
-    caller: SpiffeId | None = memo["caller"]
-    return caller
+        found = peer_identity(ssl_object.getpeercert()) if ssl_object else None
+        caller = str(found) if found is not None else None
+        xfcc = f"By={router};URI={caller}".encode()
+        memo["caller"] = caller, [] if caller is None else [(b"x-forwarded-client-cert", xfcc)]
+    known: tuple[str | None, Headers] = memo["caller"]
+    return known
 
 
 class Router:
@@ -221,23 +225,20 @@ class Router:
             refusal = Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only")
             await _refuse(exchange, refusal)
             return
-        caller = _caller(exchange)
+        caller, caller_fields = _caller(exchange, self.identity)
         target = _target(exchange)
         if isinstance(target, Refusal):
             await _refuse(exchange, target, unsent=True)
             return
         path, query = target
         method = exchange.head.method.decode()
-        decision = workload.authz.check(str(caller) if caller else None, method, path)
+        decision = workload.authz.check(caller, method, path)
         if not decision.allowed:
             log.info("denied %s %s %s → %s: %s", caller, method, path, key, decision.reason)
             await _refuse(exchange, Refusal(403, DENIED, decision.reason))
             return
         headers = _mesh_fields(exchange)
-        if caller is not None:  # Envoy's x-forwarded-client-cert: who called, verified
-            headers.append(
-                (b"x-forwarded-client-cert", f"By={self.identity};URI={caller}".encode())
-            )
+        headers += caller_fields
         try:
             upstream = await self.upstreams.request(
                 endpoint.authority,

@@ -207,8 +207,11 @@ class Upstreams:
             connection, reused = await self._connect((authority, tls), head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
             try:
-                async with asyncio.timeout_at(head_deadline):
+                if head_deadline is None:  # a router's: no timeout object to make
                     response_head = await exchange.head
+                else:
+                    async with asyncio.timeout_at(head_deadline):
+                        response_head = await exchange.head
             except TimeoutError:
                 self._abandon(exchange)
                 raise UpstreamError(
