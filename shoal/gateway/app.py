@@ -133,18 +133,14 @@ class GatewayApp:
         if isinstance(head, Refusal):
             await reject(send, head, http2)
             return
-        body = (
-            RequestBody(receive, self.limits, asyncio.get_running_loop().time())
-            if head.has_body
-            else None
-        )
+        loop = asyncio.get_running_loop()
+        body = RequestBody(receive, self.limits, loop.time()) if head.has_body else None
         body_read = asyncio.Event() if body is None else body.read
         if body is None:
             body_read.set()
         # Watching for the client leaving costs a task per request, so it starts only for
         # requests still running after WATCH_AFTER (a slow upstream, a long response).
-        loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
+        me = asyncio.current_task(loop)
         assert me is not None
         watch: asyncio.Task[None] | None = None
 

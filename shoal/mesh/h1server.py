@@ -118,7 +118,7 @@ class Exchange:
         self._body_read = True
         if self.head.expects_continue and not self._complete and not self.started:
             self.connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        loop = asyncio.get_running_loop()
+        loop = self.connection.loop
         while True:
             if self._pieces:
                 piece = self._pieces.popleft()
@@ -218,7 +218,9 @@ class _Connection(WriteFlow):
         self.idle_since: float | None = None  # between requests: since when
         self.memo: dict[str, Any] = {}  # what a handler keeps per connection (a peer identity)
         self.head_timer: asyncio.TimerHandle | None = None  # a head begun, not yet complete
-        self.closed = asyncio.get_running_loop().create_future()
+        # The loop, asked once: on Python 3.11 every get_running_loop() is a getpid() syscall.
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
 
     def extra(self, name: str) -> Any:
         return self.transport.get_extra_info(name) if self.transport else None
@@ -268,7 +270,7 @@ class _Connection(WriteFlow):
         if not self.reader.in_head:
             self._stop_head_timer()
         elif self.head_timer is None:
-            self.head_timer = asyncio.get_running_loop().call_later(timeout, self._head_late)
+            self.head_timer = self.loop.call_later(timeout, self._head_late)
 
     def _stop_head_timer(self) -> None:
         if self.head_timer is not None:
@@ -291,7 +293,7 @@ class _Connection(WriteFlow):
             return
         self.idle_since = None
         exchange = self.queue.popleft()
-        self.task = asyncio.get_running_loop().create_task(self._run(exchange))
+        self.task = self.loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: Exchange) -> None:
         try:
@@ -322,7 +324,7 @@ class _Connection(WriteFlow):
             self.transport.close()  # the handler left part of the body unread
             return
         self.resume()
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.loop.time()
         self._next()
 
     def _refuse(self, error: ProtocolError) -> None:

@@ -83,7 +83,7 @@ class UpstreamResponse:
         ``before_wait`` is called each time no piece is at hand and the body goes on (a relay
         flushes what it gathered)."""
         exchange = self._exchange
-        loop = asyncio.get_running_loop()
+        loop = exchange.connection.loop
         while True:
             if exchange.pieces:
                 piece = exchange.pieces.popleft()
@@ -130,7 +130,7 @@ class Upstreams:
 
     def park(self, connection: UpstreamConnection) -> None:
         """Keep ``connection`` for reuse."""
-        connection.idle_since = asyncio.get_running_loop().time()
+        connection.idle_since = connection.loop.time()
         self._idle.setdefault(connection.key, []).append(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
@@ -141,12 +141,11 @@ class Upstreams:
             idle.remove(connection)
 
     async def _connect(
-        self, key: PoolKey, deadline: float | None
+        self, loop: asyncio.AbstractEventLoop, key: PoolKey, deadline: float | None
     ) -> tuple[UpstreamConnection, bool]:
         """An idle connection for ``key`` (reused: True), else a new one, connected within
         the connect timeout and before ``deadline`` (the attempt's: a connection that cannot
         be made in time is a connect failure, nothing was sent)."""
-        loop = asyncio.get_running_loop()
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
@@ -204,7 +203,7 @@ class Upstreams:
         replayable = not isinstance(body, AsyncIterator)
         head_deadline = _earliest(loop, head_timeout, deadline)  # this attempt's
         for attempt in (1, 2):
-            connection, reused = await self._connect((authority, tls), head_deadline)
+            connection, reused = await self._connect(loop, (authority, tls), head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
             try:
                 if head_deadline is None:  # a router's: no timeout object to make
@@ -251,7 +250,7 @@ class Upstreams:
     ) -> Exchange:
         """Put the request on ``connection``: the head (and a body in memory) at once, a
         streamed body by a task the exchange owns."""
-        loop = asyncio.get_running_loop()
+        loop = connection.loop
         exchange = Exchange(connection=connection, head=loop.create_future())
         connection.exchange = exchange
         if method == "HEAD":

@@ -83,6 +83,8 @@ class UpstreamConnection(WriteFlow):
     def __init__(self, pool: Pool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
+        # The loop, asked once: on Python 3.11 every get_running_loop() is a getpid() syscall.
+        self.loop = asyncio.get_running_loop()
         self.reader = Reader("response")
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
