@@ -16,8 +16,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
-from shoal.gateway.body import BodyRefused, RequestBody, cancel_when_gone
+from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
+from shoal.gateway.hypercorn_edge import REQUEST_TASK, client_left
 from shoal.http.headers import Headers, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
@@ -84,9 +85,6 @@ def _receive(exchange: Exchange) -> Receive:
     return receive
 
 
-WATCH_AFTER = 0.25  # seconds a request runs before the gateway watches for its client leaving
-
-
 class GatewayApp:
     """ASGI application forwarding every HTTP request through the mesh."""
 
@@ -135,36 +133,15 @@ class GatewayApp:
             return
         loop = asyncio.get_running_loop()
         body = RequestBody(receive, self.limits, loop.time()) if head.has_body else None
-        body_read = asyncio.Event() if body is None else body.read
-        if body is None:
-            body_read.set()
-        # Watching for the client leaving costs a task per request, so it starts only for
-        # requests still running after WATCH_AFTER (a slow upstream, a long response).
         me = asyncio.current_task(loop)
         assert me is not None
-        watch: asyncio.Task[None] | None = None
-
-        def start_watching() -> None:
-            nonlocal watch
-            watch = loop.create_task(cancel_when_gone(receive, body_read, me))
-
-        timer = loop.call_later(WATCH_AFTER, start_watching)
+        scope[REQUEST_TASK] = me  # the edge cancels it when the client resets or leaves
         try:
             await self._forward(scope, head, body, send)
         except asyncio.CancelledError:
-            left = watch is not None and watch.done() and not watch.cancelled()
-            if not left or me.cancelling() > 1:
+            if not client_left(scope) or me.cancelling() > 1:
                 raise  # not (only) the client leaving: hypercorn or shutdown cancels us
             me.uncancel()  # the client left: nothing more to answer
-        finally:
-            timer.cancel()
-            if watch is not None:
-                watch.cancel()
-                try:
-                    await watch
-                except asyncio.CancelledError:
-                    if me.cancelling():  # cancelled from outside meanwhile: let that through
-                        raise
 
     async def serve_h1(self, exchange: Exchange) -> None:
         """Serve one HTTP/1.x request on Shoal's own server core (hypercorn hands those

@@ -38,12 +38,11 @@ class BodyRefused(ShoalError):
 class RequestBody:
     """An ASGI request body as an async iterator of chunks, within the edge's limits."""
 
-    __slots__ = ("_deadline", "_idle", "_max", "_receive", "read", "received", "refusal")
+    __slots__ = ("_deadline", "_idle", "_max", "_receive", "received", "refusal")
 
     def __init__(self, receive: Receive, limits: EdgeLimits, started: float) -> None:
         """``started`` is the event-loop time the head arrived (the body deadline counts from)."""
         self._receive = receive
-        self.read = asyncio.Event()  # set once the body has ended (or failed)
         self._max = limits.max_body_bytes
         self._idle = limits.body_idle_timeout
         self._deadline = started + limits.body_timeout
@@ -56,13 +55,6 @@ class RequestBody:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces as they arrive; raises :class:`BodyRefused` on a broken limit."""
-        try:
-            async for chunk in self._chunks():
-                yield chunk
-        finally:
-            self.read.set()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -84,16 +76,3 @@ class RequestBody:
                 yield chunk
             if not message.get("more_body", False):
                 return
-
-
-async def cancel_when_gone(
-    receive: Receive, body_read: asyncio.Event, task: asyncio.Task[Any]
-) -> None:
-    """Cancel ``task`` (the request's) when the client disconnects: a client that gives up
-    releases its in-flight slot and its upstream request at once. Watches only once the body
-    has been read (until then :class:`RequestBody` sees the disconnect itself); a response
-    sent in full ends the watch by cancelling it."""
-    await body_read.wait()
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    task.cancel(CLIENT_CLOSED)

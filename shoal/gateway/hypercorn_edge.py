@@ -23,7 +23,8 @@ serves them at a fraction of h11's and ASGI's cost), :class:`EdgeH11Protocol` (h
 → 408, causes on error answers: for the requests hypercorn still reads over HTTP/1.1, an
 ``Upgrade: h2c``) and :class:`EdgeH2Protocol` (:class:`~shoal.gateway.flood.FloodGuard` →
 GOAWAY ENHANCE_YOUR_CALM; late DATA → RST_STREAM NO_ERROR; GOAWAY on idle close; a small
-response in one write). :func:`install` puts the subclasses
+response in one write; a stream the client resets, or a connection it closes, cancels the
+requests still being answered on it). :func:`install` puts the subclasses
 where hypercorn looks its classes up at call time (``hypercorn.asyncio.run.TCPServer``,
 ``hypercorn.protocol.H11Protocol`` and ``H2Protocol``). They behave exactly like hypercorn's
 unless the ``Config`` is an :class:`EdgeConfig`, so any other hypercorn server in the process
@@ -43,6 +44,7 @@ import importlib.metadata
 import logging
 import ssl
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import h2.errors
@@ -58,6 +60,7 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Response
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from priority.priority import DeadlockError
 
 from shoal.errors import UserError
@@ -67,6 +70,7 @@ from shoal.http.refusal import (
     BAD_FRAMING,
     BAD_REQUEST,
     CAUSE_HEADER,
+    CLIENT_CLOSED,
     HEADERS_TOO_LARGE,
     REQUEST_TIMEOUT,
 )
@@ -222,6 +226,17 @@ class EdgeTCPServer(TCPServer):
         if isinstance(inner, H11Protocol):
             return inner.stream is not None
         return bool(inner.streams)
+
+
+REQUEST_TASK = "shoal.request_task"
+"""Where the app puts its request's task in the ASGI scope, for :class:`EdgeH2Protocol` to
+cancel when the client goes away."""
+CLIENT_LEFT = "shoal.client_left"
+
+
+def client_left(scope: MutableMapping[str, Any]) -> bool:
+    """Whether the edge cancelled this request because its client went away."""
+    return bool(scope.get(CLIENT_LEFT))
 
 
 def _wants_h2(data: bytes) -> bool:
@@ -439,6 +454,23 @@ class EdgeH2Protocol(H2Protocol):
             await self.stream_buffers[stream_id].close()
             del self.stream_buffers[stream_id]
             self.priority.remove_stream(stream_id)
+
+    async def _close_stream(self, stream_id: int) -> None:
+        """As hypercorn, but a stream closed before its response was complete (the client reset
+        it, or the connection ended) cancels the app's request task at once: its upstream
+        request and in-flight slot are released now, not when the upstream answers."""
+        stream = self.streams.get(stream_id)
+        if (
+            self._guard is not None
+            and isinstance(stream, HTTPStream)
+            and stream.state is not ASGIHTTPState.CLOSED
+        ):
+            scope: dict[str, Any] = getattr(stream, "scope", {})  # set with the request
+            task = scope.get(REQUEST_TASK)
+            if task is not None and not task.done():
+                scope[CLIENT_LEFT] = True
+                task.cancel(CLIENT_CLOSED)
+        await super()._close_stream(stream_id)
 
     def _refuse_late_data(self, event: h2.events.DataReceived) -> None:
         """DATA for a stream already answered: credit the window, ask the client to stop."""

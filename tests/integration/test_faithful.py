@@ -173,6 +173,22 @@ async def test_a_client_that_goes_away_leaves_nothing_in_flight(cluster: Cluster
     await eventually(in_flight, "nothing in flight", until=lambda n: not any(n), timeout=10)
     assert await reader.read() == b""
 
+    # Over HTTP/2 the client resets the stream and keeps the connection: the same.
+    import h2.config
+    import h2.connection
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.gateway_port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "hang"), (":path", "/")]
+    conn.send_headers(1, request, end_stream=True)
+    writer.write(conn.data_to_send())
+    await eventually(in_flight, "the h2 request in flight", until=any, timeout=10)
+    conn.reset_stream(1)
+    writer.write(conn.data_to_send())
+    await eventually(in_flight, "nothing in flight after RST_STREAM", until=lambda n: not any(n))
+    writer.close()
+
 
 SSE = f"""
 apiVersion: shoal/v1
