@@ -155,6 +155,8 @@ def _gateway(port: int, tls_port: int, tls: TLSFiles) -> list[str]:
         str(tls.key),
         "--metrics-port",
         "0",
+        "--workers",
+        "1",  # one core: one process
     ]
 
 

@@ -40,6 +40,8 @@ from shoal.cli.common import (
 )
 from shoal.cli.security import new_join_token
 
+GATEWAY_START_TIMEOUT = 30.0  # seconds shoal up waits for the gateway to listen
+
 
 def gateway_settings(
     *,
@@ -102,15 +104,19 @@ def up(
         ),
     ] = 15090,
     gateway_workers: Annotated[
-        int, typer.Option(min=1, help="Gateway processes sharing its ports (SO_REUSEPORT).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Gateway processes sharing its ports (SO_REUSEPORT); default: one per core.",
+        ),
+    ] = None,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
 
     Example: shoal up --example
     """
-    from shoal.platform.supervisor import Supervisor, check_ports
+    from shoal.platform.supervisor import Supervisor, check_ports, wait_listening
 
     # The gateway child parses these flags again; checked here so that a bad one stops
     # 'shoal up' before it starts anything rather than ending up in the gateway's log.
@@ -121,7 +127,8 @@ def up(
     state = settings.state_dir()
     activation = ["--activation-timeout", str(activation_timeout)]
     gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
-    gateway_args += ["--workers", str(gateway_workers)]
+    if gateway_workers is not None:
+        gateway_args += ["--workers", str(gateway_workers)]
     limit_args = [arg for pair in limit or [] for arg in ("--limit", pair)]
     gateway_args += limit_args
     if trusted_hops is not None:
@@ -176,6 +183,11 @@ def up(
         url = sup.start()
         (state / "gateway.url").write_text(f"http://127.0.0.1:{port}\n")
         typer.echo(f"store      {redacted(url)}  (state in {state})")
+        # The gateway listens once it holds its mesh certificate (the controller signs it).
+        if not wait_listening(port, GATEWAY_START_TIMEOUT, lambda: bool(stopping)):
+            typer.echo(
+                f"gateway    not listening yet after {GATEWAY_START_TIMEOUT:g}s: see the logs"
+            )
         typer.echo(f"gateway    http://localhost:{port}  (HTTP/1.1 and h2c)")
         if tls_port is not None:
             typer.echo(f"           https://localhost:{tls_port}  (TLS, ALPN h2 and http/1.1)")
@@ -299,12 +311,13 @@ def gateway(
     join_token: JoinTokenOpt = None,
     metrics_port: MetricsPortOpt = 15090,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Gateway processes sharing the ports (SO_REUSEPORT); /metrics is worker 0's.",
+            help="Gateway processes sharing the ports (SO_REUSEPORT); default: one per core. "
+            "The first serves /metrics for all.",
         ),
-    ] = 1,
+    ] = None,
     identity_wait: Annotated[
         float,
         typer.Option(
@@ -322,12 +335,12 @@ def gateway(
     Example: shoal gateway --workers 2
     """
     from shoal.gateway.server import GatewaySettings, run_gateway
-    from shoal.gateway.workers import component, run_workers
+    from shoal.gateway.workers import component, default_workers, run_workers
 
     if (tls_port is None) != (cert is None) or (cert is None) != (key is None):
         raise fail(UserError("--tls-port, --cert and --key go together"))
-    if workers > 1 and worker is None:
-        raise typer.Exit(run_workers(workers, sys.argv[1:]))
+    if workers is None:
+        workers = default_workers()
     try:
         gs = gateway_settings(
             limit=limit,
@@ -347,6 +360,18 @@ def gateway(
         )
     except ShoalError as e:
         raise fail(e) from None
+    if workers > 1 and worker is None:  # flags checked: each worker parses them again
+        from shoal.platform.supervisor import check_ports
+
+        ports = {"gateway": (host, port)}
+        if tls_port is not None:
+            ports["gateway TLS"] = (host, tls_port)
+        try:  # what every worker would fail on, said once
+            settings.redis_url(redis)
+            check_ports(ports)
+        except ShoalError as e:
+            raise fail(e) from None
+        raise typer.Exit(run_workers(workers, sys.argv[1:]))
     run_component(
         run_gateway,
         redis,

@@ -23,6 +23,7 @@ from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
+from shoal.gateway.workers import WORKER_PREFIX
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
@@ -135,6 +136,8 @@ async def run_gateway(
         activation_timeout=settings.activation_timeout,
         metrics_host=settings.metrics_host,
         metrics_port=settings.metrics_port,
+        # A worker's /metrics (the first's: the others serve none) shows every worker.
+        siblings=WORKER_PREFIX if component.startswith(WORKER_PREFIX) else None,
     )
     identity = str(gateway_id(trust_domain))
     process.credentials.want(identity)

@@ -9,7 +9,7 @@ exposition format on ``GET /metrics`` of a small loopback listener (Istio's prox
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -42,13 +42,28 @@ class _Family:
 
 def render(report: Mapping[str, Any], component: str) -> str:
     """``report`` (as a proxy publishes it) in the Prometheus text format."""
-    families: list[_Family] = []
+    return render_all({component: report})
+
+
+def render_all(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """Several processes' reports (by component, e.g. each gateway worker's) in the Prometheus
+    text format: one family per metric, one series per component."""
+    families: dict[str, _Family] = {}
 
     def family(name: str, kind: str, help_text: str) -> _Family:
-        f = _Family(name, kind, help_text)
-        families.append(f)
-        return f
+        if name not in families:
+            families[name] = _Family(name, kind, help_text)
+        return families[name]
 
+    for component, report in sorted(reports.items()):
+        _add(family, report, component)
+    return "\n".join(line for f in families.values() for line in f.lines) + "\n"
+
+
+def _add(
+    family: Callable[[str, str, str], _Family], report: Mapping[str, Any], component: str
+) -> None:
+    """One component's series, added to the families ``family`` returns."""
     base = {"component": component}
     family("shoal_requests_total", "counter", "Requests received.").add(
         report.get("requests", 0), **base
@@ -107,21 +122,23 @@ def render(report: Mapping[str, Any], component: str) -> str:
     for leaf in (report.get("certs") or {}).get("leaves") or ():
         when = datetime.fromisoformat(leaf["not_after"]).timestamp()
         leaves.add(when, identity=leaf["identity"], **base)
-    return "\n".join(line for f in families for line in f.lines) + "\n"
+
+
+Reports = Mapping[str, Mapping[str, Any]]
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` from ``report()`` on ``host:port``."""
+    """Serves ``GET /metrics`` on ``host:port`` from ``reports()``: the reports to show, by
+    component (a process's own; a first gateway worker's, every worker's)."""
 
-    def __init__(self, report: Callable[[], Mapping[str, Any]], component: str) -> None:
-        self.report = report
-        self.component = component
+    def __init__(self, reports: Callable[[], Awaitable[Reports]]) -> None:
+        self.reports = reports
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
-            body=render(self.report(), self.component).encode(),
+            body=render_all(await self.reports()).encode(),
             headers={"content-type": CONTENT_TYPE},
         )
 

@@ -18,7 +18,8 @@ for them, and a task that fails ends the block with its error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
@@ -26,6 +27,7 @@ from shoal.mesh.follow import follow
 from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.tasks import TaskScope
+from shoal.store.acks import live_reports
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 
@@ -50,6 +52,7 @@ class ProxyProcess:
         activation_timeout: float = 30.0,
         metrics_host: str = "127.0.0.1",
         metrics_port: int | None = None,
+        siblings: str | None = None,
     ) -> None:
         self._redis = redis
         self._url = url
@@ -63,8 +66,18 @@ class ProxyProcess:
             self.state, asker(redis, keys, component), timeout=activation_timeout
         )
         self.state.extra_reports.append(self.activator.report)
-        self.metrics = MetricsServer(lambda: self.state.last_report, component)
+        self._siblings = siblings  # component prefix of the processes /metrics also shows
+        self.metrics = MetricsServer(self._reports)
         self._metrics_at = (metrics_host, metrics_port) if metrics_port is not None else None
+
+    async def _reports(self) -> dict[str, Mapping[str, Any]]:
+        """This process's report, and the last ones of its live siblings (other workers)."""
+        reports: dict[str, Mapping[str, Any]] = {}
+        if self._siblings is not None:
+            live = await live_reports(self._redis, self._keys)
+            reports = {c: r for c, r in live.items() if c.startswith(self._siblings)}
+        reports[self.component] = self.state.last_report
+        return reports
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ProxyProcess]:

@@ -145,6 +145,17 @@ class Supervisor:
             self.embedded.stop()
 
 
+def wait_listening(port: int, timeout: float, stopping: Callable[[], bool]) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` within ``timeout`` seconds
+    (False also when ``stopping()`` turns true meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def check_ports(ports: dict[str, tuple[str, int]]) -> None:
     """Raise PlatformError naming every ``what: (host, port)`` that cannot be bound now, so
     ``shoal up`` stops before starting anything rather than restarting a child forever."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,29 @@ def test_bad_edge_flag_starts_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.exit_code == 2
     assert "max_body_bytes=lots" in one_line_error(result)
     assert not (home / "redis.url").exists()
+
+
+def test_gateway_workers_on_a_taken_port_say_so_once() -> None:
+    """'shoal gateway --workers 2' whose port is taken: exit 5 and one line, from the parent,
+    before any worker starts (workers that fail like that are not restarted forever)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "shoal", "gateway", "--redis", "redis://127.0.0.1:1/0"),
+                *("--port", str(port), "--workers", "2", "--metrics-port", "0"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 5
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot listen: gateway port {port} (Address already in use); "
+        "is another Shoal running?"
+    ]
 
 
 def test_up_with_a_taken_port_starts_nothing(

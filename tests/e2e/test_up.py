@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -216,9 +217,14 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
         with urlopen(f"http://127.0.0.1:{platform.metrics_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
-    wanted = 'shoal_refusals_total{cause="cold_start_timeout",component="gateway"} 1'
-    eventually_sync(lambda: wanted in metrics(), wanted, timeout=5, interval=0.1)
-    assert 'shoal_revision_requests_total{component="gateway",revision="hello/v' in metrics()
+    # One gateway process per core: the first serves every worker's series (gateway/K).
+    wanted = re.compile(
+        r'^shoal_refusals_total\{cause="cold_start_timeout",component="gateway(/\d+)?"\} 1$', re.M
+    )
+    eventually_sync(lambda: wanted.search(metrics()), wanted.pattern, timeout=5, interval=0.1)
+    series = r'^shoal_revision_requests_total\{component="(gateway[^"]*)",revision="(hello/v\d)"'
+    served = re.findall(series, metrics(), re.M)
+    assert served and len(served) == len(set(served))  # each worker's series once
     status, headers, _ = platform.request("nowhere.example")
     assert (status, headers["x-shoal-cause"]) == (404, "no_route")
 

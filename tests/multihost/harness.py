@@ -325,6 +325,8 @@ def start_shoal(mh: MultiHost) -> None:
             net.hosts["a"].address,
             "--port",
             str(GATEWAY_PORT),
+            "--workers",
+            "1",  # these tests follow one gateway process (workers: tests/e2e/test_up.py)
             "--join-token",
             token,
         ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.mesh.metrics import render
+from shoal.mesh.metrics import render, render_all
 
 REPORT = {
     "requests": 12,
@@ -47,3 +47,15 @@ def test_empty_report_and_escaping() -> None:
     """A proxy that has not reported yet still renders; label values are escaped."""
     text = render({}, 'odd"name')
     assert 'shoal_requests_total{component="odd\\"name"} 0' in text.splitlines()
+
+
+def test_several_workers_render_as_one_family_each() -> None:
+    """The first gateway worker shows every worker: one HELP/TYPE per family, one series per
+    worker (Prometheus refuses a family declared twice)."""
+    text = render_all({"gateway/1": {"requests": 5}, "gateway/0": REPORT})
+    lines = text.splitlines()
+    assert lines.count("# TYPE shoal_requests_total counter") == 1
+    assert 'shoal_requests_total{component="gateway/0"} 12' in lines
+    assert 'shoal_requests_total{component="gateway/1"} 5' in lines
+    help_lines = [line for line in lines if line.startswith("# HELP")]
+    assert len(help_lines) == len(set(help_lines))
