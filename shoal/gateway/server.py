@@ -1,12 +1,16 @@
 """The gateway process: hypercorn serving :class:`GatewayApp`, fed by a store watcher.
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
-serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. hypercorn's defaults that bite a
-proxy are overridden on purpose (:func:`hypercorn_config`): it closes a keep-alive connection
-after 1,000 requests, adds its own ``Date`` and ``Server`` headers next to the upstream's, and
-waits only 3 s for requests in flight on shutdown. The edge's limits
-(:class:`~shoal.http.limits.EdgeLimits`) are enforced by hypercorn where it can, by
-:mod:`.hypercorn_edge` below the app and by the app itself (:mod:`.hygiene`, :mod:`.body`)
+serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. hypercorn accepts every
+connection and serves HTTP/2; HTTP/1.x connections go to Shoal's own HTTP/1.1 server
+(:meth:`GatewayApp.serve_h1`). The gateway listens once it holds its mesh certificate
+(``identity_wait``), so it never answers 503 ``no_mesh_identity`` while starting.
+
+hypercorn's defaults that bite a proxy are overridden on purpose (:func:`hypercorn_config`):
+it closes a keep-alive connection after 1,000 requests, adds its own ``Date`` and ``Server``
+headers next to the upstream's, and waits only 3 s for requests in flight on shutdown. The
+edge's limits (:class:`~shoal.http.limits.EdgeLimits`) are enforced by hypercorn where it can,
+by :mod:`.hypercorn_edge` below the app and by the app itself (:mod:`.hygiene`, :mod:`.body`)
 above it.
 """
 
