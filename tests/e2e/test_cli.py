@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -112,17 +115,23 @@ def test_gateway_workers_on_a_taken_port_say_so_once() -> None:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
+        proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "shoal", "gateway", "--redis", "redis://127.0.0.1:1/0"),
                 *("--port", str(port), "--workers", "2", "--metrics-port", "0"),
             ],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
+            start_new_session=True,  # a regression's workers die with it below
         )
-    assert result.returncode == 5
-    assert result.stderr.strip().splitlines() == [
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 5
+    assert stderr.strip().splitlines() == [
         f"error: cannot listen: gateway port {port} (Address already in use); "
         "is another Shoal running?"
     ]
