@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
@@ -23,7 +23,7 @@ from shoal.http.headers import Headers, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import Refusal
-from shoal.mesh.forward import Forwarder, Outbound
+from shoal.mesh.forward import Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.relay import relay
 
@@ -60,15 +60,19 @@ async def reject(send: Send, refusal: Refusal, http2: bool) -> None:
     await refuse(send, refusal, () if http2 else _CLOSE)
 
 
+class _Refused(NamedTuple):
+    """Why a request was not forwarded; ``clients``: the client's fault (an HTTP/1.x
+    connection then closes, as the rest of its body would follow)."""
+
+    refusal: Refusal
+    clients: bool
+
+
 async def _answer(exchange: Exchange, refusal: Refusal, *, close: bool) -> None:
     """:func:`refuse` on Shoal's HTTP/1.1 server; ``close``: the connection closes after it."""
     if close:
         exchange.close_after = True
-    await exchange.respond(
-        refusal.status,
-        [(b"content-type", b"text/plain; charset=utf-8"), *refusal.headers],
-        refusal.body(),
-    )
+    await exchange.refuse(refusal)
 
 
 def _receive(exchange: Exchange) -> Receive:
@@ -167,22 +171,29 @@ class GatewayApp:
         body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
         peer = exchange.peer
         scheme = "https" if exchange.ssl_object is not None else "http"
-        outbound = self._outbound(
-            head, method, query, request.fields, peer[0] if peer else None, scheme, body
+        result = await self._send(
+            self._outbound(
+                head, method, query, request.fields, peer[0] if peer else None, scheme, body
+            ),
+            body,
         )
-        try:
-            result = await self.forwarder.forward(outbound)
-        except BodyRefused as e:
-            await _answer(exchange, e.refusal, close=True)
-            return
-        if isinstance(result, Refusal):
-            if body is not None and body.refusal is not None:  # the upstream saw it abort
-                await _answer(exchange, body.refusal, close=True)
-            else:
-                await _answer(exchange, result, close=False)
+        if isinstance(result, _Refused):
+            await _answer(exchange, result.refusal, close=result.clients)
             return
         response = result.response
         await relay(exchange, response, end_to_end(response.headers), result.done)
+
+    async def _send(self, outbound: Outbound, body: RequestBody | None) -> Forwarded | _Refused:
+        """Forward ``outbound``; a refusal says whether the client's request body caused it."""
+        try:
+            result = await self.forwarder.forward(outbound)
+        except BodyRefused as e:
+            return _Refused(e.refusal, clients=True)
+        if isinstance(result, Refusal):
+            if body is not None and body.refusal is not None:  # the upstream saw it abort
+                return _Refused(body.refusal, clients=True)
+            return _Refused(result, clients=False)
+        return result
 
     def _outbound(
         self,
@@ -223,26 +234,23 @@ class GatewayApp:
         http2 = scope["http_version"] == "2"
         raw_headers: Headers = scope["headers"]
         client = scope.get("client")
-        try:
-            result = await self.forwarder.forward(
-                self._outbound(
-                    head,
-                    scope["method"],
-                    scope["query_string"],
-                    raw_headers,
-                    client[0] if client else None,
-                    scope["scheme"],
-                    body,
-                )
-            )
-        except BodyRefused as e:
-            await reject(send, e.refusal, http2)
-            return
-        if isinstance(result, Refusal):
-            if body is not None and body.refusal is not None:  # the upstream saw it abort
-                await reject(send, body.refusal, http2)
+        result = await self._send(
+            self._outbound(
+                head,
+                scope["method"],
+                scope["query_string"],
+                raw_headers,
+                client[0] if client else None,
+                scope["scheme"],
+                body,
+            ),
+            body,
+        )
+        if isinstance(result, _Refused):
+            if result.clients:
+                await reject(send, result.refusal, http2)
             else:
-                await refuse(send, result)
+                await refuse(send, result.refusal)
             return
         response = result.response
         complete = False

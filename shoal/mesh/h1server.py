@@ -47,7 +47,7 @@ from shoal.http.h1 import (
     Upgraded,
     response_head,
 )
-from shoal.http.refusal import REQUEST_TIMEOUT
+from shoal.http.refusal import REQUEST_TIMEOUT, Refusal
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,11 @@ class Exchange:
         )
         await self.write(body)
         await self.end()
+
+    async def refuse(self, refusal: Refusal, fields: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        """Answer with ``refusal`` (its status, ``x-shoal-cause`` and text), plus ``fields``."""
+        head = [*refusal.headers, (b"content-type", b"text/plain; charset=utf-8"), *fields]
+        await self.respond(refusal.status, head, refusal.body())
 
 
 class _Connection(WriteFlow):

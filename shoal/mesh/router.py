@@ -56,10 +56,7 @@ _DROP = frozenset({b"expect"})  # answered by this hop's server, never forwarded
 
 async def _refuse(exchange: Exchange, refusal: Refusal, *, unsent: bool = False) -> None:
     """The router's own answer; ``unsent``: nothing reached an instance (safe to retry)."""
-    fields = [*refusal.headers, (b"content-type", b"text/plain; charset=utf-8")]
-    if unsent:
-        fields.append((_UNSENT, b"1"))
-    await exchange.respond(refusal.status, fields, refusal.body())
+    await exchange.refuse(refusal, [(_UNSENT, b"1")] if unsent else ())
 
 
 def _mesh_fields(exchange: Exchange) -> Headers:
