@@ -206,11 +206,8 @@ class Upstreams:
             connection, reused = await self._connect(loop, (authority, tls), head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
             try:
-                if head_deadline is None:  # a router's: no timeout object to make
+                async with asyncio.timeout_at(head_deadline):
                     response_head = await exchange.head
-                else:
-                    async with asyncio.timeout_at(head_deadline):
-                        response_head = await exchange.head
             except TimeoutError:
                 self._abandon(exchange)
                 raise UpstreamError(
