@@ -156,6 +156,17 @@ async def test_weights_split_without_failures(gateway: Gateway, redis: Redis, ke
         assert 0.75 <= share <= 0.85
 
 
+async def curl_version(url: str, *flags: str) -> str:
+    """curl's ``<http version> <status>`` for a GET of ``url`` with Host echo."""
+    proc = await asyncio.create_subprocess_exec(
+        *("curl", "-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", *flags),
+        *("-H", "Host: echo", url),
+        stdout=subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return out.decode()
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_http2_prior_knowledge_and_upgrade(
     gateway: Gateway, redis: Redis, keys: Keys
@@ -168,21 +179,7 @@ async def test_http2_prior_knowledge_and_upgrade(
         await gateway.settle()
         cases = (("--http2-prior-knowledge", "2"), ("--http2", "2"), ("--http1.1", "1.1"))
         for flag, version in cases:
-            proc = await asyncio.create_subprocess_exec(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_version} %{http_code}",
-                flag,
-                "-H",
-                "Host: echo",
-                gateway.url + "/",
-                stdout=subprocess.PIPE,
-            )
-            out, _ = await proc.communicate()
-            assert out.decode() == f"{version} 200", flag
+            assert await curl_version(gateway.url + "/", flag) == f"{version} 200", flag
 
 
 async def test_rewrite_uri_and_authority(gateway: Gateway, redis: Redis, keys: Keys) -> None:
@@ -211,20 +208,5 @@ async def test_tls_alpn_h2_and_http11(
         await gw.client.apply(parse_text(ROUTES))
         await gw.settle()
         for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
-            proc = await asyncio.create_subprocess_exec(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_version} %{http_code}",
-                "--cacert",
-                str(cert),
-                flag,
-                "-H",
-                "Host: echo",
-                f"https://127.0.0.1:{tls_port}/",
-                stdout=subprocess.PIPE,
-            )
-            out, _ = await proc.communicate()
-            assert out.decode() == f"{version} 200"
+            url = f"https://127.0.0.1:{tls_port}/"
+            assert await curl_version(url, "--cacert", str(cert), flag) == f"{version} 200"
