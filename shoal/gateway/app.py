@@ -272,7 +272,7 @@ class GatewayApp:
                 }
             )
             ended = False  # the last piece went out with the end of the body
-            async for chunk in response.chunks():
+            while (chunk := await response.piece()) is not None:
                 ended = response.complete and not trailers
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             complete = True

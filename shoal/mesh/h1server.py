@@ -62,12 +62,12 @@ write however many pieces it was written in. A handler that waits between pieces
 :meth:`Exchange.flush` first (:func:`shoal.mesh.relay.relay` does)."""
 
 
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 def reason(status: int) -> bytes:
     """The standard reason phrase of ``status`` (``b""`` for an unknown one)."""
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 class Exchange:

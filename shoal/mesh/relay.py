@@ -24,7 +24,7 @@ async def relay(
     complete = False
     try:
         await exchange.start(upstream.status, fields)
-        async for chunk in upstream.chunks(before_wait=exchange.flush):
+        while (chunk := await upstream.piece(before_wait=exchange.flush)) is not None:
             await exchange.write(chunk)
         complete = True
     except (UpstreamError, ConnectionError):

@@ -78,29 +78,26 @@ class UpstreamResponse:
         """The trailer fields of a chunked response (once :meth:`chunks` has ended)."""
         return self._exchange.trailers
 
-    async def chunks(self, before_wait: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives; upstream failures mid-body raise :class:`UpstreamError`.
-        ``before_wait`` is called each time no piece is at hand and the body goes on (a relay
-        flushes what it gathered)."""
+    async def piece(self, before_wait: Callable[[], None] | None = None) -> bytes | None:
+        """The body's next piece as it arrives, ``None`` at its end; upstream failures mid-body
+        raise :class:`UpstreamError`. ``before_wait`` is called when no piece is at hand and
+        the body goes on (a relay flushes what it gathered)."""
         exchange = self._exchange
-        loop = exchange.connection.loop
         while True:
             if exchange.pieces:
                 piece = exchange.pieces.popleft()
                 exchange.connection.consumed(exchange, len(piece))
-                yield piece
-                continue
+                return piece
             if exchange.finished:
-                return
+                return None
             if exchange.error is not None:
                 raise UpstreamError(
                     502, UPSTREAM_RESET, f"upstream body: {exchange.error}", sent=True
                 )
             if before_wait is not None:
                 before_wait()
-            exchange.waiter = loop.create_future()
+            exchange.waiter = exchange.connection.loop.create_future()
             try:
-                # Only the wait is under the deadline: never a yield (the caller's own awaits).
                 async with asyncio.timeout_at(self._deadline):
                     await exchange.waiter
             except TimeoutError:
@@ -205,9 +202,10 @@ class Upstreams:
         for attempt in (1, 2):
             connection, reused = await self._connect(loop, (authority, tls), head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
+            # A timer on the future, not asyncio.timeout_at: no task cancellation per request.
+            timer = None if head_deadline is None else loop.call_at(head_deadline, exchange.late)
             try:
-                async with asyncio.timeout_at(head_deadline):
-                    response_head = await exchange.head
+                response_head = await exchange.head
             except TimeoutError:
                 self._abandon(exchange)
                 raise UpstreamError(
@@ -221,6 +219,9 @@ class Upstreams:
             except BaseException:  # also the caller's body failing (e.g. refused at the edge)
                 self._abandon(exchange)
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             response = UpstreamResponse(
                 status=response_head.status,
                 headers=list(response_head.fields),

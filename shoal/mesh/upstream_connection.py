@@ -68,6 +68,11 @@ class Exchange:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    def late(self) -> None:
+        """The response head did not arrive in time: its waiter gets a ``TimeoutError``."""
+        if not self.head.done():
+            self.head.set_exception(TimeoutError())
+
     def fail(self, error: BaseException) -> None:
         if self.finished or self.error is not None:
             return

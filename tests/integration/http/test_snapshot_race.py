@@ -19,6 +19,7 @@ from shoal.resources.manifest import to_document
 from shoal.resources.model import Service
 from shoal.store.watch import View
 from tests.support.tls import self_signed
+from tests.support.upstream import read_body
 
 HELLO = Service(name="hello", revision="v1", app="app:hello")
 
@@ -93,7 +94,7 @@ async def test_a_node_leaving_while_the_body_is_read_changes_nothing(tmp_path: P
         )
         assert not isinstance(result, Refusal), result
         assert isinstance(result, Forwarded) and result.response.status == 200
-        assert b"".join([c async for c in result.response.chunks()]) == b"ok"
+        assert await read_body(result.response) == b"ok"
         result.done()
     finally:
         await upstreams.close()

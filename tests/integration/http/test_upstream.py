@@ -19,6 +19,7 @@ import pytest
 from shoal.mesh.upstream import UpstreamError, Upstreams
 from tests.support.backends import echo_backend
 from tests.support.tls import self_signed
+from tests.support.upstream import pieces, read_body
 
 
 @dataclass
@@ -80,11 +81,6 @@ def after_head(
     return lambda seen: (reply, keep_open) if seen.endswith(b"\r\n\r\n") else None
 
 
-async def read_all(body: AsyncIterator[bytes]) -> bytes:
-    """Every byte of ``body``."""
-    return b"".join([piece async for piece in body])
-
-
 async def test_target_and_values_go_out_byte_for_byte() -> None:
     """The raw target (escapes, '+', UTF-8 escapes) and header values are sent as given."""
     target = "/p/%2F?p=100%25&y=%2F%3F%26%3D&h=%23frag&q=%E2%9C%93&x=a%20b+c"
@@ -94,7 +90,7 @@ async def test_target_and_values_go_out_byte_for_byte() -> None:
         response = await pool.request(
             f"127.0.0.1:{server.port}", "GET", target, [(b"x-v", b"a%20b")], None
         )
-        assert await read_all(response.chunks()) == b"ok"
+        assert await read_body(response) == b"ok"
         await pool.close()
     sent = bytes(server.received[0])
     assert sent.startswith(f"GET {target} HTTP/1.1\r\n".encode())
@@ -114,7 +110,7 @@ async def test_a_body_of_unknown_length_goes_chunked_and_arrives_intact(size: in
     async with echo_backend("b") as backend:
         pool = Upstreams()
         response = await pool.request(f"127.0.0.1:{backend.port}", "POST", "/u", [], pieces())
-        record = json.loads(await read_all(response.chunks()))
+        record = json.loads(await read_body(response))
         await pool.close()
     assert record["headers"]["transfer-encoding"] == "chunked"
     assert record["body_len"] == len(data)
@@ -132,7 +128,7 @@ async def test_a_known_length_body_streams_with_its_length() -> None:
         pool = Upstreams()
         headers = [(b"content-length", b"100000"), (b"transfer-encoding", b"chunked")]
         response = await pool.request(f"127.0.0.1:{backend.port}", "PUT", "/u", headers, pieces())
-        record = json.loads(await read_all(response.chunks()))
+        record = json.loads(await read_body(response))
         await pool.close()
     assert record["headers"]["content-length"] == "100000"
     assert "transfer-encoding" not in record["headers"]
@@ -152,7 +148,7 @@ async def test_trailers_and_a_32_kib_header_come_back() -> None:
             f"127.0.0.1:{server.port}", "GET", "/", [(b"x-req", big)], None
         )
         assert dict(response.headers)[b"x-big"] == big
-        assert await read_all(response.chunks()) == b"abc"
+        assert await read_body(response) == b"abc"
         assert response.trailers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine")]
         await pool.close()
     assert b"x-req: " + big in bytes(server.received[0])
@@ -173,7 +169,7 @@ async def test_keep_alive_reuses_one_connection_and_head_has_no_body() -> None:
         for method in ("GET", "HEAD", "GET"):
             response = await pool.request(authority, method, "/", [], None)
             expected = b"" if method == "HEAD" else b"hello"
-            assert await read_all(response.chunks()) == expected
+            assert await read_body(response) == expected
         await pool.close()
     assert server.connections == 1
 
@@ -196,7 +192,7 @@ async def test_an_idle_connection_the_upstream_closed_is_replaced_once() -> None
         authority = f"127.0.0.1:{server.port}"
         for _ in range(2):
             response = await pool.request(authority, "GET", "/", [], None)
-            assert await read_all(response.chunks()) == b"ok"
+            assert await read_body(response) == b"ok"
         await pool.close()
     assert server.connections == 2
 
@@ -218,7 +214,7 @@ async def test_failures_carry_cause_status_and_whether_anything_was_sent() -> No
     async with raw_server(after_head(cut, keep_open=False)) as s:
         response = await pool.request(f"127.0.0.1:{s.port}", "GET", "/", [], None)
         with pytest.raises(UpstreamError) as e:
-            await read_all(response.chunks())
+            await read_body(response)
         assert (e.value.status, e.value.cause) == (502, "upstream_reset")
     await pool.close()
 
@@ -231,7 +227,7 @@ async def test_a_slow_reader_pauses_the_upstream() -> None:
         pool = Upstreams()
         response = await pool.request(f"127.0.0.1:{server.port}", "GET", "/", [], None)
         digest, most = hashlib.sha256(), 0
-        async for piece in response.chunks():
+        async for piece in pieces(response):
             digest.update(piece)
             most = max(most, response.buffered)
         await pool.close()
@@ -264,7 +260,7 @@ async def test_over_tls_a_connection_is_kept_and_reused(tmp_path: Path) -> None:
     try:
         for _ in range(3):
             response = await pool.request(f"127.0.0.1:{port}", "GET", "/", [], None, tls=client_tls)
-            assert await read_all(response.chunks()) == b"ok"
+            assert await read_body(response) == b"ok"
     finally:
         await pool.close()
         srv.close()
