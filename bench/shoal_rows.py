@@ -105,19 +105,20 @@ def _start(
         "SHOAL_HOME": str(workdir / "shoal-state"),
         "PATH": "/usr/bin:/bin",
         "SHOAL_JOIN_TOKEN": token,
+        "SHOAL_REDIS_URL": redis.url,  # never on a command line: it holds the password
     }
     shoal = [sys.executable, "-m", "shoal"]
     helpers = [redis.process]
     if mesh:
         helpers.append(
             spawn(
-                [*shoal, "controller", "--redis", redis.url],
+                [*shoal, "controller"],
                 cpu=BACKEND_CPU,
                 log_path=workdir / "controller.log",
                 env=env,
             )
         )
-    lines = [shlex.join([*shoal, *c, "--redis", redis.url]) for c in commands]
+    lines = [shlex.join([*shoal, *c]) for c in commands]
     script = " & ".join(lines) + " & wait"  # one tree: its CPU is what the row costs
     process = spawn(["sh", "-c", script], cpu=SERVER_CPU, log_path=log, env=env)
     try:
@@ -213,11 +214,16 @@ def start_shoal_router(haproxy: str, backend_port: int) -> RunningServer:
     workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-shoal-router-"))
     redis, token = _store(workdir, backend_port, mesh=True)
     state = workdir / "shoal-state"
-    env = {"SHOAL_HOME": str(state), "PATH": "/usr/bin:/bin", "SHOAL_JOIN_TOKEN": token}
+    env = {
+        "SHOAL_HOME": str(state),
+        "PATH": "/usr/bin:/bin",
+        "SHOAL_JOIN_TOKEN": token,
+        "SHOAL_REDIS_URL": redis.url,
+    }
     shoal = [sys.executable, "-m", "shoal"]
     helpers: list[subprocess.Popen[bytes]] = [p for p in [redis.process] if p is not None]
     controller = spawn(
-        [*shoal, "controller", "--redis", redis.url],
+        [*shoal, "controller"],
         cpu=BACKEND_CPU,
         log_path=workdir / "controller.log",
         env=env,
@@ -236,7 +242,7 @@ def start_shoal_router(haproxy: str, backend_port: int) -> RunningServer:
         client.write_bytes(cert.read_bytes() + key.read_bytes())
         mesh, h1 = free_port(), free_port()
         node = [*shoal, "node", "--node-id", "bench", "--mesh-port", str(mesh)]
-        node += ["--metrics-port", "0", "--redis", redis.url]
+        node += ["--metrics-port", "0"]
         log = workdir / "node.log"
         process = spawn(node, cpu=SERVER_CPU, log_path=log, env=env)
         wait_for_ports(process, [mesh], log_path=log)

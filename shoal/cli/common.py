@@ -33,8 +33,10 @@ RedisOpt = Annotated[
     str | None,
     typer.Option(
         "--redis",
-        help="Store URL (redis://, rediss://, redis+sentinel://). Default: $SHOAL_REDIS_URL, "
-        "else the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
+        help="Store URL (redis://, rediss://, redis+sentinel://), or @FILE: a file (mode 0600) "
+        "holding it. A URL with a password is refused here (ps shows command lines to every "
+        "local user): give it as @FILE or $SHOAL_REDIS_URL. Default: $SHOAL_REDIS_URL, else "
+        "the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
     ),
 ]
 OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table, json or yaml")]
@@ -74,8 +76,10 @@ JoinTokenOpt = Annotated[
     str | None,
     typer.Option(
         "--join-token",
-        envvar="SHOAL_JOIN_TOKEN",
-        help="Token from 'shoal token create': needed for this process's first certificate.",
+        metavar="@FILE",
+        help="A file (mode 0600) holding a token from 'shoal token create': needed for this "
+        "process's first certificate. Default: $SHOAL_JOIN_TOKEN. Never the token itself: "
+        "command lines are readable by every local user.",
     ),
 ]
 MetricsPortOpt = Annotated[
@@ -101,10 +105,19 @@ def fail(e: ShoalError) -> typer.Exit:
 
 
 def with_client(redis_flag: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
-    """Connect to the store, run ``fn`` with a client, close; errors become one line."""
+    """Connect to the store ``--redis`` names (or the default one), run ``fn`` with a client,
+    close; errors become one line."""
+    try:
+        url = settings.redis_url(redis_flag)
+    except ShoalError as e:
+        raise fail(e) from None
+    return with_store(url, fn)
+
+
+def with_store(url: str, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """As :func:`with_client`, for a store URL already known."""
 
     async def go() -> T:
-        url = settings.redis_url(redis_flag)
         redis = connect(url)
         try:
             return await fn(Client(redis, Keys(settings.key_prefix())))

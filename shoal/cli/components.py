@@ -17,6 +17,7 @@ import typer
 
 from shoal.errors import ShoalError, UserError
 from shoal.http.limits import parse_limits
+from shoal.identity.join_token import parse
 from shoal.platform import settings
 from shoal.resources.manifest import load_files
 from shoal.store.connection import redacted
@@ -36,7 +37,7 @@ from shoal.cli.common import (
     app,
     fail,
     run_component,
-    with_client,
+    with_store,
 )
 from shoal.cli.security import new_join_token
 
@@ -72,11 +73,19 @@ def gateway_settings(
     )
 
 
-def secret_from_env(value: str | None) -> str | None:
-    """``value``, with ``$SHOAL_JOIN_TOKEN`` removed from the environment so that the
-    instances this process starts never see it."""
-    os.environ.pop("SHOAL_JOIN_TOKEN", None)
-    return value
+def read_join_token(flag: str | None) -> str | None:
+    """The join token (``--join-token @FILE`` or ``$SHOAL_JOIN_TOKEN``), with
+    ``$SHOAL_JOIN_TOKEN`` removed from the environment so that no process this one starts sees
+    it; errors become one line."""
+    try:
+        token = settings.join_token(flag)
+        if token is not None:
+            parse(token)  # a malformed one is said here, not by the CA on every retry
+        return token
+    except ShoalError as e:
+        raise fail(e) from None
+    finally:
+        os.environ.pop("SHOAL_JOIN_TOKEN", None)
 
 
 @app.command()
@@ -154,11 +163,12 @@ def up(
         ports["gateway TLS"] = ("0.0.0.0", tls_port)
     try:
         check_ports(ports)
+        store = settings.store_flag(redis)
     except ShoalError as e:
         raise fail(e) from None
     sup = Supervisor(
         state_dir=state,
-        redis_url=redis,
+        redis_url=store,
         component_args={
             "controller": [],
             "node": [
@@ -194,7 +204,7 @@ def up(
         typer.echo(f"logs       {state / 'logs'}")
         if example:
             resources = load_files(sorted(str(p) for p in EXAMPLE_DIR.glob("*.yaml")))
-            applied = with_client(url, lambda c: c.apply(resources, keep_existing=True))
+            applied = with_store(url, lambda c: c.apply(resources, keep_existing=True))
             typer.echo(
                 f"example    {len(applied.changed)} resources applied, "
                 f"{len(applied.unchanged)} already there (revision {applied.revision})"
@@ -288,7 +298,7 @@ def node(
         advertise=advertise,
         mesh_port=mesh_port,
         activation_timeout=activation_timeout,
-        join_token=secret_from_env(join_token),
+        join_token=read_join_token(join_token),
         metrics_port=metrics_port or None,
         labels=labels,
         capacity=most,
@@ -379,7 +389,7 @@ def gateway(
         component=component(worker),
         settings=gs,
         trust_domain=settings.trust_domain(),
-        join_token=secret_from_env(join_token),
+        join_token=read_join_token(join_token),
     )
 
 

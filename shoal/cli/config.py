@@ -21,7 +21,7 @@ from shoal.resources.manifest import load_files
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client, with_store
 
 
 @app.command("deploy", help="Same as apply: a Service spec change is a new revision.")
@@ -209,7 +209,7 @@ def status(
     else:
         render.status(st)
     if watch:
-        url = redis or settings.redis_url(None)
+        url = settings.redis_url(redis)
         typer.echo("\nwatching instance changes (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
-            with_client(url, lambda c: c.follow(url, render.instance_change))
+            with_store(url, lambda c: c.follow(url, render.instance_change))

@@ -16,7 +16,7 @@ from shoal.platform.control.client import Client
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client, with_store
 
 
 def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
@@ -24,7 +24,7 @@ def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
     from shoal.platform.ca.tokens import JoinTokens
     from shoal.store.pki import PKIStore
 
-    return with_client(
+    return with_store(
         url, lambda c: JoinTokens(PKIStore(c.redis, c.keys)).create(ttl=ttl, uses=uses)
     )
 

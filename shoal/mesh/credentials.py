@@ -28,6 +28,7 @@ from cryptography import x509
 from shoal.errors import ShoalError
 from shoal.identity.certs import ALPN, client_context, server_context, verify_chain
 from shoal.identity.issuance import make_csr
+from shoal.identity.join_token import proof_fields
 from shoal.identity.pki import (
     PKIError,
     cert_from_pem,
@@ -99,8 +100,9 @@ class IdentityRequester:
             "requester": self.requester,
             "identity": identity,
             "csr": make_csr(key, identity).decode(),
-            **({"token": self.join_token} if self.join_token else {}),
         }
+        if self.join_token:  # a proof of it: the token itself never enters the store
+            fields |= proof_fields(self.join_token, fields)
         body = await self.store.request(fields, timeout)
         if body is None:
             raise PKIError(

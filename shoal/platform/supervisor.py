@@ -90,13 +90,11 @@ class Supervisor:
             url = self.embedded.start()
         if self.on_store is not None:
             self.env = {**self.env, **self.on_store(url)}
+        # The URL (with its password) goes in the environment: command lines are public.
+        self.env = {**self.env, "SHOAL_REDIS_URL": url}
         logs = self.state_dir / "logs"
         for name, extra in self.component_args.items():
-            child = Child(
-                name,
-                [sys.executable, "-m", "shoal", name, "--redis", url, *extra],
-                logs / f"{name}.log",
-            )
+            child = Child(name, [sys.executable, "-m", "shoal", name, *extra], logs / f"{name}.log")
             child.start(self.env)
             self.children.append(child)
         return url

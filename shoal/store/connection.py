@@ -73,6 +73,14 @@ def redacted(url: str) -> str:
     return f"{scheme}//{user}:***@{host}"
 
 
+def carries_secret(url: str) -> bool:
+    """Whether ``url`` holds a password (in its credentials or as ``sentinel_password``)."""
+    if _SECRET_PARAM.search(url):
+        return True
+    rest = url.split("//", 1)[-1]
+    return "@" in rest and ":" in rest.rsplit("@", 1)[0]
+
+
 def failover_reply(e: redis.exceptions.ResponseError) -> bool:
     """True for the replies of a server that stopped being the master: retry elsewhere."""
     text = str(e)

@@ -164,6 +164,12 @@ class PKIStore:
         async with translated("storing a join token"):
             await self.redis.hset(self.keys.tokens, token_id, json.dumps(record))
 
+    async def token_digest(self, token_id: str) -> str | None:
+        """The digest of a token's secret (None: no such token)."""
+        async with translated("reading a join token"):
+            raw = await self.redis.hget(self.keys.tokens, token_id)
+        return None if raw is None else str(json.loads(raw)["digest"])
+
     async def admitted(self, requester: str) -> bool:
         """Whether ``requester`` was admitted before."""
         async with translated("reading admissions"):

@@ -18,7 +18,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from shoal.store.embedded import free_port
+from shoal.store.embedded import free_port, recorded_url
 from tests.support.wait import eventually_sync
 
 
@@ -290,3 +290,59 @@ def test_two_gateway_workers_share_the_port_and_both_follow_the_store(tmp_path: 
         assert acks["gateway/0"] == acks["gateway/1"] == revision
     finally:
         p.stop()
+
+
+def _cmdlines() -> dict[int, bytes]:
+    """Every process's command line, as any local user reads it (``ps``)."""
+    lines = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # exited meanwhile
+    return lines
+
+
+@pytest.mark.timeout(120)
+def test_no_secret_on_a_command_line_or_in_an_instance_environment(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The store password is on no command line (controller, node, gateway, Redis); instances
+    inherit none of the platform's settings; a password or join token typed on a command line
+    is refused in one line, and a URL file must be private."""
+    password = (platform.home / "redis.pass").read_text().strip()
+    eventually_sync(
+        lambda: ready_count(platform), "5 ready instances", until=lambda n: n == 5, timeout=30
+    )
+    assert not [pid for pid, line in _cmdlines().items() if password.encode() in line]
+    for instance in platform.status()["instances"]:
+        environ = Path(f"/proc/{instance['pid']}/environ").read_bytes()
+        variables = dict(v.split(b"=", 1) for v in environ.split(b"\0") if b"=" in v)
+        assert not {
+            n
+            for n in variables
+            if n.startswith(b"SHOAL_")
+            and n not in (b"SHOAL_SERVICE", b"SHOAL_REVISION", b"SHOAL_INSTANCE", b"SHOAL_MESH_URL")
+        }, instance
+        assert password.encode() not in environ
+        assert str(platform.home).encode() not in environ
+
+    url = recorded_url(platform.home)
+    assert url is not None and password in url
+    typed = platform.shoal("status", "--redis", url)
+    assert typed.returncode == 2 and typed.stdout == ""
+    assert typed.stderr.count("\n") == 1 and "ps" in typed.stderr and password not in typed.stderr
+    token = platform.shoal("node", "--join-token", "abcd.efgh")
+    assert token.returncode == 2 and "--join-token" in token.stderr
+    assert token.stderr.count("\n") == 1
+
+    url_file = tmp_path / "store.url"
+    url_file.write_text(url + "\n")
+    url_file.chmod(0o644)
+    shared = platform.shoal("status", "--redis", f"@{url_file}")
+    assert shared.returncode == 2 and "chmod 600" in shared.stderr
+    url_file.chmod(0o600)
+    private = platform.shoal("status", "-o", "json", "--redis", f"@{url_file}")
+    assert private.returncode == 0, private.stderr
+    assert json.loads(private.stdout)["instances"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.errors import UserError
 from shoal.identity.pki import PKIError, cert_from_pem, spiffe_id_of
 from shoal.identity.spiffe import node_id, service_id
 from shoal.mesh.credentials import IdentityRequester
@@ -90,8 +91,38 @@ async def test_join_token_admits_once_and_only_what_it_may(
     assert await issue("n1", None) == "issued"  # admitted: renewals need no token
     assert "used up" in await issue("n2", token)
     assert "wrong secret" in await issue("n2", token.split(".")[0] + ".nope")
-    assert "malformed" in await issue("n2", "nope")
+    with pytest.raises(UserError, match="malformed join token"):
+        await issue("n2", "nope")
     expired = await tokens.create(ttl=1, now=time.time() - 10)
     assert "expired" in await issue("n2", expired)
     stored = str(await redis.hget(keys.tokens, token.split(".")[0]))
     assert token.split(".")[1] not in stored  # only a digest of the secret is kept
+
+
+async def test_a_join_token_secret_never_enters_the_store_and_a_proof_admits_nothing_else(
+    redis: Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """Requests carry a proof bound to requester, identity and CSR: the stream (and so the
+    AOF) never holds the secret; a proof copied off the stream admits no other requester; a
+    request carrying the token itself (an older Shoal) is refused with what to do."""
+    ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
+    store = PKIStore(redis, keys)
+    await store.publish_bundle(bundle_of([ca]))
+    tokens = JoinTokens(store)
+    signer = Signer(store, ca, entitled=lambda _r, _i: True, admit=tokens.admit)
+    await store.ensure_group()
+    token = await tokens.create(uses=3)
+    requester = IdentityRequester(store, "node/n1", token)
+    pending = asyncio.ensure_future(requester.issue(str(node_id("shoal.test", "n1")), NOW))
+    await signer.sign_pending(NOW, block_ms=2000)
+    await pending
+    entries = await redis.xrange(keys.csr)
+    assert entries and all(token.split(".")[1] not in str(fields) for _, fields in entries)
+    sent = entries[0][1]
+    assert set(sent) >= {"token_id", "proof"} and "token" not in sent
+
+    copied = {**sent, "requester": "node/thief"}  # the proof, replayed by another requester
+    assert await tokens.admit(copied) == "join token refused: wrong secret"
+    old_style = {"requester": "node/old", "identity": "x", "csr": "y", "token": token}
+    assert "upgrade Shoal on its host" in str(await tokens.admit(old_style))
+    assert not await tokens.admitted("node/thief") and not await tokens.admitted("node/old")

@@ -80,11 +80,14 @@ class MultiHost:
         """The gateway's plaintext listener on host A."""
         return f"http://{self.net.hosts['a'].address}:{GATEWAY_PORT}"
 
+    def env(self, host: str, **extra: str) -> dict[str, str]:
+        """The environment of a Shoal process on ``host``: its state dir and the store URL
+        (which holds the password: never on a command line)."""
+        return {**shoal_env(self.homes[host]), "SHOAL_REDIS_URL": self.redis_url, **extra}
+
     def cli(self, *args: str) -> list[str]:
-        """The argv of ``shoal ARGS --redis URL`` inside host A."""
-        return self.net.command(
-            "a", [sys.executable, "-m", "shoal", *args, "--redis", self.redis_url]
-        )
+        """The argv of ``shoal ARGS`` inside host A."""
+        return self.net.command("a", [sys.executable, "-m", "shoal", *args])
 
     def shoal(self, *args: str) -> str:
         """Run a CLI command on host A (blocking); its stdout, or AssertionError with stderr."""
@@ -93,7 +96,7 @@ class MultiHost:
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT,
-            env=shoal_env(self.homes["a"]),
+            env=self.env("a"),
             cwd=self.homes["a"],
             check=False,
         )
@@ -107,7 +110,7 @@ class MultiHost:
             *self.cli(*args),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=shoal_env(self.homes["a"]),
+            env=self.env("a"),
             cwd=self.homes["a"],
         )
         try:
@@ -282,14 +285,14 @@ class Traffic:
 def start_shoal(mh: MultiHost) -> None:
     """Controller and gateway on A, nodes hostB and hostC on B and C, all on ``mh.redis_url``
     and admitted with one join token."""
-    net, url, homes = mh.net, mh.redis_url, mh.homes
+    net, homes = mh.net, mh.homes
     token = mh.shoal("token", "create", "--uses", "3").strip()  # two nodes and the gateway
     py = [sys.executable, "-m", "shoal"]
     mh.components["controller"] = net.run(
         "a",
         "controller",
-        [*py, "controller", "--redis", url],
-        env=shoal_env(homes["a"]),
+        [*py, "controller"],
+        env=mh.env("a"),
         cwd=homes["a"],
     )
     for h, node_id in NODE_IDS.items():
@@ -299,18 +302,14 @@ def start_shoal(mh: MultiHost) -> None:
             [
                 *py,
                 "node",
-                "--redis",
-                url,
                 "--node-id",
                 node_id,
                 "--host",
                 net.hosts[h].address,
                 "--mesh-port",
                 str(MESH_PORT),
-                "--join-token",
-                token,
             ],
-            env=shoal_env(homes[h]),
+            env=mh.env(h, SHOAL_JOIN_TOKEN=token),
             cwd=homes[h],
         )
     mh.components["gateway"] = net.run(
@@ -319,17 +318,13 @@ def start_shoal(mh: MultiHost) -> None:
         [
             *py,
             "gateway",
-            "--redis",
-            url,
             "--host",
             net.hosts["a"].address,
             "--port",
             str(GATEWAY_PORT),
             "--workers",
             "1",  # these tests follow one gateway process (workers: tests/e2e/test_up.py)
-            "--join-token",
-            token,
         ],
-        env=shoal_env(homes["a"]),
+        env=mh.env("a", SHOAL_JOIN_TOKEN=token),
         cwd=homes["a"],
     )

@@ -31,7 +31,6 @@ from tests.multihost.harness import (
     connected_to,
     instances,
     service,
-    shoal_env,
 )
 from tests.support.wait import eventually
 
@@ -256,8 +255,8 @@ async def test_leader_controller_dies_another_takes_over(multihost: MultiHost) -
     standby = mh.net.run(
         "b",
         "controller-b",
-        [sys.executable, "-m", "shoal", "controller", "--redis", mh.redis_url],
-        env=shoal_env(mh.homes["b"]),
+        [sys.executable, "-m", "shoal", "controller"],
+        env=mh.env("b"),
         cwd=mh.homes["b"],
     )
     mh.components["controller-b"] = standby
@@ -301,18 +300,14 @@ async def test_node_without_a_join_token_gets_no_certificate_and_no_traffic(
             "-m",
             "shoal",
             "node",
-            "--redis",
-            mh.redis_url,
             "--node-id",
             "intruder",
             "--host",
             mh.net.hosts["c"].address,
             "--mesh-port",
             str(MESH_PORT),
-            "--join-token",
-            "0000.not-a-token",
         ],
-        env=shoal_env(mh.homes["c"]),
+        env=mh.env("c", SHOAL_JOIN_TOKEN="0000.not-a-token"),
         cwd=mh.homes["c"],
     )
     mh.components["intruder"] = intruder

@@ -110,12 +110,12 @@ class Signer:
         store: PKIStore,
         ca: CA,
         entitled: Callable[[str, str], bool],
-        admit: Callable[[str, str | None], Awaitable[str | None]] | None = None,
+        admit: Callable[[dict[str, str]], Awaitable[str | None]] | None = None,
     ) -> None:
         self.store = store
         self.ca = ca
         self.entitled = entitled
-        self.admit = admit  # requester, join token -> None if admitted, else why not
+        self.admit = admit  # a request's fields -> None if its requester is admitted, else why not
         self.consumer = uuid.uuid4().hex[:8]
 
     async def sign_pending(self, now: datetime, *, block_ms: int = 0) -> int:
@@ -132,7 +132,7 @@ class Signer:
     async def _answer(self, fields: dict[str, str], now: datetime) -> dict[str, str]:
         requester, identity = fields.get("requester", ""), fields.get("identity", "")
         try:
-            refused = await self.admit(requester, fields.get("token")) if self.admit else None
+            refused = await self.admit(fields) if self.admit else None
             if refused is not None:
                 raise PKIError(refused)
             cert = sign(

@@ -62,12 +62,22 @@ def templates_enabled(env: Mapping[str, str] = os.environ) -> bool:
     return env.get("SHOAL_TEMPLATES", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+INHERITED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH"})
+"""What an instance inherits from the node's environment (and ``LC_*``): never the platform's
+own settings (``SHOAL_HOME``, the store URL and its password, a join token)."""
+
+
+def inherited_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The part of ``env`` an instance inherits: :data:`INHERITED` and the locale."""
+    return {k: v for k, v in env.items() if k in INHERITED or k.startswith("LC_")}
+
+
 def template_env(service: Service) -> dict[str, str]:
     """The environment of a revision's template: what all its instances on this node share. A
     forked instance gets its own whole environment (``PORT``, ``SHOAL_INSTANCE``,
     ``SHOAL_MESH_URL``) before it imports the app's own code."""
     return {
-        **os.environ,
+        **inherited_env(),
         **dict(service.env),
         "SHOAL_SERVICE": service.name,
         "SHOAL_REVISION": service.revision,
