@@ -72,6 +72,16 @@ EscapedSlashesOpt = Annotated[
     ),
 ]
 
+UnderscoreHeadersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--underscore-headers",
+        metavar="drop|keep|reject",
+        help="Header names with an underscore (X_Auth_User, read as X-Auth-User by CGI/WSGI "
+        "apps): drop them (the default, as nginx does), keep them, or reject the request (400). "
+        "E.g. --underscore-headers reject",
+    ),
+]
 JoinTokenOpt = Annotated[
     str | None,
     typer.Option(

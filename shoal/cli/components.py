@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -34,6 +35,7 @@ from shoal.cli.common import (
     MetricsPortOpt,
     RedisOpt,
     TrustedHopsOpt,
+    UnderscoreHeadersOpt,
     app,
     fail,
     run_component,
@@ -49,6 +51,7 @@ def gateway_settings(
     limit: list[str] | None,
     trusted_hops: str | None,
     escaped_slashes: str | None,
+    underscore_headers: str | None = None,
     listen: GatewaySettings | None = None,
 ) -> GatewaySettings:
     """``listen`` (where the gateway listens, with which certificate) plus the edge flags; a
@@ -56,12 +59,9 @@ def gateway_settings(
     starts anything.
     """
     from shoal.gateway.server import GatewaySettings
+    from shoal.http.headers import UnderscorePolicy
     from shoal.http.paths import SlashPolicy
 
-    policies = {p.value: p for p in SlashPolicy}
-    slashes = escaped_slashes.strip().lower() if escaped_slashes is not None else "reject"
-    if slashes not in policies:
-        raise UserError(f"--escaped-slashes {escaped_slashes!r}: use reject, keep or decode")
     hops = trusted_hops.strip() if trusted_hops is not None else "0"
     if not re.fullmatch(r"[0-9]+", hops, re.ASCII):
         raise UserError(f"--trusted-hops {trusted_hops!r}: expected a whole number >= 0, e.g. 1")
@@ -69,8 +69,24 @@ def gateway_settings(
         listen or GatewaySettings(),
         limits=parse_limits(limit or []),
         trusted_hops=int(hops),
-        escaped_slashes=policies[slashes],
+        escaped_slashes=_choice(SlashPolicy, escaped_slashes, "--escaped-slashes", "reject"),
+        underscore_headers=_choice(
+            UnderscorePolicy, underscore_headers, "--underscore-headers", "drop"
+        ),
     )
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(kind: type[E], flag: str | None, name: str, default: str) -> E:
+    """The member of ``kind`` a flag names (by value, any case); UserError naming the flag."""
+    value = flag.strip().lower() if flag is not None else default
+    for member in kind:
+        if member.value == value:
+            return member
+    names = ", ".join(str(m.value) for m in kind)
+    raise UserError(f"{name} {flag!r}: use one of {names}")
 
 
 def read_join_token(flag: str | None) -> str | None:
@@ -104,6 +120,7 @@ def up(
     limit: LimitOpt = None,
     trusted_hops: TrustedHopsOpt = None,
     escaped_slashes: EscapedSlashesOpt = None,
+    underscore_headers: UnderscoreHeadersOpt = None,
     activation_timeout: ActivationOpt = 30.0,
     metrics_port: Annotated[
         int,
@@ -130,7 +147,12 @@ def up(
     # The gateway child parses these flags again; checked here so that a bad one stops
     # 'shoal up' before it starts anything rather than ending up in the gateway's log.
     try:
-        gateway_settings(limit=limit, trusted_hops=trusted_hops, escaped_slashes=escaped_slashes)
+        gateway_settings(
+            limit=limit,
+            trusted_hops=trusted_hops,
+            escaped_slashes=escaped_slashes,
+            underscore_headers=underscore_headers,
+        )
     except ShoalError as e:
         raise fail(e) from None
     state = settings.state_dir()
@@ -144,6 +166,8 @@ def up(
         gateway_args += ["--trusted-hops", trusted_hops]
     if escaped_slashes is not None:
         gateway_args += ["--escaped-slashes", escaped_slashes]
+    if underscore_headers is not None:
+        gateway_args += ["--underscore-headers", underscore_headers]
     if tls_port is not None or cert is not None or key is not None:
         if tls_port is None or cert is None or key is None:
             raise fail(UserError("--tls-port, --cert and --key go together"))
@@ -317,6 +341,7 @@ def gateway(
     limit: LimitOpt = None,
     trusted_hops: TrustedHopsOpt = None,
     escaped_slashes: EscapedSlashesOpt = None,
+    underscore_headers: UnderscoreHeadersOpt = None,
     activation_timeout: ActivationOpt = 30.0,
     join_token: JoinTokenOpt = None,
     metrics_port: MetricsPortOpt = 15090,
@@ -356,6 +381,7 @@ def gateway(
             limit=limit,
             trusted_hops=trusted_hops,
             escaped_slashes=escaped_slashes,
+            underscore_headers=underscore_headers,
             listen=GatewaySettings(
                 host=host,
                 port=port,

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.hypercorn_edge import REQUEST_TASK, client_left
-from shoal.http.headers import Headers, edge_request_headers, end_to_end
+from shoal.http.headers import Headers, UnderscorePolicy, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import Refusal
@@ -98,11 +98,13 @@ class GatewayApp:
         *,
         limits: EdgeLimits | None = None,
         slashes: SlashPolicy = SlashPolicy.REJECT,
+        underscores: UnderscorePolicy = UnderscorePolicy.DROP,
         trusted_hops: int = 0,
     ) -> None:
         self.forwarder = forwarder
         self.limits = limits or EdgeLimits()
         self.slashes = slashes
+        self.underscores = underscores
         self.trusted_hops = trusted_hops
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,6 +121,8 @@ class GatewayApp:
                     return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if client_left(scope):
+            return  # the stream was reset before this task ran: nothing goes upstream
         raw_headers: Headers = scope["headers"]
         method: str = scope["method"]
         http2 = scope["http_version"] == "2"
@@ -131,6 +135,7 @@ class GatewayApp:
             scope["http_version"],
             self.limits,
             self.slashes,
+            self.underscores,
         )
         if isinstance(head, Refusal):
             await reject(send, head, http2)
@@ -163,6 +168,7 @@ class GatewayApp:
             request.version.decode("latin-1"),
             self.limits,
             self.slashes,
+            self.underscores,
         )
         if isinstance(head, Refusal):
             await _answer(exchange, head, close=True)
@@ -221,6 +227,7 @@ class GatewayApp:
                 scheme=scheme,
                 host=head.host,
                 trusted_hops=self.trusted_hops,
+                keep_underscores=self.underscores is UnderscorePolicy.KEEP,
             ),
             fields=head.fields,
             body=body.chunks() if body is not None else None,

@@ -15,6 +15,7 @@ wins:
  400    ``Transfer-Encoding`` with ``Content-Length``, or in HTTP/1.0 or   ``bad_framing``
         HTTP/2, or other than ``chunked``; a ``Content-Length`` that is
         not digits, or two different ones
+ 400    a header name with ``_`` (with ``UnderscorePolicy.REJECT``)      ``bad_request``
  400    more than one ``Host``                                            ``bad_request``
  413    ``Content-Length`` over ``max_body_bytes``                        ``body_too_large``
  400    a path :func:`~shoal.http.paths.normalize_path` refuses         ``bad_path``
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shoal.http.headers import expects_body
+from shoal.http.headers import UnderscorePolicy, expects_body
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy, normalize_path
 from shoal.http.refusal import (
@@ -67,6 +68,7 @@ def inspect_head(
     http_version: str,
     limits: EdgeLimits,
     slashes: SlashPolicy = SlashPolicy.REJECT,
+    underscores: UnderscorePolicy = UnderscorePolicy.DROP,
 ) -> Head | Refusal:
     """Check one request head against ``limits``; see the module docstring for the table."""
     if len(raw_path) + len(query) > limits.max_uri_bytes:
@@ -85,6 +87,10 @@ def inspect_head(
         return Refusal(
             431, HEADERS_TOO_LARGE, f"header fields over {limits.max_header_bytes} bytes"
         )
+    if underscores is UnderscorePolicy.REJECT:
+        odd = next((name for name in fields if "_" in name), None)
+        if odd is not None:
+            return Refusal(400, BAD_REQUEST, f"header name with an underscore: {odd[:64]}")
     length = fields.get("content-length")
     if "transfer-encoding" in fields:
         if length is not None:

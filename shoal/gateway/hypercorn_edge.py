@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import re
 import ssl
 import time
 from collections.abc import MutableMapping
@@ -68,11 +69,13 @@ from shoal.gateway.flood import FloodGuard, Frame
 from shoal.http.limits import EdgeLimits, KiB
 from shoal.http.refusal import (
     BAD_FRAMING,
+    BAD_PATH,
     BAD_REQUEST,
     CAUSE_HEADER,
     CLIENT_CLOSED,
     HEADERS_TOO_LARGE,
     REQUEST_TIMEOUT,
+    Refusal,
 )
 from shoal.mesh.h1server import Server
 
@@ -324,6 +327,12 @@ class EdgeH11Protocol(H11Protocol):
 _PING_EVENTS = (h2.events.PingReceived, h2.events.PingAckReceived)
 _SETTINGS_EVENTS = (h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged)
 _OTHER_EVENTS = (h2.events.PriorityUpdated, h2.events.UnknownFrameReceived)
+_VISIBLE = re.compile(rb"[!-~]*")  # visible ASCII: what a request target may hold
+BAD_PATH_REFUSAL = Refusal(400, BAD_PATH, "the request target must be visible ASCII")
+
+
+def _visible_path(headers: list[tuple[bytes, bytes]]) -> bool:
+    return all(_VISIBLE.fullmatch(v) for n, v in headers if n == b":path")
 
 
 class EdgeH2Protocol(H2Protocol):
@@ -373,13 +382,17 @@ class EdgeH2Protocol(H2Protocol):
                 frame = Frame.EMPTY_DATA if empty else Frame.DATA
             elif isinstance(event, h2.events.RequestReceived):
                 frame = Frame.HEADERS
-                opened.add(event.stream_id)
                 with_headers = event.priority_updated
             elif isinstance(event, _PING_EVENTS):
                 frame = Frame.PING
             elif isinstance(event, _SETTINGS_EVENTS):
                 frame = Frame.SETTINGS
-            elif isinstance(event, h2.events.StreamReset) and event.remote_reset:
+            elif isinstance(event, h2.events.WindowUpdated):
+                frame = Frame.WINDOW_UPDATE
+            elif isinstance(event, h2.events.StreamReset):
+                # Sent by the client, or by h2 because of what the client sent (DATA on a
+                # stream it had ended: MadeYouReset, CVE-2025-8671): either way a stream
+                # that no longer counts against the client's concurrency.
                 frame = Frame.RESET
             elif isinstance(event, _OTHER_EVENTS) and event is not with_headers:
                 frame = Frame.PRIORITY
@@ -388,8 +401,29 @@ class EdgeH2Protocol(H2Protocol):
                 if reason is not None:
                     await self._calm_down(reason)
                     return
+            if isinstance(event, h2.events.RequestReceived):
+                if not _visible_path(event.headers):
+                    # hypercorn would fail decoding it (a traceback, the connection dropped)
+                    self._refuse_stream(event.stream_id, BAD_PATH_REFUSAL)
+                    continue  # the stream's DATA, if any, is refused as late data
+                opened.add(event.stream_id)
             kept.append(event)
         await super()._handle_events(kept)
+
+    def _refuse_stream(self, stream_id: int, refusal: Refusal) -> None:
+        """Answer a stream hypercorn never sees with ``refusal``."""
+        body = refusal.body()
+        headers = [
+            (b":status", b"%d" % refusal.status),
+            *refusal.headers,
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        try:
+            self.connection.send_headers(stream_id, headers)
+            self.connection.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.ProtocolError:
+            pass  # the stream closed meanwhile
 
     async def stream_send(self, event: StreamEvent) -> None:
         """As hypercorn, but response headers wait in h2's buffer for the sender (below),
@@ -441,6 +475,7 @@ class EdgeH2Protocol(H2Protocol):
             end = buffer.complete
             if data:
                 self.connection.send_data(stream_id, data, end_stream=end)
+                self._guard.data_sent()
             elif end:
                 self.connection.end_stream(stream_id)
             else:
@@ -466,9 +501,9 @@ class EdgeH2Protocol(H2Protocol):
             and stream.state is not ASGIHTTPState.CLOSED
         ):
             scope: dict[str, Any] = getattr(stream, "scope", {})  # set with the request
+            scope[CLIENT_LEFT] = True  # an app task that has not started yet returns at once
             task = scope.get(REQUEST_TASK)
             if task is not None and not task.done():
-                scope[CLIENT_LEFT] = True
                 task.cancel(CLIENT_CLOSED)
         await super()._close_stream(stream_id)
 

@@ -28,6 +28,7 @@ from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
 from shoal.gateway.workers import WORKER_PREFIX
+from shoal.http.headers import UnderscorePolicy
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
@@ -57,6 +58,7 @@ class GatewaySettings:
     limits: EdgeLimits = field(default_factory=EdgeLimits)
     trusted_hops: int = 0  # proxies in front of the gateway whose X-Forwarded-For entries count
     escaped_slashes: SlashPolicy = SlashPolicy.REJECT  # %2F, %5C and \ in paths
+    underscore_headers: UnderscorePolicy = UnderscorePolicy.DROP  # X_Auth_User
     tls_min_version: str = "1.2"  # or "1.3"
     tls_ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
     activation_timeout: float = 30.0  # a request held for a service at zero, at most
@@ -155,6 +157,7 @@ async def run_gateway(
         ),
         limits=settings.limits,
         slashes=settings.escaped_slashes,
+        underscores=settings.underscore_headers,
         trusted_hops=settings.trusted_hops,
     )
     config = hypercorn_config(settings)

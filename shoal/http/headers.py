@@ -6,8 +6,9 @@ Two builders of the headers sent upstream:
 
 - :func:`edge_request_headers` (the gateway, facing untrusted clients): hop-by-hop headers and
   the ones ``Connection`` names are dropped, Shoal's internal headers (``x-shoal-*``) and identity
-  headers are stripped, and the forwarding headers (``X-Forwarded-For/-Proto/-Host``,
-  ``Forwarded``, ``X-Request-Id``) are written by the gateway itself: the client's are replaced,
+  headers are stripped (and, by default, names with an underscore), and the forwarding headers
+  (``X-Forwarded-For/-Proto/-Host``, ``Forwarded``, ``X-Real-IP``, ``X-Request-Id``) are
+  written by the gateway itself: the client's are replaced,
   or, with ``trusted_hops`` proxies in front of the gateway, only the last ``trusted_hops``
   entries of the client's ``X-Forwarded-For``/``Forwarded`` are kept (like Envoy's
   ``xff_num_trusted_hops``) and the gateway appends its own.
@@ -20,6 +21,7 @@ so a client cannot make the proxy drop them; nor can it drop ``Host`` or ``Conte
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from collections.abc import Iterable
@@ -45,8 +47,26 @@ NEVER_NAMED = frozenset({b"host", b"content-length"})
 
 # Written by the gateway for every request; whatever a client sends under these names is replaced.
 FORWARDING = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-request-id"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-request-id",
+        b"x-real-ip",
+    }
 )
+
+
+class UnderscorePolicy(enum.Enum):
+    """What the edge does with a header whose name holds an underscore (``X_Auth_User``): CGI,
+    WSGI and PHP read it as ``X-Auth-User``, so a client could pass a header that a proxy in
+    front checks under the other spelling. nginx drops them by default."""
+
+    DROP = "drop"  # not forwarded (default; nginx's ``underscores_in_headers off``)
+    KEEP = "keep"  # forwarded as sent
+    REJECT = "reject"  # 400 bad_request (Envoy's REJECT_REQUEST)
+
 
 # Headers only Shoal itself may set: its own (``x-shoal-*``, e.g. the caller identity
 # ``x-shoal-peer``) and the client-certificate identity header an upstream might trust.
@@ -159,13 +179,21 @@ def edge_request_headers(
     scheme: str,
     host: str,
     trusted_hops: int = 0,
+    keep_underscores: bool = False,
 ) -> Headers:
-    """Headers to forward upstream from the edge (see the module docstring).
+    """Headers to forward upstream from the edge (see the module docstring); names with an
+    underscore only with ``keep_underscores``.
 
     ``fields`` is the same headers as a str dict (lower-case names); ``host`` the request's host.
     """
     drop = _EDGE_DROP | _named(raw) if "connection" in fields else _EDGE_DROP
-    headers = [(n, v) for n, v in raw if n not in drop and not n.startswith(INTERNAL_PREFIX)]
+    headers = [
+        (n, v)
+        for n, v in raw
+        if n not in drop
+        and not n.startswith(INTERNAL_PREFIX)
+        and (keep_underscores or b"_" not in n)
+    ]
     headers.append((b"x-request-id", request_id(fields)))
     proto, fwd_host = scheme, host
     chain: list[str] = []
@@ -181,6 +209,8 @@ def edge_request_headers(
         chain.append(client_ip)
     if chain:
         headers.append((b"x-forwarded-for", ", ".join(chain).encode("latin-1")))
+        # nginx's X-Real-IP: the client, as the outermost trusted proxy (or the gateway) saw it
+        headers.append((b"x-real-ip", chain[0].encode("latin-1")))
     headers.append((b"x-forwarded-proto", proto.encode("latin-1")))
     if fwd_host:
         headers.append((b"x-forwarded-host", fwd_host.encode("latin-1")))

@@ -67,6 +67,9 @@ class EdgeLimits:
     h2_priority: FloodBudget = FloodBudget(burst=100, rate=20.0)
     h2_reset: FloodBudget = FloodBudget(burst=100, rate=20.0)  # client RST_STREAMs (rapid reset)
     h2_max_empty_frames: int = 10  # consecutive empty DATA frames without END_STREAM
+    # WINDOW_UPDATE frames a client may send per DATA frame the gateway sent (Envoy's
+    # max_inbound_window_update_frames_per_data_frame_sent)
+    h2_window_updates_per_data: int = 10
 
     def head_limits(self, *, inner: bool = False) -> HeadLimits:
         """The HTTP/1.1 head limits of the edge, or (``inner``) of a hop behind it, which also

@@ -125,5 +125,5 @@ class Refusal:
         return out
 
     def body(self) -> bytes:
-        """The plain-text body Shoal answers with."""
-        return f"{self.cause}: {self.message}\n".encode()
+        """The plain-text body Shoal answers with (only the cause when there is no message)."""
+        return (f"{self.cause}: {self.message}" if self.message else self.cause).encode() + b"\n"

@@ -74,6 +74,15 @@ def _add(
     refused = family("shoal_refusals_total", "counter", "Requests answered by Shoal, by cause.")
     for cause, n in sorted((report.get("refusals") or {}).items()):
         refused.add(n, cause=cause, **base)
+    denied = family(
+        "shoal_authz_denied_total",
+        "counter",
+        "Requests an AuthorizationPolicy refused, by service and DENY policy "
+        '(policy="": no ALLOW policy matched).',
+    )
+    for key, n in sorted((report.get("denied") or {}).items()):
+        service, _, policy = key.partition(" ")
+        denied.add(n, service=service, policy=policy, **base)
     in_flight = family("shoal_in_flight", "gauge", "Requests in flight, by service.")
     for service, n in sorted((report.get("in_flight") or {}).items()):
         in_flight.add(n, service=service, **base)

@@ -312,6 +312,7 @@ class ProxyState:
             "requests": s.requests,
             "retries": s.retries,
             "refusals": dict(s.refusals),
+            "denied": dict(s.denied),
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
             "served": dict(s.served),
             "outcomes": {k: list(v) for k, v in s.outcomes.items()},

@@ -231,8 +231,11 @@ class Router:
         method = exchange.head.method.decode()
         decision = workload.authz.check(caller, method, path)
         if not decision.allowed:
+            # The policy is the operator's business: the log and metrics name it, the caller
+            # reads only "denied".
             log.info("denied %s %s %s → %s: %s", caller, method, path, key, decision.reason)
-            await _refuse(exchange, Refusal(403, DENIED, decision.reason))
+            self.proxy_state.stats.deny(endpoint.service, decision.policy)
+            await _refuse(exchange, Refusal(403, DENIED, ""))
             return
         headers = _mesh_fields(exchange)
         headers += caller_fields

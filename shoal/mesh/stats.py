@@ -36,12 +36,21 @@ class Stats:
     requests: int = 0
     retries: int = 0
     refusals: dict[str, int] = field(default_factory=dict)  # by x-shoal-cause
+    # requests refused by authorization, by "service policy" (policy empty: no ALLOW matched)
+    denied: dict[str, int] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)  # by service
     served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
     # by service/revision, since start: [requests answered, of which errors (5xx or none)]
     outcomes: dict[str, list[int]] = field(default_factory=dict)
     # by service/revision, since start: answers per LATENCY_BUCKETS bound (request to head)
     latency: dict[str, list[int]] = field(default_factory=dict)
+
+    def deny(self, service: str, policy: str | None) -> None:
+        """Count a request to ``service`` an AuthorizationPolicy refused (``policy``: the DENY
+        policy that matched; None: no ALLOW policy matched)."""
+        self.refusals["denied"] = self.refusals.get("denied", 0) + 1
+        key = f"{service} {policy or ''}"
+        self.denied[key] = self.denied.get(key, 0) + 1
 
     def answered(self, revision: str, error: bool, seconds: float) -> None:
         """Count one request's final answer (``error``: 5xx or none) and its latency."""

@@ -4,6 +4,7 @@ real hypercorn, real Redis, real upstreams."""
 
 from __future__ import annotations
 
+from shoal.http.headers import UnderscorePolicy
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.integration.test_edge_h1 import edge_gateway, exchange, request, served
@@ -81,6 +82,29 @@ async def test_trusted_hops_keep_the_last_entries(redis: Redis, redis_url: str, 
         assert seen["forwarded"] == (
             'for="203.0.113.7";proto=https, for=127.0.0.1;proto=http;host=echo'
         )
+
+
+async def test_underscore_names_and_x_real_ip(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """By default a header named with an underscore never reaches the upstream (a WSGI app
+    would read X_Auth_User as X-Auth-User) and the client's X-Real-IP is replaced; with
+    ``reject`` such a request gets 400 and is not forwarded."""
+    raw = request(
+        headers=[
+            ("Host", "echo"),
+            ("X_Auth_User", "admin"),
+            ("X-Real-IP", "6.6.6.6"),
+        ]
+    )
+    async with edge_gateway(redis, redis_url, keys) as edge:
+        seen = (await served(edge.port, raw)).json()["headers"]
+        assert isinstance(seen, dict)
+        assert "x_auth_user" not in seen and seen["x-real-ip"] == "127.0.0.1"
+    async with edge_gateway(
+        redis, redis_url, keys, underscore_headers=UnderscorePolicy.REJECT
+    ) as edge:
+        reply, _ = await exchange(edge.port, raw)
+        assert (reply.status, reply.headers["x-shoal-cause"]) == (400, "bad_request")
+        assert edge.seen() == []
 
 
 # --- paths -----------------------------------------------------------------------------------

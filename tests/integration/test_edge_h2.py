@@ -14,7 +14,14 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
-from hyperframe.frame import DataFrame, Frame, PingFrame, PriorityFrame, SettingsFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    PingFrame,
+    PriorityFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from shoal.http.limits import FloodBudget, KiB
 from shoal.store.connection import Redis
@@ -265,6 +272,61 @@ async def test_rapid_reset(redis: Redis, redis_url: str, keys: Keys) -> None:
         await wire.flush()
         await _flooded(wire)
         assert len(edge.seen()) <= budget.burst + 1
+
+
+async def test_made_you_reset(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """MadeYouReset (CVE-2025-8671): streams the client makes the server reset (HEADERS with
+    END_STREAM, then DATA on the half-closed stream) count against the RST_STREAM budget →
+    GOAWAY ENHANCE_YOUR_CALM and closed; a stream the server reset in the same read as its
+    request never reaches the upstream; no traceback."""
+    budget = FloodBudget(burst=20, rate=1.0)
+    async with edge_gateway(redis, redis_url, keys, limits={"h2_reset": budget}) as edge:
+        async with H2Wire.to(edge.port) as wire:
+            for _ in range(200):  # stream by stream, as fast as it goes
+                sid = wire.conn.get_next_available_stream_id()
+                wire.conn.send_headers(sid, list(get(b"/made")), end_stream=True)
+                await wire.flush(DataFrame(sid, data=b"x"))
+            await _flooded(wire)
+        async with H2Wire.to(edge.port) as wire:  # all of them in one write
+            burst = b""
+            for _ in range(2000):
+                sid = wire.conn.get_next_available_stream_id()
+                wire.conn.send_headers(sid, list(get(b"/one-write")), end_stream=True)
+                burst += wire.conn.data_to_send() + DataFrame(sid, data=b"x").serialize()
+            wire.writer.write(burst)
+            await _flooded(wire)
+        seen = [record["path"] for record in edge.seen()]
+        assert "/one-write" not in seen
+        assert len(seen) <= budget.burst + 1
+
+
+async def test_window_update_flood(redis: Redis, redis_url: str, keys: Keys) -> None:
+    """WINDOW_UPDATEs beyond 10 per DATA frame the gateway sent → GOAWAY ENHANCE_YOUR_CALM and
+    closed (they cost work and open no window anything waits on); a client that credits each
+    DATA frame it reads keeps its connection."""
+    async with edge_gateway(redis, redis_url, keys) as edge:
+        async with H2Wire.to(edge.port) as polite:
+            for _ in range(20):  # acknowledge_received_data: a WINDOW_UPDATE per DATA frame
+                assert (await polite.answer(await polite.request(get(b"/a")))).status == 200
+            assert await polite.serves()
+        async with H2Wire.to(edge.port) as wire:
+            await wire.flush(*(WindowUpdateFrame(0, window_increment=1) for _ in range(500)))
+            await _flooded(wire)
+
+
+async def test_a_non_ascii_path_is_a_400_on_its_stream(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """A raw byte outside visible ASCII in :path gets 400 bad_path on its stream; the
+    connection goes on serving and the upstream sees nothing of it."""
+    async with edge_gateway(redis, redis_url, keys) as edge, H2Wire.to(edge.port) as wire:
+        for path in (b"/caf\xc3\xa9", b"/a b", b"/\x7f"):
+            answer = await wire.answer(await wire.request(get(path)))
+            assert (answer.status, answer.headers.get(b"x-shoal-cause")) == (400, b"bad_path")
+        sid = await wire.request(get(b"/\xff", b"POST"), b"body")
+        assert (await wire.answer(sid)).status == 400
+        assert await wire.serves()
+        assert [record["path"] for record in edge.seen()] == ["/still"]
 
 
 async def test_control_frame_floods(redis: Redis, redis_url: str, keys: Keys) -> None:

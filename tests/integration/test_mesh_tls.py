@@ -165,11 +165,17 @@ async def test_authorization_policy_allows_only_hello_to_call_world(cluster: Clu
 
         assert await get("hello", "/chain") == (200, "", "World, Hello!\n")
         status, _, body = await get("intruder", "/chain")  # its app relays world's answer
-        assert (status, body.split(":")[0]) == (403, "denied")
-        status, cause, _ = await get("world", "/")
-        assert (status, cause) == (403, "denied")
+        assert (status, body) == (403, "denied\n")  # the policy is named to the operator only
+        status, cause, body = await get("world", "/")
+        assert (status, cause, body) == (403, "denied", "denied\n")
         async with s.get(cluster.gateway_url, headers={"Host": "world"}) as r:
             assert r.headers["server"] == "shoal"  # not the router's library and version
+    await eventually(  # the operator sees who refused: the node's report counts by policy
+        lambda: live_reports(cluster.client.redis, cluster.client.keys),
+        "the router's report counting the three denials",
+        until=lambda reports: reports.get("router/n1", {}).get("denied") == {"world ": 3},
+        timeout=5,
+    )
 
 
 @pytest.mark.timeout(120)

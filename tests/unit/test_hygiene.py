@@ -11,7 +11,12 @@ import pytest
 from shoal.errors import UserError
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
-from shoal.http.headers import edge_request_headers, end_to_end, request_headers
+from shoal.http.headers import (
+    UnderscorePolicy,
+    edge_request_headers,
+    end_to_end,
+    request_headers,
+)
 from shoal.http.limits import EdgeLimits, FloodBudget, KiB
 from shoal.http.refusal import Refusal
 
@@ -31,6 +36,15 @@ def head(
 ) -> Head | Refusal:
     """``inspect_head`` with test defaults."""
     return inspect_head(method, path, query, list(headers), version, limits)
+
+
+def test_underscore_names_are_rejected_only_when_asked() -> None:
+    headers = [(b"host", b"echo"), (b"x_auth_user", b"admin")]
+    assert isinstance(inspect_head("GET", b"/", b"", headers, "1.1", LIMITS), Head)
+    rejected = inspect_head(
+        "GET", b"/", b"", headers, "1.1", LIMITS, underscores=UnderscorePolicy.REJECT
+    )
+    assert refused(rejected) == (400, "bad_request")
 
 
 def refused(result: Head | Refusal) -> tuple[int, str]:
@@ -138,7 +152,11 @@ def fields_of(raw: Raw) -> dict[str, str]:
 
 
 def forwarded(
-    raw: Raw, *, trusted_hops: int = 0, client: str | None = "10.1.2.3"
+    raw: Raw,
+    *,
+    trusted_hops: int = 0,
+    client: str | None = "10.1.2.3",
+    keep_underscores: bool = False,
 ) -> dict[bytes, bytes]:
     """``edge_request_headers`` as a dict (each name appears once in its output)."""
     out = edge_request_headers(
@@ -148,6 +166,7 @@ def forwarded(
         scheme="https",
         host="echo",
         trusted_hops=trusted_hops,
+        keep_underscores=keep_underscores,
     )
     names = [n for n, _ in out]
     assert len(names) == len(set(names)), names
@@ -204,6 +223,24 @@ def test_edge_replaces_forwarding_headers_from_untrusted_peers() -> None:
     assert out[b"x-forwarded-host"] == b"echo"
     assert out[b"forwarded"] == b"for=10.1.2.3;proto=https;host=echo"
     assert out[b"x-request-id"] == b"abc-123"
+
+
+def test_edge_writes_x_real_ip_and_drops_underscore_names_by_default() -> None:
+    """A client's X-Real-IP is replaced by the peer (or, behind trusted proxies, the client the
+    outermost one saw); names with an underscore are dropped unless kept."""
+    raw = [
+        (b"host", b"echo"),
+        (b"x-real-ip", b"6.6.6.6"),
+        (b"x-forwarded-for", b"1.1.1.1, 2.2.2.2"),
+        (b"x_auth_user", b"admin"),
+        (b"x-auth-user", b"guest"),
+    ]
+    out = forwarded(raw)
+    assert out[b"x-real-ip"] == b"10.1.2.3"
+    assert b"x_auth_user" not in out and out[b"x-auth-user"] == b"guest"
+    assert forwarded(raw, trusted_hops=1)[b"x-real-ip"] == b"2.2.2.2"
+    assert forwarded(raw, keep_underscores=True)[b"x_auth_user"] == b"admin"
+    assert b"x-real-ip" not in forwarded(raw, client=None)
 
 
 def test_edge_trusted_hops_keep_the_last_entries() -> None:

@@ -68,3 +68,16 @@ def test_clock_going_backwards_does_not_mint_tokens() -> None:
     for _ in range(3):
         guard.on_frame(Frame.PING, 10.0)
     assert guard.on_frame(Frame.PING, 5.0) is not None
+
+
+def test_window_updates_are_budgeted_by_data_sent() -> None:
+    """1 + 2 x (streams + 10 per DATA frame sent) (Envoy's formula), then a flood."""
+    guard = FloodGuard(EdgeLimits(), 0.0)
+    assert guard.on_frame(Frame.HEADERS, 0.0) is None  # one stream: room for 3
+    for _ in range(3):
+        assert guard.on_frame(Frame.WINDOW_UPDATE, 0.0) is None
+    guard.data_sent()  # room for 20 more
+    for _ in range(20):
+        assert guard.on_frame(Frame.WINDOW_UPDATE, 0.0) is None
+    reason = guard.on_frame(Frame.WINDOW_UPDATE, 0.0)
+    assert reason is not None and "WINDOW_UPDATE flood" in reason

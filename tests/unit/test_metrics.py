@@ -8,6 +8,7 @@ REPORT = {
     "requests": 12,
     "retries": 2,
     "refusals": {"no_route": 3},
+    "denied": {"world deny-all": 2, "world ": 1},
     "in_flight": {"hello": 1},
     "outcomes": {"hello/v1": [10, 1]},
     "latency": {"hello/v1": [8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]},
@@ -29,6 +30,8 @@ def test_report_renders_as_prometheus_text() -> None:
     assert "# TYPE shoal_requests_total counter" in lines
     assert 'shoal_requests_total{component="gateway"} 12' in lines
     assert 'shoal_refusals_total{cause="no_route",component="gateway"} 3' in lines
+    denied = 'shoal_authz_denied_total{component="gateway",policy="%s",service="world"}'
+    assert f"{denied % 'deny-all'} 2" in lines and f"{denied % ''} 1" in lines
     assert 'shoal_revision_errors_total{component="gateway",revision="hello/v1"} 1' in lines
     assert 'shoal_held_requests{component="gateway",service="lazy"} 4' in lines
     bucket = (
