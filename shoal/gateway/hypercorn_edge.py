@@ -40,6 +40,7 @@ before moving the pin.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.metadata
 import logging
 import re
@@ -115,6 +116,7 @@ class EdgeConfig(Config):
         self.tls_min_version = TLS_VERSIONS[tls_min_version]
         self.ciphers = ciphers
         self.open_connections = 0
+        self.per_client: collections.Counter[str] = collections.Counter()  # open, by address
         self.h1: Server | None = None  # serves HTTP/1.x connections instead of hypercorn
         self.keep_alive_timeout = limits.idle_timeout
         # hypercorn types it ``int | None``; it is passed to ``asyncio.wait_for``, any number works.
@@ -148,22 +150,35 @@ class EdgeConfig(Config):
 
 
 class EdgeTCPServer(TCPServer):
-    """hypercorn's connection handler, closing connections beyond ``max_connections``."""
+    """hypercorn's connection handler, closing connections beyond ``max_connections``, or
+    beyond ``max_connections_per_client`` from one client address (so that one client
+    holding connections cannot starve the others)."""
 
     async def run(self) -> None:
-        """Serve the connection, or close it at once if the gateway is full."""
+        """Serve the connection, or close it at once if the gateway (or its client's share of
+        it) is full."""
         config = self.config
         if not isinstance(config, EdgeConfig):
             await super().run()
             return
-        if config.open_connections >= config.limits.max_connections:
+        peer = self.writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else ""
+        limits = config.limits
+        if (
+            config.open_connections >= limits.max_connections
+            or config.per_client[client] >= limits.max_connections_per_client
+        ):
             self.writer.close()
             return
         config.open_connections += 1
+        config.per_client[client] += 1
         try:
             await super().run()
         finally:
             config.open_connections -= 1
+            config.per_client[client] -= 1
+            if not config.per_client[client]:
+                del config.per_client[client]
 
     async def _read_data(self) -> None:
         """hypercorn's read loop, except that ``read_timeout`` does not end a connection while
@@ -195,18 +210,24 @@ class EdgeTCPServer(TCPServer):
         """Give an HTTP/1.x connection to Shoal's own server (far cheaper per request than
         hypercorn's h11 and ASGI layers) and serve it there until it closes; keep HTTP/2
         (ALPN h2, the prior-knowledge preface, an ``Upgrade: h2c`` request) for hypercorn.
-        Returns whether hypercorn serves the connection (its first bytes, if read, handled)."""
+        Returns whether hypercorn serves the connection (its first bytes, if read, handled).
+        A connection that sends nothing within ``header_timeout`` is closed: holding
+        connections open costs a client nothing, so a new one must start a request soon."""
         ssl_object = self.writer.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             return True
+        assert isinstance(self.config, EdgeConfig)  # only edge connections are handed over
+        limits = self.config.limits
+        first = min(limits.header_timeout, limits.read_timeout or limits.header_timeout)
         try:
-            async with asyncio.timeout(self.config.read_timeout):
+            async with asyncio.timeout(first):
                 data = await self.reader.read(MAX_RECV)
             # All the reader holds goes over with the connection.
             while self.reader._buffer:  # type: ignore[attr-defined]
                 data += await self.reader.read(MAX_RECV)
         except (TimeoutError, ConnectionError, OSError, ssl.SSLError):
-            return False  # run() closes it
+            await self.idle_task.stop()  # so that run() closes it now
+            return False
         if not data or _wants_h2(data):
             if data:
                 await self.protocol.handle(RawData(data))

@@ -60,6 +60,9 @@ class EdgeLimits:
     read_timeout: float | None = 60.0  # no byte at all from the client for this long → closed
     tls_handshake_timeout: float = 10.0
     max_connections: int = 10_000  # open client connections per gateway process
+    # ... of which one client address may hold (behind a load balancer, raise it: every
+    # connection then comes from the balancer's address)
+    max_connections_per_client: int = 1_000
     backlog: int = 1024  # listen(2) backlog
     h2_max_concurrent_streams: int = 100
     h2_ping: FloodBudget = FloodBudget(burst=50, rate=10.0)

@@ -114,9 +114,12 @@ class Wire:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def to(cls, port: int) -> AsyncIterator[Wire]:
-        """A connection to ``port`` on loopback, closed on exit."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def to(cls, port: int, source: str | None = None) -> AsyncIterator[Wire]:
+        """A connection to ``port`` on loopback (from ``source``, another loopback address,
+        when given), closed on exit."""
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0) if source else None
+        )
         try:
             yield cls(reader, writer)
         finally:
@@ -408,7 +411,8 @@ async def test_slow_request_body(redis: Redis, redis_url: str, keys: Keys) -> No
 async def test_idle_connections_close(redis: Redis, redis_url: str, keys: Keys) -> None:
     """A connection that never sends, or goes quiet after a response, is closed after
     idle_timeout without a response; one in use is not."""
-    async with edge_gateway(redis, redis_url, keys, limits={"idle_timeout": 1.0}) as edge:
+    limits = {"idle_timeout": 1.0, "header_timeout": 5.0}
+    async with edge_gateway(redis, redis_url, keys, limits=limits) as edge:
         loop = asyncio.get_running_loop()
         async with Wire.to(edge.port) as silent:
             started = loop.time()
@@ -417,6 +421,52 @@ async def test_idle_connections_close(redis: Redis, redis_url: str, keys: Keys) 
         async with Wire.to(edge.port) as used:
             assert await still_serves(used)
             assert await used.closed(timeout=5.0)
+
+
+async def test_a_new_connection_must_start_a_request_within_header_timeout(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """Holding a connection open costs a client nothing: one that sends nothing is closed
+    after header_timeout, well before idle_timeout."""
+    limits = {"header_timeout": 1.0, "idle_timeout": 60.0}
+    async with edge_gateway(redis, redis_url, keys, limits=limits) as edge:
+        loop = asyncio.get_running_loop()
+        async with Wire.to(edge.port) as silent:
+            started = loop.time()
+            assert await silent.closed(timeout=5.0)
+            assert 0.9 <= loop.time() - started < 3.0
+
+
+async def test_one_client_holding_connections_cannot_starve_another(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """With the default limits, a client (127.0.0.2) opening 2,000 connections gets the
+    first 1,000 (max_connections_per_client), the rest are closed at once; another client
+    (127.0.0.3) is served all the while."""
+    async with edge_gateway(redis, redis_url, keys, limits={"header_timeout": 30.0}) as edge:
+        hog: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # Source ports below the ephemeral range (32768+): 2,000 ephemeral ones would make
+        # free_port() collisions likely for the tests running alongside.
+        ports = iter(range(20_000, 32_000))
+        try:
+            while len(hog) < 2000:
+                with contextlib.suppress(OSError):  # a port still in TIME_WAIT: the next one
+                    hog.append(
+                        await asyncio.open_connection(
+                            "127.0.0.1", edge.port, local_addr=("127.0.0.2", next(ports))
+                        )
+                    )
+            async with Wire.to(edge.port, source="127.0.0.3") as other:
+                assert await still_serves(other)
+            await eventually(
+                lambda: sum(reader.at_eof() for reader, _ in hog),
+                "the gateway closing the connections beyond the client's share",
+                until=lambda closed: closed == 1000,
+                timeout=10,
+            )
+        finally:
+            for _, writer in hog:
+                writer.close()
 
 
 async def test_connection_cap(redis: Redis, redis_url: str, keys: Keys) -> None:
