@@ -252,6 +252,11 @@ class EdgeTCPServer(TCPServer):
         return bool(inner.streams)
 
 
+LINGER = 2.0
+"""Seconds a connection closed for a flood goes on reading (and dropping) what the client
+sends, unless it closes first: closing a socket with unread input makes the kernel send RST,
+which can destroy the GOAWAY saying why before the client reads it (nginx's lingering close)."""
+
 REQUEST_TASK = "shoal.request_task"
 """Where the app puts its request's task in the ASGI scope, for :class:`EdgeH2Protocol` to
 cancel when the client goes away."""
@@ -364,6 +369,10 @@ class EdgeH2Protocol(H2Protocol):
         config = self.config
         self._guard: FloodGuard | None = None
         self._goaway_sent = False
+        # Since when a response has waited for the client to open its flow-control window
+        # (None: the last turn sent something, or nothing waits on the client).
+        self._starved_since: float | None = None
+        self._lingering: asyncio.Task[None] | None = None  # closing after a flood
         if isinstance(config, EdgeConfig):
             self._guard = FloodGuard(config.limits, time.monotonic())
             # hypercorn advertises h2_max_header_list_size as an initial value, so h2 never sees
@@ -371,7 +380,13 @@ class EdgeH2Protocol(H2Protocol):
             self.connection.decoder.max_header_list_size = config.h2_max_header_list_size
 
     async def handle(self, event: Event) -> None:
-        """As hypercorn, but a connection the server closes says GOAWAY first."""
+        """As hypercorn, but a connection the server closes says GOAWAY first, and one closed
+        for a flood lingers (:data:`LINGER`)."""
+        if self._lingering is not None:
+            if isinstance(event, RawData):
+                return  # dropped: the connection is closing
+            self._lingering.cancel()
+            self._lingering = None
         if self._guard is not None and isinstance(event, Closed) and not self._goaway_sent:
             self._goaway_sent = True
             try:
@@ -478,10 +493,31 @@ class EdgeH2Protocol(H2Protocol):
                 stream_id = next(self.priority)
             except DeadlockError:
                 await self._flush()
-                await self.has_data.wait()
+                if not await self._wait_unless_starved():
+                    return
                 await self.has_data.clear()
             else:
                 await self._send_data(stream_id)
+
+    async def _wait_unless_starved(self) -> bool:
+        """Wait for something to send. A client that keeps its flow-control window shut while
+        a response waits (a zero-window reader holds the connection and the response's memory
+        forever) gets ``idle_timeout``, then GOAWAY and the connection closes: False."""
+        if self._starved_since is None:
+            await self.has_data.wait()
+            return True
+        assert isinstance(self.config, EdgeConfig)
+        try:
+            async with asyncio.timeout_at(self._starved_since + self.config.limits.idle_timeout):
+                await self.has_data.wait()
+            return True
+        except TimeoutError:
+            log.info("closing HTTP/2 connection from %s: window shut", self.client)
+            self._goaway_sent = True
+            self.connection.close_connection(additional_data=b"flow-control window shut")
+            await self._flush()
+            await self.send(Closed())
+            return False
 
     async def _send_data(self, stream_id: int) -> None:
         """hypercorn's, except that the last piece of a body carries END_STREAM itself, and
@@ -497,10 +533,13 @@ class EdgeH2Protocol(H2Protocol):
             if data:
                 self.connection.send_data(stream_id, data, end_stream=end)
                 self._guard.data_sent()
+                self._starved_since = None
             elif end:
                 self.connection.end_stream(stream_id)
             else:
                 self.priority.block(stream_id)
+                if window == 0 and buffer.buffer and self._starved_since is None:
+                    self._starved_since = asyncio.get_running_loop().time()
             await self._flush()
             if end:
                 del self.stream_buffers[stream_id]
@@ -526,6 +565,7 @@ class EdgeH2Protocol(H2Protocol):
             task = scope.get(REQUEST_TASK)
             if task is not None and not task.done():
                 task.cancel(CLIENT_CLOSED)
+        self._starved_since = None  # re-armed by the next stream found waiting on the window
         await super()._close_stream(stream_id)
 
     def _refuse_late_data(self, event: h2.events.DataReceived) -> None:
@@ -544,6 +584,11 @@ class EdgeH2Protocol(H2Protocol):
             error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=reason.encode()
         )
         await self._flush()
+        self._lingering = asyncio.get_running_loop().create_task(self._close_after(LINGER))
+
+    async def _close_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # a timer: the client did not close in time
+        self._lingering = None
         await self.send(Closed())
 
 

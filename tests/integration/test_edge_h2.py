@@ -14,6 +14,8 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
+from h2.settings import SettingCodes
 from hyperframe.frame import (
     DataFrame,
     Frame,
@@ -74,12 +76,18 @@ class H2Wire:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def to(cls, port: int, tls: ssl.SSLContext | None = None) -> AsyncIterator[H2Wire]:
-        """A connection to ``port`` (over ``tls`` if given) with the client preface sent, closed
-        on exit."""
+    async def to(
+        cls, port: int, tls: ssl.SSLContext | None = None, window: int | None = None
+    ) -> AsyncIterator[H2Wire]:
+        """A connection to ``port`` (over ``tls`` if given) with the client preface sent (and
+        ``window`` as its initial flow-control window, if given), closed on exit."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
         try:
             wire = cls(reader, writer)
+            if window is not None:
+                wire.conn.local_settings = h2.settings.Settings(
+                    client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window}
+                )
             wire.conn.initiate_connection()
             await wire.flush()
             yield wire
@@ -280,7 +288,10 @@ async def test_made_you_reset(redis: Redis, redis_url: str, keys: Keys) -> None:
     GOAWAY ENHANCE_YOUR_CALM and closed; a stream the server reset in the same read as its
     request never reaches the upstream; no traceback."""
     budget = FloodBudget(burst=20, rate=1.0)
-    async with edge_gateway(redis, redis_url, keys, limits={"h2_reset": budget}) as edge:
+    # idle_timeout: framing 2,000 requests takes a loaded machine a while; the connection
+    # must not be closed as idle meanwhile.
+    limits = {"h2_reset": budget, "idle_timeout": 60.0}
+    async with edge_gateway(redis, redis_url, keys, limits=limits) as edge:
         async with H2Wire.to(edge.port) as wire:
             for _ in range(200):  # stream by stream, as fast as it goes
                 sid = wire.conn.get_next_available_stream_id()
@@ -327,6 +338,24 @@ async def test_a_non_ascii_path_is_a_400_on_its_stream(
         assert (await wire.answer(sid)).status == 400
         assert await wire.serves()
         assert [record["path"] for record in edge.seen()] == ["/still"]
+
+
+async def test_a_zero_window_reader_is_closed_after_idle_timeout(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """A client that shuts its flow-control window (initial window 0) and never opens it holds
+    a response the gateway cannot send: after idle_timeout it gets GOAWAY and the connection
+    closes; a client reading normally on another connection is served meanwhile."""
+    async with edge_gateway(redis, redis_url, keys, limits={"idle_timeout": 1.0}) as edge:
+        async with H2Wire.to(edge.port, window=0) as reader:
+            sid = await reader.request(get(b"/shut"))
+            await reader.read_until(lambda: sid in reader.answers)  # the head, no body
+            assert reader.answers[sid].body == b""
+            async with H2Wire.to(edge.port) as other:
+                assert await other.serves()
+            assert await reader.closed(timeout=4.0)
+            assert reader.goaway is not None
+            assert reader.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
 
 
 async def test_control_frame_floods(redis: Redis, redis_url: str, keys: Keys) -> None:
