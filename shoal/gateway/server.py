@@ -152,6 +152,7 @@ async def run_gateway(
         Forwarder(
             process.state,
             upstreams,
+            trust_domain=trust_domain,
             mesh_tls=lambda: process.credentials.client_context(identity),
             activator=process.activator,
         ),

@@ -34,6 +34,7 @@ from shoal.http.refusal import (
     UPSTREAM_TIMEOUT,
     Refusal,
 )
+from shoal.identity.spiffe import node_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.outcome import Outcome, classify
 from shoal.mesh.proxy_state import ClusterState, ProxyState, Route
@@ -96,6 +97,7 @@ class Forwarder:
         proxy_state: ProxyState,
         upstreams: Upstreams,
         *,
+        trust_domain: str,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         buffer_limit: int = BUFFER_LIMIT,
@@ -105,6 +107,9 @@ class Forwarder:
         self.proxy_state = proxy_state
         self.upstreams = upstreams
         self.mesh_tls = mesh_tls  # the client context presenting this caller's identity
+        # A node's router must present its node's SPIFFE ID: by node, computed once.
+        self.trust_domain = trust_domain
+        self._node_ids: dict[str, str] = {}
         self.activator = activator  # holds requests for destinations scaled to zero
         self.clock = clock
         self.rng = rng or proxy_state.rng
@@ -261,13 +266,17 @@ class Forwarder:
         total_timeout: float | None,
         route: Route,
     ) -> _Attempt:
-        authority, tls = endpoint.authority, None
+        authority, tls, peer = endpoint.authority, None, None
         if endpoint.mtls:  # through the instance's node router, which forwards to it
             tls = self.mesh_tls()
             if tls is None:
                 raise _NoIdentity
             # The endpoint is from this snapshot, which keeps only instances of live nodes.
             authority = route.snapshot.meshes[endpoint.node]
+            peer = self._node_ids.get(endpoint.node)
+            if peer is None:
+                peer = str(node_id(self.trust_domain, endpoint.node))
+                self._node_ids[endpoint.node] = peer
             headers = [*headers, (INSTANCE, endpoint.key.encode())]
         route.balancer.on_start(endpoint)
         self.proxy_state.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)
@@ -281,6 +290,7 @@ class Forwarder:
                 head_timeout=head_timeout,
                 total_timeout=total_timeout,
                 tls=tls,
+                peer=peer,
             )
         except UpstreamError as e:
             self._finished(route, endpoint)

@@ -163,6 +163,7 @@ class Router:
                 forwarder = Forwarder(
                     self.proxy_state,
                     self.upstreams,
+                    trust_domain=self.trust_domain,
                     mesh_tls=lambda: self.credentials.client_context(identity),
                     activator=self.activator,
                 )

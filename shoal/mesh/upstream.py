@@ -31,6 +31,7 @@ from shoal.http.refusal import (
     UPSTREAM_RESET,
     UPSTREAM_TIMEOUT,
 )
+from shoal.identity.spiffe import peer_identity
 from shoal.mesh.upstream_connection import (
     Exchange,
     Lost,
@@ -149,7 +150,7 @@ class Upstreams:
             if connection.open and loop.time() - connection.idle_since < IDLE_TIMEOUT:
                 return connection, True
             connection.close()
-        authority, tls = key
+        authority, tls, peer = key
         host, port = _split(authority)
         limit = loop.time() + self._connect_timeout
         try:
@@ -161,6 +162,19 @@ class Upstreams:
             raise UpstreamError(
                 503, UPSTREAM_CONNECT_ERROR, f"{authority}: {e!r}", sent=False
             ) from None
+        if peer is not None:
+            ssl_object = (
+                protocol.transport.get_extra_info("ssl_object") if protocol.transport else None
+            )
+            found = peer_identity(ssl_object.getpeercert()) if ssl_object is not None else None
+            if str(found) != peer:  # a certificate of the mesh, but not the one meant
+                protocol.close()
+                raise UpstreamError(
+                    503,
+                    UPSTREAM_CONNECT_ERROR,
+                    f"{authority} presented {found or 'no SPIFFE ID'}, not {peer}",
+                    sent=False,
+                )
         self._all.add(protocol)
         return protocol, False
 
@@ -175,9 +189,11 @@ class Upstreams:
         head_timeout: float | None = None,
         total_timeout: float | None = None,
         tls: ssl.SSLContext | None = None,
+        peer: str | None = None,
     ) -> UpstreamResponse:
-        """Send one request to ``authority`` (``host:port``), over ``tls`` when given; return
-        once the response head has arrived.
+        """Send one request to ``authority`` (``host:port``), over ``tls`` when given, to an
+        upstream presenting the SPIFFE ID ``peer`` when given; return once the response head
+        has arrived.
 
         ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
         exchange, body included.
@@ -200,7 +216,7 @@ class Upstreams:
         replayable = not isinstance(body, AsyncIterator)
         head_deadline = _earliest(loop, head_timeout, deadline)  # this attempt's
         for attempt in (1, 2):
-            connection, reused = await self._connect(loop, (authority, tls), head_deadline)
+            connection, reused = await self._connect(loop, (authority, tls, peer), head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
             # A timer on the future, not asyncio.timeout_at: no task cancellation per request.
             timer = None if head_deadline is None else loop.call_at(head_deadline, exchange.late)

@@ -23,7 +23,8 @@ from shoal.http.headers import Headers
 from shoal.http.refusal import UPSTREAM_RESET
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 
-PoolKey = tuple[str, ssl.SSLContext | None]  # authority and the TLS context it is reached with
+# The authority, the TLS context it is reached with, and the SPIFFE ID it must present.
+PoolKey = tuple[str, ssl.SSLContext | None, str | None]
 
 
 class UpstreamError(ShoalError):

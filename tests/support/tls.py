@@ -1,15 +1,22 @@
-"""A throwaway self-signed server certificate for TLS tests."""
+"""Certificates for TLS tests: a throwaway self-signed server certificate, and mesh identities
+signed by a mesh CA."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from shoal.identity.certs import client_context, server_context
+from shoal.identity.issuance import make_csr, sign
+from shoal.identity.pki import bundle_pem, key_to_pem, new_key
+from shoal.platform.ca.signer import CAFiles
 
 
 def self_signed(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
@@ -43,3 +50,21 @@ def self_signed(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def mesh_contexts(
+    directory: Path, trust_domain: str, server: str, client: str
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A mesh CA in ``directory`` and the server and client contexts of two identities it
+    signs (SPIFFE IDs ``server`` and ``client``), as node routers and their callers use."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = CAFiles(directory / "ca").load_or_create(trust_domain, now)
+    bundle = bundle_pem([ca.cert])
+
+    def issued(identity: str) -> tuple[bytes, bytes]:
+        key = new_key()
+        cert = sign(ca, make_csr(key, identity), allowed=lambda _: True, now=now,
+                    valid_for=datetime.timedelta(hours=1))  # fmt: skip
+        return cert, key_to_pem(key)
+
+    return server_context(*issued(server), bundle), client_context(*issued(client), bundle)

@@ -4,7 +4,6 @@ not pull the node router's address from under it."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType
@@ -18,9 +17,10 @@ from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import to_document
 from shoal.resources.model import Service
 from shoal.store.watch import View
-from tests.support.tls import self_signed
+from tests.support.tls import mesh_contexts
 from tests.support.upstream import read_body
 
+TRUST_DOMAIN = "shoal.test"
 HELLO = Service(name="hello", revision="v1", app="app:hello")
 
 
@@ -39,11 +39,12 @@ def view(revision: int, mesh: str | None, *instances: Endpoint) -> View:
 async def test_a_node_leaving_while_the_body_is_read_changes_nothing(tmp_path: Path) -> None:
     """The snapshot swaps (node n1 gone) between two pieces of a POST body being buffered; the
     request still goes to n1's router, as routed, and gets its answer."""
-    cert, key = self_signed(tmp_path)
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    client_tls = ssl.create_default_context(cafile=str(cert))
-    client_tls.check_hostname = False
+    server_tls, client_tls = mesh_contexts(
+        tmp_path,
+        TRUST_DOMAIN,
+        f"spiffe://{TRUST_DOMAIN}/node/n1",
+        f"spiffe://{TRUST_DOMAIN}/gateway",
+    )
     seen: list[bytes] = []
 
     async def router(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -70,7 +71,7 @@ async def test_a_node_leaving_while_the_body_is_read_changes_nothing(tmp_path: P
     state = ProxyState()
     state.update(view(1, mesh, instance))
     upstreams = Upstreams()
-    forwarder = Forwarder(state, upstreams, mesh_tls=lambda: client_tls)
+    forwarder = Forwarder(state, upstreams, trust_domain=TRUST_DOMAIN, mesh_tls=lambda: client_tls)
 
     async def body() -> AsyncIterator[bytes]:
         yield b"first "

@@ -18,7 +18,7 @@ import pytest
 
 from shoal.mesh.upstream import UpstreamError, Upstreams
 from tests.support.backends import echo_backend
-from tests.support.tls import self_signed
+from tests.support.tls import mesh_contexts, self_signed
 from tests.support.upstream import pieces, read_body
 
 
@@ -266,6 +266,50 @@ async def test_over_tls_a_connection_is_kept_and_reused(tmp_path: Path) -> None:
         srv.close()
         await srv.wait_closed()
     assert connections == 1
+
+
+async def test_a_router_must_present_the_node_it_was_meant_to_be(tmp_path: Path) -> None:
+    """A mesh upstream is checked for the SPIFFE ID it was meant to present: another identity
+    signed by the same CA (a router of another node at that address) is a connect failure,
+    nothing sent; the right one serves."""
+    td = "shoal.test"
+    server_tls, client_tls = mesh_contexts(
+        tmp_path, td, f"spiffe://{td}/node/n1", f"spiffe://{td}/gateway"
+    )
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            requests += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
+    authority = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    pool = Upstreams()
+    try:
+        with pytest.raises(UpstreamError) as e:
+            await pool.request(
+                authority, "GET", "/", [], None, tls=client_tls, peer=f"spiffe://{td}/node/n2"
+            )
+        assert (e.value.status, e.value.cause, e.value.sent) == (
+            503,
+            "upstream_connect_error",
+            False,
+        )
+        assert "presented spiffe://shoal.test/node/n1" in str(e.value)
+        response = await pool.request(
+            authority, "GET", "/", [], None, tls=client_tls, peer=f"spiffe://{td}/node/n1"
+        )
+        assert await read_body(response) == b"ok"
+    finally:
+        await pool.close()
+        srv.close()
+        await srv.wait_closed()
+    assert requests == 1
 
 
 async def test_a_connect_that_cannot_finish_within_the_attempt_is_a_connect_failure() -> None:
