@@ -156,6 +156,10 @@ def up(
     except ShoalError as e:
         raise fail(e) from None
     state = settings.state_dir()
+    # Its owner's alone (logs, the CA's key, the store's password): as the embedded Redis
+    # leaves it, also when the store is elsewhere.
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
     activation = ["--activation-timeout", str(activation_timeout)]
     gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
     if gateway_workers is not None:

@@ -328,6 +328,17 @@ def test_no_secret_on_a_command_line_or_in_an_instance_environment(
         assert password.encode() not in environ
         assert str(platform.home).encode() not in environ
 
+    # $SHOAL_HOME is its owner's alone: no other uid reads the password, the CA key or logs.
+    assert platform.home.stat().st_mode & 0o077 == 0
+    # The node's join token (its initial environment; popped from os.environ once read) is
+    # in the AOF only as its id: the CSR carried a proof, never the secret.
+    node_pid = next(iter(platform.status()["nodes"].values()))["pid"]
+    environ = Path(f"/proc/{node_pid}/environ").read_bytes().split(b"\0")
+    token = next(v for v in environ if v.startswith(b"SHOAL_JOIN_TOKEN=")).split(b"=", 1)[1]
+    token_id, secret = token.split(b".", 1)
+    aof = b"".join(p.read_bytes() for p in (platform.home / "redis").rglob("*.aof"))
+    assert token_id in aof and secret not in aof
+
     url = recorded_url(platform.home)
     assert url is not None and password in url
     typed = platform.shoal("status", "--redis", url)
