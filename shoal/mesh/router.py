@@ -120,6 +120,7 @@ class Router:
         self.node = node
         self.trust_domain = trust_domain
         self.identity = str(node_id(trust_domain, node))
+        self._members = f"spiffe://{trust_domain}/"  # what every caller's SPIFFE ID starts with
         self.upstreams = upstreams or Upstreams()
         self.inbound_port = 0
         self.activator = activator
@@ -224,6 +225,13 @@ class Router:
             await _refuse(exchange, refusal)
             return
         caller, caller_fields = _caller(exchange, self.identity)
+        if caller is not None and not caller.startswith(self._members):
+            # Signed by a trusted root, but for another trust domain: not one of ours, whatever
+            # the policies say (with no ALLOW policy, every member may call).
+            log.warning("refused %s → %s: not of trust domain %s", caller, key, self.trust_domain)
+            self.proxy_state.stats.deny(endpoint.service, None)
+            await _refuse(exchange, Refusal(403, DENIED, ""))
+            return
         target = _target(exchange)
         if isinstance(target, Refusal):
             await _refuse(exchange, target, unsent=True)

@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 
 from shoal.identity.certs import client_context
-from shoal.identity.issuance import make_csr, new_root, sign
+from shoal.identity.issuance import CA, make_csr, new_root, sign
 from shoal.identity.pki import key_to_pem, new_key
 from shoal.identity.spiffe import gateway_id
 from shoal.mesh.credentials import IdentityRequester
 from shoal.platform.ca.admin import certs_status, renew_leaves, rotate_root
+from shoal.platform.ca.signer import CAFiles
 from shoal.resources.manifest import parse_text
 from shoal.store.acks import live_reports
 from shoal.store.pki import PKIStore
@@ -109,6 +110,28 @@ async def test_router_inbound_requires_a_mesh_certificate(cluster: Cluster) -> N
     # A stale or foreign instance name is refused as not sent, so the caller may retry.
     status, cause, _ = await call_router(cluster, "hello/nope", tls)
     assert (status, cause) == (503, "upstream_connect_error")
+
+
+@pytest.mark.timeout(60)
+async def test_a_caller_of_another_trust_domain_is_refused(cluster: Cluster, tmp_path: Any) -> None:
+    """A certificate chaining to the mesh's root but naming another trust domain (however it
+    came to be signed) gets 403 denied at the router, with no AuthorizationPolicy in place."""
+    await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
+    hello = ready(await cluster.instances(lambda f: len(ready(f, "hello")) == 2), "hello")[0]
+    mesh = CAFiles(tmp_path / "ca").load_or_create(TRUST_DOMAIN, datetime.now(UTC))
+    posing = CA(cert=mesh.cert, key=mesh.key, trust_domain="evil.test")  # the mesh's own key
+    key, now = new_key(), datetime.now(UTC)
+    cert = sign(
+        posing, make_csr(key, "spiffe://evil.test/gateway"), allowed=lambda _: True, now=now,
+        valid_for=timedelta(hours=1),
+    )  # fmt: skip
+    bundle = await PKIStore(cluster.client.redis, cluster.client.keys).bundle()
+    assert bundle is not None
+    foreign = client_context(cert, key_to_pem(key), bundle)
+    status, cause, body = await call_router(cluster, hello.key, foreign)
+    assert (status, cause, body) == (403, "denied", "denied\n")
+    tls = await mesh_client(cluster)
+    assert await call_router(cluster, hello.key, tls) == (200, "", "Hello, World!\n")
 
 
 @pytest.mark.timeout(90)
