@@ -234,6 +234,10 @@ class _Connection(WriteFlow):
         # uvloop's TLS transport is not an asyncio.Transport subclass, but it is one in all
         # but name: check nothing, cast.
         self.transport = cast(asyncio.Transport, transport)
+        admit = self.server.admit
+        if admit is not None and not admit(self.transport):
+            self.transport.abort()  # not served: closed before a byte is read
+            return
         self.server.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -380,8 +384,10 @@ class Server:
         limits: HeadLimits = HeadLimits(),
         idle_timeout: float = 60.0,
         header_timeout: float | None = None,
+        admit: Callable[[asyncio.Transport], bool] | None = None,
     ) -> None:
         self.handler = handler
+        self.admit = admit  # whether to serve a new connection at all (None: every one)
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout  # a head's first byte to its end, else 408

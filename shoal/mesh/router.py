@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 
 from shoal.http.h1 import HeadLimits
 from shoal.http.headers import IDENTITY, INTERNAL_PREFIX, Headers, end_to_end, request_headers
@@ -42,6 +43,7 @@ from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
+from shoal.mesh.peer_uid import socket_owner
 from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.relay import relay
 from shoal.mesh.sniff import serve_sniffing
@@ -121,6 +123,7 @@ class Router:
         self.trust_domain = trust_domain
         self.identity = str(node_id(trust_domain, node))
         self._members = f"spiffe://{trust_domain}/"  # what every caller's SPIFFE ID starts with
+        self._instance_uid = os.getuid()  # instances run as the node's own user (for now)
         self.upstreams = upstreams or Upstreams()
         self.inbound_port = 0
         self.activator = activator
@@ -129,8 +132,10 @@ class Router:
         self._outbound: dict[str, int] = {}
         self._opening: dict[str, asyncio.Lock] = {}
 
-    def _server(self, handler: Handler) -> Server:
-        server = Server(handler, limits=self.head_limits)
+    def _server(
+        self, handler: Handler, admit: Callable[[asyncio.Transport], bool] | None = None
+    ) -> Server:
+        server = Server(handler, limits=self.head_limits, admit=admit)
         self._servers.append(server)
         return server
 
@@ -173,13 +178,24 @@ class Router:
                     await self.outbound_request(forwarder, exchange)
 
                 listener = await asyncio.get_running_loop().create_server(
-                    self._server(handle), "127.0.0.1", 0
+                    self._server(handle, admit=self._instance_caller), "127.0.0.1", 0
                 )
                 self._listeners.append(listener)
                 port = int(listener.sockets[0].getsockname()[1])
                 self._outbound[service] = port
                 log.info("outbound listener for %s on 127.0.0.1:%d", service, port)
         return port
+
+    def _instance_caller(self, transport: asyncio.Transport) -> bool:
+        """Whether a connection to an outbound listener comes from a process running as the
+        instances do (this router's uid): calls leave under the service's identity, so another
+        local user's process may not use them. The kernel's socket table says whose it is."""
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        owner = socket_owner(peer, local) if peer and local else None
+        if owner == self._instance_uid:
+            return True
+        log.warning("refused a connection to %s from uid %s: not an instance's", local, owner)
+        return False
 
     async def outbound_request(self, forwarder: Forwarder, exchange: Exchange) -> None:
         """Route and forward one request a local instance sent."""

@@ -339,6 +339,16 @@ def test_no_secret_on_a_command_line_or_in_an_instance_environment(
     aof = b"".join(p.read_bytes() for p in (platform.home / "redis").rglob("*.aof"))
     assert token_id in aof and secret not in aof
 
+    # A service's outbound listener calls under its identity: only instances' processes (the
+    # node's uid, for now) may use it; another local user's connection is closed unanswered.
+    log = (platform.home / "logs" / "node.log").read_text()
+    port = re.findall(r"outbound listener for hello on 127\.0\.0\.1:(\d+)", log)[-1]
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: world"]
+    curl.append(f"http://127.0.0.1:{port}/")
+    assert subprocess.run(curl, capture_output=True, text=True).stdout == "200"
+    other = subprocess.run(curl, capture_output=True, text=True, user=65534)
+    assert other.stdout == "000" and other.returncode != 0
+
     url = recorded_url(platform.home)
     assert url is not None and password in url
     typed = platform.shoal("status", "--redis", url)
