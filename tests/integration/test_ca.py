@@ -61,17 +61,25 @@ async def test_csr_is_signed_for_an_entitled_identity(
         await refused
 
 
-async def test_join_token_admits_once_and_only_what_it_may(
+async def admitting_ca(
     redis: Redis, keys: Keys, tmp_path: Path
-) -> None:
-    """A node without a join token gets no certificate; with one it is admitted and later
-    renews without it; a used-up, expired, wrong or malformed token admits nobody."""
+) -> tuple[PKIStore, JoinTokens, Signer]:
+    """A CA whose signer admits requesters by join token (and entitles them to anything)."""
     ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
     store = PKIStore(redis, keys)
     await store.publish_bundle(bundle_of([ca]))
     tokens = JoinTokens(store)
     signer = Signer(store, ca, entitled=lambda _r, _i: True, admit=tokens.admit)
     await store.ensure_group()
+    return store, tokens, signer
+
+
+async def test_join_token_admits_once_and_only_what_it_may(
+    redis: Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """A node without a join token gets no certificate; with one it is admitted and later
+    renews without it; a used-up, expired, wrong or malformed token admits nobody."""
+    store, tokens, signer = await admitting_ca(redis, keys, tmp_path)
 
     async def issue(node: str, token: str | None) -> str:
         requester = IdentityRequester(store, f"node/{node}", token)
@@ -105,12 +113,7 @@ async def test_a_join_token_secret_never_enters_the_store_and_a_proof_admits_not
     """Requests carry a proof bound to requester, identity and CSR: the stream (and so the
     AOF) never holds the secret; a proof copied off the stream admits no other requester; a
     request carrying the token itself (an older Shoal) is refused with what to do."""
-    ca = CAFiles(tmp_path / "ca").load_or_create("shoal.test", NOW)
-    store = PKIStore(redis, keys)
-    await store.publish_bundle(bundle_of([ca]))
-    tokens = JoinTokens(store)
-    signer = Signer(store, ca, entitled=lambda _r, _i: True, admit=tokens.admit)
-    await store.ensure_group()
+    store, tokens, signer = await admitting_ca(redis, keys, tmp_path)
     token = await tokens.create(uses=3)
     requester = IdentityRequester(store, "node/n1", token)
     pending = asyncio.ensure_future(requester.issue(str(node_id("shoal.test", "n1")), NOW))
