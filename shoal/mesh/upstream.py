@@ -57,7 +57,7 @@ def _split(authority: str) -> tuple[str, int]:
 
 @dataclass(slots=True)
 class UpstreamResponse:
-    """A response whose body is still to be read from :meth:`chunks`."""
+    """A response whose body is still to be read with :meth:`piece`."""
 
     status: int
     headers: Headers
@@ -76,7 +76,7 @@ class UpstreamResponse:
 
     @property
     def trailers(self) -> Headers:
-        """The trailer fields of a chunked response (once :meth:`chunks` has ended)."""
+        """The trailer fields of a chunked response (once :meth:`piece` has returned None)."""
         return self._exchange.trailers
 
     async def piece(self, before_wait: Callable[[], None] | None = None) -> bytes | None:
