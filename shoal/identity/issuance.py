@@ -12,7 +12,8 @@ cryptography's web-PKI policy):
   (keyCertSign, cRLSign) both critical, SKI and AKI, subject CN ``Shoal mesh CA <trust domain>``,
   and the trust domain's own SPIFFE ID (``spiffe://<td>``) as its URI SAN;
 - leaf: the requester's key, subject ``O=Shoal`` (not empty, so the SAN need not be critical),
-  exactly one URI SAN (its SPIFFE ID), ``BasicConstraints(ca=False)`` and
+  exactly one URI SAN (its SPIFFE ID; a node router's leaf also has the DNS SAN
+  ``<node>.node.<trust domain>``), ``BasicConstraints(ca=False)`` and
   ``KeyUsage(digitalSignature)`` critical, ``ExtendedKeyUsage`` serverAuth + clientAuth, SKI and
   AKI, valid from ``now - 5 min`` (clock skew between hosts) for ``valid_for``.
 
@@ -226,13 +227,17 @@ def sign(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
             critical=False,
         )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(_leaf_names(identity)), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
     return cert_to_pem(cert)
+
+
+def _leaf_names(identity: SpiffeId) -> list[x509.GeneralName]:
+    """A leaf's SANs: its SPIFFE ID, and for a node router the DNS name of its node."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
+    dns = identity.node_dns_name
+    return names if dns is None else [*names, x509.DNSName(dns)]
 
 
 def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

@@ -140,14 +140,16 @@ def single_spiffe_id(names: Sequence[x509.GeneralName], error: type[PKIError]) -
 
 
 def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
-    """The SPIFFE ID of ``cert`` (its only SAN); raises CertificateRejected otherwise."""
+    """The SPIFFE ID of ``cert`` (its only URI SAN; a DNS name may stand beside it, as a node
+    router's names its node); raises CertificateRejected otherwise."""
     try:
         names = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         raise CertificateRejected("the certificate has no subjectAltName") from None
     except ValueError as err:
         raise CertificateRejected(f"the certificate's extensions cannot be read: {err}") from None
-    return single_spiffe_id(names, CertificateRejected)
+    uris = [name for name in names if isinstance(name, x509.UniformResourceIdentifier)]
+    return single_spiffe_id(uris or names, CertificateRejected)
 
 
 def renew_at(cert: x509.Certificate, fraction: float = 2 / 3) -> datetime:

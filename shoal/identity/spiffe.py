@@ -85,6 +85,21 @@ class SpiffeId:
         segments = self.segments
         return segments[1] if len(segments) == 2 and segments[0] == "svc" else None
 
+    @property
+    def node_dns_name(self) -> str | None:
+        """``<node>.node.<trust domain>`` for a ``/node/<node>`` ID whose parts are DNS labels
+        (what a node router's certificate names besides its SPIFFE ID, so that plain TLS
+        clients such as ``curl --resolve`` can check they reached that node), else None."""
+        segments = self.segments
+        if len(segments) != 2 or segments[0] != "node":
+            return None
+        name = f"{segments[1]}.node.{self.trust_domain}".lower()
+        labels_ok = all(_DNS_LABEL.fullmatch(label) for label in name.split("."))
+        return name if labels_ok and len(name) <= 253 else None
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
 
 def _check_trust_domain(trust_domain: str, uri: str) -> None:
     if not trust_domain:

@@ -15,7 +15,7 @@ from shoal.identity.issuance import CA, make_csr, new_root, sign
 from shoal.identity.pki import key_to_pem, new_key
 from shoal.identity.spiffe import gateway_id
 from shoal.mesh.credentials import IdentityRequester
-from shoal.platform.ca.admin import certs_status, renew_leaves, rotate_root
+from shoal.platform.ca.admin import certs_status, issue_local, renew_leaves, rotate_root
 from shoal.platform.ca.signer import CAFiles
 from shoal.resources.manifest import parse_text
 from shoal.store.acks import live_reports
@@ -132,6 +132,31 @@ async def test_a_caller_of_another_trust_domain_is_refused(cluster: Cluster, tmp
     assert (status, cause, body) == (403, "denied", "denied\n")
     tls = await mesh_client(cluster)
     assert await call_router(cluster, hello.key, tls) == (200, "", "Hello, World!\n")
+
+
+@pytest.mark.timeout(60)
+async def test_plain_curl_reaches_a_router_with_shoal_certs_issue_files(
+    cluster: Cluster, tmp_path: Any
+) -> None:
+    """With the files `shoal certs issue` writes, curl verifies the router as node n1 (its
+    certificate names n1.node.<td> beside its SPIFFE ID) and gets through to the instance."""
+    await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
+    hello = ready(await cluster.instances(lambda f: len(ready(f, "hello")) == 2), "hello")[0]
+    cert, key, bundle = issue_local(
+        CAFiles(tmp_path / "ca"), TRUST_DOMAIN, str(gateway_id(TRUST_DOMAIN)),
+        timedelta(hours=1), tmp_path / "client",
+    )  # fmt: skip
+    host = f"n1.node.{TRUST_DOMAIN}"
+    curl = await asyncio.create_subprocess_exec(
+        *("curl", "-sS", "--resolve", f"{host}:{cluster.mesh_port}:127.0.0.1"),
+        *("--cacert", str(bundle), "--cert", str(cert), "--key", str(key)),
+        *("-H", "Host: hello", "-H", f"x-shoal-instance: {hello.key}"),
+        f"https://{host}:{cluster.mesh_port}/",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await curl.communicate()
+    assert (curl.returncode, out) == (0, b"Hello, World!\n"), err
 
 
 @pytest.mark.timeout(90)

@@ -199,6 +199,22 @@ def test_sign_issues_a_strict_leaf_for_an_allowed_identity(ca: CA) -> None:
     assert leaf.not_valid_after_utc == NOW + timedelta(hours=24)
 
 
+def test_a_node_router_leaf_also_names_its_node_in_dns(ca: CA) -> None:
+    """spiffe://td/node/N gets the DNS SAN N.node.td beside its URI (plain TLS clients can
+    check they reached node N); it still names one identity and verifies; a node name that is
+    not a DNS label gets none."""
+    node = "spiffe://example.org/node/Web-1"
+    leaf_pem = issue(ca, node)
+    names = cert_from_pem(leaf_pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert list(names.value) == [
+        x509.UniformResourceIdentifier(node),
+        x509.DNSName("web-1.node.example.org"),
+    ]
+    assert str(verify_chain(leaf_pem, bundle_pem([ca.cert]), NOW)) == node
+    odd = cert_from_pem(issue(ca, "spiffe://example.org/node/n_1"))
+    assert len(odd.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == 1
+
+
 def test_sign_accepts_a_predicate_for_allowed(ca: CA) -> None:
     """``allowed`` may be a callable deciding per identity."""
     csr = make_csr(new_key(), WORLD)
