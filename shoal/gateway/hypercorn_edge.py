@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import importlib.metadata
 import logging
 import re
@@ -57,7 +58,7 @@ import hypercorn.asyncio.run
 import hypercorn.protocol
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Response
 from hypercorn.protocol.h2 import H2Protocol
@@ -154,6 +155,11 @@ class EdgeTCPServer(TCPServer):
     beyond ``max_connections_per_client`` from one client address (so that one client
     holding connections cannot starve the others)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._requested = False  # whether a request (an HTTP/2 stream) has begun
+        self._preface = False  # the connection began with the HTTP/2 preface (prior knowledge)
+
     async def run(self) -> None:
         """Serve the connection, or close it at once if the gateway (or its client's share of
         it) is full."""
@@ -229,6 +235,7 @@ class EdgeTCPServer(TCPServer):
             await self.idle_task.stop()  # so that run() closes it now
             return False
         if not data or _wants_h2(data):
+            self._preface = data.startswith(H2_PREFACE)
             if data:
                 await self.protocol.handle(RawData(data))
             return True
@@ -243,6 +250,29 @@ class EdgeTCPServer(TCPServer):
         finally:
             streams.connection_lost(None)  # run()'s close waits for the stream to see the end
         return False
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and not event.idle:
+            if self._preface and not self._streaming():
+                # h11 read the h2c preface as a request: the connection is no less idle (its
+                # idle timer must go on, or a connection opening no stream stays forever).
+                return
+            self._requested = True  # from now on an idle connection gets idle_timeout
+        await super().protocol_send(event)
+
+    async def _idle_timeout(self) -> None:
+        """As hypercorn, except that until its first request a connection gets
+        ``header_timeout`` if that is shorter than ``idle_timeout`` (an HTTP/2 connection that
+        never opens a stream is closed as soon as an HTTP/1.x one that never sends a request)."""
+        config = self.config
+        if not isinstance(config, EdgeConfig) or self._requested:
+            await super()._idle_timeout()
+            return
+        limits = config.limits
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(limits.header_timeout, limits.idle_timeout)):
+                await self.context.terminated.wait()
+        await asyncio.shield(self._initiate_server_close())
 
     def _streaming(self) -> bool:
         """Whether a request on this connection is still being answered."""
@@ -268,10 +298,13 @@ def client_left(scope: MutableMapping[str, Any]) -> bool:
     return bool(scope.get(CLIENT_LEFT))
 
 
+H2_PREFACE = b"PRI * HTTP/2.0"
+
+
 def _wants_h2(data: bytes) -> bool:
     """Whether a plaintext connection's first bytes ask for HTTP/2: the prior-knowledge
     preface, or a request head (as far as it arrived) asking to upgrade to h2c."""
-    if data.startswith(b"PRI * HTTP/2.0"):
+    if data.startswith(H2_PREFACE):
         return True
     head = data.partition(b"\r\n\r\n")[0].lower()
     return b"\r\nupgrade:" in head and b"h2c" in head

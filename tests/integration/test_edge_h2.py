@@ -386,6 +386,25 @@ async def test_empty_data_flood(redis: Redis, redis_url: str, keys: Keys) -> Non
         assert edge.seen() == []
 
 
+async def test_a_connection_that_opens_no_stream_is_closed_after_header_timeout(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """Preface and SETTINGS, then nothing: GOAWAY and closed after header_timeout, well before
+    idle_timeout; once a stream has been served, idle_timeout applies."""
+    limits = {"header_timeout": 1.0, "idle_timeout": 30.0}
+    async with edge_gateway(redis, redis_url, keys, limits=limits) as edge:
+        loop = asyncio.get_running_loop()
+        async with H2Wire.to(edge.port) as wire:
+            started = loop.time()
+            assert await wire.closed(timeout=5.0)
+            assert 0.9 <= loop.time() - started < 3.0
+            assert wire.goaway is not None
+            assert wire.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        async with H2Wire.to(edge.port) as used:
+            assert await used.serves()
+            assert not await used.closed(timeout=2.0)
+
+
 async def test_idle_connection_gets_goaway(redis: Redis, redis_url: str, keys: Keys) -> None:
     """An HTTP/2 connection without streams is closed after idle_timeout, with GOAWAY(NO_ERROR)."""
     async with (
