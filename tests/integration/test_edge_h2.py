@@ -59,17 +59,15 @@ class Answer:
 class H2Wire:
     """One HTTP/2 connection to the gateway, driven by the ``h2`` library."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: h2.connection.H2Connection,
+    ) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,  # to send what a broken client would
-                normalize_outbound_headers=False,
-            )
-        )
+        self.conn = conn
         self.answers: dict[int, Answer] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.eof = False
@@ -77,18 +75,34 @@ class H2Wire:
     @classmethod
     @contextlib.asynccontextmanager
     async def to(
-        cls, port: int, tls: ssl.SSLContext | None = None, window: int | None = None
+        cls,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        window: int | None = None,
+        first: Callable[[h2.connection.H2Connection], bytes] | None = None,
     ) -> AsyncIterator[H2Wire]:
         """A connection to ``port`` (over ``tls`` if given) with the client preface sent (and
-        ``window`` as its initial flow-control window, if given), closed on exit."""
+        ``window`` as its initial flow-control window, if given), closed on exit. ``first``
+        frames more to send with the preface, before connecting (a burst framed slowly must
+        not meet the gateway's deadline for a connection's first request)."""
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,  # to send what a broken client would
+                normalize_outbound_headers=False,
+            )
+        )
+        if window is not None:
+            conn.local_settings = h2.settings.Settings(
+                client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window}
+            )
+        conn.initiate_connection()
+        burst = conn.data_to_send() + (first(conn) if first else b"")
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
         try:
-            wire = cls(reader, writer)
-            if window is not None:
-                wire.conn.local_settings = h2.settings.Settings(
-                    client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window}
-                )
-            wire.conn.initiate_connection()
+            wire = cls(reader, writer, conn)
+            writer.write(burst)
             await wire.flush()
             yield wire
         finally:
@@ -298,13 +312,16 @@ async def test_made_you_reset(redis: Redis, redis_url: str, keys: Keys) -> None:
                 wire.conn.send_headers(sid, list(get(b"/made")), end_stream=True)
                 await wire.flush(DataFrame(sid, data=b"x"))
             await _flooded(wire)
-        async with H2Wire.to(edge.port) as wire:  # all of them in one write
+
+        def made_you_reset(conn: h2.connection.H2Connection) -> bytes:
             burst = b""
             for _ in range(2000):
-                sid = wire.conn.get_next_available_stream_id()
-                wire.conn.send_headers(sid, list(get(b"/one-write")), end_stream=True)
-                burst += wire.conn.data_to_send() + DataFrame(sid, data=b"x").serialize()
-            wire.writer.write(burst)
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, list(get(b"/one-write")), end_stream=True)
+                burst += conn.data_to_send() + DataFrame(sid, data=b"x").serialize()
+            return burst
+
+        async with H2Wire.to(edge.port, first=made_you_reset) as wire:  # all in one write
             await _flooded(wire)
         seen = [record["path"] for record in edge.seen()]
         assert "/one-write" not in seen
