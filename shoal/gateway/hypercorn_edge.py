@@ -283,9 +283,10 @@ class EdgeTCPServer(TCPServer):
 
 
 LINGER = 2.0
-"""Seconds a connection closed for a flood goes on reading (and dropping) what the client
-sends, unless it closes first: closing a socket with unread input makes the kernel send RST,
-which can destroy the GOAWAY saying why before the client reads it (nginx's lingering close)."""
+"""Seconds a connection closed for a flood or a protocol error goes on reading (and dropping)
+what the client sends, unless it closes first: closing a socket with unread input makes the
+kernel send RST, which can destroy the GOAWAY saying why before the client reads it (nginx's
+lingering close)."""
 
 REQUEST_TASK = "shoal.request_task"
 """Where the app puts its request's task in the ASGI scope, for :class:`EdgeH2Protocol` to
@@ -414,12 +415,22 @@ class EdgeH2Protocol(H2Protocol):
 
     async def handle(self, event: Event) -> None:
         """As hypercorn, but a connection the server closes says GOAWAY first, and one closed
-        for a flood lingers (:data:`LINGER`)."""
+        for a flood or a protocol error lingers (:data:`LINGER`)."""
         if self._lingering is not None:
             if isinstance(event, RawData):
                 return  # dropped: the connection is closing
             self._lingering.cancel()
             self._lingering = None
+        if self._guard is not None and isinstance(event, RawData):
+            try:
+                events = self.connection.receive_data(event.data)
+            except h2.exceptions.ProtocolError:  # h2 has framed a GOAWAY saying why
+                self._goaway_sent = True
+                await self._flush()
+                self._linger()
+                return
+            await self._handle_events(events)
+            return
         if self._guard is not None and isinstance(event, Closed) and not self._goaway_sent:
             self._goaway_sent = True
             try:
@@ -617,6 +628,10 @@ class EdgeH2Protocol(H2Protocol):
             error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=reason.encode()
         )
         await self._flush()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after :data:`LINGER` unless the client closes first; drop what it sends."""
         self._lingering = asyncio.get_running_loop().create_task(self._close_after(LINGER))
 
     async def _close_after(self, seconds: float) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,11 +113,23 @@ def ready_count(p: Platform) -> int:
     return sum(1 for i in p.status()["instances"] if i["state"] == "ready")
 
 
+def free_pair() -> int:
+    """A port free together with the next one: ``shoal up`` gives the node ``metrics_port + 1``."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     """``shoal up --example`` in a fresh state dir, stopped at the end."""
     p = Platform(
-        home=tmp_path / "home", port=free_port(), mesh_port=free_port(), metrics_port=free_port()
+        home=tmp_path / "home", port=free_port(), mesh_port=free_port(), metrics_port=free_pair()
     )
     p.start()
     yield p
