@@ -16,10 +16,10 @@ from shoal.gateway import hypercorn_edge
 from shoal.gateway.hypercorn_edge import (
     PINNED_VERSION,
     EdgeConfig,
-    EdgeH2Protocol,
     EdgeH11Protocol,
     EdgeTCPServer,
 )
+from shoal.gateway.hypercorn_h2 import EdgeH2Protocol
 from shoal.gateway.server import GatewaySettings, hypercorn_config
 from shoal.http.limits import EdgeLimits, KiB
 from tests.support.tls import self_signed
