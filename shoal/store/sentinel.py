@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -82,30 +83,35 @@ class SentinelURL:
     sentinel_password: str | None = field(default=None, repr=False)
 
 
+_URL_REST = re.compile(r"([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?", re.DOTALL)
+
+
 def parse_sentinel_url(url: str) -> SentinelURL:
     """Parse ``url``; ValueError naming the part at fault (never a password) if it is invalid."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as e:  # an unclosed IPv6 bracket
-        raise ValueError(f"not a URL ({e})") from None
-    if parts.scheme != SCHEME:
-        raise ValueError(f"scheme must be {SCHEME!r}, got {parts.scheme!r}")
-    creds, _, hosts = parts.netloc.rpartition("@")
+    # Split by hand: urlsplit's host checks differ between 3.11 patch releases, and a list of
+    # hosts is no one host anyway (each address is checked below).
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != SCHEME:
+        raise ValueError(f"scheme must be {SCHEME!r}, got {scheme!r}")
+    match = _URL_REST.fullmatch(rest)
+    assert match is not None  # every string matches
+    netloc, path_text, query_text = match.groups(default="")
+    creds, _, hosts = netloc.rpartition("@")
     username = password = None
     if creds:
         user, colon, secret = creds.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
     sentinels = tuple(_address(item) for item in hosts.split(","))
-    path = [p for p in parts.path.split("/") if p]
+    path = [p for p in path_text.split("/") if p]
     if not path or len(path) > 2:
-        raise ValueError(f"path must be /SERVICE or /SERVICE/DB, got {parts.path!r}")
+        raise ValueError(f"path must be /SERVICE or /SERVICE/DB, got {path_text!r}")
     db = 0
     if len(path) == 2:
         if not path[1].isdecimal():
             raise ValueError(f"database must be a number, got {path[1]!r}")
         db = int(path[1])
-    query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+    query = dict(parse_qsl(query_text, keep_blank_values=True, strict_parsing=False))
     unknown = set(query) - {"sentinel_password", "sentinel_username"}
     if unknown:
         raise ValueError(f"unknown query parameter(s) {sorted(unknown)}")

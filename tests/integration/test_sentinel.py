@@ -72,7 +72,7 @@ def test_url_minimal() -> None:
         ("redis+sentinel://h:99999/shoal", "bad Sentinel port in 'h:99999'"),
         ("redis+sentinel://h:1,,h:2/shoal", "empty Sentinel host in ''"),
         ("redis+sentinel://[::1]x/shoal", "bad Sentinel address '[::1]x'"),
-        ("redis+sentinel://[::1/shoal", "not a URL (Invalid IPv6 URL)"),
+        ("redis+sentinel://[::1/shoal", "bad Sentinel address '[::1'"),
         ("redis+sentinel://h/shoal?password=x", "unknown query parameter(s) ['password']"),
     ],
 )
