@@ -1,6 +1,8 @@
 # Shoal: two commands. `make up` starts the platform with the example deployed;
 # `make test` runs the whole test suite. Each installs what it needs into .venv.
-PYTHON ?= python3.11
+# The first python3.11 on PATH that every user can run (instances run as their own uids and
+# need it too), else the first one: tools/pick-python says which.
+PYTHON ?= $(shell tools/pick-python)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -92,6 +92,16 @@ JoinTokenOpt = Annotated[
         "command lines are readable by every local user.",
     ),
 ]
+InstanceUidsOpt = Annotated[
+    str,
+    typer.Option(
+        "--instance-uids",
+        metavar="FIRST-LAST|off",
+        help="Each service's instances run as a uid of their own from this range (needs root; "
+        "never a uid with an account), so they cannot read Shoal's state or borrow another "
+        "service's identity. 'off': instances run as Shoal's own user.",
+    ),
+]
 MetricsPortOpt = Annotated[
     int,
     typer.Option("--metrics-port", help="Prometheus /metrics on 127.0.0.1 at this port (0: off)."),

@@ -20,6 +20,7 @@ from shoal.errors import ShoalError, UserError
 from shoal.http.limits import parse_limits
 from shoal.identity.join_token import parse
 from shoal.platform import settings
+from shoal.platform.runtime.isolation import DEFAULT_RANGE, parse_range
 from shoal.resources.manifest import load_files
 from shoal.store.connection import redacted
 
@@ -30,6 +31,7 @@ from shoal.cli.common import (
     EXAMPLE_DIR,
     ActivationOpt,
     EscapedSlashesOpt,
+    InstanceUidsOpt,
     JoinTokenOpt,
     LimitOpt,
     MetricsPortOpt,
@@ -136,6 +138,7 @@ def up(
             help="Gateway processes sharing its ports (SO_REUSEPORT); default: one per core.",
         ),
     ] = None,
+    instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -153,6 +156,7 @@ def up(
             escaped_slashes=escaped_slashes,
             underscore_headers=underscore_headers,
         )
+        parse_range(instance_uids)
     except ShoalError as e:
         raise fail(e) from None
     state = settings.state_dir()
@@ -206,6 +210,8 @@ def up(
                 "--metrics-port",
                 str(metrics_port + 1 if metrics_port else 0),
                 *limit_args,
+                "--instance-uids",
+                instance_uids,
             ],
             "gateway": gateway_args,
         },
@@ -301,6 +307,7 @@ def node(
             "the gateway admits. E.g. --limit max_header_bytes=120KiB",
         ),
     ] = None,
+    instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -313,6 +320,7 @@ def node(
     try:
         labels, most = node_labels(label or []), node_capacity(capacity)
         limits = parse_limits(limit or [])
+        uids = parse_range(instance_uids)
     except ShoalError as e:
         raise fail(e) from None
     run_component(
@@ -331,6 +339,7 @@ def node(
         labels=labels,
         capacity=most,
         limits=limits,
+        instance_uids=uids,
     )
 
 

@@ -90,13 +90,23 @@ def status_dict(st: Status) -> dict[str, Any]:
 def status(st: Status) -> None:
     """Nodes, services and instances as tables."""
     nodes = Table(title="nodes", title_justify="left", box=None, pad_edge=False)
-    for col in ("NODE", "MESH", "HOST", "PID"):
+    for col in ("NODE", "MESH", "HOST", "PID", "INSTANCE UIDS"):
         nodes.add_column(col)
+    limited: list[str] = []
     for node_id, rec in st.nodes.items():
+        isolation = rec.get("isolation") or {}
+        limits = isolation.get("limits") or []
+        limited += [f"{node_id}: isolation is limited: {limit}" for limit in limits]
         nodes.add_row(
-            node_id, str(rec.get("mesh", "")), str(rec.get("host", "")), str(rec.get("pid", ""))
+            node_id,
+            str(rec.get("mesh", "")),
+            str(rec.get("host", "")),
+            str(rec.get("pid", "")),
+            (isolation.get("uids") or "platform's") + (" (limited)" if limits else ""),
         )
     console.print(nodes)
+    for line in limited:
+        console.print(f"[yellow]{line}[/yellow]", highlight=False)
 
     ready = Counter((e.service, e.revision) for e in st.instances if e.state == "ready")
     services = Table(title="\nservices", title_justify="left", box=None, pad_edge=False)

@@ -25,6 +25,7 @@ read from the connection's ``ssl_object``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -115,6 +116,7 @@ class Router:
         upstreams: Upstreams | None = None,
         activator: Activator | None = None,
         head_limits: HeadLimits = HeadLimits(),
+        callers: Callable[[str], frozenset[int]] | None = None,
     ) -> None:
         self.proxy_state = proxy_state
         self.head_limits = head_limits  # at least the edge's (EdgeLimits.head_limits(inner=True))
@@ -123,7 +125,8 @@ class Router:
         self.trust_domain = trust_domain
         self.identity = str(node_id(trust_domain, node))
         self._members = f"spiffe://{trust_domain}/"  # what every caller's SPIFFE ID starts with
-        self._instance_uid = os.getuid()  # instances run as the node's own user (for now)
+        # service -> the uids its instances run as (default: this router's own)
+        self._callers = callers or (lambda service: frozenset({os.getuid()}))
         self.upstreams = upstreams or Upstreams()
         self.inbound_port = 0
         self.activator = activator
@@ -177,8 +180,9 @@ class Router:
                 async def handle(exchange: Exchange) -> None:
                     await self.outbound_request(forwarder, exchange)
 
+                admit = functools.partial(self._instance_caller, self._callers(service))
                 listener = await asyncio.get_running_loop().create_server(
-                    self._server(handle, admit=self._instance_caller), "127.0.0.1", 0
+                    self._server(handle, admit=admit), "127.0.0.1", 0
                 )
                 self._listeners.append(listener)
                 port = int(listener.sockets[0].getsockname()[1])
@@ -186,13 +190,13 @@ class Router:
                 log.info("outbound listener for %s on 127.0.0.1:%d", service, port)
         return port
 
-    def _instance_caller(self, transport: asyncio.Transport) -> bool:
-        """Whether a connection to an outbound listener comes from a process running as the
-        instances do (this router's uid): calls leave under the service's identity, so another
-        local user's process may not use them. The kernel's socket table says whose it is."""
+    def _instance_caller(self, uids: frozenset[int], transport: asyncio.Transport) -> bool:
+        """Whether a connection to a service's outbound listener comes from a process running
+        as its instances do (one of ``uids``): calls leave under the service's identity, so no
+        other service or local user may use them. The kernel's socket table says whose it is."""
         peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         owner = socket_owner(peer, local) if peer and local else None
-        if owner == self._instance_uid:
+        if owner in uids:
             return True
         log.warning("refused a connection to %s from uid %s: not an instance's", local, owner)
         return False

@@ -9,6 +9,7 @@ absent: unlimited). :func:`node_labels` and :func:`node_capacity` read them from
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,10 +21,13 @@ from shoal.mesh.proxy_process import ProxyProcess
 from shoal.mesh.router import Router
 from shoal.mesh.tasks import until_stopped
 from shoal.platform.runtime.agent import Agent
+from shoal.platform.runtime.isolation import DEFAULT_UIDS, UidRange, isolation
 from shoal.platform.settings import DEFAULT_MESH_PORT
 from shoal.resources.fields import labels as parse_labels
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
+
+log = logging.getLogger(__name__)
 
 _RULE = "at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
 
@@ -99,6 +103,7 @@ async def run_node(
     labels: Mapping[str, str] | None = None,
     capacity: int | None = None,
     limits: EdgeLimits | None = None,
+    instance_uids: UidRange | None = DEFAULT_UIDS,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -106,12 +111,16 @@ async def run_node(
     (a controller must be running to sign it); the node record announces ``advertise`` (default
     ``host``) as the address other hosts reach it at, and ``labels`` and ``capacity`` to the
     scheduler. ``limits`` are the edge's (the gateway's ``--limit``): the router takes any
-    request head the gateway admitted.
+    request head the gateway admitted. Instances run as their service's uid from
+    ``instance_uids`` (:mod:`.runtime.isolation`; None: as this process).
     """
     announced = advertise or host
     if announced in ("0.0.0.0", "::", ""):
         raise UserError(f"the router binds {host!r}: give --advertise, the address others use")
     component = f"router/{node_id}"
+    isolated = await isolation(instance_uids, state_dir)
+    for limit in isolated.limits:
+        log.warning("isolation is limited: %s", limit)
     process = ProxyProcess(
         redis,
         url,
@@ -129,6 +138,7 @@ async def run_node(
         trust_domain=trust_domain,
         activator=process.activator,
         head_limits=(limits or EdgeLimits()).head_limits(inner=True),
+        callers=isolated.callers,
     )
     async with process.running():
         try:
@@ -147,9 +157,13 @@ async def run_node(
                 node_id=node_id,
                 mesh_url=mesh_url,
                 log_dir=state_dir / "logs",
-                node_record=node_record(f"{announced}:{port}", labels=labels, capacity=capacity),
+                node_record={
+                    **node_record(f"{announced}:{port}", labels=labels, capacity=capacity),
+                    "isolation": isolated.record(),
+                },
                 drain_delay=drain_delay,
                 grace=grace,
+                isolation=isolated,
             )
             await agent.run(stop)
         finally:

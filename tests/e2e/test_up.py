@@ -20,6 +20,7 @@ from urllib.request import Request, urlopen
 import pytest
 
 from shoal.store.embedded import free_port, recorded_url
+from tests.support.procfs import uid_of
 from tests.support.wait import eventually_sync
 
 
@@ -352,15 +353,26 @@ def test_no_secret_on_a_command_line_or_in_an_instance_environment(
     aof = b"".join(p.read_bytes() for p in (platform.home / "redis").rglob("*.aof"))
     assert token_id in aof and secret not in aof
 
-    # A service's outbound listener calls under its identity: only instances' processes (the
-    # node's uid, for now) may use it; another local user's connection is closed unanswered.
+    # Each service's instances run as a uid of its own (unless the node says why it cannot);
+    # a service's outbound listener calls under its identity, so it serves only that uid: any
+    # other's connection is closed unanswered.
+    node = next(iter(platform.status()["nodes"].values()))
+    uids = {i["service"]: uid_of(i["pid"]) for i in platform.status()["instances"]}
+    if node["isolation"]["limits"]:  # app instances run as the platform's user
+        assert "isolation is limited" in platform.shoal("status").stdout
+        assert set(uids.values()) == {os.getuid()}
+    else:
+        assert node["isolation"]["uids"] == "20000-29999"
+        assert uids["hello"] != uids["world"] and not set(uids.values()) & {0, os.getuid()}
     log = (platform.home / "logs" / "node.log").read_text()
     port = re.findall(r"outbound listener for hello on 127\.0\.0\.1:(\d+)", log)[-1]
     curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: world"]
     curl.append(f"http://127.0.0.1:{port}/")
-    assert subprocess.run(curl, capture_output=True, text=True).stdout == "200"
-    other = subprocess.run(curl, capture_output=True, text=True, user=65534)
-    assert other.stdout == "000" and other.returncode != 0
+    assert subprocess.run(curl, capture_output=True, text=True, user=uids["hello"]).stdout == "200"
+    others = {65534} | ({uids["world"], os.getuid()} - {uids["hello"]})
+    for uid in others:
+        other = subprocess.run(curl, capture_output=True, text=True, user=uid)
+        assert other.stdout == "000" and other.returncode != 0, uid
 
     url = recorded_url(platform.home)
     assert url is not None and password in url

@@ -58,22 +58,19 @@ def test_warmable_with_root_slash_still_warms_installed_modules() -> None:
 
 
 def test_parse_request_accepts_a_whole_request() -> None:
-    """A port, a string environment and an absolute log path make a request."""
-    data = json.dumps({"port": 8001, "env": {"PORT": "8001"}, "log": "/var/log/x.log"}).encode()
-    assert parse_request(data) == SpawnRequest(
-        port=8001, env={"PORT": "8001"}, log="/var/log/x.log"
-    )
+    """A port and a string environment make a request."""
+    data = json.dumps({"port": 8001, "env": {"PORT": "8001"}}).encode()
+    assert parse_request(data) == SpawnRequest(port=8001, env={"PORT": "8001"})
 
 
 @pytest.mark.parametrize(
     ("doc", "field"),
     [
         ([], "request"),
-        ({"port": 0, "env": {}, "log": "/x"}, "port"),
-        ({"port": True, "env": {}, "log": "/x"}, "port"),
-        ({"port": "80", "env": {}, "log": "/x"}, "port"),
-        ({"port": 80, "env": {"A": 1}, "log": "/x"}, "env"),
-        ({"port": 80, "env": {}, "log": "relative.log"}, "log"),
+        ({"port": 0, "env": {}}, "port"),
+        ({"port": True, "env": {}}, "port"),
+        ({"port": "80", "env": {}}, "port"),
+        ({"port": 80, "env": {"A": 1}}, "env"),
     ],
 )
 def test_parse_request_names_the_bad_field(doc: object, field: str) -> None:

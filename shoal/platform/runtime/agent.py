@@ -25,6 +25,7 @@ from shoal.mesh.tasks import OwnedTasks, task_group
 from shoal.platform.runtime.faults import SIGNALS
 from shoal.platform.runtime.health import HealthThresholds, thresholds
 from shoal.platform.runtime.instance import InstanceSlot, template_env, templates_enabled
+from shoal.platform.runtime.isolation import Isolation
 from shoal.platform.runtime.reconcile import Slot, plan
 from shoal.platform.runtime.template_pool import Templates
 from shoal.platform.runtime.template_protocol import TemplateError
@@ -71,8 +72,11 @@ class Agent:
         drain_delay: float = 1.0,
         grace: float = 30.0,
         rng: random.Random | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.node_id = node_id
+        # Who instances run as; None: the platform's user (tests of the agent alone)
+        self.isolation = isolation
         self.mesh_url = mesh_url  # service -> URL of its outbound listener
         self.log_dir = log_dir
         self.registry = Registry(redis, keys)
@@ -133,6 +137,7 @@ class Agent:
                     rng=self.rng,
                     thresholds=self._thresholds(self._services[rev]),
                     templates=self.templates,
+                    user=self._user(self._services[rev]),
                 )
                 self.slots[slot.id] = slot
                 self._tasks.spawn(slot.run(), name=f"run {rev} {slot.id}")
@@ -150,10 +155,16 @@ class Agent:
         for service in list(self._services.values()):
             if service.app is not None and service.scale.min == 0 and service.key not in running:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
+                user = self._user(service)
                 try:
-                    await self.templates.get(service, template_env(service), log_dir=self.log_dir)
+                    await self.templates.get(
+                        service, template_env(service, user), log_dir=self.log_dir, user=user
+                    )
                 except TemplateError as e:
                     log.debug("%s: no template: %s", service.key, e)
+
+    def _user(self, service: Service) -> int | None:
+        return None if self.isolation is None else self.isolation.user(service)
 
     def _apply_faults(self, wanted: dict[str, dict[str, Any]]) -> None:
         """Start drill faults on our instances as they appear; undo them when they go."""

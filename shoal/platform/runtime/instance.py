@@ -35,6 +35,7 @@ from shoal.mesh.tasks import until_stopped
 from shoal.platform.runtime.health import HealthState, HealthThresholds
 from shoal.platform.runtime.health import thresholds as health_thresholds
 from shoal.platform.runtime.instance_process import Forked, Spawned, Started
+from shoal.platform.runtime.isolation import NO_HOME, run_as
 from shoal.platform.runtime.probe import probe
 from shoal.platform.runtime.reconcile import restart_delay
 from shoal.platform.runtime.template_pool import Templates
@@ -72,12 +73,13 @@ def inherited_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {k: v for k, v in env.items() if k in INHERITED or k.startswith("LC_")}
 
 
-def template_env(service: Service) -> dict[str, str]:
-    """The environment of a revision's template: what all its instances on this node share. A
-    forked instance gets its own whole environment (``PORT``, ``SHOAL_INSTANCE``,
-    ``SHOAL_MESH_URL``) before it imports the app's own code."""
+def template_env(service: Service, user: int | None = None) -> dict[str, str]:
+    """The environment of a revision's template, run as ``user`` (None: the platform's): what
+    all its instances on this node share. A forked instance gets its own whole environment
+    (``PORT``, ``SHOAL_INSTANCE``, ``SHOAL_MESH_URL``) before it imports the app's own code."""
     return {
         **inherited_env(),
+        **({} if user is None else {"HOME": NO_HOME}),
         **dict(service.env),
         "SHOAL_SERVICE": service.name,
         "SHOAL_REVISION": service.revision,
@@ -98,8 +100,10 @@ class InstanceSlot:
         rng: random.Random,
         thresholds: HealthThresholds | None = None,
         templates: Templates | None = None,
+        user: int | None = None,
     ) -> None:
         self.service = service
+        self.user = user  # the uid its processes run as (None: the platform's)
         self._templates = templates  # the agent's; None: always a fresh interpreter
         self.thresholds = thresholds or health_thresholds(service.health, None)
         self.id = uuid.uuid4().hex[:8]
@@ -162,7 +166,7 @@ class InstanceSlot:
 
     def _env(self) -> dict[str, str]:
         return {
-            **template_env(self.service),
+            **template_env(self.service, self.user),
             "PORT": str(self.port),
             "SHOAL_INSTANCE": self.id,
             "SHOAL_MESH_URL": self.mesh_url,
@@ -238,10 +242,11 @@ class InstanceSlot:
         try:
             pid, pidfd = await templates.spawn(
                 self.service,
-                template_env=template_env(self.service),
+                template_env=template_env(self.service, self.user),
                 env=self._env(),
                 port=self.port,
                 log=logfile,
+                user=self.user,
             )
         except TemplateError as e:
             log.warning("%s/%s: starting without a template: %s", self.service.key, self.id, e)
@@ -260,6 +265,7 @@ class InstanceSlot:
                     stdout=out,
                     stderr=out,
                     start_new_session=True,
+                    **run_as(self.user),
                 )
             except OSError as e:
                 log.error("%s: cannot start %s: %s", self.service.key, self._argv()[0], e)

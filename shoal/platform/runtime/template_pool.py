@@ -13,20 +13,18 @@ import array
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from shoal.platform.runtime.isolation import run_as
 from shoal.platform.runtime.template_protocol import MAX_MESSAGE, TemplateError, elapsed_ms
 from shoal.resources.model import Service
 
@@ -35,7 +33,6 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0  # seconds for a template to import everything and say it is ready
 SPAWN_TIMEOUT = 10.0  # seconds for a fork request to be answered
 CLOSE_TIMEOUT = 5.0  # seconds for a template to exit once its agent has hung up
-CONNECT_EVERY = 0.01  # seconds between attempts to reach a template's control socket
 RETRY_AFTER = 30.0  # seconds before a revision whose template failed gets another one
 
 
@@ -70,25 +67,27 @@ class Template:
 
     @classmethod
     async def start(
-        cls, service: Service, *, env: Mapping[str, str], control: Path, log: Path
+        cls, service: Service, *, env: Mapping[str, str], log: Path, user: int | None = None
     ) -> Template:
-        """Start a template for ``service`` (an app) and wait until it has imported everything;
-        ``env`` is its environment (the revision's, without per-instance values)."""
+        """Start a template for ``service`` (an app), as ``user`` (None: the agent's own), and
+        wait until it has imported everything; ``env`` is its environment (the revision's,
+        without per-instance values)."""
         app, workdir = service.app, service.workdir
         if app is None:
             raise TemplateError(f"{service.key} is a command, not an app")
+        sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [
             sys.executable,
             "-m",
             "shoal.platform.runtime.template_process",
             app,
-            "--control",
-            str(control),
+            "--control-fd",
+            str(theirs.fileno()),
         ]
         if workdir:
             argv += ["--workdir", workdir]
         try:
-            with log.open("ab") as out:
+            with theirs, log.open("ab") as out:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
                     env=dict(env),
@@ -97,21 +96,22 @@ class Template:
                     stdout=out,
                     stderr=out,
                     start_new_session=True,
+                    pass_fds=(theirs.fileno(),),
+                    **run_as(user),
                 )
         except OSError as e:
+            sock.close()
             raise TemplateError(f"cannot start a template: {e}") from e
-        sock: socket.socket | None = None
+        sock.setblocking(False)
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                sock = await _connect(control, process)
                 hello, fds = await _receive(sock)
             _close_all(fds)
             if hello.get("ready") is not True:
                 raise TemplateError(f"unexpected greeting {hello!r}")
             return cls(process, sock, digest=fingerprint(service), log=log)
         except BaseException as e:
-            if sock is not None:
-                sock.close()
+            sock.close()
             # A template that hung up is exiting (its log says why); anything else is stopped.
             await _end(process, grace=CLOSE_TIMEOUT if isinstance(e, TemplateError) else 0.0)
             if isinstance(e, TemplateError | OSError | TimeoutError):
@@ -121,9 +121,10 @@ class Template:
             raise
 
     async def spawn(self, *, port: int, env: Mapping[str, str], log: Path) -> tuple[int, int]:
-        """Fork an instance serving ``port``; its pid and a pidfd for it (the caller's)."""
-        request = json.dumps({"port": port, "env": dict(env), "log": str(log)}).encode()
-        exchange = asyncio.ensure_future(self._exchange(request))
+        """Fork an instance serving ``port`` and writing to ``log``; its pid and a pidfd for it
+        (the caller's)."""
+        request = json.dumps({"port": port, "env": dict(env)}).encode()
+        exchange = asyncio.ensure_future(self._exchange(request, log))
         try:
             return await asyncio.shield(exchange)
         except asyncio.CancelledError:
@@ -135,14 +136,14 @@ class Template:
                 os.close(pidfd)
             raise
 
-    async def _exchange(self, request: bytes) -> tuple[int, int]:
-        loop = asyncio.get_running_loop()
+    async def _exchange(self, request: bytes, log: Path) -> tuple[int, int]:
         async with self._lock:
             if self._sock is None:
                 raise TemplateError("the template is closed")
             try:
                 async with asyncio.timeout(SPAWN_TIMEOUT):
-                    await loop.sock_sendall(self._sock, request)
+                    with log.open("ab") as out:  # one message: never blocks (SEQPACKET)
+                        socket.send_fds(self._sock, [request], [out.fileno()])
                     reply, fds = await _receive(self._sock)
             except (OSError, TimeoutError) as e:
                 raise TemplateError(f"template {self.pid}: {e or 'no answer'}") from e
@@ -158,25 +159,6 @@ class Template:
                 self._sock.close()
                 self._sock = None
         await _end(self.process, grace=CLOSE_TIMEOUT)
-
-
-async def _connect(path: Path, process: asyncio.subprocess.Process) -> socket.socket:
-    """Connect as soon as the template listens (its first act); fail if it exits first."""
-    loop = asyncio.get_running_loop()
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, str(path))
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-        except BaseException:
-            sock.close()
-            raise
-        if process.returncode is not None:
-            raise TemplateError("the template exited before listening")
-        await asyncio.sleep(CONNECT_EVERY)
 
 
 async def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -259,8 +241,6 @@ class Templates:
         self._live: dict[str, Template] = {}  # revision key -> its template
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: dict[str, tuple[str, float]] = {}  # fingerprint -> (why, when)
-        self._dir: Path | None = None
-        self._names = itertools.count()
         self._closed = False
 
     def running(self) -> dict[str, Template]:
@@ -275,10 +255,12 @@ class Templates:
         env: Mapping[str, str],
         port: int,
         log: Path,
+        user: int | None = None,
     ) -> tuple[int, int]:
-        """Fork an instance of ``service`` from its template (started with ``template_env``
-        if there is none yet): pid and pidfd. TemplateError when no template can do it."""
-        template = await self.get(service, template_env, log_dir=log.parent)
+        """Fork an instance of ``service`` from its template (started as ``user`` with
+        ``template_env`` if there is none yet): pid and pidfd. TemplateError when no template
+        can do it."""
+        template = await self.get(service, template_env, log_dir=log.parent, user=user)
         try:
             return await template.spawn(port=port, env=env, log=log)
         except TemplateError:
@@ -288,10 +270,15 @@ class Templates:
             raise
 
     async def get(
-        self, service: Service, template_env: Mapping[str, str], *, log_dir: Path
+        self,
+        service: Service,
+        template_env: Mapping[str, str],
+        *,
+        log_dir: Path,
+        user: int | None = None,
     ) -> Template:
-        """The running template of ``service``'s revision, started if needed; its log goes
-        to ``log_dir`` (which exists)."""
+        """The running template of ``service``'s revision, started as ``user`` if needed; its
+        log goes to ``log_dir`` (which exists)."""
         key = service.key
         digest = fingerprint(service)
         async with self._locks.setdefault(key, asyncio.Lock()):
@@ -311,7 +298,7 @@ class Templates:
                 template = await Template.start(
                     service,
                     env=template_env,
-                    control=self._control_path(),
+                    user=user,
                     log=log_dir / f"template-{service.name}-{service.revision}.log",
                 )
             except TemplateError as e:
@@ -325,11 +312,6 @@ class Templates:
             self._live[key] = template
             return template
 
-    def _control_path(self) -> Path:
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="shoal-templates-"))  # 0700
-        return self._dir / f"{next(self._names)}.sock"
-
     async def retire(self, keep: Collection[str]) -> None:
         """Stop the templates of revisions whose key is not in ``keep`` (deleted revisions);
         their instances live on until their slots stop them."""
@@ -341,6 +323,3 @@ class Templates:
         self._closed = True
         live, self._live = list(self._live.values()), {}
         await asyncio.gather(*(t.close() for t in live))
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None

@@ -5,19 +5,18 @@ serves. A template has imported them already and forks an instance on demand, wh
 ~10 ms. One template runs per service revision per agent; the agent starts it on first use and
 keeps it, so a revision scaled to zero comes back fast.
 
-The template process (``python -m shoal.platform.runtime.template_process MODULE:ATTR --control
-PATH``):
+The template process (``python -m shoal.platform.runtime.template_process MODULE:ATTR
+--control-fd FD``, FD its end of a socket pair the agent made; it may run as the service's own
+user, see :mod:`.isolation`):
 
-1. binds its control socket at PATH (mode 0600) at once, so the agent can connect early;
-2. imports the runtime (hypercorn, uvloop), then imports the app in a throwaway child that
+1. imports the runtime (hypercorn, uvloop), then imports the app in a throwaway child that
    reports the modules it pulled in, and imports those itself — except the user's own code (the
    app's package and files under the workdir), which every instance imports for itself with its
    own environment (``SHOAL_INSTANCE``, ``PORT``), exactly as a fresh interpreter would. An app
    that cannot be imported fails here, once;
-3. refuses to serve (exit 3) if it has more than one thread: forking one is unsafe;
-4. accepts one connection, from its parent (checked with ``SO_PEERCRED``), removes PATH and
-   serves requests until that peer goes away or SIGTERM/SIGINT, then exits without touching
-   the instances it forked (their slots in the agent own and stop them).
+2. refuses to serve (exit 3) if it has more than one thread: forking one is unsafe;
+3. says it is ready and serves requests until the agent hangs up or SIGTERM/SIGINT, then exits
+   without touching the instances it forked (their slots in the agent own and stop them).
 
 The control protocol is :mod:`.template_protocol`; what is imported ahead,
 :mod:`.template_warmup`; the request loop and the fork, :mod:`.template_server`. A forked child
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import random
@@ -49,7 +49,6 @@ from shoal.platform.runtime.template_protocol import (
 from shoal.platform.runtime.template_server import (
     Server,
     Signals,
-    accept_agent,
     log,
     thread_count,
 )
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     instance after that instance has served (``serve.serve_forever``)."""
     parser = argparse.ArgumentParser(prog="shoal-template")
     parser.add_argument("app")
-    parser.add_argument("--control", required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--workdir")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     comm = _rename("shoal-template")  # tells it from its instances in ps -o comm, top
-    child = _template(args.app, args.control, args.workdir)
+    child = _template(args.app, socket.socket(fileno=args.control_fd), args.workdir)
     if child is None:
         return
     _rename(comm)
@@ -84,40 +83,34 @@ def main(argv: list[str] | None = None) -> None:
     serve.serve_forever(serve.load_app(args.app), child.port)
 
 
-def _template(app: str, control: str, workdir: str | None) -> SpawnRequest | None:
-    """Warm up, then serve the agent; returns None to exit, or, in a forked child, its request."""
-    listener = _listen(control)
-    try:
-        if workdir:
-            sys.path.insert(0, workdir)
-        from shoal.platform.runtime import serve  # hypercorn, h11, h2, wsproto …
+def _template(app: str, conn: socket.socket, workdir: str | None) -> SpawnRequest | None:
+    """Warm up, then serve the agent on ``conn``; returns None to exit, or, in a forked child,
+    its request."""
+    with conn:
+        try:
+            return _warm_and_serve(app, conn, workdir)
+        except TemplateError as e:
+            log.error("%s", e)
+            sys.exit(EXIT_UNUSABLE)
 
-        with contextlib.suppress(ImportError):
-            import uvloop  # noqa: F401
 
-        started = time.monotonic()
-        count = warm(app, root=workdir or os.getcwd(), load_app=serve.load_app)
-        threads = thread_count()
-        if threads != 1:
-            raise TemplateError(f"{threads} threads after importing {app}: forking is unsafe")
-        log.info("warm in %.0f ms (%d modules imported ahead)", elapsed_ms(started), count)
-        with Signals() as signals:
-            conn = accept_agent(listener, signals)
-            if conn is None:
-                return None
-            listener.close()
-            with contextlib.suppress(OSError):
-                os.unlink(control)
-            with conn:
-                return Server(conn, signals).run()
-    except TemplateError as e:
-        log.error("%s", e)
-        sys.exit(EXIT_UNUSABLE)
-    finally:
-        if listener.fileno() != -1:  # not yet handed over: only the template gets here
-            listener.close()
-            with contextlib.suppress(OSError):
-                os.unlink(control)
+def _warm_and_serve(app: str, conn: socket.socket, workdir: str | None) -> SpawnRequest | None:
+    if workdir:
+        sys.path.insert(0, workdir)
+    from shoal.platform.runtime import serve  # hypercorn, h11, h2, wsproto …
+
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+
+    started = time.monotonic()
+    count = warm(app, root=workdir or os.getcwd(), load_app=serve.load_app)
+    threads = thread_count()
+    if threads != 1:
+        raise TemplateError(f"{threads} threads after importing {app}: forking is unsafe")
+    log.info("warm in %.0f ms (%d modules imported ahead)", elapsed_ms(started), count)
+    with Signals() as signals:
+        conn.sendall(json.dumps({"ready": True}).encode())
+        return Server(conn, signals).run()
 
 
 def _rename(name: str) -> str:
@@ -130,17 +123,6 @@ def _rename(name: str) -> str:
     except OSError:  # pragma: no cover - no /proc
         return name
     return old
-
-
-def _listen(path: str) -> socket.socket:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    old = os.umask(0o177)  # the socket file is 0600 from the start
-    try:
-        listener.bind(path)
-    finally:
-        os.umask(old)
-    listener.listen(1)
-    return listener
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 The template has no event loop and no thread when it forks (:func:`thread_count` checks the
 latter): its loops are ``select.poll`` over blocking sockets, and signals arrive through a
-wakeup socket (:class:`Signals`). :func:`accept_agent` takes one connection, from the parent
-(checked with ``SO_PEERCRED``). :class:`Server` answers requests; it reaps every child on
+wakeup socket (:class:`Signals`). Its control connection is one end of a socket pair the agent
+made, inherited as an fd. :class:`Server` answers requests; it reaps every child on
 SIGCHLD, so none stays a zombie, and stops on SIGTERM/SIGINT or when the agent hangs up,
 without touching the instances it forked (their slots in the agent own and stop them).
 
 The forked child calls ``setsid()`` before the reply is sent (so ``killpg(pid)`` reaches it at
-once), points stdin at /dev/null and stdout/stderr at the log file and drops the template's
+once), points stdin at /dev/null and stdout/stderr at the log file that came with the request
+(the template cannot open the agent's log directory: it may run as the service's user) and drops
+the template's
 signal handlers; :class:`Server` then returns its request, for the caller to become the instance.
 """
 
@@ -21,13 +23,12 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import traceback
 
 from shoal.platform.runtime.template_protocol import MAX_MESSAGE, SpawnRequest, parse_request
 
-__all__ = ["Server", "Signals", "accept_agent", "flush_stdio", "log", "thread_count"]
+__all__ = ["Server", "Signals", "flush_stdio", "log", "thread_count"]
 
 # The template process's one logger, for this module and those it runs with: its main() sends
 # it to stderr (the template's log file). Named here, not by __name__: under ``python -m`` the
@@ -45,15 +46,13 @@ def thread_count() -> int:
         return threading.active_count()
 
 
-def _redirect(logfile: str) -> None:
-    """stdin from /dev/null, stdout and stderr appended to ``logfile``: as the agent does."""
+def _redirect(out: int) -> None:
+    """stdin from /dev/null, stdout and stderr to ``out`` (the log, opened by the agent)."""
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(null)
-    os.close(out)
 
 
 def flush_stdio() -> None:
@@ -101,28 +100,6 @@ def _ignore(signum: int, frame: object) -> None:
     """The work happens in the accept loop, which the wakeup byte wakes."""
 
 
-def accept_agent(listener: socket.socket, signals: Signals) -> socket.socket | None:
-    """The parent's connection; None when told to stop, or orphaned, before it came."""
-    parent = os.getppid()
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    poller.register(signals.read, select.POLLIN)
-    while True:
-        ready = {fd for fd, _ in poller.poll(1000)}
-        if signals.pending() & {signal.SIGTERM, signal.SIGINT} or os.getppid() != parent:
-            return None
-        if listener.fileno() not in ready:
-            continue
-        conn, _ = listener.accept()
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        peer, _, _ = struct.unpack("3i", creds)
-        if peer == parent:
-            conn.sendall(json.dumps({"ready": True}).encode())
-            return conn
-        log.warning("refused a control connection from pid %d (not the agent)", peer)
-        conn.close()
-
-
 class Server:
     """The request loop: one fork per request, reaping on SIGCHLD, until the agent hangs up."""
 
@@ -148,13 +125,17 @@ class Server:
                 if self.conn.fileno() not in ready:
                     continue
                 try:
-                    data, _, flags, _ = self.conn.recvmsg(MAX_MESSAGE)
+                    data, fds, flags, _ = socket.recv_fds(self.conn, MAX_MESSAGE, 1)
                 except OSError:
-                    data = b""
+                    data, fds, flags = b"", [], 0
                 if not data:
                     log.info("the agent hung up; exiting (%d instances forked)", self.forked)
                     return None
-                child = self._serve(data, truncated=bool(flags & socket.MSG_TRUNC))
+                try:
+                    child = self._serve(data, fds, truncated=bool(flags & socket.MSG_TRUNC))
+                finally:
+                    for fd in fds:
+                        os.close(fd)
                 if child is not None:
                     return child
         except OSError as e:  # the agent went away mid-reply
@@ -163,16 +144,18 @@ class Server:
         finally:
             self._reap()
 
-    def _serve(self, data: bytes, *, truncated: bool) -> SpawnRequest | None:
+    def _serve(self, data: bytes, fds: list[int], *, truncated: bool) -> SpawnRequest | None:
         try:
             if truncated:
                 raise ValueError(f"request longer than {MAX_MESSAGE} bytes")
+            if len(fds) != 1:
+                raise ValueError(f"expected the log file attached, got {len(fds)} fds")
             request = parse_request(data)
         except ValueError as e:
             self.conn.sendall(json.dumps({"error": f"bad request: {e}"}).encode())
             return None
         try:
-            pid = self._fork(request.log)
+            pid = self._fork(fds[0])
         except OSError as e:
             self.conn.sendall(json.dumps({"error": f"fork failed: {e}"}).encode())
             return None
@@ -186,7 +169,7 @@ class Server:
             os.close(pidfd)
         return None
 
-    def _fork(self, logfile: str) -> int:
+    def _fork(self, logfile: int) -> int:
         """Fork; the child has its own session before the parent returns its pid."""
         session_read, session_write = os.pipe()
         flush_stdio()

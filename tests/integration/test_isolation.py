@@ -1,0 +1,114 @@
+"""Workload isolation on a real node: each service's instances run as a uid of their own, which
+can read nothing of the platform's and call out only under its own service's identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from shoal.platform.runtime.isolation import run_as
+from shoal.resources.manifest import parse_text
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import Cluster, ready
+from tests.support.procfs import environ_of, uid_of
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root gives instances uids")
+
+STOCK = """
+apiVersion: shoal/v1
+kind: Service
+metadata: {name: NAME}
+spec:
+  command: [python3, -m, http.server, "$PORT", --bind, 127.0.0.1]
+  revision: v1
+"""
+
+# Run as an instance's uid: what it can reach of the platform.
+ATTACKER = r"""
+import json, os, socket, sys, urllib.error, urllib.request
+
+home, own, other, store_port = sys.argv[1:5]
+found = {}
+try:
+    os.listdir(home)
+    found["home"] = "listed"
+except PermissionError:
+    found["home"] = "denied"
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url + "/", timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception as e:
+        return type(e).__name__
+
+found["own"], found["other"] = get(own), get(other)
+readable = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    for name in ("environ", "cmdline"):
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                readable.append(f.read().decode("latin-1"))
+        except OSError:
+            pass
+found["proc"] = readable
+with socket.create_connection(("127.0.0.1", int(store_port))) as store:
+    store.sendall(b"PING\r\n")
+    found["store"] = store.recv(200).decode()
+print(json.dumps(found))
+"""
+
+
+async def test_instances_run_as_their_services_uids_and_reach_nothing_else(
+    cluster: Cluster, redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Two services get two uids (not root, not the platform's); as alpha's uid a process
+    cannot list the node's state, cannot use beta's outbound listener (alpha's serves it),
+    finds no store password in any process it can read and cannot talk to the store."""
+    docs = "---".join(STOCK.replace("NAME", name) for name in ("alpha", "beta"))
+    await cluster.client.apply(parse_text(docs))
+    found = await cluster.instances(
+        lambda f: bool(ready(f, "alpha")) and bool(ready(f, "beta")), timeout=30
+    )
+    alpha, beta = ready(found, "alpha")[0], ready(found, "beta")[0]
+    assert alpha.pid and beta.pid
+    uids = {uid_of(alpha.pid), uid_of(beta.pid)}
+    assert len(uids) == 2 and not uids & {0, os.getuid()}, uids
+
+    node = (await cluster.client.registry.nodes())["n1"]
+    assert node["isolation"]["uids"] == "20000-29999", node
+
+    own = environ_of(alpha.pid)["SHOAL_MESH_URL"]
+    other = environ_of(beta.pid)["SHOAL_MESH_URL"]
+    assert own != other
+    store_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    password = redis_url.split("@")[0].rsplit(":", 1)[1]
+    assert password
+    probe = await asyncio.create_subprocess_exec(
+        "python3",
+        "-c",
+        ATTACKER,
+        str(tmp_path),
+        own,
+        other,
+        store_port,
+        stdout=asyncio.subprocess.PIPE,
+        cwd="/",
+        **run_as(uid_of(alpha.pid)),
+    )
+    async with asyncio.timeout(60):
+        out, _ = await probe.communicate()
+    assert probe.returncode == 0
+    seen = json.loads(out)
+    assert seen["home"] == "denied"
+    assert isinstance(seen["own"], int), seen["own"]  # the router answered (no such host: 404)
+    assert seen["other"] in ("RemoteDisconnected", "ConnectionResetError"), seen["other"]
+    assert seen["proc"] and not any(password in text for text in seen["proc"])
+    assert seen["store"].startswith("-NOAUTH"), seen["store"]
