@@ -321,3 +321,26 @@ def test_ratios_pair_same_protocol_and_shape() -> None:
     assert ratios[0].reference == "nginx-proxy"
     assert ratios[0].rps_ratio == pytest.approx(0.04)
     assert ratios[0].p99_ratio == pytest.approx(10.0)
+
+
+def test_flood_frames_are_what_they_claim() -> None:
+    """The floods' GET decodes to a GET /; a made-you-reset batch ends each stream then sends
+    DATA on it; a rapid-reset batch cancels each stream it opens."""
+    import hpack
+    from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
+
+    from bench.floods import BATCH, GET, made_you_reset, rapid_reset
+
+    assert hpack.Decoder().decode(GET) == [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "bench"),
+    ]
+    mine = made_you_reset(1)
+    assert len(mine) == 2 * BATCH
+    assert isinstance(mine[0], HeadersFrame) and "END_STREAM" in mine[0].flags
+    assert isinstance(mine[1], DataFrame) and mine[1].stream_id == mine[0].stream_id == 1
+    rapid = rapid_reset(3)
+    assert isinstance(rapid[1], RstStreamFrame) and rapid[1].stream_id == 3
+    assert rapid[-1].stream_id == 3 + 2 * (BATCH - 1)
