@@ -217,6 +217,7 @@ def up(
         },
         env={**os.environ, "SHOAL_HOME": str(state)},
         on_store=lambda url: {"SHOAL_JOIN_TOKEN": new_join_token(url, uses=2)},
+        prefix=settings.key_prefix(),
     )
     # The handler only appends to a list: setting a threading.Event from a signal handler can
     # deadlock on the Event's lock when the signal lands while the main thread holds it.

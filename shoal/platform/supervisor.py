@@ -35,12 +35,13 @@ class Child:
     name: str
     argv: list[str]
     log_path: Path
+    env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     failures: int = 0
     restart_at: float = 0.0
     started_at: float = 0.0
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self) -> None:
         """Spawn the process, appending its output to its log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
@@ -49,7 +50,7 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env=env,
+                env=self.env,
                 start_new_session=True,
             )
         self.started_at = time.monotonic()
@@ -81,21 +82,24 @@ class Supervisor:
     rng: random.Random = field(default_factory=random.Random)
     # Called once the store is up, before any component starts: extra environment for them.
     on_store: Callable[[str], dict[str, str]] | None = None
+    prefix: str = "shoal:"  # the cluster's keys in the embedded Redis
 
     def start(self) -> str:
         """Start Redis (unless a URL was given) and every component; return the store URL."""
         url = self.redis_url
         if url is None:
-            self.embedded = EmbeddedRedis(state_dir=self.state_dir)
+            self.embedded = EmbeddedRedis(state_dir=self.state_dir, prefix=self.prefix)
             url = self.embedded.start()
         if self.on_store is not None:
             self.env = {**self.env, **self.on_store(url)}
-        # The URL (with its password) goes in the environment: command lines are public.
-        self.env = {**self.env, "SHOAL_REDIS_URL": url}
         logs = self.state_dir / "logs"
         for name, extra in self.component_args.items():
-            child = Child(name, [sys.executable, "-m", "shoal", name, *extra], logs / f"{name}.log")
-            child.start(self.env)
+            # The URL (with a password) goes in the environment: command lines are public. With
+            # the embedded store each component kind has its own user (shoal.store.acl).
+            own = url if self.embedded is None else self.embedded.url_for(name)
+            argv = [sys.executable, "-m", "shoal", name, *extra]
+            child = Child(name, argv, logs / f"{name}.log", {**self.env, "SHOAL_REDIS_URL": own})
+            child.start()
             self.children.append(child)
         return url
 
@@ -130,7 +134,7 @@ class Supervisor:
                     )
                 elif now >= child.restart_at:
                     child.restart_at = 0.0
-                    child.start(self.env)
+                    child.start()
 
     def stop(self) -> None:
         """Stop components in order (gateway, node, controller), then Redis."""

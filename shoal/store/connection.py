@@ -15,9 +15,11 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.maint_notifications import MaintNotificationsConfig
 
 from shoal.errors import StoreError, StoreUnavailable
 
@@ -57,9 +59,19 @@ def connect(url: str, *, blocking: bool = False) -> Redis:
             socket_timeout=socket_timeout,
             socket_connect_timeout=3.0,
             health_check_interval=health_check_interval,
+            **NO_CLIENT_INFO,
         )
     except ValueError as e:
         raise StoreUnavailable(f"bad Redis URL {redacted(url)!r}: {e}") from None
+
+
+# redis-py sends CLIENT SETINFO (its name) and CLIENT MAINT_NOTIFICATIONS (Redis Enterprise's
+# failover hints) on every connection: administrative commands that the component users
+# (shoal.store.acl) may not run, and that Redis 6.2 does not know anyway.
+NO_CLIENT_INFO: dict[str, Any] = {
+    "driver_info": None,
+    "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+}
 
 
 def redacted(url: str) -> str:

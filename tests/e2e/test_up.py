@@ -18,6 +18,7 @@ from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 import pytest
+import redis
 
 from shoal.store.embedded import free_port, recorded_url
 from tests.support.procfs import uid_of
@@ -392,3 +393,27 @@ def test_no_secret_on_a_command_line_or_in_an_instance_environment(
     private = platform.shoal("status", "-o", "json", "--redis", f"@{url_file}")
     assert private.returncode == 0, private.stderr
     assert json.loads(private.stdout)["instances"]
+
+
+@pytest.mark.timeout(120)
+def test_each_component_uses_a_store_user_of_its_own(platform: Platform) -> None:
+    """Controller, node and gateway connect as their own Redis users (none as the
+    administrator), and running the example, changing weights and rotating the CA never hits
+    a permission they lack (Redis's ACL log stays empty)."""
+    eventually_sync(
+        lambda: ready_count(platform), "5 ready instances", until=lambda n: n == 5, timeout=30
+    )
+    assert platform.shoal("weights", "hello", "v1=50", "v2=50").returncode == 0
+    rotated = platform.shoal("certs", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    for _ in range(10):
+        assert platform.request("hello", "/chain")[2] == "World, Hello!\n"
+    url = recorded_url(platform.home)
+    assert url is not None
+    admin = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        users = {c["user"] for c in admin.client_list() if c["id"] != str(admin.client_id())}
+        assert users == {"controller", "node", "gateway"}, users
+        assert admin.acl_log() == []
+    finally:
+        admin.close()

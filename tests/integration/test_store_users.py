@@ -1,0 +1,101 @@
+"""The embedded Redis's component users: each reaches its cluster's keys that it needs and no
+administrative command; the administrator keeps everything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shoal.store.embedded import EmbeddedRedis
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """An embedded Redis for the cluster under ``acl:``."""
+    server = EmbeddedRedis(state_dir=tmp_path / "home", prefix="acl:")
+    server.start()
+    yield server
+    server.stop()
+
+
+def as_user(server: EmbeddedRedis, role: str) -> redis.Redis:
+    """A client logged in as ``role``'s user."""
+    return redis.Redis.from_url(server.url_for(role), decode_responses=True)
+
+
+def refused(call: Callable[[], object]) -> bool:
+    """Whether calling ``call`` is refused for lack of permission."""
+    try:
+        call()
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+ADMINISTRATIVE = [
+    ("CONFIG", "SET", "dir", "/tmp"),
+    ("CONFIG", "GET", "requirepass"),
+    ("FLUSHALL",),
+    ("KEYS", "*"),
+    ("DEBUG", "SLEEP", "0"),
+    ("ACL", "LIST"),
+    ("SHUTDOWN", "NOSAVE"),
+    ("REPLICAOF", "127.0.0.1", "1"),
+    ("MODULE", "LIST"),
+]
+
+
+@pytest.mark.parametrize("role", ["gateway", "node"])
+def test_a_proxy_user_reaches_its_keys_only(embedded: EmbeddedRedis, role: str) -> None:
+    """Config, registry and certificate requests: yes. Join-token digests, admitted
+    requesters, another cluster's keys and administrative commands: no."""
+    client = as_user(embedded, role)
+    try:
+        client.hset("acl:cfg:Service", "x", "{}")
+        assert client.hget("acl:cfg:Service", "x") == "{}"
+        client.xadd("acl:pki:csr", {"requester": role})
+        assert client.lpush("acl:pki:reply:1", "r") == 1
+        assert client.get("acl:pki:bundle") is None
+        assert refused(lambda: client.hget("acl:pki:tokens", "t"))
+        assert refused(lambda: client.hset("acl:pki:admitted", role, "1"))
+        assert refused(lambda: client.get("other:cfg:Service"))
+        for command in ADMINISTRATIVE:
+            assert refused(lambda command=command: client.execute_command(*command)), command
+    finally:
+        client.close()
+
+
+def test_the_controller_reaches_every_key_of_its_cluster_but_no_administration(
+    embedded: EmbeddedRedis,
+) -> None:
+    """The CA reads token digests; the controller reads the server's uptime; still no
+    CONFIG, no FLUSHALL, nothing of another cluster."""
+    client = as_user(embedded, "controller")
+    try:
+        client.hset("acl:pki:tokens", "t", "{}")
+        assert client.hget("acl:pki:tokens", "t") == "{}"
+        assert int(client.info("server")["uptime_in_seconds"]) >= 0
+        assert refused(lambda: client.get("other:rev"))
+        for command in ADMINISTRATIVE:
+            assert refused(lambda command=command: client.execute_command(*command)), command
+    finally:
+        client.close()
+
+
+def test_the_administrator_keeps_every_right(embedded: EmbeddedRedis) -> None:
+    """The URL the CLI finds (``default``) still does everything."""
+    client = redis.Redis.from_url(embedded.url, decode_responses=True)
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert {u.split()[1] for u in client.acl_list()} == {
+            "default",
+            "gateway",
+            "node",
+            "controller",
+        }
+        assert client.get("other:rev") is None
+    finally:
+        client.close()
