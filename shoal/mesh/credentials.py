@@ -39,6 +39,8 @@ from shoal.identity.pki import (
     parse_bundle,
     renew_at,
 )
+from shoal.identity.spiffe import parse_spiffe
+from shoal.mesh.handshake import mesh_sslobject
 from shoal.store.connection import Redis, honour_cancellation, wait_at_most
 from shoal.store.keys import Keys
 from shoal.store.pki import PKIStore
@@ -179,6 +181,8 @@ class Credentials:
 
             # Called for every ClientHello, with or without SNI.
             base.sni_callback = current
+            # Callers of another trust domain are refused, and refused callers hear why.
+            base.sslobject_class = mesh_sslobject(parse_spiffe(identity).trust_domain)
             self._listeners[identity] = base
         return base
 

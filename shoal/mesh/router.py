@@ -124,7 +124,6 @@ class Router:
         self.node = node
         self.trust_domain = trust_domain
         self.identity = str(node_id(trust_domain, node))
-        self._members = f"spiffe://{trust_domain}/"  # what every caller's SPIFFE ID starts with
         # service -> the uids its instances run as (default: this router's own)
         self._callers = callers or (lambda service: frozenset({os.getuid()}))
         self.upstreams = upstreams or Upstreams()
@@ -244,14 +243,9 @@ class Router:
             refusal = Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only")
             await _refuse(exchange, refusal)
             return
+        # A caller over TLS is of our trust domain: the handshake refused any other
+        # (shoal.mesh.handshake).
         caller, caller_fields = _caller(exchange, self.identity)
-        if caller is not None and not caller.startswith(self._members):
-            # Signed by a trusted root, but for another trust domain: not one of ours, whatever
-            # the policies say (with no ALLOW policy, every member may call).
-            log.warning("refused %s → %s: not of trust domain %s", caller, key, self.trust_domain)
-            self.proxy_state.stats.deny(endpoint.service, None)
-            await _refuse(exchange, Refusal(403, DENIED, ""))
-            return
         target = _target(exchange)
         if isinstance(target, Refusal):
             await _refuse(exchange, target, unsent=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,10 +113,40 @@ async def test_router_inbound_requires_a_mesh_certificate(cluster: Cluster) -> N
     assert (status, cause) == (503, "upstream_connect_error")
 
 
+def refusal(port: int, tls: ssl.SSLContext) -> str:
+    """What a TLS client holding ``tls`` learns when it sends a request to ``port``: the
+    alert the server sent, or how the connection ended without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with tls.wrap_socket(raw) as conn:  # TLS 1.3: the client finishes first
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+                return f"answered {conn.recv(100)!r}"
+        except ssl.SSLError as e:
+            return f"alert {e.reason}"
+        except OSError as e:
+            return f"no alert: {e!r}"
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_client_hears_why(cluster: Cluster) -> None:
+    """A client refused at the handshake gets a TLS alert that names the reason (unknown CA,
+    no certificate), not a bare EOF or reset."""
+    await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
+    await cluster.instances(lambda f: len(ready(f, "hello")) == 2)  # the router listens
+    bundle = await PKIStore(cluster.client.redis, cluster.client.keys).bundle()
+    assert bundle is not None
+    foreign = await asyncio.to_thread(refusal, cluster.mesh_port, foreign_client(bundle))
+    assert foreign == "alert TLSV1_ALERT_UNKNOWN_CA", foreign
+    anonymous = ssl.create_default_context(cadata=bundle.decode())
+    anonymous.check_hostname = False
+    got = await asyncio.to_thread(refusal, cluster.mesh_port, anonymous)
+    assert got == "alert TLSV13_ALERT_CERTIFICATE_REQUIRED", got
+
+
 @pytest.mark.timeout(60)
 async def test_a_caller_of_another_trust_domain_is_refused(cluster: Cluster, tmp_path: Any) -> None:
     """A certificate chaining to the mesh's root but naming another trust domain (however it
-    came to be signed) gets 403 denied at the router, with no AuthorizationPolicy in place."""
+    came to be signed) is refused in the handshake: no HTTP answer at all."""
     await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
     hello = ready(await cluster.instances(lambda f: len(ready(f, "hello")) == 2), "hello")[0]
     mesh = CAFiles(tmp_path / "ca").load_or_create(TRUST_DOMAIN, datetime.now(UTC))
@@ -128,8 +159,8 @@ async def test_a_caller_of_another_trust_domain_is_refused(cluster: Cluster, tmp
     bundle = await PKIStore(cluster.client.redis, cluster.client.keys).bundle()
     assert bundle is not None
     foreign = client_context(cert, key_to_pem(key), bundle)
-    status, cause, body = await call_router(cluster, hello.key, foreign)
-    assert (status, cause, body) == (403, "denied", "denied\n")
+    with pytest.raises(aiohttp.ClientError):
+        await call_router(cluster, hello.key, foreign)
     tls = await mesh_client(cluster)
     assert await call_router(cluster, hello.key, tls) == (200, "", "Hello, World!\n")
 
