@@ -1,13 +1,14 @@
 """The hardened edge over HTTP/2 (h2c prior knowledge), frame by frame: the ``h2`` library as the
 client on a plain socket, ``hyperframe`` for frames a polite client would not send. Each test
-asserts the status or GOAWAY, whether the connection closed, and what the upstream saw."""
+asserts the status or GOAWAY, whether the connection closed, and what the upstream saw; and
+no test may leave a traceback in the log (the gateway runs in the test's process)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import h2.config
@@ -15,6 +16,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import pytest
 from h2.settings import SettingCodes
 from hyperframe.frame import (
     DataFrame,
@@ -31,6 +33,21 @@ from shoal.store.keys import Keys
 from tests.integration.test_edge_h1 import edge_gateway
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+
+@pytest.fixture(autouse=True)
+def no_traceback(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever a client sends, the gateway logs no traceback (hypercorn's, asyncio's, ours).
+    The test's upstream (aiohttp) may: a request the gateway cuts off mid-body is an error
+    there."""
+    yield
+    tracebacks = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.get_records("setup") + caplog.get_records("call")
+        if (r.exc_info or r.exc_text or "Traceback" in r.getMessage())
+        and not r.name.startswith("aiohttp.")
+    ]
+    assert not tracebacks, tracebacks
 
 
 def get(path: bytes = b"/", method: bytes = b"GET", *extra: tuple[bytes, bytes]) -> Headers:
