@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from shoal.cli import render
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, UserError
 from shoal.platform import settings
 from shoal.platform.control.client import Client
+from shoal.store.connection import redacted
 
 if TYPE_CHECKING:
     pass
@@ -136,3 +137,52 @@ def certs_issue(
     except ShoalError as e:
         raise fail(e) from None
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+store_app = typer.Typer(help="The store itself: its users.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("users")
+def store_users(
+    redis: RedisOpt = None,
+    out: Annotated[
+        str, typer.Option(help="Directory for gateway.url, node.url, controller.url (0600).")
+    ] = ".",
+) -> None:
+    """Create (or reset, with new passwords) one Redis user per component kind for this
+    cluster (SHOAL_PREFIX) on an external store, and write each one's URL to a private file:
+    each component then gets only the keys and commands it needs. Needs an administrator's
+    URL; with Sentinel, run it against every server's redis:// URL (Redis does not replicate
+    users).
+
+    Example: shoal store users --redis @admin.url --out /etc/shoal (then: shoal node --redis
+    @/etc/shoal/node.url)
+    """
+    from shoal.store import acl
+
+    try:
+        url = settings.redis_url(redis)
+        if not url.startswith(("redis://", "rediss://")):
+            raise UserError(
+                f"{redacted(url)}: give each server's redis:// URL in turn (Redis does not "
+                "replicate ACL users to replicas)"
+            )
+        directory = Path(out)
+        directory.mkdir(parents=True, exist_ok=True)
+    except ShoalError as e:
+        raise fail(e) from None
+    except OSError as e:
+        raise fail(UserError(f"cannot write to {out}: {e.strerror}")) from None
+
+    async def go(c: Client) -> str:
+        made = await acl.create_users(c.redis, c.keys.prefix)
+        for role, secret in made.items():
+            path = directory / f"{role}.url"
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(acl.url_for(url, acl.user_name(role, c.keys.prefix), secret) + "\n")
+            typer.echo(f"{acl.user_name(role, c.keys.prefix):24} {path}")
+        return await acl.persist(c.redis)
+
+    typer.echo(f"users {with_store(url, go)}")

@@ -79,7 +79,8 @@ class EmbeddedRedis:
 
     def url_for(self, role: str) -> str:
         """The URL for a component of kind ``role`` (see :data:`.acl.ROLES`): its own user."""
-        return f"redis://{role}:{acl.password(self.password, role)}@127.0.0.1:{self.port}/0"
+        user = acl.user_name(role, self.prefix)
+        return acl.url_for(self.url, user, acl.password(self.password, role))
 
     def start(self, *, timeout: float = 10.0) -> str:
         """Start the server, wait until it answers PING, record its URL; return the URL."""

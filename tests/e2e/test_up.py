@@ -413,7 +413,7 @@ def test_each_component_uses_a_store_user_of_its_own(platform: Platform) -> None
     admin = redis.Redis.from_url(url, decode_responses=True)
     try:
         users = {c["user"] for c in admin.client_list() if c["id"] != str(admin.client_id())}
-        assert users == {"controller", "node", "gateway"}, users
+        assert users == {"shoal-controller", "shoal-node", "shoal-gateway"}, users
         assert admin.acl_log() == []
     finally:
         admin.close()

@@ -3,6 +3,9 @@ administrative command; the administrator keeps everything."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 import redis
 
 from shoal.store.embedded import EmbeddedRedis
+from shoal.store.keys import Keys
 
 
 @pytest.fixture
@@ -92,10 +96,56 @@ def test_the_administrator_keeps_every_right(embedded: EmbeddedRedis) -> None:
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert {u.split()[1] for u in client.acl_list()} == {
             "default",
-            "gateway",
-            "node",
-            "controller",
+            "acl-gateway",
+            "acl-node",
+            "acl-controller",
         }
         assert client.get("other:rev") is None
     finally:
         client.close()
+
+
+def test_store_users_creates_the_users_on_an_external_store(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """``shoal store users`` (with an administrator's URL) creates this cluster's users, writes
+    each one's URL to a private file, and a component connecting with ``node.url`` has the
+    node's rights only; running it again changes the passwords (the old URL stops working)."""
+    admin_file = tmp_path / "admin.url"
+    admin_file.write_text(redis_url)
+    admin_file.chmod(0o600)
+    out = tmp_path / "users"
+    argv = [sys.executable, "-m", "shoal", "store", "users", "--redis", f"@{admin_file}"]
+    env = {**os.environ, "SHOAL_PREFIX": keys.prefix}
+    made = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines()[-1].startswith("users saved in"), made.stdout
+    node_url = (out / "node.url").read_text().strip()
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "gateway.url": 0o600,
+        "node.url": 0o600,
+        "controller.url": 0o600,
+    }
+    node = redis.Redis.from_url(node_url, decode_responses=True)
+    try:
+        node.hset(f"{keys.prefix}cfg:Service", "x", "{}")
+        assert refused(lambda: node.hget(f"{keys.prefix}pki:tokens", "t"))
+        assert refused(lambda: node.config_get("dir"))
+    finally:
+        node.close()
+    again = subprocess.run([*argv, "--out", str(tmp_path / "again")], env=env, capture_output=True)
+    assert again.returncode == 0
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(node_url).ping()
+
+
+def test_store_users_refuses_a_sentinel_url(tmp_path: Path) -> None:
+    """Redis does not replicate users: a Sentinel URL gets one line saying to give each
+    server's URL, and a non-zero exit."""
+    url_file = tmp_path / "s.url"
+    url_file.write_text("redis+sentinel://s1:26379/shoal")
+    url_file.chmod(0o600)
+    argv = [sys.executable, "-m", "shoal", "store", "users", "--redis", f"@{url_file}"]
+    got = subprocess.run(argv, capture_output=True, text=True)
+    assert got.returncode != 0 and got.stdout == ""
+    assert got.stderr.count("\n") == 1 and "replicate" in got.stderr, got.stderr
