@@ -30,7 +30,7 @@ lockcheck:
 # Re-resolve pyproject.toml's ranges to the newest releases that satisfy them, then install them.
 lock: | $(BIN)/python
 	test -x $(BIN)/uv || $(BIN)/pip install -q "$$(grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)"
-	UV=$(BIN)/uv $(BIN)/python tools/lock.py write
+	UV=$(BIN)/uv $(BIN)/python tools/lock.py write $(ARGS)
 	$(BIN)/python tools/lock.py sync $(BIN)/python
 	touch $(STAMP)
 

@@ -6,7 +6,8 @@ hashes, and is what `make up`, `make test` and CI install. Its first line record
 the ranges it was computed from, so a range edited without re-locking is caught before anything
 is installed.
 
-    python tools/lock.py write     re-resolve the ranges with uv and rewrite the lock
+    python tools/lock.py write     re-resolve the ranges with uv and rewrite the lock, keeping
+                                   locked versions that still fit (--upgrade: newest of all)
     python tools/lock.py check     exit 1 with one line if pyproject.toml and the lock disagree
     python tools/lock.py sync PY   install exactly the lock (and Shoal, editable) into PY's venv
 
@@ -107,13 +108,17 @@ def sync(python: str) -> str | None:
     return f"installed packages differ from {LOCK.name}: {', '.join(diff)}"
 
 
-def write() -> None:
-    """Resolve the ranges with uv (newest versions that satisfy them) and rewrite the lock."""
+def write(upgrade: bool = False) -> None:
+    """Resolve the ranges with uv and rewrite the lock: versions already locked are kept where
+    they still satisfy the ranges (a new dependency brings in only itself and what it needs),
+    unless ``upgrade`` (newest versions of everything)."""
     requirements = inputs(tomllib.loads(PYPROJECT.read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "requirements.in"
         source.write_text("\n".join(requirements) + "\n")
         out = Path(tmp) / "requirements.lock"
+        if LOCK.exists() and not upgrade:
+            out.write_text(LOCK.read_text())  # uv prefers the pins in its output file
         subprocess.run(
             [
                 os.environ.get("UV", "uv"),
@@ -143,14 +148,14 @@ def main(argv: list[str]) -> int:
     """Run one command; problems are one line on stderr and exit code 1."""
     command = argv[1] if len(argv) > 1 else ""
     if command == "write":
-        write()
+        write(upgrade="--upgrade" in argv[2:])
         return 0
     if command == "check":
         problem = check()
     elif command == "sync" and len(argv) == 3:
         problem = check() or sync(argv[2])
     else:
-        print(f"usage: {argv[0]} write | check | sync PYTHON", file=sys.stderr)
+        print(f"usage: {argv[0]} write [--upgrade] | check | sync PYTHON", file=sys.stderr)
         return 2
     if problem:
         print(problem, file=sys.stderr)

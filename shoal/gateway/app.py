@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.hypercorn_edge import REQUEST_TASK, client_left
+from shoal.http import grpc
 from shoal.http.headers import Headers, UnderscorePolicy, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
@@ -263,18 +264,23 @@ class GatewayApp:
         complete = False
         # hypercorn sends trailers on HTTP/2 to a client that said ``te: trailers`` (gRPC's);
         # they must be announced before the body, so only for an upstream that announced them
-        # (``Trailer``), and the h2 library cannot send an empty trailer block.
-        trailers = (
-            http2
-            and (b"te", b"trailers") in raw_headers
-            and any(n == b"trailer" for n, _ in response.headers)
+        # (``Trailer``) or a gRPC response that is not trailers-only (its status comes last),
+        # and the h2 library cannot send an empty trailer block.
+        fields, moved = end_to_end(response.headers), None
+        wants = http2 and (b"te", b"trailers") in raw_headers
+        if wants and (split := grpc.trailers_only(fields)) is not None:
+            fields, moved = split  # so that the status still ends the stream, after the body
+        trailers = wants and (
+            moved is not None
+            or any(n == b"trailer" for n, _ in response.headers)
+            or grpc.awaits_trailers(response.headers)
         )
         try:
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": end_to_end(response.headers),
+                    "headers": fields,
                     "trailers": trailers,
                 }
             )
@@ -289,6 +295,9 @@ class GatewayApp:
                 if not ended:
                     await send({"type": "http.response.body", "body": b""})
                 if trailers:
-                    await send({"type": "http.response.trailers", "headers": response.trailers})
+                    sent = moved or response.trailers
+                    if not sent and grpc.awaits_trailers(response.headers):
+                        sent = grpc.UNKNOWN_WITHOUT_TRAILERS
+                    await send({"type": "http.response.trailers", "headers": sent})
             else:  # a truncated body must reach the client as a reset, never as complete
                 response.close()

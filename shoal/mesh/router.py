@@ -44,6 +44,7 @@ from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
+from shoal.mesh.h2upstream import H2Response, H2Upstreams
 from shoal.mesh.peer_uid import socket_owner
 from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.relay import relay
@@ -83,7 +84,7 @@ def _target(exchange: Exchange) -> tuple[str, str] | Refusal:
     return normal if isinstance(normal, Refusal) else (normal, query.decode("latin-1"))
 
 
-def _answer_fields(upstream: UpstreamResponse) -> Headers:
+def _answer_fields(upstream: UpstreamResponse | H2Response) -> Headers:
     """An instance's end-to-end response fields: only this router may say "unsent"."""
     return [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
 
@@ -127,6 +128,7 @@ class Router:
         # service -> the uids its instances run as (default: this router's own)
         self._callers = callers or (lambda service: frozenset({os.getuid()}))
         self.upstreams = upstreams or Upstreams()
+        self.h2_upstreams = H2Upstreams()  # to instances that speak HTTP/2 (h2c, gRPC)
         self.inbound_port = 0
         self.activator = activator
         self._listeners: list[asyncio.AbstractServer] = []
@@ -262,8 +264,9 @@ class Router:
             return
         headers = _mesh_fields(exchange)
         headers += caller_fields
+        pool = self.upstreams if endpoint.protocol == "http" else self.h2_upstreams
         try:
-            upstream = await self.upstreams.request(
+            upstream = await pool.request(
                 endpoint.authority,
                 method,
                 path + (f"?{query}" if query else ""),
@@ -285,3 +288,4 @@ class Router:
         for listener in self._listeners:
             await listener.wait_closed()
         await self.upstreams.close()
+        await self.h2_upstreams.close()

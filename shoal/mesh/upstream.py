@@ -38,6 +38,7 @@ from shoal.mesh.upstream_connection import (
     PoolKey,
     UpstreamConnection,
     UpstreamError,
+    earliest,
 )
 
 __all__ = ["UNSENT", "UpstreamError", "UpstreamResponse", "Upstreams"]
@@ -214,7 +215,7 @@ class Upstreams:
             )
         head = request_head(method.encode(), target.encode("latin-1"), fields)
         replayable = not isinstance(body, AsyncIterator)
-        head_deadline = _earliest(loop, head_timeout, deadline)  # this attempt's
+        head_deadline = earliest(loop, head_timeout, deadline)  # this attempt's
         for attempt in (1, 2):
             connection, reused = await self._connect(loop, (authority, tls, peer), head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
@@ -309,12 +310,3 @@ class Upstreams:
             connection.close()
         self._all.clear()
         self._idle.clear()
-
-
-def _earliest(
-    loop: asyncio.AbstractEventLoop, timeout: float | None, deadline: float | None
-) -> float | None:
-    """The earlier of ``now + timeout`` and ``deadline`` (None: no limit)."""
-    if timeout is None:
-        return deadline
-    return loop.time() + timeout if deadline is None else min(deadline, loop.time() + timeout)

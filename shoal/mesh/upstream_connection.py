@@ -182,3 +182,12 @@ class UpstreamConnection(WriteFlow):
         self.open = False
         if self.transport is not None:
             self.transport.abort()
+
+
+def earliest(
+    loop: asyncio.AbstractEventLoop, timeout: float | None, deadline: float | None
+) -> float | None:
+    """The earlier of ``now + timeout`` and ``deadline`` (None: no limit)."""
+    if timeout is None:
+        return deadline
+    return loop.time() + timeout if deadline is None else min(deadline, loop.time() + timeout)

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shoal.resources.model import PROTOCOLS, Protocol
+
 InstanceState = Literal["starting", "ready", "draining", "unhealthy"]
 STATES: tuple[InstanceState, ...] = ("starting", "ready", "draining", "unhealthy")
 
@@ -25,6 +27,7 @@ class Endpoint:
     state: InstanceState = "starting"
     pid: int | None = None
     mtls: bool = False  # run by a Shoal node: reached only through its router, over mTLS
+    protocol: Protocol = "http"  # what the instance speaks (its router talks to it in that)
 
     @property
     def key(self) -> str:
@@ -56,6 +59,7 @@ class Endpoint:
                 "state": self.state,
                 "pid": self.pid,
                 "mtls": self.mtls,
+                "protocol": self.protocol,
             },
             sort_keys=True,
         )
@@ -79,4 +83,5 @@ class Endpoint:
             state=state,
             pid=raw.get("pid"),
             mtls=bool(raw.get("mtls", False)),
+            protocol=raw.get("protocol", "http") if raw.get("protocol") in PROTOCOLS else "http",
         )

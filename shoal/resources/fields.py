@@ -146,6 +146,17 @@ def matching(pattern: re.Pattern[str], what: str, max_length: int | None = None)
     return parse
 
 
+def one_of(choices: Collection[str]) -> Parser[str]:
+    """A parser of strings that are one of ``choices``."""
+
+    def parse(value: object, field: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ManifestError(f"must be one of {', '.join(choices)}", field=field, value=value)
+        return value
+
+    return parse
+
+
 dns_label = matching(
     DNS_LABEL, "a DNS label (lower-case letters, digits and '-', at most 63 characters)", 63
 )

@@ -46,6 +46,12 @@ class HealthCheck:
     unhealthy_threshold: int = 3
 
 
+Protocol = Literal["http", "h2c", "grpc"]
+PROTOCOLS: tuple[Protocol, ...] = ("http", "h2c", "grpc")
+"""What an instance speaks: HTTP/1.1 (``http``), or HTTP/2 without TLS (``h2c``; ``grpc`` is
+gRPC over h2c). Routers reach each instance in its own protocol."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """One revision of a service Shoal runs: an ASGI ``app`` or a ``command`` serving ``$PORT``.
@@ -66,6 +72,7 @@ class Service:
     scale: Scale = field(default_factory=Scale)
     health: HealthCheck = field(default_factory=HealthCheck)
     node_selector: tuple[tuple[str, str], ...] = ()
+    protocol: Protocol = "http"  # what its instances speak (Istio's appProtocol)
 
     kind = "Service"
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 from dataclasses import replace
+from typing import cast
 
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
@@ -26,12 +27,13 @@ from shoal.resources.fields import (
     labels,
     list_of,
     matching,
+    one_of,
     positive_duration,
     put,
     put_duration,
     string,
 )
-from shoal.resources.model import HealthCheck, Scale, Service
+from shoal.resources.model import PROTOCOLS, HealthCheck, Protocol, Scale, Service
 
 __all__ = ["RESERVED_LABELS", "parse_service", "revision_spec", "service_spec"]
 
@@ -64,6 +66,7 @@ def parse_service(name: str, value: object, base_dir: str | None) -> Service:
             "scale",
             "health",
             "node_selector",
+            "protocol",
         ),
     )
     app = spec.get("app", _app)
@@ -85,6 +88,7 @@ def parse_service(name: str, value: object, base_dir: str | None) -> Service:
         scale=spec.get("scale", _scale, _SCALE),
         health=spec.get("health", _health, _HEALTH),
         node_selector=spec.get("node_selector", labels, ()),
+        protocol=cast(Protocol, spec.get("protocol", one_of(PROTOCOLS), "http")),
     )
     revision = spec.get("revision", dns_label)
     return replace(service, revision=revision or _revision_hash(service))
@@ -184,6 +188,7 @@ def service_spec(service: Service, *, with_revision: bool = True) -> dict[str, o
     put(spec, "env", dict(service.env), {})
     put(spec, "labels", dict(service.labels), {})
     put(spec, "weight", service.weight, 1)
+    put(spec, "protocol", service.protocol, "http")
     scale: dict[str, object] = {}
     put(scale, "min", service.scale.min, _SCALE.min)
     put(scale, "max", service.scale.max, _SCALE.max)

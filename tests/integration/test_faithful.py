@@ -343,3 +343,29 @@ async def test_trailers_from_an_http1_instance_reach_http1_and_http2_clients(
     status, body, trailers = await h2_get(cluster.gateway_port, "echo", "/none")
     assert status == 200 and json.loads(body)["raw_path"] == "/none"
     assert trailers == []
+
+
+async def test_an_h2c_instance_is_spoken_to_in_http2(cluster: Cluster) -> None:
+    """A ``protocol: h2c`` Service's instance gets HTTP/2 from its router; the query, headers
+    and a chunked 2 MB upload arrive as sent, and the answer comes back."""
+    h2c = ECHO.replace("revision: v1", "revision: v1\n  protocol: h2c")
+    await cluster.client.apply(parse_text(h2c))
+    await cluster.instances(lambda found: len(ready(found, "echo")) == 1, timeout=30)
+    body = bytes(range(256)) * 8192
+    record = await _upload(cluster, body)
+    assert record["http_version"] == "2"
+    assert record["query"] == "a=%2F%20b" and record["raw_path"] == "/up"
+    assert record["body_len"] == len(body)
+    assert record["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert ["x-echo", "yes"] in record["headers"]  # (hypercorn shows :authority as "host")
+    assert not [n for n, _ in record["headers"] if n in ("connection", "transfer-encoding")]
+
+
+async def _upload(cluster: Cluster, body: bytes) -> dict[str, Any]:
+    code, out, err = await curl(
+        "-H", "Host: echo", "-H", "X-Echo: yes", "-H", "Transfer-Encoding: chunked",
+        "--data-binary", "@-", f"{cluster.gateway_url}/up?a=%2F%20b", stdin=body,
+    )  # fmt: skip
+    assert code == 0, err
+    result: dict[str, Any] = json.loads(out)
+    return result

@@ -31,8 +31,8 @@ async def failing(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answers JSON of what arrived — method, raw path, raw query, header pairs, body length
-    and sha256 — and copies an ``x-echo`` request header into its response."""
+    """Answers JSON of what arrived — HTTP version, method, raw path, raw query, header pairs,
+    body length and sha256 — and copies an ``x-echo`` request header into its response."""
     import hashlib
     import json
 
@@ -48,6 +48,7 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
             break
     headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
     record = {
+        "http_version": scope["http_version"],
         "method": scope["method"],
         "raw_path": scope["raw_path"].decode("latin-1"),
         "query": scope["query_string"].decode("latin-1"),

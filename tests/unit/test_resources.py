@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import ManifestError, UserError
+from shoal.resources.endpoint import Endpoint
 from shoal.resources.fields import format_duration, parse_duration
 from shoal.resources.manifest import load_files, parse_document, parse_text, to_document
 from shoal.resources.model import (
@@ -39,7 +40,7 @@ from shoal.resources.model import (
     TrafficPolicy,
     VirtualService,
 )
-from shoal.resources.service_spec import revision_spec
+from shoal.resources.service_spec import revision_spec, service_spec
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
 
@@ -1232,3 +1233,28 @@ def test_stored_resources_parse_each_document_once() -> None:
     assert again is not first and again == parse_document(changed)
     assert stored.parse("Service", {}) == {}
     assert stored.parse("Service", {"hello": changed})["hello"] is not again
+
+
+def test_a_service_says_what_its_instances_speak() -> None:
+    """``spec.protocol``: http (the default, left out of the canonical spec so that existing
+    revisions keep their names), h2c or grpc; anything else names the field and value."""
+    plain = parse_document(service_doc())
+    assert isinstance(plain, Service) and plain.protocol == "http"
+    assert "protocol" not in service_spec(plain)
+    grpc = parse_document(service_doc(protocol="grpc"))
+    assert isinstance(grpc, Service) and grpc.protocol == "grpc"
+    assert service_spec(grpc)["protocol"] == "grpc" and grpc.revision != plain.revision
+    error = manifest_error(service_doc(protocol="http2"))
+    assert (error.field, error.value) == ("spec.protocol", "http2")
+    assert "must be one of http, h2c, grpc" in str(error)
+
+
+def test_an_endpoint_carries_its_protocol_through_the_registry() -> None:
+    """The registry record says what the instance speaks; an old record (none) means http."""
+    endpoint = Endpoint(
+        id="a", service="s", revision="v1", node="n", address="127.0.0.1", port=1, protocol="h2c"
+    )
+    assert Endpoint.from_json(endpoint.to_json()).protocol == "h2c"
+    old = json.loads(endpoint.to_json())
+    del old["protocol"]
+    assert Endpoint.from_json(json.dumps(old)).protocol == "http"

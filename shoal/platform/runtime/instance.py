@@ -141,6 +141,7 @@ class InstanceSlot:
             state=self.state,
             pid=self.pid,
             mtls=True,
+            protocol=self.service.protocol,
         )
 
     def _set(self, state: InstanceState) -> None:

@@ -1,0 +1,116 @@
+"""gRPC through Shoal: a stock grpcio server run as a ``protocol: grpc`` Service, a stock grpcio
+client through the gateway (h2c): the router speaks HTTP/2 to the instance, and statuses,
+trailing metadata, streams and deadlines arrive as the server sent them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from shoal.platform.runtime.isolation import DEFAULT_UIDS, runtime_unreachable
+from shoal.resources.manifest import parse_text
+from tests.support.cluster import Cluster, ready
+
+SERVER = """
+import sys, time
+from concurrent import futures
+import grpc
+
+def unary(request, context):
+    if request == b"fail":
+        context.set_trailing_metadata((("detail-bin", b"\\x00\\x01"),))
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    return b"echo:" + request
+
+def server_stream(request, context):
+    for i in range(10):
+        time.sleep(0.05)
+        yield b"%d" % i
+
+def client_stream(requests, context):
+    return b"+".join(requests)
+
+def slow(request, context):
+    time.sleep(2)
+    return b"late"
+
+handlers = {
+    "Unary": grpc.unary_unary_rpc_method_handler(unary),
+    "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+    "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+    "Slow": grpc.unary_unary_rpc_method_handler(slow),
+}
+server = grpc.server(futures.ThreadPoolExecutor(8))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+SERVICE = {
+    "apiVersion": "shoal/v1",
+    "kind": "Service",
+    "metadata": {"name": "echo-grpc"},
+    "spec": {"command": [sys.executable, "-c", SERVER, "$PORT"], "protocol": "grpc"},
+}
+
+
+@pytest.fixture
+async def channel(cluster: Cluster) -> Iterator[grpc.Channel]:
+    """A grpcio channel to the gateway (h2c) for the echo-grpc service, once it runs."""
+    if os.geteuid() == 0 and (why := await runtime_unreachable(DEFAULT_UIDS.first)):
+        pytest.skip(f"the server runs on this interpreter as an instance uid, which cannot: {why}")
+    await cluster.client.apply(parse_text(json.dumps(SERVICE)))
+    await cluster.instances(lambda f: bool(ready(f, "echo-grpc")), timeout=30)
+    options = [("grpc.default_authority", "echo-grpc")]
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.gateway_port}", options=options) as chan:
+        yield chan
+
+
+def calls(channel: grpc.Channel) -> dict[str, object]:
+    """Every RPC kind, as a client sees it (blocking: run in a thread)."""
+    seen: dict[str, object] = {}
+    seen["unary"] = channel.unary_unary("/test.Echo/Unary")(b"hi", timeout=10)
+    try:
+        channel.unary_unary("/test.Echo/Unary")(b"fail", timeout=10)
+    except grpc.RpcError as e:
+        seen["error"] = (e.code(), e.details(), dict(e.trailing_metadata() or ()))
+    arrivals = []
+    started = time.monotonic()
+    for message in channel.unary_stream("/test.Echo/ServerStream")(b"", timeout=10):
+        arrivals.append((message, time.monotonic() - started))
+    seen["server_stream"] = arrivals
+    seen["client_stream"] = channel.stream_unary("/test.Echo/ClientStream")(
+        iter([b"a", b"b", b"c"]), timeout=10
+    )
+    started = time.monotonic()
+    try:
+        channel.unary_unary("/test.Echo/Slow")(b"", timeout=0.5)
+    except grpc.RpcError as e:
+        seen["deadline"] = (e.code(), time.monotonic() - started)
+    return seen
+
+
+@pytest.mark.timeout(90)
+async def test_grpc_through_the_gateway(channel: grpc.Channel) -> None:
+    """Unary, an error status with details and binary trailing metadata, a server stream that
+    arrives message by message, a client stream, and a deadline."""
+    seen = await asyncio.to_thread(calls, channel)
+    assert seen["unary"] == b"echo:hi"
+    code, details, trailing = seen["error"]  # type: ignore[misc]
+    assert (code, details) == (grpc.StatusCode.NOT_FOUND, "no such thing")
+    assert trailing["detail-bin"] == b"\x00\x01"
+    arrivals = seen["server_stream"]
+    assert [m for m, _ in arrivals] == [b"%d" % i for i in range(10)]  # type: ignore[union-attr]
+    spread = arrivals[-1][1] - arrivals[0][1]  # type: ignore[index]
+    assert spread > 0.3, arrivals  # 50 ms apart as sent, not all at the end
+    assert seen["client_stream"] == b"a+b+c"
+    code, elapsed = seen["deadline"]  # type: ignore[misc]
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and elapsed < 1.5
