@@ -9,14 +9,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from shoal.platform.runtime.isolation import DEFAULT_UIDS, runtime_unreachable
 from shoal.resources.manifest import parse_text
-from tests.support.cluster import Cluster, ready
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import ready, running_cluster
+from tests.support.tls import self_signed
 
 SERVER = """
 import sys, time
@@ -62,16 +66,29 @@ SERVICE = {
 }
 
 
-@pytest.fixture
-async def channel(cluster: Cluster) -> Iterator[grpc.Channel]:
-    """A grpcio channel to the gateway (h2c) for the echo-grpc service, once it runs."""
+@pytest.fixture(params=["h2c", "tls"])
+async def channel(
+    request: pytest.FixtureRequest, redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> AsyncIterator[grpc.Channel]:
+    """A grpcio channel to the gateway — h2c, or TLS h2 (ALPN) — for the echo-grpc service,
+    once it runs."""
     if os.geteuid() == 0 and (why := await runtime_unreachable(DEFAULT_UIDS.first)):
         pytest.skip(f"the server runs on this interpreter as an instance uid, which cannot: {why}")
-    await cluster.client.apply(parse_text(json.dumps(SERVICE)))
-    await cluster.instances(lambda f: bool(ready(f, "echo-grpc")), timeout=30)
-    options = [("grpc.default_authority", "echo-grpc")]
-    with grpc.insecure_channel(f"127.0.0.1:{cluster.gateway_port}", options=options) as chan:
-        yield chan
+    cert = self_signed(tmp_path)
+    async with running_cluster(redis, redis_url, keys, tmp_path, tls=cert) as cluster:
+        await cluster.client.apply(parse_text(json.dumps(SERVICE)))
+        await cluster.instances(lambda f: bool(ready(f, "echo-grpc")), timeout=30)
+        if request.param == "h2c":
+            options = [("grpc.default_authority", "echo-grpc")]
+            with grpc.insecure_channel(f"127.0.0.1:{cluster.gateway_port}", options) as chan:
+                yield chan
+        else:
+            credentials = grpc.ssl_channel_credentials(cert[0].read_bytes())
+            options = [("grpc.ssl_target_name_override", "localhost")]
+            options.append(("grpc.default_authority", "echo-grpc"))
+            target = f"127.0.0.1:{cluster.tls_port}"
+            with grpc.secure_channel(target, credentials, options) as chan:
+                yield chan
 
 
 def calls(channel: grpc.Channel) -> dict[str, object]:

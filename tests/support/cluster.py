@@ -64,6 +64,7 @@ class Cluster:
     client: Client
     mesh_port: int
     gateway_port: int
+    tls_port: int | None = None  # the gateway's TLS port, when it serves one
 
     @property
     def gateway_url(self) -> str:
@@ -106,9 +107,11 @@ async def running_cluster(
     state_dir: Path,
     autoscale: AutoscaleSettings | None = None,
     limits: EdgeLimits | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[Cluster]:
-    """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``)
-    in this event loop, on the given store."""
+    """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``,
+    and a TLS port with the certificate and key ``tls`` if given) in this event loop, on the
+    given store."""
     stop = asyncio.Event()
     mesh_port = free_port()
     token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
@@ -139,6 +142,10 @@ async def running_cluster(
         )
     )
     gateway_port = free_port()
+    tls_port, serving = None, {}
+    if tls is not None:
+        tls_port = free_port()
+        serving = {"tls_port": tls_port, "certfile": str(tls[0]), "keyfile": str(tls[1])}
     gateway = asyncio.create_task(
         run_gateway(
             redis,
@@ -148,7 +155,7 @@ async def running_cluster(
             trust_domain=TRUST_DOMAIN,
             join_token=token,
             settings=GatewaySettings(
-                host="127.0.0.1", port=gateway_port, limits=limits or EdgeLimits()
+                host="127.0.0.1", port=gateway_port, limits=limits or EdgeLimits(), **serving
             ),
         )
     )
@@ -160,7 +167,7 @@ async def running_cluster(
             ignore=(OSError,),
         )
         writer.close()
-        yield Cluster(Client(redis, keys), mesh_port, gateway_port)
+        yield Cluster(Client(redis, keys), mesh_port, gateway_port, tls_port)
     finally:
         stop.set()
         components = {"controller": controller, "node": node, "gateway": gateway}
