@@ -3,8 +3,9 @@
 A node router reaches such an instance over cleartext HTTP/2 on loopback, one multiplexed
 connection per instance (more only when one is at its ``MAX_CONCURRENT_STREAMS``), a stream per
 request. What comes back is relayed as it arrives — the head, each DATA frame, the trailers
-(gRPC's ``grpc-status`` travels in them) — with the same interface as the HTTP/1.1 pool's
-:class:`~shoal.mesh.upstream.UpstreamResponse`, so the router relays either alike. The request
+(gRPC's ``grpc-status`` travels in them) — as the HTTP/1.1 pool's
+:class:`~shoal.mesh.upstream.UpstreamResponse` (a stream is its body), so the router relays
+either alike. The request
 body streams while the response does (gRPC's bidirectional streams), within the stream's flow
 control window; a response body is acknowledged (its window reopened) only as the caller takes
 it, so a slow client never makes the router buffer a whole stream. A caller that gives up resets
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import h2.config
@@ -29,9 +30,10 @@ import h2.exceptions
 
 from shoal.http.headers import Headers
 from shoal.http.refusal import UPSTREAM_CONNECT_ERROR, UPSTREAM_RESET, UPSTREAM_TIMEOUT
+from shoal.mesh.upstream import UpstreamResponse
 from shoal.mesh.upstream_connection import UpstreamError, earliest
 
-__all__ = ["H2Response", "H2Upstreams"]
+__all__ = ["H2Upstreams"]
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
@@ -40,16 +42,17 @@ _HOP_BY_HOP = frozenset(
 
 @dataclass(eq=False)
 class _Stream:
-    """One request's stream: the response head, then its body as it arrives."""
+    """One request's stream: the response head, then its body as it arrives (a ``Body``)."""
 
     connection: H2Connection
     id: int
     head: asyncio.Future[tuple[int, Headers]]
-    pieces: collections.deque[tuple[bytes, int]] = field(default_factory=collections.deque)
+    loop: asyncio.AbstractEventLoop
+    pieces: collections.deque[bytes] = field(default_factory=collections.deque)
     buffered: int = 0
     trailers: Headers = field(default_factory=list)
     finished: bool = False
-    error: str | None = None
+    error: BaseException | None = None
     waiter: asyncio.Future[None] | None = None
     sender: asyncio.Task[None] | None = None
 
@@ -60,14 +63,24 @@ class _Stream:
     def fail(self, why: str) -> None:
         if self.finished or self.error is not None:
             return
-        self.error = why
+        self.error = ConnectionError(why)
         if not self.head.done():
-            self.head.set_exception(ConnectionError(why))
+            self.head.set_exception(self.error)
         self.wake()
 
     def late(self) -> None:
         if not self.head.done():
             self.head.set_exception(TimeoutError())
+
+    def consumed(self, size: int) -> None:
+        """The caller took ``size`` bytes: reopen the flow-control window for them."""
+        self.buffered -= size
+        self.connection.acknowledge(self, size)
+
+    def abandon(self) -> None:
+        """The caller gives up: reset the stream (the instance sees the cancellation)."""
+        if not self.finished:
+            self.connection.reset(self)
 
 
 class H2Connection(asyncio.Protocol):
@@ -125,9 +138,12 @@ class H2Connection(asyncio.Protocol):
             if not stream.head.done():
                 stream.head.set_result((status, [(n, v) for n, v in fields if n[:1] != b":"]))
         elif isinstance(event, h2.events.DataReceived) and stream is not None:
-            stream.pieces.append((event.data, event.flow_controlled_length))
-            stream.buffered += len(event.data)
-            stream.wake()
+            if event.flow_controlled_length > len(event.data):  # padding: nobody takes it
+                self.acknowledge(stream, event.flow_controlled_length - len(event.data))
+            if event.data:
+                stream.pieces.append(event.data)
+                stream.buffered += len(event.data)
+                stream.wake()
         elif isinstance(event, h2.events.TrailersReceived) and stream is not None:
             stream.trailers = [(bytes(n), bytes(v)) for n, v in event.headers]
         elif isinstance(event, h2.events.StreamEnded) and stream is not None:
@@ -156,7 +172,8 @@ class H2Connection(asyncio.Protocol):
         sid = self.h2.get_next_available_stream_id()
         self.h2.send_headers(sid, headers, end_stream=end)
         self._flush()
-        stream = _Stream(self, sid, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        stream = _Stream(self, sid, loop.create_future(), loop)
         self.streams[sid] = stream
         return stream
 
@@ -178,8 +195,9 @@ class H2Connection(asyncio.Protocol):
             self.h2.end_stream(stream.id)
             self._flush()
 
-    def consumed(self, stream: _Stream, length: int) -> None:
-        """The caller took ``length`` flow-controlled bytes: reopen the window for them."""
+    def acknowledge(self, stream: _Stream, length: int) -> None:
+        """``length`` flow-controlled bytes of ``stream`` are out of the way: reopen the
+        window for them."""
         if self.transport is None:
             return
         self.h2.acknowledge_received_data(length, stream.id)
@@ -204,66 +222,6 @@ class H2Connection(asyncio.Protocol):
             stream.fail(why)
         if self.transport is not None:
             self.transport.close()
-
-
-@dataclass(slots=True)
-class H2Response:
-    """A response whose body is still to be read with :meth:`piece` (as ``UpstreamResponse``)."""
-
-    status: int
-    headers: Headers
-    _stream: _Stream
-    _deadline: float | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of the body received and not yet taken by the caller."""
-        return self._stream.buffered
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole body has arrived and been taken."""
-        return self._stream.finished and not self._stream.pieces
-
-    @property
-    def trailers(self) -> Headers:
-        """The trailer fields (once :meth:`piece` has returned None)."""
-        return self._stream.trailers
-
-    async def piece(self, before_wait: Callable[[], None] | None = None) -> bytes | None:
-        """The body's next piece as it arrives, None at its end; a reset raises UpstreamError."""
-        stream = self._stream
-        while True:
-            if stream.pieces:
-                data, length = stream.pieces.popleft()
-                stream.buffered -= len(data)
-                stream.connection.consumed(stream, length)
-                if data:
-                    return data
-                continue
-            if stream.finished:
-                return None
-            if stream.error is not None:
-                why = f"upstream body: {stream.error}"
-                raise UpstreamError(502, UPSTREAM_RESET, why, sent=True)
-            if before_wait is not None:
-                before_wait()
-            stream.waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout_at(self._deadline):
-                    await stream.waiter
-            except TimeoutError:
-                self.close()
-                raise UpstreamError(
-                    502, UPSTREAM_RESET, "upstream body timed out", sent=True
-                ) from None
-            finally:
-                stream.waiter = None
-
-    def close(self) -> None:
-        """Give up on the rest of the response: reset the stream if it is still open."""
-        if not self._stream.finished:
-            self._stream.connection.reset(self._stream)
 
 
 class H2Upstreams:
@@ -308,7 +266,7 @@ class H2Upstreams:
         *,
         head_timeout: float | None = None,
         total_timeout: float | None = None,
-    ) -> H2Response:
+    ) -> UpstreamResponse:
         """Send one request to ``authority`` over HTTP/2; return once the response head has
         arrived (``head_timeout`` bounds that wait, ``total_timeout`` the whole exchange)."""
         loop = asyncio.get_running_loop()
@@ -345,7 +303,7 @@ class H2Upstreams:
         finally:
             if timer is not None:
                 timer.cancel()
-        return H2Response(status, response_fields, stream, deadline)
+        return UpstreamResponse(status, response_fields, stream, deadline)
 
     async def close(self) -> None:
         """Close every connection."""

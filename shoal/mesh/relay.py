@@ -13,15 +13,11 @@ from collections.abc import Callable
 
 from shoal.http.headers import Headers
 from shoal.mesh.h1server import Exchange
-from shoal.mesh.h2upstream import H2Response
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse
 
 
 async def relay(
-    exchange: Exchange,
-    upstream: UpstreamResponse | H2Response,
-    fields: Headers,
-    done: Callable[[], None],
+    exchange: Exchange, upstream: UpstreamResponse, fields: Headers, done: Callable[[], None]
 ) -> None:
     """Send ``upstream``'s status, ``fields`` (its end-to-end ones, as the caller chose them),
     body and trailers to ``exchange``; call ``done`` once over, however it ends."""

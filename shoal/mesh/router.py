@@ -44,7 +44,7 @@ from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
-from shoal.mesh.h2upstream import H2Response, H2Upstreams
+from shoal.mesh.h2upstream import H2Upstreams
 from shoal.mesh.peer_uid import socket_owner
 from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.relay import relay
@@ -84,7 +84,7 @@ def _target(exchange: Exchange) -> tuple[str, str] | Refusal:
     return normal if isinstance(normal, Refusal) else (normal, query.decode("latin-1"))
 
 
-def _answer_fields(upstream: UpstreamResponse | H2Response) -> Headers:
+def _answer_fields(upstream: UpstreamResponse) -> Headers:
     """An instance's end-to-end response fields: only this router may say "unsent"."""
     return [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
 

@@ -33,6 +33,7 @@ from shoal.http.refusal import (
 )
 from shoal.identity.spiffe import peer_identity
 from shoal.mesh.upstream_connection import (
+    Body,
     Exchange,
     Lost,
     PoolKey,
@@ -62,7 +63,7 @@ class UpstreamResponse:
 
     status: int
     headers: Headers
-    _exchange: Exchange
+    _exchange: Body
     _deadline: float | None = None
 
     @property
@@ -88,7 +89,7 @@ class UpstreamResponse:
         while True:
             if exchange.pieces:
                 piece = exchange.pieces.popleft()
-                exchange.connection.consumed(exchange, len(piece))
+                exchange.consumed(len(piece))
                 return piece
             if exchange.finished:
                 return None
@@ -98,7 +99,7 @@ class UpstreamResponse:
                 )
             if before_wait is not None:
                 before_wait()
-            exchange.waiter = exchange.connection.loop.create_future()
+            exchange.waiter = exchange.loop.create_future()
             try:
                 async with asyncio.timeout_at(self._deadline):
                     await exchange.waiter
@@ -111,12 +112,8 @@ class UpstreamResponse:
                 exchange.waiter = None
 
     def close(self) -> None:
-        """Drop the connection (the body was not read to the end)."""
-        exchange = self._exchange
-        if not exchange.finished:
-            exchange.connection.close()
-        if exchange.sender is not None:
-            exchange.sender.cancel()
+        """Give up on the rest of the body (drop the connection, or reset the stream)."""
+        self._exchange.abandon()
 
 
 class Upstreams:
@@ -224,17 +221,17 @@ class Upstreams:
             try:
                 response_head = await exchange.head
             except TimeoutError:
-                self._abandon(exchange)
+                exchange.abandon()
                 raise UpstreamError(
                     504, UPSTREAM_TIMEOUT, f"{authority} timed out", sent=True
                 ) from None
             except Lost as e:
-                self._abandon(exchange)
+                exchange.abandon()
                 if reused and not exchange.received and replayable and attempt == 1:
                     continue  # the upstream closed an idle connection as the request left
                 raise UpstreamError(502, UPSTREAM_RESET, f"{authority}: {e}", sent=True) from None
             except BaseException:  # also the caller's body failing (e.g. refused at the edge)
-                self._abandon(exchange)
+                exchange.abandon()
                 raise
             finally:
                 if timer is not None:
@@ -298,11 +295,6 @@ class Upstreams:
         except BaseException as e:
             exchange.fail(e)
             connection.close()
-
-    def _abandon(self, exchange: Exchange) -> None:
-        exchange.connection.close()
-        if exchange.sender is not None:
-            exchange.sender.cancel()
 
     async def close(self) -> None:
         """Close every connection."""

@@ -41,6 +41,31 @@ class Lost(Exception):
     """The connection ended before a complete response arrived."""
 
 
+class Body(Protocol):
+    """A response body as it arrives, on an HTTP/1.1 connection (:class:`Exchange`) or an
+    HTTP/2 stream: what :class:`~shoal.mesh.upstream.UpstreamResponse` reads."""
+
+    pieces: collections.deque[bytes]
+    buffered: int
+    trailers: Headers
+    finished: bool
+    error: BaseException | None
+    waiter: asyncio.Future[None] | None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop its connection runs on."""
+        ...
+
+    def consumed(self, size: int) -> None:
+        """The caller took ``size`` bytes: the connection may read (or be sent) more."""
+        ...
+
+    def abandon(self) -> None:
+        """The caller gives up on the rest (the body was not read to the end)."""
+        ...
+
+
 class Pool(Protocol):
     """Where a connection goes when it is idle, and leaves when it closes."""
 
@@ -68,6 +93,22 @@ class Exchange:
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop its connection runs on."""
+        return self.connection.loop
+
+    def consumed(self, size: int) -> None:
+        """The caller took ``size`` bytes of the body."""
+        self.connection.consumed(self, size)
+
+    def abandon(self) -> None:
+        """Drop the connection unless the response is complete; stop sending the body."""
+        if not self.finished:
+            self.connection.close()
+        if self.sender is not None:
+            self.sender.cancel()
 
     def late(self) -> None:
         """The response head did not arrive in time: its waiter gets a ``TimeoutError``."""
