@@ -34,8 +34,26 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-async def refuse(send: Send, refusal: Refusal, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer a request the gateway will not forward."""
+async def refuse(
+    send: Send, refusal: Refusal, extra: Sequence[tuple[bytes, bytes]] = (), *, rpc: bool = False
+) -> None:
+    """Answer a request the gateway will not forward; a gRPC one (``rpc``) as gRPC: HTTP 200
+    with the status in trailers (``grpc-status`` mapped from the HTTP status, as Envoy does),
+    ``x-shoal-cause`` in the head."""
+    if rpc:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/grpc"), *refusal.headers],
+                "trailers": True,
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+        message = refusal.body().decode().rstrip("\n")
+        trailers = grpc.refusal_trailers(refusal.status, message)
+        await send({"type": "http.response.trailers", "headers": trailers})
+        return
     body = refusal.body()
     await send(
         {
@@ -55,10 +73,18 @@ async def refuse(send: Send, refusal: Refusal, extra: Sequence[tuple[bytes, byte
 _CLOSE = ((b"connection", b"close"),)
 
 
-async def reject(send: Send, refusal: Refusal, http2: bool) -> None:
+async def reject(send: Send, refusal: Refusal, http2: bool, *, rpc: bool = False) -> None:
     """Answer a request refused for the client's fault; on HTTP/1.x the connection closes
     after it."""
-    await refuse(send, refusal, () if http2 else _CLOSE)
+    await refuse(send, refusal, () if http2 else _CLOSE, rpc=rpc)
+
+
+def _rpc(scope: Scope) -> bool:
+    """Whether to answer as gRPC: a gRPC request over HTTP/2 that takes trailers."""
+    headers: Headers = scope["headers"]
+    return (
+        scope["http_version"] == "2" and (b"te", b"trailers") in headers and grpc.is_grpc(headers)
+    )
 
 
 class _Refused(NamedTuple):
@@ -139,7 +165,7 @@ class GatewayApp:
             self.underscores,
         )
         if isinstance(head, Refusal):
-            await reject(send, head, http2)
+            await reject(send, head, http2, rpc=_rpc(scope))
             return
         loop = asyncio.get_running_loop()
         body = RequestBody(receive, self.limits, loop.time()) if head.has_body else None
@@ -256,9 +282,9 @@ class GatewayApp:
         )
         if isinstance(result, _Refused):
             if result.clients:
-                await reject(send, result.refusal, http2)
+                await reject(send, result.refusal, http2, rpc=_rpc(scope))
             else:
-                await refuse(send, result.refusal)
+                await refuse(send, result.refusal, rpc=_rpc(scope))
             return
         response = result.response
         complete = False

@@ -8,8 +8,16 @@ where it is in the head and there is no body (the gRPC over HTTP/2 spec).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
 
-__all__ = ["UNKNOWN_WITHOUT_TRAILERS", "awaits_trailers", "trailers_only"]
+__all__ = [
+    "UNKNOWN_WITHOUT_TRAILERS",
+    "awaits_trailers",
+    "is_grpc",
+    "refusal_trailers",
+    "status_for",
+    "trailers_only",
+]
 
 UNKNOWN_WITHOUT_TRAILERS = [(b"grpc-status", b"2"), (b"grpc-message", b"upstream sent no trailers")]
 """What a proxy ends a gRPC response with when the upstream sent no status at all: UNKNOWN."""
@@ -32,9 +40,31 @@ def trailers_only(
     """A trailers-only gRPC response's head split into (head, trailers) — its content-type, and
     its status and metadata — for a hop that cannot end a stream on its head (an ASGI server
     sends the end of the body as a frame of its own); None for any other response."""
-    grpc = any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in headers)
-    if not grpc or not any(n == b"grpc-status" for n, _ in headers):
+    if not is_grpc(headers) or not any(n == b"grpc-status" for n, _ in headers):
         return None
     return [f for f in headers if f[0] == b"content-type"], [
         f for f in headers if f[0] != b"content-type"
     ]
+
+
+def is_grpc(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a message with these header fields is gRPC (``content-type: application/grpc…``)."""
+    return any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in headers)
+
+
+# The gRPC project's HTTP-to-gRPC status mapping (doc/http-grpc-status-mapping.md), as Envoy
+# applies it to its own answers: anything else is UNKNOWN (2).
+_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def status_for(http_status: int) -> int:
+    """The ``grpc-status`` a gRPC client is told for an HTTP status Shoal would have sent."""
+    return _STATUS.get(http_status, 2)
+
+
+def refusal_trailers(http_status: int, message: str) -> list[tuple[bytes, bytes]]:
+    """``grpc-status`` and ``grpc-message`` (percent-encoded, as the spec wants) for an answer
+    Shoal makes itself."""
+    encoded = "".join(c if " " <= c <= "~" and c != "%" else quote(c, safe="") for c in message)
+    status = str(status_for(http_status)).encode()
+    return [(b"grpc-status", status), (b"grpc-message", encoded.encode())]

@@ -115,6 +115,47 @@ def calls(channel: grpc.Channel) -> dict[str, object]:
     return seen
 
 
+GHOST = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ghost}
+spec:
+  hosts: [ghost]
+  http:
+  - route: [{destination: {host: no-such-service}}]
+"""
+
+
+def refused(channel: grpc.Channel) -> tuple[object, str, dict[str, object]]:
+    """What a unary call through ``channel`` gets: code, details and initial metadata."""
+    try:
+        channel.unary_unary("/test.Echo/Unary")(b"hi", timeout=10)
+    except grpc.RpcError as e:
+        return e.code(), e.details(), dict(e.initial_metadata() or ())
+    raise AssertionError("answered")
+
+
+@pytest.mark.timeout(90)
+async def test_shoal_refuses_a_grpc_call_in_grpc(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Shoal's own answers to a gRPC request are gRPC: a route with no instance behind it is
+    UNAVAILABLE (14), an unknown host UNIMPLEMENTED (404's mapping), with x-shoal-cause."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await cluster.client.apply(parse_text(GHOST))
+        target = f"127.0.0.1:{cluster.gateway_port}"
+        with (
+            grpc.insecure_channel(target, [("grpc.default_authority", "ghost")]) as ghost,
+            grpc.insecure_channel(target, [("grpc.default_authority", "nowhere")]) as nowhere,
+        ):
+            code, details, metadata = await asyncio.to_thread(refused, ghost)
+            assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+            assert metadata.get("x-shoal-cause") == details.split(":")[0], (metadata, details)
+            code, details, metadata = await asyncio.to_thread(refused, nowhere)
+            assert code == grpc.StatusCode.UNIMPLEMENTED, (code, details)
+            assert metadata.get("x-shoal-cause"), metadata
+
+
 @pytest.mark.timeout(90)
 async def test_grpc_through_the_gateway(channel: grpc.Channel) -> None:
     """Unary, an error status with details and binary trailing metadata, a server stream that

@@ -21,3 +21,21 @@ def test_a_trailers_only_response_is_split_into_head_and_trailers() -> None:
     assert grpc.trailers_only(head) == ([GRPC], head[1:])
     assert grpc.trailers_only([GRPC]) is None
     assert grpc.trailers_only([(b"content-type", b"text/plain"), (b"grpc-status", b"0")]) is None
+
+
+def test_shoals_own_answers_map_to_grpc_statuses_as_envoys_do() -> None:
+    """The gRPC project's HTTP→gRPC mapping; anything else is UNKNOWN."""
+    assert [grpc.status_for(s) for s in (400, 401, 403, 404, 429, 502, 503, 504)] == [
+        13, 16, 7, 12, 14, 14, 14, 14,
+    ]  # fmt: skip
+    assert grpc.status_for(413) == grpc.status_for(500) == 2
+
+
+def test_grpc_message_is_percent_encoded_outside_printable_ascii_and_percent() -> None:
+    """The spec's Percent-Encoded form: %-escapes for '%' and non-printable or non-ASCII bytes."""
+    assert grpc.refusal_trailers(503, 'no_healthy_upstream: 100% ✓ "q"') == [
+        (b"grpc-status", b"14"),
+        (b"grpc-message", b'no_healthy_upstream: 100%25 %E2%9C%93 "q"'),
+    ]
+    assert grpc.is_grpc([(b"content-type", b"application/grpc+proto")])
+    assert not grpc.is_grpc([(b"content-type", b"application/json")])
