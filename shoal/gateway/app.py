@@ -23,10 +23,11 @@ from shoal.http import grpc
 from shoal.http.headers import Headers, UnderscorePolicy, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
-from shoal.http.refusal import Refusal
+from shoal.http.refusal import CAUSE_HEADER, Refusal
 from shoal.mesh.forward import Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.relay import relay
+from shoal.mesh.upstream import UpstreamResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -77,6 +78,15 @@ async def reject(send: Send, refusal: Refusal, http2: bool, *, rpc: bool = False
     """Answer a request refused for the client's fault; on HTTP/1.x the connection closes
     after it."""
     await refuse(send, refusal, () if http2 else _CLOSE, rpc=rpc)
+
+
+async def _short_text(response: UpstreamResponse, limit: int = 1024) -> str:
+    """The start of a (small, plain-text) answer's body, read and then dropped."""
+    taken = b""
+    while len(taken) < limit and (piece := await response.piece()) is not None:
+        taken += piece
+    response.close()
+    return taken[:limit].decode("utf-8", "replace").strip()
 
 
 def _rpc(scope: Scope) -> bool:
@@ -287,6 +297,14 @@ class GatewayApp:
                 await refuse(send, result.refusal, rpc=_rpc(scope))
             return
         response = result.response
+        cause = next((v for n, v in response.headers if n == CAUSE_HEADER), None)
+        if cause is not None and _rpc(scope) and not grpc.is_grpc(response.headers):
+            # A node router's own answer (denied, no instance…) to a gRPC call: in gRPC too.
+            said, why = await _short_text(response), cause.decode()
+            result.done()
+            message = said.removeprefix(why).removeprefix(":").strip()
+            await refuse(send, Refusal(response.status, why, message), rpc=True)
+            return
         complete = False
         # hypercorn sends trailers on HTTP/2 to a client that said ``te: trailers`` (gRPC's);
         # they must be announced before the body, so only for an upstream that announced them

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from shoal.platform.runtime.isolation import DEFAULT_UIDS, runtime_unreachable
 from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
-from tests.support.cluster import ready, running_cluster
+from tests.support.cluster import Cluster, ready, running_cluster
 from tests.support.tls import self_signed
 
 SERVER = """
@@ -66,12 +67,30 @@ SERVICE = {
 }
 
 
+DENY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-grpc}
+spec:
+  selector: {matchLabels: {app: echo-grpc}}
+  action: DENY
+  rules: [{}]
+"""
+
+
+@dataclass
+class Through:
+    """A running cluster and a grpcio channel to its gateway for the echo-grpc service."""
+
+    cluster: Cluster
+    channel: grpc.Channel
+
+
 @pytest.fixture(params=["h2c", "tls"])
-async def channel(
+async def through(
     request: pytest.FixtureRequest, redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
-) -> AsyncIterator[grpc.Channel]:
-    """A grpcio channel to the gateway — h2c, or TLS h2 (ALPN) — for the echo-grpc service,
-    once it runs."""
+) -> AsyncIterator[Through]:
+    """A channel to the gateway — h2c, or TLS h2 (ALPN) — once echo-grpc runs."""
     if os.geteuid() == 0 and (why := await runtime_unreachable(DEFAULT_UIDS.first)):
         pytest.skip(f"the server runs on this interpreter as an instance uid, which cannot: {why}")
     cert = self_signed(tmp_path)
@@ -81,14 +100,14 @@ async def channel(
         if request.param == "h2c":
             options = [("grpc.default_authority", "echo-grpc")]
             with grpc.insecure_channel(f"127.0.0.1:{cluster.gateway_port}", options) as chan:
-                yield chan
+                yield Through(cluster, chan)
         else:
             credentials = grpc.ssl_channel_credentials(cert[0].read_bytes())
             options = [("grpc.ssl_target_name_override", "localhost")]
             options.append(("grpc.default_authority", "echo-grpc"))
             target = f"127.0.0.1:{cluster.tls_port}"
             with grpc.secure_channel(target, credentials, options) as chan:
-                yield chan
+                yield Through(cluster, chan)
 
 
 def calls(channel: grpc.Channel) -> dict[str, object]:
@@ -157,10 +176,10 @@ async def test_shoal_refuses_a_grpc_call_in_grpc(
 
 
 @pytest.mark.timeout(90)
-async def test_grpc_through_the_gateway(channel: grpc.Channel) -> None:
+async def test_grpc_through_the_gateway(through: Through) -> None:
     """Unary, an error status with details and binary trailing metadata, a server stream that
     arrives message by message, a client stream, and a deadline."""
-    seen = await asyncio.to_thread(calls, channel)
+    seen = await asyncio.to_thread(calls, through.channel)
     assert seen["unary"] == b"echo:hi"
     code, details, trailing = seen["error"]  # type: ignore[misc]
     assert (code, details) == (grpc.StatusCode.NOT_FOUND, "no such thing")
@@ -172,3 +191,24 @@ async def test_grpc_through_the_gateway(channel: grpc.Channel) -> None:
     assert seen["client_stream"] == b"a+b+c"
     code, elapsed = seen["deadline"]  # type: ignore[misc]
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and elapsed < 1.5
+
+
+@pytest.mark.timeout(90)
+async def test_a_router_refusal_reaches_a_grpc_client_as_grpc(through: Through) -> None:
+    """An AuthorizationPolicy denying the service: the node router's 403 reaches the client as
+    PERMISSION_DENIED, with x-shoal-cause: denied."""
+    await through.cluster.client.apply(parse_text(DENY))
+
+    def denied() -> tuple[object, str, dict[str, object]]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the router has the policy
+            try:
+                through.channel.unary_unary("/test.Echo/Unary")(b"hi", timeout=10)
+            except grpc.RpcError as e:
+                return e.code(), e.details(), dict(e.initial_metadata() or ())
+            time.sleep(0.1)
+        raise AssertionError("never denied")
+
+    code, details, metadata = await asyncio.to_thread(denied)
+    assert (code, metadata.get("x-shoal-cause")) == (grpc.StatusCode.PERMISSION_DENIED, "denied")
+    assert details == "denied", details
