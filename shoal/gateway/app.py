@@ -23,7 +23,7 @@ from shoal.http import grpc
 from shoal.http.headers import Headers, UnderscorePolicy, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
-from shoal.http.refusal import CAUSE_HEADER, Refusal
+from shoal.http.refusal import CAUSE_HEADER, UPSTREAM_TIMEOUT, Refusal
 from shoal.mesh.forward import Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.relay import relay
@@ -52,7 +52,8 @@ async def refuse(
         )
         await send({"type": "http.response.body", "body": b""})
         message = refusal.body().decode().rstrip("\n")
-        trailers = grpc.refusal_trailers(refusal.status, message)
+        timed_out = refusal.cause == UPSTREAM_TIMEOUT
+        trailers = grpc.refusal_trailers(refusal.status, message, timed_out=timed_out)
         await send({"type": "http.response.trailers", "headers": trailers})
         return
     body = refusal.body()

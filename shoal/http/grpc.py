@@ -16,6 +16,7 @@ __all__ = [
     "is_grpc",
     "refusal_trailers",
     "status_for",
+    "timeout",
     "trailers_only",
 ]
 
@@ -62,9 +63,28 @@ def status_for(http_status: int) -> int:
     return _STATUS.get(http_status, 2)
 
 
-def refusal_trailers(http_status: int, message: str) -> list[tuple[bytes, bytes]]:
+DEADLINE_EXCEEDED = 4
+
+
+def refusal_trailers(
+    http_status: int, message: str, *, timed_out: bool = False
+) -> list[tuple[bytes, bytes]]:
     """``grpc-status`` and ``grpc-message`` (percent-encoded, as the spec wants) for an answer
-    Shoal makes itself."""
+    Shoal makes itself; a deadline that passed is DEADLINE_EXCEEDED (Envoy's choice too)."""
     encoded = "".join(c if " " <= c <= "~" and c != "%" else quote(c, safe="") for c in message)
-    status = str(status_for(http_status)).encode()
+    status = str(DEADLINE_EXCEEDED if timed_out else status_for(http_status)).encode()
     return [(b"grpc-status", status), (b"grpc-message", encoded.encode())]
+
+
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def timeout(value: str | None) -> float | None:
+    """Seconds of a ``grpc-timeout`` value (1 to 8 digits and a unit: H M S m u n), or None when
+    absent or malformed (then no deadline is taken from it)."""
+    if value is None or not 2 <= len(value) <= 9:
+        return None
+    digits, unit = value[:-1], _UNITS.get(value[-1])
+    if unit is None or not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits) * unit

@@ -23,8 +23,9 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from shoal.http import grpc
 from shoal.http.headers import Headers, with_authority
 from shoal.http.refusal import (
     FAULT_ABORT,
@@ -177,6 +178,9 @@ class Forwarder:
         self, req: Outbound, route: Route, state: ClusterState
     ) -> Forwarded | Refusal:
         policy = route.snapshot.retry_policy(route.match)
+        deadline = grpc.timeout(req.fields.get("grpc-timeout"))
+        if deadline is not None and (policy.timeout is None or deadline < policy.timeout):
+            policy = replace(policy, timeout=deadline)  # a gRPC call's own deadline bounds it
         retries = route.match.route.retries
         opt_in = retries is not None and retries.non_idempotent
         body = req.body

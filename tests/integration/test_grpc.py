@@ -212,3 +212,41 @@ async def test_a_router_refusal_reaches_a_grpc_client_as_grpc(through: Through) 
     code, details, metadata = await asyncio.to_thread(denied)
     assert (code, metadata.get("x-shoal-cause")) == (grpc.StatusCode.PERMISSION_DENIED, "denied")
     assert details == "denied", details
+
+
+HANG = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: hang}}
+spec:
+  app: apps:hang
+  workdir: {Path(__file__).resolve().parents[1] / "support"}
+  protocol: h2c
+  health: {{path: /healthz}}
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_a_grpc_timeout_header_is_shoals_deadline_too(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A gRPC call whose ``grpc-timeout`` passes before the instance answers (this one never
+    does, whatever the header says) is ended by Shoal at that deadline: DEADLINE_EXCEEDED with
+    x-shoal-cause (curl sends the header and would wait 10 s on its own)."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await cluster.client.apply(parse_text(HANG))
+        await cluster.instances(lambda f: bool(ready(f, "hang")), timeout=30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "--http2-prior-knowledge", "-i", "--max-time", "10",
+            "-H", "Host: hang", "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "-H", "grpc-timeout: 300m", "--data-binary", "@-",
+            f"http://127.0.0.1:{cluster.gateway_port}/test.Echo/Hang",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate(b"\x00\x00\x00\x00\x00")  # one empty message
+        elapsed = loop.time() - started
+    text = out.decode(errors="replace").lower()
+    assert "grpc-status: 4" in text and "x-shoal-cause: upstream_timeout" in text, text
+    assert 0.3 <= elapsed < 2.0, elapsed

@@ -39,3 +39,17 @@ def test_grpc_message_is_percent_encoded_outside_printable_ascii_and_percent() -
     ]
     assert grpc.is_grpc([(b"content-type", b"application/grpc+proto")])
     assert not grpc.is_grpc([(b"content-type", b"application/json")])
+
+
+def test_grpc_timeout_values() -> None:
+    """1 to 8 ASCII digits and a unit; anything else is no deadline at all."""
+    assert grpc.timeout("300m") == 0.3
+    assert grpc.timeout("2S") == 2.0 and grpc.timeout("1H") == 3600.0
+    assert grpc.timeout("99999999n") == 99999999e-9
+    for bad in (None, "", "m", "123456789m", "10x", "-1S", "1.5S", "²S"):
+        assert grpc.timeout(bad) is None, bad
+
+
+def test_a_deadline_shoal_enforced_is_deadline_exceeded() -> None:
+    """Shoal's upstream timeout (HTTP 504) is DEADLINE_EXCEEDED for a gRPC client, as Envoy's."""
+    assert grpc.refusal_trailers(504, "late", timed_out=True)[0] == (b"grpc-status", b"4")
