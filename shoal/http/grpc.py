@@ -7,12 +7,13 @@ where it is in the head and there is no body (the gRPC over HTTP/2 spec).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 __all__ = [
     "UNKNOWN_WITHOUT_TRAILERS",
     "awaits_trailers",
+    "head_status",
     "is_grpc",
     "refusal_trailers",
     "status_for",
@@ -88,3 +89,11 @@ def timeout(value: str | None) -> float | None:
     if unit is None or not (digits.isascii() and digits.isdigit()):
         return None
     return int(digits) * unit
+
+
+def head_status(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    """The ``grpc-status`` in a gRPC response's head (a trailers-only answer), else None."""
+    if not is_grpc(headers):
+        return None
+    found = next((v for n, v in headers if n == b"grpc-status"), None)
+    return int(found) if found is not None and found.isdigit() and len(found) < 4 else None

@@ -299,7 +299,8 @@ class Forwarder:
         except UpstreamError as e:
             self._finished(route, endpoint)
             return _Attempt(endpoint, classify(None, e.cause), error=e)
-        return _Attempt(endpoint, Outcome.response(response.status), response=response)
+        outcome = Outcome.response(response.status, grpc.head_status(response.headers))
+        return _Attempt(endpoint, outcome, response=response)
 
     def _finished(self, route: Route, endpoint: Endpoint) -> None:
         route.balancer.on_finish(endpoint)

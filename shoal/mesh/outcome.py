@@ -49,6 +49,7 @@ class Outcome:
 
     kind: Kind
     status: int
+    grpc_status: int | None = None  # a gRPC response's status, when its head carries it
 
     def __post_init__(self) -> None:
         if not 100 <= self.status <= 599:
@@ -60,9 +61,9 @@ class Outcome:
             )
 
     @classmethod
-    def response(cls, status: int) -> Outcome:
-        """The instance answered with ``status``."""
-        return cls(Kind.RESPONSE, status)
+    def response(cls, status: int, grpc_status: int | None = None) -> Outcome:
+        """The instance answered with ``status`` (and, for gRPC, ``grpc_status``)."""
+        return cls(Kind.RESPONSE, status, grpc_status)
 
     @property
     def is_error(self) -> bool:

@@ -20,10 +20,11 @@ condition                  retries on
 =========================  ==============================================================
 
 Envoy counts a per-try timeout as a reset, hence ``timeout`` under ``5xx``, ``gateway-error``
-and ``reset``. The gRPC conditions (``unavailable``, ``cancelled``, ``deadline-exceeded``,
-``internal``, ``resource-exhausted``) look at a ``grpc-status`` header that plain HTTP
-responses do not carry; they are accepted and never match. ``envoy-ratelimited`` and
-``retriable-headers`` are accepted and never match either (no rate limiter, no header list).
+and ``reset``. The gRPC conditions (``cancelled`` 1, ``deadline-exceeded`` 4,
+``resource-exhausted`` 8, ``internal`` 13, ``unavailable`` 14) match a response whose head
+carries that ``grpc-status`` — a trailers-only answer, as in Envoy: a status that comes in the
+trailers arrives after the body has been relayed. ``envoy-ratelimited`` and
+``retriable-headers`` are accepted and never match (no rate limiter, no header list).
 
 Safety: a request whose bytes may have reached the instance (``sent``) is retried only if its
 method is idempotent (or the route opts in) and its body was buffered and can be sent again.
@@ -46,14 +47,18 @@ ISTIO_DEFAULT_RETRY_ON = Retries().retry_on
 ISTIO_DEFAULT_STATUS_CODES = frozenset({503})
 
 _LOCAL_FAILURES = frozenset({Kind.CONNECT_FAILURE, Kind.REFUSED_STREAM, Kind.RESET, Kind.TIMEOUT})
+GRPC_CODES = {
+    "cancelled": 1,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "internal": 13,
+    "unavailable": 14,
+}
 MATCHING = frozenset(
     "5xx gateway-error reset connect-failure refused-stream retriable-4xx "
     "retriable-status-codes".split()
-)
-NEVER_MATCHING = frozenset(
-    "unavailable cancelled deadline-exceeded internal resource-exhausted envoy-ratelimited "
-    "retriable-headers".split()
-)
+) | frozenset(GRPC_CODES)
+NEVER_MATCHING = frozenset("envoy-ratelimited retriable-headers".split())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +132,10 @@ def retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
             or ("gateway-error" in on and outcome.is_gateway_error)
             or ("retriable-4xx" in on and status == 409)
             or ("retriable-status-codes" in on and status in policy.status_codes)
+            or (
+                outcome.grpc_status is not None
+                and any(GRPC_CODES.get(c) == outcome.grpc_status for c in on)
+            )
         )
     if kind in _LOCAL_FAILURES and not on.isdisjoint(("5xx", "gateway-error", "reset")):
         return True

@@ -53,3 +53,11 @@ def test_grpc_timeout_values() -> None:
 def test_a_deadline_shoal_enforced_is_deadline_exceeded() -> None:
     """Shoal's upstream timeout (HTTP 504) is DEADLINE_EXCEEDED for a gRPC client, as Envoy's."""
     assert grpc.refusal_trailers(504, "late", timed_out=True)[0] == (b"grpc-status", b"4")
+
+
+def test_head_status_reads_a_trailers_only_answer() -> None:
+    """grpc-status in a gRPC head is the call's status; elsewhere there is none."""
+    assert grpc.head_status([GRPC, (b"grpc-status", b"14")]) == 14
+    assert grpc.head_status([GRPC]) is None
+    assert grpc.head_status([(b"grpc-status", b"14")]) is None  # not gRPC
+    assert grpc.head_status([GRPC, (b"grpc-status", b"x")]) is None

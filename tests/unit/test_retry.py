@@ -301,3 +301,18 @@ def test_non_idempotent_sent_never_retried_without_opt_in(
         idempotent_opt_in=False,
         body_replayable=replayable,
     )
+
+
+def test_grpc_conditions_match_a_grpc_status_in_the_head() -> None:
+    """``unavailable`` & co. match a trailers-only gRPC answer with that status (HTTP 200), no
+    other; a gRPC call is a POST, so it is retried only with the route's opt-in."""
+    policy = on("unavailable", "resource-exhausted")
+    assert retriable(policy, Outcome.response(200, 14))
+    assert retriable(policy, Outcome.response(200, 8))
+    assert not retriable(policy, Outcome.response(200, 5))
+    assert not retriable(policy, Outcome.response(200))
+    assert not retriable(on("5xx"), Outcome.response(200, 14))
+    unavailable = Outcome.response(200, 14)
+    safe = {"sent": True, "body_replayable": True}
+    assert not should_retry(policy, 1, unavailable, "POST", idempotent_opt_in=False, **safe)
+    assert should_retry(policy, 1, unavailable, "POST", idempotent_opt_in=True, **safe)
