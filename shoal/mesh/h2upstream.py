@@ -211,7 +211,7 @@ class H2Connection(asyncio.Protocol):
         if self.transport is not None and not stream.finished:
             try:
                 self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:  # already closed on its side
                 return
             self._flush()
 
@@ -282,11 +282,14 @@ class H2Upstreams:
             *((n.lower(), v) for n, v in headers if n.lower() not in _HOP_BY_HOP and n != b"host"),
             (b"te", b"trailers"),
         ]
-        stream = connection.start(fields, end=body is None or body == b"")
-        if isinstance(body, bytes) and body:
-            stream.sender = loop.create_task(connection.send(stream, body, end=True))
-        elif body is not None and not isinstance(body, bytes):
-            stream.sender = loop.create_task(_stream_body(connection, stream, body))
+        try:
+            stream = connection.start(fields, end=not body)
+        except h2.exceptions.ProtocolError as e:  # the connection went away meanwhile
+            why = f"{authority}: {e!r}"
+            raise UpstreamError(503, UPSTREAM_CONNECT_ERROR, why, sent=False) from None
+        if body:
+            pieces = _once(body) if isinstance(body, bytes) else body
+            stream.sender = loop.create_task(_stream_body(connection, stream, pieces))
         timer = None if head_deadline is None else loop.call_at(head_deadline, stream.late)
         try:
             status, response_fields = await stream.head
@@ -311,6 +314,10 @@ class H2Upstreams:
             for connection in list(connections):
                 connection.close()
         self._connections.clear()
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 async def _stream_body(

@@ -22,6 +22,7 @@ from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import Cluster, ready, running_cluster
 from tests.support.tls import self_signed
+from tests.support.wait import eventually
 
 SERVER = """
 import sys, time
@@ -46,11 +47,18 @@ def slow(request, context):
     time.sleep(2)
     return b"late"
 
+def forever(request, context):
+    context.add_callback(lambda: print("cancelled:", request.decode(), flush=True))
+    while context.is_active():
+        time.sleep(0.05)
+        yield b"tick"
+
 handlers = {
     "Unary": grpc.unary_unary_rpc_method_handler(unary),
     "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
     "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
     "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    "Forever": grpc.unary_stream_rpc_method_handler(forever),
 }
 server = grpc.server(futures.ThreadPoolExecutor(8))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
@@ -250,3 +258,32 @@ async def test_a_grpc_timeout_header_is_shoals_deadline_too(
     text = out.decode(errors="replace").lower()
     assert "grpc-status: 4" in text and "x-shoal-cause: upstream_timeout" in text, text
     assert 0.3 <= elapsed < 2.0, elapsed
+
+
+@pytest.mark.timeout(90)
+async def test_a_client_cancellation_reaches_the_instance(through: Through, tmp_path: Path) -> None:
+    """A client that cancels a server stream midway: the instance's call is cancelled too (its
+    callback runs), through the gateway, the HTTP/1.1 hop and the router's HTTP/2 stream."""
+    mark = f"call-{time.monotonic_ns()}"
+
+    def take_three_then_cancel() -> int:
+        call = through.channel.unary_stream("/test.Echo/Forever")(mark.encode(), timeout=30)
+        taken = 0
+        for _ in call:
+            taken += 1
+            if taken == 3:
+                call.cancel()
+                break
+        return taken
+
+    assert await asyncio.to_thread(take_three_then_cancel) == 3
+
+    async def logged() -> str:
+        return "".join(p.read_text() for p in (tmp_path / "logs").glob("echo-grpc-*.log"))
+
+    await eventually(
+        logged,
+        "the instance to see the cancellation",
+        until=lambda text: f"cancelled: {mark}" in text,
+        timeout=10,
+    )
