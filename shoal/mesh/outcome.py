@@ -42,6 +42,12 @@ _LOCAL_STATUS = {
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 
+# Envoy's Grpc::Utility::grpcToHttpStatus, by grpc-status (anything else: 500).
+_GRPC_AS_HTTP = {
+    0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
+    9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
+}  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -66,14 +72,22 @@ class Outcome:
         return cls(Kind.RESPONSE, status, grpc_status)
 
     @property
+    def health_status(self) -> int:
+        """The status outlier detection judges: a gRPC answer's ``grpc-status`` mapped to HTTP
+        (Envoy's ``grpcToHttpStatus``: UNAVAILABLE is 503, INTERNAL 500…), else the status."""
+        if self.grpc_status is None:
+            return self.status
+        return _GRPC_AS_HTTP.get(self.grpc_status, 500)
+
+    @property
     def is_error(self) -> bool:
         """True for a 5xx response or any local failure (what ``consecutive5xxErrors`` counts)."""
-        return self.status >= 500
+        return self.health_status >= 500
 
     @property
     def is_gateway_error(self) -> bool:
         """True for 502/503/504 and every local failure (``consecutiveGatewayErrors``)."""
-        return self.status in GATEWAY_ERRORS
+        return self.health_status in GATEWAY_ERRORS
 
     @property
     def reached_upstream(self) -> bool:

@@ -36,7 +36,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from shoal.mesh.outcome import Kind, Outcome
+from shoal.mesh.outcome import GATEWAY_ERRORS, Kind, Outcome
 from shoal.resources.model import Retries
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -129,7 +129,7 @@ def retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
         status = outcome.status
         return (
             ("5xx" in on and status >= 500)
-            or ("gateway-error" in on and outcome.is_gateway_error)
+            or ("gateway-error" in on and status in GATEWAY_ERRORS)
             or ("retriable-4xx" in on and status == 409)
             or ("retriable-status-codes" in on and status in policy.status_codes)
             or (

@@ -316,3 +316,11 @@ def test_grpc_conditions_match_a_grpc_status_in_the_head() -> None:
     safe = {"sent": True, "body_replayable": True}
     assert not should_retry(policy, 1, unavailable, "POST", idempotent_opt_in=False, **safe)
     assert should_retry(policy, 1, unavailable, "POST", idempotent_opt_in=True, **safe)
+
+
+def test_outlier_detection_judges_a_grpc_answer_by_its_grpc_status() -> None:
+    """HTTP 200 carrying UNAVAILABLE counts as a gateway error for ejection (Envoy maps
+    grpc-status to HTTP there), OK and NOT_FOUND do not; retries still read the HTTP status."""
+    assert Outcome.response(200, 14).is_gateway_error and Outcome.response(200, 13).is_error
+    assert not Outcome.response(200, 0).is_error and not Outcome.response(200, 5).is_error
+    assert not retriable(on("gateway-error", "5xx"), Outcome.response(200, 14))
