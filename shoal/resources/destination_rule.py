@@ -15,6 +15,7 @@ from types import MappingProxyType
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
     Section,
+    choice,
     dns_label,
     host_name,
     integer,
@@ -96,18 +97,12 @@ def _traffic_policy(value: object, field: str) -> TrafficPolicy:
     policy = Section(value, field, _POLICY_FIELDS)
     balancer = policy.get("loadBalancer", section(("simple",)))
     return TrafficPolicy(
-        load_balancer=None if balancer is None else balancer.need("simple", _simple),
+        load_balancer=None if balancer is None else balancer.need("simple", choice(LOAD_BALANCERS)),
         outlier_detection=policy.get("outlierDetection", _outlier_detection),
         connection_pool=policy.get("connectionPool", _connection_pool),
         failure_threshold=policy.get("failureThreshold", integer(1)),
         healthy_threshold=policy.get("healthyThreshold", integer(1)),
     )
-
-
-def _simple(value: object, field: str) -> LoadBalancerPolicy:
-    if not isinstance(value, str) or value not in LOAD_BALANCERS:
-        raise ManifestError(f"must be one of {', '.join(LOAD_BALANCERS)}", field=field, value=value)
-    return LOAD_BALANCERS[value]
 
 
 def _outlier_detection(value: object, field: str) -> OutlierDetection:

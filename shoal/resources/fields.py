@@ -146,15 +146,20 @@ def matching(pattern: re.Pattern[str], what: str, max_length: int | None = None)
     return parse
 
 
-def one_of(choices: Collection[str]) -> Parser[str]:
-    """A parser of strings that are one of ``choices``."""
+def choice(choices: Mapping[str, T]) -> Parser[T]:
+    """A parser of strings that are keys of ``choices``; it gives their value."""
 
-    def parse(value: object, field: str) -> str:
+    def parse(value: object, field: str) -> T:
         if not isinstance(value, str) or value not in choices:
             raise ManifestError(f"must be one of {', '.join(choices)}", field=field, value=value)
-        return value
+        return choices[value]
 
     return parse
+
+
+def one_of(choices: Collection[str]) -> Parser[str]:
+    """A parser of strings that are one of ``choices``."""
+    return choice({c: c for c in choices})
 
 
 dns_label = matching(

@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from shoal.errors import ManifestError
 from shoal.identity.spiffe import SCHEME, InvalidSpiffeId, parse_spiffe
-from shoal.resources.fields import Section, labels, list_of, string
+from shoal.resources.fields import Section, choice, labels, list_of, string
 from shoal.resources.model import (
     AuthorizationAction,
     AuthorizationPolicy,
@@ -99,12 +99,6 @@ def _match_labels(value: object, field: str) -> tuple[tuple[str, str], ...]:
     return Section(value, field, ("matchLabels",)).get("matchLabels", labels, ())
 
 
-def _one_of(choices: Mapping[str, T], value: object, field: str) -> T:
-    if not isinstance(value, str) or value not in choices:
-        raise ManifestError(f"must be one of {', '.join(choices)}", field=field, value=value)
-    return choices[value]
-
-
 # ---------------------------------------------------------------------------------------------
 # PeerAuthentication
 
@@ -129,7 +123,7 @@ def _mtls(value: object, field: str) -> MtlsMode:
 
 
 def _mtls_mode(value: object, field: str) -> MtlsMode:
-    return _one_of(MTLS_MODES, value, field)
+    return choice(MTLS_MODES)(value, field)
 
 
 def peer_authentication_spec(policy: PeerAuthentication) -> dict[str, object]:
@@ -167,7 +161,7 @@ def _action(value: object, field: str) -> AuthorizationAction:
         raise ManifestError(
             f"action {value} is not supported by Shoal; use ALLOW or DENY", field=field, value=value
         )
-    return _one_of(ACTIONS, value, field)
+    return choice(ACTIONS)(value, field)
 
 
 def _rule(value: object, field: str) -> Rule:
