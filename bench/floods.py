@@ -47,6 +47,7 @@ from bench.servers import start_backend
 from bench.shoal_rows import start_shoal_gateway
 from bench.tls import make_self_signed
 from bench.tools import ensure_tools
+from shoal.mesh.peer_uid import TCP_TABLE
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # A GET / as one HPACK block of literal, never-indexed fields (no encoder state to keep).
@@ -179,6 +180,7 @@ async def flood(port: int, batch: Callable[[int], list[Frame]], until: float) ->
                 if sid > 2**31 - 2 * BATCH:
                     break
                 await writer.drain()
+                _announce()
                 await asyncio.sleep(0)  # let the reader see the gateway's close
         except OSError:
             cut += 1
@@ -209,12 +211,38 @@ async def hold_connections(port: int, count: int, until: float) -> int:
             refused += 1
             continue
         held.append((writer, asyncio.ensure_future(_discard(reader))))
-    await asyncio.sleep(max(0.0, until - loop.time()))
+    _announce()
+    await asyncio.sleep(max(0.0, until - loop.time()))  # the attack: hold them that long
     closed = sum(1 for _, ended in held if ended.done())
     for writer, ended in held:
         ended.cancel()
         writer.close()
     return refused + closed
+
+
+UNDER_WAY = "under way"
+_announced = False
+
+
+def _announce() -> None:
+    """Tell the parent, once, that the attack has reached the gateway (its first line)."""
+    global _announced
+    if not _announced:
+        _announced = True
+        print(UNDER_WAY, flush=True)
+
+
+def attacker_sockets(port: int, table: str) -> int:
+    """Connections the gateway on ``port`` still holds from 127.0.0.1 (the attacker's
+    address; the victim's is 127.0.0.2), in the text of ``/proc/net/tcp``: any state but
+    LISTEN and TIME_WAIT."""
+    local, remote = f":{port:04X}", "0100007F:"
+    count = 0
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[1].endswith(local) and fields[2].startswith(remote):
+            count += fields[3] not in ("0A", "06")
+    return count
 
 
 ATTACKS: dict[str, Callable[[int, float], list[Coroutine[None, None, int]]]] = {
@@ -257,12 +285,30 @@ async def measure(port: int, seconds: float, rate: float) -> list[tuple[str, Vic
             stdout=asyncio.subprocess.PIPE,
         )
         os.sched_setaffinity(attacker.pid, {LOADGEN_CPU})
-        await asyncio.sleep(0.5)  # the attack is under way before the victim starts
+        assert attacker.stdout is not None
+        async with asyncio.timeout(30):  # the attack reaches the gateway before the victim starts
+            started = (await attacker.stdout.readline()).decode().strip()
+        if started != UNDER_WAY:
+            raise RuntimeError(f"the {name} attacker did not start: {started!r}")
         measured = await victim(port, seconds, rate)
         out, _ = await attacker.communicate()
         results.append((name, measured, out.decode().strip()))
-        await asyncio.sleep(1.0)  # lingering closes end before the next attack
+        await _quiet(port)  # the gateway has let go of every attacking connection
     return results
+
+
+def _held(port: int) -> int:
+    return attacker_sockets(port, TCP_TABLE.read_text())
+
+
+async def _quiet(port: int, timeout: float = 10.0) -> None:
+    """Wait until the gateway holds no connection from the attacker (lingering closes end
+    within LINGER); RuntimeError after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while _held(port):
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"the gateway still holds attacking connections after {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -344,3 +344,20 @@ def test_flood_frames_are_what_they_claim() -> None:
     rapid = rapid_reset(3)
     assert isinstance(rapid[1], RstStreamFrame) and rapid[1].stream_id == 3
     assert rapid[-1].stream_id == 3 + 2 * (BATCH - 1)
+
+
+def test_attacker_sockets_counts_the_gateways_live_connections_from_127_0_0_1() -> None:
+    """Sockets on the gateway's port from 127.0.0.1, in any state but LISTEN and TIME_WAIT;
+    the victim's (127.0.0.2) and other ports' do not count."""
+    from bench.floods import attacker_sockets
+
+    header = "  sl  local_address rem_address   st\n"
+    rows = [
+        "0: 0100007F:1F90 00000000:0000 0A",  # the listener
+        "1: 0100007F:1F90 0100007F:C350 01",  # established, attacker
+        "2: 0100007F:1F90 0100007F:C351 08",  # close-wait, attacker
+        "3: 0100007F:1F90 0100007F:C352 06",  # time-wait: gone as far as we care
+        "4: 0100007F:1F90 0200007F:C353 01",  # the victim, 127.0.0.2
+        "5: 0100007F:1F91 0100007F:C354 01",  # another port
+    ]
+    assert attacker_sockets(8080, header + "\n".join(rows)) == 2
