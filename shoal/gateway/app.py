@@ -90,12 +90,14 @@ async def _short_text(response: UpstreamResponse, limit: int = 1024) -> str:
     return taken[:limit].decode("utf-8", "replace").strip()
 
 
+def _takes_trailers(scope: Scope) -> bool:
+    """Whether the client takes HTTP/2 trailers (``te: trailers``: gRPC clients say so)."""
+    return scope["http_version"] == "2" and (b"te", b"trailers") in scope["headers"]
+
+
 def _rpc(scope: Scope) -> bool:
     """Whether to answer as gRPC: a gRPC request over HTTP/2 that takes trailers."""
-    headers: Headers = scope["headers"]
-    return (
-        scope["http_version"] == "2" and (b"te", b"trailers") in headers and grpc.is_grpc(headers)
-    )
+    return _takes_trailers(scope) and grpc.is_grpc(scope["headers"])
 
 
 class _Refused(NamedTuple):
@@ -291,15 +293,17 @@ class GatewayApp:
             ),
             body,
         )
+        wants = _takes_trailers(scope)
+        rpc = wants and grpc.is_grpc(raw_headers)
         if isinstance(result, _Refused):
             if result.clients:
-                await reject(send, result.refusal, http2, rpc=_rpc(scope))
+                await reject(send, result.refusal, http2, rpc=rpc)
             else:
-                await refuse(send, result.refusal, rpc=_rpc(scope))
+                await refuse(send, result.refusal, rpc=rpc)
             return
         response = result.response
-        cause = next((v for n, v in response.headers if n == CAUSE_HEADER), None)
-        if cause is not None and _rpc(scope) and not grpc.is_grpc(response.headers):
+        cause = next((v for n, v in response.headers if n == CAUSE_HEADER), None) if rpc else None
+        if cause is not None and not grpc.is_grpc(response.headers):
             # A node router's own answer (denied, no instance…) to a gRPC call: in gRPC too.
             said, why = await _short_text(response), cause.decode()
             result.done()
@@ -312,7 +316,6 @@ class GatewayApp:
         # (``Trailer``) or a gRPC response that is not trailers-only (its status comes last),
         # and the h2 library cannot send an empty trailer block.
         fields, moved = end_to_end(response.headers), None
-        wants = http2 and (b"te", b"trailers") in raw_headers
         if wants and (split := grpc.trailers_only(fields)) is not None:
             fields, moved = split  # so that the status still ends the stream, after the body
         trailers = wants and (

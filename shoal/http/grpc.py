@@ -7,7 +7,7 @@ where it is in the head and there is no body (the gRPC over HTTP/2 spec).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from urllib.parse import quote
 
 __all__ = [
@@ -91,9 +91,12 @@ def timeout(value: str | None) -> float | None:
     return int(digits) * unit
 
 
-def head_status(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+def head_status(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     """The ``grpc-status`` in a gRPC response's head (a trailers-only answer), else None."""
-    if not is_grpc(headers):
-        return None
-    found = next((v for n, v in headers if n == b"grpc-status"), None)
-    return int(found) if found is not None and found.isdigit() and len(found) < 4 else None
+    grpc, status = False, None
+    for name, value in headers:
+        if name == b"content-type":
+            grpc = value.startswith(b"application/grpc")
+        elif name == b"grpc-status" and value.isdigit() and len(value) < 4:
+            status = int(value)
+    return status if grpc else None

@@ -28,16 +28,12 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from shoal.http.headers import Headers
+from shoal.http.headers import Headers, end_to_end
 from shoal.http.refusal import UPSTREAM_CONNECT_ERROR, UPSTREAM_RESET, UPSTREAM_TIMEOUT
 from shoal.mesh.upstream import UpstreamResponse
 from shoal.mesh.upstream_connection import UpstreamError, earliest
 
 __all__ = ["H2Upstreams"]
-
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
 
 
 @dataclass(eq=False)
@@ -279,7 +275,7 @@ class H2Upstreams:
             (b":scheme", b"http"),
             (b":authority", host),
             (b":path", target.encode("latin-1")),
-            *((n.lower(), v) for n, v in headers if n.lower() not in _HOP_BY_HOP and n != b"host"),
+            *((n, v) for n, v in end_to_end(headers) if n != b"host"),
             (b"te", b"trailers"),
         ]
         try:
