@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -20,7 +21,7 @@ from urllib.request import Request, urlopen
 import pytest
 import redis
 
-from shoal.store.embedded import free_port, recorded_url
+from shoal.store.embedded import recorded_url
 from tests.support.procfs import uid_of
 from tests.support.wait import eventually_sync
 
@@ -115,23 +116,34 @@ def ready_count(p: Platform) -> int:
     return sum(1 for i in p.status()["instances"] if i["state"] == "ready")
 
 
-def free_pair() -> int:
-    """A port free together with the next one: ``shoal up`` gives the node ``metrics_port + 1``."""
+def listen_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive ports free now, for ``shoal up`` to listen on later
+    (it gives the node ``metrics_port + 1``). Picked below the kernel's ephemeral range: a port
+    from that range (as binding port 0 gives) may meanwhile become some client socket's own
+    port (seen: "node metrics port 37070 (Address already in use)")."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     while True:
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
+        first = random.randrange(10000, low - count)
+        probes = [socket.socket() for _ in range(count)]
+        try:
+            for offset, probe in enumerate(probes):
+                probe.bind(("127.0.0.1", first + offset))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return first
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     """``shoal up --example`` in a fresh state dir, stopped at the end."""
     p = Platform(
-        home=tmp_path / "home", port=free_port(), mesh_port=free_port(), metrics_port=free_pair()
+        home=tmp_path / "home",
+        port=listen_ports(),
+        mesh_port=listen_ports(),
+        metrics_port=listen_ports(2),
     )
     p.start()
     yield p
@@ -266,8 +278,8 @@ def test_two_gateway_workers_share_the_port_and_both_follow_the_store(tmp_path: 
     worker processes, and ``apply --wait`` returns only once each has applied the change."""
     p = Platform(
         home=tmp_path / "home",
-        port=free_port(),
-        mesh_port=free_port(),
+        port=listen_ports(),
+        mesh_port=listen_ports(),
         metrics_port=0,  # off: the node would take the next port, which may be in use
         extra=("--gateway-workers", "2"),
     )
