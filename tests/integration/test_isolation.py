@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shoal.platform.runtime.isolation import run_as
+from shoal.platform.runtime.isolation import DEFAULT_UIDS, run_as
 from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
-from tests.support.cluster import Cluster, ready
+from tests.support.cluster import ready, running_cluster
 from tests.support.procfs import environ_of, uid_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root gives instances uids")
@@ -67,48 +67,51 @@ print(json.dumps(found))
 
 
 async def test_instances_run_as_their_services_uids_and_reach_nothing_else(
-    cluster: Cluster, redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
 ) -> None:
     """Two services get two uids (not root, not the platform's); as alpha's uid a process
     cannot list the node's state, cannot use beta's outbound listener (alpha's serves it),
     finds no store password in any process it can read and cannot talk to the store."""
-    docs = "---".join(STOCK.replace("NAME", name) for name in ("alpha", "beta"))
-    await cluster.client.apply(parse_text(docs))
-    found = await cluster.instances(
-        lambda f: bool(ready(f, "alpha")) and bool(ready(f, "beta")), timeout=30
-    )
-    alpha, beta = ready(found, "alpha")[0], ready(found, "beta")[0]
-    assert alpha.pid and beta.pid
-    uids = {uid_of(alpha.pid), uid_of(beta.pid)}
-    assert len(uids) == 2 and not uids & {0, os.getuid()}, uids
+    async with running_cluster(
+        redis, redis_url, keys, tmp_path, instance_uids=DEFAULT_UIDS
+    ) as cluster:
+        docs = "---".join(STOCK.replace("NAME", name) for name in ("alpha", "beta"))
+        await cluster.client.apply(parse_text(docs))
+        found = await cluster.instances(
+            lambda f: bool(ready(f, "alpha")) and bool(ready(f, "beta")), timeout=30
+        )
+        alpha, beta = ready(found, "alpha")[0], ready(found, "beta")[0]
+        assert alpha.pid and beta.pid
+        uids = {uid_of(alpha.pid), uid_of(beta.pid)}
+        assert len(uids) == 2 and not uids & {0, os.getuid()}, uids
 
-    node = (await cluster.client.registry.nodes())["n1"]
-    assert node["isolation"]["uids"] == "20000-29999", node
+        node = (await cluster.client.registry.nodes())["n1"]
+        assert node["isolation"]["uids"] == "20000-29999", node
 
-    own = environ_of(alpha.pid)["SHOAL_MESH_URL"]
-    other = environ_of(beta.pid)["SHOAL_MESH_URL"]
-    assert own != other
-    store_port = redis_url.rsplit(":", 1)[1].split("/")[0]
-    password = redis_url.split("@")[0].rsplit(":", 1)[1]
-    assert password
-    probe = await asyncio.create_subprocess_exec(
-        "python3",
-        "-c",
-        ATTACKER,
-        str(tmp_path),
-        own,
-        other,
-        store_port,
-        stdout=asyncio.subprocess.PIPE,
-        cwd="/",
-        **run_as(uid_of(alpha.pid)),
-    )
-    async with asyncio.timeout(60):
-        out, _ = await probe.communicate()
-    assert probe.returncode == 0
-    seen = json.loads(out)
-    assert seen["home"] == "denied"
-    assert isinstance(seen["own"], int), seen["own"]  # the router answered (no such host: 404)
-    assert seen["other"] in ("RemoteDisconnected", "ConnectionResetError"), seen["other"]
-    assert seen["proc"] and not any(password in text for text in seen["proc"])
-    assert seen["store"].startswith("-NOAUTH"), seen["store"]
+        own = environ_of(alpha.pid)["SHOAL_MESH_URL"]
+        other = environ_of(beta.pid)["SHOAL_MESH_URL"]
+        assert own != other
+        store_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+        password = redis_url.split("@")[0].rsplit(":", 1)[1]
+        assert password
+        probe = await asyncio.create_subprocess_exec(
+            "python3",
+            "-c",
+            ATTACKER,
+            str(tmp_path),
+            own,
+            other,
+            store_port,
+            stdout=asyncio.subprocess.PIPE,
+            cwd="/",
+            **run_as(uid_of(alpha.pid)),
+        )
+        async with asyncio.timeout(60):
+            out, _ = await probe.communicate()
+        assert probe.returncode == 0
+        seen = json.loads(out)
+        assert seen["home"] == "denied"
+        assert isinstance(seen["own"], int), seen["own"]  # the router answered (no such host: 404)
+        assert seen["other"] in ("RemoteDisconnected", "ConnectionResetError"), seen["other"]
+        assert seen["proc"] and not any(password in text for text in seen["proc"])
+        assert seen["store"].startswith("-NOAUTH"), seen["store"]

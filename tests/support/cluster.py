@@ -17,6 +17,7 @@ from shoal.platform.control.client import Client
 from shoal.platform.control.controller import Controller
 from shoal.platform.control.scaling import AutoscaleSettings
 from shoal.platform.node import run_node
+from shoal.platform.runtime.isolation import UidRange
 from shoal.resources.endpoint import Endpoint
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
@@ -108,10 +109,13 @@ async def running_cluster(
     autoscale: AutoscaleSettings | None = None,
     limits: EdgeLimits | None = None,
     tls: tuple[Path, Path] | None = None,
+    instance_uids: UidRange | None = None,
 ) -> AsyncIterator[Cluster]:
     """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``,
     and a TLS port with the certificate and key ``tls`` if given) in this event loop, on the
-    given store."""
+    given store. Instances run as this process's user unless ``instance_uids`` is given: the
+    test apps and commands live in this checkout, which other uids may not be able to enter
+    (a clone in a ``mktemp -d`` directory); tests of isolation itself give the range."""
     stop = asyncio.Event()
     mesh_port = free_port()
     token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
@@ -139,6 +143,7 @@ async def running_cluster(
             drain_delay=0.1,
             grace=5,
             limits=limits,
+            instance_uids=instance_uids,
         )
     )
     gateway_port = free_port()
