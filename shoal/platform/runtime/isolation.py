@@ -194,8 +194,8 @@ async def isolation(uids: UidRange | None, state_dir: Path) -> Isolation:
         False,
         (
             f"app: instances run as the platform's user (uid {me}): uid {uids.first} cannot "
-            f"run {sys.executable} ({unusable}); install Shoal with a Python every user can "
-            "run to isolate them (command: instances have their own uids)",
+            f"run {sys.executable} ({unusable}); to isolate them, put Shoal (its Python and "
+            "checkout) where every user can enter (command: instances have their own uids)",
         ),
     )
 
