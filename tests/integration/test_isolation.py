@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,60 @@ async def test_instances_run_as_their_services_uids_and_reach_nothing_else(
         assert seen["other"] in ("RemoteDisconnected", "ConnectionResetError"), seen["other"]
         assert seen["proc"] and not any(password in text for text in seen["proc"])
         assert seen["store"].startswith("-NOAUTH"), seen["store"]
+
+
+# Run as an instance uid from a working directory behind a closed one: what it sees of it.
+LOOK = r"""
+import json, os, sys
+import mod
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        return type(e).__name__
+
+box = sys.argv[1]
+print(json.dumps({"uid": os.getuid(), "mod": mod.NAME, "up": sorted(os.listdir(box)),
+                  "secret": read(box + "/secret"), "home": read(box + "/home/key")}))
+"""
+
+
+@pytest.mark.parametrize("where", ["app", "."])
+def test_an_instance_uid_reaches_its_runtime_behind_a_closed_directory(
+    tmp_path: Path, where: str
+) -> None:
+    """A checkout no other uid may enter (a clone in ``mktemp -d``, under pytest's 0700
+    directory too): started as an instance uid with its working directory there, a process runs
+    this Python and imports its module from it, sees nothing else of the closed directories
+    and cannot read a 0700 entry (``$SHOAL_HOME``). Mounts made for it stay its own."""
+    box = tmp_path / "box"
+    (box / "app").mkdir(parents=True)
+    (box / "app" / "mod.py").write_text("NAME = 'mod'\n")
+    (box / "secret").write_text("s3cret")
+    (box / "home").mkdir(mode=0o700)
+    (box / "home" / "key").write_text("k3y")
+    box.chmod(0o700)
+    cwd = str(box / where)
+    process = subprocess.run(
+        [sys.executable, "-c", LOOK, str(box)],
+        cwd=cwd,
+        env={"PYTHONPATH": str(box / "app")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **run_as(40000, cwd),
+    )
+    assert process.returncode == 0, process.stderr
+    seen = json.loads(process.stdout)
+    assert seen["uid"] == 40000 and seen["mod"] == "mod"
+    if where == "app":  # the working directory alone is shown of the box
+        assert seen["up"] == ["app"]
+        assert seen["secret"] == seen["home"] == "FileNotFoundError"
+    else:  # the box itself is needed: its entries are shown, each with its own permissions
+        assert seen["up"] == ["app", "home", "secret"]
+        assert seen["secret"] == "s3cret" and seen["home"] == "PermissionError"
+    assert sorted(os.listdir(box)) == ["app", "home", "secret"]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(box) not in mounts

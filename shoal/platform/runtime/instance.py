@@ -266,7 +266,7 @@ class InstanceSlot:
                     stdout=out,
                     stderr=out,
                     start_new_session=True,
-                    **run_as(self.user),
+                    **run_as(self.user, self.service.workdir),
                 )
             except OSError as e:
                 log.error("%s: cannot start %s: %s", self.service.key, self._argv()[0], e)

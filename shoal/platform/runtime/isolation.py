@@ -5,8 +5,9 @@ supplementary groups) from a range (``--instance-uids``, default :data:`DEFAULT_
 assigned on first use and kept in ``$SHOAL_HOME/uids.json`` so it stays the service's across
 restarts. A uid with an account in the passwd database is never handed out. The node can only
 do this as root; when it cannot, or when an ``app:`` instance's runtime (this interpreter and
-Shoal's packages) cannot be run by such a uid, isolation is limited and :class:`Isolation`
-says how (``limits``), for the node's log and ``shoal status``.
+Shoal's packages, shown to it where they are in a closed directory by
+:mod:`~shoal.platform.runtime.view`) cannot be run by such a uid, isolation is limited and
+:class:`Isolation` says how (``limits``), for the node's log and ``shoal status``.
 
 What the uid buys: ``$SHOAL_HOME`` (0700, the platform's) is unreadable to instances, so is the
 node's environment (``/proc/PID/environ``), and the router's outbound listener of service S
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import PlatformError, UserError
+from shoal.platform.runtime.view import View, plan, runtime_paths
 from shoal.resources.model import Service
 
 __all__ = [
@@ -124,15 +126,21 @@ class ServiceUids:
         return self._assigned[service]
 
 
-def run_as(user: int | None) -> dict[str, Any]:
+def run_as(user: int | None, cwd: str | None = None) -> dict[str, Any]:
     """Keywords for ``create_subprocess_exec`` that start a process as ``user``, with the group
-    of the same number and no other; none (as this process) for None. (A ``preexec_fn``:
-    uvloop takes no ``user``/``group`` keywords.)"""
-    return {} if user is None else {"preexec_fn": functools.partial(_become, user)}
+    of the same number and no other, in a view of the filesystem where it reaches this runtime
+    and ``cwd`` (:mod:`~shoal.platform.runtime.view`); none (as this process) for None. (A
+    ``preexec_fn``: uvloop takes no ``user``/``group`` keywords.)"""
+    if user is None:
+        return {}
+    view = plan(runtime_paths() + ((cwd,) if cwd else ()))
+    return {"preexec_fn": functools.partial(_become, user, view)}
 
 
-def _become(uid: int) -> None:
-    """In the child, before exec: drop every group, then take ``uid``'s group and uid."""
+def _become(uid: int, view: View) -> None:
+    """In the child, before exec: enter ``view``, drop every group, then take ``uid``'s group
+    and uid."""
+    view.enter()
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
@@ -194,8 +202,10 @@ async def isolation(uids: UidRange | None, state_dir: Path) -> Isolation:
         False,
         (
             f"app: instances run as the platform's user (uid {me}): uid {uids.first} cannot "
-            f"run {sys.executable} ({unusable}); to isolate them, put Shoal (its Python and "
-            "checkout) where every user can enter (command: instances have their own uids)",
+            f"run {sys.executable} ({unusable}); instances see a runtime in a closed directory "
+            "through a mount namespace, which needs CAP_SYS_ADMIN: without it, put Shoal (its "
+            "Python and checkout) where every user can enter (command: instances have their "
+            "own uids)",
         ),
     )
 

@@ -97,7 +97,7 @@ class Template:
                     stderr=out,
                     start_new_session=True,
                     pass_fds=(theirs.fileno(),),
-                    **run_as(user),
+                    **run_as(user, workdir),
                 )
         except OSError as e:
             sock.close()
