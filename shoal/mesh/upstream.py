@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,12 @@ UNSENT = "x-shoal-unsent"
 """Set by a node router on a refusal made before any byte reached an instance."""
 
 IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept
+MAX_CONNECTING = 4
+"""Connections to one upstream being made at once; beyond, a request waits for a connection to
+come free or a handshake to end. Handshakes (mTLS) cost CPU on the proxy's one event loop: a
+burst of requests opening a connection each would queue every request behind all of them, and
+the slower answers grow the burst (more requests in flight, more connections), while most of
+those requests could have had a connection freed a moment later."""
 
 _FRAMING = (b"content-length", b"transfer-encoding")
 
@@ -123,11 +130,28 @@ class Upstreams:
         self._connect_timeout = connect_timeout
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
+        self._connecting: dict[PoolKey, int] = {}
+        # Requests waiting for a connection (a future: a connection freed for it, or None: a
+        # handshake ended, so it may make one).
+        self._waiting: dict[PoolKey, deque[asyncio.Future[UpstreamConnection | None]]] = {}
 
     def park(self, connection: UpstreamConnection) -> None:
-        """Keep ``connection`` for reuse."""
+        """Keep ``connection`` for reuse: hand it to a request waiting for one, if any."""
+        if self._wake(connection.key, connection):
+            return
         connection.idle_since = connection.loop.time()
         self._idle.setdefault(connection.key, []).append(connection)
+
+    def _wake(self, key: PoolKey, connection: UpstreamConnection | None) -> bool:
+        """Give ``connection`` (None: leave to connect) to the longest-waiting request for
+        ``key``; False if none waits."""
+        waiting = self._waiting.get(key)
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
 
     def forget(self, connection: UpstreamConnection) -> None:
         """``connection`` closed: drop it."""
@@ -142,17 +166,25 @@ class Upstreams:
         """An idle connection for ``key`` (reused: True), else a new one, connected within
         the connect timeout and before ``deadline`` (the attempt's: a connection that cannot
         be made in time is a connect failure, nothing was sent)."""
-        idle = self._idle.get(key)
-        while idle:
-            connection = idle.pop()
-            if connection.open and loop.time() - connection.idle_since < IDLE_TIMEOUT:
-                return connection, True
-            connection.close()
         authority, tls, peer = key
-        host, port = _split(authority)
         limit = loop.time() + self._connect_timeout
+        limit = limit if deadline is None else min(limit, deadline)
+        while True:
+            idle = self._idle.get(key)
+            while idle:
+                connection = idle.pop()
+                if connection.open and loop.time() - connection.idle_since < IDLE_TIMEOUT:
+                    return connection, True
+                connection.close()
+            if self._connecting.get(key, 0) < MAX_CONNECTING:
+                break
+            freed = await self._wait(loop, key, limit)
+            if freed is not None and freed.open:
+                return freed, True
+        host, port = _split(authority)
+        self._connecting[key] = self._connecting.get(key, 0) + 1
         try:
-            async with asyncio.timeout_at(limit if deadline is None else min(limit, deadline)):
+            async with asyncio.timeout_at(limit):
                 _, protocol = await loop.create_connection(
                     lambda: UpstreamConnection(self, key), host, port, ssl=tls
                 )
@@ -160,6 +192,9 @@ class Upstreams:
             raise UpstreamError(
                 503, UPSTREAM_CONNECT_ERROR, f"{authority}: {e!r}", sent=False
             ) from None
+        finally:
+            self._connecting[key] -= 1
+            self._wake(key, None)
         if peer is not None:
             ssl_object = (
                 protocol.transport.get_extra_info("ssl_object") if protocol.transport else None
@@ -175,6 +210,26 @@ class Upstreams:
                 )
         self._all.add(protocol)
         return protocol, False
+
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, key: PoolKey, limit: float
+    ) -> UpstreamConnection | None:
+        """Wait, until ``limit``, for a connection to ``key`` to come free (it is returned) or
+        for one of its handshakes to end (None: the caller may make one)."""
+        waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
+        self._waiting.setdefault(key, deque()).append(waiter)
+        try:
+            async with asyncio.timeout_at(limit):
+                return await waiter
+        except TimeoutError:
+            raise UpstreamError(
+                503, UPSTREAM_CONNECT_ERROR, f"{key[0]}: no connection in time", sent=False
+            ) from None
+        except BaseException:
+            freed = waiter.result() if waiter.done() and not waiter.cancelled() else None
+            if freed is not None:
+                self.park(freed)  # freed for us as we were cancelled: pass it on
+            raise
 
     async def request(
         self,

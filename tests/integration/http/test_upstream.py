@@ -8,6 +8,7 @@ import hashlib
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from shoal.mesh.upstream import UpstreamError, Upstreams
+from shoal.mesh.upstream import MAX_CONNECTING, UpstreamError, Upstreams
 from tests.support.backends import echo_backend
 from tests.support.tls import mesh_contexts, self_signed
 from tests.support.upstream import pieces, read_body
+from tests.support.wait import eventually
 
 
 @dataclass
@@ -341,4 +343,65 @@ async def test_a_connect_that_cannot_finish_within_the_attempt_is_a_connect_fail
     finally:
         for filler in fillers:
             filler.close()
+        listener.close()
+
+
+async def test_a_burst_waits_for_a_few_handshakes_and_shares_their_connections(
+    tmp_path: Path,
+) -> None:
+    """Ten requests at once to an upstream whose TLS handshakes hang: only MAX_CONNECTING
+    connections are being made (a connection opened later, by another client, is accepted
+    while the rest wait); once the handshakes go through, all ten are answered, the waiting
+    ones on connections freed by the others or made as handshakes end."""
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    release = threading.Event()
+    accepted: list[int] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve(connection: socket.socket) -> None:
+        """Reads nothing (the ClientHello waits in the kernel) until released; then the
+        handshake, then ``ok`` to every request head."""
+        release.wait()
+        with contextlib.suppress(OSError), server_tls.wrap_socket(connection, True) as tls:
+            pending = b""
+            while data := tls.recv(65536):
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    _, pending = pending.split(b"\r\n\r\n", 1)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, peer = listener.accept()
+                accepted.append(peer[1])
+                threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    async def get() -> bytes:
+        response = await pool.request(f"127.0.0.1:{port}", "GET", "/", [], None, tls=client_tls)
+        return await read_body(response)
+
+    threading.Thread(target=accept, daemon=True).start()
+    pool = Upstreams(connect_timeout=30.0)
+    burst = [asyncio.create_task(get()) for _ in range(10)]
+    sentinel = socket.socket()
+    try:
+        await eventually(lambda: len(accepted), "connections accepted", until=MAX_CONNECTING.__eq__)
+        sentinel.connect(("127.0.0.1", port))
+        sentinel_port = sentinel.getsockname()[1]
+        await eventually(lambda: sentinel_port in accepted, "the other client's connection")
+        assert len(accepted) == MAX_CONNECTING + 1 and not any(t.done() for t in burst)
+        release.set()
+        assert await asyncio.gather(*burst) == [b"ok"] * 10
+    finally:
+        release.set()
+        sentinel.close()
+        for task in burst:
+            task.cancel()
+        await pool.close()
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         listener.close()
