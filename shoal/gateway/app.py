@@ -20,7 +20,13 @@ from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.hypercorn_edge import REQUEST_TASK, client_left
 from shoal.http import grpc
-from shoal.http.headers import Headers, UnderscorePolicy, edge_request_headers, end_to_end
+from shoal.http.headers import (
+    WEBSOCKET_UPGRADE,
+    Headers,
+    UnderscorePolicy,
+    edge_request_headers,
+    end_to_end,
+)
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import CAUSE_HEADER, UPSTREAM_TIMEOUT, Refusal
@@ -217,12 +223,13 @@ class GatewayApp:
         body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
         peer = exchange.peer
         scheme = "https" if exchange.ssl_object is not None else "http"
-        result = await self._send(
-            self._outbound(
-                head, method, query, request.fields, peer[0] if peer else None, scheme, body
-            ),
-            body,
+        outbound = self._outbound(
+            head, method, query, request.fields, peer[0] if peer else None, scheme, body
         )
+        if exchange.upgrade:  # a WebSocket handshake: the tunnel's bytes follow, unframed
+            outbound.headers += WEBSOCKET_UPGRADE
+            outbound.body = exchange.body()
+        result = await self._send(outbound, body)
         if isinstance(result, _Refused):
             await _answer(exchange, result.refusal, close=result.clients)
             return

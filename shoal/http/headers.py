@@ -96,6 +96,23 @@ def _named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     )
 
 
+# What a proxy sends with a WebSocket handshake it forwards, and with the 101 that accepts it:
+# ``Connection``/``Upgrade`` are hop-by-hop, so each hop asks for the switch again. Only
+# WebSocket is tunnelled (Envoy's default): an ``Upgrade: h2c`` (request smuggling past the
+# proxy's checks) or any other protocol is never passed on.
+WEBSOCKET_UPGRADE: Headers = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+
+
+def websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request asks to switch to WebSocket (``Connection: upgrade`` and ``Upgrade:
+    websocket``, RFC 6455 §4.1)."""
+    headers = list(headers)
+    return b"upgrade" in _named(headers) and any(
+        n == b"upgrade" and b"websocket" in {t.strip().lower() for t in v.split(b",")}
+        for n, v in headers
+    )
+
+
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """``headers`` without hop-by-hop ones, nor any named by ``Connection``."""
     headers = list(headers)

@@ -47,6 +47,7 @@ from shoal.http.h1 import (
     Upgraded,
     response_head,
 )
+from shoal.http.headers import websocket_upgrade
 from shoal.http.refusal import REQUEST_TIMEOUT, Refusal
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 
@@ -87,6 +88,7 @@ class Exchange:
         self.started = False  # the response head was written
         self.ended = False
         self.close_after = not head.keep_alive
+        self.upgrade = False  # a WebSocket handshake: its "body" is the client's tunnel bytes
 
     # -- the request
 
@@ -108,8 +110,18 @@ class Exchange:
 
     @property
     def has_body(self) -> bool:
-        """Whether a request body follows the head."""
-        return self.head.framing is not Framing.NONE
+        """Whether a request body follows the head (a tunnel's bytes, after an upgrade)."""
+        return self.head.framing is not Framing.NONE or self.upgrade
+
+    def _tunnel(self, rest: bytes) -> None:
+        """The request asked to switch to WebSocket: what the client sends from now on (``rest``
+        first) is read as its body, and the connection closes when the exchange ends."""
+        self.upgrade = True
+        self.close_after = True
+        self._complete = False
+        self.connection.tunnel = self
+        if rest:
+            self._received(rest)
 
     async def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (sending ``100 Continue`` first when asked for)."""
@@ -162,7 +174,7 @@ class Exchange:
                 self.close_after = True  # HTTP/1.0: the body ends with the connection
         if self.has_body and not self._complete and not self._body_read:
             self.close_after = True  # the unread body's bytes would follow on the connection
-        if self.close_after:
+        if self.close_after and status != 101:  # a 101 says Connection: upgrade
             fields.append((b"connection", b"close"))
         self._writer = BodyWriter(chunked)
         self.started = True
@@ -172,6 +184,8 @@ class Exchange:
         """Write a piece of the response body."""
         assert self._writer is not None, "start() first"
         if data and self.head.method != b"HEAD":
+            if self.upgrade:
+                self.connection.active = self.connection.loop.time()
             self._out.append(self._writer.data(data))
             self._out_bytes += len(data)
             if self._out_bytes >= FLUSH_AT:
@@ -223,6 +237,8 @@ class _Connection(WriteFlow):
         self.idle_since: float | None = None  # between requests: since when
         self.memo: dict[str, Any] = {}  # what a handler keeps per connection (a peer identity)
         self.head_timer: asyncio.TimerHandle | None = None  # a head begun, not yet complete
+        self.tunnel: Exchange | None = None  # switched to WebSocket: bytes go to it as they come
+        self.active = 0.0  # a tunnel's last byte either way (its idle timeout counts from it)
         # The loop, asked once: on Python 3.11 every get_running_loop() is a getpid() syscall.
         self.loop = asyncio.get_running_loop()
         self.closed = self.loop.create_future()
@@ -251,6 +267,10 @@ class _Connection(WriteFlow):
         self.release_writers()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.active = self.loop.time()
+            self.tunnel._received(data)
+            return
         try:
             events = self.reader.feed(data)
         except ProtocolError as e:
@@ -265,8 +285,11 @@ class _Connection(WriteFlow):
                 self.current._received(event.data)
             elif isinstance(event, End) and self.current is not None:
                 self.current._received(None)
-            elif isinstance(event, Upgraded):  # protocol switches are not relayed (yet)
-                if self.current is not None:
+            elif isinstance(event, Upgraded) and self.current is not None:
+                if websocket_upgrade(self.current.head.fields):
+                    self.active = self.loop.time()
+                    self.current._tunnel(event.rest)
+                else:  # another protocol (h2c, CONNECT): served as a plain request, then closed
                     self.current.close_after = True
         self._watch_head()
         self._next()
@@ -383,6 +406,7 @@ class Server:
         *,
         limits: HeadLimits = HeadLimits(),
         idle_timeout: float = 60.0,
+        tunnel_idle_timeout: float = 300.0,
         header_timeout: float | None = None,
         admit: Callable[[asyncio.Transport], bool] | None = None,
     ) -> None:
@@ -390,6 +414,7 @@ class Server:
         self.admit = admit  # whether to serve a new connection at all (None: every one)
         self.limits = limits
         self.idle_timeout = idle_timeout
+        self.tunnel_idle_timeout = tunnel_idle_timeout  # a WebSocket with no byte either way
         self.header_timeout = header_timeout  # a head's first byte to its end, else 408
         self.connections: set[_Connection] = set()
         self.closing = False
@@ -407,10 +432,15 @@ class Server:
         """Close connections idle longer than ``idle_timeout`` (one timer per server, not
         one per request); runs every quarter of it while connections exist."""
         loop = asyncio.get_running_loop()
-        limit = loop.time() - self.idle_timeout
+        now = loop.time()
+        limit, tunnel_limit = now - self.idle_timeout, now - self.tunnel_idle_timeout
         for connection in list(self.connections):
-            since = connection.idle_since
-            if since is not None and since < limit and connection.transport is not None:
+            if connection.transport is None:
+                continue
+            if connection.tunnel is not None:
+                if connection.active < tunnel_limit:
+                    connection.transport.close()
+            elif (since := connection.idle_since) is not None and since < limit:
                 connection.transport.close()
         self._sweep = (
             loop.call_later(self.idle_timeout / 4, self._close_idle) if self.connections else None

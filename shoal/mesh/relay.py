@@ -4,14 +4,15 @@ The head, the body as it arrives and the trailers go to the client's :class:`Exc
 arrived together leaves together (one write), and what is gathered is flushed before waiting
 for more, so a stream's head and events are never held back. A response cut short, by the
 upstream or the client, is left unended: the client's connection closes, so the client sees a
-truncated response, never a complete-looking one.
+truncated response, never a complete-looking one. After a ``101`` (a WebSocket accepted) the
+"body" is the upstream's side of the tunnel, relayed until either side closes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from shoal.http.headers import Headers
+from shoal.http.headers import WEBSOCKET_UPGRADE, Headers
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse
 
@@ -22,6 +23,8 @@ async def relay(
     """Send ``upstream``'s status, ``fields`` (its end-to-end ones, as the caller chose them),
     body and trailers to ``exchange``; call ``done`` once over, however it ends."""
     complete = False
+    if upstream.status == 101:  # the instance accepted a WebSocket: the client's switches too
+        fields = [*fields, *WEBSOCKET_UPGRADE]
     try:
         await exchange.start(upstream.status, fields)
         while (chunk := await upstream.piece(before_wait=exchange.flush)) is not None:

@@ -31,7 +31,14 @@ import os
 from collections.abc import Callable, Iterable
 
 from shoal.http.h1 import HeadLimits
-from shoal.http.headers import IDENTITY, INTERNAL_PREFIX, Headers, end_to_end, request_headers
+from shoal.http.headers import (
+    IDENTITY,
+    INTERNAL_PREFIX,
+    WEBSOCKET_UPGRADE,
+    Headers,
+    end_to_end,
+    request_headers,
+)
 from shoal.http.paths import SlashPolicy, normalize_path
 from shoal.http.refusal import (
     DENIED,
@@ -64,12 +71,14 @@ async def _refuse(exchange: Exchange, refusal: Refusal, *, unsent: bool = False)
 
 
 def _mesh_fields(exchange: Exchange) -> Headers:
-    """The request's end-to-end fields without Shoal's internal ones (only routers set those)."""
-    return [
+    """The request's end-to-end fields without Shoal's internal ones (only routers set those),
+    asking for the switch again when it is a WebSocket handshake."""
+    fields = [
         (n, v)
         for n, v in end_to_end(exchange.head.fields)
         if not n.startswith(INTERNAL_PREFIX) and n not in IDENTITY and n not in _DROP
     ]
+    return fields + WEBSOCKET_UPGRADE if exchange.upgrade else fields
 
 
 def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -219,7 +228,8 @@ class Router:
                 path=path,
                 raw_target=path + (f"?{query}" if query else ""),
                 query=query,
-                headers=request_headers(raw, fields, peer[0] if peer else None, "http"),
+                headers=request_headers(raw, fields, peer[0] if peer else None, "http")
+                + (WEBSOCKET_UPGRADE if exchange.upgrade else []),
                 fields=fields,
                 body=exchange.body() if exchange.has_body else None,
                 content_length=exchange.head.content_length,
@@ -264,7 +274,8 @@ class Router:
             return
         headers = _mesh_fields(exchange)
         headers += caller_fields
-        pool = self.upstreams if endpoint.protocol == "http" else self.h2_upstreams
+        h1 = endpoint.protocol == "http" or exchange.upgrade  # WebSocket: HTTP/1.1's Upgrade
+        pool = self.upstreams if h1 else self.h2_upstreams
         try:
             upstream = await pool.request(
                 endpoint.authority,

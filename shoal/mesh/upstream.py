@@ -252,14 +252,17 @@ class Upstreams:
         exchange, body included.
         """
         loop = asyncio.get_running_loop()
-        deadline = None if total_timeout is None else loop.time() + total_timeout
+        # A WebSocket handshake (the caller asks for the switch): the route's timeout bounds
+        # the wait for the 101, not the tunnel's life; its "body" goes as it comes, unframed.
+        tunnel = any(n == b"upgrade" for n, _ in headers)
+        deadline = None if total_timeout is None or tunnel else loop.time() + total_timeout
         fields = [(n, v) for n, v in headers if n not in _FRAMING]
         if not any(n == b"host" for n, _ in fields):
             fields.insert(0, (b"host", authority.encode()))
         chunked = False
         if isinstance(body, bytes):
             fields.append((b"content-length", b"%d" % len(body)))
-        elif body is not None:
+        elif body is not None and not tunnel:
             length = next((v for n, v in headers if n == b"content-length"), None)
             chunked = length is None
             fields.append(
@@ -338,7 +341,7 @@ class Upstreams:
         connection, writer = exchange.connection, BodyWriter(chunked)
         try:
             async for piece in body:
-                if not connection.open or connection.transport is None:
+                if connection.transport is None or not (connection.open or connection.tunnel):
                     return
                 connection.transport.write(writer.data(piece))
                 await connection.writable()

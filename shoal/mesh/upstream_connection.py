@@ -138,6 +138,7 @@ class UpstreamConnection(WriteFlow):
         self.idle_since = 0.0
         self.open = True
         self.reading_paused = False
+        self.tunnel = False  # switched to WebSocket (a 101): what follows is the tunnel's
 
     # -- asyncio.Protocol
 
@@ -152,6 +153,9 @@ class UpstreamConnection(WriteFlow):
             self.close()
             return
         exchange.received = True
+        if self.tunnel:
+            self._on_events(exchange, (Data(data),))
+            return
         try:
             events = self.reader.feed(data)
         except ProtocolError as e:
@@ -173,9 +177,17 @@ class UpstreamConnection(WriteFlow):
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
         self.pool.forget(self)
-        if self.exchange is not None:
-            self.exchange.fail(Lost(str(exc) if exc else "connection closed"))
         self.release_writers()
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if exchange.sender is not None:
+            exchange.sender.cancel()  # nowhere to send the rest of the request
+        if self.tunnel and exc is None:
+            exchange.finished = True  # the upstream ended the tunnel
+            exchange.wake()
+        else:
+            exchange.fail(Lost(str(exc) if exc else "connection closed"))
 
     # -- the exchange
 
@@ -192,15 +204,20 @@ class UpstreamConnection(WriteFlow):
                     continue  # the body is streamed anyway: a 100 Continue changes nothing
                 if not event.keep_alive or event.status == 101:
                     self.open = False  # used up by this exchange
+                self.tunnel = event.status == 101  # what follows is a WebSocket's frames
                 if not exchange.head.done():
                     exchange.head.set_result(event)
             elif isinstance(event, End):
+                if self.tunnel:
+                    continue  # the 101's own end: the tunnel has just begun
                 if exchange.head.done() and not exchange.head.exception():
                     exchange.trailers = list(event.trailers)
                     exchange.finished = True
                     self.release(exchange)
-            elif isinstance(event, Upgraded):  # protocol switches are not relayed (yet)
+            elif isinstance(event, Upgraded):
                 self.open = False
+                if self.tunnel and event.rest:
+                    self._on_events(exchange, (Data(event.rest),))
         exchange.wake()
 
     def release(self, exchange: Exchange) -> None:
@@ -208,8 +225,10 @@ class UpstreamConnection(WriteFlow):
         self.exchange = None
         if self.open and exchange.body_sent and self.transport is not None:
             self.pool.park(self)
-        else:
-            self.close()
+            return
+        if exchange.sender is not None:
+            exchange.sender.cancel()  # answered before the whole request went out
+        self.close()
 
     def consumed(self, exchange: Exchange, size: int) -> None:
         """The caller took ``size`` bytes: resume reading below the low-water mark."""

@@ -1,0 +1,123 @@
+"""WebSocket through Shoal: a stock ``websockets`` server run as a Service, a stock ``websockets``
+client through the gateway (ws://, wss://) and east-west through a service's outbound listener:
+the handshake is forwarded hop by hop and the frames are tunnelled both ways as they are."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import sys
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from shoal.resources.manifest import parse_text
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import Cluster, ready, running_cluster
+from tests.support.procfs import environ_of
+from tests.support.tls import self_signed
+from tests.support.wait import eventually
+
+SERVER = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), ping_interval=None) as server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+SERVICE = {
+    "apiVersion": "shoal/v1",
+    "kind": "Service",
+    "metadata": {"name": "echo-ws"},
+    "spec": {"command": [sys.executable, "-c", SERVER, "$PORT"]},
+}
+
+# A route timeout far shorter than the test: it bounds the handshake, not the tunnel's life.
+ROUTE = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-ws}
+spec:
+  hosts: [echo-ws]
+  http:
+  - timeout: 1s
+    route: [{destination: {host: echo-ws}}]
+"""
+
+DENY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-ws}
+spec:
+  selector: {matchLabels: {app: echo-ws}}
+  action: DENY
+  rules: [{}]
+"""
+
+
+async def echoes(uri: str, port: int, **options: object) -> None:
+    """Text and binary frames come back as sent, and the close handshake completes; the
+    connection outlives the route's timeout while pings go back and forth."""
+    async with connect(uri, host="127.0.0.1", port=port, **options) as ws:  # type: ignore[arg-type]
+        await ws.send("hello ✓")
+        assert await ws.recv() == "hello ✓"
+        await ws.send(b"\x00\x01\xff" * 1000)
+        assert await ws.recv() == b"\x00\x01\xff" * 1000
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.5
+        while loop.time() < until:  # idle but for pings, past the route's 1 s timeout
+            async with asyncio.timeout(5):
+                await (await ws.ping())
+            await asyncio.sleep(0.5)
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+    assert ws.close_code == 1000
+
+
+async def test_echo_over_ws_wss_and_east_west(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Through the gateway over ws:// and wss://, and from a service's outbound listener (what
+    an instance reaches through ``$SHOAL_MESH_URL``), frames echo and the tunnel outlives the
+    route's timeout; an AuthorizationPolicy denying the service refuses the handshake (403)."""
+    cert = self_signed(tmp_path)
+    async with running_cluster(redis, redis_url, keys, tmp_path, tls=cert) as cluster:
+        await cluster.client.apply(parse_text(json.dumps(SERVICE) + "\n---\n" + ROUTE))
+        found = await cluster.instances(lambda f: bool(ready(f, "echo-ws")), timeout=30)
+        await echoes("ws://echo-ws/", cluster.gateway_port)
+        client_tls = ssl.create_default_context(cafile=str(cert[0]))
+        assert cluster.tls_port is not None
+        await echoes(
+            "wss://echo-ws/", cluster.tls_port, ssl=client_tls, server_hostname="localhost"
+        )
+        pid = ready(found, "echo-ws")[0].pid
+        assert pid is not None
+        mesh = environ_of(pid)["SHOAL_MESH_URL"]
+        await echoes("ws://echo-ws/", int(mesh.rsplit(":", 1)[1]))
+
+        await cluster.client.apply(parse_text(DENY))
+        await eventually_denied(cluster)
+
+
+async def eventually_denied(cluster: Cluster) -> None:
+    """The handshake is refused (403 from the instance's router) once the policy applies."""
+
+    async def status() -> int:
+        try:
+            async with connect("ws://echo-ws/", host="127.0.0.1", port=cluster.gateway_port):
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    await eventually(status, "the handshake refused", until=(403).__eq__, timeout=15)
