@@ -167,6 +167,7 @@ async def run_gateway(
         app.serve_h1,
         limits=limits.head_limits(),
         idle_timeout=limits.idle_timeout,
+        tunnel_idle_timeout=limits.websocket_idle_timeout,
         header_timeout=limits.header_timeout,
     )
 

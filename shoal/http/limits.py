@@ -57,6 +57,7 @@ class EdgeLimits:
     body_timeout: float = 120.0  # whole request body, from its head to its last byte → 408
     body_idle_timeout: float = 30.0  # longest gap between two pieces of a request body → 408
     idle_timeout: float = 60.0  # a connection with no request in flight is closed
+    websocket_idle_timeout: float = 300.0  # a WebSocket with no byte either way is closed
     read_timeout: float | None = 60.0  # no byte at all from the client for this long → closed
     tls_handshake_timeout: float = 10.0
     max_connections: int = 10_000  # open client connections per gateway process

@@ -207,6 +207,12 @@ class Exchange:
             self._out.clear()
             self._out_bytes = 0
 
+    def send_now(self, data: bytes) -> None:
+        """Put ``data`` (a tunnel's own bytes, unframed) on the wire now, after what was
+        written before it: what a relay says as it is cancelled."""
+        self._out.append(data)
+        self.flush()
+
     async def respond(
         self, status: int, fields: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
     ) -> None:
@@ -426,11 +432,12 @@ class Server:
         connection.idle_since = loop.time()
         self.connections.add(connection)
         if self._sweep is None:
-            self._sweep = loop.call_later(self.idle_timeout / 4, self._close_idle)
+            self._sweep = loop.call_later(self._sweep_every, self._close_idle)
 
     def _close_idle(self) -> None:
-        """Close connections idle longer than ``idle_timeout`` (one timer per server, not
-        one per request); runs every quarter of it while connections exist."""
+        """Close connections idle longer than ``idle_timeout`` and WebSockets quiet longer than
+        ``tunnel_idle_timeout`` (one timer per server, not one per request); runs every
+        quarter of the shorter while connections exist."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         limit, tunnel_limit = now - self.idle_timeout, now - self.tunnel_idle_timeout
@@ -443,8 +450,12 @@ class Server:
             elif (since := connection.idle_since) is not None and since < limit:
                 connection.transport.close()
         self._sweep = (
-            loop.call_later(self.idle_timeout / 4, self._close_idle) if self.connections else None
+            loop.call_later(self._sweep_every, self._close_idle) if self.connections else None
         )
+
+    @property
+    def _sweep_every(self) -> float:
+        return min(self.idle_timeout, self.tunnel_idle_timeout) / 4
 
     def __call__(self) -> _Connection:
         return _Connection(self)
@@ -468,6 +479,8 @@ class Server:
         for connection in list(self.connections):
             if connection.task is None and connection.transport is not None:
                 connection.transport.close()
+            elif connection.tunnel is not None and connection.task is not None:
+                connection.task.cancel()  # a WebSocket never ends by itself: "going away"
         running = [c.task for c in self.connections if c.task is not None]
         if running:
             _, late = await asyncio.wait(running, timeout=grace)

@@ -5,7 +5,9 @@ arrived together leaves together (one write), and what is gathered is flushed be
 for more, so a stream's head and events are never held back. A response cut short, by the
 upstream or the client, is left unended: the client's connection closes, so the client sees a
 truncated response, never a complete-looking one. After a ``101`` (a WebSocket accepted) the
-"body" is the upstream's side of the tunnel, relayed until either side closes.
+"body" is the upstream's side of the tunnel, relayed until either side closes; if it ends
+without a close frame (the instance went away, or this proxy stops), the proxy sends the client
+one with status 1001, between two of the instance's frames.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shoal.http.headers import WEBSOCKET_UPGRADE, Headers
+from shoal.http.websocket import GOING_AWAY, Frames
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse
 
@@ -23,17 +26,25 @@ async def relay(
     """Send ``upstream``'s status, ``fields`` (its end-to-end ones, as the caller chose them),
     body and trailers to ``exchange``; call ``done`` once over, however it ends."""
     complete = False
+    tunnel = None
     if upstream.status == 101:  # the instance accepted a WebSocket: the client's switches too
         fields = [*fields, *WEBSOCKET_UPGRADE]
+        tunnel = Frames()
     try:
         await exchange.start(upstream.status, fields)
         while (chunk := await upstream.piece(before_wait=exchange.flush)) is not None:
+            if tunnel is not None:
+                tunnel.feed(chunk)
             await exchange.write(chunk)
         complete = True
     except (UpstreamError, ConnectionError):
         pass  # cut short: the client's connection closes without the response's end
     finally:
         done()
+        if tunnel is not None and not tunnel.closed and tunnel.between:
+            # The instance's end went without a close frame, or this proxy is shutting down
+            # (the relay is cancelled): the client hears "going away", not a cut.
+            exchange.send_now(GOING_AWAY)
         if complete:
             await exchange.end(upstream.trailers)
         else:

@@ -126,10 +126,12 @@ class Router:
         upstreams: Upstreams | None = None,
         activator: Activator | None = None,
         head_limits: HeadLimits = HeadLimits(),
+        tunnel_idle_timeout: float = 300.0,
         callers: Callable[[str], frozenset[int]] | None = None,
     ) -> None:
         self.proxy_state = proxy_state
         self.head_limits = head_limits  # at least the edge's (EdgeLimits.head_limits(inner=True))
+        self.tunnel_idle_timeout = tunnel_idle_timeout  # a WebSocket with no byte either way
         self.credentials = credentials
         self.node = node
         self.trust_domain = trust_domain
@@ -148,7 +150,12 @@ class Router:
     def _server(
         self, handler: Handler, admit: Callable[[asyncio.Transport], bool] | None = None
     ) -> Server:
-        server = Server(handler, limits=self.head_limits, admit=admit)
+        server = Server(
+            handler,
+            limits=self.head_limits,
+            tunnel_idle_timeout=self.tunnel_idle_timeout,
+            admit=admit,
+        )
         self._servers.append(server)
         return server
 

@@ -138,6 +138,7 @@ async def run_node(
         trust_domain=trust_domain,
         activator=process.activator,
         head_limits=(limits or EdgeLimits()).head_limits(inner=True),
+        tunnel_idle_timeout=(limits or EdgeLimits()).websocket_idle_timeout,
         callers=isolated.callers,
     )
     async with process.running():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import ssl
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from shoal.http.limits import EdgeLimits
 from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -121,3 +124,42 @@ async def eventually_denied(cluster: Cluster) -> None:
             return e.response.status_code
 
     await eventually(status, "the handshake refused", until=(403).__eq__, timeout=15)
+
+
+async def test_a_quiet_websocket_closes_and_one_whose_instance_goes_hears_going_away(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A WebSocket with no frame either way for ``websocket_idle_timeout`` is closed; one whose
+    instance dies without a word gets a close frame 1001 (going away) from Shoal instead of a
+    cut; and so does one still open when the gateway shuts down."""
+    limits = EdgeLimits(websocket_idle_timeout=1.0)
+    async with running_cluster(redis, redis_url, keys, tmp_path, limits=limits) as cluster:
+        await cluster.client.apply(parse_text(json.dumps(SERVICE)))
+        found = await cluster.instances(lambda f: bool(ready(f, "echo-ws")), timeout=30)
+        port = cluster.gateway_port
+        async with connect("ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=None) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            async with asyncio.timeout(10):
+                await ws.wait_closed()  # the client sees the connection cut: no close frame
+            assert ws.close_code == 1006
+
+        async with connect("ws://echo-ws/", host="127.0.0.1", port=port) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            pid = ready(found, "echo-ws")[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            async with asyncio.timeout(10):
+                await ws.wait_closed()
+            assert ws.close_code == 1001, ws.close_code
+
+        await cluster.instances(
+            lambda f: any(e.pid != pid for e in ready(f, "echo-ws")), timeout=30
+        )
+        ws = await connect("ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=None)
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+    async with asyncio.timeout(10):
+        await ws.wait_closed()
+    assert ws.close_code == 1001, ws.close_code
