@@ -29,11 +29,10 @@ from shoal.http.headers import (
 )
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
-from shoal.http.refusal import CAUSE_HEADER, UPSTREAM_TIMEOUT, Refusal
+from shoal.http.refusal import UPSTREAM_TIMEOUT, Refusal
 from shoal.mesh.forward import Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
-from shoal.mesh.relay import relay
-from shoal.mesh.upstream import UpstreamResponse
+from shoal.mesh.relay import relay, router_refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,15 +84,6 @@ async def reject(send: Send, refusal: Refusal, http2: bool, *, rpc: bool = False
     """Answer a request refused for the client's fault; on HTTP/1.x the connection closes
     after it."""
     await refuse(send, refusal, () if http2 else _CLOSE, rpc=rpc)
-
-
-async def _short_text(response: UpstreamResponse, limit: int = 1024) -> str:
-    """The start of a (small, plain-text) answer's body, read and then dropped."""
-    taken = b""
-    while len(taken) < limit and (piece := await response.piece()) is not None:
-        taken += piece
-    response.close()
-    return taken[:limit].decode("utf-8", "replace").strip()
 
 
 def _takes_trailers(scope: Scope) -> bool:
@@ -309,13 +299,9 @@ class GatewayApp:
                 await refuse(send, result.refusal, rpc=rpc)
             return
         response = result.response
-        cause = next((v for n, v in response.headers if n == CAUSE_HEADER), None) if rpc else None
-        if cause is not None and not grpc.is_grpc(response.headers):
-            # A node router's own answer (denied, no instance…) to a gRPC call: in gRPC too.
-            said, why = await _short_text(response), cause.decode()
-            result.done()
-            message = said.removeprefix(why).removeprefix(":").strip()
-            await refuse(send, Refusal(response.status, why, message), rpc=True)
+        if rpc and (refused := await router_refusal(response)) is not None:
+            result.done()  # a node router's own answer to a gRPC call: in gRPC too
+            await refuse(send, refused, rpc=True)
             return
         complete = False
         # hypercorn sends trailers on HTTP/2 to a client that said ``te: trailers`` (gRPC's);

@@ -445,8 +445,8 @@ class Server:
             if connection.transport is None:
                 continue
             if connection.tunnel is not None:
-                if connection.active < tunnel_limit:
-                    connection.transport.close()
+                if connection.active < tunnel_limit and connection.task is not None:
+                    connection.task.cancel()  # its relay says "going away", then it closes
             elif (since := connection.idle_since) is not None and since < limit:
                 connection.transport.close()
         self._sweep = (

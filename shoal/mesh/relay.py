@@ -14,14 +14,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shoal.http import grpc
 from shoal.http.headers import WEBSOCKET_UPGRADE, Headers
+from shoal.http.refusal import CAUSE_HEADER, Refusal
 from shoal.http.websocket import GOING_AWAY, Frames
 from shoal.mesh.h1server import Exchange
+from shoal.mesh.h2server import H2Exchange
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse
 
 
+async def router_refusal(response: UpstreamResponse) -> Refusal | None:
+    """A node router's own plain-text answer (``x-shoal-cause``: denied, no instance…) as the
+    :class:`Refusal` it stands for, its body read and the response closed; None (nothing read)
+    for an instance's answer or one already in gRPC. To a gRPC call it is then answered in
+    gRPC."""
+    cause = next((v for n, v in response.headers if n == CAUSE_HEADER), None)
+    if cause is None or grpc.is_grpc(response.headers):
+        return None
+    taken = b""
+    while len(taken) < _SHORT and (piece := await response.piece()) is not None:
+        taken += piece
+    response.close()
+    said, why = taken[:_SHORT].decode("utf-8", "replace").strip(), cause.decode()
+    return Refusal(response.status, why, said.removeprefix(why).removeprefix(":").strip())
+
+
+_SHORT = 1024  # bytes of a refusal's text kept
+
+
 async def relay(
-    exchange: Exchange, upstream: UpstreamResponse, fields: Headers, done: Callable[[], None]
+    exchange: Exchange | H2Exchange,
+    upstream: UpstreamResponse,
+    fields: Headers,
+    done: Callable[[], None],
 ) -> None:
     """Send ``upstream``'s status, ``fields`` (its end-to-end ones, as the caller chose them),
     body and trailers to ``exchange``; call ``done`` once over, however it ends."""

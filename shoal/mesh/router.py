@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 
+from shoal.http import grpc
 from shoal.http.h1 import HeadLimits
 from shoal.http.headers import (
     IDENTITY,
@@ -51,10 +52,11 @@ from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
+from shoal.mesh.h2server import ByPreface, H2Exchange, H2Server
 from shoal.mesh.h2upstream import H2Upstreams
 from shoal.mesh.peer_uid import socket_owner
 from shoal.mesh.proxy_state import ProxyState
-from shoal.mesh.relay import relay
+from shoal.mesh.relay import relay, router_refusal
 from shoal.mesh.sniff import serve_sniffing
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
 
@@ -65,12 +67,14 @@ _UNSENT = UNSENT.encode()
 _DROP = frozenset({b"expect"})  # answered by this hop's server, never forwarded
 
 
-async def _refuse(exchange: Exchange, refusal: Refusal, *, unsent: bool = False) -> None:
+async def _refuse(
+    exchange: Exchange | H2Exchange, refusal: Refusal, *, unsent: bool = False
+) -> None:
     """The router's own answer; ``unsent``: nothing reached an instance (safe to retry)."""
     await exchange.refuse(refusal, [(_UNSENT, b"1")] if unsent else ())
 
 
-def _mesh_fields(exchange: Exchange) -> Headers:
+def _mesh_fields(exchange: Exchange | H2Exchange) -> Headers:
     """The request's end-to-end fields without Shoal's internal ones (only routers set those),
     asking for the switch again when it is a WebSocket handshake."""
     fields = [
@@ -85,7 +89,7 @@ def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return {n.decode("latin-1"): v.decode("latin-1") for n, v in fields}
 
 
-def _target(exchange: Exchange) -> tuple[str, str] | Refusal:
+def _target(exchange: Exchange | H2Exchange) -> tuple[str, str] | Refusal:
     """The normalised path (as the gateway makes it, so routes and policies see one form) and
     the raw query, as sent."""
     path, _, query = exchange.head.target.partition(b"?")
@@ -144,6 +148,7 @@ class Router:
         self.activator = activator
         self._listeners: list[asyncio.AbstractServer] = []
         self._servers: list[Server] = []
+        self._h2_servers: list[H2Server] = []  # outbound listeners' h2c (gRPC) side
         self._outbound: dict[str, int] = {}
         self._opening: dict[str, asyncio.Lock] = {}
 
@@ -194,12 +199,14 @@ class Router:
                     activator=self.activator,
                 )
 
-                async def handle(exchange: Exchange) -> None:
+                async def handle(exchange: Exchange | H2Exchange) -> None:
                     await self.outbound_request(forwarder, exchange)
 
                 admit = functools.partial(self._instance_caller, self._callers(service))
+                h1, h2 = self._server(handle), H2Server(handle)
+                self._h2_servers.append(h2)
                 listener = await asyncio.get_running_loop().create_server(
-                    self._server(handle, admit=admit), "127.0.0.1", 0
+                    lambda: ByPreface(h1, h2, admit), "127.0.0.1", 0
                 )
                 self._listeners.append(listener)
                 port = int(listener.sockets[0].getsockname()[1])
@@ -218,7 +225,7 @@ class Router:
         log.warning("refused a connection to %s from uid %s: not an instance's", local, owner)
         return False
 
-    async def outbound_request(self, forwarder: Forwarder, exchange: Exchange) -> None:
+    async def outbound_request(self, forwarder: Forwarder, exchange: Exchange | H2Exchange) -> None:
         """Route and forward one request a local instance sent."""
         target = _target(exchange)
         if isinstance(target, Refusal):
@@ -245,7 +252,13 @@ class Router:
         if isinstance(result, Refusal):
             await _refuse(exchange, result)
             return
-        await relay(exchange, result.response, _answer_fields(result.response), result.done)
+        response = result.response
+        if isinstance(exchange, H2Exchange) and grpc.is_grpc(exchange.head.fields):
+            if (refused := await router_refusal(response)) is not None:
+                result.done()  # the instance's router refused a gRPC call: say it in gRPC
+                await exchange.refuse(refused)
+                return
+        await relay(exchange, response, _answer_fields(response), result.done)
 
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
@@ -303,6 +316,8 @@ class Router:
             listener.close()
         for server in self._servers:
             await server.close(SHUTDOWN_GRACE)
+        for h2 in self._h2_servers:
+            await h2.close(SHUTDOWN_GRACE)
         for listener in self._listeners:
             await listener.wait_closed()
         await self.upstreams.close()

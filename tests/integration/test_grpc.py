@@ -20,6 +20,7 @@ from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import Cluster, ready, running_cluster
+from tests.support.procfs import environ_of
 from tests.support.tls import self_signed
 from tests.support.wait import eventually, eventually_sync
 
@@ -97,16 +98,24 @@ class Through:
     channel: grpc.Channel
 
 
-@pytest.fixture(params=["h2c", "tls"])
+@pytest.fixture(params=["h2c", "tls", "east-west"])
 async def through(
     request: pytest.FixtureRequest, redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
 ) -> AsyncIterator[Through]:
-    """A channel to the gateway — h2c, or TLS h2 (ALPN) — once echo-grpc runs."""
+    """A channel to the gateway — h2c, or TLS h2 (ALPN) — or east-west: to the outbound
+    listener an instance reaches through ``$SHOAL_MESH_URL`` (h2c), once echo-grpc runs."""
     cert = self_signed(tmp_path)
     async with running_cluster(redis, redis_url, keys, tmp_path, tls=cert) as cluster:
         await cluster.client.apply(parse_text(json.dumps(SERVICE)))
-        await cluster.instances(lambda f: bool(ready(f, "echo-grpc")), timeout=30)
-        if request.param == "h2c":
+        found = await cluster.instances(lambda f: bool(ready(f, "echo-grpc")), timeout=30)
+        if request.param == "east-west":
+            pid = ready(found, "echo-grpc")[0].pid
+            assert pid is not None
+            mesh = environ_of(pid)["SHOAL_MESH_URL"].removeprefix("http://")
+            options = [("grpc.default_authority", "echo-grpc")]
+            with grpc.insecure_channel(mesh, options) as chan:
+                yield Through(cluster, chan)
+        elif request.param == "h2c":
             options = [("grpc.default_authority", "echo-grpc")]
             with grpc.insecure_channel(f"127.0.0.1:{cluster.gateway_port}", options) as chan:
                 yield Through(cluster, chan)

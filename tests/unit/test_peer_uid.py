@@ -31,3 +31,18 @@ def test_a_real_connection_is_this_process_s() -> None:
                 assert socket_owner(peer, server.getsockname()) == os.getuid()
         finally:
             client.close()
+
+
+def test_a_dual_stack_client_is_found_in_the_ipv6_table() -> None:
+    """A client on an IPv6 socket reaching an IPv4 listener through a v4-mapped address (as
+    gRPC's C core connects) is listed in /proc/net/tcp6: found there."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            client.connect(("::ffff:127.0.0.1", server.getsockname()[1]))
+            accepted, peer = server.accept()
+            with accepted:
+                assert socket_owner(peer, server.getsockname()) == os.getuid()
+        finally:
+            client.close()
