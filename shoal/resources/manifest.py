@@ -155,13 +155,15 @@ def parse_text(text: str, *, file: str = "<string>", base_dir: str | None = None
 
 
 def load_files(paths: Sequence[str]) -> list[Resource]:
-    """The resources of all ``paths`` (``-`` is stdin), in order, once all of them are valid.
+    """The resources of all ``paths`` (``-`` is stdin; a directory is each of its ``.yaml``,
+    ``.yml`` and ``.json`` files, by name, as ``kubectl apply -f DIR``), in order, once all of
+    them are valid.
 
     A relative ``workdir`` is resolved against its file's directory (the current one for stdin).
     An unreadable file is a UserError naming it. Invalid documents, and two documents defining
     the same kind and key, raise ManifestError (all errors listed, one per line).
     """
-    sources = [_read(path) for path in paths]
+    sources = [_read(path) for path in _expand(paths)]
     resources: list[Resource] = []
     errors: list[ManifestError] = []
     defined: dict[tuple[str, str], tuple[str, int]] = {}
@@ -183,6 +185,27 @@ def load_files(paths: Sequence[str]) -> list[Resource]:
         errors.extend(sorted(file_errors, key=lambda error: error.document or 0))
     _raise_errors(errors)
     return resources
+
+
+_MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+    """``paths`` with each directory replaced by the manifest files in it, by name."""
+    files: list[str] = []
+    for path in paths:
+        if path == "-" or not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.endswith(_MANIFEST_SUFFIXES) and os.path.isfile(os.path.join(path, name))
+        )
+        if not found:
+            raise UserError(f"no manifest in {path} (files ending in .yaml, .yml or .json)")
+        files += found
+    return files
 
 
 def _read(path: str) -> tuple[str, str, str]:

@@ -760,6 +760,21 @@ def test_load_files_reads_all_files_in_order(tmp_path: Any) -> None:
     assert kinds == ["Service", "VirtualService", "DestinationRule"]
 
 
+def test_a_directory_is_its_manifest_files_by_name(tmp_path: Any) -> None:
+    """``-f DIR`` (as kubectl's): its .yaml/.yml/.json files by name, nothing else; a directory
+    without one is a UserError naming it."""
+    write(tmp_path, "b.yml", FULL_DESTINATION_RULE)
+    write(tmp_path, "a.yaml", FULL_SERVICE + "---\n" + FULL_VIRTUAL_SERVICE)
+    write(tmp_path, "notes.txt", "not a manifest")
+    (tmp_path / "sub.yaml").mkdir()
+    kinds = [resource.kind for resource in load_files([str(tmp_path)])]
+    assert kinds == ["Service", "VirtualService", "DestinationRule"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"no manifest in .*empty"):
+        load_files([str(empty)])
+
+
 def test_load_files_with_one_bad_document_raises_and_names_it(tmp_path: Any) -> None:
     """One invalid document among valid ones fails the whole load, naming file and document."""
     good = write(tmp_path, "good.yaml", FULL_DESTINATION_RULE)

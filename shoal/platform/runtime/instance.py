@@ -68,9 +68,18 @@ INHERITED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTH
 own settings (``SHOAL_HOME``, the store URL and its password, a join token)."""
 
 
+PLATFORM_BIN = os.path.dirname(sys.executable)
+"""Put first on an instance's ``PATH``: a ``command:`` of ``python3`` runs the Python Shoal runs
+on, with the packages it was installed with (as an ``app:`` instance does)."""
+
+
 def inherited_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The part of ``env`` an instance inherits: :data:`INHERITED` and the locale."""
-    return {k: v for k, v in env.items() if k in INHERITED or k.startswith("LC_")}
+    """The part of ``env`` an instance inherits: :data:`INHERITED` and the locale, with
+    :data:`PLATFORM_BIN` first on ``PATH``."""
+    inherited = {k: v for k, v in env.items() if k in INHERITED or k.startswith("LC_")}
+    path = [p for p in inherited.get("PATH", "/usr/bin:/bin").split(":") if p != PLATFORM_BIN]
+    inherited["PATH"] = ":".join([PLATFORM_BIN, *path])
+    return inherited
 
 
 def template_env(service: Service, user: int | None = None) -> dict[str, str]:

@@ -1,0 +1,62 @@
+"""The gRPC and WebSocket examples in deploy/examples/ work as their READMEs say: applied as
+they are, and called through the gateway with the clients next to them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.resources.manifest import load_files
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import ready, running_cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+
+
+async def client(script: Path, *args: str) -> str:
+    """Run an example's client with this Python; its output (it must succeed)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    assert process.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.timeout(120)
+async def test_the_grpc_and_websocket_examples(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """grpc-echo (a grpcio server run as ``python3`` from PATH: Shoal's own Python) answers a
+    unary call with trailing metadata, a server stream and an error status; ws-echo (a
+    Starlette app) echoes text and binary messages."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        resources = load_files([str(EXAMPLES / "grpc-echo"), str(EXAMPLES / "websocket-echo")])
+        await cluster.client.apply(resources)
+        await cluster.instances(
+            lambda f: len(ready(f, "grpc-echo")) == 2 and bool(ready(f, "ws-echo")), timeout=60
+        )
+        grpc_out = await client(
+            EXAMPLES / "grpc-echo" / "client.py", f"127.0.0.1:{cluster.gateway_port}"
+        )
+        ws_out = await client(
+            EXAMPLES / "websocket-echo" / "client.py",
+            f"ws://127.0.0.1:{cluster.gateway_port}/",
+            "hello ✓",
+            "0x00ff",
+        )
+    assert "echo: hello {'revision': 'v1'}" in grpc_out, grpc_out
+    assert [line for line in grpc_out.splitlines() if line.startswith("stream:")] == [
+        f"stream: {i}" for i in range(10)
+    ], grpc_out
+    assert "status: NOT_FOUND asked to fail" in grpc_out, grpc_out
+    assert ws_out.splitlines() == ["echo: hello ✓", "echo: b'\\x00\\xff'"], ws_out
