@@ -61,10 +61,15 @@ def drill_failover(
     gateway: Annotated[
         str | None, typer.Option(help="Gateway URL (default: the one 'shoal up' started).")
     ] = None,
+    grpc_method: Annotated[
+        str,
+        typer.Option(help="For a protocol: grpc service, the unary method the traffic calls."),
+    ] = "/grpc.health.v1.Health/Check",
     redis: RedisOpt = None,
     output: OutputOpt = "table",
 ) -> None:
-    """Fault instances of a service under steady traffic and report what clients saw.
+    """Fault instances of a service under steady traffic and report what clients saw (unary
+    gRPC calls for a protocol: grpc service, GETs otherwise).
 
     Example: shoal drill failover hello --fault kill --duration 20s --rps 100
     """
@@ -91,6 +96,7 @@ def drill_failover(
             count=count,
             duration=seconds,
             rps=rps,
+            grpc_method=grpc_method,
         ),
     )
     finish_drill(report, output, limit)

@@ -17,15 +17,20 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from shoal.errors import NotFoundError, StoreError, UserError
+from shoal.http import grpc
+from shoal.http.refusal import CAUSE_HEADER
+from shoal.mesh.h2upstream import H2Upstreams
 from shoal.mesh.load import percentile
 from shoal.mesh.tasks import task_group
+from shoal.mesh.upstream_connection import UpstreamError
 from shoal.platform.control.client import Client
 from shoal.platform.runtime.agent import FAULT
 from shoal.platform.runtime.faults import Fault
@@ -118,26 +123,84 @@ def summarize(
     )
 
 
-class Traffic:
-    """Steady GETs at ``rps`` through the gateway, recording every outcome."""
+GRPC_HEALTH = "/grpc.health.v1.Health/Check"
+"""The gRPC method a drill calls by default: the standard health check."""
+_EMPTY_MESSAGE = b"\x00\x00\x00\x00\x00"  # one uncompressed gRPC message of 0 bytes
+_CALL_TIMEOUT = 30.0
 
-    def __init__(self, url: str, host: str, rps: float, clock: Callable[[], float]) -> None:
+
+class Traffic:
+    """Steady GETs at ``rps`` through the gateway — or, given a ``grpc`` method's path, unary
+    gRPC calls (an empty message, over h2c) — recording every outcome."""
+
+    def __init__(
+        self,
+        url: str,
+        host: str,
+        rps: float,
+        clock: Callable[[], float],
+        grpc: str | None = None,
+    ) -> None:
         self.url = url
         self.host = host
         self.rps = rps
         self.clock = clock
+        self.grpc = grpc
         self.samples: list[Sample] = []
 
     async def run(self, until: float) -> None:
         """Send requests on schedule until the drill clock reaches ``until``."""
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session, task_group() as requests:
+        if self.grpc is not None:
+            pool = H2Upstreams()
+            try:
+                await self._schedule(until, lambda: self._call(pool))
+            finally:
+                await pool.close()
+            return
+        timeout = aiohttp.ClientTimeout(total=_CALL_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await self._schedule(until, lambda: self._one(session))
+
+    async def _schedule(self, until: float, one: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        async with task_group() as requests:
             start = self.clock()
             n = 0
             while (due := start + n / self.rps) < until:
                 await asyncio.sleep(max(0.0, due - self.clock()))
-                requests.create_task(self._one(session), name=f"request {n}")
+                requests.create_task(one(), name=f"request {n}")
                 n += 1
+
+    async def _call(self, pool: H2Upstreams) -> None:
+        """One unary gRPC call: OK is a success; any other status an error named by Shoal's
+        ``x-shoal-cause``, else ``grpc_<code>``."""
+        assert self.grpc is not None
+        at = self.clock()
+        fields = [(b"host", self.host.encode()), (b"content-type", b"application/grpc")]
+        try:
+            response = await pool.request(
+                urlsplit(self.url).netloc,
+                "POST",
+                self.grpc,
+                fields,
+                _EMPTY_MESSAGE,
+                total_timeout=_CALL_TIMEOUT,
+            )
+            while await response.piece() is not None:
+                pass
+        except UpstreamError as e:
+            self.samples.append(Sample(at, self.clock() - at, 0, f"client_{e.cause}"))
+            return
+        code = grpc.head_status(response.headers)
+        if code is None:
+            found = next((v for n, v in response.trailers if n == b"grpc-status"), b"")
+            code = int(found) if found.isdigit() else 2  # no status at all: UNKNOWN
+        status, cause = response.status, None
+        if status == 200 and code != 0:
+            status = 0
+        if status != 200:
+            said = next((v for n, v in response.headers if n == CAUSE_HEADER), None)
+            cause = said.decode() if said else f"grpc_{code}"
+        self.samples.append(Sample(at, self.clock() - at, status, cause))
 
     async def _one(self, session: aiohttp.ClientSession) -> None:
         at = self.clock()
@@ -227,8 +290,10 @@ async def failover(
     count: int,
     duration: float,
     rps: float,
+    grpc_method: str = GRPC_HEALTH,
 ) -> Report:
-    """Run one failover drill and report on it."""
+    """Run one failover drill and report on it: under GETs, or unary calls of ``grpc_method``
+    for a ``protocol: grpc`` service."""
     targets = await choose_targets(client, service, count, fault)
     target_keys = {e.key for e in targets}
     origin = time.monotonic()
@@ -238,7 +303,8 @@ async def failover(
 
     warmup = max(2.0, duration / 5)
     fault_ends = warmup + duration / 2 if fault != "kill" else None
-    traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
+    method = grpc_method if targets[0].protocol == "grpc" else None
+    traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock, grpc=method)
 
     async def detected() -> bool:
         current = {e.key: e for e in await client.registry.instances()}
