@@ -12,7 +12,9 @@ endpoint, in one place)::
       ─► the response head (the caller streams its body), or a Refusal with its cause
 
 Bodies whose Content-Length is within ``buffer_limit`` are buffered so they can be replayed;
-larger or unknown ones stream and are never retried once sent. The route's ``timeout`` bounds
+bodies of unknown length (chunked, HTTP/2 without a length: gRPC) stream through a
+:class:`~shoal.mesh.replay.Replay`, which keeps them for a retry while they fit the limit;
+larger ones stream and are never retried once sent. The route's ``timeout`` bounds
 all attempts together, bodies included; ``perTryTimeout`` bounds each attempt's response head.
 """
 
@@ -39,7 +41,8 @@ from shoal.identity.spiffe import node_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.outcome import Outcome, classify
 from shoal.mesh.proxy_state import ClusterState, ProxyState, Route
-from shoal.mesh.retry import attempt_timeout, backoff, should_retry
+from shoal.mesh.replay import Replay
+from shoal.mesh.retry import RetryPolicy, attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
 from shoal.resources.endpoint import Endpoint
 
@@ -192,7 +195,33 @@ class Forwarder:
             and req.content_length <= self.buffer_limit
         ):
             body = b"".join([chunk async for chunk in body])
-        replayable = body is None or isinstance(body, bytes)
+        replay = None
+        if (
+            isinstance(body, AsyncIterator)
+            and policy.attempts
+            and req.content_length is None
+            and not any(n == b"upgrade" for n, _ in req.headers)  # a tunnel is never retried
+        ):
+            replay = Replay(body, self.buffer_limit)
+        try:
+            return await self._tries(req, route, state, policy, opt_in, body, replay)
+        except BaseException:
+            if replay is not None:
+                replay.close()
+            raise
+
+    async def _tries(
+        self,
+        req: Outbound,
+        route: Route,
+        state: ClusterState,
+        policy: RetryPolicy,
+        opt_in: bool,
+        body: Body,
+        replay: Replay | None,
+    ) -> Forwarded | Refusal:
+        """Try instances until one answers or retrying is not allowed (or not possible)."""
+        not_streamed = body is None or isinstance(body, bytes)
         headers = req.headers
         if route.authority is not None:
             headers = with_authority(headers, route.authority)
@@ -215,8 +244,9 @@ class Forwarder:
             if last is not None:
                 self._discard(last, route)
             remaining = None if policy.timeout is None else policy.timeout - (now - started)
+            this_body = replay.body() if replay is not None else body
             last = await self._send(
-                req.method, endpoint, target, headers, body, timeout, remaining, route
+                req.method, endpoint, target, headers, this_body, timeout, remaining, route
             )
             state.detector.record(endpoint.key, last.outcome, self.clock())
             sent = last.error.sent if last.error is not None else True
@@ -227,7 +257,7 @@ class Forwarder:
                 req.method,
                 sent=sent,
                 idempotent_opt_in=opt_in,
-                body_replayable=replayable,
+                body_replayable=replay.replayable if replay is not None else not_streamed,
             ):
                 break
             if not state.budget.can_retry(self.clock()):
@@ -235,6 +265,8 @@ class Forwarder:
             self.proxy_state.stats.retries += 1
             await asyncio.sleep(backoff(attempt, self.rng))
         if last is None:
+            if replay is not None:
+                replay.close()
             if attempt_timeout(policy, self.clock() - started) == 0.0:
                 return Refusal(504, UPSTREAM_TIMEOUT, "route timeout passed before any try")
             subset = f" subset {route.cluster.subset}" if route.cluster.subset else ""
@@ -251,10 +283,14 @@ class Forwarder:
         )
         if last.response is None:
             assert last.error is not None
+            if replay is not None:
+                replay.close()
             return Refusal(last.error.status, last.error.cause, str(last.error))
         endpoint = last.endpoint
 
         def done() -> None:
+            if replay is not None:
+                replay.close()  # the answer is over: so is the request's body
             self._finished(route, endpoint)
 
         return Forwarded(response=last.response, endpoint=endpoint, attempts=attempt, done=done)
