@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_VERSION := 26.3
 
-.PHONY: up test test-slow lint bench bench-floods clean lock lockcheck
+.PHONY: up test test-slow lint bench bench-floods bench-grpc clean lock lockcheck
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -53,6 +53,10 @@ bench: $(STAMP)
 # Another client's latency while HTTP/2 floods hit the gateway (about 45 s).
 bench-floods: $(STAMP)
 	$(BIN)/python -m bench.floods $(ARGS)
+
+# Unary gRPC calls to a grpcio server, direct and through the mesh (about 1 minute).
+bench-grpc: $(STAMP)
+	$(BIN)/python -m bench.grpc $(ARGS)
 
 clean:
 	rm -rf $(VENV) .shoal .pytest_cache .mypy_cache .ruff_cache

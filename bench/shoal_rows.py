@@ -64,7 +64,7 @@ spec:
 """
 
 
-async def _configure(url: str, backend_port: int, *, mesh: bool) -> str:
+async def _configure(url: str, backend_port: int, *, mesh: bool, protocol: str = "http") -> str:
     """Store the route and the backend's record; return a join token (two uses)."""
     redis = connect(url)
     try:
@@ -78,6 +78,7 @@ async def _configure(url: str, backend_port: int, *, mesh: bool) -> str:
             port=backend_port,
             state="ready",
             mtls=mesh,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         await Registry(redis, Keys()).put_instances([backend], ttl=24 * 3600)
         return await JoinTokens(PKIStore(redis, Keys())).create(uses=2)
@@ -85,21 +86,29 @@ async def _configure(url: str, backend_port: int, *, mesh: bool) -> str:
         await redis.aclose()
 
 
-def _store(workdir: Path, backend_port: int, *, mesh: bool = False) -> tuple[EmbeddedRedis, str]:
+def _store(
+    workdir: Path, backend_port: int, *, mesh: bool = False, protocol: str = "http"
+) -> tuple[EmbeddedRedis, str]:
     redis = EmbeddedRedis(state_dir=workdir / "shoal-state")
     redis.start()
     assert redis.process is not None
     pin_tree(redis.process.pid, BACKEND_CPU)
-    return redis, asyncio.run(_configure(redis.url, backend_port, mesh=mesh))
+    return redis, asyncio.run(_configure(redis.url, backend_port, mesh=mesh, protocol=protocol))
 
 
 def _start(
-    name: str, commands: list[list[str]], ports: list[int], backend_port: int, *, mesh: bool
+    name: str,
+    commands: list[list[str]],
+    ports: list[int],
+    backend_port: int,
+    *,
+    mesh: bool,
+    protocol: str = "http",
 ) -> RunningServer:
     """Start ``commands`` (``shoal`` argv each) as one process tree on the server core; with
     ``mesh``, also a controller (the CA) as a helper on the other core."""
     workdir = Path(tempfile.mkdtemp(prefix=f"shoal-bench-{name}-"))
-    redis, token = _store(workdir, backend_port, mesh=mesh)
+    redis, token = _store(workdir, backend_port, mesh=mesh, protocol=protocol)
     log = workdir / f"{name}.log"
     env = {
         "SHOAL_HOME": str(workdir / "shoal-state"),
@@ -169,8 +178,9 @@ def start_shoal_gateway(backend_port: int, tls: TLSFiles) -> RunningServer:
     return _start("shoal-gateway", [command], [port, tls_port], backend_port, mesh=False)
 
 
-def start_shoal_mesh(backend_port: int, tls: TLSFiles) -> RunningServer:
-    """``shoal gateway`` → mTLS → ``shoal node``'s router → the backend: the whole path."""
+def start_shoal_mesh(backend_port: int, tls: TLSFiles, protocol: str = "http") -> RunningServer:
+    """``shoal gateway`` → mTLS → ``shoal node``'s router → the backend (speaking
+    ``protocol``): the whole path."""
     port, tls_port, mesh_port = free_port(), free_port(), free_port()
     node = ["node", "--node-id", "bench", "--mesh-port", str(mesh_port), "--metrics-port", "0"]
     server = _start(
@@ -179,6 +189,7 @@ def start_shoal_mesh(backend_port: int, tls: TLSFiles) -> RunningServer:
         [port, tls_port, mesh_port],
         backend_port,
         mesh=True,
+        protocol=protocol,
     )
     server.notes.append("gateway and node router on one core; gateway → router is mTLS")
     return server

@@ -21,6 +21,7 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -100,8 +101,8 @@ class H2Connection(asyncio.Protocol):
         return not self.closing and self.h2.open_outbound_streams < limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but are one in all but name.
+        self.transport = cast(asyncio.Transport, transport)
         self.h2.initiate_connection()
         self._flush()
 
