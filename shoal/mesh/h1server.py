@@ -32,7 +32,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from shoal.http.h1 import (
     BodyWriter,
@@ -229,6 +229,43 @@ class Exchange:
         await self.respond(refusal.status, head, refusal.body())
 
 
+class Answering(Protocol):
+    """What :func:`run_handler` needs of an exchange (HTTP/1.1's or an HTTP/2 stream's)."""
+
+    head: RequestHead
+    started: bool
+    ended: bool
+
+    async def respond(
+        self, status: int, fields: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
+    ) -> None: ...
+
+
+E = TypeVar("E", bound=Answering)
+
+
+async def run_handler(
+    handler: Callable[[E], Awaitable[None]], exchange: E, cut: Callable[[bool], None]
+) -> None:
+    """Run ``handler`` on ``exchange``: a 500 if it answered nothing (or failed first); ``cut``
+    (whether it was cancelled) when its answer was begun and cannot end as a whole one."""
+    try:
+        await handler(exchange)
+        if not exchange.started:
+            await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"no response\n")
+        elif not exchange.ended:
+            cut(False)
+    except asyncio.CancelledError:
+        cut(True)
+        raise
+    except Exception:
+        log.exception("handler failed on %s", exchange.head.target[:200])
+        if not exchange.started:
+            await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"internal\n")
+        else:
+            cut(False)
+
+
 class _Connection(WriteFlow):
     """One client connection: parse, run handlers one at a time, write their responses."""
 
@@ -334,20 +371,11 @@ class _Connection(WriteFlow):
         self.task = self.loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: Exchange) -> None:
+        def cut(cancelled: bool) -> None:
+            exchange.close_after = True  # the client must not take it for a whole answer
+
         try:
-            await self.server.handler(exchange)
-            if not exchange.started:
-                await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"no response\n")
-            elif not exchange.ended:
-                exchange.close_after = True
-        except asyncio.CancelledError:
-            exchange.close_after = True
-            raise
-        except Exception:
-            log.exception("handler failed on %s", exchange.head.target[:200])
-            exchange.close_after = True
-            if not exchange.started:
-                await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"internal\n")
+            await run_handler(self.server.handler, exchange, cut)
         finally:
             self.task = None
             self._finished(exchange)

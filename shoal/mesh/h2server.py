@@ -34,7 +34,7 @@ from shoal.http.h1 import Fields, Framing, RequestHead
 from shoal.http.headers import HOP_BY_HOP
 from shoal.http.refusal import UPSTREAM_TIMEOUT, Refusal
 from shoal.mesh.flow import WriteFlow
-from shoal.mesh.h1server import SERVER
+from shoal.mesh.h1server import SERVER, run_handler
 
 __all__ = ["PREFACE", "ByPreface", "H2Exchange", "H2Server"]
 
@@ -266,21 +266,12 @@ class _H2Connection(WriteFlow):
         exchange.task = self.loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: H2Exchange) -> None:
+        def cut(cancelled: bool) -> None:
+            codes = h2.errors.ErrorCodes
+            self.reset(exchange.id, codes.CANCEL if cancelled else codes.INTERNAL_ERROR)
+
         try:
-            await self.server.handler(exchange)
-            if not exchange.started:
-                await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"no response\n")
-            elif not exchange.ended:
-                self.reset(exchange.id)
-        except asyncio.CancelledError:
-            self.reset(exchange.id, h2.errors.ErrorCodes.CANCEL)
-            raise
-        except Exception:
-            log.exception("handler failed on %s", exchange.head.target[:200])
-            if not exchange.started:
-                await exchange.respond(500, [(b"x-shoal-cause", b"internal")], b"internal\n")
-            else:
-                self.reset(exchange.id)
+            await run_handler(self.server.handler, exchange, cut)
         finally:
             self.streams.pop(exchange.id, None)
 
