@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--workdir")
     args = parser.parse_args(argv)
+    _only_fds(args.control_fd)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s template %(levelname)s: %(message)s"))
     log.addHandler(handler)  # not the root logger: an instance configures that itself
@@ -111,6 +112,14 @@ def _warm_and_serve(app: str, conn: socket.socket, workdir: str | None) -> Spawn
     with Signals() as signals:
         conn.sendall(json.dumps({"ready": True}).encode())
         return Server(conn, signals).run()
+
+
+def _only_fds(control: int) -> None:
+    """Close every descriptor but stdio and ``control``: what the node's loop left open in this
+    process (uvloop's spawn leaves the copies it made of the child's stdio), which every
+    instance forked from here would inherit."""
+    os.closerange(3, control)
+    os.closerange(control + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _rename(name: str) -> str:
