@@ -14,12 +14,13 @@ Prints calls/s, p50/p99 and failures for each, and the mesh/direct ratios. Only 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 
 from bench.parsing import parse_h2load, parse_h2load_log
 from bench.process import (
@@ -91,6 +92,7 @@ def main() -> None:
             target = port
             if row == "shoal-mesh":
                 mesh = start_shoal_mesh(port, make_self_signed(workdir), protocol="grpc")
+                assert mesh.h1_port is not None
                 target = mesh.h1_port
             check(f"127.0.0.1:{target}")
             load(h2load, target, workdir, 1.0, None)  # warm-up: pools, connections
@@ -105,6 +107,7 @@ def main() -> None:
         for shape, r in results[row].items():
             print(f"{row:<11} {shape:<11} {r['rps']:>8,.0f} calls/s  p50 {r['p50']} ms  "
                   f"p99 {r['p99']} ms  failed {r['errors']}", flush=True)  # fmt: skip
+    shutil.rmtree(workdir, ignore_errors=True)
     for shape in results["direct"]:
         mesh_r, direct_r = results["shoal-mesh"][shape], results["direct"][shape]
         print(f"shoal-mesh / direct, {shape}: calls/s {mesh_r['rps'] / direct_r['rps']:.2f}x")  # type: ignore[operator]

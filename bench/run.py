@@ -32,6 +32,7 @@ from bench.process import BACKEND_CPU, LOADGEN_CPU, SERVER_CPU
 from bench.report import compute_ratios, markdown_table, print_report
 from bench.results import Entry, write_json
 from bench.rows import COMPARED_ROWS, REFERENCE_ROWS, ROW_NAMES, ROWS
+from bench.shoal_rows import KEEP
 from bench.tls import make_self_signed
 from bench.tools import ensure_tools
 
@@ -112,6 +113,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the process exit code."""
     args = parse_args(argv)
+    if args.keep:
+        os.environ[KEEP] = "1"  # Shoal's rows keep their own directories too
     console = Console(width=None if sys.stdout.isatty() else 200)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # A shell starts background jobs with SIGINT ignored; we want Ctrl-C / kill -INT to stop us.

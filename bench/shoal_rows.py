@@ -20,7 +20,9 @@ their ports. The processes are the real ones a user runs (``shoal gateway``, ``s
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +98,22 @@ def _store(
     return redis, asyncio.run(_configure(redis.url, backend_port, mesh=mesh, protocol=protocol))
 
 
+KEEP = "SHOAL_BENCH_KEEP"
+"""Set (by ``bench.run --keep``): the rows' own directories (store, logs) are kept too."""
+
+
+def _workdir(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"shoal-bench-{name}-"))
+
+
+def _cleanup(server: RunningServer) -> RunningServer:
+    """Remove the row's directory when it stops, unless asked to keep it."""
+    workdir = server.workdir
+    if workdir is not None and not os.environ.get(KEEP):
+        server.on_stop.append(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    return server
+
+
 def _start(
     name: str,
     commands: list[list[str]],
@@ -107,7 +125,7 @@ def _start(
 ) -> RunningServer:
     """Start ``commands`` (``shoal`` argv each) as one process tree on the server core; with
     ``mesh``, also a controller (the CA) as a helper on the other core."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"shoal-bench-{name}-"))
+    workdir = _workdir(name)
     redis, token = _store(workdir, backend_port, mesh=mesh, protocol=protocol)
     log = workdir / f"{name}.log"
     env = {
@@ -139,14 +157,16 @@ def _start(
                 helper.kill()
         redis.stop()
         raise
-    return RunningServer(
-        name=name,
-        process=process,
-        workdir=workdir,
-        helpers=[h for h in helpers if h is not None],
-        h1_port=ports[0],
-        h2c_port=ports[0],
-        tls_port=ports[1] if len(ports) > 1 else None,
+    return _cleanup(
+        RunningServer(
+            name=name,
+            process=process,
+            workdir=workdir,
+            helpers=[h for h in helpers if h is not None],
+            h1_port=ports[0],
+            h2c_port=ports[0],
+            tls_port=ports[1] if len(ports) > 1 else None,
+        )
     )
 
 
@@ -222,7 +242,7 @@ def start_shoal_router(haproxy: str, backend_port: int) -> RunningServer:
     """``shoal node``'s router alone, called the way a gateway calls it: a client holding a
     mesh certificate (haproxy on the load generator's core, originating mTLS and naming the
     instance in ``x-shoal-instance``) → router (the server core) → the backend."""
-    workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-shoal-router-"))
+    workdir = _workdir("shoal-router")
     redis, token = _store(workdir, backend_port, mesh=True)
     state = workdir / "shoal-state"
     env = {
@@ -273,4 +293,4 @@ def start_shoal_router(haproxy: str, backend_port: int) -> RunningServer:
         name="shoal-router", process=process, workdir=workdir, helpers=helpers, h1_port=h1
     )
     server.notes.append("router alone; its mTLS client is haproxy on the load generator's core")
-    return server
+    return _cleanup(server)

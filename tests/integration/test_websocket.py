@@ -12,6 +12,7 @@ import ssl
 import sys
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -163,3 +164,24 @@ async def test_a_quiet_websocket_closes_and_one_whose_instance_goes_hears_going_
     async with asyncio.timeout(10):
         await ws.wait_closed()
     assert ws.close_code == 1001, ws.close_code
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_websocket_is_held_a_minute_with_pings(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Idle but for the client's pings (every 20 s, as browsers and websockets do by default),
+    a WebSocket through the gateway and the router stays open past every HTTP timeout of the
+    path (the edge's 60 s idle and read timeouts among them): 65 s, then it still echoes."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await cluster.client.apply(parse_text(json.dumps(SERVICE)))
+        await cluster.instances(lambda f: bool(ready(f, "echo-ws")), timeout=30)
+        port = cluster.gateway_port
+        async with connect("ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=20) as ws:
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            await asyncio.sleep(65)  # the point of the test: a minute of quiet
+            await ws.send("after a minute")
+            assert await ws.recv() == "after a minute"
+        assert ws.close_code == 1000
