@@ -208,7 +208,8 @@ async def test_silent_client_closed_after_timeout(tls: Contexts) -> None:
             writer.close()
             await writer.wait_closed()
     assert served < closed
-    assert closed - started >= 0.3
+    # Not before the timeout: uvloop's timers count whole milliseconds, so allow one.
+    assert closed - started >= 0.3 - 0.001
 
 
 async def test_tls_without_client_cert_fails_quietly(
