@@ -37,9 +37,11 @@ class Scale:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthCheck:
-    """The active health check of an instance: HTTP GET ``path`` (TCP connect when None)."""
+    """The active health check of an instance: HTTP GET ``path``, or with ``grpc`` the standard
+    gRPC health check (``grpc.health.v1.Health/Check`` answering SERVING), else a TCP connect."""
 
     path: str | None = None
+    grpc: bool = False
     interval: float = 2.0
     timeout: float = 1.0
     healthy_threshold: int = 1

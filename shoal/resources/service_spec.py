@@ -20,6 +20,7 @@ from typing import cast
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
     Section,
+    boolean,
     dns_label,
     entries,
     integer,
@@ -164,10 +165,14 @@ def _health(value: object, field: str) -> HealthCheck:
     health = Section(
         value,
         field,
-        ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"),
+        ("path", "grpc", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"),
     )
+    path, grpc = health.get("path", _health_path), health.get("grpc", boolean, False)
+    if path is not None and grpc:
+        raise ManifestError("set path (an HTTP GET) or grpc: true, not both", field=field)
     return HealthCheck(
-        path=health.get("path", _health_path),
+        path=path,
+        grpc=grpc,
         interval=health.get("interval", positive_duration, _HEALTH.interval),
         timeout=health.get("timeout", positive_duration, _HEALTH.timeout),
         healthy_threshold=health.get("healthy_threshold", integer(1), _HEALTH.healthy_threshold),
@@ -197,6 +202,7 @@ def service_spec(service: Service, *, with_revision: bool = True) -> dict[str, o
     put(spec, "scale", scale, {})
     health: dict[str, object] = {}
     put(health, "path", service.health.path)
+    put(health, "grpc", service.health.grpc, False)
     put_duration(health, "interval", service.health.interval, _HEALTH.interval)
     put_duration(health, "timeout", service.health.timeout, _HEALTH.timeout)
     put(health, "healthy_threshold", service.health.healthy_threshold, _HEALTH.healthy_threshold)

@@ -4,6 +4,8 @@ they are, and called through the gateway with the clients next to them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -98,3 +100,28 @@ async def test_a_failover_drill_on_the_grpc_example_fails_no_rpc(
     assert report.requests >= 350 and report.errors == {}, report
     assert report.recovered_after is not None, report
     assert "600 rpcs, 0 failed" in out, out
+
+
+@pytest.mark.timeout(120)
+async def test_a_hung_grpc_server_fails_its_grpc_health_check(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """grpc-echo says ``health: {grpc: true}``: a stopped server (which still accepts TCP
+    connections, so a TCP probe passes) fails the gRPC health check and goes unhealthy; it is
+    ready again once it runs."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await cluster.client.apply(load_files([str(EXAMPLES / "grpc-echo")]))
+        found = await cluster.instances(lambda f: len(ready(f, "grpc-echo")) == 2, timeout=60)
+        target = ready(found, "grpc-echo")[0]
+        assert target.pid is not None
+        os.kill(target.pid, signal.SIGSTOP)
+        try:
+            await cluster.instances(
+                lambda f: any(e.key == target.key and e.state == "unhealthy" for e in f),
+                timeout=30,
+            )
+        finally:
+            os.kill(target.pid, signal.SIGCONT)
+        await cluster.instances(
+            lambda f: any(e.key == target.key and e.state == "ready" for e in f), timeout=30
+        )

@@ -374,6 +374,18 @@ def test_minimal_service_takes_the_model_defaults() -> None:
     assert re.fullmatch(r"[0-9a-f]{10}", service.revision)
 
 
+def test_a_grpc_health_check_is_asked_for_and_kept() -> None:
+    """``health.grpc: true`` (the standard gRPC health check) round-trips; with a ``path`` too
+    it is refused, naming the field."""
+    service = parse_document(service_doc(health={"grpc": True}))
+    assert isinstance(service, Service)
+    assert service.health == HealthCheck(grpc=True)
+    assert to_document(service)["spec"]["health"] == {"grpc": True}  # type: ignore[index]
+    with pytest.raises(ManifestError) as caught:
+        parse_document(service_doc(health={"grpc": True, "path": "/healthz"}))
+    assert caught.value.field == "spec.health" and "not both" in str(caught.value)
+
+
 def test_minimal_virtual_service_and_destination_rule_take_the_defaults() -> None:
     """Omitted Istio fields take Istio's defaults: no gateways, ROUND_ROBIN, weight 100."""
     service = parse_document(virtual_service_doc())

@@ -36,7 +36,7 @@ from shoal.platform.runtime.health import HealthState, HealthThresholds
 from shoal.platform.runtime.health import thresholds as health_thresholds
 from shoal.platform.runtime.instance_process import Forked, Spawned, Started
 from shoal.platform.runtime.isolation import NO_HOME, run_as
-from shoal.platform.runtime.probe import probe
+from shoal.platform.runtime.probe import check
 from shoal.platform.runtime.reconcile import restart_delay
 from shoal.platform.runtime.template_pool import Templates
 from shoal.platform.runtime.template_protocol import TemplateError
@@ -288,8 +288,8 @@ class InstanceSlot:
         state = HealthState(self.thresholds, now=loop.time(), rng=self.rng)
         while True:
             await asyncio.sleep(max(0.0, state.next_deadline() - loop.time()))
-            ok = await probe(
-                "127.0.0.1", self.port, self.service.health.path, timeout=self.thresholds.timeout
+            ok = await check(
+                "127.0.0.1", self.port, self.service.health, timeout=self.thresholds.timeout
             )
             transition = state.on_result(ok, loop.time(), self.rng)
             if transition is not None and self.state != "draining":
@@ -307,7 +307,7 @@ class InstanceSlot:
         started = time.monotonic()
         deadline = started + READY_TIMEOUT
         while time.monotonic() < deadline and not exited.done() and not self._stopping.is_set():
-            if await probe("127.0.0.1", self.port, health.path, timeout=health.timeout):
+            if await check("127.0.0.1", self.port, health, timeout=health.timeout):
                 return True
             await asyncio.sleep(probe_delay(time.monotonic() - started))
         if not exited.done():
