@@ -50,6 +50,7 @@ from shoal.http.h1 import (
 from shoal.http.headers import websocket_upgrade
 from shoal.http.refusal import REQUEST_TIMEOUT, Refusal
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
+from shoal.mesh.tasks import finish
 
 log = logging.getLogger(__name__)
 
@@ -509,12 +510,7 @@ class Server:
                 connection.transport.close()
             elif connection.tunnel is not None and connection.task is not None:
                 connection.task.cancel()  # a WebSocket never ends by itself: "going away"
-        running = [c.task for c in self.connections if c.task is not None]
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await finish([c.task for c in self.connections if c.task is not None], grace)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()

@@ -35,6 +35,7 @@ from shoal.http.headers import HOP_BY_HOP
 from shoal.http.refusal import UPSTREAM_TIMEOUT, Refusal
 from shoal.mesh.flow import WriteFlow
 from shoal.mesh.h1server import SERVER, run_handler
+from shoal.mesh.tasks import finish
 
 __all__ = ["PREFACE", "ByPreface", "H2Exchange", "H2Server"]
 
@@ -363,12 +364,9 @@ class H2Server:
 
     async def close(self, grace: float) -> None:
         """Let streams in flight finish for ``grace`` seconds, then close every connection."""
-        running = [e.task for c in self.connections for e in c.streams.values() if e.task]
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await finish(
+            [e.task for c in self.connections for e in c.streams.values() if e.task], grace
+        )
         for connection in list(self.connections):
             connection.close()
 

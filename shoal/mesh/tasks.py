@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -158,3 +158,14 @@ class OwnedTasks:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
+
+
+async def finish(tasks: Iterable[asyncio.Task[Any]], grace: float) -> None:
+    """Let ``tasks`` finish for ``grace`` seconds, then cancel the late ones and await them."""
+    running = list(tasks)
+    if not running:
+        return
+    _, late = await asyncio.wait(running, timeout=grace)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)

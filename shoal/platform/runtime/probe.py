@@ -61,10 +61,7 @@ async def grpc_probe(host: str, port: int, *, timeout: float) -> bool:
     except (OSError, TimeoutError, h2.exceptions.H2Error):
         return False
     finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await _close(writer)
 
 
 async def probe(host: str, port: int, path: str | None, *, timeout: float) -> bool:
@@ -85,7 +82,11 @@ async def probe(host: str, port: int, path: str | None, *, timeout: float) -> bo
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter | None) -> None:
+    if writer is not None:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
