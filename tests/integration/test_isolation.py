@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,13 @@ print(json.dumps({"uid": os.getuid(), "mod": mod.NAME, "up": sorted(os.listdir(b
 """
 
 
+MOUNT_NAMESPACES = (
+    shutil.which("unshare") is not None
+    and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+)
+
+
+@pytest.mark.skipif(not MOUNT_NAMESPACES, reason="no mount namespaces here (no CAP_SYS_ADMIN)")
 @pytest.mark.parametrize("where", ["app", "."])
 def test_an_instance_uid_reaches_its_runtime_behind_a_closed_directory(
     tmp_path: Path, where: str
