@@ -52,7 +52,7 @@ async def relay(
     body and trailers to ``exchange``; call ``done`` once over, however it ends."""
     complete = False
     tunnel = None
-    if upstream.status == 101:  # the instance accepted a WebSocket: the client's switches too
+    if upstream.status == 101 and exchange.upgrade:  # a WebSocket accepted: the client switches too
         fields = [*fields, *WEBSOCKET_UPGRADE]
         tunnel = Frames()
     try:
