@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shoal.mesh.replay import Replay
+from tests.support.wait import eventually
 
 
 class Source:
@@ -37,12 +38,21 @@ async def test_a_try_cut_midway_is_made_again_from_the_first_byte() -> None:
     for piece in (b"ab", b"cd"):
         source.queue.put_nowait(piece)
     first = replay.body()
-    assert await take(first, 2) == [b"ab", b"cd"]
-    waiting = asyncio.ensure_future(anext(first))
-    await asyncio.sleep(0)
-    waiting.cancel()
+    took_two = asyncio.Event()
+    got: list[bytes] = []
+
+    async def first_try() -> None:
+        async for piece in first:
+            got.append(piece)
+            if len(got) == 2:
+                took_two.set()  # it goes on to wait for a third piece before this task yields
+
+    trying = asyncio.create_task(first_try())
+    await took_two.wait()
+    assert got == [b"ab", b"cd"]
+    trying.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await waiting
+        await trying
     assert replay.replayable
     second = replay.body()
     source.queue.put_nowait(b"ef")
@@ -72,8 +82,8 @@ async def test_the_source_is_read_ahead_by_the_limit_at_most() -> None:
     body = replay.body()
     for piece in (b"ab", b"cd", b"ef", b"gh"):
         source.queue.put_nowait(piece)
-    for _ in range(10):
-        await asyncio.sleep(0)
+    # Unbounded, it would take all four in one go (the queue never makes it wait).
+    await eventually(lambda: source.taken, "the source read", until=lambda n: n >= 3)
     assert source.taken == 3  # 6 bytes unsent > 4: it waits
     assert await take(body, 3) == [b"ab", b"cd", b"ef"]
     replay.close()
