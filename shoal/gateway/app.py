@@ -21,7 +21,6 @@ from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.hypercorn_edge import REQUEST_TASK, client_left
 from shoal.http import grpc
 from shoal.http.headers import (
-    WEBSOCKET_UPGRADE,
     Headers,
     UnderscorePolicy,
     edge_request_headers,
@@ -217,8 +216,7 @@ class GatewayApp:
             head, method, query, request.fields, peer[0] if peer else None, scheme, body
         )
         if exchange.upgrade:  # a WebSocket handshake: the tunnel's bytes follow, unframed
-            outbound.headers += WEBSOCKET_UPGRADE
-            outbound.body = exchange.body()
+            outbound.upgrade, outbound.body = True, exchange.body()
         result = await self._send(outbound, body)
         if isinstance(result, _Refused):
             await _answer(exchange, result.refusal, close=result.clients)

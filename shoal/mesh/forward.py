@@ -72,6 +72,7 @@ class Outbound:
     fields: dict[str, str]  # the client's headers as a dict, lower-case names
     body: Body
     content_length: int | None = None
+    upgrade: bool = False  # a WebSocket handshake: ``body`` is the client's side of the tunnel
 
 
 @dataclass(slots=True)
@@ -200,7 +201,7 @@ class Forwarder:
             isinstance(body, AsyncIterator)
             and policy.attempts
             and req.content_length is None
-            and not any(n == b"upgrade" for n, _ in req.headers)  # a tunnel is never retried
+            and not req.upgrade  # a tunnel is never retried
         ):
             replay = Replay(body, self.buffer_limit)
         try:
@@ -246,7 +247,7 @@ class Forwarder:
             remaining = None if policy.timeout is None else policy.timeout - (now - started)
             this_body = replay.body() if replay is not None else body
             last = await self._send(
-                req.method, endpoint, target, headers, this_body, timeout, remaining, route
+                req, endpoint, target, headers, this_body, timeout, remaining, route
             )
             state.detector.record(endpoint.key, last.outcome, self.clock())
             sent = last.error.sent if last.error is not None else True
@@ -297,7 +298,7 @@ class Forwarder:
 
     async def _send(
         self,
-        method: str,
+        req: Outbound,
         endpoint: Endpoint,
         target: str,
         headers: Headers,
@@ -323,7 +324,7 @@ class Forwarder:
         try:
             response = await self.upstreams.request(
                 authority,
-                method,
+                req.method,
                 target,
                 headers,
                 body,
@@ -331,6 +332,7 @@ class Forwarder:
                 total_timeout=total_timeout,
                 tls=tls,
                 peer=peer,
+                tunnel=req.upgrade,
             )
         except UpstreamError as e:
             self._finished(route, endpoint)

@@ -35,7 +35,6 @@ from shoal.http.h1 import HeadLimits
 from shoal.http.headers import (
     IDENTITY,
     INTERNAL_PREFIX,
-    WEBSOCKET_UPGRADE,
     Headers,
     end_to_end,
     request_headers,
@@ -75,14 +74,12 @@ async def _refuse(
 
 
 def _mesh_fields(exchange: Exchange | H2Exchange) -> Headers:
-    """The request's end-to-end fields without Shoal's internal ones (only routers set those),
-    asking for the switch again when it is a WebSocket handshake."""
-    fields = [
+    """The request's end-to-end fields without Shoal's internal ones (only routers set those)."""
+    return [
         (n, v)
         for n, v in end_to_end(exchange.head.fields)
         if not n.startswith(INTERNAL_PREFIX) and n not in IDENTITY and n not in _DROP
     ]
-    return fields + WEBSOCKET_UPGRADE if exchange.upgrade else fields
 
 
 def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -242,11 +239,11 @@ class Router:
                 path=path,
                 raw_target=path + (f"?{query}" if query else ""),
                 query=query,
-                headers=request_headers(raw, fields, peer[0] if peer else None, "http")
-                + (WEBSOCKET_UPGRADE if exchange.upgrade else []),
+                headers=request_headers(raw, fields, peer[0] if peer else None, "http"),
                 fields=fields,
                 body=exchange.body() if exchange.has_body else None,
                 content_length=exchange.head.content_length,
+                upgrade=exchange.upgrade,
             )
         )
         if isinstance(result, Refusal):
@@ -294,16 +291,18 @@ class Router:
             return
         headers = _mesh_fields(exchange)
         headers += caller_fields
-        h1 = endpoint.protocol == "http" or exchange.upgrade  # WebSocket: HTTP/1.1's Upgrade
-        pool = self.upstreams if h1 else self.h2_upstreams
+        sent_target = path + (f"?{query}" if query else "")
+        body = exchange.body() if exchange.has_body else None
         try:
-            upstream = await pool.request(
-                endpoint.authority,
-                method,
-                path + (f"?{query}" if query else ""),
-                headers,
-                exchange.body() if exchange.has_body else None,
-            )
+            if exchange.upgrade:  # WebSocket: HTTP/1.1's Upgrade, whatever else the instance speaks
+                upstream = await self.upstreams.request(
+                    endpoint.authority, method, sent_target, headers, body, tunnel=True
+                )
+            else:
+                pool = self.upstreams if endpoint.protocol == "http" else self.h2_upstreams
+                upstream = await pool.request(
+                    endpoint.authority, method, sent_target, headers, body
+                )
         except UpstreamError as e:
             await _refuse(exchange, Refusal(e.status, e.cause, str(e)), unsent=not e.sent)
             return

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from shoal.http.h1 import BodyWriter, request_head
-from shoal.http.headers import Headers
+from shoal.http.headers import WEBSOCKET_UPGRADE, Headers
 from shoal.http.refusal import (
     CAUSE_HEADER,
     UPSTREAM_CONNECT_ERROR,
@@ -243,6 +243,7 @@ class Upstreams:
         total_timeout: float | None = None,
         tls: ssl.SSLContext | None = None,
         peer: str | None = None,
+        tunnel: bool = False,
     ) -> UpstreamResponse:
         """Send one request to ``authority`` (``host:port``), over ``tls`` when given, to an
         upstream presenting the SPIFFE ID ``peer`` when given; return once the response head
@@ -252,11 +253,13 @@ class Upstreams:
         exchange, body included.
         """
         loop = asyncio.get_running_loop()
-        # A WebSocket handshake (the caller asks for the switch): the route's timeout bounds
-        # the wait for the 101, not the tunnel's life; its "body" goes as it comes, unframed.
-        tunnel = any(n == b"upgrade" for n, _ in headers)
+        # A WebSocket handshake (``tunnel``): this hop asks for the switch again (hop-by-hop
+        # fields); the route's timeout bounds the wait for the 101, not the tunnel's life; its
+        # "body" goes as it comes, unframed.
         deadline = None if total_timeout is None or tunnel else loop.time() + total_timeout
         fields = [(n, v) for n, v in headers if n not in _FRAMING]
+        if tunnel:
+            fields += WEBSOCKET_UPGRADE
         if not any(n == b"host" for n, _ in fields):
             fields.insert(0, (b"host", authority.encode()))
         chunked = False

@@ -146,6 +146,7 @@ class Traffic:
         self.rps = rps
         self.clock = clock
         self.grpc = grpc
+        self.authority = urlsplit(url).netloc  # where gRPC calls go (host:port)
         self.samples: list[Sample] = []
 
     async def run(self, until: float) -> None:
@@ -178,7 +179,7 @@ class Traffic:
         fields = [(b"host", self.host.encode()), (b"content-type", b"application/grpc")]
         try:
             response = await pool.request(
-                urlsplit(self.url).netloc,
+                self.authority,
                 "POST",
                 self.grpc,
                 fields,
