@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Seque
 from typing import Any, NamedTuple
 
 from shoal.gateway.body import BodyRefused, RequestBody
+from shoal.gateway.h2_websocket import WebSocketStream
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.hypercorn_edge import REQUEST_TASK, client_left
 from shoal.http import grpc
@@ -103,14 +104,14 @@ class _Refused(NamedTuple):
     clients: bool
 
 
-async def _answer(exchange: Exchange, refusal: Refusal, *, close: bool) -> None:
+async def _answer(exchange: Exchange | WebSocketStream, refusal: Refusal, *, close: bool) -> None:
     """:func:`refuse` on Shoal's HTTP/1.1 server; ``close``: the connection closes after it."""
     if close:
         exchange.close_after = True
     await exchange.refuse(refusal)
 
 
-def _receive(exchange: Exchange) -> Receive:
+def _receive(exchange: Exchange | WebSocketStream) -> Receive:
     """The request body of ``exchange`` as ASGI ``receive`` (what :class:`RequestBody` reads)."""
     pieces = exchange.body()
 
@@ -187,10 +188,11 @@ class GatewayApp:
                 raise  # not (only) the client leaving: hypercorn or shutdown cancels us
             me.uncancel()  # the client left: nothing more to answer
 
-    async def serve_h1(self, exchange: Exchange) -> None:
+    async def serve_h1(self, exchange: Exchange | WebSocketStream) -> None:
         """Serve one HTTP/1.x request on Shoal's own server core (hypercorn hands those
-        connections over, see :mod:`.hypercorn_edge`): the same checks and forwarding as
-        :meth:`_http`, without the ASGI layer; a client leaving cancels this at once."""
+        connections over, see :mod:`.hypercorn_edge`), or a WebSocket over HTTP/2 (see
+        :mod:`.h2_websocket`): the same checks and forwarding as :meth:`_http`, without the
+        ASGI layer; a client leaving cancels this at once."""
         request = exchange.head
         target = request.target
         path, _, query = target.partition(b"?")
@@ -211,9 +213,8 @@ class GatewayApp:
         loop = asyncio.get_running_loop()
         body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
         peer = exchange.peer
-        scheme = "https" if exchange.ssl_object is not None else "http"
         outbound = self._outbound(
-            head, method, query, request.fields, peer[0] if peer else None, scheme, body
+            head, method, query, request.fields, peer[0] if peer else None, exchange.scheme, body
         )
         if exchange.upgrade:  # a WebSocket handshake: the tunnel's bytes follow, unframed
             outbound.upgrade, outbound.body = True, exchange.body()

@@ -45,7 +45,7 @@ import importlib.metadata
 import logging
 import ssl
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import hypercorn.asyncio.run
@@ -65,6 +65,9 @@ from shoal.http.refusal import (
     REQUEST_TIMEOUT,
 )
 from shoal.mesh.h1server import Server
+
+if TYPE_CHECKING:
+    from shoal.gateway.h2_websocket import Handler as WebSocketHandler
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ class EdgeConfig(Config):
         self.open_connections = 0
         self.per_client: collections.Counter[str] = collections.Counter()  # open, by address
         self.h1: Server | None = None  # serves HTTP/1.x connections instead of hypercorn
+        # Serves WebSockets over HTTP/2 (with h1, which watches them); None: such a CONNECT
+        # is refused.
+        self.websocket: WebSocketHandler | None = None
         self.keep_alive_timeout = limits.idle_timeout
         # hypercorn types it ``int | None``; it is passed to ``asyncio.wait_for``, any number works.
         self.read_timeout = limits.read_timeout  # type: ignore[assignment]

@@ -6,7 +6,9 @@ for streams the client makes the server reset, and WINDOW_UPDATE floods), then a
 so the GOAWAY arrives; late DATA → RST_STREAM NO_ERROR; a ``:path`` outside visible ASCII → 400
 on its stream; GOAWAY on idle close and after ``idle_timeout`` with the client's flow-control
 window shut; a small response in one write; a stream the client resets, or a connection it
-closes, cancels the request still being answered on it (before its task even ran).
+closes, cancels the request still being answered on it (before its task even ran); a WebSocket
+(extended CONNECT, RFC 8441) is a :class:`~.h2_websocket.WebSocketStream` whose DATA credit goes
+back as its tunnel takes it, any other CONNECT → 501 on its stream.
 It behaves exactly like hypercorn's unless the ``Config`` is an :class:`EdgeConfig`.
 """
 
@@ -23,14 +25,15 @@ import h2.events
 import h2.exceptions
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Response
-from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.events import Request, Response
+from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from priority.priority import DeadlockError
 
 from shoal.gateway.flood import FloodGuard, Frame
+from shoal.gateway.h2_websocket import WebSocketStream, extended_connect
 from shoal.gateway.hypercorn_edge import CLIENT_LEFT, REQUEST_TASK, EdgeConfig
-from shoal.http.refusal import BAD_PATH, CLIENT_CLOSED, Refusal
+from shoal.http.refusal import BAD_PATH, CLIENT_CLOSED, NOT_IMPLEMENTED, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ _SETTINGS_EVENTS = (h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowled
 _OTHER_EVENTS = (h2.events.PriorityUpdated, h2.events.UnknownFrameReceived)
 _VISIBLE = re.compile(rb"[!-~]*")  # visible ASCII: what a request target may hold
 BAD_PATH_REFUSAL = Refusal(400, BAD_PATH, "the request target must be visible ASCII")
+CONNECT_REFUSAL = Refusal(501, NOT_IMPLEMENTED, "CONNECT opens only a WebSocket here")
 
 
 def _visible_path(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -142,9 +146,67 @@ class EdgeH2Protocol(H2Protocol):
                     # hypercorn would fail decoding it (a traceback, the connection dropped)
                     self._refuse_stream(event.stream_id, BAD_PATH_REFUSAL)
                     continue  # the stream's DATA, if any, is refused as late data
+                protocol = extended_connect(event.headers)
+                if protocol is not None and (protocol != b"websocket" or not self._tunnels):
+                    self._refuse_stream(event.stream_id, CONNECT_REFUSAL)
+                    continue
                 opened.add(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived) and isinstance(
+                stream := self.streams.get(event.stream_id), WebSocketStream
+            ):
+                stream.received(event.data, event.flow_controlled_length)
+                continue  # its credit goes back once the tunnel takes it, not at once
             kept.append(event)
         await super()._handle_events(kept)
+
+    @property
+    def _tunnels(self) -> bool:
+        """Whether this edge serves WebSockets over HTTP/2."""
+        config = self.config
+        return isinstance(config, EdgeConfig) and None not in (config.h1, config.websocket)
+
+    async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+        """As hypercorn, but a WebSocket (extended CONNECT) is a :class:`WebSocketStream`
+        served by the gateway's tunnel, not hypercorn's ASGI WebSocket."""
+        config = self.config
+        if not isinstance(config, EdgeConfig) or not extended_connect(request.headers):
+            await super()._create_stream(request)
+            return
+        assert config.h1 is not None and config.websocket is not None  # else refused above
+        stream_id = request.stream_id
+        stream = WebSocketStream(self, stream_id, request.headers, config.websocket, config.h1)
+        self.streams[stream_id] = stream  # type: ignore[assignment]
+        self.stream_buffers[stream_id] = StreamBuffer(self.context.event_class)
+        self.priority.insert_stream(stream_id)
+        self.priority.block(stream_id)
+        await stream.handle(
+            Request(
+                stream_id=stream_id,
+                headers=request.headers,
+                http_version="2",
+                method="CONNECT",
+                raw_path=stream.head.target,
+                state=self.connection_state,
+            )
+        )
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+
+    async def flush(self) -> None:
+        """Write out what h2 has framed (a stream's WINDOW_UPDATE, say)."""
+        await self._flush()
+
+    async def reset(self, stream_id: int) -> None:
+        """Reset a stream whose answer cannot end whole, and forget what it had to send."""
+        try:
+            self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            pass  # already closed
+        buffer = self.stream_buffers.pop(stream_id, None)
+        if buffer is not None:
+            await buffer.close()
+            self.priority.remove_stream(stream_id)
+        await self._flush()
 
     def _refuse_stream(self, stream_id: int, refusal: Refusal) -> None:
         """Answer a stream hypercorn never sees with ``refusal``."""

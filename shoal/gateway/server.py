@@ -170,6 +170,7 @@ async def run_gateway(
         tunnel_idle_timeout=limits.websocket_idle_timeout,
         header_timeout=limits.header_timeout,
     )
+    config.websocket = app.serve_h1
 
     async def drain_h1() -> None:
         await stop.wait()

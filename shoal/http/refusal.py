@@ -18,6 +18,7 @@ cause                                status  meaning
 ``bad_request``                      400     e.g. two Host headers
 ``bad_path``                         400     a path the normaliser refuses (encoded slash, bad
                                              escape, NUL, ...)
+``not_implemented``                  501     an HTTP/2 CONNECT for anything but a WebSocket
 ``headers_too_large``                431     too many header fields or bytes
 ``uri_too_long``                     414     the request target is too long
 ``body_too_large``                   413     the request body is too long
@@ -55,6 +56,7 @@ CAUSE_HEADER = b"x-shoal-cause"
 BAD_FRAMING = "bad_framing"
 BAD_REQUEST = "bad_request"
 BAD_PATH = "bad_path"
+NOT_IMPLEMENTED = "not_implemented"
 HEADERS_TOO_LARGE = "headers_too_large"
 URI_TOO_LONG = "uri_too_long"
 BODY_TOO_LARGE = "body_too_large"

@@ -105,6 +105,10 @@ class Exchange:
         return found
 
     @property
+    def scheme(self) -> str:
+        return "http" if self.connection.extra("ssl_object") is None else "https"
+
+    @property
     def memo(self) -> dict[str, Any]:
         """What the handler keeps per connection (e.g. the verified peer identity)."""
         return self.connection.memo
@@ -432,6 +436,14 @@ class _Connection(WriteFlow):
             self._paused = False
 
 
+class Tunnel(Protocol):
+    """A WebSocket a server watches on another server's connection (an HTTP/2 stream at the
+    edge, :mod:`shoal.gateway.h2_websocket`): closed like its own (:meth:`Server.watch`)."""
+
+    active: float  # its last byte either way
+    task: asyncio.Task[None] | None  # cancelled to close it: its relay says "going away"
+
+
 class Server:
     """A protocol factory serving ``handler`` (give it to ``loop.create_server`` or a listener)."""
 
@@ -452,6 +464,7 @@ class Server:
         self.tunnel_idle_timeout = tunnel_idle_timeout  # a WebSocket with no byte either way
         self.header_timeout = header_timeout  # a head's first byte to its end, else 408
         self.connections: set[_Connection] = set()
+        self.tunnels: set[Tunnel] = set()  # WebSockets on other servers' connections
         self.closing = False
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -460,6 +473,18 @@ class Server:
         loop = asyncio.get_running_loop()
         connection.idle_since = loop.time()
         self.connections.add(connection)
+        self._start_sweep(loop)
+
+    def watch(self, tunnel: Tunnel) -> None:
+        """Close ``tunnel`` as this server's own WebSockets: after ``tunnel_idle_timeout``
+        without a byte, and when the server closes (until it is :meth:`unwatch`-ed)."""
+        self.tunnels.add(tunnel)
+        self._start_sweep(asyncio.get_running_loop())
+
+    def unwatch(self, tunnel: Tunnel) -> None:
+        self.tunnels.discard(tunnel)
+
+    def _start_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sweep is None:
             self._sweep = loop.call_later(self._sweep_every, self._close_idle)
 
@@ -478,8 +503,13 @@ class Server:
                     connection.task.cancel()  # its relay says "going away", then it closes
             elif (since := connection.idle_since) is not None and since < limit:
                 connection.transport.close()
+        for tunnel in self.tunnels:
+            if tunnel.active < tunnel_limit and tunnel.task is not None:
+                tunnel.task.cancel()
         self._sweep = (
-            loop.call_later(self._sweep_every, self._close_idle) if self.connections else None
+            loop.call_later(self._sweep_every, self._close_idle)
+            if self.connections or self.tunnels
+            else None
         )
 
     @property
@@ -510,7 +540,11 @@ class Server:
                 connection.transport.close()
             elif connection.tunnel is not None and connection.task is not None:
                 connection.task.cancel()  # a WebSocket never ends by itself: "going away"
-        await finish([c.task for c in self.connections if c.task is not None], grace)
+        for tunnel in self.tunnels:
+            if tunnel.task is not None:
+                tunnel.task.cancel()
+        tasks = [c.task for c in self.connections] + [t.task for t in self.tunnels]
+        await finish([task for task in tasks if task is not None], grace)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()

@@ -1,6 +1,6 @@
 """An upstream's response relayed to an HTTP/1.1 client: what the router and the gateway share.
 
-The head, the body as it arrives and the trailers go to the client's :class:`Exchange`; what
+The head, the body as it arrives and the trailers go to the client's exchange; what
 arrived together leaves together (one write), and what is gathered is flushed before waiting
 for more, so a stream's head and events are never held back. A response cut short, by the
 upstream or the client, is left unended: the client's connection closes, so the client sees a
@@ -12,15 +12,28 @@ one with status 1001, between two of the instance's frames.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from shoal.http import grpc
 from shoal.http.headers import WEBSOCKET_UPGRADE, Headers
 from shoal.http.refusal import CAUSE_HEADER, Refusal
 from shoal.http.websocket import GOING_AWAY, Frames
-from shoal.mesh.h1server import Exchange
-from shoal.mesh.h2server import H2Exchange
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse
+
+
+class Client(Protocol):
+    """The client's side :func:`relay` writes to: an HTTP/1.1 exchange
+    (:class:`~shoal.mesh.h1server.Exchange`) or an HTTP/2 stream."""
+
+    @property
+    def upgrade(self) -> bool: ...  # the request asked for a WebSocket
+
+    async def start(self, status: int, fields: Headers) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def end(self, trailers: Iterable[tuple[bytes, bytes]] = ()) -> None: ...
+    def flush(self) -> None: ...
+    def send_now(self, data: bytes) -> None: ...
 
 
 async def router_refusal(response: UpstreamResponse) -> Refusal | None:
@@ -43,7 +56,7 @@ _SHORT = 1024  # bytes of a refusal's text kept
 
 
 async def relay(
-    exchange: Exchange | H2Exchange,
+    exchange: Client,
     upstream: UpstreamResponse,
     fields: Headers,
     done: Callable[[], None],

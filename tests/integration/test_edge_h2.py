@@ -374,6 +374,31 @@ async def test_a_non_ascii_path_is_a_400_on_its_stream(
         assert [record["path"] for record in edge.seen()] == ["/still"]
 
 
+async def test_a_connect_for_anything_but_a_websocket_is_a_501_on_its_stream(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """The edge says SETTINGS_ENABLE_CONNECT_PROTOCOL for WebSockets (RFC 8441); a CONNECT
+    asking for a TCP tunnel, or for another protocol, gets 501 not_implemented on its stream
+    and reaches no upstream; the connection goes on serving."""
+    tunnel = [(b":method", b"CONNECT"), (b":authority", b"echo:443")]
+    udp = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"connect-udp"),
+        (b":scheme", b"http"),
+        (b":path", b"/"),
+        (b":authority", b"echo"),
+    ]
+    async with edge_gateway(redis, redis_url, keys) as edge, H2Wire.to(edge.port) as wire:
+        for head in (tunnel, udp):
+            answer = await wire.answer(await wire.request(head))
+            assert (answer.status, answer.headers.get(b"x-shoal-cause")) == (
+                501,
+                b"not_implemented",
+            )
+        assert await wire.serves()
+        assert [record["path"] for record in edge.seen()] == ["/still"]
+
+
 async def test_a_zero_window_reader_is_closed_after_idle_timeout(
     redis: Redis, redis_url: str, keys: Keys
 ) -> None:

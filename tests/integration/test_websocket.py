@@ -5,12 +5,14 @@ the handshake is forwarded hop by hop and the frames are tunnelled both ways as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -21,6 +23,7 @@ from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import Cluster, ready, running_cluster
+from tests.support.h2ws import Refused, h2_websocket
 from tests.support.procfs import environ_of
 from tests.support.tls import self_signed
 from tests.support.wait import eventually
@@ -94,12 +97,33 @@ async def echoes(uri: str, port: int, **options: object) -> None:
     assert ws.close_code == 1000
 
 
+async def h2_echoes(port: int, **options: Any) -> None:
+    """Over HTTP/2 (RFC 8441), frames echo as sent — a message larger than the stream's
+    flow-control window too —, a ping gets the instance's pong, and the close handshake
+    completes and ends the stream; the tunnel outlives the route's timeout."""
+    async with h2_websocket(port, "echo-ws", **options) as ws:
+        assert b"sec-websocket-accept" not in dict(ws.headers)  # an HTTP/1.1 field
+        await ws.send("hello ✓")
+        assert await ws.recv() == ("text", "hello ✓")
+        await ws.send(b"\x00\x01\xff" * 40_000)
+        assert await ws.recv() == ("bytes", b"\x00\x01\xff" * 40_000)
+        with pytest.raises(TimeoutError):
+            await ws.recv(timeout=1.5)  # quiet past the route's 1 s timeout: still open
+        await ws.ping(b"there?")
+        assert await ws.recv() == ("pong", b"there?")
+        assert await ws.close() == 1000
+        async with asyncio.timeout(5):
+            await ws.ended.wait()
+        assert ws.reset is None
+
+
 async def test_echo_over_ws_wss_and_east_west(
     redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
 ) -> None:
-    """Through the gateway over ws:// and wss://, and from a service's outbound listener (what
-    an instance reaches through ``$SHOAL_MESH_URL``), frames echo and the tunnel outlives the
-    route's timeout; an AuthorizationPolicy denying the service refuses the handshake (403)."""
+    """Through the gateway over ws:// and wss://, over HTTP/2 (h2c and TLS), and from a
+    service's outbound listener (what an instance reaches through ``$SHOAL_MESH_URL``), frames
+    echo and the tunnel outlives the route's timeout; an AuthorizationPolicy denying the
+    service refuses the handshake (403), on HTTP/2 too."""
     cert = self_signed(tmp_path)
     async with running_cluster(redis, redis_url, keys, tmp_path, tls=cert) as cluster:
         await cluster.client.apply(parse_text(json.dumps(SERVICE) + "\n---\n" + ROUTE))
@@ -110,6 +134,9 @@ async def test_echo_over_ws_wss_and_east_west(
         await echoes(
             "wss://echo-ws/", cluster.tls_port, ssl=client_tls, server_hostname="localhost"
         )
+        await h2_echoes(cluster.gateway_port)
+        h2_tls = ssl.create_default_context(cafile=str(cert[0]))
+        await h2_echoes(cluster.tls_port, context=h2_tls, server_hostname="localhost")
         pid = ready(found, "echo-ws")[0].pid
         assert pid is not None
         mesh = environ_of(pid)["SHOAL_MESH_URL"]
@@ -117,6 +144,11 @@ async def test_echo_over_ws_wss_and_east_west(
 
         await cluster.client.apply(parse_text(DENY))
         await eventually_denied(cluster)
+        with pytest.raises(Refused) as refused:
+            async with h2_websocket(cluster.gateway_port, "echo-ws"):
+                pass
+        assert refused.value.status == 403
+        assert (b"x-shoal-cause", b"denied") in refused.value.headers
 
 
 async def eventually_denied(cluster: Cluster) -> None:
@@ -139,36 +171,50 @@ async def test_a_quiet_websocket_closes_and_one_whose_instance_goes_hears_going_
     instance dies without a word, and one still open when the gateway shuts down: each gets a
     close frame 1001 (going away) from Shoal instead of a cut."""
     limits = EdgeLimits(websocket_idle_timeout=1.0)
-    async with running_cluster(redis, redis_url, keys, tmp_path, limits=limits) as cluster:
-        await cluster.client.apply(parse_text(json.dumps(SERVICE)))
-        found = await cluster.instances(lambda f: bool(ready(f, "echo-ws")), timeout=30)
-        port = cluster.gateway_port
-        async with connect("ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=None) as ws:
+    async with contextlib.AsyncExitStack() as outlives:  # what stays open past the shutdown
+        async with running_cluster(redis, redis_url, keys, tmp_path, limits=limits) as cluster:
+            await cluster.client.apply(parse_text(json.dumps(SERVICE)))
+            found = await cluster.instances(lambda f: bool(ready(f, "echo-ws")), timeout=30)
+            port = cluster.gateway_port
+            async with connect(
+                "ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=None
+            ) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+                async with asyncio.timeout(10):
+                    await ws.wait_closed()
+                assert ws.close_code == 1001, ws.close_code
+
+            async with connect("ws://echo-ws/", host="127.0.0.1", port=port) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+                pid = ready(found, "echo-ws")[0].pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                async with asyncio.timeout(10):
+                    await ws.wait_closed()
+                assert ws.close_code == 1001, ws.close_code
+
+            await cluster.instances(
+                lambda f: any(e.pid != pid for e in ready(f, "echo-ws")), timeout=30
+            )
+            async with h2_websocket(port, "echo-ws") as h2ws:  # quiet over HTTP/2 too
+                await h2ws.send("hi")
+                assert await h2ws.recv() == ("text", "hi")
+                assert await h2ws.recv(timeout=10) == ("close", 1001)
+                async with asyncio.timeout(5):
+                    await h2ws.ended.wait()
+
+            ws = await connect("ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=None)
             await ws.send("hi")
             assert await ws.recv() == "hi"
-            async with asyncio.timeout(10):
-                await ws.wait_closed()
-            assert ws.close_code == 1001, ws.close_code
-
-        async with connect("ws://echo-ws/", host="127.0.0.1", port=port) as ws:
-            await ws.send("hi")
-            assert await ws.recv() == "hi"
-            pid = ready(found, "echo-ws")[0].pid
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            async with asyncio.timeout(10):
-                await ws.wait_closed()
-            assert ws.close_code == 1001, ws.close_code
-
-        await cluster.instances(
-            lambda f: any(e.pid != pid for e in ready(f, "echo-ws")), timeout=30
-        )
-        ws = await connect("ws://echo-ws/", host="127.0.0.1", port=port, ping_interval=None)
-        await ws.send("hi")
-        assert await ws.recv() == "hi"
-    async with asyncio.timeout(10):
-        await ws.wait_closed()
-    assert ws.close_code == 1001, ws.close_code
+            h2ws = await outlives.enter_async_context(h2_websocket(port, "echo-ws"))
+            await h2ws.send("hi")
+            assert await h2ws.recv() == ("text", "hi")
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+        assert ws.close_code == 1001, ws.close_code
+        assert await h2ws.recv(timeout=10) == ("close", 1001)
 
 
 @pytest.mark.slow
