@@ -22,8 +22,9 @@ the hand-over of HTTP/1.x connections to Shoal's own HTTP/1.1 server, ``EdgeConf
 serves them at a fraction of h11's and ASGI's cost), :class:`EdgeH11Protocol` (header deadline
 → 408, causes on error answers: for the requests hypercorn still reads over HTTP/1.1, an
 ``Upgrade: h2c``) and, in :mod:`.hypercorn_h2`, ``EdgeH2Protocol`` (flood budgets, late
-DATA, idle and zero-window closes, one-write responses, cancelling what a reset stream was
-answering). :func:`install` puts the subclasses
+DATA, idle and zero-window closes, one-write responses, and each request stream served by the
+edge's handler, ``EdgeConfig.h2``, instead of hypercorn's ASGI layer, see :mod:`.h2_stream`).
+:func:`install` puts the subclasses
 where hypercorn looks its classes up at call time (``hypercorn.asyncio.run.TCPServer``,
 ``hypercorn.protocol.H11Protocol`` and ``H2Protocol``). They behave exactly like hypercorn's
 unless the ``Config`` is an :class:`EdgeConfig`, so any other hypercorn server in the process
@@ -44,7 +45,6 @@ import contextlib
 import importlib.metadata
 import logging
 import ssl
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -67,7 +67,7 @@ from shoal.http.refusal import (
 from shoal.mesh.h1server import Server
 
 if TYPE_CHECKING:
-    from shoal.gateway.h2_websocket import Handler as WebSocketHandler
+    from shoal.gateway.h2_stream import Handler as H2Handler
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ class EdgeConfig(Config):
         self.open_connections = 0
         self.per_client: collections.Counter[str] = collections.Counter()  # open, by address
         self.h1: Server | None = None  # serves HTTP/1.x connections instead of hypercorn
-        # Serves WebSockets over HTTP/2 (with h1, which watches them); None: such a CONNECT
-        # is refused.
-        self.websocket: WebSocketHandler | None = None
+        # Serves HTTP/2 request streams instead of hypercorn's ASGI layer (with h1, which
+        # watches their WebSockets).
+        self.h2: H2Handler | None = None
         self.keep_alive_timeout = limits.idle_timeout
         # hypercorn types it ``int | None``; it is passed to ``asyncio.wait_for``, any number works.
         self.read_timeout = limits.read_timeout  # type: ignore[assignment]
@@ -271,17 +271,6 @@ class EdgeTCPServer(TCPServer):
         if isinstance(inner, H11Protocol):
             return inner.stream is not None
         return bool(inner.streams)
-
-
-REQUEST_TASK = "shoal.request_task"
-"""Where the app puts its request's task in the ASGI scope, for :class:`EdgeH2Protocol` to
-cancel when the client goes away."""
-CLIENT_LEFT = "shoal.client_left"
-
-
-def client_left(scope: MutableMapping[str, Any]) -> bool:
-    """Whether the edge cancelled this request because its client went away."""
-    return bool(scope.get(CLIENT_LEFT))
 
 
 H2_PREFACE = b"PRI * HTTP/2.0"

@@ -5,10 +5,10 @@ the edge reaches into hypercorn, the pin, and :func:`~.hypercorn_edge.install`).
 for streams the client makes the server reset, and WINDOW_UPDATE floods), then a lingering close
 so the GOAWAY arrives; late DATA → RST_STREAM NO_ERROR; a ``:path`` outside visible ASCII → 400
 on its stream; GOAWAY on idle close and after ``idle_timeout`` with the client's flow-control
-window shut; a small response in one write; a stream the client resets, or a connection it
-closes, cancels the request still being answered on it (before its task even ran); a WebSocket
-(extended CONNECT, RFC 8441) is a :class:`~.h2_websocket.WebSocketStream` whose DATA credit goes
-back as its tunnel takes it, any other CONNECT → 501 on its stream.
+window shut; a small response in one write; every request stream (a WebSocket's too: RFC 8441
+extended CONNECT) is an :class:`~.h2_stream.H2Stream` served by the edge's handler instead of
+hypercorn's ASGI stream, its DATA credit given back as the handler takes it; any other CONNECT →
+501 on its stream.
 It behaves exactly like hypercorn's unless the ``Config`` is an :class:`EdgeConfig`.
 """
 
@@ -27,13 +27,12 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Request, Response
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
-from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
-from priority.priority import DeadlockError
+from priority.priority import DeadlockError, DuplicateStreamError
 
 from shoal.gateway.flood import FloodGuard, Frame
-from shoal.gateway.h2_websocket import WebSocketStream, extended_connect
-from shoal.gateway.hypercorn_edge import CLIENT_LEFT, REQUEST_TASK, EdgeConfig
-from shoal.http.refusal import BAD_PATH, CLIENT_CLOSED, NOT_IMPLEMENTED, Refusal
+from shoal.gateway.h2_stream import H2Stream, extended_connect
+from shoal.gateway.hypercorn_edge import EdgeConfig
+from shoal.http.refusal import BAD_PATH, NOT_IMPLEMENTED, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -146,49 +145,45 @@ class EdgeH2Protocol(H2Protocol):
                     # hypercorn would fail decoding it (a traceback, the connection dropped)
                     self._refuse_stream(event.stream_id, BAD_PATH_REFUSAL)
                     continue  # the stream's DATA, if any, is refused as late data
-                protocol = extended_connect(event.headers)
-                if protocol is not None and (protocol != b"websocket" or not self._tunnels):
+                if extended_connect(event.headers) not in (None, b"websocket"):
                     self._refuse_stream(event.stream_id, CONNECT_REFUSAL)
                     continue
                 opened.add(event.stream_id)
             elif isinstance(event, h2.events.DataReceived) and isinstance(
-                stream := self.streams.get(event.stream_id), WebSocketStream
+                stream := self.streams.get(event.stream_id), H2Stream
             ):
                 stream.received(event.data, event.flow_controlled_length)
-                continue  # its credit goes back once the tunnel takes it, not at once
+                continue  # its credit goes back once the handler takes it, not at once
             kept.append(event)
         await super()._handle_events(kept)
 
-    @property
-    def _tunnels(self) -> bool:
-        """Whether this edge serves WebSockets over HTTP/2."""
-        config = self.config
-        return isinstance(config, EdgeConfig) and None not in (config.h1, config.websocket)
-
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
-        """As hypercorn, but a WebSocket (extended CONNECT) is a :class:`WebSocketStream`
-        served by the gateway's tunnel, not hypercorn's ASGI WebSocket."""
+        """As hypercorn, but the stream is an :class:`H2Stream` served by the edge's handler,
+        not hypercorn's ASGI stream."""
         config = self.config
-        if not isinstance(config, EdgeConfig) or not extended_connect(request.headers):
+        if not isinstance(config, EdgeConfig) or config.h2 is None or config.h1 is None:
             await super()._create_stream(request)
             return
-        assert config.h1 is not None and config.websocket is not None  # else refused above
         stream_id = request.stream_id
-        stream = WebSocketStream(self, stream_id, request.headers, config.websocket, config.h1)
+        event = Request(
+            stream_id=stream_id,
+            headers=request.headers,
+            http_version="2",
+            method="",  # (read from the headers by the stream)
+            raw_path=b"",
+            state=self.connection_state,
+        )
+        ended = request.stream_ended is not None
+        stream = H2Stream(self, event, ended, config.h2, config.h1)
         self.streams[stream_id] = stream  # type: ignore[assignment]
         self.stream_buffers[stream_id] = StreamBuffer(self.context.event_class)
-        self.priority.insert_stream(stream_id)
-        self.priority.block(stream_id)
-        await stream.handle(
-            Request(
-                stream_id=stream_id,
-                headers=request.headers,
-                http_version="2",
-                method="CONNECT",
-                raw_path=stream.head.target,
-                state=self.connection_state,
-            )
-        )
+        try:
+            self.priority.insert_stream(stream_id)
+        except DuplicateStreamError:
+            pass  # a PRIORITY frame came before the HEADERS
+        else:
+            self.priority.block(stream_id)
+        await stream.handle(event)
         self.keep_alive_requests += 1
         await self.context.mark_request()
 
@@ -313,20 +308,6 @@ class EdgeH2Protocol(H2Protocol):
             self.priority.remove_stream(stream_id)
 
     async def _close_stream(self, stream_id: int) -> None:
-        """As hypercorn, but a stream closed before its response was complete (the client reset
-        it, or the connection ended) cancels the app's request task at once: its upstream
-        request and in-flight slot are released now, not when the upstream answers."""
-        stream = self.streams.get(stream_id)
-        if (
-            self._guard is not None
-            and isinstance(stream, HTTPStream)
-            and stream.state is not ASGIHTTPState.CLOSED
-        ):
-            scope: dict[str, Any] = getattr(stream, "scope", {})  # set with the request
-            scope[CLIENT_LEFT] = True  # an app task that has not started yet returns at once
-            task = scope.get(REQUEST_TASK)
-            if task is not None and not task.done():
-                task.cancel(CLIENT_CLOSED)
         self._starved_since = None  # re-armed by the next stream found waiting on the window
         await super()._close_stream(stream_id)
 

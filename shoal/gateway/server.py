@@ -2,9 +2,10 @@
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
 serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. hypercorn accepts every
-connection and serves HTTP/2; HTTP/1.x connections go to Shoal's own HTTP/1.1 server
-(:meth:`GatewayApp.serve_h1`). The gateway listens once it holds its mesh certificate
-(``identity_wait``), so it never answers 503 ``no_mesh_identity`` while starting.
+connection and frames HTTP/2, each stream served by :meth:`GatewayApp.serve`; HTTP/1.x
+connections go to Shoal's own HTTP/1.1 server, which serves them with the same handler. The
+gateway listens once it holds its mesh certificate (``identity_wait``), so it never answers 503
+``no_mesh_identity`` while starting.
 
 hypercorn's defaults that bite a proxy are overridden on purpose (:func:`hypercorn_config`):
 it closes a keep-alive connection after 1,000 requests, adds its own ``Date`` and ``Server``
@@ -164,13 +165,13 @@ async def run_gateway(
     config = hypercorn_config(settings)
     limits = settings.limits
     config.h1 = h1 = Server(
-        app.serve_h1,
+        app.serve,
         limits=limits.head_limits(),
         idle_timeout=limits.idle_timeout,
         tunnel_idle_timeout=limits.websocket_idle_timeout,
         header_timeout=limits.header_timeout,
     )
-    config.websocket = app.serve_h1
+    config.h2 = app.serve
 
     async def drain_h1() -> None:
         await stop.wait()

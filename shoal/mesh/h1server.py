@@ -438,7 +438,7 @@ class _Connection(WriteFlow):
 
 class Tunnel(Protocol):
     """A WebSocket a server watches on another server's connection (an HTTP/2 stream at the
-    edge, :mod:`shoal.gateway.h2_websocket`): closed like its own (:meth:`Server.watch`)."""
+    edge, :mod:`shoal.gateway.h2_stream`): closed like its own (:meth:`Server.watch`)."""
 
     active: float  # its last byte either way
     task: asyncio.Task[None] | None  # cancelled to close it: its relay says "going away"

@@ -21,7 +21,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -37,7 +37,7 @@ from shoal.mesh.flow import WriteFlow
 from shoal.mesh.h1server import SERVER, run_handler
 from shoal.mesh.tasks import finish
 
-__all__ = ["PREFACE", "ByPreface", "H2Exchange", "H2Server"]
+__all__ = ["PREFACE", "ByPreface", "H2Exchange", "H2Server", "refuse_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +155,41 @@ class H2Exchange:
         await self.end()
 
     async def refuse(self, refusal: Refusal, fields: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        """Answer with ``refusal``; to a gRPC call, in gRPC as the gateway does: HTTP 200 with
-        ``x-shoal-cause`` (initial metadata), then ``grpc-status`` and ``grpc-message`` as
-        trailers."""
-        if grpc.is_grpc(self.head.fields):
-            message = refusal.body().decode().rstrip("\n")
-            timed_out = refusal.cause == UPSTREAM_TIMEOUT
-            status = grpc.refusal_trailers(refusal.status, message, timed_out=timed_out)
-            head = [(b"content-type", b"application/grpc"), *refusal.headers, *fields]
-            await self.start(200, [*head, (b"server", SERVER)])
-            self._send_head()
-            await self.end(status)
-            return
-        head = [*refusal.headers, (b"content-type", b"text/plain; charset=utf-8"), *fields]
-        body = refusal.body()
-        await self.respond(refusal.status, [*head, (b"content-length", b"%d" % len(body))], body)
+        """Answer with ``refusal`` (see :func:`refuse_stream`)."""
+        await refuse_stream(self, refusal, fields, rpc=grpc.is_grpc(self.head.fields))
+
+
+class _Answering(Protocol):
+    async def start(self, status: int, fields: Iterable[tuple[bytes, bytes]]) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def end(self, trailers: Iterable[tuple[bytes, bytes]] = ()) -> None: ...
+
+
+async def refuse_stream(
+    stream: _Answering, refusal: Refusal, fields: Iterable[tuple[bytes, bytes]], *, rpc: bool
+) -> None:
+    """Answer ``refusal`` on an HTTP/2 stream; to a gRPC call (``rpc``) in gRPC, as Envoy does:
+    HTTP 200 with ``x-shoal-cause`` (initial metadata), then ``grpc-status`` (mapped from the
+    HTTP status) and ``grpc-message`` as trailers."""
+    if rpc:
+        message = refusal.body().decode().rstrip("\n")
+        timed_out = refusal.cause == UPSTREAM_TIMEOUT
+        status = grpc.refusal_trailers(refusal.status, message, timed_out=timed_out)
+        head = [(b"content-type", b"application/grpc"), *refusal.headers, *fields]
+        await stream.start(200, [*head, (b"server", SERVER)])
+        await stream.end(status)
+        return
+    body = refusal.body()
+    head = [
+        *refusal.headers,
+        (b"content-type", b"text/plain; charset=utf-8"),
+        *fields,
+        (b"server", SERVER),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    await stream.start(refusal.status, head)
+    await stream.write(body)
+    await stream.end()
 
 
 Handler = Callable[[H2Exchange], Awaitable[None]]
