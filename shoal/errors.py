@@ -58,7 +58,7 @@ class ManifestError(UserError):
         if self.field:
             where.append(f"field {self.field}")
         prefix = ": ".join([", ".join(where)]) if where else ""
-        shown = f" (got {self.value!r})" if self.value is not None else ""
+        shown = f" (got {_brief(self.value)})" if self.value is not None else ""
         return f"{prefix}: {self.reason}{shown}" if prefix else f"{self.reason}{shown}"
 
     def located(self, *, file: str, document: int) -> ManifestError:
@@ -66,6 +66,12 @@ class ManifestError(UserError):
         return ManifestError(
             self.reason, file=file, document=document, field=self.field, value=self.value
         )
+
+
+def _brief(value: object, limit: int = 160) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a whole mapping can be long)."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 class NotFoundError(ShoalError):

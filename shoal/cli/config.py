@@ -17,6 +17,7 @@ from shoal.platform import settings
 from shoal.platform.control.client import Client
 from shoal.platform.control.rollout import RollBack
 from shoal.resources.manifest import load_files
+from shoal.resources.weights import split_route
 
 if TYPE_CHECKING:
     pass
@@ -154,15 +155,22 @@ def delete(
 def weights(
     service: Annotated[str, typer.Argument()],
     split: Annotated[list[str], typer.Argument(help="SUBSET=WEIGHT pairs summing to 100")],
+    route: Annotated[
+        str | None,
+        typer.Option(help="The http[] route (by name) to split; default: the catch-all route."),
+    ] = None,
     redis: RedisOpt = None,
 ) -> None:
-    """Split a service's traffic between subsets (edits its VirtualService).
+    """Split a service's traffic between subsets: edits one route of its VirtualService (the
+    catch-all one, or --route NAME); header and path rules stay as they are.
 
     Example: shoal weights hello v1=80 v2=20
     """
-    vs, revision = with_client(redis, lambda c: c.weights(service, split))
-    parts = ", ".join(f"{d.destination.subset}={d.weight}" for d in vs.http[-1].route)
-    typer.echo(f"VirtualService {vs.name}: {service} → {parts} (revision {revision})")
+    vs, revision = with_client(redis, lambda c: c.weights(service, split, route))
+    edited = vs.http[split_route(service, vs, route)]
+    parts = ", ".join(f"{d.destination.subset}={d.weight}" for d in edited.route)
+    which = f"route {edited.name}" if edited.name else "default route"
+    typer.echo(f"VirtualService {vs.name} ({which}): {service} → {parts} (revision {revision})")
 
 
 @app.command()

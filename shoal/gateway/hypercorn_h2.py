@@ -25,7 +25,7 @@ import h2.events
 import h2.exceptions
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Request, Response
+from hypercorn.protocol.events import Request, Response, Trailers
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from priority.priority import DeadlockError, DuplicateStreamError
 
@@ -197,11 +197,15 @@ class EdgeH2Protocol(H2Protocol):
             self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.ProtocolError:
             pass  # already closed
+        await self._forget(stream_id)
+        await self._flush()
+
+    async def _forget(self, stream_id: int) -> None:
+        """Drop what hypercorn keeps to send on a stream that sends no more."""
         buffer = self.stream_buffers.pop(stream_id, None)
         if buffer is not None:
             await buffer.close()
             self.priority.remove_stream(stream_id)
-        await self._flush()
 
     def _refuse_stream(self, stream_id: int, refusal: Refusal) -> None:
         """Answer a stream hypercorn never sees with ``refusal``."""
@@ -224,6 +228,8 @@ class EdgeH2Protocol(H2Protocol):
         response instead of three (HEADERS, DATA, an empty END_STREAM DATA)."""
         if self._guard is None or type(event) is not Response:
             await super().stream_send(event)
+            if self._guard is not None and type(event) is Trailers:
+                await self._forget(event.stream_id)  # (hypercorn keeps its buffer forever)
             return
         try:
             self.connection.send_headers(

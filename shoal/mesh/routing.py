@@ -31,6 +31,7 @@ from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterKey
 from shoal.mesh.matching import MatchBlock, RouteMatch, compile_virtual_service, normalize_host
 from shoal.mesh.split import pick_weighted
 from shoal.resources.endpoint import Endpoint
+from shoal.resources.hosts import mesh_service
 from shoal.resources.model import Destination, HTTPRoute, RouteDestination
 
 if TYPE_CHECKING:  # annotations only
@@ -103,6 +104,9 @@ class RoutingTable:
             )
         else:
             self._exact.setdefault(host, blocks)
+            service = mesh_service(host)
+            if service is not None and service != host:  # hello.default.svc.cluster.local
+                self._exact.setdefault(service, blocks)  # is reached as hello too
 
     def resolve(
         self, host: str, method: str, path: str, headers: Mapping[str, str]

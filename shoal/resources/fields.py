@@ -11,6 +11,7 @@ a bare number is read as seconds.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -18,6 +19,7 @@ from decimal import Decimal, localcontext
 from typing import TypeVar, overload
 
 from shoal.errors import ManifestError
+from shoal.resources.hosts import check_namespace
 
 T = TypeVar("T")
 Parser = Callable[[object, str], T]
@@ -170,7 +172,12 @@ dns_subdomain = matching(
     "a DNS name (lower-case letters, digits, '-' and '.', at most 253 characters)",
     253,
 )
-host_name = matching(re.compile(r"[^\s/:]+"), "a host name (no spaces, '/' or ':')")
+_HOST = matching(re.compile(r"[^\s/:]+"), "a host name (no spaces, '/' or ':')")
+
+
+def host_name(value: object, field: str) -> str:
+    """A host as Istio writes one; not a service of another namespace."""
+    return check_namespace(_HOST(value, field), field)
 
 
 def boolean(value: object, field: str) -> bool:
@@ -283,6 +290,14 @@ def labels(value: object, field: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(result))
 
 
+def _unknown(key: str, allowed: Collection[str]) -> str:
+    """Why ``key`` is refused, and what may be written instead."""
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.75)
+    if close:
+        return f"field not supported by Shoal: did you mean {close[0]}?"
+    return f"field not supported by Shoal (fields here: {', '.join(sorted(allowed))})"
+
+
 class Section:
     """One mapping of a manifest and its path; keys it does not allow are rejected on sight.
 
@@ -291,14 +306,24 @@ class Section:
 
     __slots__ = ("_data", "path")
 
-    def __init__(self, value: object, path: str, allowed: Collection[str]) -> None:
+    def __init__(
+        self,
+        value: object,
+        path: str,
+        allowed: Collection[str],
+        hints: Mapping[str, str] | None = None,
+    ) -> None:
+        """``hints``: for keys users write here that are not allowed, what to write instead."""
         if not isinstance(value, Mapping):
             raise ManifestError("must be a mapping", field=path, value=value)
         for key in value:
             if not isinstance(key, str):
                 raise ManifestError("field names must be strings", field=path, value=key)
             if key not in allowed:
-                raise ManifestError("field not supported by Shoal", field=join(path, key))
+                hint = (hints or {}).get(key)
+                raise ManifestError(
+                    hint or _unknown(key, allowed), field=join(path, key), value=value[key]
+                )
         self._data: Mapping[str, object] = value
         self.path = path
 

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from shoal.errors import ManifestError, UserError
 from shoal.resources.destination_rule import destination_rule_spec, parse_destination_rule
@@ -41,9 +42,11 @@ from shoal.resources.fields import (
 from shoal.resources.model import (
     ISTIO_APIS,
     KINDS,
+    NAMESPACE,
     SECURITY_APIS,
     SERVICE_API,
     DestinationRule,
+    Metadata,
     PeerAuthentication,
     Resource,
     Service,
@@ -100,10 +103,15 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
             value=api_version,
         )
     metadata = top.need("metadata", section(("name", "namespace", "labels", "annotations")))
-    # namespace, labels and annotations are accepted (manifests often carry them) but not used.
-    metadata.get("namespace", string)
-    metadata.get("labels", labels)
-    metadata.get("annotations", string_map)
+    metadata.get("namespace", _namespace)
+    meta = Metadata(
+        labels=metadata.get("labels", labels, ()),
+        annotations=metadata.get("annotations", string_map, ()),
+    )
+    return replace(_parse_spec(kind, metadata, top, base_dir), metadata=meta)
+
+
+def _parse_spec(kind: str, metadata: Section, top: Section, base_dir: str | None) -> Resource:
     if kind == "Service":
         name = metadata.need("name", dns_label)
         return parse_service(name, top.need("spec", _unparsed), base_dir)
@@ -117,6 +125,18 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
     if kind == "PeerAuthentication":
         return parse_peer_authentication(name, spec)
     return parse_authorization_policy(name, spec)
+
+
+def _namespace(value: object, field: str) -> str:
+    namespace = string(value, field)
+    if namespace != NAMESPACE:
+        raise ManifestError(
+            f"Shoal serves one namespace, {NAMESPACE}: leave metadata.namespace out or write "
+            f"{NAMESPACE}",
+            field=field,
+            value=namespace,
+        )
+    return namespace
 
 
 def _unparsed(value: object, field: str) -> object:
@@ -138,9 +158,18 @@ def to_document(resource: Resource) -> dict[str, object]:
     return {
         "apiVersion": api_version,
         "kind": resource.kind,
-        "metadata": {"name": resource.name},
+        "metadata": _metadata(resource),
         "spec": spec,
     }
+
+
+def _metadata(resource: Resource) -> dict[str, object]:
+    written: dict[str, object] = {"name": resource.name}
+    if resource.metadata.labels:
+        written["labels"] = dict(resource.metadata.labels)
+    if resource.metadata.annotations:
+        written["annotations"] = dict(resource.metadata.annotations)
+    return written
 
 
 def parse_text(text: str, *, file: str = "<string>", base_dir: str | None = None) -> list[Resource]:

@@ -55,6 +55,20 @@ gRPC over h2c). Routers reach each instance in its own protocol."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Metadata:
+    """A manifest's ``metadata`` besides its name: kept and shown (``shoal get``), never acted
+    on (a Service's instance labels are ``spec.labels``)."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+NAMESPACE = "default"
+"""The one namespace Shoal serves: a manifest may say it (``metadata.namespace``, a host
+``<name>.default.svc.cluster.local``), any other is refused."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """One revision of a service Shoal runs: an ASGI ``app`` or a ``command`` serving ``$PORT``.
 
@@ -75,6 +89,7 @@ class Service:
     health: HealthCheck = field(default_factory=HealthCheck)
     node_selector: tuple[tuple[str, str], ...] = ()
     protocol: Protocol = "http"  # what its instances speak (Istio's appProtocol)
+    metadata: Metadata = field(default_factory=Metadata)
 
     kind = "Service"
 
@@ -205,6 +220,7 @@ class VirtualService:
     hosts: tuple[str, ...]
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
+    metadata: Metadata = field(default_factory=Metadata)
 
     kind = "VirtualService"
 
@@ -270,6 +286,7 @@ class DestinationRule:
     host: str
     subsets: tuple[Subset, ...] = ()
     traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    metadata: Metadata = field(default_factory=Metadata)
 
     kind = "DestinationRule"
 
@@ -294,6 +311,7 @@ class PeerAuthentication:
     name: str
     match_labels: tuple[tuple[str, str], ...] = ()
     mtls_mode: MtlsMode = "UNSET"
+    metadata: Metadata = field(default_factory=Metadata)
 
     kind = "PeerAuthentication"
 
@@ -344,6 +362,7 @@ class AuthorizationPolicy:
     match_labels: tuple[tuple[str, str], ...] = ()
     action: AuthorizationAction = "ALLOW"
     rules: tuple[Rule, ...] = ()
+    metadata: Metadata = field(default_factory=Metadata)
 
     kind = "AuthorizationPolicy"
 

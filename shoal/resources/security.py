@@ -81,6 +81,14 @@ _UNSUPPORTED_OPERATION = {
     "notPorts": "Shoal matches operations by methods and paths only",
 }
 
+# What users write in a PeerAuthentication that belongs elsewhere.
+_PEER_HINTS = {
+    "tls": "not a PeerAuthentication field (in Istio either): for mesh mTLS write "
+    "spec.mtls.mode (STRICT, PERMISSIVE or DISABLE); to serve TLS at the edge with a "
+    "certificate and key, give them to the gateway (shoal up or shoal gateway: "
+    "--tls-port PORT --cert FILE --key FILE), as an Istio Gateway server with tls.mode SIMPLE",
+}
+
 T = TypeVar("T")
 
 _PRINCIPAL_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
@@ -105,7 +113,7 @@ def _match_labels(value: object, field: str) -> tuple[tuple[str, str], ...]:
 
 def parse_peer_authentication(name: str, value: object) -> PeerAuthentication:
     """The PeerAuthentication named ``name`` whose ``spec`` is ``value``."""
-    spec = Section(value, "spec", ("selector", "mtls", "portLevelMtls"))
+    spec = Section(value, "spec", ("selector", "mtls", "portLevelMtls"), _PEER_HINTS)
     if spec.has("portLevelMtls"):
         raise ManifestError(
             "not supported by Shoal: the mode applies to every port of the workload",

@@ -1,8 +1,12 @@
 """``shoal weights``: a traffic split as an edit of the service's VirtualService (pure).
 
-Every ``http[]`` route whose destinations all point at the service gets the new weighted
-destinations; other routes (to other services) are left alone. Without a VirtualService for
-the service, one named after it is created.
+One ``http[]`` route gets the new weighted destinations: the one named with ``--route``, else
+the service's default route — the last route with no ``match`` (it takes what no rule before it
+matched) whose destinations all point at the service. Every other route (a header rule such as
+Istio's ``end-user: jason``, a path rule, a route to another service) stays exactly as it was,
+and the destinations keep the host as the route wrote it (``reviews`` or
+``reviews.default.svc.cluster.local``). Without a VirtualService for the service, one named
+after it is created.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from shoal.errors import UserError
+from shoal.resources.hosts import mesh_service
 from shoal.resources.model import (
     Destination,
     DestinationRule,
@@ -44,13 +49,35 @@ def _targets(route: HTTPRoute, service: str) -> bool:
     return bool(route.route) and hosts == {service}
 
 
+def split_route(service: str, vs: VirtualService, route: str | None = None) -> int:
+    """The index in ``vs.http`` of the route that carries ``service``'s split: the one named
+    ``route``, else the default route (see the module docstring)."""
+    if route is not None:
+        named = [i for i, r in enumerate(vs.http) if r.name == route]
+        if not named:
+            have = ", ".join(r.name for r in vs.http if r.name) or "none is named"
+            raise UserError(f"VirtualService {vs.name} has no route named {route} ({have})")
+        if not _targets(vs.http[named[0]], service):
+            raise UserError(f"route {route} of VirtualService {vs.name} does not go to {service}")
+        return named[0]
+    default = [i for i, r in enumerate(vs.http) if not r.match and _targets(r, service)]
+    if not default:
+        raise UserError(
+            f"VirtualService {vs.name} has no default route (one without match) to {service}: "
+            "name the route to change with --route"
+        )
+    return default[-1]
+
+
 def set_weights(
     service: str,
     weights: Mapping[str, int],
     vs: VirtualService | None,
     rule: DestinationRule | None,
+    route: str | None = None,
 ) -> VirtualService:
-    """The VirtualService that splits ``service``'s traffic by ``weights`` between subsets."""
+    """The VirtualService that splits ``service``'s traffic by ``weights`` between subsets, on
+    the route named ``route`` or the default one."""
     defined = {s.name for s in rule.subsets} if rule is not None else set()
     unknown = sorted(set(weights) - defined)
     if unknown:
@@ -59,16 +86,25 @@ def set_weights(
             f"subset {', '.join(unknown)} of {service} is not defined in a DestinationRule "
             f"(defined: {known})"
         )
-    destinations = tuple(
-        RouteDestination(destination=Destination(host=service, subset=subset), weight=w)
+    if vs is None:
+        if route is not None:
+            raise UserError(f"no VirtualService routes {service}: there is no route {route}")
+        return VirtualService(
+            name=service, hosts=(service,), http=(HTTPRoute(route=_split(service, weights)),)
+        )
+    index = split_route(service, vs, route)
+    edited = vs.http[index]
+    host = edited.route[0].destination.host  # as the route wrote it
+    http = list(vs.http)
+    http[index] = replace(edited, route=_split(host, weights))
+    return replace(vs, http=tuple(http))
+
+
+def _split(host: str, weights: Mapping[str, int]) -> tuple[RouteDestination, ...]:
+    return tuple(
+        RouteDestination(destination=Destination(host=host, subset=subset), weight=w)
         for subset, w in weights.items()
     )
-    if vs is None:
-        return VirtualService(name=service, hosts=(service,), http=(HTTPRoute(route=destinations),))
-    if not any(_targets(r, service) for r in vs.http):
-        raise UserError(f"VirtualService {vs.name} has no route that sends traffic to {service}")
-    http = tuple(replace(r, route=destinations) if _targets(r, service) else r for r in vs.http)
-    return replace(vs, http=http)
 
 
 def find_virtual_service(
@@ -76,7 +112,7 @@ def find_virtual_service(
 ) -> VirtualService | None:
     """The VirtualService that routes requests for ``service``: by host, else by name."""
     for vs in candidates:
-        if service in vs.hosts:
+        if any(mesh_service(host) == service for host in vs.hosts):
             return vs
     for vs in candidates:
         if vs.name == service:
@@ -92,11 +128,14 @@ def find_rule(service: str, rules: Sequence[DestinationRule]) -> DestinationRule
     return None
 
 
-def current_weights(service: str, vs: VirtualService | None) -> dict[str, int]:
-    """Subset → weight of the first route of ``vs`` that sends traffic to ``service``."""
-    route = next((r for r in vs.http if _targets(r, service)), None) if vs is not None else None
-    if route is None:
+def current_weights(
+    service: str, vs: VirtualService | None, route_name: str | None = None
+) -> dict[str, int]:
+    """Subset → weight of the route of ``vs`` that carries ``service``'s split (the one named
+    ``route_name``, else the default route)."""
+    if vs is None:
         raise UserError(f"no VirtualService route sends traffic to {service} by subset")
+    route = vs.http[split_route(service, vs, route_name)]
     if any(d.destination.subset is None for d in route.route):
         raise UserError(f"the route to {service} does not split traffic by subset")
     if len(route.route) == 1:
@@ -125,7 +164,7 @@ def traffic_shares(
     rule: DestinationRule | None,
     services: Sequence[Service],
 ) -> dict[str, float] | None:
-    """Percent of ``service``'s traffic each revision gets under its VirtualService's first
+    """Percent of ``service``'s traffic each revision gets under its VirtualService's default
     route (a subset's share split evenly among the revisions it selects); None when traffic is
     not split by subset (every ready instance shares it)."""
     try:

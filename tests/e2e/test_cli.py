@@ -92,6 +92,35 @@ def test_weights_must_sum_to_100(shoal) -> None:  # type: ignore[no-untyped-def]
     assert shoal("get", "vs", "hello", "-o", "json").output == before
 
 
+SEED = Path(__file__).resolve().parents[1] / "seed"
+
+
+def test_seed_manifests(shoal) -> None:  # type: ignore[no-untyped-def]
+    """The seed's PeerAuthentication (a TLS certificate in a ``tls:`` block) is refused in one
+    line naming the file, document, field and value and saying what to write instead; applied
+    with the others, nothing is applied. The VirtualService and DestinationRule apply, and a
+    split leaves the ``end-user: jason`` rule and the destination hosts as they were."""
+    result = shoal("apply", "-f", str(SEED))
+    assert result.exit_code == 2
+    error = one_line_error(result)
+    assert "peer-authentication.yaml, document 0, field spec.tls:" in error
+    assert "'serverCertificate': '/etc/shoal/certs/cert.pem'" in error
+    assert "spec.mtls.mode" in error and "--cert FILE --key FILE" in error
+    assert shoal("get", "vs", "-o", "json").output.strip() == "[]"
+    files = ("virtual-service.yaml", "destination-rule.yaml")
+    assert shoal("apply", *(a for f in files for a in ("-f", str(SEED / f)))).exit_code == 0
+    before = json.loads(shoal("get", "vs", "hello", "-o", "json").output)[0]["spec"]["http"]
+    result = shoal("weights", "hello", "v1=80", "v2=20")
+    assert result.exit_code == 0, result.output
+    assert "(default route): hello → v1=80, v2=20" in result.output
+    after = json.loads(shoal("get", "vs", "hello", "-o", "json").output)[0]["spec"]["http"]
+    assert after[0] == before[0]  # jason's rule
+    assert after[1]["route"] == [
+        {"destination": {"host": "hello", "subset": "v1"}, "weight": 80},
+        {"destination": {"host": "hello", "subset": "v2"}, "weight": 20},
+    ]
+
+
 def test_bad_edge_flag_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad --limit is exit 2 with one line, for the gateway and for 'up' before it starts
     anything (no embedded Redis in $SHOAL_HOME)."""

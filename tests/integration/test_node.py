@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,6 +15,7 @@ from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import SERVICES, Cluster, ready, running_cluster
+from tests.support.wait import eventually
 
 
 def instance_children() -> list[int]:
@@ -94,6 +96,50 @@ async def test_hung_instance_goes_unhealthy_and_back(cluster: Cluster) -> None:
         os.kill(victim.pid, signal.SIGCONT)
     back = await cluster.instances(lambda f: len(ready(f, "world")) == 1)
     assert ready(back, "world")[0].pid == victim.pid  # the same process, not a restart
+
+
+RULE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: world}
+spec:
+  host: world
+  trafficPolicy: {failureThreshold: %d, healthyThreshold: 1}
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_destination_rule_thresholds_act_on_running_instances(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DestinationRule applied while an instance runs sets how many failed checks take it
+    out of the rotation: SIGSTOPped, it leaves after 1 with ``failureThreshold: 1``, after 6
+    with 6 (the Service's own threshold is 3)."""
+    caplog.set_level(logging.INFO, logger="shoal.platform")
+    doc = SERVICES.split("---")[1].replace(
+        "health: {path: /healthz}", "health: {path: /healthz, interval: 0.2s, timeout: 0.2s}"
+    )
+    await cluster.client.apply(parse_text(doc))
+    victim = ready(await cluster.instances(lambda f: len(ready(f, "world")) == 1), "world")[0]
+    assert victim.pid is not None
+    for threshold in (1, 6):
+        await cluster.client.apply(parse_text(RULE % threshold))
+        said = f"fail an instance after {threshold} failures"
+        await eventually(
+            lambda said=said: said in caplog.text,  # type: ignore[misc]
+            f"the agent takes failureThreshold {threshold}",
+            until=bool,
+        )
+        caplog.clear()
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            await cluster.instances(
+                lambda f: any(e.id == victim.id and e.state == "unhealthy" for e in f)
+            )
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        assert f"world/v1/{victim.id} is unhealthy after {threshold} probes" in caplog.text
+        await cluster.instances(lambda f: len(ready(f, "world")) == 1)
 
 
 @pytest.mark.timeout(60)

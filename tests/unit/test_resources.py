@@ -29,6 +29,7 @@ from shoal.resources.model import (
     HealthCheck,
     HTTPMatchRequest,
     HTTPRoute,
+    Metadata,
     OutlierDetection,
     Retries,
     Rewrite,
@@ -295,6 +296,7 @@ def test_full_virtual_service_parses_to_the_expected_values() -> None:
                 route=(RouteDestination(destination=Destination(host="reviews", subset="v1")),)
             ),
         ),
+        metadata=Metadata(labels=(("team", "books"),), annotations=(("note", "anything at all"),)),
     )
 
 
@@ -719,7 +721,46 @@ def test_unknown_fields_are_errors_at_every_depth(doc: dict[str, object], field:
     """A field Shoal does not implement is reported with its full path, never ignored."""
     error = manifest_error(doc)
     assert error.field == field
-    assert error.reason == "field not supported by Shoal"
+    assert error.reason.startswith("field not supported by Shoal")
+    assert error.value is not None  # the value written is named too
+
+
+def test_metadata_labels_and_annotations_are_kept_and_written_back() -> None:
+    """Labels and annotations on any kind are kept (``get`` shows them); the one namespace
+    Shoal serves may be named; any other is refused, as are hosts in another namespace."""
+    doc = destination_rule_doc()
+    doc["metadata"] = {
+        "name": "reviews",
+        "namespace": "default",
+        "labels": {"team": "books"},
+        "annotations": {"owner": "Ana <ana@example.org>"},
+    }
+    rule = parse_document(doc)
+    assert rule.metadata.labels == (("team", "books"),)
+    assert rule.metadata.annotations == (("owner", "Ana <ana@example.org>"),)
+    written = to_document(rule)
+    assert written["metadata"] == {
+        "name": "reviews",
+        "labels": {"team": "books"},
+        "annotations": {"owner": "Ana <ana@example.org>"},
+    }
+    assert parse_document(written) == rule
+    doc["metadata"] = {"name": "reviews", "namespace": "bookinfo"}
+    error = manifest_error(doc)
+    assert (error.field, error.value) == ("metadata.namespace", "bookinfo")
+    assert "one namespace, default" in error.reason
+    error = manifest_error(destination_rule_doc(host="reviews.bookinfo.svc.cluster.local"))
+    assert (error.field, error.value) == ("spec.host", "reviews.bookinfo.svc.cluster.local")
+    assert "write reviews or reviews.default.svc.cluster.local" in error.reason
+
+
+def test_an_unknown_field_says_what_to_write_instead() -> None:
+    """A near miss gets the field meant; anything else the fields allowed at that place."""
+    typo = manifest_error(destination_rule_doc(trafficPolicy={"failureTreshold": 3}))
+    assert typo.reason == "field not supported by Shoal: did you mean failureThreshold?"
+    assert "(got 3)" in str(typo)
+    other = manifest_error(destination_rule_doc(trafficPolicy={"tcpKeepalive": {}}))
+    assert "fields here: connectionPool, failureThreshold" in other.reason
 
 
 def test_yaml_syntax_error_names_file_document_and_line() -> None:
@@ -960,7 +1001,8 @@ def test_bad_node_selector_names_the_field_and_value(
 def test_node_selector_is_spelled_in_snake_case() -> None:
     """Kubernetes' nodeSelector spelling is an unknown field, like every camelCase Shoal field."""
     error = manifest_error(service_doc(nodeSelector={"zone": "eu"}))
-    assert (error.field, error.reason) == ("spec.nodeSelector", "field not supported by Shoal")
+    assert error.field == "spec.nodeSelector"
+    assert error.reason.startswith("field not supported by Shoal")
 
 
 def test_explicit_revision_is_kept() -> None:

@@ -240,6 +240,18 @@ def test_host_normalised_and_short_names() -> None:
     assert resolve(table, host="hellox") is None
 
 
+@pytest.mark.parametrize(
+    "written", ["hello.default.svc.cluster.local", "hello.default.svc", "hello.default"]
+)
+def test_a_virtual_service_on_a_long_name_is_reached_by_the_short_one(written: str) -> None:
+    """Istio's docs write hosts in full; requests say ``Host: hello`` (or any long form): the
+    rules apply to all of them. An external name is not shortened."""
+    table = build(SERVICES, [vs("v", [written], rule(to("a"))), vs("x", ["b.example.com"])])
+    for host in ["hello", "hello.default.svc.cluster.local", "HELLO.default:80"]:
+        assert target(resolve(table, host=host)) == "a", host
+    assert target(resolve(table, host="b")) == "b"  # b's own default route, not x's
+
+
 def test_host_precedence() -> None:
     """exact beats short name beats the longest wildcard suffix beats '*'."""
     table = build(

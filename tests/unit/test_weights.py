@@ -36,6 +36,12 @@ RULE = DestinationRule(
     ),
 )
 
+RULE_3 = DestinationRule(
+    name="reviews",
+    host="reviews",
+    subsets=(*RULE.subsets, Subset(name="v3", labels=(("version", "v3"),))),
+)
+
 
 def to(host: str, subset: str | None = None, weight: int = 100) -> RouteDestination:
     """A weighted destination."""
@@ -63,6 +69,45 @@ def test_edits_only_routes_to_the_service() -> None:
     got = set_weights("hello", {"v1": 80, "v2": 20}, vs, RULE)
     assert got.http[0] == other
     assert got.http[1].route == (to("hello", "v1", 80), to("hello", "v2", 20))
+
+
+REVIEWS = "reviews.default.svc.cluster.local"
+JASON = HTTPRoute(
+    match=(HTTPMatchRequest(headers=(("end-user", StringMatch(exact="jason")),)),),
+    route=(to(REVIEWS, "v2"),),
+)
+
+
+def test_only_the_default_route_changes_and_hosts_stay_as_written() -> None:
+    """Istio's request-routing task: ``end-user: jason`` goes to v2, everyone else to v1. A
+    split changes the catch-all route only, keeping its host as written; the jason rule stays."""
+    vs = VirtualService(
+        name="reviews-routes",
+        hosts=(REVIEWS,),
+        http=(JASON, HTTPRoute(route=(to(REVIEWS, "v1"),))),
+    )
+    assert find_virtual_service("reviews", [vs]) == vs  # by the service its host names
+    got = set_weights("reviews", {"v1": 80, "v2": 20}, vs, RULE)
+    assert got.http[0] == JASON
+    assert got.http[1].route == (to(REVIEWS, "v1", 80), to(REVIEWS, "v2", 20))
+    assert current_weights("reviews", got) == {"v1": 80, "v2": 20}
+
+
+def test_a_named_route_changes_by_name() -> None:
+    """``--route NAME`` splits that route (a rule with a match too); a name no route has, or a
+    route to another service, is refused naming what there is; without a catch-all route the
+    user is told to name one."""
+    named = HTTPRoute(name="jason", match=JASON.match, route=JASON.route)
+    vs = VirtualService(name="reviews", hosts=("reviews",), http=(named,))
+    got = set_weights("reviews", {"v2": 50, "v3": 50}, vs, RULE_3, route="jason")
+    assert got.http[0].route == (to(REVIEWS, "v2", 50), to(REVIEWS, "v3", 50))
+    assert got.http[0].match == JASON.match
+    with pytest.raises(UserError, match="no route named nope \\(jason\\)"):
+        set_weights("reviews", {"v1": 100}, vs, RULE, route="nope")
+    with pytest.raises(UserError, match=r"no default route .* --route"):
+        set_weights("reviews", {"v1": 100}, vs, RULE)
+    with pytest.raises(UserError, match="does not go to ratings"):
+        set_weights("ratings", {"v1": 100}, vs, RULE, route="jason")
 
 
 def test_creates_virtual_service_when_missing() -> None:

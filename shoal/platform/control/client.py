@@ -210,18 +210,21 @@ class Client:
             for s in sorted(services, key=lambda s: s.revision)
         ]
 
-    async def weights(self, service: str, pairs: list[str]) -> tuple[VirtualService, int]:
+    async def weights(
+        self, service: str, pairs: list[str], route: str | None = None
+    ) -> tuple[VirtualService, int]:
         """Split ``service``'s traffic between subsets; return the new VirtualService."""
-        return await self.set_weights(service, parse_weights(pairs))
+        return await self.set_weights(service, parse_weights(pairs), route)
 
     async def set_weights(
-        self, service: str, weights: Mapping[str, int]
+        self, service: str, weights: Mapping[str, int], route: str | None = None
     ) -> tuple[VirtualService, int]:
-        """Split ``service``'s traffic between subsets by ``weights`` (summing to 100)."""
+        """Split ``service``'s traffic between subsets by ``weights`` (summing to 100), on the
+        route named ``route`` or the service's default route."""
         vss: list[VirtualService] = await self._resources("VirtualService")
         rules: list[DestinationRule] = await self._resources("DestinationRule")
         vs = set_weights(
-            service, weights, find_virtual_service(service, vss), find_rule(service, rules)
+            service, weights, find_virtual_service(service, vss), find_rule(service, rules), route
         )
         applied = await self.apply([vs])
         return vs, applied.revision

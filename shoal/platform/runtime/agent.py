@@ -113,6 +113,7 @@ class Agent:
             if isinstance(r, DestinationRule)
         ]
         self._services = services
+        self._follow_thresholds()
         self._apply_faults(dict(view.documents(FAULT)))
         self._desired = {k: n for k, n in desired_for(view, self.node_id).items() if k in services}
         self._dirty.set()
@@ -182,6 +183,22 @@ class Agent:
             if undo is not None and slot is not None:
                 log.warning("drill: fault on %s ends", key)
                 slot.signal(undo)
+
+    def _follow_thresholds(self) -> None:
+        """A DestinationRule's health thresholds act on running instances too (each takes
+        them at its next probe)."""
+        changed: dict[str, HealthThresholds] = {}
+        for slot in self.slots.values():
+            wanted = self._thresholds(slot.service)
+            if wanted != slot.thresholds:
+                slot.thresholds = changed[slot.revision_key] = wanted
+        for key, now in sorted(changed.items()):
+            log.info(
+                "%s: health checks now fail an instance after %d failures, pass it after %d",
+                key,
+                now.unhealthy_threshold,
+                now.healthy_threshold,
+            )
 
     def _thresholds(self, service: Service) -> HealthThresholds:
         rule = find_rule(service.name, self._rules)

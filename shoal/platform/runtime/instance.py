@@ -288,6 +288,7 @@ class InstanceSlot:
         state = HealthState(self.thresholds, now=loop.time(), rng=self.rng)
         while True:
             await asyncio.sleep(max(0.0, state.next_deadline() - loop.time()))
+            state.thresholds = self.thresholds  # as the DestinationRule says now
             ok = await check(
                 "127.0.0.1", self.port, self.service.health, timeout=self.thresholds.timeout
             )
