@@ -18,14 +18,15 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import h2.errors
 import h2.events
 import h2.exceptions
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import EndBody, Request, Response, Trailers
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Request, Response, Trailers
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from priority.priority import DeadlockError, DuplicateStreamError
 
@@ -66,6 +67,7 @@ class EdgeH2Protocol(H2Protocol):
         # (None: the last turn sent something, or nothing waits on the client).
         self._starved_since: float | None = None
         self._lingering: asyncio.Task[None] | None = None  # closing after a flood
+        self._flushing: set[asyncio.Task[None]] = set()  # flush_soon's, until done
         if isinstance(config, EdgeConfig):
             self._guard = FloodGuard(config.limits, time.monotonic())
             # hypercorn advertises h2_max_header_list_size as an initial value, so h2 never sees
@@ -149,13 +151,35 @@ class EdgeH2Protocol(H2Protocol):
                     self._refuse_stream(event.stream_id, CONNECT_REFUSAL)
                     continue
                 opened.add(event.stream_id)
-            elif isinstance(event, h2.events.DataReceived) and isinstance(
-                stream := self.streams.get(event.stream_id), H2Stream
-            ):
-                stream.received(event.data, event.flow_controlled_length)
-                continue  # its credit goes back once the handler takes it, not at once
             kept.append(event)
-        await super()._handle_events(kept)
+        await self._dispatch(kept)
+
+    async def _dispatch(self, events: list[h2.events.Event]) -> None:
+        """hypercorn's handling of ``events``, in order, except that an :class:`H2Stream`'s
+        DATA and end are given to it here, looked up as each comes: its answer may be complete
+        (and the stream gone) before the rest of the batch is handled, and its DATA's credit
+        goes back only once its handler takes it."""
+        run: list[h2.events.Event] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived | h2.events.StreamEnded):
+                stream = self.streams.get(event.stream_id)
+                if isinstance(stream, H2Stream) or stream is None:
+                    if run:
+                        await super()._handle_events(run)
+                        run = []
+                    stream = self.streams.get(event.stream_id)  # (the run may have ended it)
+                    if isinstance(event, h2.events.StreamEnded):
+                        if stream is not None:
+                            await stream.handle(EndBody(stream_id=event.stream_id))
+                    elif isinstance(stream, H2Stream):
+                        stream.received(event.data, event.flow_controlled_length)
+                    elif stream is None:
+                        self._refuse_late_data(event)
+                    else:
+                        run.append(event)
+                    continue
+            run.append(event)
+        await super()._handle_events(run)
 
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
         """As hypercorn, but the stream is an :class:`H2Stream` served by the edge's handler,
@@ -190,6 +214,60 @@ class EdgeH2Protocol(H2Protocol):
     async def flush(self) -> None:
         """Write out what h2 has framed (a stream's WINDOW_UPDATE, say)."""
         await self._flush()
+
+    def flush_soon(self) -> None:
+        """:meth:`flush` from code that cannot wait for it."""
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    def send_head(self, stream_id: int, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Frame a response head; it leaves with what follows it (or :meth:`flush`)."""
+        try:
+            self.connection.send_headers(
+                stream_id,
+                [(b":status", b"%d" % status), *headers, *self.config.response_headers("h2")],
+            )
+        except (KeyError, h2.exceptions.ProtocolError):
+            pass  # the stream or the connection closed meanwhile
+
+    def send_at_once(
+        self,
+        stream_id: int,
+        data: bytes,
+        *,
+        end: bool,
+        trailers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> bool:
+        """Frame ``data`` on a stream now, without hypercorn's sender task and buffer, if
+        nothing waits in the buffer and the flow-control windows take it all; False (nothing
+        done) otherwise. ``end``: the stream ends after it (with ``trailers`` if any, else on
+        its last DATA frame), and is forgotten here."""
+        buffer = self.stream_buffers.get(stream_id)
+        connection = self.connection
+        try:
+            if buffer is None or buffer.buffer:
+                return False
+            if connection.local_flow_control_window(stream_id) < len(data):
+                return False
+            size = connection.max_outbound_frame_size
+            on_data = end and not trailers
+            for start in range(0, len(data), size):
+                last = start + size >= len(data)
+                piece = data[start : start + size]
+                connection.send_data(stream_id, piece, end_stream=on_data and last)
+                if self._guard is not None:
+                    self._guard.data_sent()  # (WINDOW_UPDATEs are budgeted per DATA sent)
+            if end and trailers:
+                connection.send_headers(stream_id, list(trailers), end_stream=True)
+            elif on_data and not data:
+                connection.end_stream(stream_id)
+        except h2.exceptions.ProtocolError:
+            return False  # closed meanwhile: the sender's path deals with it
+        if end:
+            del self.stream_buffers[stream_id]
+            self.priority.remove_stream(stream_id)
+        return True
 
     async def reset(self, stream_id: int) -> None:
         """Reset a stream whose answer cannot end whole, and forget what it had to send."""
