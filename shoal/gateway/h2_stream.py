@@ -33,7 +33,7 @@ import asyncio
 import base64
 import collections
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import h2.exceptions
@@ -43,6 +43,7 @@ from hypercorn.protocol.events import (
     Event,
     InformationalResponse,
     Request,
+    Response,
     StreamClosed,
     Trailers,
 )
@@ -124,9 +125,6 @@ class H2Stream:
         self._head: list[tuple[bytes, bytes]] = []  # the answer's head
         self._moved: list[tuple[bytes, bytes]] = []  # a trailers-only status, sent as trailers
         self._goodbye = b""  # what the relay said as it was cancelled, sent once it is over
-        self._pending = b""  # the last piece written, not yet framed
-        self._queued = False  # the answer's DATA goes through hypercorn's sender
-        self._queuing: asyncio.Task[None] | None = None  # a piece flush() queued
         self._open = True  # hypercorn still has the stream
 
     # -- hypercorn's side
@@ -177,7 +175,7 @@ class H2Stream:
         if self._goodbye:
             try:
                 async with asyncio.timeout(GOODBYE_TIMEOUT):
-                    await self.write(self._goodbye)
+                    await self.protocol.stream_send(Body(stream_id=self.id, data=self._goodbye))
                     await self.end()
             except TimeoutError:
                 pass
@@ -234,40 +232,14 @@ class H2Stream:
             head, self._moved = split
         self._head = head
         self.started = True
-        self.protocol.send_head(self.id, status, head)
+        await self.protocol.stream_send(
+            Response(stream_id=self.id, headers=head, status_code=status)
+        )
 
     async def write(self, data: bytes) -> None:
-        """A piece of the body: framed at once while the client's window takes it (held back
-        one piece, so that the last one carries END_STREAM), else queued for hypercorn's
-        sender."""
-        if not data:
-            return
-        self.active = self.loop.time()
-        await self._queued_sent()
-        pending, self._pending = self._pending, data
-        if pending and not self._at_once(pending):
-            await self._queue(pending)
-        if self._queued:  # nothing is held back on the sender's way
-            await self._queue(self._pending)
-            self._pending = b""
-
-    async def _queue(self, data: bytes) -> None:
-        await self.protocol.stream_send(Body(stream_id=self.id, data=data))
-
-    async def _queued_sent(self) -> None:
-        """Wait for a piece :meth:`flush` queued (so that pieces stay in order)."""
-        if self._queuing is not None:
-            await self._queuing
-            self._queuing = None
-
-    def _at_once(
-        self, data: bytes, *, end: bool = False, trailers: Sequence[tuple[bytes, bytes]] = ()
-    ) -> bool:
-        """Frame ``data`` now (see :meth:`EdgeH2Protocol.send_at_once`) unless the answer is
-        already queued: from the first piece queued on, every piece is, to stay in order."""
-        if not self._queued:
-            self._queued = not self.protocol.send_at_once(self.id, data, end=end, trailers=trailers)
-        return not self._queued
+        if data:
+            self.active = self.loop.time()
+            await self.protocol.stream_send(Body(stream_id=self.id, data=data))
 
     async def end(self, trailers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """End the answer, with ``trailers`` when there are any (a gRPC answer always has)."""
@@ -275,24 +247,13 @@ class H2Stream:
         if not sent and grpc.awaits_trailers(self._head):
             sent = grpc.UNKNOWN_WITHOUT_TRAILERS
         self.ended = True
-        await self._queued_sent()
-        pending, self._pending = self._pending, b""
-        if self._at_once(pending, end=True, trailers=sent):
-            await self.protocol.flush()
-            return
-        if pending:
-            await self.protocol.stream_send(Body(stream_id=self.id, data=pending))
         if sent:
             await self.protocol.stream_send(Trailers(stream_id=self.id, headers=sent))
         else:
             await self.protocol.stream_send(EndBody(stream_id=self.id))
 
     def flush(self) -> None:
-        """Before the relay waits for more: what is written goes out now."""
-        pending, self._pending = self._pending, b""
-        if pending and not self._at_once(pending):
-            self._queuing = self.loop.create_task(self._queue(pending))
-        self.protocol.flush_soon()
+        """Each piece goes to hypercorn's sender as it is written."""
 
     def send_now(self, data: bytes) -> None:
         """The relay's last word (a close frame) as it is cancelled: sent once it is over."""

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import h2.errors
@@ -67,7 +66,6 @@ class EdgeH2Protocol(H2Protocol):
         # (None: the last turn sent something, or nothing waits on the client).
         self._starved_since: float | None = None
         self._lingering: asyncio.Task[None] | None = None  # closing after a flood
-        self._flushing: set[asyncio.Task[None]] = set()  # flush_soon's, until done
         if isinstance(config, EdgeConfig):
             self._guard = FloodGuard(config.limits, time.monotonic())
             # hypercorn advertises h2_max_header_list_size as an initial value, so h2 never sees
@@ -214,60 +212,6 @@ class EdgeH2Protocol(H2Protocol):
     async def flush(self) -> None:
         """Write out what h2 has framed (a stream's WINDOW_UPDATE, say)."""
         await self._flush()
-
-    def flush_soon(self) -> None:
-        """:meth:`flush` from code that cannot wait for it."""
-        task = asyncio.get_running_loop().create_task(self._flush())
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
-
-    def send_head(self, stream_id: int, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Frame a response head; it leaves with what follows it (or :meth:`flush`)."""
-        try:
-            self.connection.send_headers(
-                stream_id,
-                [(b":status", b"%d" % status), *headers, *self.config.response_headers("h2")],
-            )
-        except (KeyError, h2.exceptions.ProtocolError):
-            pass  # the stream or the connection closed meanwhile
-
-    def send_at_once(
-        self,
-        stream_id: int,
-        data: bytes,
-        *,
-        end: bool,
-        trailers: Sequence[tuple[bytes, bytes]] = (),
-    ) -> bool:
-        """Frame ``data`` on a stream now, without hypercorn's sender task and buffer, if
-        nothing waits in the buffer and the flow-control windows take it all; False (nothing
-        done) otherwise. ``end``: the stream ends after it (with ``trailers`` if any, else on
-        its last DATA frame), and is forgotten here."""
-        buffer = self.stream_buffers.get(stream_id)
-        connection = self.connection
-        try:
-            if buffer is None or buffer.buffer:
-                return False
-            if connection.local_flow_control_window(stream_id) < len(data):
-                return False
-            size = connection.max_outbound_frame_size
-            on_data = end and not trailers
-            for start in range(0, len(data), size):
-                last = start + size >= len(data)
-                piece = data[start : start + size]
-                connection.send_data(stream_id, piece, end_stream=on_data and last)
-                if self._guard is not None:
-                    self._guard.data_sent()  # (WINDOW_UPDATEs are budgeted per DATA sent)
-            if end and trailers:
-                connection.send_headers(stream_id, list(trailers), end_stream=True)
-            elif on_data and not data:
-                connection.end_stream(stream_id)
-        except h2.exceptions.ProtocolError:
-            return False  # closed meanwhile: the sender's path deals with it
-        if end:
-            del self.stream_buffers[stream_id]
-            self.priority.remove_stream(stream_id)
-        return True
 
     async def reset(self, stream_id: int) -> None:
         """Reset a stream whose answer cannot end whole, and forget what it had to send."""
