@@ -24,8 +24,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.events import EndBody, Request, Response, Trailers
 from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Request, Response, Trailers
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from priority.priority import DeadlockError, DuplicateStreamError
 
@@ -153,30 +153,25 @@ class EdgeH2Protocol(H2Protocol):
         await self._dispatch(kept)
 
     async def _dispatch(self, events: list[h2.events.Event]) -> None:
-        """hypercorn's handling of ``events``, in order, except that an :class:`H2Stream`'s
-        DATA and end are given to it here, looked up as each comes: its answer may be complete
-        (and the stream gone) before the rest of the batch is handled, and its DATA's credit
-        goes back only once its handler takes it."""
+        """hypercorn's handling of ``events``, in order, except that DATA is looked up as it
+        comes (hypercorn fails on DATA for a stream that ended while the batch was handled:
+        an answer may be complete before the rest of the batch) and an :class:`H2Stream`'s is
+        given to it here, its credit going back only once its handler takes it."""
         run: list[h2.events.Event] = []
         for event in events:
-            if isinstance(event, h2.events.DataReceived | h2.events.StreamEnded):
-                stream = self.streams.get(event.stream_id)
-                if isinstance(stream, H2Stream) or stream is None:
-                    if run:
-                        await super()._handle_events(run)
-                        run = []
-                    stream = self.streams.get(event.stream_id)  # (the run may have ended it)
-                    if isinstance(event, h2.events.StreamEnded):
-                        if stream is not None:
-                            await stream.handle(EndBody(stream_id=event.stream_id))
-                    elif isinstance(stream, H2Stream):
-                        stream.received(event.data, event.flow_controlled_length)
-                    elif stream is None:
-                        self._refuse_late_data(event)
-                    else:
-                        run.append(event)
-                    continue
-            run.append(event)
+            if not isinstance(event, h2.events.DataReceived):
+                run.append(event)  # (a stream's end, too: hypercorn skips a stream gone)
+                continue
+            if run:
+                await super()._handle_events(run)
+                run = []
+            stream = self.streams.get(event.stream_id)
+            if isinstance(stream, H2Stream):
+                stream.received(event.data, event.flow_controlled_length)
+            elif stream is None:
+                self._refuse_late_data(event)
+            else:
+                await super()._handle_events([event])
         await super()._handle_events(run)
 
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
