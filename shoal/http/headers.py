@@ -252,3 +252,20 @@ def expects_body(method: str, fields: dict[str, str], http2: bool) -> bool:
 def with_authority(headers: Headers, authority: str) -> Headers:
     """``headers`` with the Host replaced (a route's ``rewrite.authority``)."""
     return [(n, v) for n, v in headers if n != b"host"] + [(b"host", authority.encode("latin-1"))]
+
+
+HeaderEdit = tuple[
+    tuple[tuple[bytes, bytes], ...],  # set: overwrite (or add when absent)
+    tuple[tuple[bytes, bytes], ...],  # add: append
+    frozenset[bytes],  # remove
+]
+"""A route's header operations as bytes, made once per snapshot (see :func:`edit`)."""
+
+
+def edit(headers: Headers, operations: Iterable[HeaderEdit]) -> Headers:
+    """``headers`` after each of ``operations`` in turn: its removals, then its sets (every
+    field of the name replaced by the one value), then its additions (appended)."""
+    for set_, add, remove in operations:
+        drop = remove | {name for name, _ in set_}
+        headers = [(n, v) for n, v in headers if n not in drop] + [*set_, *add]
+    return headers

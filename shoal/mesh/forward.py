@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from shoal.http import grpc
-from shoal.http.headers import Headers, with_authority
+from shoal.http.headers import Headers, edit, with_authority
 from shoal.http.refusal import (
     FAULT_ABORT,
     NO_HEALTHY_UPSTREAM,
@@ -39,6 +39,7 @@ from shoal.http.refusal import (
 )
 from shoal.identity.spiffe import node_id
 from shoal.mesh.activation import Activator
+from shoal.mesh.clusters import Cluster
 from shoal.mesh.outcome import Outcome, classify
 from shoal.mesh.proxy_state import ClusterState, ProxyState, Route
 from shoal.mesh.replay import Replay
@@ -49,10 +50,27 @@ from shoal.resources.endpoint import Endpoint
 Body = AsyncIterator[bytes] | bytes | None
 
 BUFFER_LIMIT = 1 << 20  # bodies up to 1 MiB are buffered and may be retried (Envoy's default)
+MIRRORS_MAX = 100  # mirrored copies in flight per proxy; beyond, requests are not copied
+MIRROR_TIMEOUT = 30.0  # seconds a mirrored copy may take, answer included
 
 
 INSTANCE = b"x-shoal-instance"
 """Names the instance a request sent to a node router is for (``service/id``)."""
+
+
+def _target(req: Outbound, route: Route) -> str:
+    """The request target to send: as received, unless the route rewrites the path."""
+    if route.rewritten:
+        return route.path + (f"?{req.query}" if req.query else "")
+    return req.raw_target
+
+
+def shadow_authority(authority: str) -> str:
+    """Envoy's Host for a mirrored copy: ``-shadow`` after the host name, before any port."""
+    host, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and not authority.endswith("]"):
+        return f"{host}-shadow:{port}"
+    return f"{authority}-shadow"
 
 
 class _NoIdentity(Exception):
@@ -119,6 +137,7 @@ class Forwarder:
         self.clock = clock
         self.rng = rng or proxy_state.rng
         self.buffer_limit = buffer_limit
+        self._mirrors: set[asyncio.Task[None]] = set()  # copies in flight (see _mirror)
 
     async def forward(self, req: Outbound) -> Forwarded | Refusal:
         """Route and send ``req``; the caller relays the body and then calls ``done``."""
@@ -143,6 +162,13 @@ class Forwarder:
                 await asyncio.sleep(fault.delay.fixed_delay)
             if fault.abort is not None and self.rng.random() * 100 < fault.abort.percentage:
                 return Refusal(fault.abort.http_status, FAULT_ABORT, "fault injected by route")
+        mirror = route.match.mirror
+        if (
+            mirror is not None
+            and not req.upgrade
+            and self.rng.random() * 100 < route.match.route.mirror_percentage
+        ):
+            await self._mirror(req, route, mirror)
         state = self.proxy_state.cluster_state(route.cluster)
         if not state.breaker.try_acquire():
             return Refusal(
@@ -177,6 +203,47 @@ class Forwarder:
 
         result.done = done
         return result
+
+    async def _mirror(self, req: Outbound, route: Route, cluster: Cluster) -> None:
+        """Send a copy of ``req`` to ``cluster`` in the background (Istio's ``mirror``): its
+        answer is read and dropped, and nothing about it slows or fails the request. The copy's
+        Host ends in ``-shadow``, as Envoy's. A body is copied when its length is known and
+        within the buffer limit (it is buffered for both); a longer or streamed body is not
+        copied, nor is the request, nor one beyond :data:`MIRRORS_MAX` copies in flight."""
+        if len(self._mirrors) >= MIRRORS_MAX:
+            return
+        if req.body is not None and not isinstance(req.body, bytes):
+            if req.content_length is None or req.content_length > self.buffer_limit:
+                return
+            req.body = b"".join([chunk async for chunk in req.body])
+        task = asyncio.get_running_loop().create_task(self._shadow(req, route, cluster))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _shadow(self, req: Outbound, route: Route, cluster: Cluster) -> None:
+        balancer = route.snapshot.table.balancer_for(cluster)
+        shadow = replace(route, cluster=cluster, balancer=balancer)
+        state = self.proxy_state.cluster_state(cluster)
+        endpoint = self.proxy_state.pick(shadow, state, self.clock(), set())
+        if endpoint is None:
+            return
+        headers = with_authority(edit(req.headers, route.request_edits), shadow_authority(req.host))
+        target = _target(req, route)
+        attempt = None
+        try:
+            async with asyncio.timeout(MIRROR_TIMEOUT):
+                attempt = await self._send(
+                    req, endpoint, target, headers, req.body, MIRROR_TIMEOUT, MIRROR_TIMEOUT, shadow
+                )
+                if attempt.response is not None:
+                    while await attempt.response.piece() is not None:
+                        pass  # read and dropped
+        except (TimeoutError, UpstreamError, ConnectionError, _NoIdentity):
+            pass  # a mirror's failure is its own
+        finally:
+            if attempt is not None and attempt.response is not None:
+                attempt.response.close()
+                self._finished(shadow, endpoint)
 
     async def _attempts(
         self, req: Outbound, route: Route, state: ClusterState
@@ -226,9 +293,9 @@ class Forwarder:
         headers = req.headers
         if route.authority is not None:
             headers = with_authority(headers, route.authority)
-        target = req.raw_target
-        if route.rewritten:
-            target = route.path + (f"?{req.query}" if req.query else "")
+        if route.request_edits:
+            headers = edit(headers, route.request_edits)
+        target = _target(req, route)
         started = self.clock()
         state.budget.on_request(started)
         tried: set[str] = set()
@@ -288,6 +355,8 @@ class Forwarder:
                 replay.close()
             return Refusal(last.error.status, last.error.cause, str(last.error))
         endpoint = last.endpoint
+        if route.response_edits:
+            last.response.headers = edit(last.response.headers, route.response_edits)
 
         def done() -> None:
             if replay is not None:

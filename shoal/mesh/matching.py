@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from shoal.http.headers import HeaderEdit
 from shoal.mesh.clusters import Cluster, ClusterBuilder
 from shoal.resources.model import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
 
@@ -37,6 +38,9 @@ class RouteMatch:
     clusters: tuple[Cluster, ...] = ()
     weights: tuple[int, ...] = ()
     mirror: Cluster | None = None
+    # Per destination (parallel to ``clusters``): the header edits of the request sent and of
+    # the response returned, the route's then the destination's; empty when none are set.
+    edits: tuple[tuple[tuple[HeaderEdit, ...], tuple[HeaderEdit, ...]], ...] = ()
 
     @property
     def matched_prefix(self) -> str | None:
@@ -146,6 +150,20 @@ def compile_block(block: HTTPMatchRequest, where: str, result: RouteMatch) -> Ma
     )
 
 
+def _edits(route: HTTPRoute) -> tuple[tuple[tuple[HeaderEdit, ...], tuple[HeaderEdit, ...]], ...]:
+    """:attr:`RouteMatch.edits` of ``route`` (empty when it and its destinations edit none)."""
+    levels = [(route.headers, dest.headers) for dest in route.route]
+    if not any(rules is not None for level in levels for rules in level):
+        return ()
+    return tuple(
+        (
+            tuple(r.request.as_bytes() for r in level if r is not None and r.request),
+            tuple(r.response.as_bytes() for r in level if r is not None and r.response),
+        )
+        for level in levels
+    )
+
+
 def compile_virtual_service(vs: VirtualService, clusters: ClusterBuilder) -> tuple[MatchBlock, ...]:
     """The VirtualService's match blocks flattened in order (the first to match wins), their
     destinations resolved by ``clusters``."""
@@ -161,6 +179,7 @@ def compile_virtual_service(vs: VirtualService, clusters: ClusterBuilder) -> tup
             clusters=destinations,
             weights=weights,
             mirror=mirror,
+            edits=_edits(route),
         )
         if not route.match:
             blocks.append(MatchBlock(result))

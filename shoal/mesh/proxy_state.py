@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.http.headers import HeaderEdit
 from shoal.http.refusal import NO_HEALTHY_UPSTREAM, NO_ROUTE, Refusal
 from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
@@ -157,6 +158,8 @@ class Route:
     path: str
     rewritten: bool
     authority: str | None = None  # the Host to send, when the route rewrites it
+    request_edits: tuple[HeaderEdit, ...] = ()  # the route's header operations on the request
+    response_edits: tuple[HeaderEdit, ...] = ()  # and on the response
 
 
 class ProxyState:
@@ -239,11 +242,13 @@ class ProxyState:
         match = table.resolve(host, method, path, headers)
         if match is None:
             return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
-        cluster = table.pick(match, self.rng)
-        if cluster is None:
+        index = table.pick_index(match, self.rng)
+        if index is None:
             return Refusal(503, NO_HEALTHY_UPSTREAM, f"route for {host!r} has no destination")
+        cluster = match.clusters[index]
         rewrite = match.route.rewrite
         new_path = match.rewrite_path(path)
+        request_edits, response_edits = match.edits[index] if match.edits else ((), ())
         return Route(
             snapshot=snapshot,
             match=match,
@@ -252,6 +257,8 @@ class ProxyState:
             path=new_path,
             rewritten=new_path != path,
             authority=rewrite.authority if rewrite is not None else None,
+            request_edits=request_edits,
+            response_edits=response_edits,
         )
 
     def cluster_state(self, cluster: Cluster) -> ClusterState:

@@ -153,13 +153,19 @@ class RoutingTable:
     def pick(self, match: RouteMatch, rng: random.Random) -> Cluster | None:
         """The cluster this request goes to, by the route's weights (a lone destination takes all
         traffic, as in Istio). None when the route has no destination with a positive weight."""
-        clusters = match.clusters
-        if len(clusters) == 1:
-            return clusters[0]
-        if not clusters:
+        index = self.pick_index(match, rng)
+        return None if index is None else match.clusters[index]
+
+    @staticmethod
+    def pick_index(match: RouteMatch, rng: random.Random) -> int | None:
+        """The index in ``match.clusters`` of the destination :meth:`pick` chooses."""
+        count = len(match.clusters)
+        if count == 1:
+            return 0
+        if not count:
             return None
         try:
-            return clusters[pick_weighted(match.weights, rng)]
+            return pick_weighted(match.weights, rng)
         except ValueError:
             return None
 

@@ -138,11 +138,40 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderOperations:
+    """Istio's ``HeaderOperations``: fields to remove, to overwrite, to append (lower-case
+    names), applied in that order."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def as_bytes(
+        self,
+    ) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...], frozenset[bytes]]:
+        """The operations in the proxy's form (``shoal.http.headers.HeaderEdit``)."""
+        return (
+            tuple((n.encode(), v.encode("latin-1")) for n, v in self.set),
+            tuple((n.encode(), v.encode("latin-1")) for n, v in self.add),
+            frozenset(n.encode() for n in self.remove),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderRules:
+    """Istio's ``Headers``: what to change on the request sent and on the response returned."""
+
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouteDestination:
     """A weighted destination of a route."""
 
     destination: Destination
     weight: int = 100
+    headers: HeaderRules | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +239,8 @@ class HTTPRoute:
     fault: Fault | None = None
     rewrite: Rewrite | None = None
     mirror: Destination | None = None
+    mirror_percentage: float = 100.0  # of requests copied to ``mirror``
+    headers: HeaderRules | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,8 @@
 """VirtualService specs: Istio's field names to model values and back.
 
 Only the subset of ``networking.istio.io`` HTTP routing that Shoal implements is accepted (match,
-weighted route, timeout, retries, fault, rewrite, mirror); any other Istio field (``corsPolicy``,
+weighted route, timeout, retries, fault, rewrite, mirror and mirrorPercentage, header
+operations on the route and on each destination); any other Istio field (``corsPolicy``,
 ``tcp``...) is an error naming its path rather than something quietly ignored.
 :func:`virtual_service_spec` writes the canonical spec back (defaults omitted), and
 :func:`parse_virtual_service` reads it to an equal value.
@@ -37,6 +38,8 @@ from shoal.resources.model import (
     Fault,
     FaultAbort,
     FaultDelay,
+    HeaderOperations,
+    HeaderRules,
     HTTPMatchRequest,
     HTTPRoute,
     Retries,
@@ -59,7 +62,14 @@ RETRY_CONDITIONS = frozenset(
 )
 
 # The Istio fields Shoal implements, per object; any other key is an error.
-_HTTP_ROUTE = tuple("name match route timeout retries fault rewrite mirror".split())
+_HTTP_ROUTE = tuple(
+    "name match route timeout retries fault rewrite mirror mirrorPercentage headers".split()
+)
+# Fields a route may not change: the framing and the connection's, and what routing needs.
+_PROTECTED = frozenset(
+    "host content-length transfer-encoding connection keep-alive proxy-connection te trailer "
+    "upgrade x-shoal-instance x-shoal-cause".split()
+)
 _MATCH = tuple("name uri method authority headers ignoreUriCase".split())
 
 _header_name = matching(
@@ -82,6 +92,11 @@ def _http_route(value: object, field: str) -> HTTPRoute:
     rule = Section(value, field, _HTTP_ROUTE)
     fault = rule.get("fault", _fault)
     route: tuple[RouteDestination, ...] = rule.get("route", _route, ())
+    mirror = rule.get("mirror", _destination)
+    if mirror is None and rule.has("mirrorPercentage"):
+        raise ManifestError(
+            "mirrorPercentage needs mirror", field=rule.at("mirrorPercentage"), value=value
+        )
     if not route and (fault is None or fault.abort is None):
         raise ManifestError(
             "at least one destination is required (unless fault.abort is set)",
@@ -95,7 +110,9 @@ def _http_route(value: object, field: str) -> HTTPRoute:
         retries=rule.get("retries", _retries),
         fault=fault,
         rewrite=rule.get("rewrite", _rewrite),
-        mirror=rule.get("mirror", _destination),
+        mirror=mirror,
+        mirror_percentage=rule.get("mirrorPercentage", _percentage, 100.0),
+        headers=rule.get("headers", _header_rules),
     )
 
 
@@ -146,15 +163,20 @@ def _route(value: object, field: str) -> tuple[RouteDestination, ...]:
     several default to 0 each and must sum to exactly 100."""
     parsed = []
     for item, path in elements(value, field):
-        entry = Section(item, path, ("destination", "weight"))
+        entry = Section(item, path, ("destination", "weight", "headers"))
         parsed.append(
-            (entry.need("destination", _destination), entry.get("weight", integer(0, 100)))
+            (
+                entry.need("destination", _destination),
+                entry.get("weight", integer(0, 100)),
+                entry.get("headers", _header_rules),
+            )
         )
     if len(parsed) == 1:
-        return (RouteDestination(destination=parsed[0][0], weight=100),)
+        destination, _, headers = parsed[0]
+        return (RouteDestination(destination=destination, weight=100, headers=headers),)
     routes = tuple(
-        RouteDestination(destination=destination, weight=weight or 0)
-        for destination, weight in parsed
+        RouteDestination(destination=destination, weight=weight or 0, headers=headers)
+        for destination, weight, headers in parsed
     )
     total = sum(route.weight for route in routes)
     if routes and total != 100:
@@ -170,6 +192,57 @@ def _destination(value: object, field: str) -> Destination:
         subset=destination.get("subset", dns_label),
         port=None if port is None else port.need("number", integer(1, 65535)),
     )
+
+
+def _header_rules(value: object, field: str) -> HeaderRules:
+    rules = Section(value, field, ("request", "response"))
+    return HeaderRules(
+        request=rules.get("request", _header_operations),
+        response=rules.get("response", _header_operations),
+    )
+
+
+def _header_operations(value: object, field: str) -> HeaderOperations:
+    operations = Section(value, field, ("set", "add", "remove"))
+    return HeaderOperations(
+        set=operations.get("set", _header_values, ()),
+        add=operations.get("add", _header_values, ()),
+        remove=operations.get("remove", list_of(_changeable), ()),
+    )
+
+
+def _header_values(value: object, field: str) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (_changeable(key, path), _header_value(item, path))
+        for key, item, path in entries(value, field)
+    )
+
+
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _header_value(value: object, field: str) -> str:
+    written = text(value, field)
+    if not _FIELD_VALUE.fullmatch(written):
+        raise ManifestError(
+            "must be a header value (letters, digits, punctuation, spaces; no line breaks)",
+            field=field,
+            value=value,
+        )
+    return written
+
+
+def _changeable(value: object, field: str) -> str:
+    """A header name a route may set, add or remove (lower-cased)."""
+    name = _header_name(value, field).lower()
+    if name in _PROTECTED:
+        raise ManifestError(
+            "a route cannot change this header (framing, connection or routing; to change the "
+            "Host, use rewrite.authority)",
+            field=field,
+            value=value,
+        )
+    return name
 
 
 def _retries(value: object, field: str) -> Retries:
@@ -247,10 +320,7 @@ def _http_route_doc(rule: HTTPRoute) -> dict[str, object]:
     put(
         out,
         "route",
-        [
-            {"destination": _destination_doc(route.destination), "weight": route.weight}
-            for route in rule.route
-        ],
+        [_route_destination_doc(route) for route in rule.route],
         [],
     )
     put_duration(out, "timeout", rule.timeout)
@@ -270,6 +340,31 @@ def _http_route_doc(rule: HTTPRoute) -> dict[str, object]:
         out["rewrite"] = rewrite
     if rule.mirror is not None:
         out["mirror"] = _destination_doc(rule.mirror)
+        put(out, "mirrorPercentage", {"value": rule.mirror_percentage}, {"value": 100.0})
+    if rule.headers is not None:
+        out["headers"] = _header_rules_doc(rule.headers)
+    return out
+
+
+def _header_rules_doc(rules: HeaderRules) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, operations in (("request", rules.request), ("response", rules.response)):
+        if operations is not None:
+            doc: dict[str, object] = {}
+            put(doc, "set", dict(operations.set), {})
+            put(doc, "add", dict(operations.add), {})
+            put(doc, "remove", list(operations.remove), [])
+            out[key] = doc
+    return out
+
+
+def _route_destination_doc(route: RouteDestination) -> dict[str, object]:
+    out: dict[str, object] = {
+        "destination": _destination_doc(route.destination),
+        "weight": route.weight,
+    }
+    if route.headers is not None:
+        out["headers"] = _header_rules_doc(route.headers)
     return out
 
 

@@ -14,6 +14,7 @@ from shoal.gateway.hygiene import Head, inspect_head
 from shoal.http.headers import (
     UnderscorePolicy,
     edge_request_headers,
+    edit,
     end_to_end,
     request_headers,
 )
@@ -389,3 +390,18 @@ async def test_body_total_deadline() -> None:
     with pytest.raises(BodyRefused):
         await drain(body)
     assert body.refusal is not None and body.refusal.status == 408
+
+
+def test_header_edits_remove_then_set_then_add_in_order() -> None:
+    """Each operation set removes, overwrites every field of a name, then appends; a later set
+    (a destination's) wins over an earlier one (the route's)."""
+    headers = [(b"a", b"1"), (b"b", b"1"), (b"b", b"2"), (b"c", b"1")]
+    route = (((b"b", b"route"),), ((b"d", b"1"),), frozenset({b"c"}))
+    destination = (((b"b", b"destination"),), ((b"d", b"2"),), frozenset())
+    assert edit(headers, [route, destination]) == [
+        (b"a", b"1"),
+        (b"d", b"1"),
+        (b"b", b"destination"),
+        (b"d", b"2"),
+    ]
+    assert edit(headers, []) == headers

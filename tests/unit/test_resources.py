@@ -1327,3 +1327,62 @@ def test_an_endpoint_carries_its_protocol_through_the_registry() -> None:
     old = json.loads(endpoint.to_json())
     del old["protocol"]
     assert Endpoint.from_json(json.dumps(old)).protocol == "http"
+
+
+def test_header_operations_and_mirror_percentage_parse_and_read_back() -> None:
+    """Istio's header manipulation (route and destination level) and mirrorPercentage land
+    in the model with lower-case names and are written back to an equal value."""
+    doc = virtual_service_doc(
+        {
+            "headers": {
+                "request": {"set": {"X-Test": "a b"}, "add": {"x-more": "1"}, "remove": ["Cookie"]},
+                "response": {"remove": ["server"]},
+            },
+            "route": [
+                {
+                    "destination": {"host": "reviews", "subset": "v1"},
+                    "headers": {"response": {"add": {"x-v": "1"}}},
+                }
+            ],
+            "mirror": {"host": "reviews", "subset": "v2"},
+            "mirrorPercentage": {"value": 50},
+        }
+    )
+    parsed = parse_document(doc)
+    assert isinstance(parsed, VirtualService)
+    rule = parsed.http[0]
+    assert rule.headers is not None and rule.headers.request is not None
+    assert rule.headers.request.set == (("x-test", "a b"),)
+    assert rule.headers.request.remove == ("cookie",)
+    assert rule.mirror_percentage == 50.0
+    assert rule.route[0].headers is not None
+    assert parse_document(to_document(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "said"),
+    [
+        (
+            {"headers": {"request": {"set": {"Host": "x"}}}},
+            "spec.http[0].headers.request.set.Host",
+            "rewrite.authority",
+        ),
+        (
+            {"headers": {"response": {"remove": ["content-length"]}}},
+            "spec.http[0].headers.response.remove[0]",
+            "cannot change",
+        ),
+        (
+            {"headers": {"request": {"add": {"x-a": "line\nbreak"}}}},
+            "spec.http[0].headers.request.add.x-a",
+            "no line breaks",
+        ),
+        ({"mirrorPercentage": {"value": 10}}, "spec.http[0].mirrorPercentage", "needs mirror"),
+    ],
+)
+def test_route_actions_refused(rule: dict[str, object], field: str, said: str) -> None:
+    """Headers a route may not touch, values that are not header values and a
+    mirrorPercentage without a mirror are errors naming the field."""
+    error = manifest_error(virtual_service_doc({**rule, "route": [{"destination": {"host": "r"}}]}))
+    assert error.field == field
+    assert said in error.reason
