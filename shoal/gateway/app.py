@@ -24,7 +24,7 @@ from shoal.http.headers import UnderscorePolicy, edge_request_headers, end_to_en
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import Refusal
-from shoal.mesh.forward import Forwarded, Forwarder, Outbound
+from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.relay import relay, router_refusal
 
@@ -127,6 +127,9 @@ class GatewayApp:
         if isinstance(result, _Refused):
             await _answer(exchange, result.refusal, close=result.clients)
             return
+        if isinstance(result, Direct):
+            await exchange.respond(result.status, result.headers, result.body)
+            return
         response = result.response
         rpc = isinstance(exchange, H2Stream) and exchange.rpc
         if rpc and (refused := await router_refusal(response)) is not None:
@@ -135,7 +138,9 @@ class GatewayApp:
             return
         await relay(exchange, response, end_to_end(response.headers), result.done)
 
-    async def _send(self, outbound: Outbound, body: RequestBody | None) -> Forwarded | _Refused:
+    async def _send(
+        self, outbound: Outbound, body: RequestBody | None
+    ) -> Forwarded | Direct | _Refused:
         """Forward ``outbound``; a refusal says whether the client's request body caused it."""
         try:
             result = await self.forwarder.forward(outbound)
@@ -178,4 +183,5 @@ class GatewayApp:
             fields=head.fields,
             body=body.chunks() if body is not None else None,
             content_length=head.content_length,
+            scheme=scheme,
         )

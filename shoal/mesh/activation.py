@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
 from shoal.http.refusal import ACTIVATION_OVERFLOW, COLD_START_TIMEOUT, Refusal
-from shoal.mesh.proxy_state import ProxyState, Route
+from shoal.mesh.proxy_state import Decision, ProxyState, Route
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -68,9 +68,10 @@ class Activator:
 
     async def hold(
         self, host: str, method: str, path: str, fields: Mapping[str, str], route: Route
-    ) -> Route | Refusal:
+    ) -> Decision:
         """Wait until the request's destination has a ready instance; return its new route
-        (decided again on the new snapshot), or the refusal to answer with."""
+        (decided again on the new snapshot), or the refusal to answer with (or the answer the
+        route gives itself, if the routing changed meanwhile)."""
         cluster = route.cluster
         service = cluster.service
         if self.held.get(service, 0) >= self.queue_limit:
@@ -93,7 +94,7 @@ class Activator:
                 while True:
                     changed = self.proxy_state.changed
                     decided = self.proxy_state.decide(host, method, path, fields)
-                    if isinstance(decided, Refusal) or decided.cluster.endpoints:
+                    if not isinstance(decided, Route) or decided.cluster.endpoints:
                         self._activated(revisions, decided)
                         return decided
                     await self._ask(decided.cluster.revisions or revisions)
@@ -127,8 +128,8 @@ class Activator:
                 except Exception as e:  # the load report still reaches the autoscaler
                     log.warning("could not ask for an instance of %s: %s", rev, e)
 
-    def _activated(self, revisions: tuple[str, ...], decided: Route | Refusal) -> None:
-        if isinstance(decided, Refusal):
+    def _activated(self, revisions: tuple[str, ...], decided: Decision) -> None:
+        if not isinstance(decided, Route):
             return
         now = self.clock()
         for rev in revisions:

@@ -46,6 +46,7 @@ from shoal.mesh.replay import Replay
 from shoal.mesh.retry import RetryPolicy, attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
 from shoal.resources.endpoint import Endpoint
+from shoal.resources.model import HTTPDirectResponse, HTTPRedirect
 
 Body = AsyncIterator[bytes] | bytes | None
 
@@ -91,6 +92,7 @@ class Outbound:
     body: Body
     content_length: int | None = None
     upgrade: bool = False  # a WebSocket handshake: ``body`` is the client's side of the tunnel
+    scheme: str = "http"  # as the client sent it (what a redirect keeps)
 
 
 @dataclass(slots=True)
@@ -101,6 +103,33 @@ class Forwarded:
     endpoint: Endpoint
     attempts: int
     done: Callable[[], None]
+
+
+@dataclass(slots=True)
+class Direct:
+    """An answer the matched route gives itself (Istio's ``redirect``, ``directResponse``)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+
+
+def redirect_location(
+    redirect: HTTPRedirect, scheme: str, authority: str, path: str, query: str
+) -> str:
+    """Where ``redirect`` sends a request for ``scheme://authority/path?query``: each part
+    it names replaced, the rest kept (the port too, unless the scheme or the port changes)."""
+    host, colon, port = authority.rpartition(":")
+    if not colon or not port.isdigit() or authority.endswith("]"):
+        host, port = authority, ""
+    new_scheme = redirect.scheme or scheme
+    if redirect.port is not None:
+        port = str(redirect.port)
+    elif new_scheme != scheme:
+        port = ""  # the new scheme's own port
+    netloc = (redirect.authority or host) + (f":{port}" if port else "")
+    target = redirect.uri or path
+    return f"{new_scheme}://{netloc}{target}" + (f"?{query}" if query else "")
 
 
 @dataclass(slots=True)
@@ -139,7 +168,7 @@ class Forwarder:
         self.buffer_limit = buffer_limit
         self._mirrors: set[asyncio.Task[None]] = set()  # copies in flight (see _mirror)
 
-    async def forward(self, req: Outbound) -> Forwarded | Refusal:
+    async def forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
         """Route and send ``req``; the caller relays the body and then calls ``done``."""
         self.proxy_state.stats.requests += 1
         result = await self._forward(req)
@@ -148,14 +177,23 @@ class Forwarder:
             refusals[result.cause] = refusals.get(result.cause, 0) + 1
         return result
 
-    async def _forward(self, req: Outbound) -> Forwarded | Refusal:
+    async def _forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
         route = self.proxy_state.decide(req.host, req.method, req.path, req.fields)
+        if (
+            isinstance(route, Route)
+            and not route.cluster.endpoints
+            and route.cluster.revisions
+            and self.activator
+        ):
+            route = await self.activator.hold(req.host, req.method, req.path, req.fields, route)
         if isinstance(route, Refusal):
             return route
-        if not route.cluster.endpoints and route.cluster.revisions and self.activator:
-            route = await self.activator.hold(req.host, req.method, req.path, req.fields, route)
-            if isinstance(route, Refusal):
-                return route
+        if isinstance(route, HTTPRedirect):
+            location = redirect_location(route, req.scheme, req.host, req.path, req.query)
+            return Direct(route.redirect_code, [(b"location", location.encode("latin-1"))])
+        if isinstance(route, HTTPDirectResponse):
+            kind = b"text/plain; charset=utf-8" if route.text else b"application/octet-stream"
+            return Direct(route.status, [(b"content-type", kind)] if route.body else [], route.body)
         fault = route.match.route.fault
         if fault is not None:
             if fault.delay is not None and self.rng.random() * 100 < fault.delay.percentage:

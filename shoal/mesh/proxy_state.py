@@ -36,6 +36,8 @@ from shoal.resources.manifest import StoredResources
 from shoal.resources.model import (
     AuthorizationPolicy,
     DestinationRule,
+    HTTPDirectResponse,
+    HTTPRedirect,
     MtlsMode,
     OutlierDetection,
     PeerAuthentication,
@@ -162,6 +164,10 @@ class Route:
     response_edits: tuple[HeaderEdit, ...] = ()  # and on the response
 
 
+Decision = Route | Refusal | HTTPRedirect | HTTPDirectResponse
+"""Where a request goes, why it goes nowhere, or the answer its route gives itself."""
+
+
 class ProxyState:
     """The current snapshot, the per-cluster state and the stats of one proxy process; makes
     the synchronous decisions (route, pick) of the request path."""
@@ -233,15 +239,17 @@ class ProxyState:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def decide(
-        self, host: str, method: str, path: str, headers: Mapping[str, str]
-    ) -> Route | Refusal:
-        """Route ``method host path`` to a cluster on the current snapshot, or say why not."""
+    def decide(self, host: str, method: str, path: str, headers: Mapping[str, str]) -> Decision:
+        """Route ``method host path`` to a cluster on the current snapshot, or say why not, or
+        the answer the matched rule gives itself (``redirect``, ``directResponse``)."""
         snapshot = self.snapshot
         table = snapshot.table
         match = table.resolve(host, method, path, headers)
         if match is None:
             return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
+        action = match.route.redirect or match.route.direct_response
+        if action is not None:
+            return action
         index = table.pick_index(match, self.rng)
         if index is None:
             return Refusal(503, NO_HEALTHY_UPSTREAM, f"route for {host!r} has no destination")

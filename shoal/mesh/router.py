@@ -49,7 +49,7 @@ from shoal.http.refusal import (
 from shoal.identity.spiffe import node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
-from shoal.mesh.forward import INSTANCE, Forwarder, Outbound
+from shoal.mesh.forward import INSTANCE, Direct, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
 from shoal.mesh.h2server import ByPreface, H2Exchange, H2Server
 from shoal.mesh.h2upstream import H2Upstreams
@@ -248,6 +248,9 @@ class Router:
         )
         if isinstance(result, Refusal):
             await _refuse(exchange, result)
+            return
+        if isinstance(result, Direct):
+            await exchange.respond(result.status, result.headers, result.body)
             return
         response = result.response
         if isinstance(exchange, H2Exchange) and grpc.is_grpc(exchange.head.fields):

@@ -228,6 +228,28 @@ class Rewrite:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPRedirect:
+    """Istio's ``redirect``: answer with a redirect instead of forwarding; each part of the
+    request's URL it does not name is kept (the query too)."""
+
+    uri: str | None = None  # the new path
+    authority: str | None = None  # the new host
+    port: int | None = None
+    scheme: str | None = None
+    redirect_code: int = 301
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPDirectResponse:
+    """Istio's ``directResponse``: answer with this status and body instead of forwarding
+    (``text``: the body was given as ``body.string``, sent as ``text/plain``)."""
+
+    status: int
+    body: bytes = b""
+    text: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRoute:
     """One ``http[]`` rule: matches (OR of blocks; empty matches everything) and where to go."""
 
@@ -241,6 +263,8 @@ class HTTPRoute:
     mirror: Destination | None = None
     mirror_percentage: float = 100.0  # of requests copied to ``mirror``
     headers: HeaderRules | None = None
+    redirect: HTTPRedirect | None = None  # instead of ``route``
+    direct_response: HTTPDirectResponse | None = None  # instead of ``route``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

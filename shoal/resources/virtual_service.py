@@ -10,12 +10,14 @@ operations on the route and on each destination); any other Istio field (``corsP
 
 from __future__ import annotations
 
+import base64
 import re
 
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
     Section,
     boolean,
+    choice,
     dns_label,
     elements,
     entries,
@@ -40,7 +42,9 @@ from shoal.resources.model import (
     FaultDelay,
     HeaderOperations,
     HeaderRules,
+    HTTPDirectResponse,
     HTTPMatchRequest,
+    HTTPRedirect,
     HTTPRoute,
     Retries,
     Rewrite,
@@ -63,7 +67,8 @@ RETRY_CONDITIONS = frozenset(
 
 # The Istio fields Shoal implements, per object; any other key is an error.
 _HTTP_ROUTE = tuple(
-    "name match route timeout retries fault rewrite mirror mirrorPercentage headers".split()
+    "name match route timeout retries fault rewrite mirror mirrorPercentage headers redirect "
+    "directResponse".split()
 )
 # Fields a route may not change: the framing and the connection's, and what routing needs.
 _PROTECTED = frozenset(
@@ -92,14 +97,24 @@ def _http_route(value: object, field: str) -> HTTPRoute:
     rule = Section(value, field, _HTTP_ROUTE)
     fault = rule.get("fault", _fault)
     route: tuple[RouteDestination, ...] = rule.get("route", _route, ())
+    redirect = rule.get("redirect", _redirect)
+    direct = rule.get("directResponse", _direct_response)
+    actions = [key for key in ("route", "redirect", "directResponse") if rule.has(key)]
+    if len(actions) > 1:
+        raise ManifestError(
+            f"route, redirect and directResponse exclude each other (got {', '.join(actions)})",
+            field=rule.at(actions[1]),
+            value=rule.raw(actions[1]),
+        )
     mirror = rule.get("mirror", _destination)
     if mirror is None and rule.has("mirrorPercentage"):
         raise ManifestError(
             "mirrorPercentage needs mirror", field=rule.at("mirrorPercentage"), value=value
         )
-    if not route and (fault is None or fault.abort is None):
+    if not route and redirect is None and direct is None and (fault is None or fault.abort is None):
         raise ManifestError(
-            "at least one destination is required (unless fault.abort is set)",
+            "at least one destination is required (unless redirect, directResponse or "
+            "fault.abort is set)",
             field=rule.at("route"),
         )
     return HTTPRoute(
@@ -113,7 +128,63 @@ def _http_route(value: object, field: str) -> HTTPRoute:
         mirror=mirror,
         mirror_percentage=rule.get("mirrorPercentage", _percentage, 100.0),
         headers=rule.get("headers", _header_rules),
+        redirect=redirect,
+        direct_response=direct,
     )
+
+
+def _redirect(value: object, field: str) -> HTTPRedirect:
+    redirect = Section(
+        value, field, ("uri", "authority", "port", "scheme", "redirectCode", "derivePort")
+    )
+    if redirect.has("derivePort"):
+        raise ManifestError(
+            "not supported by Shoal: give port, or leave it out to keep the request's",
+            field=redirect.at("derivePort"),
+            value=redirect.raw("derivePort"),
+        )
+    return HTTPRedirect(
+        uri=redirect.get("uri", _path),
+        authority=redirect.get("authority", host_name),
+        port=redirect.get("port", integer(1, 65535)),
+        scheme=redirect.get("scheme", choice({"http": "http", "https": "https"})),
+        redirect_code=redirect.get("redirectCode", _redirect_code, 301),
+    )
+
+
+def _redirect_code(value: object, field: str) -> int:
+    code = integer(300, 399)(value, field)
+    if code not in (301, 302, 303, 307, 308):
+        raise ManifestError("must be 301, 302, 303, 307 or 308", field=field, value=value)
+    return code
+
+
+def _path(value: object, field: str) -> str:
+    path = string(value, field)
+    if not path.startswith("/") or not _FIELD_VALUE.fullmatch(path) or " " in path:
+        raise ManifestError("must be a path starting with /", field=field, value=value)
+    return path
+
+
+def _direct_response(value: object, field: str) -> HTTPDirectResponse:
+    direct = Section(value, field, ("status", "body"))
+    status = direct.need("status", integer(200, 599))
+    body = direct.get("body", section(("string", "bytes")))
+    if body is None:
+        return HTTPDirectResponse(status=status)
+    if body.has("string") == body.has("bytes"):
+        raise ManifestError("must set one of string or bytes", field=body.path, value=value)
+    if body.has("string"):
+        written = body.need("string", text).encode()
+        return HTTPDirectResponse(status=status, body=written)
+    return HTTPDirectResponse(status=status, body=body.need("bytes", _base64), text=False)
+
+
+def _base64(value: object, field: str) -> bytes:
+    try:
+        return base64.b64decode(string(value, field), validate=True)
+    except ValueError:
+        raise ManifestError("must be base64", field=field, value=value) from None
 
 
 def _match(value: object, field: str) -> HTTPMatchRequest:
@@ -343,6 +414,21 @@ def _http_route_doc(rule: HTTPRoute) -> dict[str, object]:
         put(out, "mirrorPercentage", {"value": rule.mirror_percentage}, {"value": 100.0})
     if rule.headers is not None:
         out["headers"] = _header_rules_doc(rule.headers)
+    if rule.redirect is not None:
+        redirect: dict[str, object] = {}
+        put(redirect, "uri", rule.redirect.uri)
+        put(redirect, "authority", rule.redirect.authority)
+        put(redirect, "port", rule.redirect.port)
+        put(redirect, "scheme", rule.redirect.scheme)
+        put(redirect, "redirectCode", rule.redirect.redirect_code, 301)
+        out["redirect"] = redirect
+    if rule.direct_response is not None:
+        direct = rule.direct_response
+        answer: dict[str, object] = {"status": direct.status}
+        if direct.body or not direct.text:
+            body = direct.body.decode() if direct.text else base64.b64encode(direct.body).decode()
+            answer["body"] = {"string" if direct.text else "bytes": body}
+        out["directResponse"] = answer
     return out
 
 

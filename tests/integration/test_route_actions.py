@@ -1,6 +1,7 @@
 """A route's actions besides choosing a destination, through a real gateway to real backends:
 header operations on the request and the response (Istio's ``headers``, on the route and on a
-destination) and mirroring (``mirror``, ``mirrorPercentage``)."""
+destination), mirroring (``mirror``, ``mirrorPercentage``) and the answers a route gives itself
+(``redirect``, ``directResponse``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ spec:
   - match: [{uri: {prefix: /dead}}]
     route: [{destination: {host: echo}}]
     mirror: {host: gone}
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /new, authority: new.example.com, redirectCode: 308}
+  - match: [{uri: {prefix: /secure}}]
+    redirect: {scheme: https}
+  - match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {string: "short and stout"}}
   - headers:
       request:
         set: {x-set: route, x-route-only: here}
@@ -117,3 +124,33 @@ async def test_mirror_copies_requests_and_never_touches_the_original(
         )
         assert not [r for r in two.seen if r["path"] == "/never"]
         assert len([r for r in one.seen if r["path"] == "/dead"]) == 10
+
+
+async def test_redirect_and_direct_response_never_reach_an_instance(
+    gateway: Gateway, redis: Redis, keys: Keys
+) -> None:
+    """A redirect rule answers with its code and a Location keeping what it does not replace
+    (the query; the port unless the scheme changes); a directResponse rule with its status and
+    body. Neither reaches the backend."""
+    async with echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        async with aiohttp.ClientSession() as s:
+
+            async def answer(path: str, host: str = "echo") -> tuple[int, str, str]:
+                async with s.get(
+                    gateway.url + path, headers={"Host": host}, allow_redirects=False
+                ) as r:
+                    return r.status, r.headers.get("location", ""), await r.text()
+
+            assert (await answer("/moved/x?q=1%202"))[:2] == (
+                308,
+                "http://new.example.com/new?q=1%202",
+            )
+            assert (await answer("/secure/page", host="echo:8080"))[:2] == (
+                301,
+                "https://echo/secure/page",
+            )
+            assert await answer("/teapot") == (418, "", "short and stout")
+        assert one.seen == []

@@ -1386,3 +1386,31 @@ def test_route_actions_refused(rule: dict[str, object], field: str, said: str) -
     error = manifest_error(virtual_service_doc({**rule, "route": [{"destination": {"host": "r"}}]}))
     assert error.field == field
     assert said in error.reason
+
+
+def test_redirect_and_direct_response_parse_and_exclude_a_route() -> None:
+    """redirect and directResponse read back to equal values; either with a route, or both,
+    is an error naming the second; a redirect code that is not one is refused."""
+    both = virtual_service_doc(
+        {"redirect": {"uri": "/x"}, "directResponse": {"status": 404}},
+    )
+    error = manifest_error(both)
+    assert (error.field, "exclude each other" in error.reason) == (
+        "spec.http[0].directResponse",
+        True,
+    )
+    with_route = virtual_service_doc(
+        {"redirect": {"uri": "/x"}, "route": [{"destination": {"host": "r"}}]}
+    )
+    assert manifest_error(with_route).field == "spec.http[0].redirect"
+    for rule in (
+        {"redirect": {"uri": "/x", "authority": "b.example", "port": 8443, "scheme": "https"}},
+        {"redirect": {"uri": "/x", "redirectCode": 307}},
+        {"directResponse": {"status": 503, "body": {"string": "down"}}},
+        {"directResponse": {"status": 200, "body": {"bytes": "AAEC"}}},
+        {"directResponse": {"status": 204}},
+    ):
+        parsed = parse_document(virtual_service_doc(rule))
+        assert parse_document(to_document(parsed)) == parsed, rule
+    error = manifest_error(virtual_service_doc({"redirect": {"redirectCode": 200}}))
+    assert error.field == "spec.http[0].redirect.redirectCode"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from shoal.mesh.balancer import LeastRequestBalancer, RoundRobinBalancer
 from shoal.mesh.clusters import Cluster, merge_policy
+from shoal.mesh.forward import redirect_location
 from shoal.mesh.matching import RouteMatch, apply_rewrite, normalize_host
 from shoal.mesh.routing import RoutingTable
 from shoal.resources.endpoint import Endpoint, InstanceState
@@ -19,6 +20,7 @@ from shoal.resources.model import (
     Destination,
     DestinationRule,
     HTTPMatchRequest,
+    HTTPRedirect,
     HTTPRoute,
     OutlierDetection,
     Rewrite,
@@ -520,3 +522,21 @@ def test_subset_can_set_round_robin_over_rule_policy() -> None:
         "ROUND_ROBIN"
     )
     assert merge_policy(base, TrafficPolicy()).load_balancer == "LEAST_REQUEST"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "authority", "location"),
+    [
+        (HTTPRedirect(uri="/new"), "echo:8080", "http://echo:8080/new?a=1"),
+        (HTTPRedirect(authority="b.example"), "echo:8080", "http://b.example:8080/old?a=1"),
+        (HTTPRedirect(scheme="https"), "echo:8080", "https://echo/old?a=1"),
+        (HTTPRedirect(scheme="https", port=8443), "echo", "https://echo:8443/old?a=1"),
+        (HTTPRedirect(uri="/x"), "[::1]", "http://[::1]/x?a=1"),
+    ],
+)
+def test_redirect_location_keeps_what_it_does_not_replace(
+    redirect: HTTPRedirect, authority: str, location: str
+) -> None:
+    """Each part a redirect names is replaced; the query is kept, the port too unless the
+    scheme changes without a port given."""
+    assert redirect_location(redirect, "http", authority, "/old", "a=1") == location
