@@ -184,4 +184,5 @@ class GatewayApp:
             body=body.chunks() if body is not None else None,
             content_length=head.content_length,
             scheme=scheme,
+            client_ip=client_ip,
         )

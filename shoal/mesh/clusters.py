@@ -57,6 +57,11 @@ def merge_policy(base: TrafficPolicy, override: TrafficPolicy) -> TrafficPolicy:
     """
     return TrafficPolicy(
         load_balancer=_set_or(override.load_balancer, base.load_balancer),
+        consistent_hash=(
+            override.consistent_hash
+            if override.consistent_hash is not None or override.load_balancer is not None
+            else base.consistent_hash
+        ),
         outlier_detection=_set_or(override.outlier_detection, base.outlier_detection),
         connection_pool=_set_or(override.connection_pool, base.connection_pool),
         failure_threshold=_set_or(override.failure_threshold, base.failure_threshold),

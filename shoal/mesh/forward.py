@@ -40,6 +40,7 @@ from shoal.http.refusal import (
 from shoal.identity.spiffe import node_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.clusters import Cluster
+from shoal.mesh.hashing import hash_key, new_cookie, set_cookie
 from shoal.mesh.outcome import Outcome, classify
 from shoal.mesh.proxy_state import ClusterState, ProxyState, Route
 from shoal.mesh.replay import Replay
@@ -93,6 +94,7 @@ class Outbound:
     content_length: int | None = None
     upgrade: bool = False  # a WebSocket handshake: ``body`` is the client's side of the tunnel
     scheme: str = "http"  # as the client sent it (what a redirect keeps)
+    client_ip: str | None = None  # the caller's address (a consistentHash key)
 
 
 @dataclass(slots=True)
@@ -334,6 +336,11 @@ class Forwarder:
         if route.request_edits:
             headers = edit(headers, route.request_edits)
         target = _target(req, route)
+        sticky, cookie = route.cluster.policy.consistent_hash, None
+        key = None if sticky is None else hash_key(sticky, req.fields, req.client_ip, req.query)
+        if sticky is not None and key is None and sticky.cookie_ttl is not None:
+            key = new_cookie(self.rng)  # the client is given it with the answer
+            cookie = set_cookie(sticky, key)
         started = self.clock()
         state.budget.on_request(started)
         tried: set[str] = set()
@@ -342,7 +349,9 @@ class Forwarder:
         while True:
             now = self.clock()
             timeout = attempt_timeout(policy, now - started)
-            endpoint = self.proxy_state.pick(route, state, now, tried) if timeout != 0.0 else None
+            endpoint = (
+                self.proxy_state.pick(route, state, now, tried, key) if timeout != 0.0 else None
+            )
             if endpoint is None:
                 break
             attempt += 1
@@ -395,6 +404,8 @@ class Forwarder:
         endpoint = last.endpoint
         if route.response_edits:
             last.response.headers = edit(last.response.headers, route.response_edits)
+        if cookie is not None:
+            last.response.headers.append((b"set-cookie", cookie))
 
         def done() -> None:
             if replay is not None:

@@ -25,6 +25,7 @@ from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, m
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.clusters import Cluster, ClusterKey
+from shoal.mesh.hashing import rendezvous
 from shoal.mesh.load import LoadMeter
 from shoal.mesh.matching import RouteMatch
 from shoal.mesh.outlier import OutlierDetector
@@ -283,9 +284,10 @@ class ProxyState:
         return state
 
     def pick(
-        self, route: Route, state: ClusterState, now: float, tried: set[str]
+        self, route: Route, state: ClusterState, now: float, tried: set[str], key: str | None = None
     ) -> Endpoint | None:
-        """An instance for the next attempt: ready, not ejected, and not tried yet if possible."""
+        """An instance for the next attempt: ready, not ejected, and not tried yet if possible;
+        the one ``key`` hashes to when given (``consistentHash``), else the balancer's."""
         detector = state.detector
         deadline = detector.next_deadline()
         if deadline is not None and now >= deadline:
@@ -296,6 +298,8 @@ class ProxyState:
             candidates = fresh or candidates
         if not candidates:
             return None
+        if key is not None:
+            return rendezvous(candidates, key)
         return route.balancer.pick(candidates, self.rng)
 
     def report(self, now: float) -> dict[str, Any]:

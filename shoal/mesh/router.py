@@ -244,6 +244,7 @@ class Router:
                 body=exchange.body() if exchange.has_body else None,
                 content_length=exchange.head.content_length,
                 upgrade=exchange.upgrade,
+                client_ip=peer[0] if peer else None,
             )
         )
         if isinstance(result, Refusal):

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
     Section,
+    boolean,
     choice,
     dns_label,
     host_name,
@@ -26,9 +27,11 @@ from shoal.resources.fields import (
     put,
     put_duration,
     section,
+    string,
 )
 from shoal.resources.model import (
     ConnectionPool,
+    ConsistentHash,
     DestinationRule,
     LoadBalancerPolicy,
     OutlierDetection,
@@ -95,14 +98,50 @@ def _subset(value: object, field: str) -> Subset:
 
 def _traffic_policy(value: object, field: str) -> TrafficPolicy:
     policy = Section(value, field, _POLICY_FIELDS)
-    balancer = policy.get("loadBalancer", section(("simple",)))
+    balancer = policy.get("loadBalancer", section(("simple", "consistentHash")))
+    if balancer is not None and balancer.has("simple") == balancer.has("consistentHash"):
+        raise ManifestError(
+            "must set one of simple or consistentHash", field=balancer.path, value=value
+        )
     return TrafficPolicy(
-        load_balancer=None if balancer is None else balancer.need("simple", choice(LOAD_BALANCERS)),
+        load_balancer=None if balancer is None else balancer.get("simple", choice(LOAD_BALANCERS)),
+        consistent_hash=None if balancer is None else balancer.get("consistentHash", _hash),
         outlier_detection=policy.get("outlierDetection", _outlier_detection),
         connection_pool=policy.get("connectionPool", _connection_pool),
         failure_threshold=policy.get("failureThreshold", integer(1)),
         healthy_threshold=policy.get("healthyThreshold", integer(1)),
     )
+
+
+_HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
+
+
+def _hash(value: object, field: str) -> ConsistentHash:
+    """``consistentHash``: one key; ``ringHash``/``maglev`` are accepted, and both mean the
+    same here (rendezvous hashing: as stable when instances come and go, no table to size)."""
+    spec = Section(value, field, (*_HASH_KEYS, "ringHash", "maglev", "minimumRingSize"))
+    keys = [key for key in _HASH_KEYS if spec.has(key)]
+    if len(keys) != 1:
+        raise ManifestError(
+            f"must set exactly one of {', '.join(_HASH_KEYS)}", field=field, value=value
+        )
+    spec.get("ringHash", section(("minimumRingSize",)))
+    spec.get("maglev", section(("tableSize",)))
+    if spec.has("useSourceIp") and not spec.need("useSourceIp", boolean):
+        raise ManifestError("only true has a meaning here", field=spec.at("useSourceIp"))
+    cookie = spec.get("httpCookie", section(("name", "path", "ttl")))
+    return ConsistentHash(
+        header=_lower(spec.get("httpHeaderName", string)),
+        cookie=cookie.need("name", string) if cookie is not None else None,
+        cookie_path=cookie.get("path", string) if cookie is not None else None,
+        cookie_ttl=cookie.get("ttl", positive_duration) if cookie is not None else None,
+        source_ip=spec.has("useSourceIp"),
+        query_parameter=spec.get("httpQueryParameterName", string),
+    )
+
+
+def _lower(name: str | None) -> str | None:
+    return None if name is None else name.lower()
 
 
 def _outlier_detection(value: object, field: str) -> OutlierDetection:
@@ -162,6 +201,8 @@ def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
     out: dict[str, object] = {}
     if policy.load_balancer is not None:
         out["loadBalancer"] = {"simple": policy.load_balancer}
+    if policy.consistent_hash is not None:
+        out["loadBalancer"] = {"consistentHash": _hash_doc(policy.consistent_hash)}
     if policy.outlier_detection is not None:
         out["outlierDetection"] = _outlier_doc(policy.outlier_detection)
     if policy.connection_pool is not None:
@@ -169,6 +210,19 @@ def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
     put(out, "failureThreshold", policy.failure_threshold)
     put(out, "healthyThreshold", policy.healthy_threshold)
     return out
+
+
+def _hash_doc(spec: ConsistentHash) -> dict[str, object]:
+    if spec.cookie is not None:
+        cookie: dict[str, object] = {"name": spec.cookie}
+        put(cookie, "path", spec.cookie_path)
+        put_duration(cookie, "ttl", spec.cookie_ttl)
+        return {"httpCookie": cookie}
+    if spec.header is not None:
+        return {"httpHeaderName": spec.header}
+    if spec.query_parameter is not None:
+        return {"httpQueryParameterName": spec.query_parameter}
+    return {"useSourceIp": True}
 
 
 def _outlier_doc(outlier: OutlierDetection) -> dict[str, object]:

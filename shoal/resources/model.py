@@ -314,10 +314,26 @@ class ConnectionPool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsistentHash:
+    """Istio's ``loadBalancer.consistentHash``: requests with the same key go to the same
+    instance while it is a candidate (sticky sessions), the key taken from one of a header
+    (lower-case name), a cookie, the client's address or a query parameter. With
+    ``cookie_ttl``, a client without the cookie is given one (Envoy's generated cookie)."""
+
+    header: str | None = None
+    cookie: str | None = None
+    cookie_path: str | None = None
+    cookie_ttl: float | None = None
+    source_ip: bool = False
+    query_parameter: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrafficPolicy:
     """Per-destination policy: balancer, outlier detection, pool limits, health thresholds."""
 
     load_balancer: LoadBalancerPolicy | None = None  # None: not set here (ROUND_ROBIN overall)
+    consistent_hash: ConsistentHash | None = None  # instead of ``load_balancer``
     outlier_detection: OutlierDetection | None = None
     connection_pool: ConnectionPool | None = None
     failure_threshold: int | None = None

@@ -701,8 +701,8 @@ def test_each_class_of_error_names_the_field_and_value(
             "spec.http[0].fault.abort.percent",
         ),
         (
-            destination_rule_doc(trafficPolicy={"loadBalancer": {"consistentHash": {}}}),
-            "spec.trafficPolicy.loadBalancer.consistentHash",
+            destination_rule_doc(trafficPolicy={"loadBalancer": {"localityLbSetting": {}}}),
+            "spec.trafficPolicy.loadBalancer.localityLbSetting",
         ),
         (
             destination_rule_doc(
@@ -1414,3 +1414,38 @@ def test_redirect_and_direct_response_parse_and_exclude_a_route() -> None:
         assert parse_document(to_document(parsed)) == parsed, rule
     error = manifest_error(virtual_service_doc({"redirect": {"redirectCode": 200}}))
     assert error.field == "spec.http[0].redirect.redirectCode"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"httpHeaderName": "X-User"},
+        {"httpCookie": {"name": "session", "path": "/", "ttl": "1h"}},
+        {"httpCookie": {"name": "session"}},
+        {"useSourceIp": True, "ringHash": {"minimumRingSize": 1024}},
+        {"httpQueryParameterName": "user", "maglev": {"tableSize": 65537}},
+    ],
+)
+def test_consistent_hash_parses_and_reads_back(spec: dict[str, object]) -> None:
+    """Each key kind of loadBalancer.consistentHash lands in the model and reads back."""
+    rule = parse_document(
+        destination_rule_doc(trafficPolicy={"loadBalancer": {"consistentHash": spec}})
+    )
+    assert isinstance(rule, DestinationRule)
+    assert rule.traffic_policy.consistent_hash is not None
+    assert parse_document(to_document(rule)) == rule
+
+
+@pytest.mark.parametrize(
+    ("balancer", "said"),
+    [
+        ({"consistentHash": {"httpHeaderName": "a", "useSourceIp": True}}, "exactly one"),
+        ({"consistentHash": {}}, "exactly one"),
+        ({"simple": "RANDOM", "consistentHash": {"useSourceIp": True}}, "one of simple"),
+        ({"consistentHash": {"useSourceIp": False}}, "only true"),
+    ],
+)
+def test_consistent_hash_refusals(balancer: dict[str, object], said: str) -> None:
+    """One key, and either simple or consistentHash."""
+    error = manifest_error(destination_rule_doc(trafficPolicy={"loadBalancer": balancer}))
+    assert said in error.reason
