@@ -67,7 +67,13 @@ class Activator:
         self._since: dict[str, float] = {}  # revision -> first hold of the current activation
 
     async def hold(
-        self, host: str, method: str, path: str, fields: Mapping[str, str], route: Route
+        self,
+        host: str,
+        method: str,
+        path: str,
+        fields: Mapping[str, str],
+        route: Route,
+        query: str = "",
     ) -> Decision:
         """Wait until the request's destination has a ready instance; return its new route
         (decided again on the new snapshot), or the refusal to answer with (or the answer the
@@ -93,7 +99,7 @@ class Activator:
             async with deadline:
                 while True:
                     changed = self.proxy_state.changed
-                    decided = self.proxy_state.decide(host, method, path, fields)
+                    decided = self.proxy_state.decide(host, method, path, fields, query)
                     if not isinstance(decided, Route) or decided.cluster.endpoints:
                         self._activated(revisions, decided)
                         return decided

@@ -180,14 +180,16 @@ class Forwarder:
         return result
 
     async def _forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
-        route = self.proxy_state.decide(req.host, req.method, req.path, req.fields)
+        route = self.proxy_state.decide(req.host, req.method, req.path, req.fields, req.query)
         if (
             isinstance(route, Route)
             and not route.cluster.endpoints
             and route.cluster.revisions
             and self.activator
         ):
-            route = await self.activator.hold(req.host, req.method, req.path, req.fields, route)
+            route = await self.activator.hold(
+                req.host, req.method, req.path, req.fields, route, req.query
+            )
         if isinstance(route, Refusal):
             return route
         if isinstance(route, HTTPRedirect):

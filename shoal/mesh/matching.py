@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from urllib.parse import parse_qsl
 
 from shoal.http.headers import HeaderEdit
 from shoal.mesh.clusters import Cluster, ClusterBuilder
@@ -89,9 +90,13 @@ class MatchBlock:
     method: Check | None = None
     authority: Check | None = None
     headers: tuple[tuple[str, Check | None], ...] = ()
+    query_params: tuple[tuple[str, Check | None], ...] = ()
 
-    def matches(self, path: str, method: str, authority: str, headers: Mapping[str, str]) -> bool:
-        """Whether every condition of the block holds for the request."""
+    def matches(
+        self, path: str, method: str, authority: str, headers: Mapping[str, str], query: str = ""
+    ) -> bool:
+        """Whether every condition of the block holds for the request (``query``: the raw
+        query string, parsed only by a block that matches on it)."""
         if self.uri is not None and not self.uri(path):
             return False
         if self.method is not None and not self.method(method):
@@ -102,6 +107,12 @@ class MatchBlock:
             value = headers.get(name)
             if value is None or (check is not None and not check(value)):
                 return False
+        if self.query_params:
+            params = dict(parse_qsl(query, keep_blank_values=True))
+            for name, check in self.query_params:
+                value = params.get(name)
+                if value is None or (check is not None and not check(value)):
+                    return False
         return True
 
 
@@ -146,6 +157,10 @@ def compile_block(block: HTTPMatchRequest, where: str, result: RouteMatch) -> Ma
         headers=tuple(
             (name.lower(), compile_string_match(check, f"{where}.headers.{name}"))
             for name, check in block.headers
+        ),
+        query_params=tuple(
+            (name, compile_string_match(check, f"{where}.queryParams.{name}"))
+            for name, check in block.query_params
         ),
     )
 

@@ -240,12 +240,14 @@ class ProxyState:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def decide(self, host: str, method: str, path: str, headers: Mapping[str, str]) -> Decision:
+    def decide(
+        self, host: str, method: str, path: str, headers: Mapping[str, str], query: str = ""
+    ) -> Decision:
         """Route ``method host path`` to a cluster on the current snapshot, or say why not, or
         the answer the matched rule gives itself (``redirect``, ``directResponse``)."""
         snapshot = self.snapshot
         table = snapshot.table
-        match = table.resolve(host, method, path, headers)
+        match = table.resolve(host, method, path, headers, query)
         if match is None:
             return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
         action = match.route.redirect or match.route.direct_response

@@ -109,19 +109,19 @@ class RoutingTable:
                 self._exact.setdefault(service, blocks)  # is reached as hello too
 
     def resolve(
-        self, host: str, method: str, path: str, headers: Mapping[str, str]
+        self, host: str, method: str, path: str, headers: Mapping[str, str], query: str = ""
     ) -> RouteMatch | None:
         """The route for a request, or None (no route: answer 404 ``no_route``).
 
         ``host`` is the Host/:authority value (normalised here; authority conditions see it as
-        given), ``path`` excludes the query string, ``headers`` has lower-case names.
+        given), ``path`` excludes the query string (``query``), ``headers`` has lower-case names.
         """
         name = normalize_host(host)
         blocks = self._virtual_service_blocks(name)
         if blocks is None:
             return self._default_route(name)
         for block in blocks:
-            if block.matches(path, method, host, headers):
+            if block.matches(path, method, host, headers, query):
                 return block.result
         return None
 

@@ -125,6 +125,7 @@ class HTTPMatchRequest:
     method: StringMatch | None = None
     authority: StringMatch | None = None
     headers: tuple[tuple[str, StringMatch], ...] = ()
+    query_params: tuple[tuple[str, StringMatch], ...] = ()  # names as written (case matters)
     ignore_uri_case: bool = False
 
 

@@ -75,7 +75,7 @@ _PROTECTED = frozenset(
     "host content-length transfer-encoding connection keep-alive proxy-connection te trailer "
     "upgrade x-shoal-instance x-shoal-cause".split()
 )
-_MATCH = tuple("name uri method authority headers ignoreUriCase".split())
+_MATCH = tuple("name uri method authority headers queryParams ignoreUriCase".split())
 
 _header_name = matching(
     re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"), "an HTTP header name", max_length=256
@@ -195,6 +195,7 @@ def _match(value: object, field: str) -> HTTPMatchRequest:
         method=match.get("method", _string_match),
         authority=match.get("authority", _string_match),
         headers=match.get("headers", _headers, ()),
+        query_params=match.get("queryParams", _query_params, ()),
         ignore_uri_case=match.get("ignoreUriCase", boolean, False),
     )
 
@@ -208,6 +209,12 @@ def _headers(value: object, field: str) -> tuple[tuple[str, StringMatch], ...]:
             raise ManifestError("header is matched twice", field=path, value=key)
         result[name] = _string_match(item, path)
     return tuple(sorted(result.items()))
+
+
+def _query_params(value: object, field: str) -> tuple[tuple[str, StringMatch], ...]:
+    """Query parameter matches by name (as written: query names are case-sensitive)."""
+    matches = ((key, _string_match(item, path)) for key, item, path in entries(value, field))
+    return tuple(sorted(matches, key=lambda pair: pair[0]))
 
 
 def _string_match(value: object, field: str) -> StringMatch:
@@ -465,6 +472,12 @@ def _match_doc(match: HTTPMatchRequest) -> dict[str, object]:
         if value is not None:
             out[key] = _string_match_doc(value)
     put(out, "headers", {name: _string_match_doc(value) for name, value in match.headers}, {})
+    put(
+        out,
+        "queryParams",
+        {name: _string_match_doc(value) for name, value in match.query_params},
+        {},
+    )
     put(out, "ignoreUriCase", match.ignore_uri_case, False)
     return out
 

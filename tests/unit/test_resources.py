@@ -686,9 +686,9 @@ def test_each_class_of_error_names_the_field_and_value(
         (virtual_service_doc({"corsPolicy": {}}), "spec.http[0].corsPolicy"),
         (
             virtual_service_doc(
-                {"match": [{"queryParams": {}}], "route": [{"destination": {"host": "r"}}]}
+                {"match": [{"sourceNamespace": "a"}], "route": [{"destination": {"host": "r"}}]}
             ),
-            "spec.http[0].match[0].queryParams",
+            "spec.http[0].match[0].sourceNamespace",
         ),
         (
             virtual_service_doc(
@@ -1449,3 +1449,17 @@ def test_consistent_hash_refusals(balancer: dict[str, object], said: str) -> Non
     """One key, and either simple or consistentHash."""
     error = manifest_error(destination_rule_doc(trafficPolicy={"loadBalancer": balancer}))
     assert said in error.reason
+
+
+def test_query_params_parse_and_read_back() -> None:
+    """match.queryParams keeps names as written and reads back."""
+    doc = virtual_service_doc(
+        {
+            "match": [{"queryParams": {"User": {"exact": "ana"}, "v": {"regex": "[0-9]+"}}}],
+            "route": [{"destination": {"host": "reviews"}}],
+        }
+    )
+    parsed = parse_document(doc)
+    assert isinstance(parsed, VirtualService)
+    assert [name for name, _ in parsed.http[0].match[0].query_params] == ["User", "v"]
+    assert parse_document(to_document(parsed)) == parsed

@@ -540,3 +540,17 @@ def test_redirect_location_keeps_what_it_does_not_replace(
     """Each part a redirect names is replaced; the query is kept, the port too unless the
     scheme changes without a port given."""
     assert redirect_location(redirect, "http", authority, "/old", "a=1") == location
+
+
+def test_query_params_match_decoded_values_by_exact_name() -> None:
+    """queryParams compare the decoded value of a parameter (its name as written: case
+    matters); a missing parameter does not match; other blocks do not parse the query."""
+    block = HTTPMatchRequest(
+        query_params=(("user", StringMatch(exact="ana b")), ("v", StringMatch(regex="[0-9]+")))
+    )
+    table = routes(rule(to("b"), match=[block]), rule(to("a")))
+    assert target(table.resolve("hello", "GET", "/", {}, "user=ana%20b&v=12")) == "b"
+    assert target(table.resolve("hello", "GET", "/", {}, "user=ana+b&v=1")) == "b"
+    assert target(table.resolve("hello", "GET", "/", {}, "User=ana%20b&v=12")) == "a"
+    assert target(table.resolve("hello", "GET", "/", {}, "user=ana%20b&v=x")) == "a"
+    assert target(table.resolve("hello", "GET", "/", {}, "")) == "a"
