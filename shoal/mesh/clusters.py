@@ -66,6 +66,7 @@ def merge_policy(base: TrafficPolicy, override: TrafficPolicy) -> TrafficPolicy:
         connection_pool=_set_or(override.connection_pool, base.connection_pool),
         failure_threshold=_set_or(override.failure_threshold, base.failure_threshold),
         healthy_threshold=_set_or(override.healthy_threshold, base.healthy_threshold),
+        tls_mode=_set_or(override.tls_mode, base.tls_mode),
     )
 
 

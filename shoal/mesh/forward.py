@@ -429,16 +429,17 @@ class Forwarder:
     ) -> _Attempt:
         authority, tls, peer = endpoint.authority, None, None
         if endpoint.mtls:  # through the instance's node router, which forwards to it
-            tls = self.mesh_tls()
-            if tls is None:
-                raise _NoIdentity
             # The endpoint is from this snapshot, which keeps only instances of live nodes.
             authority = route.snapshot.meshes[endpoint.node]
-            peer = self._node_ids.get(endpoint.node)
-            if peer is None:
-                peer = str(node_id(self.trust_domain, endpoint.node))
-                self._node_ids[endpoint.node] = peer
             headers = [*headers, (INSTANCE, endpoint.key.encode())]
+            if route.cluster.policy.tls_mode != "DISABLE":  # else plaintext, as the rule says
+                tls = self.mesh_tls()
+                if tls is None:
+                    raise _NoIdentity
+                peer = self._node_ids.get(endpoint.node)
+                if peer is None:
+                    peer = str(node_id(self.trust_domain, endpoint.node))
+                    self._node_ids[endpoint.node] = peer
         route.balancer.on_start(endpoint)
         self.proxy_state.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)
         try:

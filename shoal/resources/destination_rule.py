@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Literal
 
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
@@ -56,7 +57,7 @@ LOAD_BALANCERS: Mapping[str, LoadBalancerPolicy] = MappingProxyType(
 
 # The Istio fields Shoal implements, per object; any other key is an error.
 _POLICY_FIELDS = tuple(
-    "loadBalancer outlierDetection connectionPool failureThreshold healthyThreshold".split()
+    "loadBalancer outlierDetection connectionPool failureThreshold healthyThreshold tls".split()
 )
 _OUTLIER_FIELDS = tuple(
     "consecutive5xxErrors consecutiveErrors consecutiveGatewayErrors interval baseEjectionTime "
@@ -110,7 +111,26 @@ def _traffic_policy(value: object, field: str) -> TrafficPolicy:
         connection_pool=policy.get("connectionPool", _connection_pool),
         failure_threshold=policy.get("failureThreshold", integer(1)),
         healthy_threshold=policy.get("healthyThreshold", integer(1)),
+        tls_mode=policy.get("tls", _tls_mode),
     )
+
+
+_TLS_MODES: Mapping[str, Literal["ISTIO_MUTUAL", "DISABLE"]] = MappingProxyType(
+    {"ISTIO_MUTUAL": "ISTIO_MUTUAL", "DISABLE": "DISABLE"}
+)
+
+
+def _tls_mode(value: object, field: str) -> Literal["ISTIO_MUTUAL", "DISABLE"]:
+    tls = Section(value, field, ("mode",))
+    mode = tls.need("mode", string)
+    if mode in ("SIMPLE", "MUTUAL"):
+        raise ManifestError(
+            "TLS with certificates of your own to a destination is not supported by Shoal yet; "
+            "between Shoal's own hops write ISTIO_MUTUAL (what Shoal does by default) or DISABLE",
+            field=tls.at("mode"),
+            value=mode,
+        )
+    return choice(_TLS_MODES)(mode, tls.at("mode"))
 
 
 _HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
@@ -209,6 +229,8 @@ def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
         out["connectionPool"] = _connection_pool_doc(policy.connection_pool)
     put(out, "failureThreshold", policy.failure_threshold)
     put(out, "healthyThreshold", policy.healthy_threshold)
+    if policy.tls_mode is not None:
+        out["tls"] = {"mode": policy.tls_mode}
     return out
 
 

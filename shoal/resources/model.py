@@ -335,6 +335,9 @@ class TrafficPolicy:
 
     load_balancer: LoadBalancerPolicy | None = None  # None: not set here (ROUND_ROBIN overall)
     consistent_hash: ConsistentHash | None = None  # instead of ``load_balancer``
+    # ``tls.mode``: ISTIO_MUTUAL (Shoal's mTLS between proxies, the default) or DISABLE
+    # (plaintext to the instance's node router, which its PeerAuthentication may refuse).
+    tls_mode: Literal["ISTIO_MUTUAL", "DISABLE"] | None = None
     outlier_detection: OutlierDetection | None = None
     connection_pool: ConnectionPool | None = None
     failure_threshold: int | None = None

@@ -353,3 +353,40 @@ spec:
     assert await cluster.client.wait_applied(await cluster.client.config.revision(), 10) == {}
     with pytest.raises(aiohttp.ClientError):
         await call_router(cluster, hello_key, None)
+
+
+@pytest.mark.timeout(60)
+async def test_destination_rule_tls_disable_sends_plaintext(cluster: Cluster) -> None:
+    """``tls.mode: DISABLE`` makes the gateway call hello's node router in plaintext: refused
+    while hello is STRICT (the connection closes: 503/502), served once a PeerAuthentication
+    lets hello take plaintext; ``ISTIO_MUTUAL`` is mTLS again, whatever that policy says."""
+    await cluster.client.apply(parse_text(SERVICES.split("---")[0]))
+    await cluster.instances(lambda f: len(ready(f, "hello")) == 2)
+
+    async def status_with(manifest: str) -> tuple[int, str]:
+        applied = await cluster.client.apply(parse_text(manifest))
+        assert await cluster.client.wait_applied(applied.revision, timeout=10) == {}
+        async with aiohttp.ClientSession() as s:
+            async with s.get(cluster.gateway_url + "/", headers={"Host": "hello"}) as r:
+                return r.status, r.headers.get("x-shoal-cause", "")
+
+    rule = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hello}
+spec:
+  host: hello
+  trafficPolicy: {tls: {mode: %s}}
+"""
+    status, cause = await status_with(rule % "DISABLE")
+    assert status in (502, 503) and cause.startswith("upstream_"), (status, cause)
+    permissive = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: hello-permissive}
+spec:
+  selector: {matchLabels: {app: hello}}
+  mtls: {mode: PERMISSIVE}
+"""
+    assert await status_with(permissive) == (200, "")
+    assert await status_with(rule % "ISTIO_MUTUAL") == (200, "")

@@ -1463,3 +1463,19 @@ def test_query_params_parse_and_read_back() -> None:
     assert isinstance(parsed, VirtualService)
     assert [name for name, _ in parsed.http[0].match[0].query_params] == ["User", "v"]
     assert parse_document(to_document(parsed)) == parsed
+
+
+def test_destination_rule_tls_mode() -> None:
+    """tls.mode ISTIO_MUTUAL and DISABLE read back; SIMPLE/MUTUAL (certificates of one's own)
+    are refused saying what to write instead."""
+    for mode in ("ISTIO_MUTUAL", "DISABLE"):
+        rule = parse_document(destination_rule_doc(trafficPolicy={"tls": {"mode": mode}}))
+        assert isinstance(rule, DestinationRule) and rule.traffic_policy.tls_mode == mode
+        assert parse_document(to_document(rule)) == rule
+    error = manifest_error(
+        destination_rule_doc(trafficPolicy={"tls": {"mode": "SIMPLE", "sni": "x"}})
+    )
+    assert error.field == "spec.trafficPolicy.tls.sni"  # (an unknown field is named first)
+    error = manifest_error(destination_rule_doc(trafficPolicy={"tls": {"mode": "MUTUAL"}}))
+    assert (error.field, error.value) == ("spec.trafficPolicy.tls.mode", "MUTUAL")
+    assert "ISTIO_MUTUAL" in error.reason
