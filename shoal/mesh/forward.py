@@ -38,6 +38,7 @@ from shoal.http.refusal import (
     Refusal,
 )
 from shoal.identity.spiffe import node_id
+from shoal.mesh import cors
 from shoal.mesh.activation import Activator
 from shoal.mesh.clusters import Cluster
 from shoal.mesh.hashing import hash_key, new_cookie, set_cookie
@@ -198,6 +199,12 @@ class Forwarder:
         if isinstance(route, HTTPDirectResponse):
             kind = b"text/plain; charset=utf-8" if route.text else b"application/octet-stream"
             return Direct(route.status, [(b"content-type", kind)] if route.body else [], route.body)
+        policy, origin = route.match.route.cors, req.fields.get("origin")
+        if policy is not None and origin is not None and cors.allows(policy, origin):
+            if req.method == "OPTIONS" and "access-control-request-method" in req.fields:
+                return Direct(200, cors.preflight_headers(policy, origin))  # never forwarded
+            edits = (*route.response_edits, cors.answer_edit(policy, origin))
+            route = replace(route, response_edits=edits)
         fault = route.match.route.fault
         if fault is not None:
             if fault.delay is not None and self.rng.random() * 100 < fault.delay.percentage:

@@ -251,6 +251,18 @@ class HTTPDirectResponse:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CorsPolicy:
+    """Istio's ``corsPolicy``: which cross-origin callers a browser may let read the answer."""
+
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None
+    allow_credentials: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRoute:
     """One ``http[]`` rule: matches (OR of blocks; empty matches everything) and where to go."""
 
@@ -266,6 +278,7 @@ class HTTPRoute:
     headers: HeaderRules | None = None
     redirect: HTTPRedirect | None = None  # instead of ``route``
     direct_response: HTTPDirectResponse | None = None  # instead of ``route``
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

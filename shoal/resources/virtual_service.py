@@ -36,6 +36,7 @@ from shoal.resources.fields import (
     text,
 )
 from shoal.resources.model import (
+    CorsPolicy,
     Destination,
     Fault,
     FaultAbort,
@@ -68,7 +69,7 @@ RETRY_CONDITIONS = frozenset(
 # The Istio fields Shoal implements, per object; any other key is an error.
 _HTTP_ROUTE = tuple(
     "name match route timeout retries fault rewrite mirror mirrorPercentage headers redirect "
-    "directResponse".split()
+    "directResponse corsPolicy".split()
 )
 # Fields a route may not change: the framing and the connection's, and what routing needs.
 _PROTECTED = frozenset(
@@ -130,7 +131,34 @@ def _http_route(value: object, field: str) -> HTTPRoute:
         headers=rule.get("headers", _header_rules),
         redirect=redirect,
         direct_response=direct,
+        cors=rule.get("corsPolicy", _cors),
     )
+
+
+_OLD_ORIGIN = (
+    "deprecated in Istio and not read by Shoal: write allowOrigins, a list of exact/prefix/regex "
+    "matches"
+)
+
+
+def _cors(value: object, field: str) -> CorsPolicy:
+    cors = Section(
+        value,
+        field,
+        "allowOrigins allowMethods allowHeaders exposeHeaders maxAge allowCredentials".split(),
+        {"allowOrigin": _OLD_ORIGIN},
+    )
+    return CorsPolicy(
+        allow_origins=cors.get("allowOrigins", list_of(_string_match), ()),
+        allow_methods=cors.get("allowMethods", list_of(_method), ()),
+        allow_headers=cors.get("allowHeaders", list_of(_header_name), ()),
+        expose_headers=cors.get("exposeHeaders", list_of(_header_name), ()),
+        max_age=cors.get("maxAge", parse_duration),
+        allow_credentials=cors.get("allowCredentials", boolean, False),
+    )
+
+
+_method = matching(re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"), "an HTTP method", max_length=32)
 
 
 def _redirect(value: object, field: str) -> HTTPRedirect:
@@ -421,6 +449,15 @@ def _http_route_doc(rule: HTTPRoute) -> dict[str, object]:
         put(out, "mirrorPercentage", {"value": rule.mirror_percentage}, {"value": 100.0})
     if rule.headers is not None:
         out["headers"] = _header_rules_doc(rule.headers)
+    if rule.cors is not None:
+        cors: dict[str, object] = {}
+        put(cors, "allowOrigins", [_string_match_doc(m) for m in rule.cors.allow_origins], [])
+        put(cors, "allowMethods", list(rule.cors.allow_methods), [])
+        put(cors, "allowHeaders", list(rule.cors.allow_headers), [])
+        put(cors, "exposeHeaders", list(rule.cors.expose_headers), [])
+        put_duration(cors, "maxAge", rule.cors.max_age)
+        put(cors, "allowCredentials", rule.cors.allow_credentials, False)
+        out["corsPolicy"] = cors
     if rule.redirect is not None:
         redirect: dict[str, object] = {}
         put(redirect, "uri", rule.redirect.uri)

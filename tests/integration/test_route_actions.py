@@ -34,6 +34,15 @@ spec:
   - match: [{uri: {prefix: /dead}}]
     route: [{destination: {host: echo}}]
     mirror: {host: gone}
+  - match: [{uri: {prefix: /api}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://app.example.com"}, {regex: "https://[a-z]+[.]example[.]org"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-backend]
+      maxAge: 24h
+      allowCredentials: true
+    route: [{destination: {host: echo}}]
   - match: [{uri: {prefix: /moved}}]
     redirect: {uri: /new, authority: new.example.com, redirectCode: 308}
   - match: [{uri: {prefix: /secure}}]
@@ -154,3 +163,36 @@ async def test_redirect_and_direct_response_never_reach_an_instance(
             )
             assert await answer("/teapot") == (418, "", "short and stout")
         assert one.seen == []
+
+
+async def test_cors_policy(gateway: Gateway, redis: Redis, keys: Keys) -> None:
+    """An allowed origin's preflight is answered by the gateway (never forwarded) and its
+    requests' answers carry the CORS headers; another origin's requests and preflights are
+    forwarded untouched (the browser then refuses the answer)."""
+    async with echo_backend("one") as one:
+        await Registry(redis, keys).put_instances([one.endpoint("echo", "v1")], ttl=60)
+        await gateway.client.apply(parse_text(ROUTES))
+        await gateway.settle()
+        async with aiohttp.ClientSession() as s:
+
+            async def call(method: str, origin: str, **extra: str) -> tuple[int, dict[str, str]]:
+                headers = {"Host": "echo", "Origin": origin, **extra}
+                async with s.request(method, gateway.url + "/api/x", headers=headers) as r:
+                    return r.status, {k.lower(): v for k, v in r.headers.items()}
+
+            ask = {"Access-Control-Request-Method": "POST"}
+            status, headers = await call("OPTIONS", "https://app.example.com", **ask)
+            assert status == 200 and one.seen == []
+            assert headers["access-control-allow-origin"] == "https://app.example.com"
+            assert headers["access-control-allow-methods"] == "GET,POST"
+            assert headers["access-control-allow-headers"] == "x-token"
+            assert headers["access-control-max-age"] == "86400"
+            assert headers["access-control-allow-credentials"] == "true"
+            status, headers = await call("GET", "https://shop.example.org")
+            assert status == 200
+            assert headers["access-control-allow-origin"] == "https://shop.example.org"
+            assert headers["access-control-expose-headers"] == "x-backend"
+            status, headers = await call("GET", "https://evil.example.net")
+            assert status == 200 and "access-control-allow-origin" not in headers
+            await call("OPTIONS", "https://evil.example.net", **ask)
+        assert [r["method"] for r in one.seen] == ["GET", "GET", "OPTIONS"]

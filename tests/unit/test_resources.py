@@ -683,7 +683,7 @@ def test_each_class_of_error_names_the_field_and_value(
         (service_doc(replicas=3), "spec.replicas"),
         (service_doc(scale={"targetConcurrency": 5}), "spec.scale.targetConcurrency"),
         (virtual_service_doc(tcp=[]), "spec.tcp"),
-        (virtual_service_doc({"corsPolicy": {}}), "spec.http[0].corsPolicy"),
+        (virtual_service_doc({"delegate": {}}), "spec.http[0].delegate"),
         (
             virtual_service_doc(
                 {"match": [{"sourceNamespace": "a"}], "route": [{"destination": {"host": "r"}}]}
@@ -1479,3 +1479,22 @@ def test_destination_rule_tls_mode() -> None:
     error = manifest_error(destination_rule_doc(trafficPolicy={"tls": {"mode": "MUTUAL"}}))
     assert (error.field, error.value) == ("spec.trafficPolicy.tls.mode", "MUTUAL")
     assert "ISTIO_MUTUAL" in error.reason
+
+
+def test_cors_policy_parses_and_reads_back() -> None:
+    """corsPolicy reads back; Istio's deprecated allowOrigin says to write allowOrigins."""
+    cors = {
+        "allowOrigins": [{"exact": "https://a.example"}, {"prefix": "https://b."}],
+        "allowMethods": ["GET"],
+        "allowHeaders": ["x-token"],
+        "exposeHeaders": ["x-id"],
+        "maxAge": "1h",
+        "allowCredentials": True,
+    }
+    rule = {"corsPolicy": cors, "route": [{"destination": {"host": "reviews"}}]}
+    parsed = parse_document(virtual_service_doc(rule))
+    assert parse_document(to_document(parsed)) == parsed
+    rule = {"corsPolicy": {"allowOrigin": ["*"]}, "route": [{"destination": {"host": "r"}}]}
+    error = manifest_error(virtual_service_doc(rule))
+    assert error.field == "spec.http[0].corsPolicy.allowOrigin"
+    assert "write allowOrigins" in error.reason
