@@ -53,6 +53,13 @@ async def router_refusal(response: UpstreamResponse) -> Refusal | None:
 
 
 _SHORT = 1024  # bytes of a refusal's text kept
+WHOLE_UP_TO = 64 * 1024
+"""Bytes of body (by Content-Length) up to which an answer is relayed whole (see relay)."""
+
+
+def _length(fields: Headers) -> int | None:
+    value = next((v for n, v in fields if n == b"content-length"), None)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def relay(
@@ -68,9 +75,16 @@ async def relay(
     if upstream.status == 101 and exchange.upgrade:  # a WebSocket accepted: the client switches too
         fields = [*fields, *WEBSOCKET_UPGRADE]
         tunnel = Frames()
+    # A small answer of known length leaves whole, even when its head and body arrive apart: a
+    # network cut between them then costs the next hop no answer at all (it may retry) rather
+    # than a head whose body never comes. Anything else streams: what is at hand goes out
+    # before waiting for more.
+    length = _length(fields)
+    whole = tunnel is None and length is not None and length <= WHOLE_UP_TO
+    before_wait = None if whole else exchange.flush
     try:
         await exchange.start(upstream.status, fields)
-        while (chunk := await upstream.piece(before_wait=exchange.flush)) is not None:
+        while (chunk := await upstream.piece(before_wait=before_wait)) is not None:
             if tunnel is not None:
                 tunnel.feed(chunk)
             await exchange.write(chunk)

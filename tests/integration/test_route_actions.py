@@ -74,6 +74,7 @@ def nowhere() -> Endpoint:
         address="127.0.0.1",
         port=free_port(),
         labels=(("app", "gone"), ("version", "v1")),
+        state="ready",
     )
 
 
