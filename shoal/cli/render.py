@@ -32,9 +32,9 @@ def applied(a: Applied) -> None:
 
 
 def documents(docs: list[dict[str, Any]]) -> None:
-    """A table of stored documents: kind, name, and a one-line summary."""
+    """A table of stored documents: kind, name, a one-line summary and the labels."""
     table = Table(box=None, pad_edge=False)
-    for col in ("KIND", "NAME", "SUMMARY"):
+    for col in ("KIND", "NAME", "SUMMARY", "LABELS"):
         table.add_column(col)
     for d in docs:
         spec = d.get("spec", {})
@@ -51,7 +51,9 @@ def documents(docs: list[dict[str, Any]]) -> None:
             summary = f"mtls={spec.get('mtls', {}).get('mode', 'UNSET')}"
         else:
             summary = f"action={spec.get('action', 'ALLOW')} rules={len(spec.get('rules', []))}"
-        table.add_row(d["kind"], name, summary)
+        labels = d["metadata"].get("labels", {})
+        shown = ",".join(f"{k}={v}" for k, v in labels.items()) or "-"
+        table.add_row(d["kind"], name, summary, shown)
     console.print(table)
 
 

@@ -184,3 +184,18 @@ def test_up_with_a_taken_port_starts_nothing(
     assert result.exit_code == 5
     assert f"gateway port {port}" in one_line_error(result)
     assert not (home / "redis.url").exists()
+
+
+def test_get_shows_labels(shoal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A resource's metadata labels are kept and shown by get (table and JSON)."""
+    manifest = tmp_path / "vs.yaml"
+    manifest.write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: hello, namespace: default, labels: {team: demo}}\n"
+        "spec: {hosts: [hello], http: [{route: [{destination: {host: hello}}]}]}\n"
+    )
+    assert shoal("apply", "-f", str(manifest)).exit_code == 0
+    table = shoal("get", "vs").output
+    assert "LABELS" in table and "team=demo" in table
+    [doc] = json.loads(shoal("get", "vs", "hello", "-o", "json").output)
+    assert doc["metadata"]["labels"] == {"team": "demo"}
