@@ -58,7 +58,7 @@ from shoal.mesh.h2server import refuse_stream
 if TYPE_CHECKING:
     from shoal.gateway.hypercorn_h2 import EdgeH2Protocol
 
-__all__ = ["H2Stream", "Handler", "extended_connect"]
+__all__ = ["H2Stream", "Handler", "pseudo_headers", "refused_connect"]
 
 GOODBYE_TIMEOUT = 1.0
 """Seconds the closing frame of a tunnel may wait for the client's flow-control window."""
@@ -66,13 +66,20 @@ GOODBYE_TIMEOUT = 1.0
 _WEBSOCKET_LEFT_OUT = HOP_BY_HOP | {b"sec-websocket-accept"}
 
 
-def extended_connect(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The ``:protocol`` of an HTTP/2 CONNECT request (None for another request); ``b""`` for
-    a CONNECT without one (a TCP tunnel, which the gateway does not open)."""
-    pseudo = {n: v for n, v in headers if n.startswith(b":")}
-    if pseudo.get(b":method") != b"CONNECT":
-        return None
-    return pseudo.get(b":protocol", b"")
+def pseudo_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """A request's pseudo-header fields (``:method``, ``:path``…: they come first)."""
+    pseudo = {}
+    for name, value in headers:
+        if not name.startswith(b":"):
+            break
+        pseudo[name] = value
+    return pseudo
+
+
+def refused_connect(pseudo: dict[bytes, bytes]) -> bool:
+    """Whether the request is a CONNECT for anything but a WebSocket (a TCP tunnel, another
+    ``:protocol``): the gateway opens none."""
+    return pseudo.get(b":method") == b"CONNECT" and pseudo.get(b":protocol") != b"websocket"
 
 
 Handler = Callable[["H2Stream"], Awaitable[None]]
@@ -89,6 +96,7 @@ class H2Stream:
         self,
         protocol: EdgeH2Protocol,
         request: Request,
+        pseudo: dict[bytes, bytes],
         ended: bool,
         handler: Handler,
         tunnels: Server,
@@ -98,7 +106,6 @@ class H2Stream:
         self.handler = handler
         self.tunnels = tunnels  # the HTTP/1.1 server that watches a WebSocket as its own
         headers = request.headers
-        pseudo = {n: v for n, v in headers if n.startswith(b":")}
         fields = [(b"host", pseudo.get(b":authority", b""))]
         fields += [(n, v) for n, v in headers if not n.startswith(b":") and n != b"host"]
         self.upgrade = pseudo.get(b":protocol") == b"websocket"  # its body is the tunnel's bytes

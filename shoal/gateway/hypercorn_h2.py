@@ -30,7 +30,7 @@ from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from priority.priority import DeadlockError, DuplicateStreamError
 
 from shoal.gateway.flood import FloodGuard, Frame
-from shoal.gateway.h2_stream import H2Stream, extended_connect
+from shoal.gateway.h2_stream import H2Stream, pseudo_headers, refused_connect
 from shoal.gateway.hypercorn_edge import EdgeConfig
 from shoal.http.refusal import BAD_PATH, NOT_IMPLEMENTED, Refusal
 
@@ -145,9 +145,6 @@ class EdgeH2Protocol(H2Protocol):
                     # hypercorn would fail decoding it (a traceback, the connection dropped)
                     self._refuse_stream(event.stream_id, BAD_PATH_REFUSAL)
                     continue  # the stream's DATA, if any, is refused as late data
-                if extended_connect(event.headers) not in (None, b"websocket"):
-                    self._refuse_stream(event.stream_id, CONNECT_REFUSAL)
-                    continue
                 opened.add(event.stream_id)
             kept.append(event)
         await self._dispatch(kept)
@@ -182,6 +179,10 @@ class EdgeH2Protocol(H2Protocol):
             await super()._create_stream(request)
             return
         stream_id = request.stream_id
+        pseudo = pseudo_headers(request.headers)
+        if refused_connect(pseudo):
+            self._refuse_stream(stream_id, CONNECT_REFUSAL)  # hypercorn never sees it: its
+            return  # DATA, if any, is refused as late data
         event = Request(
             stream_id=stream_id,
             headers=request.headers,
@@ -191,7 +192,7 @@ class EdgeH2Protocol(H2Protocol):
             state=self.connection_state,
         )
         ended = request.stream_ended is not None
-        stream = H2Stream(self, event, ended, config.h2, config.h1)
+        stream = H2Stream(self, event, pseudo, ended, config.h2, config.h1)
         self.streams[stream_id] = stream  # type: ignore[assignment]
         self.stream_buffers[stream_id] = StreamBuffer(self.context.event_class)
         try:

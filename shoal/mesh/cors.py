@@ -10,24 +10,19 @@ allowed methods, headers and max age; any other request is forwarded and its ans
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 
 from shoal.http.headers import HeaderEdit
-from shoal.mesh.matching import Check, compile_string_match
+from shoal.mesh.matching import Check
 from shoal.resources.model import CorsPolicy
 
 __all__ = ["allows", "answer_edit", "preflight_headers"]
 
 
-@functools.lru_cache(maxsize=256)
-def _origins(policy: CorsPolicy) -> tuple[Check, ...]:
-    checks = (compile_string_match(m, "corsPolicy.allowOrigins") for m in policy.allow_origins)
-    return tuple(check for check in checks if check is not None)
-
-
-def allows(policy: CorsPolicy, origin: str) -> bool:
-    """Whether ``origin`` is one the policy lets read answers."""
-    return any(check(origin) for check in _origins(policy))
+def allows(origins: Sequence[Check], origin: str) -> bool:
+    """Whether ``origin`` is one the policy lets read answers (``origins``: its
+    ``allowOrigins``, compiled with the routing snapshot)."""
+    return any(check(origin) for check in origins)
 
 
 def preflight_headers(policy: CorsPolicy, origin: str) -> list[tuple[bytes, bytes]]:

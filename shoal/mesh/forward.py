@@ -68,12 +68,19 @@ def _target(req: Outbound, route: Route) -> str:
     return req.raw_target
 
 
-def shadow_authority(authority: str) -> str:
-    """Envoy's Host for a mirrored copy: ``-shadow`` after the host name, before any port."""
+def _split(authority: str) -> tuple[str, str]:
+    """``host:port`` as (host, port); the port is ``""`` when there is none (an IPv6 literal
+    keeps its brackets)."""
     host, colon, port = authority.rpartition(":")
     if colon and port.isdigit() and not authority.endswith("]"):
-        return f"{host}-shadow:{port}"
-    return f"{authority}-shadow"
+        return host, port
+    return authority, ""
+
+
+def shadow_authority(authority: str) -> str:
+    """Envoy's Host for a mirrored copy: ``-shadow`` after the host name, before any port."""
+    host, port = _split(authority)
+    return f"{host}-shadow" + (f":{port}" if port else "")
 
 
 class _NoIdentity(Exception):
@@ -122,9 +129,7 @@ def redirect_location(
 ) -> str:
     """Where ``redirect`` sends a request for ``scheme://authority/path?query``: each part
     it names replaced, the rest kept (the port too, unless the scheme or the port changes)."""
-    host, colon, port = authority.rpartition(":")
-    if not colon or not port.isdigit() or authority.endswith("]"):
-        host, port = authority, ""
+    host, port = _split(authority)
     new_scheme = redirect.scheme or scheme
     if redirect.port is not None:
         port = str(redirect.port)
@@ -199,8 +204,10 @@ class Forwarder:
         if isinstance(route, HTTPDirectResponse):
             kind = b"text/plain; charset=utf-8" if route.text else b"application/octet-stream"
             return Direct(route.status, [(b"content-type", kind)] if route.body else [], route.body)
-        policy, origin = route.match.route.cors, req.fields.get("origin")
-        if policy is not None and origin is not None and cors.allows(policy, origin):
+        origin = req.fields.get("origin")
+        if origin is not None and cors.allows(route.match.cors_origins, origin):
+            policy = route.match.route.cors
+            assert policy is not None  # (the origins are its)
             if req.method == "OPTIONS" and "access-control-request-method" in req.fields:
                 return Direct(200, cors.preflight_headers(policy, origin))  # never forwarded
             edits = (*route.response_edits, cors.answer_edit(policy, origin))

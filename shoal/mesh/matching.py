@@ -42,6 +42,7 @@ class RouteMatch:
     # Per destination (parallel to ``clusters``): the header edits of the request sent and of
     # the response returned, the route's then the destination's; empty when none are set.
     edits: tuple[tuple[tuple[HeaderEdit, ...], tuple[HeaderEdit, ...]], ...] = ()
+    cors_origins: tuple[Check, ...] = ()  # the route's corsPolicy.allowOrigins, compiled
 
     @property
     def matched_prefix(self) -> str | None:
@@ -179,6 +180,16 @@ def _edits(route: HTTPRoute) -> tuple[tuple[tuple[HeaderEdit, ...], tuple[Header
     )
 
 
+def _origins(route: HTTPRoute, where: str) -> tuple[Check, ...]:
+    if route.cors is None:
+        return ()
+    checks = (
+        compile_string_match(match, f"{where}.corsPolicy.allowOrigins[{i}]")
+        for i, match in enumerate(route.cors.allow_origins)
+    )
+    return tuple(check for check in checks if check is not None)
+
+
 def compile_virtual_service(vs: VirtualService, clusters: ClusterBuilder) -> tuple[MatchBlock, ...]:
     """The VirtualService's match blocks flattened in order (the first to match wins), their
     destinations resolved by ``clusters``."""
@@ -195,6 +206,7 @@ def compile_virtual_service(vs: VirtualService, clusters: ClusterBuilder) -> tup
             weights=weights,
             mirror=mirror,
             edits=_edits(route),
+            cors_origins=_origins(route, f"VirtualService {vs.name}: http[{index}]"),
         )
         if not route.match:
             blocks.append(MatchBlock(result))
