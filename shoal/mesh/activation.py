@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from shoal.http.refusal import ACTIVATION_OVERFLOW, COLD_START_TIMEOUT, Refusal
 from shoal.mesh.proxy_state import Decision, ProxyState, Route
@@ -66,18 +66,10 @@ class Activator:
         self._asked: dict[str, float] = {}  # revision -> when last asked
         self._since: dict[str, float] = {}  # revision -> first hold of the current activation
 
-    async def hold(
-        self,
-        host: str,
-        method: str,
-        path: str,
-        fields: Mapping[str, str],
-        route: Route,
-        query: str = "",
-    ) -> Decision:
+    async def hold(self, route: Route, decide: Callable[[], Decision]) -> Decision:
         """Wait until the request's destination has a ready instance; return its new route
-        (decided again on the new snapshot), or the refusal to answer with (or the answer the
-        route gives itself, if the routing changed meanwhile)."""
+        (``decide`` again on the new snapshot), or the refusal to answer with (or the answer
+        the route gives itself, if the routing changed meanwhile)."""
         cluster = route.cluster
         service = cluster.service
         if self.held.get(service, 0) >= self.queue_limit:
@@ -99,7 +91,7 @@ class Activator:
             async with deadline:
                 while True:
                     changed = self.proxy_state.changed
-                    decided = self.proxy_state.decide(host, method, path, fields, query)
+                    decided = decide()
                     if not isinstance(decided, Route) or decided.cluster.endpoints:
                         self._activated(revisions, decided)
                         return decided

@@ -15,7 +15,9 @@ matches when any of its values does, a ``not`` list when none does.
 
 Values match as Istio's do: exactly ``*`` matches any (present) value, ``*x`` is a suffix match,
 ``x*`` a prefix match, anything else is exact and case-sensitive. Principals are compared
-without the ``spiffe://`` scheme (see :mod:`shoal.resources.security`); a caller with no
+without the ``spiffe://`` scheme (see :mod:`shoal.resources.security`); Istio's
+service-account principals (``<td>/ns/default/sa/<account>``) stand for the Shoal IDs
+(``<td>/svc/<service>``) of the services that run as that account; a caller with no
 identity (plaintext, ``principal=None``) matches no ``principals`` list and so is never
 excluded by ``notPrincipals``. Paths are matched without their query string and must be the
 normalised path that is also forwarded.
@@ -26,7 +28,8 @@ does set look-ups and ``startswith``/``endswith`` on tuples, nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -156,10 +159,37 @@ def _strip_scheme(value: str) -> str:
     return value[len(SCHEME) :] if value.startswith(SCHEME) else value
 
 
-def _compile_source(source: model.Source) -> _Source:
+Accounts = Mapping[str, Collection[str]]
+"""Service account -> the services that run as it (``Service.service_account``)."""
+
+_ACCOUNT = re.compile(r"(?P<head>[^/]*)/ns/default/sa/(?P<account>[^/]*)")
+
+
+def _as_services(principal: str, accounts: Accounts) -> tuple[str, ...]:
+    """``principal`` with Istio's service-account form (``<td>/ns/default/sa/<account>``, also
+    ``*/ns/default/sa/<account>`` and ``<td>/ns/default/sa/*``) turned into the Shoal IDs of
+    the services running as that account (``<td>/svc/<service>``); any other principal, and
+    one naming an account no service runs as (it matches no caller), as it is."""
+    found = _ACCOUNT.fullmatch(principal)
+    if found is None:
+        return (principal,)
+    head, account = found["head"], found["account"]
+    if account == "*":
+        return (f"{head}/svc/*",)
+    services = sorted(accounts.get(account, ()))
+    return tuple(f"{head}/svc/{service}" for service in services) or (principal,)
+
+
+def _principals(principals: tuple[str, ...], accounts: Accounts) -> _Values | None:
+    return _values(
+        tuple(found for p in principals for found in _as_services(_strip_scheme(p), accounts))
+    )
+
+
+def _compile_source(source: model.Source, accounts: Accounts) -> _Source:
     return _Source(
-        principals=_values(tuple(_strip_scheme(p) for p in source.principals)),
-        not_principals=_values(tuple(_strip_scheme(p) for p in source.not_principals)),
+        principals=_principals(source.principals, accounts),
+        not_principals=_principals(source.not_principals, accounts),
     )
 
 
@@ -172,18 +202,18 @@ def _compile_operation(operation: model.Operation) -> _Operation:
     )
 
 
-def _compile_rule(rule: model.Rule) -> _Rule:
+def _compile_rule(rule: model.Rule, accounts: Accounts) -> _Rule:
     return _Rule(
-        sources=tuple(_compile_source(source) for source in rule.from_),
+        sources=tuple(_compile_source(source, accounts) for source in rule.from_),
         operations=tuple(_compile_operation(operation) for operation in rule.to),
     )
 
 
-def _compile(policy: model.AuthorizationPolicy) -> _Policy:
+def _compile(policy: model.AuthorizationPolicy, accounts: Accounts) -> _Policy:
     return _Policy(
         name=policy.name,
         selector=policy.match_labels,
-        rules=tuple(_compile_rule(rule) for rule in policy.rules),
+        rules=tuple(_compile_rule(rule, accounts) for rule in policy.rules),
     )
 
 
@@ -265,12 +295,16 @@ class Authorizer:
         return self.for_workload(target_labels).check(principal, method, path)
 
 
-def compile_policies(policies: Iterable[model.AuthorizationPolicy]) -> Authorizer:
-    """An :class:`Authorizer` for ``policies`` (validated model values)."""
+def compile_policies(
+    policies: Iterable[model.AuthorizationPolicy], accounts: Accounts | None = None
+) -> Authorizer:
+    """An :class:`Authorizer` for ``policies`` (validated model values); service-account
+    principals match the services ``accounts`` says run as them."""
     ordered = sorted(policies, key=lambda policy: policy.name)
+    accounts = accounts or {}
     return Authorizer(
-        tuple(_compile(p) for p in ordered if p.action == "DENY"),
-        tuple(_compile(p) for p in ordered if p.action == "ALLOW"),
+        tuple(_compile(p, accounts) for p in ordered if p.action == "DENY"),
+        tuple(_compile(p, accounts) for p in ordered if p.action == "ALLOW"),
     )
 
 

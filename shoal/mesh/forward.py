@@ -21,10 +21,11 @@ all attempts together, bodies included; ``perTryTimeout`` bounds each attempt's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from shoal.http import grpc
@@ -42,8 +43,9 @@ from shoal.mesh import cors
 from shoal.mesh.activation import Activator
 from shoal.mesh.clusters import Cluster
 from shoal.mesh.hashing import hash_key, new_cookie, set_cookie
+from shoal.mesh.matching import NO_LABELS
 from shoal.mesh.outcome import Outcome, classify
-from shoal.mesh.proxy_state import ClusterState, ProxyState, Route
+from shoal.mesh.proxy_state import ClusterState, Decision, ProxyState, Route
 from shoal.mesh.replay import Replay
 from shoal.mesh.retry import RetryPolicy, attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
@@ -163,8 +165,10 @@ class Forwarder:
         buffer_limit: int = BUFFER_LIMIT,
         mesh_tls: Callable[[], ssl.SSLContext | None] = lambda: None,
         activator: Activator | None = None,
+        source: Mapping[str, str] = NO_LABELS,
     ) -> None:
         self.proxy_state = proxy_state
+        self.source = source  # the labels of the workload whose calls this forwards
         self.upstreams = upstreams
         self.mesh_tls = mesh_tls  # the client context presenting this caller's identity
         # A node's router must present its node's SPIFFE ID: by node, computed once.
@@ -185,17 +189,19 @@ class Forwarder:
             refusals[result.cause] = refusals.get(result.cause, 0) + 1
         return result
 
+    def _decide(self, req: Outbound) -> Decision:
+        state = self.proxy_state
+        return state.decide(req.host, req.method, req.path, req.fields, req.query, self.source)
+
     async def _forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
-        route = self.proxy_state.decide(req.host, req.method, req.path, req.fields, req.query)
+        route = self._decide(req)
         if (
             isinstance(route, Route)
             and not route.cluster.endpoints
             and route.cluster.revisions
             and self.activator
         ):
-            route = await self.activator.hold(
-                req.host, req.method, req.path, req.fields, route, req.query
-            )
+            route = await self.activator.hold(route, functools.partial(self._decide, req))
         if isinstance(route, Refusal):
             return route
         if isinstance(route, HTTPRedirect):
@@ -468,6 +474,7 @@ class Forwarder:
                 tls=tls,
                 peer=peer,
                 tunnel=req.upgrade,
+                settings=route.cluster.policy.connection_pool,
             )
         except UpstreamError as e:
             self._finished(route, endpoint)

@@ -21,6 +21,9 @@ from shoal.resources.model import HTTPMatchRequest, HTTPRoute, StringMatch, Virt
 Check = Callable[[str], bool]
 """A compiled condition on one string of the request."""
 
+NO_LABELS: Mapping[str, str] = {}
+"""The labels of a caller that is no workload (the gateway)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteMatch:
@@ -92,12 +95,23 @@ class MatchBlock:
     authority: Check | None = None
     headers: tuple[tuple[str, Check | None], ...] = ()
     query_params: tuple[tuple[str, Check | None], ...] = ()
+    source_labels: tuple[tuple[str, str], ...] = ()
 
     def matches(
-        self, path: str, method: str, authority: str, headers: Mapping[str, str], query: str = ""
+        self,
+        path: str,
+        method: str,
+        authority: str,
+        headers: Mapping[str, str],
+        query: str = "",
+        source: Mapping[str, str] = NO_LABELS,
     ) -> bool:
         """Whether every condition of the block holds for the request (``query``: the raw
-        query string, parsed only by a block that matches on it)."""
+        query string, parsed only by a block that matches on it; ``source``: the calling
+        workload's labels)."""
+        for label, wanted in self.source_labels:
+            if source.get(label) != wanted:
+                return False
         if self.uri is not None and not self.uri(path):
             return False
         if self.method is not None and not self.method(method):
@@ -163,6 +177,7 @@ def compile_block(block: HTTPMatchRequest, where: str, result: RouteMatch) -> Ma
             (name, compile_string_match(check, f"{where}.queryParams.{name}"))
             for name, check in block.query_params
         ),
+        source_labels=block.source_labels,
     )
 
 

@@ -27,7 +27,7 @@ from shoal.mesh.breaker import Breaker
 from shoal.mesh.clusters import Cluster, ClusterKey
 from shoal.mesh.hashing import rendezvous
 from shoal.mesh.load import LoadMeter
-from shoal.mesh.matching import RouteMatch
+from shoal.mesh.matching import NO_LABELS, RouteMatch
 from shoal.mesh.outlier import OutlierDetector
 from shoal.mesh.retry import RetryBudget, RetryPolicy, effective
 from shoal.mesh.routing import RoutingTable
@@ -95,9 +95,14 @@ def table_from_view(
 
 
 def authorizer_from_view(view: View, stored: StoredResources) -> Authorizer:
-    """The view's AuthorizationPolicies, compiled."""
+    """The view's AuthorizationPolicies, compiled with its services' accounts."""
     docs = stored.parse("AuthorizationPolicy", view.documents("AuthorizationPolicy"))
-    return compile_policies(r for r in docs.values() if isinstance(r, AuthorizationPolicy))
+    accounts: dict[str, set[str]] = {}
+    for service in stored.parse("Service", view.documents("Service")).values():
+        if isinstance(service, Service):
+            accounts.setdefault(service.service_account, set()).add(service.name)
+    policies = (r for r in docs.values() if isinstance(r, AuthorizationPolicy))
+    return compile_policies(policies, accounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +246,20 @@ class ProxyState:
         self.changed = asyncio.Event()
 
     def decide(
-        self, host: str, method: str, path: str, headers: Mapping[str, str], query: str = ""
+        self,
+        host: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        query: str = "",
+        source: Mapping[str, str] = NO_LABELS,
     ) -> Decision:
-        """Route ``method host path`` to a cluster on the current snapshot, or say why not, or
-        the answer the matched rule gives itself (``redirect``, ``directResponse``)."""
+        """Route ``method host path`` (from a workload labelled ``source``) to a cluster on the
+        current snapshot, or say why not, or the answer the matched rule gives itself
+        (``redirect``, ``directResponse``)."""
         snapshot = self.snapshot
         table = snapshot.table
-        match = table.resolve(host, method, path, headers, query)
+        match = table.resolve(host, method, path, headers, query, source)
         if match is None:
             return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")
         action = match.route.redirect or match.route.direct_response

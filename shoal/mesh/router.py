@@ -28,7 +28,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from shoal.http import grpc
 from shoal.http.h1 import HeadLimits
@@ -53,11 +53,14 @@ from shoal.mesh.forward import INSTANCE, Direct, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
 from shoal.mesh.h2server import ByPreface, H2Exchange, H2Server
 from shoal.mesh.h2upstream import H2Upstreams
+from shoal.mesh.matching import NO_LABELS
 from shoal.mesh.peer_uid import socket_owner
 from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.relay import relay, router_refusal
 from shoal.mesh.sniff import serve_sniffing
 from shoal.mesh.upstream import UNSENT, UpstreamError, UpstreamResponse, Upstreams
+
+Labels = tuple[tuple[str, str], ...]
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +149,10 @@ class Router:
         self._listeners: list[asyncio.AbstractServer] = []
         self._servers: list[Server] = []
         self._h2_servers: list[H2Server] = []  # outbound listeners' h2c (gRPC) side
-        self._outbound: dict[str, int] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        # (service, its instances' labels) -> port: one listener per revision's labels, so
+        # that routes may match on the caller's (Istio's ``sourceLabels``)
+        self._outbound: dict[tuple[str, Labels], int] = {}
+        self._opening: dict[tuple[str, Labels], asyncio.Lock] = {}
 
     def _server(
         self, handler: Handler, admit: Callable[[asyncio.Transport], bool] | None = None
@@ -176,17 +181,18 @@ class Router:
         self.inbound_port = int(listener.sockets[0].getsockname()[1])
         return self.inbound_port
 
-    async def outbound(self, service: str) -> int:
-        """The loopback port ``service``'s instances call out through (opened on first use,
-        once the service's certificate is held)."""
-        port = self._outbound.get(service)
+    async def outbound(self, service: str, labels: Mapping[str, str] = NO_LABELS) -> int:
+        """The loopback port the instances of ``service`` labelled ``labels`` call out through
+        (opened on first use, once the service's certificate is held)."""
+        key = service, tuple(sorted(labels.items()))
+        port = self._outbound.get(key)
         if port is not None:
             return port
-        # One lock per service: two instances starting together share one listener.
-        async with self._opening.setdefault(service, asyncio.Lock()):
+        # One lock per listener: two instances starting together share one.
+        async with self._opening.setdefault(key, asyncio.Lock()):
             identity = str(service_id(self.trust_domain, service))
             await self.credentials.ready(identity)
-            port = self._outbound.get(service)  # another instance may have opened it meanwhile
+            port = self._outbound.get(key)  # another instance may have opened it meanwhile
             if port is None:
                 forwarder = Forwarder(
                     self.proxy_state,
@@ -194,6 +200,7 @@ class Router:
                     trust_domain=self.trust_domain,
                     mesh_tls=lambda: self.credentials.client_context(identity),
                     activator=self.activator,
+                    source=dict(key[1]),
                 )
 
                 async def handle(exchange: Exchange | H2Exchange) -> None:
@@ -207,8 +214,9 @@ class Router:
                 )
                 self._listeners.append(listener)
                 port = int(listener.sockets[0].getsockname()[1])
-                self._outbound[service] = port
-                log.info("outbound listener for %s on 127.0.0.1:%d", service, port)
+                self._outbound[key] = port
+                shown = ",".join(f"{k}={v}" for k, v in key[1])
+                log.info("outbound listener for %s (%s) on 127.0.0.1:%d", service, shown, port)
         return port
 
     def _instance_caller(self, uids: frozenset[int], transport: asyncio.Transport) -> bool:

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 
 from shoal.mesh.balancer import Balancer, make_balancer
 from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterKey
-from shoal.mesh.matching import MatchBlock, RouteMatch, compile_virtual_service, normalize_host
+from shoal.mesh.matching import (
+    NO_LABELS,
+    MatchBlock,
+    RouteMatch,
+    compile_virtual_service,
+    normalize_host,
+)
 from shoal.mesh.split import pick_weighted
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.hosts import mesh_service
@@ -109,19 +115,26 @@ class RoutingTable:
                 self._exact.setdefault(service, blocks)  # is reached as hello too
 
     def resolve(
-        self, host: str, method: str, path: str, headers: Mapping[str, str], query: str = ""
+        self,
+        host: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        query: str = "",
+        source: Mapping[str, str] = NO_LABELS,
     ) -> RouteMatch | None:
         """The route for a request, or None (no route: answer 404 ``no_route``).
 
         ``host`` is the Host/:authority value (normalised here; authority conditions see it as
-        given), ``path`` excludes the query string (``query``), ``headers`` has lower-case names.
+        given), ``path`` excludes the query string (``query``), ``headers`` has lower-case names,
+        ``source`` holds the calling workload's labels.
         """
         name = normalize_host(host)
         blocks = self._virtual_service_blocks(name)
         if blocks is None:
             return self._default_route(name)
         for block in blocks:
-            if block.matches(path, method, host, headers, query):
+            if block.matches(path, method, host, headers, query, source):
                 return block.result
         return None
 

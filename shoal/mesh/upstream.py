@@ -6,9 +6,11 @@ unknown length goes chunked), and what comes back is relayed as it arrives, trai
 (:mod:`shoal.http.h1` parses and frames). Informational responses (``100 Continue``) are
 absorbed: the body is streamed without waiting for them.
 
-One :class:`Upstreams` pool per proxy process keeps idle connections per authority and TLS
-context (a renewed certificate is used by new connections only) for :data:`IDLE_TIMEOUT`
-seconds. A reused connection that the upstream had closed just before the request went out
+One :class:`Upstreams` pool per proxy process keeps idle connections per authority, TLS
+context (a renewed certificate is used by new connections only) and destination settings (a
+DestinationRule's ``connectionPool``: ``connectTimeout``, ``tcpKeepalive``, ``idleTimeout``,
+``maxRequestsPerConnection``) for :data:`IDLE_TIMEOUT` seconds, or the rule's shorter
+``idleTimeout``. A reused connection that the upstream had closed just before the request went out
 is replaced by a fresh one once, when the request can be sent again (no body, or a body held
 in memory). The connections themselves are :mod:`shoal.mesh.upstream_connection`.
 
@@ -19,6 +21,7 @@ answers with, and whether any byte of the request may have reached the upstream.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +45,7 @@ from shoal.mesh.upstream_connection import (
     UpstreamError,
     earliest,
 )
+from shoal.resources.model import ConnectionPool, TcpKeepalive
 
 __all__ = ["UNSENT", "UpstreamError", "UpstreamResponse", "Upstreams"]
 
@@ -123,6 +127,19 @@ class UpstreamResponse:
         self._exchange.abandon()
 
 
+def keep_alive(sock: socket.socket, keepalive: TcpKeepalive) -> None:
+    """Turn TCP keepalive on for ``sock`` with the values ``keepalive`` sets (the system's for
+    the others)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        (socket.TCP_KEEPIDLE, keepalive.time),
+        (socket.TCP_KEEPINTVL, keepalive.interval),
+        (socket.TCP_KEEPCNT, keepalive.probes),
+    ):
+        if value is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(value))
+
+
 class Upstreams:
     """One keep-alive pool for all upstream connections of a proxy process."""
 
@@ -166,14 +183,19 @@ class Upstreams:
         """An idle connection for ``key`` (reused: True), else a new one, connected within
         the connect timeout and before ``deadline`` (the attempt's: a connection that cannot
         be made in time is a connect failure, nothing was sent)."""
-        authority, tls, peer = key
-        limit = loop.time() + self._connect_timeout
+        authority, tls, peer, settings = key
+        connect_timeout, idle_timeout, keepalive = self._connect_timeout, IDLE_TIMEOUT, None
+        if settings is not None:
+            connect_timeout = settings.connect_timeout or connect_timeout
+            idle_timeout = min(settings.idle_timeout or idle_timeout, idle_timeout)
+            keepalive = settings.tcp_keepalive
+        limit = loop.time() + connect_timeout
         limit = limit if deadline is None else min(limit, deadline)
         while True:
             idle = self._idle.get(key)
             while idle:
                 connection = idle.pop()
-                if connection.open and loop.time() - connection.idle_since < IDLE_TIMEOUT:
+                if connection.open and loop.time() - connection.idle_since < idle_timeout:
                     return connection, True
                 connection.close()
             if self._connecting.get(key, 0) < MAX_CONNECTING:
@@ -195,6 +217,8 @@ class Upstreams:
         finally:
             self._connecting[key] -= 1
             self._wake(key, None)
+        if keepalive is not None and protocol.transport is not None:
+            keep_alive(protocol.transport.get_extra_info("socket"), keepalive)
         if peer is not None:
             ssl_object = (
                 protocol.transport.get_extra_info("ssl_object") if protocol.transport else None
@@ -244,10 +268,13 @@ class Upstreams:
         tls: ssl.SSLContext | None = None,
         peer: str | None = None,
         tunnel: bool = False,
+        settings: ConnectionPool | None = None,
     ) -> UpstreamResponse:
         """Send one request to ``authority`` (``host:port``), over ``tls`` when given, to an
-        upstream presenting the SPIFFE ID ``peer`` when given; return once the response head
-        has arrived.
+        upstream presenting the SPIFFE ID ``peer`` when given, on a connection made and kept
+        as the destination's ``settings`` say (its ``connectTimeout``, ``tcpKeepalive``,
+        ``idleTimeout`` and ``maxRequestsPerConnection``); return once the response head has
+        arrived.
 
         ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
         exchange, body included.
@@ -275,7 +302,8 @@ class Upstreams:
         replayable = not isinstance(body, AsyncIterator)
         head_deadline = earliest(loop, head_timeout, deadline)  # this attempt's
         for attempt in (1, 2):
-            connection, reused = await self._connect(loop, (authority, tls, peer), head_deadline)
+            key = authority, tls, peer, settings
+            connection, reused = await self._connect(loop, key, head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
             # A timer on the future, not asyncio.timeout_at: no task cancellation per request.
             timer = None if head_deadline is None else loop.call_at(head_deadline, exchange.late)

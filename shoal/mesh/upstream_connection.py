@@ -22,9 +22,12 @@ from shoal.http.h1 import Data, End, Event, ProtocolError, Reader, ResponseHead,
 from shoal.http.headers import Headers
 from shoal.http.refusal import UPSTREAM_RESET
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
+from shoal.resources.model import ConnectionPool
 
-# The authority, the TLS context it is reached with, and the SPIFFE ID it must present.
-PoolKey = tuple[str, ssl.SSLContext | None, str | None]
+# The authority, the TLS context it is reached with, the SPIFFE ID it must present, and the
+# destination's connection settings (a DestinationRule's ``connectionPool``; None: the pool's
+# defaults). Destinations with other settings get connections of their own.
+PoolKey = tuple[str, ssl.SSLContext | None, str | None, ConnectionPool | None]
 
 
 class UpstreamError(ShoalError):
@@ -136,6 +139,7 @@ class UpstreamConnection(WriteFlow):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.idle_since = 0.0
+        self.served = 0  # requests answered on it
         self.open = True
         self.reading_paused = False
         self.tunnel = False  # switched to WebSocket (a 101): what follows is the tunnel's
@@ -223,7 +227,15 @@ class UpstreamConnection(WriteFlow):
     def release(self, exchange: Exchange) -> None:
         """The response is complete: the connection goes back to the pool if it can."""
         self.exchange = None
-        if self.open and exchange.body_sent and self.transport is not None:
+        self.served += 1
+        settings = self.key[3]
+        most = settings.max_requests_per_connection if settings is not None else None
+        if (
+            self.open
+            and exchange.body_sent
+            and self.transport is not None
+            and (most is None or self.served < most)
+        ):
             self.pool.park(self)
             return
         if exchange.sender is not None:

@@ -24,6 +24,7 @@ from shoal.platform.runtime.agent import Agent
 from shoal.platform.runtime.isolation import DEFAULT_UIDS, UidRange, isolation
 from shoal.platform.settings import DEFAULT_MESH_PORT
 from shoal.resources.fields import labels as parse_labels
+from shoal.resources.model import Service
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 
@@ -148,8 +149,9 @@ async def run_node(
             if port is None or stop.is_set():
                 return
 
-            async def mesh_url(service: str) -> str:
-                return f"http://127.0.0.1:{await router.outbound(service)}"
+            async def mesh_url(service: Service) -> str:
+                port = await router.outbound(service.name, service.instance_labels())
+                return f"http://127.0.0.1:{port}"
 
             agent = Agent(
                 redis,

@@ -37,6 +37,7 @@ from shoal.resources.model import (
     LoadBalancerPolicy,
     OutlierDetection,
     Subset,
+    TcpKeepalive,
     TrafficPolicy,
 )
 
@@ -63,7 +64,9 @@ _OUTLIER_FIELDS = tuple(
     "consecutive5xxErrors consecutiveErrors consecutiveGatewayErrors interval baseEjectionTime "
     "maxEjectionPercent minHealthPercent".split()
 )
-_TCP_POOL = ("maxConnections", "connectTimeout")
+MAX_KEEPALIVE_PROBES = 127  # Linux's TCP_KEEPCNT limit
+MAX_KEEPALIVE_SECONDS = 32767  # Linux's TCP_KEEPIDLE / TCP_KEEPINTVL limit
+_TCP_POOL = ("maxConnections", "connectTimeout", "tcpKeepalive")
 _HTTP_POOL = tuple(
     "http1MaxPendingRequests http2MaxRequests maxRequestsPerConnection idleTimeout".split()
 )
@@ -195,11 +198,33 @@ def _connection_pool(value: object, field: str) -> ConnectionPool:
     return ConnectionPool(
         max_connections=tcp.get("maxConnections", integer(1)),
         connect_timeout=tcp.get("connectTimeout", positive_duration),
+        tcp_keepalive=tcp.get("tcpKeepalive", _tcp_keepalive),
         http1_max_pending_requests=http.get("http1MaxPendingRequests", integer(1)),
         http2_max_requests=http.get("http2MaxRequests", integer(1)),
         max_requests_per_connection=http.get("maxRequestsPerConnection", integer(1)),
         idle_timeout=http.get("idleTimeout", positive_duration),
     )
+
+
+def _tcp_keepalive(value: object, field: str) -> TcpKeepalive:
+    keepalive = Section(value, field, ("probes", "time", "interval"))
+    return TcpKeepalive(
+        probes=keepalive.get("probes", integer(1, MAX_KEEPALIVE_PROBES)),
+        time=keepalive.get("time", _keepalive_seconds),
+        interval=keepalive.get("interval", _keepalive_seconds),
+    )
+
+
+def _keepalive_seconds(value: object, field: str) -> float:
+    """A keepalive duration: whole seconds, as the kernel takes them, from 1 s to 32,767 s."""
+    seconds = positive_duration(value, field)
+    if seconds != int(seconds) or not 1 <= seconds <= MAX_KEEPALIVE_SECONDS:
+        raise ManifestError(
+            f"must be whole seconds from 1s to {MAX_KEEPALIVE_SECONDS}s (the kernel's unit)",
+            field=field,
+            value=value,
+        )
+    return seconds
 
 
 def destination_rule_spec(rule: DestinationRule) -> dict[str, object]:
@@ -263,6 +288,12 @@ def _connection_pool_doc(pool: ConnectionPool) -> dict[str, object]:
     tcp: dict[str, object] = {}
     put(tcp, "maxConnections", pool.max_connections)
     put_duration(tcp, "connectTimeout", pool.connect_timeout)
+    if pool.tcp_keepalive is not None:
+        keepalive: dict[str, object] = {}
+        put(keepalive, "probes", pool.tcp_keepalive.probes)
+        put_duration(keepalive, "time", pool.tcp_keepalive.time)
+        put_duration(keepalive, "interval", pool.tcp_keepalive.interval)
+        tcp["tcpKeepalive"] = keepalive
     http: dict[str, object] = {}
     put(http, "http1MaxPendingRequests", pool.http1_max_pending_requests)
     put(http, "http2MaxRequests", pool.http2_max_requests)

@@ -63,6 +63,8 @@ class Metadata:
     annotations: tuple[tuple[str, str], ...] = ()
 
 
+DEFAULT_ACCOUNT = "default"  # as in Kubernetes: a service that names no account runs as this
+
 NAMESPACE = "default"
 """The one namespace Shoal serves: a manifest may say it (``metadata.namespace``, a host
 ``<name>.default.svc.cluster.local``), any other is refused."""
@@ -89,6 +91,9 @@ class Service:
     health: HealthCheck = field(default_factory=HealthCheck)
     node_selector: tuple[tuple[str, str], ...] = ()
     protocol: Protocol = "http"  # what its instances speak (Istio's appProtocol)
+    # Kubernetes' serviceAccountName: AuthorizationPolicy principals in Istio's form
+    # (``<td>/ns/default/sa/<account>``) match the services that run as that account.
+    service_account: str = DEFAULT_ACCOUNT
     metadata: Metadata = field(default_factory=Metadata)
 
     kind = "Service"
@@ -126,6 +131,9 @@ class HTTPMatchRequest:
     authority: StringMatch | None = None
     headers: tuple[tuple[str, StringMatch], ...] = ()
     query_params: tuple[tuple[str, StringMatch], ...] = ()  # names as written (case matters)
+    # The calling workload's labels must include these (an instance's: ``app``, ``version``
+    # and its ``spec.labels``); the gateway has none, so such a block never matches there.
+    source_labels: tuple[tuple[str, str], ...] = ()
     ignore_uri_case: bool = False
 
 
@@ -316,11 +324,24 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TcpKeepalive:
+    """Istio's ``connectionPool.tcp.tcpKeepalive``: TCP keepalive on the connections to the
+    destination; what is unset is the system's (Linux: 2 h idle, 75 s apart, 9 probes)."""
+
+    probes: int | None = None
+    time: float | None = None  # idle before the first probe
+    interval: float | None = None  # between probes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionPool:
-    """Circuit-breaker limits (Istio's connectionPool.tcp/http); None means unlimited."""
+    """Circuit-breaker limits (Istio's connectionPool.tcp/http); None means unlimited. The
+    connections' own settings: ``connect_timeout`` (None: the proxy's, 3 s) and
+    ``tcp_keepalive`` (None: off)."""
 
     max_connections: int | None = None
     connect_timeout: float | None = None
+    tcp_keepalive: TcpKeepalive | None = None
     http1_max_pending_requests: int | None = None
     http2_max_requests: int | None = None
     max_requests_per_connection: int | None = None

@@ -12,8 +12,10 @@ principal is ``<trust domain>/svc/<service>``; the ``spiffe://`` prefix may be w
 is dropped, so ``spiffe://example.org/svc/hello`` and ``example.org/svc/hello`` are the same
 principal. Istio's wildcards are kept: exactly ``*`` (any authenticated caller), a leading
 ``*`` (suffix match, ``*/svc/hello``) or a trailing ``*`` (prefix match,
-``example.org/svc/*``). A principal in Istio's service-account form is refused with the Shoal
-form to use instead, since it could never match a Shoal identity.
+``example.org/svc/*``). Istio's service-account form is kept too, in namespace ``default``
+(``cluster.local/ns/default/sa/reviews``, ``*/ns/default/sa/reviews``,
+``cluster.local/ns/default/sa/*``): it stands for the services whose ``service_account`` it
+names (:mod:`shoal.mesh.authz`); another namespace is refused.
 
 **Paths** are exact (``/api/v1``), prefix (``/api/*``), suffix (``*.png``) or ``*``; Istio's
 path templates (``{*}``, ``{**}``) are refused. **Methods** are case-sensitive, as in Istio, and
@@ -34,6 +36,7 @@ from shoal.errors import ManifestError
 from shoal.identity.spiffe import SCHEME, InvalidSpiffeId, parse_spiffe
 from shoal.resources.fields import Section, choice, labels, list_of, string
 from shoal.resources.model import (
+    NAMESPACE,
     AuthorizationAction,
     AuthorizationPolicy,
     MtlsMode,
@@ -93,6 +96,10 @@ T = TypeVar("T")
 
 _PRINCIPAL_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
 _ISTIO_PRINCIPAL = re.compile(r"(^|/)ns/[^/]*/sa(/|$)")
+_ACCOUNT_NAME = r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?"  # a Kubernetes service account's
+_EXACT_ACCOUNT = re.compile(rf"[a-z0-9._-]+/ns/(?P<ns>[^/]+)/sa/{_ACCOUNT_NAME}")
+_SUFFIX_ACCOUNT = re.compile(rf"/ns/(?P<ns>[^/]+)/sa/{_ACCOUNT_NAME}")
+_PREFIX_ACCOUNT = re.compile(r"[a-z0-9._-]+/ns/(?P<ns>[^/]+)/sa/")
 _METHOD_CHARS = re.compile(r"[!#$%&'+\-.^_`|~0-9A-Za-z]+")
 _PATH_CHARS = re.compile(r"[^\s?#*{}]+")
 
@@ -248,12 +255,7 @@ def _principal(value: object, field: str) -> str:
     if "*" in body:
         raise ManifestError(f"invalid principal: {_WILDCARD_HINT}", field=field, value=value)
     if _ISTIO_PRINCIPAL.search(body):
-        raise ManifestError(
-            "an Istio service-account principal never matches in Shoal; write "
-            "<trust-domain>/svc/<service> (for example cluster.local/svc/hello)",
-            field=field,
-            value=value,
-        )
+        return _account_principal(principal, body, field)
     if body == principal:  # exact: must be a whole SPIFFE ID
         try:
             parse_spiffe(SCHEME + principal)
@@ -266,6 +268,35 @@ def _principal(value: object, field: str) -> str:
             "invalid principal: only letters, digits, '.', '-', '_' and '/' around the '*'",
             field=field,
             value=value,
+        )
+    return principal
+
+
+def _account_principal(principal: str, body: str, field: str) -> str:
+    """An Istio service-account principal Shoal can map to its services (see
+    :mod:`shoal.mesh.authz`): ``<td>/ns/default/sa/<account>``, ``*/ns/default/sa/<account>``
+    or ``<td>/ns/default/sa/*``."""
+    if principal.startswith("*"):
+        form = _SUFFIX_ACCOUNT
+    elif principal.endswith("*"):
+        form = _PREFIX_ACCOUNT
+    else:
+        form = _EXACT_ACCOUNT
+    found = form.fullmatch(body)
+    if found is None:
+        raise ManifestError(
+            "not a service-account principal Shoal can map: write "
+            "<trust-domain>/ns/default/sa/<account> (the services whose service_account it "
+            "is), */ns/default/sa/<account>, <trust-domain>/ns/default/sa/*, or a Shoal "
+            "principal <trust-domain>/svc/<service>",
+            field=field,
+            value=principal,
+        )
+    if found["ns"] != NAMESPACE:
+        raise ManifestError(
+            f"names namespace {found['ns']}: Shoal serves one namespace, {NAMESPACE}",
+            field=field,
+            value=principal,
         )
     return principal
 

@@ -34,7 +34,14 @@ from shoal.resources.fields import (
     put_duration,
     string,
 )
-from shoal.resources.model import PROTOCOLS, HealthCheck, Protocol, Scale, Service
+from shoal.resources.model import (
+    DEFAULT_ACCOUNT,
+    PROTOCOLS,
+    HealthCheck,
+    Protocol,
+    Scale,
+    Service,
+)
 
 __all__ = ["RESERVED_LABELS", "parse_service", "revision_spec", "service_spec"]
 
@@ -68,6 +75,7 @@ def parse_service(name: str, value: object, base_dir: str | None) -> Service:
             "health",
             "node_selector",
             "protocol",
+            "service_account",
         ),
     )
     app = spec.get("app", _app)
@@ -90,6 +98,7 @@ def parse_service(name: str, value: object, base_dir: str | None) -> Service:
         health=spec.get("health", _health, _HEALTH),
         node_selector=spec.get("node_selector", labels, ()),
         protocol=cast(Protocol, spec.get("protocol", one_of(PROTOCOLS), "http")),
+        service_account=spec.get("service_account", dns_label, DEFAULT_ACCOUNT),
     )
     revision = spec.get("revision", dns_label)
     return replace(service, revision=revision or _revision_hash(service))
@@ -194,6 +203,7 @@ def service_spec(service: Service, *, with_revision: bool = True) -> dict[str, o
     put(spec, "labels", dict(service.labels), {})
     put(spec, "weight", service.weight, 1)
     put(spec, "protocol", service.protocol, "http")
+    put(spec, "service_account", service.service_account, DEFAULT_ACCOUNT)
     scale: dict[str, object] = {}
     put(scale, "min", service.scale.min, _SCALE.min)
     put(scale, "max", service.scale.max, _SCALE.max)

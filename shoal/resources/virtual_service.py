@@ -24,6 +24,7 @@ from shoal.resources.fields import (
     format_duration,
     host_name,
     integer,
+    labels,
     list_of,
     matching,
     parse_duration,
@@ -76,7 +77,7 @@ _PROTECTED = frozenset(
     "host content-length transfer-encoding connection keep-alive proxy-connection te trailer "
     "upgrade x-shoal-instance x-shoal-cause".split()
 )
-_MATCH = tuple("name uri method authority headers queryParams ignoreUriCase".split())
+_MATCH = tuple("name uri method authority headers queryParams sourceLabels ignoreUriCase".split())
 
 _header_name = matching(
     re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"), "an HTTP header name", max_length=256
@@ -224,6 +225,7 @@ def _match(value: object, field: str) -> HTTPMatchRequest:
         authority=match.get("authority", _string_match),
         headers=match.get("headers", _headers, ()),
         query_params=match.get("queryParams", _query_params, ()),
+        source_labels=match.get("sourceLabels", labels, ()),
         ignore_uri_case=match.get("ignoreUriCase", boolean, False),
     )
 
@@ -515,6 +517,7 @@ def _match_doc(match: HTTPMatchRequest) -> dict[str, object]:
         {name: _string_match_doc(value) for name, value in match.query_params},
         {},
     )
+    put(out, "sourceLabels", dict(match.source_labels), {})
     put(out, "ignoreUriCase", match.ignore_uri_case, False)
     return out
 

@@ -386,7 +386,7 @@ def test_no_secret_on_a_command_line_or_in_an_instance_environment(
         assert node["isolation"]["uids"] == "20000-29999"
         assert uids["hello"] != uids["world"] and not set(uids.values()) & {0, os.getuid()}
     log = (platform.home / "logs" / "node.log").read_text()
-    port = re.findall(r"outbound listener for hello on 127\.0\.0\.1:(\d+)", log)[-1]
+    port = re.findall(r"outbound listener for hello \(\S*\) on 127\.0\.0\.1:(\d+)", log)[-1]
     curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: world"]
     curl.append(f"http://127.0.0.1:{port}/")
     assert subprocess.run(curl, capture_output=True, text=True, user=uids["hello"]).stdout == "200"

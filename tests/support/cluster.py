@@ -110,6 +110,7 @@ async def running_cluster(
     limits: EdgeLimits | None = None,
     tls: tuple[Path, Path] | None = None,
     instance_uids: UidRange | None = None,
+    trust_domain: str = TRUST_DOMAIN,
 ) -> AsyncIterator[Cluster]:
     """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``,
     and a TLS port with the certificate and key ``tls`` if given) in this event loop, on the
@@ -125,7 +126,7 @@ async def running_cluster(
             redis_url,
             keys,
             state_dir=state_dir,
-            trust_domain=TRUST_DOMAIN,
+            trust_domain=trust_domain,
             autoscale=autoscale,
         ).run(stop)
     )
@@ -137,7 +138,7 @@ async def running_cluster(
             node_id="n1",
             state_dir=state_dir,
             stop=stop,
-            trust_domain=TRUST_DOMAIN,
+            trust_domain=trust_domain,
             join_token=token,
             mesh_port=mesh_port,
             drain_delay=0.1,
@@ -157,7 +158,7 @@ async def running_cluster(
             redis_url,
             keys,
             stop=stop,
-            trust_domain=TRUST_DOMAIN,
+            trust_domain=trust_domain,
             join_token=token,
             settings=GatewaySettings(
                 host="127.0.0.1", port=gateway_port, limits=limits or EdgeLimits(), **serving

@@ -42,7 +42,7 @@ READY = Endpoint(
 async def hold(state: ProxyState, activator: Activator) -> Any:
     route = state.decide("hello", "GET", "/", {})
     assert not isinstance(route, Refusal) and not route.cluster.endpoints
-    return await activator.hold("hello", "GET", "/", {}, route)
+    return await activator.hold(route, lambda: state.decide("hello", "GET", "/", {}))
 
 
 async def test_held_until_an_instance_is_ready_then_routed() -> None:

@@ -132,6 +132,44 @@ def test_principal_wildcards(pattern: str, principal: str | None, allowed: bool)
     assert check(text, principal).allowed is allowed
 
 
+ACCOUNTS = {"bookinfo-productpage": ["productpage"], "default": ["hello", "world"]}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "principal", "allowed"),
+    [
+        ("cluster.local/ns/default/sa/bookinfo-productpage", "cluster.local/svc/productpage", True),
+        ("cluster.local/ns/default/sa/bookinfo-productpage", HELLO, False),
+        ("cluster.local/ns/default/sa/bookinfo-productpage", "other.org/svc/productpage", False),
+        ("cluster.local/ns/default/sa/default", HELLO, True),
+        ("cluster.local/ns/default/sa/default", WORLD, True),
+        ("cluster.local/ns/default/sa/default", "cluster.local/svc/productpage", False),
+        ("cluster.local/ns/default/sa/nobody", HELLO, False),
+        ("*/ns/default/sa/bookinfo-productpage", "other.org/svc/productpage", True),
+        ("*/ns/default/sa/bookinfo-productpage", WORLD, False),
+        ("cluster.local/ns/default/sa/*", OTHER, True),
+        ("cluster.local/ns/default/sa/*", GATEWAY, False),
+        ("cluster.local/ns/default/sa/*", None, False),
+    ],
+)
+def test_service_account_principals_stand_for_the_services_of_that_account(
+    pattern: str, principal: str | None, allowed: bool
+) -> None:
+    """Istio's ``<td>/ns/default/sa/<account>`` matches the callers whose Service runs as that
+    account (``service_account``; Kubernetes' ``default`` when unset), in that trust domain."""
+    text = policy("p", f'rules:\n- from:\n  - source: {{principals: ["{pattern}"]}}')
+    authorizer = compile_policies(policies(text), ACCOUNTS)
+    assert authorizer.check(WORLD_LABELS, principal, "GET", "/").allowed is allowed
+
+
+def test_an_account_in_not_principals_excludes_its_services() -> None:
+    """notPrincipals with an account excludes exactly that account's services."""
+    text = policy("p", 'rules:\n- from:\n  - source: {notPrincipals: ["*/ns/default/sa/default"]}')
+    authorizer = compile_policies(policies(text), ACCOUNTS)
+    assert not authorizer.check(WORLD_LABELS, HELLO, "GET", "/").allowed
+    assert authorizer.check(WORLD_LABELS, "cluster.local/svc/productpage", "GET", "/").allowed
+
+
 def test_not_principals_star_denies_plaintext_callers() -> None:
     """Istio's require-mTLS idiom: DENY from notPrincipals ["*"] refuses callers without ID."""
     text = policy(

@@ -1498,3 +1498,35 @@ def test_cors_policy_parses_and_reads_back() -> None:
     error = manifest_error(virtual_service_doc(rule))
     assert error.field == "spec.http[0].corsPolicy.allowOrigin"
     assert "write allowOrigins" in error.reason
+
+
+def test_source_labels_parse_and_read_back() -> None:
+    """match.sourceLabels are labels (checked as such) and read back."""
+    doc = virtual_service_doc(
+        {
+            "match": [{"sourceLabels": {"app": "reviews", "version": "v2"}}],
+            "route": [{"destination": {"host": "ratings"}}],
+        }
+    )
+    parsed = parse_document(doc)
+    assert isinstance(parsed, VirtualService)
+    assert parsed.http[0].match[0].source_labels == (("app", "reviews"), ("version", "v2"))
+    assert parse_document(to_document(parsed)) == parsed
+    bad = virtual_service_doc(
+        {"match": [{"sourceLabels": {"version": 2}}], "route": [{"destination": {"host": "r"}}]}
+    )
+    error = manifest_error(bad)
+    assert (error.field, error.value) == ("spec.http[0].match[0].sourceLabels.version", 2)
+
+
+def test_a_service_names_its_account() -> None:
+    """``spec.service_account`` (Kubernetes' ``default`` when unset, then left out of the
+    canonical spec so that existing revisions keep their names) reads back."""
+    plain = parse_document(service_doc())
+    assert isinstance(plain, Service) and plain.service_account == "default"
+    assert "service_account" not in service_spec(plain)
+    named = parse_document(service_doc(service_account="bookinfo-reviews"))
+    assert isinstance(named, Service) and named.service_account == "bookinfo-reviews"
+    assert parse_document(to_document(named)) == named
+    error = manifest_error(service_doc(service_account="Not_A_Name"))
+    assert (error.field, error.value) == ("spec.service_account", "Not_A_Name")

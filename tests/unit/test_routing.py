@@ -554,3 +554,18 @@ def test_query_params_match_decoded_values_by_exact_name() -> None:
     assert target(table.resolve("hello", "GET", "/", {}, "User=ana%20b&v=12")) == "a"
     assert target(table.resolve("hello", "GET", "/", {}, "user=ana%20b&v=x")) == "a"
     assert target(table.resolve("hello", "GET", "/", {}, "")) == "a"
+
+
+def test_source_labels_match_the_calling_workloads_labels() -> None:
+    """sourceLabels hold when the caller's labels include every pair; a caller without labels
+    (the gateway) never matches such a block."""
+    block = HTTPMatchRequest(source_labels=(("app", "reviews"), ("version", "v2")))
+    table = routes(rule(to("b"), match=[block]), rule(to("a")))
+    caller = {"app": "reviews", "version": "v2", "tier": "back"}
+    assert target(table.resolve("hello", "GET", "/", {}, "", caller)) == "b"
+    assert target(table.resolve("hello", "GET", "/", {}, "", {"app": "reviews"})) == "a"
+    assert (
+        target(table.resolve("hello", "GET", "/", {}, "", {"app": "reviews", "version": "v3"}))
+        == "a"
+    )
+    assert target(table.resolve("hello", "GET", "/", {})) == "a"

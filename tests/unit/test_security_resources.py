@@ -264,10 +264,12 @@ def principal_error(principal: object) -> ManifestError:
 @pytest.mark.parametrize(
     ("principal", "reason"),
     [
-        ("cluster.local/ns/default/sa/hello", "Istio service-account principal"),
-        ("spiffe://cluster.local/ns/default/sa/sleep", "Istio service-account principal"),
-        ("*/ns/default/sa/sleep", "Istio service-account principal"),
-        ("cluster.local/ns/default/sa/*", "Istio service-account principal"),
+        ("cluster.local/ns/foo/sa/hello", "names namespace foo"),
+        ("*/ns/istio-system/sa/sleep", "names namespace istio-system"),
+        ("cluster.local/ns/default/sa/Sleep", "service-account principal Shoal can map"),
+        ("cluster.local/ns/default/sa/a/b", "service-account principal Shoal can map"),
+        ("cluster.local/ns/default/sa/x*", "service-account principal Shoal can map"),
+        ("ns/default/sa/x", "service-account principal Shoal can map"),
         ("cluster.local/svc/*/x", "'*' may only"),
         ("**", "'*' may only"),
         ("Cluster.local/svc/hello", "trust domain"),
@@ -279,7 +281,8 @@ def principal_error(principal: object) -> ManifestError:
     ],
 )
 def test_invalid_principals_are_refused(principal: object, reason: str) -> None:
-    """Istio SA principals, mid-string wildcards and invalid SPIFFE IDs are refused."""
+    """Istio SA principals of another namespace or that Shoal cannot map, mid-string wildcards
+    and invalid SPIFFE IDs are refused."""
     error = principal_error(principal)
     assert error.field == "spec.rules[0].from[0].source.principals[0]"
     assert reason in error.reason
@@ -295,6 +298,13 @@ def test_invalid_principals_are_refused(principal: object, reason: str) -> None:
         ("spiffe://*", "*"),
         ("*/gateway", "*/gateway"),
         ("cluster.local/node/n1", "cluster.local/node/n1"),
+        (
+            "cluster.local/ns/default/sa/bookinfo-reviews",
+            "cluster.local/ns/default/sa/bookinfo-reviews",
+        ),
+        ("spiffe://cluster.local/ns/default/sa/sleep", "cluster.local/ns/default/sa/sleep"),
+        ("*/ns/default/sa/sleep", "*/ns/default/sa/sleep"),
+        ("cluster.local/ns/default/sa/*", "cluster.local/ns/default/sa/*"),
     ],
 )
 def test_principals_are_stored_without_the_spiffe_scheme(written: str, stored: str) -> None:

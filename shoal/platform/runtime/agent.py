@@ -66,7 +66,7 @@ class Agent:
         keys: Keys,
         *,
         node_id: str,
-        mesh_url: Callable[[str], Awaitable[str]],
+        mesh_url: Callable[[Service], Awaitable[str]],
         log_dir: Path,
         node_record: dict[str, Any] | None = None,
         drain_delay: float = 1.0,
@@ -77,7 +77,7 @@ class Agent:
         self.node_id = node_id
         # Who instances run as; None: the platform's user (tests of the agent alone)
         self.isolation = isolation
-        self.mesh_url = mesh_url  # service -> URL of its outbound listener
+        self.mesh_url = mesh_url  # revision -> URL of its instances' outbound listener
         self.log_dir = log_dir
         self.registry = Registry(redis, keys)
         self.watcher = Watcher(url, keys, ["Service", "DestinationRule", PLACEMENT, FAULT])
@@ -132,7 +132,7 @@ class Agent:
                 slot = InstanceSlot(
                     self._services[rev],
                     node=self.node_id,
-                    mesh_url=functools.partial(self.mesh_url, self._services[rev].name),
+                    mesh_url=functools.partial(self.mesh_url, self._services[rev]),
                     log_dir=self.log_dir,
                     on_change=self._slot_changed,
                     rng=self.rng,
