@@ -47,6 +47,12 @@ def documents(docs: list[dict[str, Any]]) -> None:
         elif d["kind"] == "DestinationRule":
             subsets = ",".join(s["name"] for s in spec.get("subsets", []))
             summary = f"host={spec.get('host')} subsets={subsets or '-'}"
+        elif d["kind"] == "Gateway":
+            ports = (
+                f"{srv['port']['number']}/{srv['port']['protocol']}={','.join(srv['hosts'])}"
+                for srv in spec.get("servers", [])
+            )
+            summary = f"servers={' '.join(ports)}"
         elif d["kind"] == "PeerAuthentication":
             summary = f"mtls={spec.get('mtls', {}).get('mode', 'UNSET')}"
         else:
@@ -178,7 +184,46 @@ def status(st: Status) -> None:
             ejected or "-",
         )
     console.print(proxies)
+    _gateway_servers(st.reports)
     console.print(f"\nconfig revision {st.revision}")
+
+
+def _gateway_servers(reports: dict[str, dict[str, Any]]) -> None:
+    """Each gateway process's Gateway servers: port, hosts, TLS and its certificate."""
+    rows, problems = [], []
+    for component, report in sorted(reports.items()):
+        served = report.get("gateway_servers") or {}
+        problems += [f"{component}: {p}" for p in served.get("problems", [])]
+        for server in served.get("servers", []):
+            cert = server.get("certificate") or {}
+            shown = (
+                f"[red]{cert['error']}[/red]"
+                if "error" in cert
+                else f"{cert.get('subject', '-')} SANs={','.join(cert.get('sans', [])) or '-'}"
+                f" until {cert.get('not_after', '-')}"
+                if cert
+                else "-"
+            )
+            rows.append(
+                (
+                    component,
+                    server["gateway"],
+                    f"{server['port']}/{server['protocol']}",
+                    ",".join(server["hosts"]),
+                    server.get("tls", "-"),
+                    shown,
+                )
+            )
+    if not rows and not problems:
+        return
+    table = Table(title="\ngateway servers", title_justify="left", box=None, pad_edge=False)
+    for col in ("PROXY", "GATEWAY", "PORT", "HOSTS", "TLS", "CERTIFICATE"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for problem in problems:
+        console.print(f"[yellow]{problem}[/yellow]", highlight=False)
 
 
 def instance_change(c: InstanceChange) -> None:

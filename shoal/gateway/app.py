@@ -20,12 +20,14 @@ from typing import Any, NamedTuple
 from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.h2_stream import H2Stream
 from shoal.gateway.hygiene import Head, inspect_head
+from shoal.gateway.servers import PortPlan
 from shoal.http.headers import UnderscorePolicy, edge_request_headers, end_to_end
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
-from shoal.http.refusal import Refusal
+from shoal.http.refusal import NO_ROUTE, Refusal
 from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
+from shoal.mesh.matching import normalize_host
 from shoal.mesh.relay import relay, router_refusal
 
 Scope = MutableMapping[str, Any]
@@ -94,10 +96,12 @@ class GatewayApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def serve(self, exchange: Exchange | H2Stream) -> None:
+    async def serve(self, exchange: Exchange | H2Stream, port: PortPlan | None = None) -> None:
         """Serve one request: an HTTP/1.x one on Shoal's own server core (hypercorn hands those
         connections over, see :mod:`.hypercorn_edge`) or an HTTP/2 stream (WebSockets over
-        either included); a client leaving cancels this at once."""
+        either included); a client leaving cancels this at once. On a Gateway's ``port``, the
+        server its host matches decides (a redirect to https, or the routes bound to that
+        Gateway); elsewhere the mesh's routes apply."""
         request = exchange.head
         target = request.target
         path, _, query = target.partition(b"?")
@@ -115,12 +119,29 @@ class GatewayApp:
         if isinstance(head, Refusal):
             await _answer(exchange, head, close=True)
             return
+        gateway = None
+        if port is not None:
+            host = normalize_host(head.host)
+            bound = port.server_for(host)
+            if bound is None:
+                refusal = Refusal(
+                    404, NO_ROUTE, f"no Gateway server on port {port.port} for {host}"
+                )
+                await _answer(exchange, refusal, close=False)
+                return
+            tls = bound.server.tls
+            if tls is not None and tls.https_redirect and exchange.scheme == "http":
+                location = f"https://{host}{target.decode('latin-1')}".encode("latin-1")
+                await exchange.respond(301, [(b"location", location)], b"")
+                return
+            gateway = bound.gateway
         loop = asyncio.get_running_loop()
         body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
         peer = exchange.peer
         outbound = self._outbound(
             head, method, query, request.fields, peer[0] if peer else None, exchange.scheme, body
         )
+        outbound.gateway = gateway
         if exchange.upgrade:  # a WebSocket handshake: the tunnel's bytes follow, unframed
             outbound.upgrade, outbound.body = True, exchange.body()
         result = await self._send(outbound, body)

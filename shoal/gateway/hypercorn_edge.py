@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import importlib.metadata
 import logging
 import ssl
@@ -88,6 +89,16 @@ REQUEST_TIMEOUT_RESPONSE = (
 )
 
 
+class Connections:
+    """The edge's open connections, in all and by client address."""
+
+    __slots__ = ("open", "per_client")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.per_client: collections.Counter[str] = collections.Counter()
+
+
 class EdgeConfig(Config):
     """A hypercorn ``Config`` carrying the edge's limits and TLS policy."""
 
@@ -104,8 +115,9 @@ class EdgeConfig(Config):
         self.limits = limits
         self.tls_min_version = TLS_VERSIONS[tls_min_version]
         self.ciphers = ciphers
-        self.open_connections = 0
-        self.per_client: collections.Counter[str] = collections.Counter()  # open, by address
+        # Open connections, in all and by client address: shared by the copies made for
+        # further listeners (:meth:`for_listener`), so the limits are the gateway's.
+        self.connections = Connections()
         self.h1: Server | None = None  # serves HTTP/1.x connections instead of hypercorn
         # Serves HTTP/2 request streams instead of hypercorn's ASGI layer (with h1, which
         # watches their WebSockets).
@@ -124,6 +136,13 @@ class EdgeConfig(Config):
         self.h2_max_header_list_size = (
             limits.max_header_bytes + 32 * limits.max_header_count + limits.max_uri_bytes + KiB
         )
+
+    def for_listener(self, h1: Server, h2: H2Handler) -> EdgeConfig:
+        """A copy serving its connections with ``h1`` and ``h2`` (another listener's
+        handlers), counting them with this one's."""
+        copied = copy.copy(self)
+        copied.h1, copied.h2 = h1, h2
+        return copied
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         """hypercorn's context, with TLS 1.2+ (or 1.3), server cipher order, no renegotiation."""
@@ -161,21 +180,22 @@ class EdgeTCPServer(TCPServer):
         peer = self.writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else ""
         limits = config.limits
+        connections = config.connections
         if (
-            config.open_connections >= limits.max_connections
-            or config.per_client[client] >= limits.max_connections_per_client
+            connections.open >= limits.max_connections
+            or connections.per_client[client] >= limits.max_connections_per_client
         ):
             self.writer.close()
             return
-        config.open_connections += 1
-        config.per_client[client] += 1
+        connections.open += 1
+        connections.per_client[client] += 1
         try:
             await super().run()
         finally:
-            config.open_connections -= 1
-            config.per_client[client] -= 1
-            if not config.per_client[client]:
-                del config.per_client[client]
+            connections.open -= 1
+            connections.per_client[client] -= 1
+            if not connections.per_client[client]:
+                del connections.per_client[client]
 
     async def _read_data(self) -> None:
         """hypercorn's read loop, except that ``read_timeout`` does not end a connection while

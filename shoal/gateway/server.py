@@ -28,6 +28,7 @@ from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
+from shoal.gateway.listeners import GatewayListeners
 from shoal.gateway.workers import WORKER_PREFIX
 from shoal.http.headers import UnderscorePolicy
 from shoal.http.limits import EdgeLimits
@@ -172,6 +173,16 @@ async def run_gateway(
         header_timeout=limits.header_timeout,
     )
     config.h2 = app.serve
+    listeners = GatewayListeners(
+        process.state,
+        app.serve,
+        config,
+        host=settings.host,
+        taken=tuple(p for p in (settings.port, settings.tls_port) if p is not None),
+        reuse_port=settings.reuse_port,
+        grace=settings.graceful_timeout,
+    )
+    process.state.extra_reports.append(lambda: {"gateway_servers": listeners.describe()})
 
     async def drain_h1() -> None:
         await stop.wait()
@@ -182,6 +193,7 @@ async def run_gateway(
             if not await _identity(process, identity, settings, stop):
                 return  # stopped while waiting
             tasks.create_task(drain_h1())
+            tasks.create_task(listeners.run(stop))
             try:
                 await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             except OSError as e:

@@ -105,6 +105,7 @@ class Outbound:
     upgrade: bool = False  # a WebSocket handshake: ``body`` is the client's side of the tunnel
     scheme: str = "http"  # as the client sent it (what a redirect keeps)
     client_ip: str | None = None  # the caller's address (a consistentHash key)
+    gateway: str | None = None  # the Gateway whose listener received it (its routes apply)
 
 
 @dataclass(slots=True)
@@ -191,7 +192,9 @@ class Forwarder:
 
     def _decide(self, req: Outbound) -> Decision:
         state = self.proxy_state
-        return state.decide(req.host, req.method, req.path, req.fields, req.query, self.source)
+        return state.decide(
+            req.host, req.method, req.path, req.fields, req.query, self.source, req.gateway
+        )
 
     async def _forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
         route = self._decide(req)

@@ -37,6 +37,7 @@ from shoal.resources.manifest import StoredResources
 from shoal.resources.model import (
     AuthorizationPolicy,
     DestinationRule,
+    Gateway,
     HTTPDirectResponse,
     HTTPRedirect,
     MtlsMode,
@@ -55,6 +56,7 @@ CONFIG_KINDS = (
     "DestinationRule",
     "AuthorizationPolicy",
     "PeerAuthentication",
+    "Gateway",
 )
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
@@ -132,6 +134,7 @@ class Snapshot:
     authorizer: Authorizer = field(default_factory=lambda: compile_policies(()))
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     plaintext_allowed: bool = False  # does any PeerAuthentication let plaintext in
+    gateways: tuple[Gateway, ...] = ()  # the Gateways, by name: the edge's listeners
     workloads: dict[str, Workload] = field(default_factory=dict)  # memo, by instance key
     retry_policies: dict[int, RetryPolicy] = field(default_factory=dict)  # memo, by route id
 
@@ -241,6 +244,16 @@ class ProxyState:
             plaintext_allowed=any(
                 p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in peer_authentications
             ),
+            gateways=tuple(
+                sorted(
+                    (
+                        r
+                        for r in self._stored.parse("Gateway", view.documents("Gateway")).values()
+                        if isinstance(r, Gateway)
+                    ),
+                    key=lambda g: g.name,
+                )
+            ),
         )
         self.changed.set()
         self.changed = asyncio.Event()
@@ -253,12 +266,14 @@ class ProxyState:
         headers: Mapping[str, str],
         query: str = "",
         source: Mapping[str, str] = NO_LABELS,
+        gateway: str | None = None,
     ) -> Decision:
-        """Route ``method host path`` (from a workload labelled ``source``) to a cluster on the
-        current snapshot, or say why not, or the answer the matched rule gives itself
-        (``redirect``, ``directResponse``)."""
+        """Route ``method host path`` (from a workload labelled ``source``, or received on a
+        listener of the Gateway named ``gateway``) to a cluster on the current snapshot, or
+        say why not, or the answer the matched rule gives itself (``redirect``,
+        ``directResponse``)."""
         snapshot = self.snapshot
-        table = snapshot.table
+        table = snapshot.table.bound(gateway)
         match = table.resolve(host, method, path, headers, query, source)
         if match is None:
             return Refusal(404, NO_ROUTE, f"no route for host {host!r} and path {path!r}")

@@ -38,7 +38,7 @@ from shoal.mesh.matching import (
 from shoal.mesh.split import pick_weighted
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.hosts import mesh_service
-from shoal.resources.model import Destination, HTTPRoute, RouteDestination
+from shoal.resources.model import MESH_GATEWAY, Destination, HTTPRoute, RouteDestination
 
 if TYPE_CHECKING:  # annotations only
     from shoal.resources.model import DestinationRule, Service, VirtualService
@@ -51,9 +51,10 @@ class RoutingTable:
     balancer objects it holds are the only mutable part; they are carried to the next snapshot.
     """
 
-    __slots__ = ("_any", "_balancers", "_clusters", "_defaults", "_exact", "_wildcard")
+    __slots__ = ("_any", "_balancers", "_bound", "_clusters", "_defaults", "_exact", "_wildcard")
 
     def __init__(self) -> None:
+        self._bound: dict[str, RoutingTable] = {}  # Gateway name -> the routes bound to it
         self._exact: dict[str, tuple[MatchBlock, ...]] = {}
         self._wildcard: dict[str, tuple[MatchBlock, ...]] = {}  # "*.example.com" as ".example.com"
         self._any: tuple[MatchBlock, ...] | None = None
@@ -72,13 +73,22 @@ class RoutingTable:
     ) -> RoutingTable:
         """A snapshot of the given resources; balancers of ``previous`` are kept where a
         cluster's policy is unchanged. Raises ``ValueError`` naming the field for a regex or a
-        wildcard host that cannot be compiled."""
+        wildcard host that cannot be compiled.
+
+        As in Istio, a VirtualService applies in the mesh (and at the gateway's own listeners,
+        ``--port``/``--tls-port``) when its ``gateways`` is empty or names ``mesh``, and at the
+        listeners of each Gateway it names (:meth:`bound`)."""
         builder = ClusterBuilder(services, destination_rules, endpoints)
         table = cls()
         for vs in sorted(virtual_services, key=lambda v: v.name):
             blocks = compile_virtual_service(vs, builder)
-            for host in vs.hosts:
-                table._add_host(host.lower().rstrip("."), blocks, vs.name)
+            bindings = vs.gateways or (MESH_GATEWAY,)
+            for gateway in bindings:
+                target = (
+                    table if gateway == MESH_GATEWAY else table._bound.setdefault(gateway, cls())
+                )
+                for host in vs.hosts:
+                    target._add_host(host.lower().rstrip("."), blocks, vs.name)
         for name in sorted(builder.service_names):
             route = HTTPRoute(route=(RouteDestination(destination=Destination(host=name)),))
             table._defaults[name] = RouteMatch(
@@ -95,7 +105,16 @@ class RoutingTable:
             if balancer is None or balancer.policy != cluster.load_balancer:
                 balancer = make_balancer(cluster.load_balancer)
             table._balancers[key] = balancer
+        for bound in table._bound.values():
+            bound._clusters, bound._balancers = table._clusters, table._balancers
         return table
+
+    def bound(self, gateway: str | None) -> RoutingTable:
+        """The routes of the VirtualServices bound to the Gateway named ``gateway`` (no
+        default routes: a Gateway serves what is bound to it); this table for None."""
+        if gateway is None:
+            return self
+        return self._bound.get(gateway) or _UNBOUND
 
     def _add_host(self, host: str, blocks: tuple[MatchBlock, ...], vs_name: str) -> None:
         if host == "*":
@@ -197,3 +216,6 @@ class RoutingTable:
     def cluster(self, service: str, subset: str | None = None) -> Cluster | None:
         """The cluster for (service, subset) if any route or default route refers to it."""
         return self._clusters.get((service, subset))
+
+
+_UNBOUND = RoutingTable()

@@ -39,6 +39,7 @@ from shoal.resources.fields import (
     string,
     string_map,
 )
+from shoal.resources.gateway import gateway_spec, parse_gateway
 from shoal.resources.model import (
     ISTIO_APIS,
     KINDS,
@@ -46,6 +47,7 @@ from shoal.resources.model import (
     SECURITY_APIS,
     SERVICE_API,
     DestinationRule,
+    Gateway,
     Metadata,
     PeerAuthentication,
     Resource,
@@ -118,6 +120,8 @@ def _parse_spec(kind: str, metadata: Section, top: Section, base_dir: str | None
     name = metadata.need("name", dns_subdomain)
     if kind == "VirtualService":
         return parse_virtual_service(name, top.need("spec", _unparsed))
+    if kind == "Gateway":
+        return parse_gateway(name, top.need("spec", _unparsed), base_dir)
     if kind == "DestinationRule":
         return parse_destination_rule(name, top.need("spec", _unparsed))
     # An empty security spec is meaningful (Istio's "allow-nothing" policy is ``spec: {}``).
@@ -151,6 +155,8 @@ def to_document(resource: Resource) -> dict[str, object]:
         api_version, spec = ISTIO_APIS[0], virtual_service_spec(resource)
     elif isinstance(resource, DestinationRule):
         api_version, spec = ISTIO_APIS[0], destination_rule_spec(resource)
+    elif isinstance(resource, Gateway):
+        api_version, spec = ISTIO_APIS[0], gateway_spec(resource)
     elif isinstance(resource, PeerAuthentication):
         api_version, spec = SECURITY_APIS[0], peer_authentication_spec(resource)
     else:

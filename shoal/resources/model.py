@@ -481,18 +481,80 @@ class AuthorizationPolicy:
         return self.name
 
 
-Resource = Service | VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy
+# ---------------------------------------------------------------------------------------------
+# Gateway (networking.istio.io): the edge's listeners
+
+ServerProtocol = Literal["HTTP", "HTTPS", "HTTP2", "GRPC"]
+TlsMode = Literal["SIMPLE", "MUTUAL"]
+TlsVersion = Literal["TLSV1_2", "TLSV1_3"]
+MESH_GATEWAY = "mesh"
+"""The reserved gateway name of a VirtualService's ``gateways``: east-west, in the mesh."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerTLS:
+    """A Gateway server's ``tls``: on an HTTP server only ``https_redirect``; on an HTTPS one
+    the mode and the certificate, key and (MUTUAL) client CA files, paths on the gateway's
+    host."""
+
+    https_redirect: bool = False
+    mode: TlsMode | None = None
+    server_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    min_protocol_version: TlsVersion | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayServer:
+    """One listener of a Gateway: a port, its protocol, the hosts it serves, its TLS."""
+
+    port: int
+    protocol: ServerProtocol
+    hosts: tuple[str, ...]
+    port_name: str | None = None
+    name: str | None = None
+    tls: ServerTLS | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Whether the port speaks TLS."""
+        return self.protocol == "HTTPS"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gateway:
+    """Istio's Gateway: ports every Shoal gateway opens, each for some hosts, and how."""
+
+    name: str
+    servers: tuple[GatewayServer, ...]
+    selector: tuple[tuple[str, str], ...] = ()
+    metadata: Metadata = field(default_factory=Metadata)
+
+    kind = "Gateway"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
+Resource = (
+    Service | VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy | Gateway
+)
 KINDS: dict[
     str,
     type[Service]
     | type[VirtualService]
     | type[DestinationRule]
     | type[PeerAuthentication]
-    | type[AuthorizationPolicy],
+    | type[AuthorizationPolicy]
+    | type[Gateway],
 ] = {
     "Service": Service,
     "VirtualService": VirtualService,
     "DestinationRule": DestinationRule,
     "PeerAuthentication": PeerAuthentication,
     "AuthorizationPolicy": AuthorizationPolicy,
+    "Gateway": Gateway,
 }

@@ -37,6 +37,7 @@ from shoal.resources.fields import (
     text,
 )
 from shoal.resources.model import (
+    NAMESPACE,
     CorsPolicy,
     Destination,
     Fault,
@@ -90,9 +91,22 @@ def parse_virtual_service(name: str, value: object) -> VirtualService:
     return VirtualService(
         name=name,
         hosts=spec.need("hosts", list_of(host_name, min_items=1)),
-        gateways=spec.get("gateways", list_of(string), ()),
+        gateways=spec.get("gateways", list_of(_gateway_name), ()),
         http=spec.need("http", list_of(_http_route, min_items=1)),
     )
+
+
+def _gateway_name(value: object, field: str) -> str:
+    """A Gateway a VirtualService binds to, ``[namespace/]name``, or ``mesh`` (east-west)."""
+    name = string(value, field)
+    namespace, slash, bare = name.rpartition("/")
+    if slash and namespace not in (".", NAMESPACE):
+        raise ManifestError(
+            f"names namespace {namespace}: Shoal serves one namespace, {NAMESPACE}",
+            field=field,
+            value=name,
+        )
+    return bare if slash else name
 
 
 def _http_route(value: object, field: str) -> HTTPRoute:

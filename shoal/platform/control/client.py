@@ -47,6 +47,9 @@ KIND_ALIASES = {
     "authorizationpolicy": "AuthorizationPolicy",
     "authorizationpolicies": "AuthorizationPolicy",
     "ap": "AuthorizationPolicy",
+    "gateway": "Gateway",
+    "gateways": "Gateway",
+    "gw": "Gateway",
 }
 
 
