@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
 
 from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
 from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 from tests.support.cluster import SERVICES, Cluster, ready, running_cluster
+from tests.support.gateway_tls import curl_tls, served_certificate, served_der, tls_gateway
 from tests.support.tls import client_ca, self_signed
 from tests.support.wait import eventually
 
@@ -40,34 +38,6 @@ async def get(port: int, host: str, path: str = "/") -> tuple[int, dict[str, str
         async with session.get(url, headers={"Host": host}, allow_redirects=False) as answer:
             headers = {name.lower(): value for name, value in answer.headers.items()}
             return answer.status, headers, await answer.text()
-
-
-def curl_tls(port: int, host: str, ca: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """curl https://host:port/ resolved to 127.0.0.1 (so SNI is ``host``), trusting ``ca``:
-    prints the status, the HTTP version and the body."""
-    return subprocess.run(
-        [
-            "curl", "-s", "--http2", "--cacert", str(ca), "--resolve", f"{host}:{port}:127.0.0.1",
-            "-w", " %{http_code} %{http_version}", *extra, f"https://{host}:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )  # fmt: skip
-
-
-def served_der(port: int, host: str) -> bytes:
-    """The certificate (DER) served for SNI ``host`` on ``port``."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            return tls.getpeercert(binary_form=True) or b""
-
-
-def served_certificate(port: int, host: str) -> str:
-    """The subject of the certificate served for SNI ``host`` on ``port``."""
-    return str(x509.load_der_x509_certificate(served_der(port, host)).subject.rfc4514_string())
 
 
 async def test_http_servers_route_by_their_bound_virtual_services(
@@ -133,45 +103,6 @@ async def refused(port: int) -> bool:
     return False
 
 
-def tls_gateway(port: int, a: tuple[Path, Path], b: tuple[Path, Path], mtls: int, ca: Path) -> str:
-    """A Gateway serving a.example and b.example with their own certificates on ``port``, and
-    mutual TLS on ``mtls``; VirtualServices bound to it send them to hello and world."""
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: secure}}
-spec:
-  servers:
-  - port: {{number: {port}, name: https-a, protocol: HTTPS}}
-    hosts: [a.example]
-    tls: {{mode: SIMPLE, serverCertificate: {a[0]}, privateKey: {a[1]}}}
-  - port: {{number: {port}, name: https-b, protocol: HTTPS}}
-    hosts: [b.example]
-    tls: {{mode: SIMPLE, serverCertificate: {b[0]}, privateKey: {b[1]}}}
-  - port: {{number: {mtls}, name: https-mtls, protocol: HTTPS}}
-    hosts: [a.example]
-    tls: {{mode: MUTUAL, serverCertificate: {a[0]}, privateKey: {a[1]}, caCertificates: {ca}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: secure-a}}
-spec:
-  hosts: [a.example]
-  gateways: [secure]
-  http:
-  - route: [{{destination: {{host: hello}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: secure-b}}
-spec:
-  hosts: [b.example]
-  gateways: [secure]
-  http:
-  - route: [{{destination: {{host: world}}}}]
-"""
-
-
 async def test_tls_servers_sni_alpn_mutual_and_reload(
     redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
 ) -> None:
@@ -186,7 +117,7 @@ async def test_tls_servers_sni_alpn_mutual_and_reload(
     async with running_cluster(redis, redis_url, keys, tmp_path / "state") as cluster:
         await cluster.client.apply(parse_text(SERVICES))
         await cluster.instances(lambda f: bool(ready(f, "hello")) and bool(ready(f, "world")))
-        await apply(cluster, tls_gateway(port, a, b, mtls, ca))
+        await apply(cluster, tls_gateway(port, a, b, mtls, ca, free_port()))
         await eventually(lambda: refused(port), f"port {port} open", until=lambda r: not r)
 
         hello = await asyncio.to_thread(curl_tls, port, "a.example", a[0])
