@@ -53,6 +53,11 @@ def documents(docs: list[dict[str, Any]]) -> None:
                 for srv in spec.get("servers", [])
             )
             summary = f"servers={' '.join(ports)}"
+        elif d["kind"] == "ServiceEntry":
+            summary = (
+                f"hosts={','.join(spec.get('hosts', []))} {spec.get('resolution')} "
+                f"endpoints={len(spec.get('endpoints', []))}"
+            )
         elif d["kind"] == "PeerAuthentication":
             summary = f"mtls={spec.get('mtls', {}).get('mode', 'UNSET')}"
         else:

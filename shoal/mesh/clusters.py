@@ -13,8 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from shoal.mesh.external import origin
 from shoal.resources.endpoint import Endpoint
-from shoal.resources.model import Destination, DestinationRule, Service, TrafficPolicy
+from shoal.resources.model import (
+    Destination,
+    DestinationRule,
+    OriginTLS,
+    Service,
+    ServiceEntry,
+    TrafficPolicy,
+)
 
 ClusterKey = tuple[str, str | None]
 """(service name, subset name or None)."""
@@ -38,6 +46,8 @@ class Cluster:
     unknown_service: bool = False
     unknown_subset: bool = False
     revisions: tuple[str, ...] = ()  # ``service/revision`` of the Services the subset selects
+    # TLS the proxy originates to its endpoints (a destination outside Shoal), or None
+    origin: OriginTLS | None = None
 
     @property
     def key(self) -> ClusterKey:
@@ -67,6 +77,7 @@ def merge_policy(base: TrafficPolicy, override: TrafficPolicy) -> TrafficPolicy:
         failure_threshold=_set_or(override.failure_threshold, base.failure_threshold),
         healthy_threshold=_set_or(override.healthy_threshold, base.healthy_threshold),
         tls_mode=_set_or(override.tls_mode, base.tls_mode),
+        tls_origin=override.tls_origin if override.tls_mode is not None else base.tls_origin,
     )
 
 
@@ -83,9 +94,13 @@ class ClusterBuilder:
         services: Iterable[Service],
         destination_rules: Iterable[DestinationRule],
         endpoints: Iterable[Endpoint],
+        entries: Iterable[ServiceEntry] = (),
     ) -> None:
         services = list(services)
-        self.service_names = {service.name for service in services}
+        # A ServiceEntry's hosts are services too, named by the whole host; its first port's
+        # protocol says whether TLS is originated to them.
+        self.entry_protocols = {h: e.ports[0].protocol for e in entries for h in e.hosts}
+        self.service_names = {service.name for service in services} | set(self.entry_protocols)
         self.revisions: dict[str, list[Service]] = {}
         for service in services:
             self.revisions.setdefault(service.name, []).append(service)
@@ -142,4 +157,5 @@ class ClusterBuilder:
             unknown_service=service not in self.service_names,
             unknown_subset=unknown_subset,
             revisions=tuple(sorted(r.key for r in revisions)),
+            origin=origin(policy, self.entry_protocols.get(service)),
         )

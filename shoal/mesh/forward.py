@@ -35,6 +35,7 @@ from shoal.http.refusal import (
     NO_HEALTHY_UPSTREAM,
     NO_MESH_IDENTITY,
     OVERFLOW,
+    UPSTREAM_CONNECT_ERROR,
     UPSTREAM_TIMEOUT,
     Refusal,
 )
@@ -50,7 +51,7 @@ from shoal.mesh.replay import Replay
 from shoal.mesh.retry import RetryPolicy, attempt_timeout, backoff, should_retry
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse, Upstreams
 from shoal.resources.endpoint import Endpoint
-from shoal.resources.model import HTTPDirectResponse, HTTPRedirect
+from shoal.resources.model import HTTPDirectResponse, HTTPRedirect, OriginTLS
 
 Body = AsyncIterator[bytes] | bytes | None
 
@@ -180,6 +181,7 @@ class Forwarder:
         self.rng = rng or proxy_state.rng
         self.buffer_limit = buffer_limit
         self._mirrors: set[asyncio.Task[None]] = set()  # copies in flight (see _mirror)
+        self._origins: dict[OriginTLS, ssl.SSLContext] = {}  # TLS to destinations outside Shoal
 
     async def forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
         """Route and send ``req``; the caller relays the body and then calls ``done``."""
@@ -450,7 +452,8 @@ class Forwarder:
         total_timeout: float | None,
         route: Route,
     ) -> _Attempt:
-        authority, tls, peer = endpoint.authority, None, None
+        authority, tls, peer, server_name = endpoint.authority, None, None, None
+        origin = route.cluster.origin
         if endpoint.mtls:  # through the instance's node router, which forwards to it
             # The endpoint is from this snapshot, which keeps only instances of live nodes.
             authority = route.snapshot.meshes[endpoint.node]
@@ -466,6 +469,8 @@ class Forwarder:
         route.balancer.on_start(endpoint)
         self.proxy_state.load.change(endpoint.revision_key, 1, self.clock(), arrival=True)
         try:
+            if origin is not None and not endpoint.mtls:  # TLS to a destination outside Shoal
+                tls, server_name = self._origin_context(origin), origin.sni or route.cluster.service
             response = await self.upstreams.request(
                 authority,
                 req.method,
@@ -478,12 +483,31 @@ class Forwarder:
                 peer=peer,
                 tunnel=req.upgrade,
                 settings=route.cluster.policy.connection_pool,
+                server_name=server_name,
             )
         except UpstreamError as e:
             self._finished(route, endpoint)
             return _Attempt(endpoint, classify(None, e.cause), error=e)
         outcome = Outcome.response(response.status, grpc.head_status(response.headers))
         return _Attempt(endpoint, outcome, response=response)
+
+    def _origin_context(self, origin: OriginTLS) -> ssl.SSLContext:
+        """The client context for TLS originated as ``origin`` says (built once; an unreadable
+        file is a connect failure)."""
+        context = self._origins.get(origin)
+        if context is None:
+            try:
+                context = ssl.create_default_context(cafile=origin.ca_certificates)
+                if origin.client_certificate is not None and origin.private_key is not None:
+                    context.load_cert_chain(origin.client_certificate, origin.private_key)
+            except (OSError, ssl.SSLError) as e:
+                raise UpstreamError(
+                    503, UPSTREAM_CONNECT_ERROR, f"TLS settings: {e}", sent=False
+                ) from None
+            if origin.insecure_skip_verify:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            self._origins[origin] = context
+        return context
 
     def _finished(self, route: Route, endpoint: Endpoint) -> None:
         route.balancer.on_finish(endpoint)

@@ -25,6 +25,7 @@ from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, m
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.clusters import Cluster, ClusterKey
+from shoal.mesh.external import entry_endpoints
 from shoal.mesh.hashing import rendezvous
 from shoal.mesh.load import LoadMeter
 from shoal.mesh.matching import NO_LABELS, RouteMatch
@@ -43,7 +44,9 @@ from shoal.resources.model import (
     MtlsMode,
     OutlierDetection,
     PeerAuthentication,
+    Resource,
     Service,
+    ServiceEntry,
     VirtualService,
 )
 from shoal.store.watch import View
@@ -57,6 +60,7 @@ CONFIG_KINDS = (
     "AuthorizationPolicy",
     "PeerAuthentication",
     "Gateway",
+    "ServiceEntry",
 )
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
@@ -87,12 +91,17 @@ def table_from_view(
     whose node is not live (no inbound address) is left out.
     """
     parsed = [r for kind in CONFIG_KINDS for r in stored.parse(kind, view.documents(kind)).values()]
+    entries = [r for r in parsed if isinstance(r, ServiceEntry)]
     return RoutingTable.build(
         [r for r in parsed if isinstance(r, Service)],
         [r for r in parsed if isinstance(r, VirtualService)],
         [r for r in parsed if isinstance(r, DestinationRule)],
-        [e for e in view.instances.values() if not e.mtls or e.node in meshes],
+        [
+            *(e for e in view.instances.values() if not e.mtls or e.node in meshes),
+            *entry_endpoints(entries),
+        ],
         previous=previous,
+        entries=entries,
     )
 
 
@@ -229,9 +238,7 @@ class ProxyState:
             del self.clusters[key]
         peer_authentications = tuple(
             r
-            for r in self._stored.parse(
-                "PeerAuthentication", view.documents("PeerAuthentication")
-            ).values()
+            for r in self._stored_of(view, "PeerAuthentication")
             if isinstance(r, PeerAuthentication)
         )
         self.snapshot = Snapshot(
@@ -244,19 +251,15 @@ class ProxyState:
             plaintext_allowed=any(
                 p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in peer_authentications
             ),
-            gateways=tuple(
-                sorted(
-                    (
-                        r
-                        for r in self._stored.parse("Gateway", view.documents("Gateway")).values()
-                        if isinstance(r, Gateway)
-                    ),
-                    key=lambda g: g.name,
-                )
-            ),
+            gateways=tuple(r for r in self._stored_of(view, "Gateway") if isinstance(r, Gateway)),
         )
         self.changed.set()
         self.changed = asyncio.Event()
+
+    def _stored_of(self, view: View, kind: str) -> list[Resource]:
+        """The view's resources of ``kind``, in name order."""
+        parsed = self._stored.parse(kind, view.documents(kind))
+        return [parsed[key] for key in sorted(parsed)]
 
     def decide(
         self,

@@ -41,7 +41,7 @@ from shoal.resources.hosts import mesh_service
 from shoal.resources.model import MESH_GATEWAY, Destination, HTTPRoute, RouteDestination
 
 if TYPE_CHECKING:  # annotations only
-    from shoal.resources.model import DestinationRule, Service, VirtualService
+    from shoal.resources.model import DestinationRule, Service, ServiceEntry, VirtualService
 
 
 class RoutingTable:
@@ -70,6 +70,7 @@ class RoutingTable:
         destination_rules: Iterable[DestinationRule],
         endpoints: Iterable[Endpoint],
         previous: RoutingTable | None = None,
+        entries: Iterable[ServiceEntry] = (),
     ) -> RoutingTable:
         """A snapshot of the given resources; balancers of ``previous`` are kept where a
         cluster's policy is unchanged. Raises ``ValueError`` naming the field for a regex or a
@@ -78,7 +79,7 @@ class RoutingTable:
         As in Istio, a VirtualService applies in the mesh (and at the gateway's own listeners,
         ``--port``/``--tls-port``) when its ``gateways`` is empty or names ``mesh``, and at the
         listeners of each Gateway it names (:meth:`bound`)."""
-        builder = ClusterBuilder(services, destination_rules, endpoints)
+        builder = ClusterBuilder(services, destination_rules, endpoints, entries)
         table = cls()
         for vs in sorted(virtual_services, key=lambda v: v.name):
             blocks = compile_virtual_service(vs, builder)

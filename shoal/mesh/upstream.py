@@ -183,7 +183,7 @@ class Upstreams:
         """An idle connection for ``key`` (reused: True), else a new one, connected within
         the connect timeout and before ``deadline`` (the attempt's: a connection that cannot
         be made in time is a connect failure, nothing was sent)."""
-        authority, tls, peer, settings = key
+        authority, tls, peer, settings, server_name = key
         connect_timeout, idle_timeout, keepalive = self._connect_timeout, IDLE_TIMEOUT, None
         if settings is not None:
             connect_timeout = settings.connect_timeout or connect_timeout
@@ -208,7 +208,11 @@ class Upstreams:
         try:
             async with asyncio.timeout_at(limit):
                 _, protocol = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key), host, port, ssl=tls
+                    lambda: UpstreamConnection(self, key),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=server_name if tls is not None else None,
                 )
         except (OSError, TimeoutError, ssl.SSLError) as e:
             raise UpstreamError(
@@ -269,12 +273,14 @@ class Upstreams:
         peer: str | None = None,
         tunnel: bool = False,
         settings: ConnectionPool | None = None,
+        server_name: str | None = None,
     ) -> UpstreamResponse:
         """Send one request to ``authority`` (``host:port``), over ``tls`` when given, to an
         upstream presenting the SPIFFE ID ``peer`` when given, on a connection made and kept
         as the destination's ``settings`` say (its ``connectTimeout``, ``tcpKeepalive``,
-        ``idleTimeout`` and ``maxRequestsPerConnection``); return once the response head has
-        arrived.
+        ``idleTimeout`` and ``maxRequestsPerConnection``), with ``server_name`` as its TLS
+        server name (SNI and the name verified; None: the authority's host); return once the
+        response head has arrived.
 
         ``head_timeout`` bounds the wait for the response head; ``total_timeout`` the whole
         exchange, body included.
@@ -302,7 +308,7 @@ class Upstreams:
         replayable = not isinstance(body, AsyncIterator)
         head_deadline = earliest(loop, head_timeout, deadline)  # this attempt's
         for attempt in (1, 2):
-            key = authority, tls, peer, settings
+            key = authority, tls, peer, settings, server_name
             connection, reused = await self._connect(loop, key, head_deadline)
             exchange = self._start(connection, method, head, body, chunked)
             # A timer on the future, not asyncio.timeout_at: no task cancellation per request.

@@ -24,10 +24,11 @@ from shoal.http.refusal import UPSTREAM_RESET
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 from shoal.resources.model import ConnectionPool
 
-# The authority, the TLS context it is reached with, the SPIFFE ID it must present, and the
+# The authority, the TLS context it is reached with, the SPIFFE ID it must present, the
 # destination's connection settings (a DestinationRule's ``connectionPool``; None: the pool's
-# defaults). Destinations with other settings get connections of their own.
-PoolKey = tuple[str, ssl.SSLContext | None, str | None, ConnectionPool | None]
+# defaults) and the TLS server name (None: the authority's host). Destinations with other
+# settings get connections of their own.
+PoolKey = tuple[str, ssl.SSLContext | None, str | None, ConnectionPool | None, str | None]
 
 
 class UpstreamError(ShoalError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Literal
 
 from shoal.errors import ManifestError
 from shoal.resources.fields import (
@@ -35,9 +34,11 @@ from shoal.resources.model import (
     ConsistentHash,
     DestinationRule,
     LoadBalancerPolicy,
+    OriginTLS,
     OutlierDetection,
     Subset,
     TcpKeepalive,
+    TlsModeName,
     TrafficPolicy,
 )
 
@@ -107,6 +108,7 @@ def _traffic_policy(value: object, field: str) -> TrafficPolicy:
         raise ManifestError(
             "must set one of simple or consistentHash", field=balancer.path, value=value
         )
+    tls = policy.get("tls", _tls)
     return TrafficPolicy(
         load_balancer=None if balancer is None else balancer.get("simple", choice(LOAD_BALANCERS)),
         consistent_hash=None if balancer is None else balancer.get("consistentHash", _hash),
@@ -114,26 +116,56 @@ def _traffic_policy(value: object, field: str) -> TrafficPolicy:
         connection_pool=policy.get("connectionPool", _connection_pool),
         failure_threshold=policy.get("failureThreshold", integer(1)),
         healthy_threshold=policy.get("healthyThreshold", integer(1)),
-        tls_mode=policy.get("tls", _tls_mode),
+        tls_mode=tls[0] if tls is not None else None,
+        tls_origin=tls[1] if tls is not None else None,
     )
 
 
-_TLS_MODES: Mapping[str, Literal["ISTIO_MUTUAL", "DISABLE"]] = MappingProxyType(
-    {"ISTIO_MUTUAL": "ISTIO_MUTUAL", "DISABLE": "DISABLE"}
+_TLS_MODES: Mapping[str, TlsModeName] = MappingProxyType(
+    {m: m for m in ("ISTIO_MUTUAL", "DISABLE", "SIMPLE", "MUTUAL")}
 )
+_TLS_FIELDS = (
+    "mode",
+    "caCertificates",
+    "clientCertificate",
+    "privateKey",
+    "sni",
+    "insecureSkipVerify",
+)
+_TLS_HINTS = {
+    "credentialName": "not supported by Shoal yet: give the files with caCertificates, "
+    "clientCertificate and privateKey",
+    "subjectAltNames": "not supported by Shoal: the certificate is checked against the SNI name",
+}
 
 
-def _tls_mode(value: object, field: str) -> Literal["ISTIO_MUTUAL", "DISABLE"]:
-    tls = Section(value, field, ("mode",))
-    mode = tls.need("mode", string)
-    if mode in ("SIMPLE", "MUTUAL"):
+def _tls(value: object, field: str) -> tuple[TlsModeName, OriginTLS | None]:
+    """``tls``: the mode, and for SIMPLE/MUTUAL (TLS the proxy originates to a destination
+    outside Shoal) its files and SNI name."""
+    tls = Section(value, field, _TLS_FIELDS, _TLS_HINTS)
+    mode = tls.need("mode", choice(_TLS_MODES))
+    if mode in ("ISTIO_MUTUAL", "DISABLE"):
+        for key in _TLS_FIELDS[1:]:
+            if tls.has(key):
+                raise ManifestError(
+                    f"only for tls.mode SIMPLE or MUTUAL (TLS to a destination outside Shoal); "
+                    f"{mode} is Shoal's own mTLS setting",
+                    field=tls.at(key),
+                    value=tls.raw(key),
+                )
+        return mode, None
+    origin = OriginTLS(
+        ca_certificates=tls.get("caCertificates", string),
+        client_certificate=tls.get("clientCertificate", string),
+        private_key=tls.get("privateKey", string),
+        sni=tls.get("sni", string),
+        insecure_skip_verify=tls.get("insecureSkipVerify", boolean, False),
+    )
+    if mode == "MUTUAL" and (origin.client_certificate is None or origin.private_key is None):
         raise ManifestError(
-            "TLS with certificates of your own to a destination is not supported by Shoal yet; "
-            "between Shoal's own hops write ISTIO_MUTUAL (what Shoal does by default) or DISABLE",
-            field=tls.at("mode"),
-            value=mode,
+            "tls.mode MUTUAL needs clientCertificate and privateKey", field=field, value=value
         )
-    return choice(_TLS_MODES)(mode, tls.at("mode"))
+    return mode, origin
 
 
 _HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
@@ -255,7 +287,15 @@ def _traffic_policy_doc(policy: TrafficPolicy) -> dict[str, object]:
     put(out, "failureThreshold", policy.failure_threshold)
     put(out, "healthyThreshold", policy.healthy_threshold)
     if policy.tls_mode is not None:
-        out["tls"] = {"mode": policy.tls_mode}
+        tls: dict[str, object] = {"mode": policy.tls_mode}
+        origin = policy.tls_origin
+        if origin is not None:
+            put(tls, "caCertificates", origin.ca_certificates)
+            put(tls, "clientCertificate", origin.client_certificate)
+            put(tls, "privateKey", origin.private_key)
+            put(tls, "sni", origin.sni)
+            put(tls, "insecureSkipVerify", origin.insecure_skip_verify, False)
+        out["tls"] = tls
     return out
 
 

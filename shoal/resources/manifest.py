@@ -52,6 +52,7 @@ from shoal.resources.model import (
     PeerAuthentication,
     Resource,
     Service,
+    ServiceEntry,
     VirtualService,
 )
 from shoal.resources.security import (
@@ -60,6 +61,7 @@ from shoal.resources.security import (
     parse_peer_authentication,
     peer_authentication_spec,
 )
+from shoal.resources.service_entry import parse_service_entry, service_entry_spec
 from shoal.resources.service_spec import parse_service, service_spec
 from shoal.resources.virtual_service import parse_virtual_service, virtual_service_spec
 from shoal.resources.yaml_documents import read_documents
@@ -122,6 +124,8 @@ def _parse_spec(kind: str, metadata: Section, top: Section, base_dir: str | None
         return parse_virtual_service(name, top.need("spec", _unparsed))
     if kind == "Gateway":
         return parse_gateway(name, top.need("spec", _unparsed), base_dir)
+    if kind == "ServiceEntry":
+        return parse_service_entry(name, top.need("spec", _unparsed))
     if kind == "DestinationRule":
         return parse_destination_rule(name, top.need("spec", _unparsed))
     # An empty security spec is meaningful (Istio's "allow-nothing" policy is ``spec: {}``).
@@ -157,6 +161,8 @@ def to_document(resource: Resource) -> dict[str, object]:
         api_version, spec = ISTIO_APIS[0], destination_rule_spec(resource)
     elif isinstance(resource, Gateway):
         api_version, spec = ISTIO_APIS[0], gateway_spec(resource)
+    elif isinstance(resource, ServiceEntry):
+        api_version, spec = ISTIO_APIS[0], service_entry_spec(resource)
     elif isinstance(resource, PeerAuthentication):
         api_version, spec = SECURITY_APIS[0], peer_authentication_spec(resource)
     else:

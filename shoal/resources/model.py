@@ -22,6 +22,7 @@ ISTIO_APIS = (
 )
 SECURITY_APIS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 
+TlsModeName = Literal["ISTIO_MUTUAL", "DISABLE", "SIMPLE", "MUTUAL"]
 LoadBalancerPolicy = Literal["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "WEIGHTED"]
 
 
@@ -364,14 +365,30 @@ class ConsistentHash:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OriginTLS:
+    """TLS a proxy originates to a destination outside Shoal (a DestinationRule's ``tls`` with
+    mode SIMPLE or MUTUAL): the CA to verify it with (None: the system's), the client
+    certificate and key (MUTUAL), the SNI name (None: the destination host)."""
+
+    ca_certificates: str | None = None
+    client_certificate: str | None = None
+    private_key: str | None = None
+    sni: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrafficPolicy:
     """Per-destination policy: balancer, outlier detection, pool limits, health thresholds."""
 
     load_balancer: LoadBalancerPolicy | None = None  # None: not set here (ROUND_ROBIN overall)
     consistent_hash: ConsistentHash | None = None  # instead of ``load_balancer``
     # ``tls.mode``: ISTIO_MUTUAL (Shoal's mTLS between proxies, the default) or DISABLE
-    # (plaintext to the instance's node router, which its PeerAuthentication may refuse).
-    tls_mode: Literal["ISTIO_MUTUAL", "DISABLE"] | None = None
+    # (plaintext to the instance's node router, which its PeerAuthentication may refuse); to a
+    # destination outside Shoal (a ServiceEntry), SIMPLE or MUTUAL: TLS that the proxy
+    # originates, as ``tls_origin`` says.
+    tls_mode: TlsModeName | None = None
+    tls_origin: OriginTLS | None = None
     outlier_detection: OutlierDetection | None = None
     connection_pool: ConnectionPool | None = None
     failure_threshold: int | None = None
@@ -539,8 +556,65 @@ class Gateway:
         return self.name
 
 
+# ---------------------------------------------------------------------------------------------
+# ServiceEntry (networking.istio.io): destinations outside Shoal
+
+EntryProtocol = Literal["HTTP", "HTTPS"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryPort:
+    """A ServiceEntry port: ``HTTP`` is spoken to the endpoints as it is, ``HTTPS`` with TLS
+    that Shoal originates (as a DestinationRule's ``tls.mode: SIMPLE`` would)."""
+
+    number: int
+    protocol: EntryProtocol
+    name: str | None = None
+    target_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryEndpoint:
+    """An endpoint of a ServiceEntry (Istio's inline WorkloadEntry): an address (an IP, or a
+    host name resolved when connecting), ports by port name, labels (subsets select them)."""
+
+    address: str
+    ports: tuple[tuple[str, int], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEntry:
+    """Istio's ServiceEntry: hosts served outside Shoal, added to the mesh's registry so that
+    routes, retries, timeouts and outlier detection apply to them. ``STATIC``: the
+    ``endpoints``' addresses; ``DNS``: their names, or the host itself, resolved when
+    connecting."""
+
+    name: str
+    hosts: tuple[str, ...]
+    ports: tuple[EntryPort, ...]
+    resolution: Literal["STATIC", "DNS"] = "DNS"
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
+    endpoints: tuple[EntryEndpoint, ...] = ()
+    metadata: Metadata = field(default_factory=Metadata)
+
+    kind = "ServiceEntry"
+
+    @property
+    def key(self) -> str:
+        """Store key: the resource name."""
+        return self.name
+
+
 Resource = (
-    Service | VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy | Gateway
+    Service
+    | VirtualService
+    | DestinationRule
+    | PeerAuthentication
+    | AuthorizationPolicy
+    | Gateway
+    | ServiceEntry
 )
 KINDS: dict[
     str,
@@ -549,7 +623,8 @@ KINDS: dict[
     | type[DestinationRule]
     | type[PeerAuthentication]
     | type[AuthorizationPolicy]
-    | type[Gateway],
+    | type[Gateway]
+    | type[ServiceEntry],
 ] = {
     "Service": Service,
     "VirtualService": VirtualService,
@@ -557,4 +632,5 @@ KINDS: dict[
     "PeerAuthentication": PeerAuthentication,
     "AuthorizationPolicy": AuthorizationPolicy,
     "Gateway": Gateway,
+    "ServiceEntry": ServiceEntry,
 }

@@ -90,3 +90,27 @@ async def sse(scope: Scope, receive: Receive, send: Send) -> None:
         event = f"data: {n}\n\n".encode()
         await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+
+
+async def fetch(scope: Scope, receive: Receive, send: Send) -> None:
+    """Calls out through the mesh (``$SHOAL_MESH_URL``): GET of its own path with the Host
+    named by the request's ``x-fetch-host`` header; answers with that call's status and body
+    (``/healthz`` at once)."""
+    if scope["type"] != "http":
+        return
+    headers = dict(scope["headers"])
+    host = headers.get(b"x-fetch-host")
+    if scope["path"] == "/healthz" or host is None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    import os
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        url = os.environ["SHOAL_MESH_URL"] + scope["path"]
+        async with session.get(url, headers={"Host": host.decode()}) as answer:
+            status, body = answer.status, await answer.read()
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": body})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -41,8 +42,10 @@ async def echo_backend(
     delay: Callable[[web.BaseRequest], float] | None = None,
     status: Callable[[web.BaseRequest], int] | None = None,
     reset: Callable[[web.BaseRequest], bool] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Backend]:
-    """An echo server on a free loopback port; answers JSON of method, path, headers, body.
+    """An echo server on a free loopback port (over ``tls`` when given); answers JSON of
+    method, path, headers, body.
 
     ``delay`` holds the answer, ``status`` chooses it, ``reset`` drops the connection instead.
     """
@@ -71,7 +74,7 @@ async def echo_backend(
 
     server = web.Server(handle, access_log=None)
     loop = asyncio.get_running_loop()
-    srv = await loop.create_server(server, "127.0.0.1", 0)
+    srv = await loop.create_server(server, "127.0.0.1", 0, ssl=tls)
     backend.port = int(srv.sockets[0].getsockname()[1])
     try:
         yield backend

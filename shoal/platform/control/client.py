@@ -50,6 +50,9 @@ KIND_ALIASES = {
     "gateway": "Gateway",
     "gateways": "Gateway",
     "gw": "Gateway",
+    "serviceentry": "ServiceEntry",
+    "serviceentries": "ServiceEntry",
+    "se": "ServiceEntry",
 }
 
 
