@@ -23,6 +23,7 @@ from typing import Any
 
 from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
+from shoal.mesh.external_health import probe_forever
 from shoal.mesh.follow import follow
 from shoal.mesh.metrics import MetricsServer
 from shoal.mesh.proxy_state import ProxyState
@@ -90,6 +91,7 @@ class ProxyProcess:
                 ),
                 name=f"{self.component} follower",
             )
+            scope.start(probe_forever(self.state), name=f"{self.component} endpoint checks")
             try:
                 if self._metrics_at is not None:
                     await self.metrics.start(*self._metrics_at)

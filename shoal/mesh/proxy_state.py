@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, m
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
 from shoal.mesh.clusters import Cluster, ClusterKey
-from shoal.mesh.external import entry_endpoints
+from shoal.mesh.external import Probe, entry_endpoints, probes
 from shoal.mesh.hashing import rendezvous
 from shoal.mesh.load import LoadMeter
 from shoal.mesh.matching import NO_LABELS, RouteMatch
@@ -83,12 +83,17 @@ def mesh_addresses(view: View) -> dict[str, str]:
 
 
 def table_from_view(
-    view: View, previous: RoutingTable | None, stored: StoredResources, meshes: Mapping[str, str]
+    view: View,
+    previous: RoutingTable | None,
+    stored: StoredResources,
+    meshes: Mapping[str, str],
+    unreachable: Collection[str] = (),
 ) -> RoutingTable:
     """Build a routing snapshot from the view's documents (bad documents are skipped).
 
     An instance run by a Shoal node is reachable only through that node's router, so one
-    whose node is not live (no inbound address) is left out.
+    whose node is not live (no inbound address) is left out; a ServiceEntry endpoint whose key
+    is in ``unreachable`` fails its health checks and is not ready.
     """
     parsed = [r for kind in CONFIG_KINDS for r in stored.parse(kind, view.documents(kind)).values()]
     entries = [r for r in parsed if isinstance(r, ServiceEntry)]
@@ -98,7 +103,7 @@ def table_from_view(
         [r for r in parsed if isinstance(r, DestinationRule)],
         [
             *(e for e in view.instances.values() if not e.mtls or e.node in meshes),
-            *entry_endpoints(entries),
+            *entry_endpoints(entries, unreachable),
         ],
         previous=previous,
         entries=entries,
@@ -144,6 +149,7 @@ class Snapshot:
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     plaintext_allowed: bool = False  # does any PeerAuthentication let plaintext in
     gateways: tuple[Gateway, ...] = ()  # the Gateways, by name: the edge's listeners
+    probes: tuple[Probe, ...] = ()  # ServiceEntry endpoints this proxy checks itself
     workloads: dict[str, Workload] = field(default_factory=dict)  # memo, by instance key
     retry_policies: dict[int, RetryPolicy] = field(default_factory=dict)  # memo, by route id
 
@@ -195,6 +201,8 @@ class ProxyState:
         self.snapshot = Snapshot()
         self.load = LoadMeter(time.monotonic())  # per revision, for the autoscaler
         self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
+        self.unreachable: frozenset[str] = frozenset()  # ServiceEntry endpoints failing checks
+        self._view: View | None = None  # the last one, to rebuild from when those change
         self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
         self.last_report: dict[str, Any] = {}  # what report() returned last, for /metrics
         self._reports = 0
@@ -218,11 +226,22 @@ class ProxyState:
         """Whether any PeerAuthentication now lets plaintext in (asked per new connection)."""
         return self.snapshot.plaintext_allowed
 
+    def set_unreachable(self, keys: frozenset[str]) -> None:
+        """The ServiceEntry endpoints now failing their health checks: a new snapshot without
+        them (and with those that recovered)."""
+        if keys != self.unreachable:
+            self.unreachable = keys
+            if self._view is not None:
+                self.update(self._view)
+
     def update(self, view: View) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built."""
+        self._view = view
         meshes = mesh_addresses(view)
         try:
-            table = table_from_view(view, self.snapshot.table, self._stored, meshes)
+            table = table_from_view(
+                view, self.snapshot.table, self._stored, meshes, self.unreachable
+            )
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             return
@@ -252,6 +271,10 @@ class ProxyState:
                 p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in peer_authentications
             ),
             gateways=tuple(r for r in self._stored_of(view, "Gateway") if isinstance(r, Gateway)),
+            probes=probes(
+                (r for r in self._stored_of(view, "ServiceEntry") if isinstance(r, ServiceEntry)),
+                {key[0]: c.policy for key, c in table.clusters.items() if key[1] is None},
+            ),
         )
         self.changed.set()
         self.changed = asyncio.Event()
@@ -366,6 +389,7 @@ class ProxyState:
             "denied": dict(s.denied),
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
             "served": dict(s.served),
+            "unreachable": sorted(self.unreachable),
             "outcomes": {k: list(v) for k, v in s.outcomes.items()},
             "latency": {k: list(v) for k, v in s.latency.items()},
             "ejections": ejections,

@@ -15,10 +15,12 @@ from aiohttp import web
 
 from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
+from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 from tests.support.backends import echo_backend
 from tests.support.cluster import Cluster, ready, running_cluster
 from tests.support.tls import self_signed
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -187,3 +189,41 @@ spec:
         )
         status, headers, _ = await call(cluster.gateway_url + "/", "named.example")
         assert (status, headers["x-backend"]) == (200, "named")
+
+
+async def unreachable(cluster: Cluster) -> list[str]:
+    """The ServiceEntry endpoints the gateway's health checks now find down (its report)."""
+    reports = (await cluster.client.status()).reports
+    return list(reports.get("gateway", {}).get("unreachable", []))
+
+
+async def test_static_endpoints_are_health_checked(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """An endpoint nothing listens on leaves the rotation by the proxies' own checks, before
+    any request fails on it (no retries here: a request sent there would fail); once it
+    listens again it comes back."""
+    dead = free_port()
+    async with (
+        echo_backend("up") as up,
+        running_cluster(redis, redis_url, keys, tmp_path) as cluster,
+    ):
+        entry = (
+            static_entry(up.port, dead)
+            .replace("retries: {attempts: 3, retryOn: 5xx}", "retries: {attempts: 0}")
+            .replace(
+                "maxEjectionPercent: 100}", "maxEjectionPercent: 100}\n    failureThreshold: 1"
+            )
+        )
+        await apply(cluster, entry)
+        await eventually(
+            lambda: unreachable(cluster),
+            "the dead endpoint found down",
+            until=lambda down: down == ["api.example.com/api-1"],
+        )
+        answers = [await call(cluster.gateway_url + "/", "api.example.com") for _ in range(20)]
+        assert {(a[0], a[1].get("x-backend")) for a in answers} == {(200, "up")}
+        async with echo_backend("back", port=dead):
+            await eventually(lambda: unreachable(cluster), "it is back", until=lambda d: not d)
+            answers = [await call(cluster.gateway_url + "/", "api.example.com") for _ in range(20)]
+            assert {a[1].get("x-backend") for a in answers} == {"up", "back"}

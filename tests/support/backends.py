@@ -43,9 +43,10 @@ async def echo_backend(
     status: Callable[[web.BaseRequest], int] | None = None,
     reset: Callable[[web.BaseRequest], bool] | None = None,
     tls: ssl.SSLContext | None = None,
+    port: int = 0,
 ) -> AsyncIterator[Backend]:
-    """An echo server on a free loopback port (over ``tls`` when given); answers JSON of
-    method, path, headers, body.
+    """An echo server on a loopback port (``port``, else a free one; over ``tls`` when given);
+    answers JSON of method, path, headers, body.
 
     ``delay`` holds the answer, ``status`` chooses it, ``reset`` drops the connection instead.
     """
@@ -74,7 +75,7 @@ async def echo_backend(
 
     server = web.Server(handle, access_log=None)
     loop = asyncio.get_running_loop()
-    srv = await loop.create_server(server, "127.0.0.1", 0, ssl=tls)
+    srv = await loop.create_server(server, "127.0.0.1", port, ssl=tls)
     backend.port = int(srv.sockets[0].getsockname()[1])
     try:
         yield backend

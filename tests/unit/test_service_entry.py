@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import ManifestError
-from shoal.mesh.external import SYSTEM_TRUST, entry_endpoints, origin
+from shoal.mesh.external import SYSTEM_TRUST, Probe, entry_endpoints, origin, probes
+from shoal.mesh.external_health import Tracker
 from shoal.resources.manifest import parse_text, to_document
 from shoal.resources.model import OriginTLS, ServiceEntry, TrafficPolicy
 
@@ -88,3 +89,35 @@ def test_origin_follows_the_rule_else_the_port() -> None:
     assert origin(TrafficPolicy(tls_mode="DISABLE"), "HTTPS") is None
     assert origin(TrafficPolicy(), "HTTP") is None
     assert origin(TrafficPolicy(), None) is None
+
+
+def test_the_tracker_takes_an_endpoint_out_and_back_by_its_thresholds() -> None:
+    """Down after ``failures`` failures in a row, up after ``successes`` successes in a row; a
+    success in between starts the count again; an endpoint no longer checked is forgotten."""
+    tracker = Tracker()
+    probe = Probe("api/x-0", "10.0.0.1", 80, failures=2, successes=2)
+    assert not tracker.observe(probe, False)
+    assert not tracker.observe(probe, True)  # the run is broken
+    assert not tracker.observe(probe, False)
+    assert tracker.observe(probe, False) and tracker.down == {"api/x-0"}
+    assert not tracker.observe(probe, False)
+    assert not tracker.observe(probe, True)
+    assert tracker.observe(probe, True) and not tracker.down
+    tracker.observe(probe, False), tracker.observe(probe, False)
+    assert tracker.keep([]) and not tracker.down
+
+
+def test_only_static_endpoints_are_probed_with_their_rules_thresholds() -> None:
+    static = parsed(entry(STATIC))
+    dns = parsed(
+        entry("{hosts: [httpbin.org], resolution: DNS, ports: [{number: 80, protocol: HTTP}]}")
+    )
+    found = probes([static, dns], {"api.example.com": TrafficPolicy(failure_threshold=1)})
+    assert [(p.key, p.port, p.failures, p.successes) for p in found] == [
+        ("api.example.com/api-0", 9090, 1, 1),
+        ("api.example.com/api-1", 8080, 1, 1),
+        ("api2.example.com/api-0", 9090, 3, 1),
+        ("api2.example.com/api-1", 8080, 3, 1),
+    ]
+    down = entry_endpoints([static], unreachable={"api2.example.com/api-1"})
+    assert [e.state for e in down] == ["ready", "ready", "ready", "unhealthy"]
