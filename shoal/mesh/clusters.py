@@ -141,7 +141,11 @@ class ClusterBuilder:
         if subset_name is not None:
             subsets = rule.subsets if rule is not None else ()
             subset = next((s for s in subsets if s.name == subset_name), None)
-            if subset is None:
+            named = [r for r in revisions if r.revision == subset_name]
+            if subset is None and named:  # a revision is a subset by its own name
+                endpoints = tuple(ep for ep in endpoints if ep.revision == subset_name)
+                revisions = named
+            elif subset is None:
                 endpoints, revisions, unknown_subset = (), [], True
             else:
                 wanted = set(subset.labels)  # endpoint labels must include these pairs

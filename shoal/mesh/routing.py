@@ -39,6 +39,7 @@ from shoal.mesh.split import pick_weighted
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.hosts import mesh_service
 from shoal.resources.model import MESH_GATEWAY, Destination, HTTPRoute, RouteDestination
+from shoal.resources.weights import latest_ready
 
 if TYPE_CHECKING:  # annotations only
     from shoal.resources.model import DestinationRule, Service, ServiceEntry, VirtualService
@@ -90,13 +91,19 @@ class RoutingTable:
                 )
                 for host in vs.hosts:
                     target._add_host(host.lower().rstrip("."), blocks, vs.name)
+        ready = {e.revision_key for group in builder.ready.values() for e in group}
         for name in sorted(builder.service_names):
-            route = HTTPRoute(route=(RouteDestination(destination=Destination(host=name)),))
+            # As in Knative: the latest ready revision (its subset by name) serves a service no
+            # VirtualService routes (one of a single revision is the whole service).
+            revisions = builder.revisions.get(name, ())
+            latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
+            destination = Destination(host=name, subset=latest.revision if latest else None)
+            route = HTTPRoute(route=(RouteDestination(destination=destination),))
             table._defaults[name] = RouteMatch(
                 virtual_service=None,
                 route_index=None,
                 route=route,
-                clusters=(builder.cluster(Destination(host=name)),),
+                clusters=(builder.cluster(destination),),
                 weights=(100,),
             )
         table._clusters = builder.clusters

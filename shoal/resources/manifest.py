@@ -34,6 +34,7 @@ from shoal.resources.fields import (
     Section,
     dns_label,
     dns_subdomain,
+    integer,
     labels,
     section,
     string,
@@ -88,7 +89,8 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
     """
     if not isinstance(doc, dict):
         raise ManifestError("a document must be a mapping", value=doc)
-    top = Section(doc, "", ("apiVersion", "kind", "metadata", "spec"))
+    status = ("status",) if doc.get("kind") == "Service" else ()  # Shoal writes a Service's
+    top = Section(doc, "", ("apiVersion", "kind", "metadata", "spec", *status))
     kind = top.need("kind", string)
     if kind not in KINDS:
         raise ManifestError(
@@ -112,7 +114,11 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
         labels=metadata.get("labels", labels, ()),
         annotations=metadata.get("annotations", string_map, ()),
     )
-    return replace(_parse_spec(kind, metadata, top, base_dir), metadata=meta)
+    resource = replace(_parse_spec(kind, metadata, top, base_dir), metadata=meta)
+    if isinstance(resource, Service) and top.has("status"):
+        written = top.need("status", section(("created",)))
+        resource = replace(resource, created=written.get("created", integer(0), 0))
+    return resource
 
 
 def _parse_spec(kind: str, metadata: Section, top: Section, base_dir: str | None) -> Resource:
@@ -167,12 +173,15 @@ def to_document(resource: Resource) -> dict[str, object]:
         api_version, spec = SECURITY_APIS[0], peer_authentication_spec(resource)
     else:
         api_version, spec = SECURITY_APIS[0], authorization_policy_spec(resource)
-    return {
+    document: dict[str, object] = {
         "apiVersion": api_version,
         "kind": resource.kind,
         "metadata": _metadata(resource),
         "spec": spec,
     }
+    if isinstance(resource, Service) and resource.created:
+        document["status"] = {"created": resource.created}
+    return document
 
 
 def _metadata(resource: Resource) -> dict[str, object]:

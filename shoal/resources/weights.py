@@ -11,7 +11,7 @@ after it is created.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from shoal.errors import UserError
@@ -158,15 +158,29 @@ def subset_revisions(
     )
 
 
+def latest_ready(revisions: Iterable[Service], ready: Collection[str]) -> Service | None:
+    """The revision that serves a service no VirtualService splits, as in Knative: the latest
+    applied one with a ready instance (``ready``: ``service/revision`` keys), else (none is
+    ready: the first deploy, or all at zero) the latest applied one."""
+    ordered = sorted(revisions, key=lambda s: (s.created, s.revision))
+    return next((s for s in reversed(ordered) if s.key in ready), ordered[-1] if ordered else None)
+
+
 def traffic_shares(
     service: str,
     vs: VirtualService | None,
     rule: DestinationRule | None,
     services: Sequence[Service],
+    ready: Collection[str] = (),
 ) -> dict[str, float] | None:
     """Percent of ``service``'s traffic each revision gets under its VirtualService's default
-    route (a subset's share split evenly among the revisions it selects); None when traffic is
-    not split by subset (every ready instance shares it)."""
+    route (a subset's share split evenly among the revisions it selects), or without one all to
+    its latest ready revision (:func:`latest_ready`; ``ready``: revisions with a ready
+    instance); None when a VirtualService does not split it by subset (every ready instance
+    shares it)."""
+    if vs is None:
+        latest = latest_ready((s for s in services if s.name == service), ready)
+        return None if latest is None else {latest.key: 100.0}
     try:
         weights = current_weights(service, vs)
     except UserError:

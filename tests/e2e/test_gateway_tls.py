@@ -85,7 +85,8 @@ def test_gateway_tls_on_shoal_up(platform: Platform, tmp_path: Path) -> None:
                 )
             open_connection.sendall(request)
             assert b"Hello, World!" in _response(open_connection)
-    assert curl_tls(port, "a.example", renewed[0]).stdout == "Hello, World!\n 200 2"
+    renewed_ok = curl_tls(port, "a.example", renewed[0])
+    assert renewed_ok.stdout == "Hello, World!\n 200 2", renewed_ok
 
     status = platform.shoal("status")
     assert "gateway servers" in status.stdout and "CN=a.example" in status.stdout, status.stdout

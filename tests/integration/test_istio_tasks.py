@@ -164,6 +164,7 @@ async def test_header_operations_and_source_labels(
     Then a ``sourceLabels`` rule: ratings called by reviews v3 go to ratings v2, by any other
     workload to v1."""
     async with mesh(redis, redis_url, keys, tmp_path, BOOKINFO, BOOKINFO_SERVICES) as cluster:
+        await delete(cluster, "VirtualService", "reviews")  # Bookinfo's, for the same host
         await apply(cluster, "destination-rule-all.yaml", "headers-reviews.yaml")
         versions: Counter[str] = Counter()
         async with aiohttp.ClientSession() as session:

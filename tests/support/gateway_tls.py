@@ -61,7 +61,7 @@ def curl_tls(port: int, host: str, ca: Path, *extra: str) -> subprocess.Complete
     prints the status, the HTTP version and the body."""
     return subprocess.run(
         [
-            "curl", "-s", "--http2", "--cacert", str(ca), "--resolve", f"{host}:{port}:127.0.0.1",
+            "curl", "-sS", "--http2", "--cacert", str(ca), "--resolve", f"{host}:{port}:127.0.0.1",
             "-w", " %{http_code} %{http_version}", *extra, f"https://{host}:{port}/",
         ],
         capture_output=True,

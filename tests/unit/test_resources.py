@@ -678,7 +678,8 @@ def test_each_class_of_error_names_the_field_and_value(
 @pytest.mark.parametrize(
     ("doc", "field"),
     [
-        ({**service_doc(), "status": {}}, "status"),
+        ({**service_doc(), "status": {"phase": "Ready"}}, "status.phase"),
+        ({**virtual_service_doc(), "status": {}}, "status"),
         ({**service_doc(), "metadata": {"name": "hello", "uid": "1"}}, "metadata.uid"),
         (service_doc(replicas=3), "spec.replicas"),
         (service_doc(scale={"targetConcurrency": 5}), "spec.scale.targetConcurrency"),

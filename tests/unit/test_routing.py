@@ -372,7 +372,9 @@ def test_unknown_subset_and_service() -> None:
     ghost = hit(table, "/b").clusters[0]
     assert ghost.unknown_service and ghost.endpoints == ()
     a = hit(table, "/c").clusters[0]
-    assert a.unknown_subset and a.endpoints == ()  # no DestinationRule for "a" at all
+    # No DestinationRule for "a" at all, but a revision is a subset by its own name.
+    assert not a.unknown_subset and [e.id for e in a.endpoints] == ["a-1"]
+    assert a.revisions == ("a/v1",)
 
 
 def test_service_named_by_whole_host() -> None:
@@ -569,3 +571,25 @@ def test_source_labels_match_the_calling_workloads_labels() -> None:
         == "a"
     )
     assert target(table.resolve("hello", "GET", "/", {})) == "a"
+
+
+def test_a_service_without_a_virtual_service_goes_to_its_latest_ready_revision() -> None:
+    """As in Knative: the latest applied revision with a ready instance takes all the traffic
+    (the latest applied one while none is ready); a VirtualService's destination without a
+    subset is still every ready instance, as in Istio."""
+    old = Service(name="hello", revision="old", app="app:app", created=1)
+    new = Service(name="hello", revision="new", app="app:app", created=2)
+    both = [ep("hello", 1, version="old"), ep("hello", 2, version="new")]
+    only_old = [both[0], ep("hello", 2, version="new", state="starting")]
+
+    def served(endpoints: list[Endpoint], *vss: VirtualService) -> set[str]:
+        table = build([old, new], list(vss), [], endpoints)
+        match = table.resolve("hello", "GET", "/", {})
+        assert match is not None
+        return {e.revision for e in match.clusters[0].endpoints}
+
+    assert served(both) == {"new"}
+    assert served(only_old) == {"old"}
+    cold = build([old, new], [], [], []).resolve("hello", "GET", "/", {})
+    assert cold is not None and cold.clusters[0].revisions == ("hello/new",)
+    assert served(both, vs("hello", ["hello"], rule(to("hello")))) == {"old", "new"}

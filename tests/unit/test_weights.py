@@ -168,7 +168,10 @@ def test_traffic_shares_follow_subset_labels_to_revisions() -> None:
         "hello/v2": 45.0,
         "hello/v3": 10.0,
     }
-    assert traffic_shares("hello", None, rule, services) is None
+    # Without a VirtualService: all to the latest ready revision (the latest applied when none
+    # is ready), as in Knative.
+    assert traffic_shares("hello", None, rule, services) == {"hello/v3": 100.0}
+    assert traffic_shares("hello", None, rule, services, {"hello/v1"}) == {"hello/v1": 100.0}
     with pytest.raises(UserError, match="not defined"):
         subset_revisions("hello", "nope", rule, services)
 

@@ -125,10 +125,17 @@ class Client:
         changes: list[Change] = []
         changed: list[str] = []
         unchanged: list[str] = []
-        for r in resources:
-            doc = to_document(r)
+        base = await self.config.revision()
+        for index, r in enumerate(resources):
             label = f"{r.kind}/{r.key}"
             existing = await self.config.get(r.kind, r.key)
+            if isinstance(r, Service):
+                # A revision's order: when it was first applied (the latest ready one serves
+                # a service that no VirtualService splits).
+                before_doc = parse_document(existing) if existing is not None else None
+                created = before_doc.created if isinstance(before_doc, Service) else 0
+                r = replace(r, created=created or base + 1 + index)
+            doc = to_document(r)
             if existing is not None and (keep_existing or encode(existing) == encode(doc)):
                 unchanged.append(label)
                 continue
@@ -193,13 +200,14 @@ class Client:
         services = [s for s in await self.services() if s.name == service]
         if not services:
             raise NotFoundError(f"Service {service} not found")
+        instances = await self.registry.instances()
         shares = traffic_shares(
             service,
             find_virtual_service(service, await self.virtual_services()),
             find_rule(service, await self.destination_rules()),
             services,
+            {e.revision_key for e in instances if e.state == "ready"},
         )
-        instances = await self.registry.instances()
         decisions = await self.decisions.read()
         return [
             {

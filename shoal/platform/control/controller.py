@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,12 @@ from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_rea
 from shoal.platform.runtime.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service, VirtualService
-from shoal.resources.weights import find_rule, find_virtual_service, traffic_shares
+from shoal.resources.weights import (
+    find_rule,
+    find_virtual_service,
+    latest_ready,
+    traffic_shares,
+)
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore, FencedOut
 from shoal.store.connection import Redis, honour_cancellation, uptime, wait_at_most
@@ -79,9 +84,11 @@ def placement_changes(
 
 
 def unrouted_revisions(
-    view: View, stored: StoredResources, services: Sequence[Service]
+    view: View, stored: StoredResources, services: Sequence[Service], ready: Collection[str] = ()
 ) -> list[str]:
-    """Revisions that get 0% of their service's traffic under its VirtualService's split."""
+    """Revisions that get 0% of their service's traffic under its VirtualService's split, or,
+    with none, those older than the latest ready one (a newer one that is not ready yet is
+    not routed either, but it must start to become ready)."""
     parsed = {
         kind: list(stored.parse(kind, view.documents(kind)).values())
         for kind in ("VirtualService", "DestinationRule")
@@ -91,10 +98,16 @@ def unrouted_revisions(
     out = []
     for name in sorted({s.name for s in services}):
         mine = [s for s in services if s.name == name]
+        vs = find_virtual_service(name, vss)
+        if vs is None:
+            latest = latest_ready(mine, ready)
+            assert latest is not None  # (mine is not empty)
+            out += [
+                s.key for s in mine if (s.created, s.revision) < (latest.created, latest.revision)
+            ]
+            continue
         try:
-            shares = traffic_shares(
-                name, find_virtual_service(name, vss), find_rule(name, rules), mine
-            )
+            shares = traffic_shares(name, vs, find_rule(name, rules), mine)
         except UserError:
             continue  # a subset the rule does not define: leave the revisions alone
         if shares is not None:
@@ -227,7 +240,7 @@ class Controller:
             self.autoscaling.activate(revision, now)
         ready = ready_counts(view)
         decisions = self.autoscaling.decide(
-            services, ready, now, unrouted_revisions(view, self._stored, services)
+            services, ready, now, unrouted_revisions(view, self._stored, services, set(ready))
         )
         selectors = {s.key: dict(s.node_selector) for s in services}
         changes, schedule = placement_changes(

@@ -1,0 +1,92 @@
+"""Knative's revision model: a Service no VirtualService splits sends all its traffic to its
+latest ready revision. Under steady traffic through the gateway, a changed spec (a new hash
+revision) takes over once ready without a failed request and the old revision scales to zero;
+a broken spec gets no request while the revision before it goes on serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shoal.platform.control.scaling import AutoscaleSettings
+from shoal.resources.manifest import parse_text
+from shoal.resources.model import Service
+from shoal.store.connection import Redis
+from shoal.store.keys import Keys
+from tests.support.cluster import EXAMPLE, Cluster, ready, running_cluster
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def hello(env: str, app: str = "app:hello") -> str:
+    """hello without a revision name (named by its spec's hash), ``env`` making each spec new."""
+    return f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: hello}}
+spec:
+  app: {app}
+  workdir: {EXAMPLE}
+  env: {{GREETING: "{env}"}}
+  health: {{path: /healthz}}
+"""
+
+
+async def revision_of(cluster: Cluster, text: str) -> str:
+    """Apply ``text``; the revision it made."""
+    resources = parse_text(text)
+    await cluster.client.apply(resources)
+    service = resources[0]
+    assert isinstance(service, Service)
+    return service.revision
+
+
+async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothing(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    answers: list[tuple[int, str | None]] = []
+    stop = asyncio.Event()
+
+    async def traffic(url: str) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                async with session.get(url, headers={"Host": "hello"}) as answer:
+                    await answer.read()
+                    answers.append((answer.status, answer.headers.get("x-version")))
+                await asyncio.sleep(0.02)  # ~50 requests a second
+
+    settings = AutoscaleSettings(retire_after=1.0)
+    async with running_cluster(redis, redis_url, keys, tmp_path, autoscale=settings) as cluster:
+        first = await revision_of(cluster, hello("one"))
+        await cluster.instances(lambda found: bool(ready(found, "hello")))
+        load = asyncio.create_task(traffic(cluster.gateway_url + "/"))
+        try:
+            second = await revision_of(cluster, hello("two"))
+            await cluster.instances(
+                lambda found: any(e.revision == second for e in ready(found, "hello"))
+            )
+            # Served by the new revision alone once its instance is ready; the old one retires.
+            await cluster.instances(
+                lambda found: not any(e.revision == first for e in found), timeout=30
+            )
+            seen = len(answers)
+            while len(answers) < seen + 25:
+                await asyncio.sleep(0.05)
+            assert {version for _, version in answers[seen:]} == {second}
+
+            broken = await revision_of(cluster, hello("three", app="app:nowhere"))
+            await cluster.instances(lambda found: any(e.revision == broken for e in found))
+            seen = len(answers)
+            while len(answers) < seen + 50:
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await load
+        versions = Counter(version for _, version in answers)
+        assert {status for status, _ in answers} == {200}, Counter(answers)
+        assert broken not in versions and set(versions) == {first, second}, versions
+        assert {version for _, version in answers[seen:]} == {second}
