@@ -141,14 +141,23 @@ def delete(
             help="Name (a Service name deletes all revisions; NAME/REVISION deletes one)."
         ),
     ],
+    keep_routes: Annotated[
+        bool,
+        typer.Option(
+            help="Deleting a Service: keep the VirtualServices and DestinationRules that only "
+            "served it (by default they go too)."
+        ),
+    ] = False,
     redis: RedisOpt = None,
 ) -> None:
-    """Delete a resource.
+    """Delete a resource; a Service with the routing that only served it.
 
     Example: shoal delete service world
     """
-    revision = with_client(redis, lambda c: c.delete(kind, name))
-    typer.echo(f"deleted {kind} {name} (revision {revision})")
+    revision, deleted = with_client(redis, lambda c: c.delete(kind, name, keep_routes=keep_routes))
+    for label in deleted:
+        typer.echo(f"deleted {label}")
+    typer.echo(f"revision {revision}")
 
 
 @app.command()

@@ -74,18 +74,21 @@ def set_weights(
     weights: Mapping[str, int],
     vs: VirtualService | None,
     rule: DestinationRule | None,
+    services: Sequence[Service],
     route: str | None = None,
 ) -> VirtualService:
     """The VirtualService that splits ``service``'s traffic by ``weights`` between subsets, on
-    the route named ``route`` or the default one."""
-    defined = {s.name for s in rule.subsets} if rule is not None else set()
-    unknown = sorted(set(weights) - defined)
-    if unknown:
-        known = ", ".join(sorted(defined)) or "none"
-        raise UserError(
-            f"subset {', '.join(unknown)} of {service} is not defined in a DestinationRule "
-            f"(defined: {known})"
-        )
+    the route named ``route`` or the default one. A subset is one of ``rule``'s or a revision
+    of ``services`` by name; one given traffic must select a revision, if Shoal runs the
+    service (instances registered from outside have no revisions)."""
+    runs = any(s.name == service for s in services)
+    for subset, weight in sorted(weights.items()):
+        chosen = subset_revisions(service, subset, rule, services)
+        if weight and runs and not chosen:
+            raise UserError(
+                f"subset {subset} of {service} selects no revision (its labels match none): "
+                "it would get requests with nowhere to send them"
+            )
     if vs is None:
         if route is not None:
             raise UserError(f"no VirtualService routes {service}: there is no route {route}")
@@ -146,10 +149,20 @@ def current_weights(
 def subset_revisions(
     service: str, subset: str, rule: DestinationRule | None, services: Sequence[Service]
 ) -> list[str]:
-    """``service/revision`` keys of the revisions a subset selects (by its labels)."""
+    """``service/revision`` keys of the revisions a subset selects: a DestinationRule's by its
+    labels, else the revision of that name."""
     found = next((s for s in rule.subsets if s.name == subset), None) if rule else None
     if found is None:
-        raise UserError(f"subset {subset} of {service} is not defined in a DestinationRule")
+        named = [s.key for s in services if s.name == service and s.revision == subset]
+        if named:
+            return named
+        defined = sorted({s.name for s in rule.subsets} if rule else set())
+        revisions = sorted(s.revision for s in services if s.name == service)
+        raise UserError(
+            f"subset {subset} of {service} is neither one of its revisions "
+            f"({', '.join(revisions) or 'none'}) nor defined in a DestinationRule "
+            f"({', '.join(defined) or 'none'})"
+        )
     wanted = set(found.labels)
     return sorted(
         s.key
@@ -191,3 +204,20 @@ def traffic_shares(
         for key in revisions:
             shares[key] = shares.get(key, 0.0) + weight / len(revisions)
     return shares
+
+
+def serving_only(
+    service: str, vss: Sequence[VirtualService], rules: Sequence[DestinationRule]
+) -> list[VirtualService | DestinationRule]:
+    """The routing that serves ``service`` and nothing else: VirtualServices whose every
+    destination (and mirror) is it, DestinationRules of its host (what deleting it deletes)."""
+    found: list[VirtualService | DestinationRule] = []
+    for vs in vss:
+        hosts = {dest.destination.host for route in vs.http for dest in route.route} | {
+            route.mirror.host for route in vs.http if route.mirror is not None
+        }
+        routed = {mesh_service(host) or host for host in hosts}
+        if routed == {service}:
+            found.append(vs)
+    found += [rule for rule in rules if (mesh_service(rule.host) or rule.host) == service]
+    return found

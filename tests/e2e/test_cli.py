@@ -29,8 +29,8 @@ def shoal(redis_url: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("SHOAL_PREFIX", keys.prefix)
     runner = CliRunner()
 
-    def run(*args: str):  # type: ignore[no-untyped-def]
-        return runner.invoke(app, list(args))
+    def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+        return runner.invoke(app, list(args), input=input)
 
     return run
 
@@ -81,6 +81,33 @@ def test_apply_get_scale_delete(shoal) -> None:  # type: ignore[no-untyped-def]
     assert shoal("delete", "service", "world").exit_code == 0
     result = shoal("delete", "service", "world")
     assert result.exit_code == 3 and "not found" in one_line_error(result)
+
+
+def test_deleting_a_service_deletes_the_routing_that_only_served_it(shoal) -> None:  # type: ignore[no-untyped-def]
+    """``delete service hello`` also deletes hello's VirtualService and DestinationRule and
+    says so, leaving a VirtualService that routes elsewhere too; ``--keep-routes`` keeps them."""
+    assert shoal("apply", "-f", str(EXAMPLE / "hello.yaml")).exit_code == 0
+    shared = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shared}\n"
+        "spec: {hosts: [both], http: [{match: [{uri: {prefix: /w}}], route: [{destination: "
+        "{host: world}}]}, {route: [{destination: {host: hello}}]}]}\n"
+    )
+    assert shoal("apply", "-f", "-", input=shared).exit_code == 0
+    result = shoal("delete", "service", "hello")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "deleted Service/hello/v1",
+        "deleted Service/hello/v2",
+        "deleted VirtualService/hello",
+        "deleted DestinationRule/hello",
+        result.output.splitlines()[-1],
+    ]
+    assert shoal("get", "vs", "hello").exit_code == 3 and shoal("get", "dr", "hello").exit_code == 3
+    assert shoal("get", "vs", "shared").exit_code == 0
+    assert shoal("apply", "-f", str(EXAMPLE / "hello.yaml")).exit_code == 0
+    result = shoal("delete", "service", "hello", "--keep-routes")
+    assert result.exit_code == 0 and "VirtualService" not in result.output
+    assert shoal("get", "vs", "hello").exit_code == 0
 
 
 def test_weights_must_sum_to_100(shoal) -> None:  # type: ignore[no-untyped-def]

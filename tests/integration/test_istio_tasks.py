@@ -62,7 +62,7 @@ async def apply(cluster: Cluster, *names: str) -> None:
 
 async def delete(cluster: Cluster, kind: str, name: str) -> None:
     """Delete a resource (``kubectl delete``) and wait until every proxy has seen it."""
-    revision = await cluster.client.delete(kind, name)
+    revision, _ = await cluster.client.delete(kind, name)
     assert not await cluster.client.wait_applied(revision, 15)
 
 

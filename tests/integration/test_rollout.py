@@ -152,3 +152,24 @@ async def test_rollout_of_a_slow_revision_rolls_back_on_latency(cluster: Cluster
     assert "p99 latency of slow" in result.reason
     assert set(statuses) == {200}
     assert await weights(cluster) == {"v1": 100}
+
+
+@pytest.mark.timeout(90)
+async def test_rollout_by_revision_name_without_any_destination_rule(cluster: Cluster) -> None:
+    """No DestinationRule, no VirtualService: ``rollout --to <revision>`` splits from the
+    latest ready revision by revision names (each a subset by its own name) and ends with the
+    target taking all the traffic, without a failed request."""
+    plain = "---".join((revision("v1", "app:hello", EXAMPLE), revision("v2", "app:world", EXAMPLE)))
+    await cluster.client.apply(parse_text(plain))
+    await cluster.instances(lambda f: {e.revision for e in ready(f, "roll")} == {"v1", "v2"})
+    said: list[str] = []
+    async with traffic(cluster) as statuses:
+        result = await start_rollout(
+            cluster.client, "roll", "v1", said.append, min_requests=5, steps=[50, 100], interval=1.0
+        )
+    assert isinstance(result, Done), said
+    assert set(statuses) == {200}, statuses
+    assert await weights(cluster) == {"v1": 100}
+    assert "rollout of roll to v1 (roll/v1)" in said[0], said
+    rules = await cluster.client.destination_rules()
+    assert not rules

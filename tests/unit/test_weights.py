@@ -36,6 +36,15 @@ RULE = DestinationRule(
     ),
 )
 
+
+def revisions(service: str, *names: str) -> list[Service]:
+    """Revisions ``names`` of ``service``."""
+    return [Service(name=service, revision=name, app="app:a") for name in names]
+
+
+HELLO_REVISIONS = revisions("hello", "v1", "v2")
+REVIEWS_REVISIONS = revisions("reviews", "v1", "v2", "v3")
+
 RULE_3 = DestinationRule(
     name="reviews",
     host="reviews",
@@ -66,7 +75,7 @@ def test_edits_only_routes_to_the_service() -> None:
     vs = VirtualService(
         name="hello", hosts=("hello",), http=(other, HTTPRoute(route=(to("hello", "v1"),)))
     )
-    got = set_weights("hello", {"v1": 80, "v2": 20}, vs, RULE)
+    got = set_weights("hello", {"v1": 80, "v2": 20}, vs, RULE, HELLO_REVISIONS)
     assert got.http[0] == other
     assert got.http[1].route == (to("hello", "v1", 80), to("hello", "v2", 20))
 
@@ -87,7 +96,7 @@ def test_only_the_default_route_changes_and_hosts_stay_as_written() -> None:
         http=(JASON, HTTPRoute(route=(to(REVIEWS, "v1"),))),
     )
     assert find_virtual_service("reviews", [vs]) == vs  # by the service its host names
-    got = set_weights("reviews", {"v1": 80, "v2": 20}, vs, RULE)
+    got = set_weights("reviews", {"v1": 80, "v2": 20}, vs, RULE, REVIEWS_REVISIONS)
     assert got.http[0] == JASON
     assert got.http[1].route == (to(REVIEWS, "v1", 80), to(REVIEWS, "v2", 20))
     assert current_weights("reviews", got) == {"v1": 80, "v2": 20}
@@ -99,27 +108,35 @@ def test_a_named_route_changes_by_name() -> None:
     user is told to name one."""
     named = HTTPRoute(name="jason", match=JASON.match, route=JASON.route)
     vs = VirtualService(name="reviews", hosts=("reviews",), http=(named,))
-    got = set_weights("reviews", {"v2": 50, "v3": 50}, vs, RULE_3, route="jason")
+    got = set_weights("reviews", {"v2": 50, "v3": 50}, vs, RULE_3, REVIEWS_REVISIONS, route="jason")
     assert got.http[0].route == (to(REVIEWS, "v2", 50), to(REVIEWS, "v3", 50))
     assert got.http[0].match == JASON.match
     with pytest.raises(UserError, match="no route named nope \\(jason\\)"):
-        set_weights("reviews", {"v1": 100}, vs, RULE, route="nope")
+        set_weights("reviews", {"v1": 100}, vs, RULE, REVIEWS_REVISIONS, route="nope")
     with pytest.raises(UserError, match=r"no default route .* --route"):
-        set_weights("reviews", {"v1": 100}, vs, RULE)
+        set_weights("reviews", {"v1": 100}, vs, RULE, REVIEWS_REVISIONS)
     with pytest.raises(UserError, match="does not go to ratings"):
-        set_weights("ratings", {"v1": 100}, vs, RULE, route="jason")
+        set_weights("ratings", {"v1": 100}, vs, RULE, revisions("ratings", "v1"), route="jason")
 
 
 def test_creates_virtual_service_when_missing() -> None:
     """Without a VirtualService one named after the service is made."""
-    got = set_weights("hello", {"v1": 100}, None, RULE)
+    got = set_weights("hello", {"v1": 100}, None, RULE, HELLO_REVISIONS)
     assert got.hosts == ("hello",) and got.http[0].route == (to("hello", "v1", 100),)
 
 
 def test_unknown_subset_is_an_error() -> None:
-    """A subset no DestinationRule defines is refused, naming the defined ones."""
-    with pytest.raises(UserError, match="defined: v1, v2"):
-        set_weights("hello", {"v3": 100}, None, RULE)
+    """A subset that is neither a revision nor defined by a DestinationRule is refused, naming
+    both; so is traffic to a subset whose labels select no revision (its revision deleted);
+    a revision is a subset by its own name without any DestinationRule."""
+    with pytest.raises(
+        UserError, match=r"neither one of its revisions \(v1, v2\) nor .* \(v1, v2\)"
+    ):
+        set_weights("hello", {"v3": 100}, None, RULE, HELLO_REVISIONS)
+    with pytest.raises(UserError, match="subset v2 of hello selects no revision"):
+        set_weights("hello", {"v1": 50, "v2": 50}, None, RULE, revisions("hello", "v1"))
+    got = set_weights("hello", {"v1": 50, "5f3a": 50}, None, None, revisions("hello", "v1", "5f3a"))
+    assert got.http[0].route == (to("hello", "v1", 50), to("hello", "5f3a", 50))
 
 
 def test_find_virtual_service_by_host() -> None:
@@ -136,9 +153,9 @@ def svc(revision: str, **labels: str) -> Service:
 
 def test_current_weights_read_back_what_set_weights_wrote() -> None:
     """The first route to the service gives the split; a lone destination has it all."""
-    vs = set_weights("hello", {"v1": 80, "v2": 20}, None, RULE)
+    vs = set_weights("hello", {"v1": 80, "v2": 20}, None, RULE, HELLO_REVISIONS)
     assert current_weights("hello", vs) == {"v1": 80, "v2": 20}
-    alone = set_weights("hello", {"v2": 100}, vs, RULE)
+    alone = set_weights("hello", {"v2": 100}, vs, RULE, HELLO_REVISIONS)
     assert current_weights("hello", alone) == {"v2": 100}
     with pytest.raises(UserError, match="by subset"):
         current_weights(
@@ -162,7 +179,7 @@ def test_traffic_shares_follow_subset_labels_to_revisions() -> None:
     )
     services = [svc("v1", track="stable"), svc("v2", track="stable"), svc("v3")]
     assert subset_revisions("hello", "stable", rule, services) == ["hello/v1", "hello/v2"]
-    vs = set_weights("hello", {"stable": 90, "v3": 10}, None, rule)
+    vs = set_weights("hello", {"stable": 90, "v3": 10}, None, rule, services)
     assert traffic_shares("hello", vs, rule, services) == {
         "hello/v1": 45.0,
         "hello/v2": 45.0,
@@ -172,7 +189,7 @@ def test_traffic_shares_follow_subset_labels_to_revisions() -> None:
     # is ready), as in Knative.
     assert traffic_shares("hello", None, rule, services) == {"hello/v3": 100.0}
     assert traffic_shares("hello", None, rule, services, {"hello/v1"}) == {"hello/v1": 100.0}
-    with pytest.raises(UserError, match="not defined"):
+    with pytest.raises(UserError, match="neither one of its revisions"):
         subset_revisions("hello", "nope", rule, services)
 
 

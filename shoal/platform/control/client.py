@@ -20,6 +20,7 @@ from shoal.resources.weights import (
     find_rule,
     find_virtual_service,
     parse_weights,
+    serving_only,
     set_weights,
     traffic_shares,
 )
@@ -170,13 +171,27 @@ class Client:
             raise NotFoundError(f"{kind} {name} not found")
         return found
 
-    async def delete(self, kind: str, name: str) -> int:
-        """Delete a resource (a Service name deletes all its revisions); return the revision."""
+    async def delete(
+        self, kind: str, name: str, *, keep_routes: bool = False
+    ) -> tuple[int, list[str]]:
+        """Delete a resource (a Service name deletes all its revisions; ``NAME/REVISION`` one).
+        Deleting a whole Service also deletes the VirtualServices and DestinationRules that
+        only served it (unless ``keep_routes``), in the same write. Returns the store revision
+        and what was deleted (``Kind/name``)."""
         kind = kind_of(kind)
         keys = [k for k in await self.config.list(kind) if k == name or k.split("/")[0] == name]
         if not keys:
             raise NotFoundError(f"{kind} {name} not found")
-        return await self.config.write([Change(kind, k, None) for k in keys])
+        changes = [Change(kind, k, None) for k in keys]
+        if kind == "Service" and "/" not in name and not keep_routes:
+            changes += [
+                Change(r.kind, r.key, None)
+                for r in serving_only(
+                    name, await self.virtual_services(), await self.destination_rules()
+                )
+            ]
+        revision = await self.config.write(changes)
+        return revision, [f"{c.kind}/{c.key}" for c in changes]
 
     async def _resources(self, kind: str) -> list[Any]:
         return [parse_document(d) for d in (await self.config.list(kind)).values()]
@@ -238,7 +253,12 @@ class Client:
         vss: list[VirtualService] = await self._resources("VirtualService")
         rules: list[DestinationRule] = await self._resources("DestinationRule")
         vs = set_weights(
-            service, weights, find_virtual_service(service, vss), find_rule(service, rules), route
+            service,
+            weights,
+            find_virtual_service(service, vss),
+            find_rule(service, rules),
+            await self.services(),
+            route,
         )
         applied = await self.apply([vs])
         return vs, applied.revision

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shoal.errors import UserError
+from shoal.errors import NotFoundError, UserError
 from shoal.mesh.stats import LATENCY_BUCKETS, quantile
 from shoal.platform.control.client import Client
 from shoal.platform.control.rollout import (
@@ -40,6 +40,7 @@ from shoal.resources.weights import (
     current_weights,
     find_rule,
     find_virtual_service,
+    latest_ready,
     subset_revisions,
 )
 from shoal.store.acks import live_reports
@@ -176,7 +177,15 @@ async def start_rollout(
     rules: list[DestinationRule] = await client.destination_rules()
     services: list[Service] = await client.services()
     rule = find_rule(service, rules)
-    weights = current_weights(service, find_virtual_service(service, vss))
+    vs = find_virtual_service(service, vss)
+    if vs is None:  # all to the latest ready revision: split from there, by revision names
+        ready = {e.revision_key for e in await client.registry.instances() if e.state == "ready"}
+        latest = latest_ready([s for s in services if s.name == service], ready)
+        if latest is None:
+            raise NotFoundError(f"Service {service} not found")
+        weights = {latest.revision: 100}
+    else:
+        weights = current_weights(service, vs)
     revisions = subset_revisions(service, to, rule, services)
     if not revisions:
         raise UserError(f"subset {to} of {service} selects no Service revision")
