@@ -209,6 +209,30 @@ def scale(
 
 
 @app.command()
+def tag(
+    service: Annotated[str, typer.Argument()],
+    tag: Annotated[str, typer.Argument(help="The tag: a DNS label, e.g. candidate.")],
+    revision: Annotated[
+        str | None, typer.Argument(help="The revision it names (omit with --remove).")
+    ] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Take the tag away.")] = False,
+    redis: RedisOpt = None,
+) -> None:
+    """Tag a revision (Knative's traffic tags): it is reached at the host TAG-SERVICE whatever
+    its share of the traffic, e.g. to try a revision before it gets any.
+
+    Example: shoal tag hello candidate v2   (then: curl -H 'Host: candidate-hello' ...)
+    """
+    if revision is None and not remove:
+        raise UserError("name the revision to tag (or give --remove)")
+    changed = with_client(redis, lambda c: c.tag(service, revision, tag, remove=remove))
+    for s in changed:
+        typer.echo(f"{s.key}: tags {', '.join(s.tags) or '-'}")
+    if not remove:
+        typer.echo(f"host {tag}-{service} reaches {service}/{revision}")
+
+
+@app.command()
 def status(
     redis: RedisOpt = None,
     output: OutputOpt = "table",

@@ -98,14 +98,12 @@ class RoutingTable:
             revisions = builder.revisions.get(name, ())
             latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
             destination = Destination(host=name, subset=latest.revision if latest else None)
-            route = HTTPRoute(route=(RouteDestination(destination=destination),))
-            table._defaults[name] = RouteMatch(
-                virtual_service=None,
-                route_index=None,
-                route=route,
-                clusters=(builder.cluster(destination),),
-                weights=(100,),
-            )
+            table._defaults[name] = _whole(builder, destination)
+        for name, revisions in sorted(builder.revisions.items()):
+            for revision in revisions:  # Knative's tag hosts: <tag>-<service>, one revision
+                for tag in revision.tags:
+                    tagged = Destination(host=name, subset=revision.revision)
+                    table._defaults.setdefault(f"{tag}-{name}", _whole(builder, tagged))
         table._clusters = builder.clusters
         kept = previous._balancers if previous is not None else {}
         for key, cluster in builder.clusters.items():
@@ -224,6 +222,17 @@ class RoutingTable:
     def cluster(self, service: str, subset: str | None = None) -> Cluster | None:
         """The cluster for (service, subset) if any route or default route refers to it."""
         return self._clusters.get((service, subset))
+
+
+def _whole(builder: ClusterBuilder, destination: Destination) -> RouteMatch:
+    """A route that sends everything to ``destination``."""
+    return RouteMatch(
+        virtual_service=None,
+        route_index=None,
+        route=HTTPRoute(route=(RouteDestination(destination=destination),)),
+        clusters=(builder.cluster(destination),),
+        weights=(100,),
+    )
 
 
 _UNBOUND = RoutingTable()

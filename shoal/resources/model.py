@@ -96,6 +96,9 @@ class Service:
     # (``<td>/ns/default/sa/<account>``) match the services that run as that account.
     service_account: str = DEFAULT_ACCOUNT
     metadata: Metadata = field(default_factory=Metadata)
+    # Knative's traffic tags: each reaches this revision at the host ``<tag>-<name>`` whatever
+    # its share of the traffic; like ``scale``, not part of the revision.
+    tags: tuple[str, ...] = ()
     # When the revision was first applied (the store's revision then): which is the latest.
     # Kept in the document's ``status``, not part of the spec or the revision.
     created: int = 0

@@ -76,6 +76,7 @@ def parse_service(name: str, value: object, base_dir: str | None) -> Service:
             "node_selector",
             "protocol",
             "service_account",
+            "tags",
         ),
     )
     app = spec.get("app", _app)
@@ -99,24 +100,26 @@ def parse_service(name: str, value: object, base_dir: str | None) -> Service:
         node_selector=spec.get("node_selector", labels, ()),
         protocol=cast(Protocol, spec.get("protocol", one_of(PROTOCOLS), "http")),
         service_account=spec.get("service_account", dns_label, DEFAULT_ACCOUNT),
+        tags=tuple(sorted(set(spec.get("tags", list_of(dns_label)) or ()))),
     )
     revision = spec.get("revision", dns_label)
     return replace(service, revision=revision or _revision_hash(service))
 
 
 def revision_spec(service: Service) -> dict[str, object]:
-    """What makes a revision: the canonical spec without ``revision``, ``scale`` and
-    ``node_selector``.
+    """What makes a revision: the canonical spec without ``revision``, ``scale``,
+    ``node_selector`` and ``tags``.
 
-    Scaling bounds and the node selector say how many instances run and where, not what they
-    run, so neither is part of a revision: both change in place (``shoal scale``, or applying
-    the same revision with another selector), and a changed selector moves the revision's
-    instances to the nodes it now matches without a rollout or a new revision name. Anything
-    else changed makes a new revision.
+    Scaling bounds, the node selector and traffic tags say how many instances run, where, and
+    how they are reached, not what they run, so none is part of a revision: each changes in
+    place (``shoal scale``, ``shoal tag``, or applying the same revision with other values),
+    and a changed selector moves the revision's instances to the nodes it now matches without
+    a rollout or a new revision name. Anything else changed makes a new revision.
     """
     spec = service_spec(service, with_revision=False)
     spec.pop("scale", None)
     spec.pop("node_selector", None)
+    spec.pop("tags", None)
     return spec
 
 
@@ -224,4 +227,5 @@ def service_spec(service: Service, *, with_revision: bool = True) -> dict[str, o
     )
     put(spec, "health", health, {})
     put(spec, "node_selector", dict(service.node_selector), {})
+    put(spec, "tags", list(service.tags), [])
     return spec

@@ -226,3 +226,24 @@ def test_get_shows_labels(shoal, tmp_path: Path) -> None:  # type: ignore[no-unt
     assert "LABELS" in table and "team=demo" in table
     [doc] = json.loads(shoal("get", "vs", "hello", "-o", "json").output)
     assert doc["metadata"]["labels"] == {"team": "demo"}
+
+
+def test_tag_names_a_revision_and_says_its_host(shoal) -> None:  # type: ignore[no-untyped-def]
+    """``shoal tag hello candidate v1`` tags v1 and names the host; an unknown revision is
+    exit 3 naming the revisions; --remove takes it away."""
+    assert shoal("apply", "-f", str(EXAMPLE / "hello.yaml")).exit_code == 0
+    result = shoal("tag", "hello", "candidate", "v1")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "hello/v1: tags candidate",
+        "host candidate-hello reaches hello/v1",
+    ]
+    docs = json.loads(shoal("get", "service", "hello", "-o", "json").output)
+    assert {d["spec"]["revision"]: d["spec"].get("tags") for d in docs} == {
+        "v1": ["candidate"],
+        "v2": None,
+    }
+    result = shoal("tag", "hello", "candidate", "v9")
+    assert result.exit_code == 3 and "revisions: v1, v2" in one_line_error(result)
+    result = shoal("tag", "hello", "candidate", "--remove")
+    assert result.exit_code == 0 and result.output.splitlines() == ["hello/v1: tags -"]

@@ -90,3 +90,47 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
         assert {status for status, _ in answers} == {200}, Counter(answers)
         assert broken not in versions and set(versions) == {first, second}, versions
         assert {version for _, version in answers[seen:]} == {second}
+
+
+def named(revision: str) -> str:
+    """hello with an explicit revision name."""
+    return hello(revision).replace("  env:", f"  revision: {revision}\n  env:")
+
+
+async def test_a_tag_host_reaches_a_revision_with_no_traffic(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """``shoal tag hello candidate v1``: ``candidate-hello`` reaches v1 while ``hello`` (no
+    VirtualService) goes to the latest ready revision, v2; moving the tag moves the host;
+    removing it leaves no such host."""
+
+    async def version(cluster: Cluster, host: str) -> tuple[int, str | None]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(cluster.gateway_url + "/", headers={"Host": host}) as r:
+                await r.read()
+                return r.status, r.headers.get("x-version")
+
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await revision_of(cluster, named("v1"))
+        await revision_of(cluster, named("v2"))
+        await cluster.instances(
+            lambda found: {e.revision for e in ready(found, "hello")} == {"v1", "v2"}
+        )
+        changed = await cluster.client.tag("hello", "v1", "candidate")
+        assert [s.key for s in changed] == ["hello/v1"]
+        await settle(cluster)
+        assert {await version(cluster, "hello") for _ in range(5)} == {(200, "v2")}
+        assert {await version(cluster, "candidate-hello") for _ in range(5)} == {(200, "v1")}
+        await cluster.client.tag("hello", "v2", "candidate")  # moved: v1 loses it
+        await settle(cluster)
+        assert await version(cluster, "candidate-hello") == (200, "v2")
+        await cluster.client.tag("hello", None, "candidate", remove=True)
+        await settle(cluster)
+        status, _ = await version(cluster, "candidate-hello")
+        assert status == 404
+
+
+async def settle(cluster: Cluster) -> None:
+    """Until every proxy has the store's current revision."""
+    revision = await cluster.client.config.revision()
+    assert not await cluster.client.wait_applied(revision, 15)

@@ -1540,3 +1540,15 @@ def test_a_service_names_its_account() -> None:
     assert parse_document(to_document(named)) == named
     error = manifest_error(service_doc(service_account="Not_A_Name"))
     assert (error.field, error.value) == ("spec.service_account", "Not_A_Name")
+
+
+def test_tags_change_in_place_and_read_back() -> None:
+    """``spec.tags`` (Knative's traffic tags) are DNS labels, kept sorted and once, and are not
+    part of the revision: the same spec with other tags is the same revision."""
+    plain = parse_document(service_doc())
+    tagged = parse_document(service_doc(tags=["candidate", "blue", "candidate"]))
+    assert isinstance(plain, Service) and isinstance(tagged, Service)
+    assert tagged.tags == ("blue", "candidate") and tagged.revision == plain.revision
+    assert parse_document(to_document(tagged)) == tagged
+    error = manifest_error(service_doc(tags=["Not_A_Label"]))
+    assert error.field == "spec.tags[0]"

@@ -13,6 +13,7 @@ from typing import Any
 
 from shoal.errors import NotFoundError, UserError
 from shoal.resources.endpoint import Endpoint
+from shoal.resources.fields import dns_label
 from shoal.resources.manifest import parse_document, to_document
 from shoal.resources.model import KINDS, DestinationRule, Resource, Service, VirtualService
 from shoal.resources.service_spec import revision_spec
@@ -303,6 +304,30 @@ class Client:
             scaled.append(replace(s, scale=bounds))
         await self.apply(scaled)
         return scaled
+
+    async def tag(
+        self, service: str, revision: str | None, tag: str, *, remove: bool = False
+    ) -> list[Service]:
+        """Give ``service``'s revision ``revision`` the traffic tag ``tag`` (taken from the
+        revision that had it), or with ``remove`` take it away; the revisions changed."""
+        dns_label(tag, "tag")
+        stored = [s for s in await self.services() if s.name == service]
+        if not stored:
+            raise NotFoundError(f"Service {service} not found")
+        if not remove and not any(s.revision == revision for s in stored):
+            known = ", ".join(sorted(s.revision for s in stored))
+            raise NotFoundError(f"{service} has no revision {revision} (revisions: {known})")
+        changed = []
+        for s in stored:
+            tags = set(s.tags) - {tag}
+            if not remove and s.revision == revision:
+                tags.add(tag)
+            if tags != set(s.tags):
+                changed.append(replace(s, tags=tuple(sorted(tags))))
+        if remove and not changed:
+            raise NotFoundError(f"no revision of {service} has the tag {tag}")
+        await self.apply(changed)
+        return changed
 
     async def status(self) -> Status:
         """What runs where."""
