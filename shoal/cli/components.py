@@ -452,6 +452,17 @@ def controller(
             "instances before it is scaled to zero."
         ),
     ] = 300.0,
+    keep_retired: Annotated[
+        int,
+        typer.Option(
+            help="Retired revisions kept per service (no VirtualService) before older ones "
+            "are deleted."
+        ),
+    ] = 20,
+    delete_retired_after: Annotated[
+        float,
+        typer.Option(help="Seconds a retired revision beyond --keep-retired lives on."),
+    ] = 48 * 3600.0,
 ) -> None:
     """Run a controller (one leads; others stand by): CA, scheduler, autoscaler.
 
@@ -466,6 +477,8 @@ def controller(
             panic_window=panic_window,
             scale_to_zero_grace=scale_to_zero_grace,
             retire_after=retire_after,
+            keep_retired=keep_retired,
+            delete_retired_after=delete_retired_after,
         )
     except ValueError as e:
         raise fail(UserError(str(e))) from None

@@ -342,14 +342,26 @@ def rotation_plan(st: CertsStatus, *, root: bool) -> None:
 def revisions(rows: list[dict[str, Any]]) -> None:
     """``shoal get revisions``: one row per revision."""
     table = Table(box=None, pad_edge=False)
-    for col in ("REVISION", "TRAFFIC", "READY", "INSTANCES", "DESIRED", "MIN", "MAX"):
+    for col in (
+        "REVISION",
+        "STATE",
+        "TRAFFIC",
+        "TAGS",
+        "READY",
+        "INSTANCES",
+        "DESIRED",
+        "MIN",
+        "MAX",
+    ):
         table.add_column(col)
     for r in rows:
         traffic = "by instances" if r["traffic"] is None else f"{r['traffic']:g}%"
         desired = "-" if r["desired"] is None else str(r["desired"])
         table.add_row(
             r["revision"],
+            r["state"],
             traffic,
+            ",".join(r["tags"]) or "-",
             str(r["ready"]),
             str(r["instances"]),
             desired,

@@ -1,7 +1,8 @@
 """Knative's revision model: a Service no VirtualService splits sends all its traffic to its
 latest ready revision. Under steady traffic through the gateway, a changed spec (a new hash
-revision) takes over once ready without a failed request and the old revision scales to zero;
-a broken spec gets no request while the revision before it goes on serving."""
+revision) takes over once ready without a failed request, the old revision scales to zero and
+is deleted after the retention; a broken spec gets no request while the revision before it
+goes on serving; a tag host reaches a revision with no traffic."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from shoal.resources.model import Service
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from tests.support.cluster import EXAMPLE, Cluster, ready, running_cluster
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -59,7 +61,7 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
                     answers.append((answer.status, answer.headers.get("x-version")))
                 await asyncio.sleep(0.02)  # ~50 requests a second
 
-    settings = AutoscaleSettings(retire_after=1.0)
+    settings = AutoscaleSettings(retire_after=1.0, keep_retired=0, delete_retired_after=1.0)
     async with running_cluster(redis, redis_url, keys, tmp_path, autoscale=settings) as cluster:
         first = await revision_of(cluster, hello("one"))
         await cluster.instances(lambda found: bool(ready(found, "hello")))
@@ -83,6 +85,12 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
             seen = len(answers)
             while len(answers) < seen + 50:
                 await asyncio.sleep(0.05)
+            # Retired and at zero for the retention, the first revision is deleted.
+            await eventually(
+                cluster.client.services,
+                "the first revision deleted",
+                until=lambda found: first not in {s.revision for s in found},
+            )
         finally:
             stop.set()
             await load
@@ -119,6 +127,13 @@ async def test_a_tag_host_reaches_a_revision_with_no_traffic(
         changed = await cluster.client.tag("hello", "v1", "candidate")
         assert [s.key for s in changed] == ["hello/v1"]
         await settle(cluster)
+        shown = {r["revision"]: r for r in await cluster.client.revisions("hello")}
+        assert (shown["v1"]["state"], shown["v1"]["traffic"], shown["v1"]["tags"]) == (
+            "not routed",
+            0.0,
+            ["candidate"],
+        )
+        assert (shown["v2"]["state"], shown["v2"]["traffic"]) == ("routed", 100.0)
         assert {await version(cluster, "hello") for _ in range(5)} == {(200, "v2")}
         assert {await version(cluster, "candidate-hello") for _ in range(5)} == {(200, "v1")}
         await cluster.client.tag("hello", "v2", "candidate")  # moved: v1 loses it

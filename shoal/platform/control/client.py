@@ -58,6 +58,16 @@ KIND_ALIASES = {
 }
 
 
+def _revision_state(share: float | None, instances: int) -> str:
+    """What ``shoal get revisions`` says of a revision: ``routed`` (it gets traffic, or every
+    instance of the service does), ``retired`` (none, and no instance left: deleted after the
+    retention unless routed again), else ``not routed`` (its instances are still up: new and
+    not ready yet, or on their way out)."""
+    if share is None or share > 0:
+        return "routed"
+    return "retired" if not instances else "not routed"
+
+
 def kind_of(name: str) -> str:
     """The resource kind a user typed (any case, plural or short form)."""
     kind = KIND_ALIASES.get(name.lower())
@@ -236,6 +246,11 @@ class Client:
                 "desired": decisions.get(s.key, {}).get("desired"),
                 "min": s.scale.min,
                 "max": s.scale.max,
+                "tags": list(s.tags),
+                "state": _revision_state(
+                    None if shares is None else shares.get(s.key, 0.0),
+                    sum(1 for e in instances if e.revision_key == s.key),
+                ),
             }
             for s in sorted(services, key=lambda s: s.revision)
         ]

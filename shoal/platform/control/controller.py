@@ -102,9 +102,9 @@ def unrouted_revisions(
         if vs is None:
             latest = latest_ready(mine, ready)
             assert latest is not None  # (mine is not empty)
-            out += [
-                s.key for s in mine if (s.created, s.revision) < (latest.created, latest.revision)
-            ]
+            newest = latest.created, latest.revision
+            # A tagged revision stays reachable (its tag host), so it is not retired.
+            out += [s.key for s in mine if (s.created, s.revision) < newest and not s.tags]
             continue
         try:
             shares = traffic_shares(name, vs, find_rule(name, rules), mine)
@@ -112,6 +112,36 @@ def unrouted_revisions(
             continue  # a subset the rule does not define: leave the revisions alone
         if shares is not None:
             out += [s.key for s in mine if shares.get(s.key, 0.0) == 0.0]
+    return out
+
+
+def collectable(
+    services: Sequence[Service],
+    managed: Collection[str],
+    retired_since: Mapping[str, float],
+    running: Mapping[str, int],
+    now: float,
+    settings: AutoscaleSettings,
+) -> list[str]:
+    """Revisions to delete (Knative's garbage collection): of each ``managed`` service (no
+    VirtualService routes it), the retired ones (``retired_since``; no instance left in
+    ``running``) retired for ``delete_retired_after``, but for the newest ``keep_retired``."""
+    out = []
+    for name in sorted(managed):
+        retired = sorted(
+            (
+                s
+                for s in services
+                if s.name == name and s.key in retired_since and not running.get(s.key)
+            ),
+            key=lambda s: (s.created, s.revision),
+            reverse=True,
+        )
+        out += [
+            s.key
+            for s in retired[settings.keep_retired :]
+            if now - retired_since[s.key] >= settings.delete_retired_after
+        ]
     return out
 
 
@@ -248,6 +278,7 @@ class Controller:
         )
         unplaced = self._note_unplaced(schedule, live_nodes(view), selectors)
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
+        changes += self._collect(view, services, now)
         if changes:
             await self.config.write(changes, fence=self.id)
         await self.decisions.publish(
@@ -261,6 +292,24 @@ class Controller:
                 for key, d in decisions.items()
             }
         )
+
+    def _collect(self, view: View, services: list[Service], now: float) -> list[Change]:
+        """Deletions of the revisions :func:`collectable` finds (each logged)."""
+        vss = self._stored.parse("VirtualService", view.documents("VirtualService")).values()
+        routed = [v for v in vss if isinstance(v, VirtualService)]
+        managed = {s.name for s in services if find_virtual_service(s.name, routed) is None}
+        running = Counter(e.revision_key for e in view.instances.values())
+        found = collectable(
+            services,
+            managed,
+            self.autoscaling.retired_since,
+            running,
+            now,
+            self.autoscaling.settings,
+        )
+        for key in found:
+            log.info("deleting revision %s: retired, and older than the ones kept", key)
+        return [Change("Service", key, None) for key in found]
 
     def _note_unplaced(
         self,

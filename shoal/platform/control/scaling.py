@@ -29,12 +29,22 @@ class AutoscaleSettings:
     # saw no request for this long is scaled to zero whatever its scale.min (Knative scales
     # unrouted revisions away too); traffic sent back to it activates it again.
     retire_after: float = 300.0
+    # Knative's revision garbage collection: a retired revision (see above; at zero instances)
+    # of a service no VirtualService routes is deleted once retired this long, but the newest
+    # ``keep_retired`` of them are kept (to route traffic back to by name).
+    delete_retired_after: float = 48 * 3600.0
+    keep_retired: int = 20
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.panic_window <= self.stable_window:
             raise ValueError(
                 f"need 1 <= panic window ({self.panic_window:g}s) <= stable window "
                 f"({self.stable_window:g}s)"
+            )
+        if self.keep_retired < 0 or self.delete_retired_after < 0:
+            raise ValueError(
+                f"keep-retired and delete-retired-after must be >= 0 (got {self.keep_retired}, "
+                f"{self.delete_retired_after:g})"
             )
         if self.scale_to_zero_grace < 0:
             raise ValueError(f"scale-to-zero grace must be >= 0 (got {self.scale_to_zero_grace})")
@@ -49,6 +59,7 @@ class Autoscaling:
         self._states: dict[str, AutoscalerState] = {}
         self._seen: dict[str, int] = {}  # component -> last report sequence folded in
         self._unrouted_since: dict[str, float] = {}
+        self.retired_since: dict[str, float] = {}  # revision -> when it was first scaled away
 
     def _window(self, revision: str) -> Metrics:
         metrics = self._metrics.get(revision)
@@ -87,6 +98,7 @@ class Autoscaling:
         unrouted = set(unrouted)
         for key in set(self._unrouted_since) - unrouted:
             del self._unrouted_since[key]
+            self.retired_since.pop(key, None)
         for service in services:
             key = service.key
             if key in unrouted:
@@ -94,6 +106,7 @@ class Autoscaling:
                 last = self._window(key).last_active_at
                 quiet = now - max(since, last if last is not None else since)
                 if quiet >= s.retire_after:
+                    self.retired_since.setdefault(key, now)
                     out[key] = Decision(
                         desired=0,
                         state=self._states.get(key, AutoscalerState()),
@@ -116,4 +129,6 @@ class Autoscaling:
         for gone in set(self._metrics) - set(out):
             self._metrics.pop(gone, None)
             self._states.pop(gone, None)
+        for gone in set(self.retired_since) - set(out):
+            del self.retired_since[gone]
         return out
