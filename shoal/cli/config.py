@@ -12,11 +12,12 @@ import typer
 import yaml
 
 from shoal.cli import render
-from shoal.errors import ShoalError, UserError
+from shoal.errors import PlatformError, ShoalError, UserError
 from shoal.platform import settings
 from shoal.platform.control.client import Client
 from shoal.platform.control.rollout import RollBack
 from shoal.resources.manifest import load_files
+from shoal.resources.model import Service
 from shoal.resources.weights import split_route
 
 if TYPE_CHECKING:
@@ -30,7 +31,13 @@ from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client, with_s
 def apply(
     file: Annotated[list[str], typer.Option("-f", "--file", help="Manifest file(s); - is stdin.")],
     redis: RedisOpt = None,
-    wait: Annotated[bool, typer.Option(help="Wait until every proxy applied it.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Wait until every proxy applied it and each new revision (scale.min > 0) has "
+            "a ready instance; a revision that cannot get one fails the command (exit 5)."
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 30.0,
 ) -> None:
     """Validate and apply manifests: all documents land together, or none do.
@@ -42,18 +49,31 @@ def apply(
     except ShoalError as e:
         raise fail(e) from None
 
-    async def go(c: Client) -> tuple[Any, dict[str, int]]:
+    async def go(c: Client) -> tuple[Any, dict[str, int], dict[str, str]]:
         applied = await c.apply(resources)
-        lagging = await c.wait_applied(applied.revision, timeout) if wait else {}
-        return applied, lagging
+        if not wait:
+            return applied, {}, {}
+        lagging = await c.wait_applied(applied.revision, timeout)
+        new = [
+            r for r in resources if isinstance(r, Service) and f"Service/{r.key}" in applied.changed
+        ]
+        return applied, lagging, await c.wait_ready(new, timeout)
 
-    applied, lagging = with_client(redis, go)
+    applied, lagging, failed = with_client(redis, go)
     render.applied(applied)
     if lagging:
         raise fail(
             ShoalError(
                 "not applied yet by: "
                 + ", ".join(f"{c} (at {r})" for c, r in sorted(lagging.items()))
+            )
+        )
+    if failed:
+        raise fail(
+            PlatformError(
+                "not ready: "
+                + "; ".join(f"{key}: {why}" for key, why in sorted(failed.items()))
+                + " (shoal status; the instance's log in $SHOAL_HOME/logs)"
             )
         )
 

@@ -92,6 +92,10 @@ def status_dict(st: Status) -> dict[str, Any]:
                 "address": e.authority,
                 "pid": e.pid,
                 "state": e.state,
+                "restarts": e.restarts,
+                "reason": e.reason,
+                "exit": e.exit,
+                "output": e.output,
             }
             for e in st.instances
         ],
@@ -140,10 +144,21 @@ def status(st: Status) -> None:
     console.print(services)
 
     instances = Table(title="\ninstances", title_justify="left", box=None, pad_edge=False)
-    for col in ("SERVICE", "REVISION", "INSTANCE", "NODE", "ADDRESS", "PID", "STATE"):
+    for col in (
+        "SERVICE",
+        "REVISION",
+        "INSTANCE",
+        "NODE",
+        "ADDRESS",
+        "PID",
+        "STATE",
+        "RESTARTS",
+        "LAST EXIT",
+    ):
         instances.add_column(col)
     for e in st.instances:
         style = STATE_STYLE.get(e.state, "")
+        last = " ".join(part for part in (e.reason, f"({e.exit})" if e.exit else "") if part)
         instances.add_row(
             e.service,
             e.revision,
@@ -152,6 +167,8 @@ def status(st: Status) -> None:
             e.authority,
             str(e.pid or "-"),
             f"[{style}]{e.state}[/{style}]",
+            str(e.restarts),
+            last or "-",
         )
     console.print(instances)
     proxies = Table(title="\nproxies", title_justify="left", box=None, pad_edge=False)

@@ -28,6 +28,13 @@ class Endpoint:
     pid: int | None = None
     mtls: bool = False  # run by a Shoal node: reached only through its router, over mTLS
     protocol: Protocol = "http"  # what the instance speaks (its router talks to it in that)
+    # Why its process last ended, for a person (``shoal status``, ``apply --wait``): how many
+    # times the slot restarted it, a reason (``import_error``, ``crash_loop``, ``exited``,
+    # ``not_ready``), its exit (``exit code 1``, ``signal SIGKILL``) and its last output lines.
+    restarts: int = 0
+    reason: str | None = None
+    exit: str | None = None
+    output: str | None = None
 
     @property
     def key(self) -> str:
@@ -60,6 +67,16 @@ class Endpoint:
                 "pid": self.pid,
                 "mtls": self.mtls,
                 "protocol": self.protocol,
+                **(
+                    {
+                        "restarts": self.restarts,
+                        "reason": self.reason,
+                        "exit": self.exit,
+                        "output": self.output,
+                    }
+                    if self.restarts or self.reason
+                    else {}
+                ),
             },
             sort_keys=True,
         )
@@ -84,4 +101,8 @@ class Endpoint:
             pid=raw.get("pid"),
             mtls=bool(raw.get("mtls", False)),
             protocol=raw.get("protocol", "http") if raw.get("protocol") in PROTOCOLS else "http",
+            restarts=int(raw.get("restarts", 0)),
+            reason=raw.get("reason"),
+            exit=raw.get("exit"),
+            output=raw.get("output"),
         )

@@ -80,8 +80,14 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
                 await asyncio.sleep(0.05)
             assert {version for _, version in answers[seen:]} == {second}
 
-            broken = await revision_of(cluster, hello("three", app="app:nowhere"))
+            broken_spec = parse_text(hello("three", app="nowhere:app"))
+            broken = await revision_of(cluster, hello("three", app="nowhere:app"))
             await cluster.instances(lambda found: any(e.revision == broken for e in found))
+            [service] = broken_spec
+            assert isinstance(service, Service)
+            failed = await cluster.client.wait_ready([service], 30)
+            why = failed[f"hello/{broken}"]
+            assert why.startswith("import_error after") and "No module named" in why, why
             seen = len(answers)
             while len(answers) < seen + 50:
                 await asyncio.sleep(0.05)

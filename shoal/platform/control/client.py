@@ -58,6 +58,26 @@ KIND_ALIASES = {
 }
 
 
+FAILING_AFTER = 3  # exits in a row before ready that make a revision fail `apply --wait`
+
+
+def _cannot_start(instance: Endpoint) -> bool:
+    """Whether ``instance`` shows its revision cannot get ready."""
+    if instance.state == "ready" or not instance.restarts:
+        return False
+    return instance.reason == "import_error" or (
+        instance.reason in ("crash_loop", "not_ready") and instance.restarts >= FAILING_AFTER
+    )
+
+
+def _why(instance: Endpoint) -> str:
+    """One line: the reason, the exit, the last line of output."""
+    last = (instance.output or "").splitlines()[-1:] or [""]
+    parts = [instance.reason or "failing", instance.exit or "", last[0].strip()]
+    detail = ", ".join(part for part in parts[1:] if part)
+    return f"{parts[0]} after {instance.restarts} starts" + (f" ({detail})" if detail else "")
+
+
 def _revision_state(share: float | None, instances: int) -> str:
     """What ``shoal get revisions`` says of a revision: ``routed`` (it gets traffic, or every
     instance of the service does), ``retired`` (none, and no instance left: deleted after the
@@ -369,6 +389,33 @@ class Client:
             seen = dict(view.instances)
 
         await Watcher(url, self.keys, ()).run(on_view)
+
+    async def wait_ready(self, revisions: Sequence[Service], timeout: float) -> dict[str, str]:
+        """Wait until each revision (of those with ``scale.min`` > 0) has a ready instance, or
+        shows it cannot get one (an instance failing to import its app, or exiting
+        :data:`FAILING_AFTER` times in a row before ever being ready); the ones that did not,
+        with why."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        pending = {s.key for s in revisions if s.scale.min > 0}
+        failed: dict[str, str] = {}
+        while pending:
+            instances = await self.registry.instances()
+            for key in sorted(pending):
+                mine = [e for e in instances if e.revision_key == key]
+                if any(e.state == "ready" for e in mine):
+                    pending.discard(key)
+                    continue
+                failing = next((e for e in mine if _cannot_start(e)), None)
+                if failing is not None:
+                    failed[key] = _why(failing)
+                    pending.discard(key)
+            if not pending:
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                failed.update({key: f"no instance ready within {timeout:g}s" for key in pending})
+                break
+            await asyncio.sleep(0.2)
+        return failed
 
     async def wait_applied(self, revision: int, timeout: float) -> dict[str, int]:
         """Wait until every live proxy has applied ``revision``; return the laggards."""

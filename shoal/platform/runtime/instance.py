@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from shoal.mesh.tasks import until_stopped
+from shoal.platform.runtime.crash import crash_reason, exit_text, last_lines
 from shoal.platform.runtime.health import HealthState, HealthThresholds
 from shoal.platform.runtime.health import thresholds as health_thresholds
 from shoal.platform.runtime.instance_process import Forked, Spawned, Started
@@ -128,6 +129,13 @@ class InstanceSlot:
         self.pid: int | None = None
         self._process: Started | None = None
         self._stopping = asyncio.Event()
+        self._log = log_dir / f"{service.name}-{service.revision}-{self.id}.log"
+        self._timed_out = False  # the last run was killed for not getting ready in time
+        # How its process last ended (see shoal.platform.runtime.crash), for the registry.
+        self.restarts = 0
+        self.reason: str | None = None
+        self.exit: str | None = None
+        self.output: str | None = None
 
     @property
     def revision_key(self) -> str:
@@ -151,6 +159,10 @@ class InstanceSlot:
             pid=self.pid,
             mtls=True,
             protocol=self.service.protocol,
+            restarts=self.restarts,
+            reason=self.reason,
+            exit=self.exit,
+            output=self.output,
         )
 
     def _set(self, state: InstanceState) -> None:
@@ -198,12 +210,32 @@ class InstanceSlot:
             if self._stopping.is_set():
                 break
             failures = 0 if healthy else failures + 1
+            self._ended(healthy, failures)
             self._set("unhealthy")
             delay = restart_delay(max(1, failures), self.rng)
-            log.warning("%s/%s exited; restarting in %.2fs", self.service.key, self.id, delay)
+            log.warning(
+                "%s/%s exited (%s, %s); restarting in %.2fs",
+                self.service.key,
+                self.id,
+                self.exit or "exit status unknown",
+                self.reason,
+                delay,
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
+
+    def _ended(self, became_ready: bool, failures: int) -> None:
+        """Record how the last run ended (published with the next state change)."""
+        self.restarts += 1
+        self.exit = exit_text(self._process.returncode if self._process is not None else None)
+        self.output = last_lines(self._log) or None
+        self.reason = crash_reason(
+            became_ready=became_ready,
+            timed_out=self._timed_out,
+            failures=failures,
+            output=self.output or "",
+        )
 
     async def _run_once(self) -> bool:
         """Start the process, mark it ready when healthy, wait for it to exit.
@@ -212,7 +244,8 @@ class InstanceSlot:
         """
         self.port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        logfile = self.log_dir / f"{self.service.name}-{self.service.revision}-{self.id}.log"
+        logfile = self._log
+        self._timed_out, self._process = False, None
         process = await self._fork(logfile)
         if process is None:
             process = await self._spawn(logfile)
@@ -312,6 +345,7 @@ class InstanceSlot:
                 return True
             await asyncio.sleep(probe_delay(time.monotonic() - started))
         if not exited.done():
+            self._timed_out = not self._stopping.is_set()
             self._signal(signal.SIGKILL)
         return False
 

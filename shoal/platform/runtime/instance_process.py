@@ -34,6 +34,11 @@ class Started(Protocol):
         """Return once it has exited."""
         ...
 
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once exited (negative: the signal that ended it), if known."""
+        ...
+
     def close(self) -> None:
         """Release what watches it (once it has exited, or when giving up on it)."""
         ...
@@ -58,6 +63,11 @@ class Spawned:
     async def wait(self) -> None:
         """Return once it has exited."""
         await self.process.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once exited (negative: the signal that ended it)."""
+        return self.process.returncode
 
     def close(self) -> None:
         """Nothing to release: asyncio reaps its children."""
@@ -104,6 +114,11 @@ class Forked:
     async def wait(self) -> None:
         """Return once it has exited."""
         await asyncio.shield(self._exited)
+
+    @property
+    def returncode(self) -> int | None:
+        """Unknown: the template reaps it, not the agent."""
+        return None
 
     def close(self) -> None:
         """Stop watching; a waiter still waiting is cancelled (the process is not ours now)."""
