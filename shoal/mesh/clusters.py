@@ -141,9 +141,10 @@ class ClusterBuilder:
         if subset_name is not None:
             subsets = rule.subsets if rule is not None else ()
             subset = next((s for s in subsets if s.name == subset_name), None)
-            named = [r for r in revisions if r.revision == subset_name]
-            if subset is None and named:  # a revision is a subset by its own name
-                endpoints = tuple(ep for ep in endpoints if ep.revision == subset_name)
+            named = [r for r in revisions if subset_name in (r.revision, *r.tags)]
+            if subset is None and named:  # a revision is a subset by its name and its tags
+                chosen = {r.revision for r in named}
+                endpoints = tuple(ep for ep in endpoints if ep.revision in chosen)
                 revisions = named
             elif subset is None:
                 endpoints, revisions, unknown_subset = (), [], True

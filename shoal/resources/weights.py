@@ -150,10 +150,10 @@ def subset_revisions(
     service: str, subset: str, rule: DestinationRule | None, services: Sequence[Service]
 ) -> list[str]:
     """``service/revision`` keys of the revisions a subset selects: a DestinationRule's by its
-    labels, else the revision of that name."""
+    labels, else the revision of that name or tag."""
     found = next((s for s in rule.subsets if s.name == subset), None) if rule else None
     if found is None:
-        named = [s.key for s in services if s.name == service and s.revision == subset]
+        named = [s.key for s in services if s.name == service and subset in (s.revision, *s.tags)]
         if named:
             return named
         defined = sorted({s.name for s in rule.subsets} if rule else set())

@@ -59,13 +59,14 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
                 async with session.get(url, headers={"Host": "hello"}) as answer:
                     await answer.read()
                     answers.append((answer.status, answer.headers.get("x-version")))
-                await asyncio.sleep(0.02)  # ~50 requests a second
+                await asyncio.sleep(0.02)
 
     settings = AutoscaleSettings(retire_after=1.0, keep_retired=0, delete_retired_after=1.0)
     async with running_cluster(redis, redis_url, keys, tmp_path, autoscale=settings) as cluster:
         first = await revision_of(cluster, hello("one"))
         await cluster.instances(lambda found: bool(ready(found, "hello")))
-        load = asyncio.create_task(traffic(cluster.gateway_url + "/"))
+        # Two clients, each ~50 requests a second: ~100 a second in all.
+        loads = [asyncio.create_task(traffic(cluster.gateway_url + "/")) for _ in range(2)]
         try:
             second = await revision_of(cluster, hello("two"))
             await cluster.instances(
@@ -99,7 +100,7 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
             )
         finally:
             stop.set()
-            await load
+            await asyncio.gather(*loads)
         versions = Counter(version for _, version in answers)
         assert {status for status, _ in answers} == {200}, Counter(answers)
         assert broken not in versions and set(versions) == {first, second}, versions

@@ -593,3 +593,15 @@ def test_a_service_without_a_virtual_service_goes_to_its_latest_ready_revision()
     cold = build([old, new], [], [], []).resolve("hello", "GET", "/", {})
     assert cold is not None and cold.clusters[0].revisions == ("hello/new",)
     assert served(both, vs("hello", ["hello"], rule(to("hello")))) == {"old", "new"}
+
+
+def test_a_tag_is_a_subset_of_the_revision_it_names() -> None:
+    """``subset: candidate`` selects the revision tagged candidate, without a DestinationRule."""
+    old = Service(name="hello", revision="old", app="app:app", created=1)
+    new = Service(name="hello", revision="new", app="app:app", created=2, tags=("candidate",))
+    endpoints = [ep("hello", 1, version="old"), ep("hello", 2, version="new")]
+    table = build([old, new], [vs("v", ["hello"], rule(to("hello", "candidate")))], [], endpoints)
+    match = table.resolve("hello", "GET", "/", {})
+    assert match is not None
+    cluster = match.clusters[0]
+    assert [e.revision for e in cluster.endpoints] == ["new"] and not cluster.unknown_subset

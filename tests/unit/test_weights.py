@@ -217,3 +217,13 @@ def test_p99_from_histogram_deltas() -> None:
     assert latency_p99(before, after) == 0.5
     assert latency_p99(after, after) is None
     assert quantile([0] * 11 + [3], 0.99) == float("inf")
+
+
+def test_a_tag_names_its_revision_as_a_subset() -> None:
+    tagged = [
+        *revisions("hello", "v1"),
+        Service(name="hello", revision="v2", app="a:a", tags=("candidate",)),
+    ]
+    assert subset_revisions("hello", "candidate", None, tagged) == ["hello/v2"]
+    got = set_weights("hello", {"v1": 90, "candidate": 10}, None, None, tagged)
+    assert got.http[0].route == (to("hello", "v1", 90), to("hello", "candidate", 10))

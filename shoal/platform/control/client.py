@@ -316,7 +316,7 @@ class Client:
             for s in await self._resources("Service")
             if isinstance(s, Service)
             and s.name == service
-            and (revision is None or s.revision == revision)
+            and (revision is None or revision in (s.revision, *s.tags))
         ]
         if not stored:
             what = f"{service} revision {revision}" if revision else service
