@@ -4,6 +4,8 @@ store client, and how a long-running component is run."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -27,6 +29,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        try:
+            version = importlib.metadata.version("shoal")
+        except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+            version = "(not installed)"
+        typer.echo(f"shoal {version} (Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Shoal: a gateway and service mesh that runs your services."""
+
 
 T = TypeVar("T")
 RedisOpt = Annotated[

@@ -70,6 +70,7 @@ FAULT_ABORT = "fault_abort"
 OVERFLOW = "overflow"
 ACTIVATION_OVERFLOW = "activation_overflow"
 COLD_START_TIMEOUT = "cold_start_timeout"
+CRASH_LOOP = "crash_loop"
 NO_MESH_IDENTITY = "no_mesh_identity"
 MTLS_REQUIRED = "mtls_required"
 DENIED = "denied"
@@ -96,6 +97,7 @@ CAUSES = frozenset(
         OVERFLOW,
         ACTIVATION_OVERFLOW,
         COLD_START_TIMEOUT,
+        CRASH_LOOP,
         NO_MESH_IDENTITY,
         MTLS_REQUIRED,
         DENIED,

@@ -26,10 +26,11 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 from shoal.http.refusal import ACTIVATION_OVERFLOW, COLD_START_TIMEOUT, Refusal
 from shoal.mesh.proxy_state import Decision, ProxyState, Route
+from shoal.resources.endpoint import Endpoint
 from shoal.store.config import Change, ConfigStore
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -39,6 +40,28 @@ log = logging.getLogger(__name__)
 ACTIVATION = "Activation"  # the config kind that asks the controller for an instance
 ASK_AGAIN = 2.0  # seconds: ask again while still waiting (a lost ask, a controller restart)
 RECENT = 20  # cold starts kept for reports
+
+
+FAILING = frozenset({"import_error", "crash_loop"})
+"""How an instance's last run ended that means its next one will not fare better."""
+
+
+def crash_looping(instances: Iterable[Endpoint], revisions: Collection[str]) -> Endpoint | None:
+    """An instance showing that none of ``revisions`` can serve now: each revision has
+    instances and every one of them is failing to start (``FAILING``); None otherwise (a
+    request may wait for one to start)."""
+    found: dict[str, list[Endpoint]] = {key: [] for key in revisions}
+    for instance in instances:
+        if instance.revision_key in found:
+            found[instance.revision_key].append(instance)
+    if not found or not all(found.values()):
+        return None
+    failing = [
+        i for group in found.values() for i in group if i.state != "ready" and i.reason in FAILING
+    ]
+    if len(failing) < sum(len(group) for group in found.values()):
+        return None
+    return failing[0]
 
 
 class Activator:

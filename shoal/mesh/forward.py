@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from shoal.http import grpc
 from shoal.http.headers import Headers, edit, with_authority
 from shoal.http.refusal import (
+    CRASH_LOOP,
     FAULT_ABORT,
     NO_HEALTHY_UPSTREAM,
     NO_MESH_IDENTITY,
@@ -41,7 +42,7 @@ from shoal.http.refusal import (
 )
 from shoal.identity.spiffe import node_id
 from shoal.mesh import cors
-from shoal.mesh.activation import Activator
+from shoal.mesh.activation import Activator, crash_looping
 from shoal.mesh.clusters import Cluster
 from shoal.mesh.hashing import hash_key, new_cookie, set_cookie
 from shoal.mesh.matching import NO_LABELS
@@ -206,6 +207,15 @@ class Forwarder:
             and route.cluster.revisions
             and self.activator
         ):
+            failing = crash_looping(route.snapshot.instances.values(), route.cluster.revisions)
+            if failing is not None:  # waiting would only end in cold_start_timeout
+                why = ", ".join(p for p in (failing.reason, failing.exit) if p)
+                return Refusal(
+                    503,
+                    CRASH_LOOP,
+                    f"{failing.revision_key} cannot start ({why}): see shoal status",
+                    retry_after=5,
+                )
             route = await self.activator.hold(route, functools.partial(self._decide, req))
         if isinstance(route, Refusal):
             return route

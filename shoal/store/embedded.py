@@ -10,6 +10,7 @@ component kind gets a user of its own with fewer rights (:mod:`.acl`,
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
@@ -45,11 +46,19 @@ def find_redis_server() -> str:
     )
 
 
+_GIVEN: collections.deque[int] = collections.deque(maxlen=256)  # ports free_port handed out
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free on ``host`` a moment ago, and not one this process was given
+    recently (the kernel may hand out a port again before its first taker has bound it)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.append(port)
+            return port
 
 
 def _password(state_dir: Path) -> str:

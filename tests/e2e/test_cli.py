@@ -247,3 +247,12 @@ def test_tag_names_a_revision_and_says_its_host(shoal) -> None:  # type: ignore[
     assert result.exit_code == 3 and "revisions: v1, v2" in one_line_error(result)
     result = shoal("tag", "hello", "candidate", "--remove")
     assert result.exit_code == 0 and result.output.splitlines() == ["hello/v1: tags -"]
+
+
+def test_version() -> None:
+    """``shoal --version`` prints the version and exits 0, without a store."""
+    import importlib.metadata
+
+    result = CliRunner().invoke(app, ["--version"])
+    version = importlib.metadata.version("shoal")
+    assert result.exit_code == 0 and result.output.startswith(f"shoal {version} (Python 3.")

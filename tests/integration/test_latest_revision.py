@@ -156,3 +156,20 @@ async def settle(cluster: Cluster) -> None:
     """Until every proxy has the store's current revision."""
     revision = await cluster.client.config.revision()
     assert not await cluster.client.wait_applied(revision, 15)
+
+
+async def test_a_service_that_cannot_start_is_refused_at_once(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Once every instance of a service's revision fails to start (here: its app does not
+    import), a request gets 503 ``crash_loop`` at once, naming why, instead of being held for
+    the activation timeout."""
+    async with running_cluster(redis, redis_url, keys, tmp_path) as cluster:
+        await revision_of(cluster, hello("broken", app="nowhere:app"))
+        await cluster.instances(lambda found: any(e.reason == "import_error" for e in found))
+        await settle(cluster)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(cluster.gateway_url, headers={"Host": "hello"}) as answer:
+                body = await answer.text()
+                assert (answer.status, answer.headers.get("x-shoal-cause")) == (503, "crash_loop")
+        assert "import_error" in body and "exit code 1" in body, body

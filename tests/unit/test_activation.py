@@ -103,3 +103,19 @@ async def test_full_queue_overflows_at_once() -> None:
     )
     state.update(view(2, READY))
     assert all(not isinstance(r, Refusal) for r in await asyncio.gather(*waiting))
+
+
+def test_crash_looping_needs_every_instance_of_every_revision_failing() -> None:
+    """Refused at once only when each revision has instances and all of them fail to start."""
+    from dataclasses import replace as changed
+
+    from shoal.mesh.activation import crash_looping
+
+    failing = changed(READY, state="unhealthy", reason="import_error", restarts=2)
+    other = changed(failing, id="b", revision="v2")
+    assert crash_looping([failing], ["hello/v1"]) == failing
+    assert crash_looping([failing, READY], ["hello/v1"]) is None  # one is ready
+    assert crash_looping([failing], ["hello/v1", "hello/v2"]) is None  # v2 may start
+    assert crash_looping([failing, other], ["hello/v1", "hello/v2"]) == failing
+    assert crash_looping([changed(failing, reason="exited")], ["hello/v1"]) is None
+    assert crash_looping([], ["hello/v1"]) is None
