@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+import yaml
 
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, UserError
 from shoal.http.limits import LIMIT_NAMES
 from shoal.platform import settings
 from shoal.platform.control.client import Client
@@ -64,7 +66,30 @@ RedisOpt = Annotated[
         "the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
     ),
 ]
-OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table, json or yaml")]
+OUTPUTS = ("table", "json", "yaml")
+
+
+def _output(value: str) -> str:
+    if value not in OUTPUTS:
+        raise fail(UserError(f"-o {value!r}: use one of {', '.join(OUTPUTS)}"))
+    return value
+
+
+OutputOpt = Annotated[
+    str, typer.Option("-o", "--output", help="table, json or yaml", callback=_output)
+]
+
+
+def show(data: Any, output: str, table: Callable[[], None]) -> None:
+    """Print ``data`` as ``-o json`` or ``-o yaml``, else call ``table``."""
+    if output == "json":
+        typer.echo(json.dumps(data, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    else:
+        table()
+
+
 # The gateway's edge settings, taken as text and parsed by gateway_settings() so that a bad
 # value is one ``error:`` line like every other Shoal error.
 LimitOpt = Annotated[

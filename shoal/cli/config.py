@@ -23,7 +23,7 @@ from shoal.resources.weights import split_route
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client, with_store
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, show, with_client, with_store
 
 
 @app.command("deploy", help="Same as apply: a Service spec change is a new revision.")
@@ -265,10 +265,7 @@ def status(
     Example: shoal status --watch
     """
     st = with_client(redis, lambda c: c.status())
-    if output == "json":
-        typer.echo(json.dumps(render.status_dict(st), indent=2))
-    else:
-        render.status(st)
+    show(render.status_dict(st), output, lambda: render.status(st))
     if watch:
         url = settings.redis_url(redis)
         typer.echo("\nwatching instance changes (Ctrl-C to stop)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -15,7 +14,7 @@ from shoal.platform.drills.drill import Report
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, show, with_client
 
 drill_app = typer.Typer(
     help="Failover drills: prove that clients see no error.", no_args_is_help=True
@@ -33,10 +32,7 @@ def gateway_url(flag: str | None) -> str:
 
 def finish_drill(report: Report, output: str, limit: float) -> None:
     """Print a drill's report; fail when its error rate is over the limit."""
-    if output == "json":
-        typer.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        render.drill(report)
+    show(report.to_dict(), output, lambda: render.drill(report))
     if report.error_rate > limit:
         raise fail(
             ShoalError(f"error rate {report.error_rate:.2%} is above --max-error-rate {limit:.2%}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +16,7 @@ from shoal.store.connection import redacted
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, with_client, with_store
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, show, with_client, with_store
 
 
 def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
@@ -71,10 +70,7 @@ def certs_status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
     from shoal.platform.ca.admin import certs_status as read_status
 
     st = with_client(redis, lambda c: read_status(c.redis, c.keys))
-    if output == "json":
-        typer.echo(json.dumps(render.certs_dict(st), indent=2))
-    else:
-        render.certs(st)
+    show(render.certs_dict(st), output, lambda: render.certs(st))
 
 
 @certs_app.command("rotate")

@@ -256,3 +256,35 @@ def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     version = importlib.metadata.version("shoal")
     assert result.exit_code == 0 and result.output.startswith(f"shoal {version} (Python 3.")
+
+
+def test_output_formats_are_checked_and_reports_serialise(shoal) -> None:  # type: ignore[no-untyped-def]
+    """``-o`` is one of table/json/yaml (anything else: one line, exit 2); ``status -o yaml``
+    is YAML; a drill's report turns into plain data (it raised AttributeError before)."""
+    import json as json_module
+
+    import yaml
+
+    from shoal.platform.drills.drill import Phase, Report
+
+    result = shoal("status", "-o", "xml")
+    assert result.exit_code == 2 and "use one of table, json, yaml" in one_line_error(result)
+    status = yaml.safe_load(shoal("status", "-o", "yaml").output)
+    assert set(status) >= {"nodes", "services", "instances"}
+    phase = Phase(requests=10, p50_ms=1.0, p99_ms=2.0)
+    report = Report(
+        fault="kill",
+        targets=["hello/v1/x"],
+        requests=30,
+        errors={},
+        error_rate=0.0,
+        before=phase,
+        during=phase,
+        after=phase,
+        detected_after=0.1,
+        recovered_after=None,
+        retried=1,
+    )
+    data = report.to_dict()
+    assert data["during"] == {"requests": 10, "p50_ms": 1.0, "p99_ms": 2.0}
+    json_module.dumps(data)

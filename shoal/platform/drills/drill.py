@@ -11,6 +11,7 @@ after, time to detection and to recovery, and how many requests the proxies retr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import signal
@@ -78,11 +79,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``-o json``."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            out[name] = value.__dict__ if isinstance(value, Phase) else value
-        return out
+        return dataclasses.asdict(self)
 
 
 def _phase(samples: Sequence[Sample]) -> Phase:
