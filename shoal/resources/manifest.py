@@ -89,6 +89,11 @@ def parse_document(doc: object, *, base_dir: str | None = None) -> Resource:
     """
     if not isinstance(doc, dict):
         raise ManifestError("a document must be a mapping", value=doc)
+    written = doc.get("kind")
+    if isinstance(written, str) and written not in KINDS:  # before its fields: say the kind
+        raise ManifestError(
+            f"unknown kind; expected one of {', '.join(KINDS)}", field="kind", value=written
+        )
     status = ("status",) if doc.get("kind") == "Service" else ()  # Shoal writes a Service's
     top = Section(doc, "", ("apiVersion", "kind", "metadata", "spec", *status))
     kind = top.need("kind", string)
@@ -211,7 +216,8 @@ def load_files(paths: Sequence[str]) -> list[Resource]:
 
     A relative ``workdir`` is resolved against its file's directory (the current one for stdin).
     An unreadable file is a UserError naming it. Invalid documents, and two documents defining
-    the same kind and key, raise ManifestError (all errors listed, one per line).
+    the same kind and key, raise ManifestError (all errors listed, one per line); so does a
+    file with no resource in it (applying it would do nothing while saying it did).
     """
     sources = [_read(path) for path in _expand(paths)]
     resources: list[Resource] = []
@@ -233,6 +239,8 @@ def load_files(paths: Sequence[str]) -> list[Resource]:
                 )
             resources.append(resource)
         errors.extend(sorted(file_errors, key=lambda error: error.document or 0))
+        if not parsed and not file_errors:
+            errors.append(ManifestError("no resources in it (an empty file?)", file=file))
     _raise_errors(errors)
     return resources
 

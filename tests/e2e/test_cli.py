@@ -288,3 +288,22 @@ def test_output_formats_are_checked_and_reports_serialise(shoal) -> None:  # typ
     data = report.to_dict()
     assert data["during"] == {"requests": 10, "p50_ms": 1.0, "p99_ms": 2.0}
     json_module.dumps(data)
+
+
+def test_what_is_not_there_is_said_so(shoal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``weights``/``rollout`` of an unknown service are exit 3 (not found); an empty manifest
+    file applies nothing and says so (exit 2); another kind is an unknown kind, not an unknown
+    field."""
+    result = shoal("weights", "nosuch", "v1=100")
+    assert result.exit_code == 3 and "Service nosuch not found" in one_line_error(result)
+    result = shoal("rollout", "nosuch", "--to", "v1")
+    assert result.exit_code == 3 and "Service nosuch not found" in one_line_error(result)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    result = shoal("apply", "-f", str(empty))
+    assert result.exit_code == 2 and "no resources in it" in one_line_error(result)
+    config_map = tmp_path / "cm.yaml"
+    config_map.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")
+    result = shoal("apply", "-f", str(config_map))
+    assert result.exit_code == 2 and "unknown kind" in one_line_error(result)
+    assert "ConfigMap" in one_line_error(result)

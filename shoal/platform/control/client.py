@@ -288,14 +288,11 @@ class Client:
         route named ``route`` or the service's default route."""
         vss: list[VirtualService] = await self._resources("VirtualService")
         rules: list[DestinationRule] = await self._resources("DestinationRule")
-        vs = set_weights(
-            service,
-            weights,
-            find_virtual_service(service, vss),
-            find_rule(service, rules),
-            await self.services(),
-            route,
-        )
+        services = await self.services()
+        found = find_virtual_service(service, vss)
+        if found is None and not any(s.name == service for s in services):
+            raise NotFoundError(f"Service {service} not found")
+        vs = set_weights(service, weights, found, find_rule(service, rules), services, route)
         applied = await self.apply([vs])
         return vs, applied.revision
 

@@ -178,6 +178,8 @@ async def start_rollout(
     services: list[Service] = await client.services()
     rule = find_rule(service, rules)
     vs = find_virtual_service(service, vss)
+    if not any(s.name == service for s in services):
+        raise NotFoundError(f"Service {service} not found")
     if vs is None:  # all to the latest ready revision: split from there, by revision names
         ready = {e.revision_key for e in await client.registry.instances() if e.state == "ready"}
         latest = latest_ready([s for s in services if s.name == service], ready)
