@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from shoal.cli import components, config, drills, security  # noqa: F401  (registration)
+from shoal.cli import components, config, drills, logs, security  # noqa: F401  (registration)
 from shoal.cli.common import app
 
 __all__ = ["app", "main"]

@@ -307,3 +307,31 @@ def test_what_is_not_there_is_said_so(shoal, tmp_path: Path) -> None:  # type: i
     result = shoal("apply", "-f", str(config_map))
     assert result.exit_code == 2 and "unknown kind" in one_line_error(result)
     assert "ConfigMap" in one_line_error(result)
+
+
+def test_logs_shows_each_instance_line_after_its_name(shoal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``shoal logs hello`` prints the last lines of each instance's log on this host after
+    ``[revision/instance]`` (running instances; ``--all``: gone ones too); --revision and
+    --instance narrow it; a component's log by name; a service without logs here is exit 3."""
+    assert shoal("apply", "-f", str(EXAMPLE / "hello.yaml")).exit_code == 0
+    logs = tmp_path / "home" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "hello-v1-aaaa1111.log").write_text("one\ntwo\nthree\n")
+    (logs / "hello-v2-bbbb2222.log").write_text("four\n")
+    (logs / "gateway.log").write_text("listening\n")
+    gone = shoal("logs", "hello")  # no instance of it runs: the logs of gone ones need --all
+    assert gone.exit_code == 3 and "no instance logs of hello" in one_line_error(gone)
+    result = shoal("logs", "hello", "--tail", "2", "--all")
+    assert result.exit_code == 0, result.output
+    assert sorted(result.output.splitlines()) == [
+        "[v1/aaaa1111] three",
+        "[v1/aaaa1111] two",
+        "[v2/bbbb2222] four",
+    ]
+    only = shoal("logs", "hello", "--revision", "v2", "--all")
+    assert only.output.splitlines() == ["[v2/bbbb2222] four"]
+    one = shoal("logs", "hello", "--instance", "aaaa1111", "--tail", "1", "--all")
+    assert one.output.splitlines() == ["[v1/aaaa1111] three"]
+    assert shoal("logs", "gateway").output.splitlines() == ["[gateway] listening"]
+    missing = shoal("logs", "world")
+    assert missing.exit_code == 3 and "no instance logs of world" in one_line_error(missing)
