@@ -187,7 +187,8 @@ class Upstreams:
         connect_timeout, idle_timeout, keepalive = self._connect_timeout, IDLE_TIMEOUT, None
         if settings is not None:
             connect_timeout = settings.connect_timeout or connect_timeout
-            idle_timeout = min(settings.idle_timeout or idle_timeout, idle_timeout)
+            if settings.idle_timeout is not None:
+                idle_timeout = min(settings.idle_timeout, idle_timeout)
             keepalive = settings.tcp_keepalive
         limit = loop.time() + connect_timeout
         limit = limit if deadline is None else min(limit, deadline)

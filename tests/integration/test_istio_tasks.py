@@ -260,8 +260,12 @@ async def test_mirroring(redis: Redis, redis_url: str, keys: Keys, tmp_path: Pat
 
             await apply(cluster, "mirroring-httpbin-mirror.yaml")
             assert [await call() for _ in range(2)] == ["httpbin"] * 2
+
+            async def v2_lines() -> list[str]:
+                return access_lines(tmp_path, "v2")
+
             mirrored = await eventually(
-                lambda: asyncio.sleep(0, access_lines(tmp_path, "v2")),
+                v2_lines,
                 "v2 to log the two mirrored requests",
                 until=lambda lines: len(lines) == 2,
             )

@@ -7,6 +7,7 @@ goes on serving; a tag host reaches a revision with no traffic."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -52,6 +53,7 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
 ) -> None:
     answers: list[tuple[int, str | None]] = []
     stop = asyncio.Event()
+    answered = asyncio.Condition()
 
     async def traffic(url: str) -> None:
         async with aiohttp.ClientSession() as session:
@@ -59,7 +61,19 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
                 async with session.get(url, headers={"Host": "hello"}) as answer:
                     await answer.read()
                     answers.append((answer.status, answer.headers.get("x-version")))
-                await asyncio.sleep(0.02)
+                async with answered:
+                    answered.notify_all()
+                # Paced by the stop event's deadline: ~50 requests a second per client.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.02):
+                        await stop.wait()
+
+    async def more_answers(count: int) -> int:
+        """Wait (30 s at most) for ``count`` more answers; where they start in ``answers``."""
+        start = len(answers)
+        async with asyncio.timeout(30), answered:
+            await answered.wait_for(lambda: len(answers) >= start + count)
+        return start
 
     settings = AutoscaleSettings(retire_after=1.0, keep_retired=0, delete_retired_after=1.0)
     async with running_cluster(redis, redis_url, keys, tmp_path, autoscale=settings) as cluster:
@@ -76,9 +90,7 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
             await cluster.instances(
                 lambda found: not any(e.revision == first for e in found), timeout=30
             )
-            seen = len(answers)
-            while len(answers) < seen + 25:
-                await asyncio.sleep(0.05)
+            seen = await more_answers(25)
             assert {version for _, version in answers[seen:]} == {second}
 
             broken_spec = parse_text(hello("three", app="nowhere:app"))
@@ -89,9 +101,7 @@ async def test_the_latest_ready_revision_takes_over_and_a_broken_one_gets_nothin
             failed = await cluster.client.wait_ready([service], 30)
             why = failed[f"hello/{broken}"]
             assert why.startswith("import_error after") and "No module named" in why, why
-            seen = len(answers)
-            while len(answers) < seen + 50:
-                await asyncio.sleep(0.05)
+            seen = await more_answers(50)
             # Retired and at zero for the retention, the first revision is deleted.
             await eventually(
                 cluster.client.services,
