@@ -172,11 +172,8 @@ class Listener:
         await self._serve(exchange, self.plan)
 
     def handshake(self) -> tuple[object, ...]:
-        """What a change of needs a new listener: TLS or not, mode, client CA, TLS version."""
-        first = self.plan.servers[0].server.tls
-        if not self.plan.secure or first is None:
-            return (False,)
-        return (True, first.mode, first.ca_certificates, first.min_protocol_version)
+        """What a change of needs a new listener (its servers all share it)."""
+        return self.plan.servers[0].server.handshake
 
     async def open(self) -> None:
         """Listen (raises OSError if the port cannot be had)."""

@@ -76,7 +76,7 @@ def plan_ports(
                 problems.append(f"{where}: the gateway's own listener has that port")
                 continue
             bound = plans.setdefault(server.port, [])
-            if bound and not _agree(bound[0].server, server):
+            if bound and bound[0].server.handshake != server.handshake:
                 other = bound[0].gateway
                 problems.append(
                     f"{where}: left out, it disagrees with Gateway {other} on that port "
@@ -88,16 +88,3 @@ def plan_ports(
         port: PortPlan(port, servers[0].server.secure, tuple(servers))
         for port, servers in plans.items()
     }, problems
-
-
-def _agree(a: GatewayServer, b: GatewayServer) -> bool:
-    if a.secure != b.secure:
-        return False
-    if not a.secure:
-        return True
-    assert a.tls is not None and b.tls is not None  # HTTPS servers have tls (parse checks)
-    return (a.tls.mode, a.tls.ca_certificates, a.tls.min_protocol_version) == (
-        b.tls.mode,
-        b.tls.ca_certificates,
-        b.tls.min_protocol_version,
-    )

@@ -215,7 +215,7 @@ def _check_ports(servers: tuple[GatewayServer, ...], field: str) -> None:
         clash = None
         if seen.secure != server.secure:
             clash = "one serves TLS and the other does not"
-        elif server.secure and _handshake(seen) != _handshake(server):
+        elif seen.handshake != server.handshake:
             clash = "their tls.mode or caCertificates differ (one TLS handshake serves a port)"
         if clash is not None:
             raise ManifestError(
@@ -223,12 +223,6 @@ def _check_ports(servers: tuple[GatewayServer, ...], field: str) -> None:
                 field=f"{field}[{index}]",
                 value=server.port,
             )
-
-
-def _handshake(server: GatewayServer) -> tuple[object, ...]:
-    tls = server.tls
-    assert tls is not None
-    return (tls.mode, tls.ca_certificates, tls.min_protocol_version)
 
 
 def gateway_spec(gateway: Gateway) -> dict[str, object]:

@@ -544,6 +544,15 @@ class GatewayServer:
         """Whether the port speaks TLS."""
         return self.protocol == "HTTPS"
 
+    @property
+    def handshake(self) -> tuple[object, ...]:
+        """What servers sharing a port must agree on, one handshake serving them all: TLS or
+        not and, for TLS, the mode, the client CA and the lowest version."""
+        tls = self.tls
+        if not self.secure or tls is None:
+            return (False,)
+        return (True, tls.mode, tls.ca_certificates, tls.min_protocol_version)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Gateway:
