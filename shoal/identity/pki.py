@@ -31,6 +31,7 @@ from shoal.identity.spiffe import InvalidSpiffeId, SpiffeId, parse_spiffe
 __all__ = [
     "CSRRefused",
     "CertificateRejected",
+    "JoinRefused",
     "PKIError",
     "PrivateKey",
     "bundle_pem",
@@ -60,6 +61,13 @@ class PKIError(ShoalError):
 class CSRRefused(PKIError):
     """A CSR will not be signed: bad signature or key, no single valid SPIFFE ID, an identity in
     another trust domain or one the requester is not entitled to. The requester's fault."""
+
+    exit_code = 2
+
+
+class JoinRefused(PKIError):
+    """The CA will not admit a requester it never admitted: no join token, or one that is
+    unknown, wrong, expired or used up. Asking again with the same token cannot help."""
 
     exit_code = 2
 

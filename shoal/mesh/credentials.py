@@ -30,6 +30,7 @@ from shoal.identity.certs import ALPN, client_context, server_context, verify_ch
 from shoal.identity.issuance import make_csr
 from shoal.identity.join_token import proof_fields
 from shoal.identity.pki import (
+    JoinRefused,
     PKIError,
     cert_from_pem,
     issuer_key_id,
@@ -112,7 +113,8 @@ class IdentityRequester:
                 "(is a controller running?)"
             )
         if "error" in body:
-            raise PKIError(f"the CA refused {identity}: {body['error']}")
+            error = JoinRefused if body.get("refused") == "admission" else PKIError
+            raise error(f"the CA refused {identity}: {body['error']}")
         cert_pem = body["cert"].encode()
         bundle = await self.store.bundle()
         if bundle is None:
@@ -192,6 +194,8 @@ class Credentials:
             try:
                 await self.refresh()
             except ShoalError as e:
+                if isinstance(e, JoinRefused) and not self._held:
+                    raise  # never admitted: no later round will be
                 log.warning("mesh certificates not refreshed: %s", e)
             honour_cancellation()
             await wait_at_most(self._wake, REFRESH_EVERY)

@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import UserError
-from shoal.identity.pki import PKIError, cert_from_pem, spiffe_id_of
+from shoal.identity.pki import JoinRefused, PKIError, cert_from_pem, spiffe_id_of
 from shoal.identity.spiffe import node_id, service_id
 from shoal.mesh.credentials import IdentityRequester
 from shoal.platform.ca.signer import CAFiles, Signer, bundle_of
 from shoal.platform.ca.tokens import JoinTokens
+from shoal.platform.control.controller import Controller
+from shoal.platform.node import run_node
 from shoal.store.connection import Redis
+from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
 from shoal.store.pki import PKIStore
 from tests.support.wait import eventually
@@ -90,14 +93,17 @@ async def test_join_token_admits_once_and_only_what_it_may(
         try:
             await pending
         except PKIError as e:
-            return str(e)
+            return f"{type(e).__name__}: {e}"
         return "issued"
 
+    assert "JoinRefused: " in await issue("n1", None)  # the requester stops asking (exit 2)
     assert "not admitted" in await issue("n1", None)
     token = await tokens.create(uses=1)
     assert await issue("n1", token) == "issued"
     assert await issue("n1", None) == "issued"  # admitted: renewals need no token
+    assert "JoinRefused: " in await issue("n2", token)
     assert "used up" in await issue("n2", token)
+    assert "JoinRefused: " in await issue("n2", token.split(".")[0] + ".nope")
     assert "wrong secret" in await issue("n2", token.split(".")[0] + ".nope")
     with pytest.raises(UserError, match="malformed join token"):
         await issue("n2", "nope")
@@ -129,3 +135,33 @@ async def test_a_join_token_secret_never_enters_the_store_and_a_proof_admits_not
     old_style = {"requester": "node/old", "identity": "x", "csr": "y", "token": token}
     assert "upgrade Shoal on its host" in str(await tokens.admit(old_style))
     assert not await tokens.admitted("node/thief") and not await tokens.admitted("node/old")
+
+
+async def test_a_node_whose_join_token_is_refused_stops_with_exit_code_2(
+    redis: Redis, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A node never admitted does not ask again every second for ever: the CA's refusal ends
+    it (the CLI prints it as one line and exits 2)."""
+    stop = asyncio.Event()
+    controller = asyncio.create_task(
+        Controller(redis, redis_url, keys, state_dir=tmp_path, trust_domain="shoal.test").run(stop)
+    )
+    try:
+        async with asyncio.timeout(20):
+            with pytest.raises(JoinRefused, match="join token refused: unknown token") as raised:
+                await run_node(
+                    redis,
+                    redis_url,
+                    keys,
+                    node_id="intruder",
+                    state_dir=tmp_path,
+                    stop=asyncio.Event(),
+                    trust_domain="shoal.test",
+                    join_token="0000.not-a-token",
+                    mesh_port=free_port(),
+                    instance_uids=None,
+                )
+        assert raised.value.exit_code == 2
+    finally:
+        stop.set()
+        await controller

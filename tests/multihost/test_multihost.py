@@ -288,7 +288,7 @@ async def test_node_without_a_join_token_gets_no_certificate_and_no_traffic(
 ) -> None:
     """Issue 6, check 5: a node started on C without a valid token is refused a certificate:
     its router never listens, it never registers, nothing is placed on it, and every request
-    goes to the admitted nodes."""
+    goes to the admitted nodes; it stops with exit code 2."""
     mh = multihost
     mh.net.stop(mh.components.pop("hostC"))
     await mh.wait_status(lambda st: "hostC" not in st["nodes"], "hostC gone")
@@ -319,5 +319,8 @@ async def test_node_without_a_join_token_gets_no_certificate_and_no_traffic(
     held = {leaf["identity"] for c in certs["components"].values() for leaf in c["leaves"]}
     assert not any("intruder" in identity for identity in held)
     assert "join token refused: unknown token" in mh.components["controller"].tail(400)
+    # It does not ask again every second for ever: it stops, saying why (issue 18).
+    await eventually(lambda: intruder.popen.poll(), "the intruder stopped", until=lambda c: c == 2)
+    assert "error: the CA refused" in intruder.tail(5), intruder.tail(5)
     with pytest.raises(OSError):  # its router never listens
         socket.create_connection((mh.net.hosts["c"].address, MESH_PORT), timeout=1).close()

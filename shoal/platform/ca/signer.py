@@ -25,7 +25,7 @@ from cryptography import x509
 
 from shoal.identity.certs import write_private_key
 from shoal.identity.issuance import CA, new_root, sign
-from shoal.identity.pki import PKIError, bundle_pem, cert_from_pem
+from shoal.identity.pki import JoinRefused, PKIError, bundle_pem, cert_from_pem
 from shoal.store.pki import PKIStore
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Signer:
         try:
             refused = await self.admit(fields) if self.admit else None
             if refused is not None:
-                raise PKIError(refused)
+                raise JoinRefused(refused)
             cert = sign(
                 self.ca,
                 fields["csr"].encode(),
@@ -144,6 +144,8 @@ class Signer:
             )
         except (PKIError, KeyError) as e:
             log.warning("refused %s for %s: %s", identity, requester, e)
+            if isinstance(e, JoinRefused):  # the requester stops asking
+                return {"error": str(e), "refused": "admission"}
             return {"error": str(e)}
         log.info("signed %s for %s", identity, requester)
         return {"cert": cert.decode()}
