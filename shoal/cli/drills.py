@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.live import Live
 
 from shoal.cli import render
 from shoal.errors import ShoalError, UserError
 from shoal.platform import settings
-from shoal.platform.drills.drill import Report
+from shoal.platform.drills.drill import Report, Sample
 
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, show, with_client
+from shoal.cli.common import OutputOpt, RedisOpt, app, fail, progress, show, with_client
 
 drill_app = typer.Typer(
     help="Failover drills: prove that clients see no error.", no_args_is_help=True
@@ -30,6 +32,40 @@ def gateway_url(flag: str | None) -> str:
     return recorded.read_text().strip() if recorded.exists() else "http://127.0.0.1:8080"
 
 
+class DrillProgress:
+    """What a drill prints while it runs: a line at each phase (on stderr when the report is a
+    document) and, on a terminal, a live line with the requests and errors so far."""
+
+    def __init__(self, output: str) -> None:
+        self.say = progress(output)
+        self.phase: str | None = None
+        self.live: Live | None = None
+        console = Console(stderr=True)
+        if console.is_terminal:
+            self.live = Live("", console=console, transient=True, refresh_per_second=4)
+
+    def __enter__(self) -> DrillProgress:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def __call__(self, phase: str, samples: list[Sample]) -> None:
+        errors = sum(1 for s in samples if not 200 <= s.status < 400)
+        line = f"{phase}: {len(samples)} requests, {errors} errors"
+        if phase != self.phase:
+            self.phase = phase
+            if self.live is not None:
+                self.live.console.print(line, highlight=False)
+            else:
+                self.say(line)
+        if self.live is not None:
+            self.live.update(line)
+
+
 def finish_drill(report: Report, output: str, limit: float) -> None:
     """Print a drill's report; fail when its error rate is over the limit."""
     show(report.to_dict(), output, lambda: render.drill(report))
@@ -39,7 +75,7 @@ def finish_drill(report: Report, output: str, limit: float) -> None:
         )
 
 
-@drill_app.command("failover")
+@drill_app.command("failover", short_help="Fault instances under traffic; report what clients saw.")
 def drill_failover(
     service: Annotated[str, typer.Argument()],
     fault: Annotated[
@@ -61,6 +97,15 @@ def drill_failover(
         str,
         typer.Option(help="For a protocol: grpc service, the unary method the traffic calls."),
     ] = "/grpc.health.v1.Health/Check",
+    instance: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--instance",
+            metavar="ID",
+            help="Fault this instance (repeatable; its id or key, as shoal status shows it) "
+            "rather than those that served the most of the warm-up's traffic.",
+        ),
+    ] = None,
     redis: RedisOpt = None,
     output: OutputOpt = "table",
 ) -> None:
@@ -82,23 +127,26 @@ def drill_failover(
         limit = parse_error_rate(max_error_rate)
     except ShoalError as e:
         raise fail(e) from None
-    report = with_client(
-        redis,
-        lambda c: failover(
-            c,
-            gateway=gateway_url(gateway),
-            service=service,
-            fault=fault,
-            count=count,
-            duration=seconds,
-            rps=rps,
-            grpc_method=grpc_method,
-        ),
-    )
+    with DrillProgress(output) as told:
+        report = with_client(
+            redis,
+            lambda c: failover(
+                c,
+                gateway=gateway_url(gateway),
+                service=service,
+                fault=fault,
+                count=len(instance) if instance else count,
+                duration=seconds,
+                rps=rps,
+                grpc_method=grpc_method,
+                instances=instance or (),
+                progress=told,
+            ),
+        )
     finish_drill(report, output, limit)
 
 
-@drill_app.command("redis")
+@drill_app.command("redis", short_help="Take the store away under traffic; report errors.")
 def drill_redis(
     service: Annotated[str, typer.Argument(help="Service to send traffic to.")],
     mode: Annotated[
@@ -136,17 +184,19 @@ def drill_redis(
             )
     except ShoalError as e:
         raise fail(e) from None
-    report = with_client(
-        None,
-        lambda c: redis_outage(
-            c,
-            gateway=gateway_url(gateway),
-            service=service,
-            redis_pid=pid,
-            mode=mode,
-            down=seconds_down,
-            duration=seconds,
-            rps=rps,
-        ),
-    )
+    with DrillProgress(output) as told:
+        report = with_client(
+            None,
+            lambda c: redis_outage(
+                c,
+                gateway=gateway_url(gateway),
+                service=service,
+                redis_pid=pid,
+                mode=mode,
+                down=seconds_down,
+                duration=seconds,
+                rps=rps,
+                progress=told,
+            ),
+        )
     finish_drill(report, output, limit)

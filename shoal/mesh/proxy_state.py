@@ -374,6 +374,8 @@ class ProxyState:
             if ejected:
                 ejections[f"{service}/{subset}" if subset else service] = ejected
         s = self.stats
+        if s.inbound:  # instances that are gone are forgotten
+            s.inbound = {k: n for k, n in s.inbound.items() if k in self.snapshot.instances}
         self._reports += 1
         out: dict[str, Any] = {}
         for extra in self.extra_reports:
@@ -389,6 +391,7 @@ class ProxyState:
             "denied": dict(s.denied),
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
             "served": dict(s.served),
+            "inbound": dict(s.inbound),
             "unreachable": sorted(self.unreachable),
             "outcomes": {k: list(v) for k, v in s.outcomes.items()},
             "latency": {k: list(v) for k, v in s.latency.items()},

@@ -278,6 +278,8 @@ class Router:
             missing = f"no instance {key!r} on {self.node}"
             await _refuse(exchange, Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
             return
+        inbound = self.proxy_state.stats.inbound
+        inbound[key] = inbound.get(key, 0) + 1
         workload = snapshot.workload(endpoint)
         ssl_object = exchange.ssl_object
         if ssl_object is None and workload.mtls_mode == "STRICT":

@@ -40,6 +40,8 @@ class Stats:
     denied: dict[str, int] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)  # by service
     served: dict[str, int] = field(default_factory=dict)  # requests by service, since start
+    # a router's: requests that came in for each of its instances (by key), since start
+    inbound: dict[str, int] = field(default_factory=dict)
     # by service/revision, since start: [requests answered, of which errors (5xx or none)]
     outcomes: dict[str, list[int]] = field(default_factory=dict)
     # by service/revision, since start: answers per LATENCY_BUCKETS bound (request to head)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from shoal.platform.drills.drill import failover
+from shoal.platform.drills.drill import Sample, failover
 from shoal.resources.manifest import load_files
 from tests.support.cluster import EXAMPLE, Cluster, ready
 from tests.support.wait import eventually
@@ -64,3 +66,53 @@ async def test_scale_down_and_redeploy_lose_no_request(cluster: Cluster) -> None
     failed = [s for s in traffic.samples if s.status != 200]
     assert len(traffic.samples) >= 700
     assert failed == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_drill_faults_an_instance_that_serves_traffic(cluster: Cluster) -> None:
+    """With all of hello's traffic on v2, the drill faults a v2 instance (v1 has as many
+    instances, but faulting one would prove nothing) and says how many requests it had served;
+    it tells its phases as it goes; a named instance is faulted as asked, and the report says
+    it served nothing."""
+    await cluster.client.apply(load_files([str(EXAMPLE / "hello.yaml")]))
+    await cluster.instances(lambda f: len(ready(f, "hello")) == 4)
+    _, revision = await cluster.client.weights("hello", ["v1=0", "v2=100"])
+    assert not await cluster.client.wait_applied(revision, 5)
+    phases: list[str] = []
+
+    def told(phase: str, samples: list[Sample]) -> None:
+        if not phases or phases[-1] != phase:
+            phases.append(phase)
+
+    report = await failover(
+        cluster.client,
+        gateway=cluster.gateway_url,
+        service="hello",
+        fault="error",
+        count=1,
+        duration=5.0,
+        rps=40,
+        progress=told,
+    )
+    [target] = report.targets
+    revisions = {e.key: e.revision for e in await cluster.client.registry.instances()}
+    assert revisions[target] == "v2", report
+    served = re.search(
+        r"the faulted instances had served (\d+) of the warm-up's (\d+)", report.notes[0]
+    )
+    assert served and 0 < int(served[1]) <= int(served[2]), report.notes
+    assert phases[0] == "warm-up" and phases[1] == f"error {target}", phases
+    assert report.errors == {}, report
+    v1 = [e for e in await cluster.client.registry.instances() if e.revision == "v1"]
+    named = await failover(
+        cluster.client,
+        gateway=cluster.gateway_url,
+        service="hello",
+        fault="error",
+        count=1,
+        duration=3.0,
+        rps=20,
+        instances=[v1[0].id],
+    )
+    assert named.targets == [v1[0].key], named
+    assert named.notes[0].startswith("the faulted instances had served 0 of"), named.notes

@@ -211,6 +211,33 @@ class Traffic:
         self.samples.append(Sample(at, self.clock() - at, status, cause))
 
 
+Progress = Callable[[str, list[Sample]], None]
+"""Told a drill's phase and the samples so far while it runs."""
+
+
+class Telling:
+    """Tells ``progress`` the drill's :attr:`phase` and samples, twice a second."""
+
+    def __init__(self, progress: Progress, traffic: Traffic) -> None:
+        self.progress = progress
+        self.traffic = traffic
+        self.phase = "warm-up"
+
+    def now(self) -> None:
+        """Tell now."""
+        self.progress(self.phase, self.traffic.samples)
+
+    async def run(self) -> None:
+        """Tell until cancelled."""
+        while True:
+            self.now()
+            await asyncio.sleep(0.5)
+
+
+def _quiet(phase: str, samples: list[Sample]) -> None:
+    pass
+
+
 async def retried_total(client: Client) -> int:
     """Retries counted so far by every live proxy."""
     return sum(
@@ -227,11 +254,48 @@ async def ejected(client: Client, keys: set[str]) -> bool:
     return False
 
 
-async def choose_targets(client: Client, service: str, count: int, fault: Fault) -> list[Endpoint]:
-    """``count`` ready instances of ``service`` that can take ``fault``."""
+async def inbound_counts(client: Client) -> Counter[str]:
+    """Requests each instance has received so far, by instance key (the routers' counts)."""
+    counts: Counter[str] = Counter()
+    for report in (await live_reports(client.redis, client.keys)).values():
+        counts.update(report.get("inbound") or {})
+    return counts
+
+
+def busiest(
+    candidates: dict[str, list[Endpoint]], served: Counter[str], count: int
+) -> tuple[list[Endpoint], int]:
+    """The ``count`` instances to fault: of the revision whose instances served the most of
+    ``served`` (requests by instance key during the warm-up), those that served most; and how
+    many requests they had served. Instances that served nothing are never chosen: faulting
+    them would prove nothing."""
+    revision, endpoints = max(
+        candidates.items(), key=lambda kv: (sum(served[e.key] for e in kv[1]), kv[0])
+    )
+    chosen = sorted((e for e in endpoints if served[e.key]), key=lambda e: -served[e.key])[:count]
+    if len(chosen) < count:
+        raise UserError(
+            f"only {len(chosen)} instance(s) of {revision} served the drill's warm-up traffic, "
+            f"{count} to fault: is the service's traffic routed elsewhere?"
+        )
+    return chosen, sum(served[e.key] for e in chosen)
+
+
+async def choose_targets(
+    client: Client, service: str, count: int, fault: Fault, named: Sequence[str] = ()
+) -> dict[str, list[Endpoint]]:
+    """The ready instances of ``service`` that can take ``fault``, by revision: only revisions
+    that keep a ready instance after ``count`` of theirs are faulted (``named``: those instances
+    by key or id, which must all be there)."""
     ready = [
         e for e in await client.registry.instances() if e.service == service and e.state == "ready"
     ]
+    if named:
+        picked = [e for e in ready if e.key in named or e.id in named]
+        missing = set(named) - {e.key for e in picked} - {e.id for e in picked}
+        if missing:
+            raise NotFoundError(f"no ready instance {', '.join(sorted(missing))} of {service}")
+        return {e.revision: [x for x in picked if x.revision == e.revision] for e in picked}
     # An instance some proxy still ejects (an earlier drill) would blur the detection time.
     ready = [e for e in ready if not await ejected(client, {e.key})] or ready
     if not ready:
@@ -256,13 +320,14 @@ async def choose_targets(client: Client, service: str, count: int, fault: Fault)
     by_revision: dict[str, list[Endpoint]] = {}
     for e in ready:
         by_revision.setdefault(e.revision, []).append(e)
-    revision, candidates = max(by_revision.items(), key=lambda kv: (len(kv[1]), kv[0]))
-    if len(candidates) <= count:
+    enough = {r: found for r, found in by_revision.items() if len(found) > count}
+    if not enough:
+        most = max(len(found) for found in by_revision.values())
         raise UserError(
-            f"{service} revision {revision} has {len(candidates)} ready instances: faulting "
-            f"{count} would leave none to fail over to; scale it up first"
+            f"{service} has at most {most} ready instances of a revision: faulting {count} "
+            "would leave none to fail over to; scale it up first"
         )
-    return candidates[:count]
+    return enough
 
 
 async def watch_until(
@@ -289,11 +354,14 @@ async def failover(
     duration: float,
     rps: float,
     grpc_method: str = GRPC_HEALTH,
+    instances: Sequence[str] = (),
+    progress: Progress = _quiet,
 ) -> Report:
     """Run one failover drill and report on it: under GETs, or unary calls of ``grpc_method``
-    for a ``protocol: grpc`` service."""
-    targets = await choose_targets(client, service, count, fault)
-    target_keys = {e.key for e in targets}
+    for a ``protocol: grpc`` service. The faulted instances are the named ``instances``, else
+    ``count`` of those that served the most of the warm-up's traffic. ``progress`` hears the
+    phase and the samples so far, twice a second."""
+    candidates = await choose_targets(client, service, count, fault, instances)
     origin = time.monotonic()
 
     def clock() -> float:
@@ -301,8 +369,11 @@ async def failover(
 
     warmup = max(2.0, duration / 5)
     fault_ends = warmup + duration / 2 if fault != "kill" else None
-    method = grpc_method if targets[0].protocol == "grpc" else None
+    protocol = next(iter(candidates.values()))[0].protocol
+    method = grpc_method if protocol == "grpc" else None
     traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock, grpc=method)
+    targets: list[Endpoint] = []
+    tell = Telling(progress, traffic)
 
     async def detected() -> bool:
         current = {e.key: e for e in await client.registry.instances()}
@@ -323,27 +394,50 @@ async def failover(
             for k in [t.key]
         )
 
+    target_keys: set[str] = set()
     async with task_group() as traffic_tasks:
         load = traffic_tasks.create_task(traffic.run(duration), name="traffic")
+        telling = traffic_tasks.create_task(tell.run(), name="progress")
         retried_before = await retried_total(client)
+        served_before = await inbound_counts(client)
         drill_id = uuid.uuid4().hex[:8]
-        await asyncio.sleep(warmup)
-        await client.config.write(
-            [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
-        )
-        fault_at = clock()
-
         try:
+            await asyncio.sleep(warmup)
+            served = await inbound_counts(client) - served_before
+            if instances:
+                targets = [e for found in candidates.values() for e in found]
+                targets_served = sum(served[e.key] for e in targets)
+            else:
+                targets, targets_served = busiest(candidates, served, count)
+            target_keys = {e.key for e in targets}
+            tell.phase = f"{fault} {', '.join(sorted(target_keys))}"
+            await client.config.write(
+                [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
+            )
+            fault_at = clock()
             detected_at = await watch_until(detected, clock, fault_ends or duration)
+            tell.phase = "detected" if detected_at is not None else "not detected"
             if fault_ends is not None:
                 await asyncio.sleep(max(0.0, fault_ends - clock()))
             await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
+            tell.phase = "recovering"
             recovered_at = await watch_until(recovered, clock, duration)
+            tell.phase = "recovered" if recovered_at is not None else "not recovered"
         finally:
-            await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
-            await load
+            if target_keys:
+                await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
+            else:  # no target: no drill
+                load.cancel()
+            await asyncio.wait([load])  # its error, if any, is the task group's to raise
+            telling.cancel()
+    tell.now()
     retried = await retried_total(client) - retried_before
-    notes = [] if fault_ends is None else [f"fault held for {duration / 2:.0f}s, then undone"]
+    notes = [
+        f"the faulted instances had served {targets_served} of the warm-up's "
+        f"{sum(served.values())} requests to {service}"
+    ]
+    if fault_ends is not None:
+        notes.append(f"fault held for {duration / 2:.0f}s, then undone")
     return summarize(
         traffic.samples,
         fault=fault,
@@ -374,9 +468,11 @@ async def redis_outage(
     down: float,
     duration: float,
     rps: float,
+    progress: Progress = _quiet,
 ) -> Report:
     """Take the store away under traffic (``stop``: SIGSTOP for ``down`` seconds; ``kill``:
-    SIGKILL, and the supervisor restarts it) and report what clients and the registry saw."""
+    SIGKILL, and the supervisor restarts it) and report what clients and the registry saw;
+    ``progress`` hears how it goes."""
     before = await _registry(client) or {}
     origin = time.monotonic()
 
@@ -387,20 +483,25 @@ async def redis_outage(
     traffic = Traffic(gateway.rstrip("/") + "/", service, rps, clock)
     if mode == "kill":
         down = 0.0
+    tell = Telling(progress, traffic)
     async with task_group() as traffic_tasks:
         load = traffic_tasks.create_task(
             traffic.run(max(duration, warmup + down + 5)), name="traffic"
         )
+        telling = traffic_tasks.create_task(tell.run(), name="progress")
         await asyncio.sleep(warmup)
         fault_at = clock()
         if mode == "kill":
+            tell.phase = "store killed"
             os.kill(redis_pid, signal.SIGKILL)
         else:
+            tell.phase = f"store stopped for {down:g}s"
             os.kill(redis_pid, signal.SIGSTOP)
             try:
                 await asyncio.sleep(down)
             finally:
                 os.kill(redis_pid, signal.SIGCONT)
+        tell.phase = "waiting for the registry"
         returned_at: float | None = None
         complete_at: float | None = None
         missing: set[str] = set()
@@ -415,7 +516,10 @@ async def redis_outage(
                     complete_at = clock()
                     break
             await asyncio.sleep(0.1)
+        tell.phase = "registry complete" if complete_at is not None else "registry incomplete"
         await load
+        telling.cancel()
+    tell.now()
     notes = [f"store {'killed' if mode == 'kill' else f'stopped for {down:.0f}s'}"]
     if returned_at is not None and complete_at is not None:
         notes.append(
