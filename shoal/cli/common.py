@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Shoal: a gateway and service mesh that runs your services.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 
@@ -66,7 +67,7 @@ RedisOpt = Annotated[
         "the embedded Redis started by 'shoal up' in $SHOAL_HOME.",
     ),
 ]
-OUTPUTS = ("table", "json", "yaml")
+OUTPUTS = ("table", "wide", "json", "yaml")
 
 
 def _output(value: str) -> str:
@@ -76,7 +77,14 @@ def _output(value: str) -> str:
 
 
 OutputOpt = Annotated[
-    str, typer.Option("-o", "--output", help="table, json or yaml", callback=_output)
+    str,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="FORMAT",
+        help="table, wide (more columns), json or yaml",
+        callback=_output,
+    ),
 ]
 
 
@@ -88,6 +96,23 @@ def show(data: Any, output: str, table: Callable[[], None]) -> None:
         typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     else:
         table()
+
+
+def progress(output: str) -> Callable[[str], None]:
+    """Where a command says how it is going: its output, or stderr when its output is a
+    document (``-o json|yaml``), which then comes whole at the end."""
+    document = output in ("json", "yaml")
+    return lambda line: typer.echo(line, err=document)
+
+
+def lines(*text: str) -> Callable[[], None]:
+    """A table that is a few lines of text."""
+
+    def echo() -> None:
+        for line in text:
+            typer.echo(line)
+
+    return echo
 
 
 # The gateway's edge settings, taken as text and parsed by gateway_settings() so that a bad

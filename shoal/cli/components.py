@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from shoal.errors import ShoalError, UserError
+from shoal.errors import PlatformError, ShoalError, UserError
 from shoal.http.limits import parse_limits
 from shoal.identity.join_token import parse
 from shoal.platform import settings
@@ -46,6 +47,7 @@ from shoal.cli.common import (
 from shoal.cli.security import new_join_token
 
 GATEWAY_START_TIMEOUT = 30.0  # seconds shoal up waits for the gateway to listen
+PREVIOUS_STOP_TIMEOUT = 60.0  # seconds shoal up waits for a killed one's processes to stop
 
 
 def gateway_settings(
@@ -106,7 +108,7 @@ def read_join_token(flag: str | None) -> str | None:
         os.environ.pop("SHOAL_JOIN_TOKEN", None)
 
 
-@app.command()
+@app.command(short_help="Start the platform on this host (Ctrl-C stops it).")
 def up(
     example: Annotated[bool, typer.Option(help="Deploy the hello-world example.")] = False,
     redis: RedisOpt = None,
@@ -145,7 +147,15 @@ def up(
 
     Example: shoal up --example
     """
-    from shoal.platform.supervisor import Supervisor, check_ports, wait_listening
+    from shoal.platform.supervisor import (
+        Supervisor,
+        check_ports,
+        forget_up,
+        record_up,
+        running_up,
+        wait_listening,
+        wait_previous,
+    )
 
     # The gateway child parses these flags again; checked here so that a bad one stops
     # 'shoal up' before it starts anything rather than ending up in the gateway's log.
@@ -194,9 +204,18 @@ def up(
     if tls_port is not None:
         ports["gateway TLS"] = ("0.0.0.0", tls_port)
     try:
+        other = running_up(state)
+        if other is not None:
+            raise PlatformError(
+                f"'shoal up' already runs for {state} (pid {other}): 'shoal down' stops it"
+            )
+        if record_up(state):
+            typer.echo("a previous 'shoal up' was killed: waiting for its processes to stop")
+            wait_previous(state, ports, PREVIOUS_STOP_TIMEOUT)
         check_ports(ports)
         store = settings.store_flag(redis)
     except ShoalError as e:
+        forget_up(state)
         raise fail(e) from None
     sup = Supervisor(
         state_dir=state,
@@ -224,6 +243,7 @@ def up(
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: stopping.append(signum))
+    cli = cli_command()
     try:
         url = sup.start()
         (state / "gateway.url").write_text(f"http://127.0.0.1:{port}\n")
@@ -233,10 +253,19 @@ def up(
             typer.echo(
                 f"gateway    not listening yet after {GATEWAY_START_TIMEOUT:g}s: see the logs"
             )
-        typer.echo(f"gateway    http://localhost:{port}  (HTTP/1.1 and h2c)")
+        typer.echo(f"gateway    http://localhost:{port}  (on 0.0.0.0:{port}: HTTP/1.1 and h2c)")
         if tls_port is not None:
-            typer.echo(f"           https://localhost:{tls_port}  (TLS, ALPN h2 and http/1.1)")
-        typer.echo(f"logs       {state / 'logs'}")
+            typer.echo(
+                f"           https://localhost:{tls_port}  (on 0.0.0.0:{tls_port}: TLS, "
+                "ALPN h2 and http/1.1)"
+            )
+        typer.echo(f"mesh       127.0.0.1:{mesh_port}  (the node router's mTLS port)")
+        if metrics_port:
+            typer.echo(
+                f"metrics    http://127.0.0.1:{metrics_port}/metrics (gateway), "
+                f"http://127.0.0.1:{metrics_port + 1}/metrics (node)"
+            )
+        typer.echo(f"logs       {state / 'logs'}  ({cli} logs SERVICE: an instance's output)")
         if example:
             resources = load_files(sorted(str(p) for p in EXAMPLE_DIR.glob("*.yaml")))
             applied = with_store(url, lambda c: c.apply(resources, keep_existing=True))
@@ -249,19 +278,62 @@ def up(
             )
             typer.echo(f"           curl -H 'Host: world' localhost:{port}/")
             typer.echo(f"           curl -H 'Host: hello' localhost:{port}/chain")
-        typer.echo("status     shoal status      (Ctrl-C stops everything)")
+        typer.echo(f"status     {cli} status      (Ctrl-C or '{cli} down' stops everything)")
         watcher = threading.Thread(target=sup.watch, args=(typer.echo,), daemon=True)
         watcher.start()
         while not stopping:
             time.sleep(0.2)
         typer.echo("stopping: draining instances…")
     except ShoalError as e:
-        sup.stop()
         raise fail(e) from None
-    except typer.Exit:
+    finally:
         sup.stop()
-        raise
-    sup.stop()
+        forget_up(state)
+    typer.echo("stopped")
+
+
+def cli_command() -> str:
+    """How the user runs this ``shoal``: ``shoal`` when PATH finds it, else its path (relative
+    to the working directory when inside it, as ``.venv/bin/shoal``)."""
+    mine = Path(sys.executable).parent / "shoal"
+    found = shutil.which("shoal")
+    if found is not None and Path(found).resolve() == mine.resolve():
+        return "shoal"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
+
+
+@app.command(short_help="Stop the 'shoal up' running for $SHOAL_HOME.")
+def down(
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="How long to wait for everything to stop.")
+    ] = 90.0,
+) -> None:
+    """Stop the 'shoal up' running for $SHOAL_HOME, as Ctrl-C does (instances drain), and wait
+    until everything it started has stopped.
+
+    Example: shoal down
+    """
+    from shoal.platform.supervisor import running_up, wait_stopped
+
+    state = settings.state_dir()
+    pid = running_up(state)
+    if pid is None:
+        typer.echo(f"nothing to stop: no 'shoal up' runs for {state}")
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        raise fail(PlatformError(f"'shoal up' (pid {pid}) belongs to another user")) from None
+    typer.echo(f"stopping 'shoal up' (pid {pid}): draining instances…")
+    if not wait_stopped(pid, timeout):
+        raise fail(
+            PlatformError(
+                f"'shoal up' (pid {pid}) still runs after {timeout:g}s: see {state / 'logs'}"
+            )
+        )
     typer.echo("stopped")
 
 
@@ -433,7 +505,7 @@ def gateway(
     )
 
 
-@app.command()
+@app.command(short_help="Run a controller: CA, scheduler, autoscaler.")
 def controller(
     redis: RedisOpt = None,
     stable_window: Annotated[

@@ -4,6 +4,7 @@ rollout, status."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,7 +15,7 @@ import yaml
 from shoal.cli import render
 from shoal.errors import PlatformError, ShoalError, UserError
 from shoal.platform import settings
-from shoal.platform.control.client import Client
+from shoal.platform.control.client import KIND_ALIASES, Client
 from shoal.platform.control.rollout import RollBack
 from shoal.resources.manifest import load_files
 from shoal.resources.model import Service
@@ -23,11 +24,25 @@ from shoal.resources.weights import split_route
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, show, with_client, with_store
+from shoal.cli.common import (
+    OutputOpt,
+    RedisOpt,
+    app,
+    fail,
+    lines,
+    progress,
+    show,
+    with_client,
+    with_store,
+)
 
 
-@app.command("deploy", help="Same as apply: a Service spec change is a new revision.")
-@app.command()
+@app.command(
+    "deploy",
+    help="Same as apply: a Service spec change is a new revision.\n\n"
+    "Example: shoal deploy -f deploy/examples/hello-world/ --wait",
+)
+@app.command(short_help="Validate and apply manifests, all or nothing.")
 def apply(
     file: Annotated[list[str], typer.Option("-f", "--file", help="Manifest file(s); - is stdin.")],
     redis: RedisOpt = None,
@@ -39,6 +54,7 @@ def apply(
         ),
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 30.0,
+    output: OutputOpt = "table",
 ) -> None:
     """Validate and apply manifests: all documents land together, or none do.
 
@@ -60,7 +76,7 @@ def apply(
         return applied, lagging, await c.wait_ready(new, timeout)
 
     applied, lagging, failed = with_client(redis, go)
-    render.applied(applied)
+    show(dataclasses.asdict(applied), output, lambda: render.applied(applied))
     if lagging:
         raise fail(
             ShoalError(
@@ -73,14 +89,25 @@ def apply(
             PlatformError(
                 "not ready: "
                 + "; ".join(f"{key}: {why}" for key, why in sorted(failed.items()))
-                + " (shoal status; the instance's log in $SHOAL_HOME/logs)"
+                + " (see shoal status and shoal logs SERVICE --all)"
             )
         )
 
 
-@app.command()
+def _kinds() -> str:
+    """Every kind ``get`` and ``delete`` take, with its shortest alias."""
+    aliases: dict[str, list[str]] = {}
+    for alias, kind in KIND_ALIASES.items():
+        aliases.setdefault(kind, []).append(alias)
+    return ", ".join(f"{kind.lower()} ({min(names, key=len)})" for kind, names in aliases.items())
+
+
+KINDS = _kinds()
+
+
+@app.command(short_help="Show stored resources, or a service's revisions.")
 def get(
-    kind: Annotated[str, typer.Argument(help="service, virtualservice (vs), destinationrule (dr)")],
+    kind: Annotated[str, typer.Argument(help=f"{KINDS}, or revisions SERVICE")],
     name: Annotated[str | None, typer.Argument()] = None,
     redis: RedisOpt = None,
     output: OutputOpt = "table",
@@ -112,7 +139,7 @@ def emit(
         table(rows)
 
 
-@app.command()
+@app.command(short_help="Shift traffic to a revision in steps, or roll back.")
 def rollout(
     service: Annotated[str, typer.Argument()],
     to: Annotated[str, typer.Option("--to", help="Subset (revision) to move traffic to.")],
@@ -128,6 +155,7 @@ def rollout(
     ] = None,
     scale_to: Annotated[int, typer.Option(help="Ready instances before the first step.")] = 1,
     redis: RedisOpt = None,
+    output: OutputOpt = "table",
 ) -> None:
     """Move traffic to a new revision in steps, watching its error rate and (with --max-p99)
     latency; roll back by itself when it breaches a limit (exit 1).
@@ -147,14 +175,17 @@ def rollout(
         }
     except ShoalError as e:
         raise fail(e) from None
-    result = with_client(redis, lambda c: start_rollout(c, service, to, typer.echo, **settings_))
+    say = progress(output)
+    result = with_client(redis, lambda c: start_rollout(c, service, to, say, **settings_))
+    outcome = "rolled back" if isinstance(result, RollBack) else "done"
+    show({"result": outcome, **dataclasses.asdict(result)}, output, lines())
     if isinstance(result, RollBack):
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Delete a resource (a Service with its own routes).")
 def delete(
-    kind: Annotated[str, typer.Argument(help="service, virtualservice (vs), destinationrule (dr)")],
+    kind: Annotated[str, typer.Argument(help=KINDS)],
     name: Annotated[
         str,
         typer.Argument(
@@ -169,18 +200,18 @@ def delete(
         ),
     ] = False,
     redis: RedisOpt = None,
+    output: OutputOpt = "table",
 ) -> None:
     """Delete a resource; a Service with the routing that only served it.
 
     Example: shoal delete service world
     """
     revision, deleted = with_client(redis, lambda c: c.delete(kind, name, keep_routes=keep_routes))
-    for label in deleted:
-        typer.echo(f"deleted {label}")
-    typer.echo(f"revision {revision}")
+    text = [f"deleted {label}" for label in deleted] + [f"revision {revision}"]
+    show({"deleted": deleted, "revision": revision}, output, lines(*text))
 
 
-@app.command()
+@app.command(short_help="Split a service's traffic between revisions.")
 def weights(
     service: Annotated[str, typer.Argument()],
     split: Annotated[list[str], typer.Argument(help="SUBSET=WEIGHT pairs summing to 100")],
@@ -189,6 +220,7 @@ def weights(
         typer.Option(help="The http[] route (by name) to split; default: the catch-all route."),
     ] = None,
     redis: RedisOpt = None,
+    output: OutputOpt = "table",
 ) -> None:
     """Split a service's traffic between subsets: edits one route of its VirtualService (the
     catch-all one, or --route NAME); header and path rules stay as they are.
@@ -199,10 +231,17 @@ def weights(
     edited = vs.http[split_route(service, vs, route)]
     parts = ", ".join(f"{d.destination.subset}={d.weight}" for d in edited.route)
     which = f"route {edited.name}" if edited.name else "default route"
-    typer.echo(f"VirtualService {vs.name} ({which}): {service} → {parts} (revision {revision})")
+    data = {
+        "virtualservice": vs.name,
+        "route": edited.name,
+        "weights": {d.destination.subset: d.weight for d in edited.route},
+        "revision": revision,
+    }
+    text = f"VirtualService {vs.name} ({which}): {service} → {parts} (revision {revision})"
+    show(data, output, lines(text))
 
 
-@app.command()
+@app.command(short_help="Set a service's scaling bounds.")
 def scale(
     service: Annotated[str, typer.Argument()],
     min: Annotated[
@@ -214,6 +253,7 @@ def scale(
     ] = None,
     revision: Annotated[str | None, typer.Option(help="Only this revision.")] = None,
     redis: RedisOpt = None,
+    output: OutputOpt = "table",
 ) -> None:
     """Set a service's scaling bounds (every revision, or --revision), in place.
 
@@ -222,13 +262,20 @@ def scale(
     scaled = with_client(
         redis, lambda c: c.scale(service, min=min, max=max, target=target, revision=revision)
     )
-    for s in scaled:
-        typer.echo(
-            f"{s.key}: min {s.scale.min}, max {s.scale.max}, target {s.scale.target_concurrency}"
-        )
+    data = [
+        {
+            "revision": s.key,
+            "min": s.scale.min,
+            "max": s.scale.max,
+            "target": s.scale.target_concurrency,
+        }
+        for s in scaled
+    ]
+    text = [f"{d['revision']}: min {d['min']}, max {d['max']}, target {d['target']}" for d in data]
+    show(data, output, lines(*text))
 
 
-@app.command()
+@app.command(short_help="Name a revision: reached at Host TAG-SERVICE.")
 def tag(
     service: Annotated[str, typer.Argument()],
     tag: Annotated[str, typer.Argument(help="The tag: a DNS label, e.g. candidate.")],
@@ -237,6 +284,7 @@ def tag(
     ] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Take the tag away.")] = False,
     redis: RedisOpt = None,
+    output: OutputOpt = "table",
 ) -> None:
     """Tag a revision (Knative's traffic tags): it is reached at the host TAG-SERVICE whatever
     its share of the traffic, e.g. to try a revision before it gets any.
@@ -244,15 +292,17 @@ def tag(
     Example: shoal tag hello candidate v2   (then: curl -H 'Host: candidate-hello' ...)
     """
     if revision is None and not remove:
-        raise UserError("name the revision to tag (or give --remove)")
+        raise fail(UserError("name the revision to tag (or give --remove)"))
     changed = with_client(redis, lambda c: c.tag(service, revision, tag, remove=remove))
-    for s in changed:
-        typer.echo(f"{s.key}: tags {', '.join(s.tags) or '-'}")
-    if not remove:
-        typer.echo(f"host {tag}-{service} reaches {service}/{revision}")
+    text = [f"{s.key}: tags {', '.join(s.tags) or '-'}" for s in changed]
+    host = None if remove else f"{tag}-{service}"
+    if host is not None:
+        text.append(f"host {host} reaches {service}/{revision}")
+    data = {"revisions": [{"revision": s.key, "tags": list(s.tags)} for s in changed]}
+    show({**data, "host": host}, output, lines(*text))
 
 
-@app.command()
+@app.command(short_help="Nodes, services and instances (--watch: live).")
 def status(
     redis: RedisOpt = None,
     output: OutputOpt = "table",
@@ -265,7 +315,7 @@ def status(
     Example: shoal status --watch
     """
     st = with_client(redis, lambda c: c.status())
-    show(render.status_dict(st), output, lambda: render.status(st))
+    show(render.status_dict(st), output, lambda: render.status(st, wide=output == "wide"))
     if watch:
         url = settings.redis_url(redis)
         typer.echo("\nwatching instance changes (Ctrl-C to stop)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,7 +41,7 @@ def last_lines(path: Path, count: int) -> tuple[list[str], int]:
     return lines[-count:] if count else [], len(data)
 
 
-@app.command()
+@app.command(short_help="The output of a service's instances on this host.")
 def logs(
     service: Annotated[
         str, typer.Argument(help="A service, or a component: controller, node, gateway.")
@@ -55,7 +56,9 @@ def logs(
     redis: RedisOpt = None,
 ) -> None:
     """The output of a service's running instances on this host (each line after its
-    revision/instance; --all: gone ones too), or a component's log, from $SHOAL_HOME/logs.
+    revision/instance; --all: gone ones too), or a component's log, from $SHOAL_HOME/logs
+    (instances' in logs/instances: each cut at 10 MiB, the previous part kept as .1; the logs of
+    gone instances kept for a day, 50 at most).
 
     Example: shoal logs hello --tail 20 -f
     """
@@ -70,11 +73,12 @@ def logs(
             return sorted(revisions), live
 
         revisions, live = with_client(redis, known)
-        sources = instance_logs(log_dir, service, [revision] if revision else revisions, instance)
+        chosen = [revision] if revision else revisions
+        sources = instance_logs(log_dir / "instances", service, chosen, instance)
         if not past:
             sources = [(name, path) for name, path in sources if name.split("/")[1] in live]
         if not sources:
-            raise fail(NotFoundError(f"no instance logs of {service} in {log_dir}"))
+            raise fail(NotFoundError(f"no instance logs of {service} in {log_dir / 'instances'}"))
     sizes = {}
     for name, path in sources:
         lines, sizes[path] = last_lines(path, max(0, tail))
@@ -88,6 +92,8 @@ def logs(
             for name, path in sources:
                 data = b""
                 with contextlib.suppress(OSError), path.open("rb") as f:
+                    if os.fstat(f.fileno()).st_size < sizes[path]:  # cut at its size limit
+                        sizes[path] = 0
                     f.seek(sizes[path])
                     data = f.read()
                     sizes[path] += len(data)

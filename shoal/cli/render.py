@@ -104,23 +104,45 @@ def status_dict(st: Status) -> dict[str, Any]:
     }
 
 
-def status(st: Status) -> None:
-    """Nodes, services and instances as tables."""
-    nodes = Table(title="nodes", title_justify="left", box=None, pad_edge=False)
-    for col in ("NODE", "MESH", "HOST", "PID", "INSTANCE UIDS"):
-        nodes.add_column(col)
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for col in columns:
+        table.add_column(col)
+    return table
+
+
+def _row(table: Table, cells: dict[str, str], wide: tuple[str, ...], show_wide: bool) -> None:
+    """Add ``cells`` (column → text) in the table's order; ``wide`` columns only with -o wide."""
+    table.add_row(*(text for col, text in cells.items() if show_wide or col not in wide))
+
+
+NODE_WIDE = ("PID", "INSTANCE UIDS")
+INSTANCE_WIDE = ("ADDRESS", "PID")
+PROXY_WIDE = ("RETRIES", "HELD", "ACTIVATIONS", "COLD START MS (RECENT)")
+
+
+def status(st: Status, *, wide: bool = False) -> None:
+    """Nodes, services and instances as tables (``wide``: with pids, addresses, uids and the
+    proxies' retry and activation counts)."""
+
+    def columns(names: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if wide or n not in extra)
+
+    nodes = _table("nodes", columns(("NODE", "MESH", "HOST", "PID", "INSTANCE UIDS"), NODE_WIDE))
     limited: list[str] = []
     for node_id, rec in st.nodes.items():
         isolation = rec.get("isolation") or {}
         limits = isolation.get("limits") or []
         limited += [f"{node_id}: isolation is limited: {limit}" for limit in limits]
-        nodes.add_row(
-            node_id,
-            str(rec.get("mesh", "")),
-            str(rec.get("host", "")),
-            str(rec.get("pid", "")),
-            (isolation.get("uids") or "platform's") + (" (limited)" if limits else ""),
-        )
+        cells = {
+            "NODE": node_id,
+            "MESH": str(rec.get("mesh", "")),
+            "HOST": str(rec.get("host", "")),
+            "PID": str(rec.get("pid", "")),
+            "INSTANCE UIDS": (isolation.get("uids") or "platform's")
+            + (" (limited)" if limits else ""),
+        }
+        _row(nodes, cells, NODE_WIDE, wide)
     console.print(nodes)
     for line in limited:
         console.print(f"[yellow]{line}[/yellow]", highlight=False)
@@ -143,8 +165,7 @@ def status(st: Status) -> None:
         )
     console.print(services)
 
-    instances = Table(title="\ninstances", title_justify="left", box=None, pad_edge=False)
-    for col in (
+    instance_columns = (
         "SERVICE",
         "REVISION",
         "INSTANCE",
@@ -154,25 +175,31 @@ def status(st: Status) -> None:
         "STATE",
         "RESTARTS",
         "LAST EXIT",
-    ):
-        instances.add_column(col)
+    )
+    instances = _table("\ninstances", columns(instance_columns, INSTANCE_WIDE))
     for e in st.instances:
         style = STATE_STYLE.get(e.state, "")
         last = " ".join(part for part in (e.reason, f"({e.exit})" if e.exit else "") if part)
-        instances.add_row(
-            e.service,
-            e.revision,
-            e.id,
-            e.node,
-            e.authority,
-            str(e.pid or "-"),
-            f"[{style}]{e.state}[/{style}]",
-            str(e.restarts),
-            last or "-",
+        cells = dict(
+            zip(
+                instance_columns,
+                (
+                    e.service,
+                    e.revision,
+                    e.id,
+                    e.node,
+                    e.authority,
+                    str(e.pid or "-"),
+                    f"[{style}]{e.state}[/{style}]",
+                    str(e.restarts),
+                    last or "-",
+                ),
+                strict=True,
+            )
         )
+        _row(instances, cells, INSTANCE_WIDE, wide)
     console.print(instances)
-    proxies = Table(title="\nproxies", title_justify="left", box=None, pad_edge=False)
-    for col in (
+    proxy_columns = (
         "PROXY",
         "REVISION",
         "REQUESTS",
@@ -183,8 +210,8 @@ def status(st: Status) -> None:
         "COLD START MS (RECENT)",
         "REFUSED",
         "EJECTED",
-    ):
-        proxies.add_column(col)
+    )
+    proxies = _table("\nproxies", columns(proxy_columns, PROXY_WIDE))
     for component, revision in sorted(st.acks.items()):
         r = st.reports.get(component, {})
         refused = ", ".join(f"{c}={n}" for c, n in sorted(r.get("refusals", {}).items()))
@@ -193,18 +220,25 @@ def status(st: Status) -> None:
             for entries in r.get("ejections", {}).values()
             for e in entries
         )
-        proxies.add_row(
-            component,
-            str(revision),
-            str(r.get("requests", 0)),
-            str(r.get("retries", 0)),
-            str(sum(r.get("in_flight", {}).values())),
-            str(sum(r.get("held", {}).values())),
-            str(r.get("activations", 0)),
-            " ".join(f"{c:g}" for c in r.get("cold_starts_ms", [])[-5:]) or "-",
-            refused or "-",
-            ejected or "-",
+        cells = dict(
+            zip(
+                proxy_columns,
+                (
+                    component,
+                    str(revision),
+                    str(r.get("requests", 0)),
+                    str(r.get("retries", 0)),
+                    str(sum(r.get("in_flight", {}).values())),
+                    str(sum(r.get("held", {}).values())),
+                    str(r.get("activations", 0)),
+                    " ".join(f"{c:g}" for c in r.get("cold_starts_ms", [])[-5:]) or "-",
+                    refused or "-",
+                    ejected or "-",
+                ),
+                strict=True,
+            )
         )
+        _row(proxies, cells, PROXY_WIDE, wide)
     console.print(proxies)
     _gateway_servers(st.reports)
     console.print(f"\nconfig revision {st.revision}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,7 +16,17 @@ from shoal.store.connection import redacted
 if TYPE_CHECKING:
     pass
 
-from shoal.cli.common import OutputOpt, RedisOpt, app, fail, show, with_client, with_store
+from shoal.cli.common import (
+    OutputOpt,
+    RedisOpt,
+    app,
+    fail,
+    lines,
+    progress,
+    show,
+    with_client,
+    with_store,
+)
 
 
 def new_join_token(url: str, *, ttl: float = 3600.0, uses: int = 1) -> str:
@@ -33,11 +43,12 @@ token_app = typer.Typer(help="Join tokens for new nodes and gateways.", no_args_
 app.add_typer(token_app, name="token")
 
 
-@token_app.command("create")
+@token_app.command("create", short_help="Make a join token for a new node or gateway.")
 def token_create(
     redis: RedisOpt = None,
     ttl: Annotated[str, typer.Option(help="How long the token is valid.")] = "1h",
     uses: Annotated[int, typer.Option(help="How many components it may admit.")] = 1,
+    output: OutputOpt = "table",
 ) -> None:
     """Make a join token: a node or gateway started with it (--join-token or
     $SHOAL_JOIN_TOKEN) gets its first certificate; without one it gets none.
@@ -51,17 +62,18 @@ def token_create(
         url = settings.redis_url(redis)
     except ShoalError as e:
         raise fail(e) from None
-    typer.echo(new_join_token(url, ttl=seconds, uses=uses))
+    token = new_join_token(url, ttl=seconds, uses=uses)
+    show({"token": token, "ttl": seconds, "uses": uses}, output, lines(token))
 
 
 certs_app = typer.Typer(
-    help="The mesh's certificates: who holds what, renewal and root rotation.",
+    help="The mesh's certificates: holders, renewal, root rotation.",
     no_args_is_help=True,
 )
 app.add_typer(certs_app, name="certs")
 
 
-@certs_app.command("status")
+@certs_app.command("status", short_help="The trust bundle and who holds which certificate.")
 def certs_status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
     """The trust bundle, and every component's identities, issuer, expiry and trust.
 
@@ -73,7 +85,7 @@ def certs_status(redis: RedisOpt = None, output: OutputOpt = "table") -> None:
     show(render.certs_dict(st), output, lambda: render.certs(st))
 
 
-@certs_app.command("rotate")
+@certs_app.command("rotate", short_help="Renew every leaf now, or rotate the root (--root).")
 def certs_rotate(
     redis: RedisOpt = None,
     root: Annotated[
@@ -83,6 +95,7 @@ def certs_rotate(
         bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh.")] = 120.0,
+    output: OutputOpt = "table",
 ) -> None:
     """Renew every leaf certificate now, or (--root) rotate the root CA without dropping a
     request: trust old+new, re-issue every leaf from the new root, then retire the old one.
@@ -92,25 +105,32 @@ def certs_rotate(
     from shoal.platform.ca.admin import certs_status as read_status
     from shoal.platform.ca.admin import renew_leaves, rotate_root
 
-    async def go(c: Client) -> None:
+    say = progress(output)
+
+    async def go(c: Client) -> dict[str, Any]:
         if dry_run:
-            render.rotation_plan(await read_status(c.redis, c.keys), root=root)
-        elif root:
-            await rotate_root(c.redis, c.keys, timeout, typer.echo)
-        else:
-            await renew_leaves(c.redis, c.keys, timeout, typer.echo)
-            typer.echo("done: every component holds renewed certificates")
+            st = await read_status(c.redis, c.keys)
+            show(render.certs_dict(st), output, lambda: render.rotation_plan(st, root=root))
+            return {}
+        if root:
+            return {"root": await rotate_root(c.redis, c.keys, timeout, say)}
+        epoch = await renew_leaves(c.redis, c.keys, timeout, say)
+        say("done: every component holds renewed certificates")
+        return {"epoch": epoch}
 
-    with_client(redis, go)
+    done = with_client(redis, go)
+    if done:
+        show(done, output, lines())
 
 
-@certs_app.command("issue")
+@certs_app.command("issue", short_help="Sign a mesh certificate with this host's CA.")
 def certs_issue(
     identity: Annotated[
         str, typer.Argument(help="SPIFFE ID, e.g. spiffe://cluster.local/svc/hello.")
     ],
     out: Annotated[str, typer.Option(help="Directory for cert.pem, key.pem, bundle.pem.")] = ".",
     hours: Annotated[float, typer.Option(help="Validity in hours.")] = 1.0,
+    output: OutputOpt = "table",
 ) -> None:
     """Sign a mesh certificate with the CA on this host (the controller's state dir), for
     debugging with openssl/curl or for a workload outside Shoal.
@@ -132,19 +152,21 @@ def certs_issue(
         )
     except ShoalError as e:
         raise fail(e) from None
-    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+    written = [str(p) for p in paths]
+    show({"wrote": written}, output, lines("wrote " + ", ".join(written)))
 
 
 store_app = typer.Typer(help="The store itself: its users.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
 
-@store_app.command("users")
+@store_app.command("users", short_help="Create or reset one Redis user per component.")
 def store_users(
     redis: RedisOpt = None,
     out: Annotated[
         str, typer.Option(help="Directory for gateway.url, node.url, controller.url (0600).")
     ] = ".",
+    output: OutputOpt = "table",
 ) -> None:
     """Create (or reset, with new passwords) one Redis user per component kind for this
     cluster (SHOAL_PREFIX) on an external store, and write each one's URL to a private file:
@@ -152,8 +174,8 @@ def store_users(
     URL; with Sentinel, run it against every server's redis:// URL (Redis does not replicate
     users).
 
-    Example: shoal store users --redis @admin.url --out /etc/shoal (then: shoal node --redis
-    @/etc/shoal/node.url)
+    Example: shoal store users --redis @admin.url --out /etc/shoal
+    Example: shoal node --redis @/etc/shoal/node.url
     """
     from shoal.store import acl
 
@@ -171,14 +193,18 @@ def store_users(
     except OSError as e:
         raise fail(UserError(f"cannot write to {out}: {e.strerror}")) from None
 
-    async def go(c: Client) -> str:
+    async def go(c: Client) -> tuple[dict[str, str], str]:
         made = await acl.create_users(c.redis, c.keys.prefix)
+        files = {}
         for role, secret in made.items():
             path = directory / f"{role}.url"
             path.touch(mode=0o600)
             path.chmod(0o600)
-            path.write_text(acl.url_for(url, acl.user_name(role, c.keys.prefix), secret) + "\n")
-            typer.echo(f"{acl.user_name(role, c.keys.prefix):24} {path}")
-        return await acl.persist(c.redis)
+            user = acl.user_name(role, c.keys.prefix)
+            path.write_text(acl.url_for(url, user, secret) + "\n")
+            files[user] = str(path)
+        return files, await acl.persist(c.redis)
 
-    typer.echo(f"users {with_store(url, go)}")
+    files, persisted = with_store(url, go)
+    text = [f"{user:24} {path}" for user, path in files.items()] + [f"users {persisted}"]
+    show({"users": files, "persisted": persisted}, output, lines(*text))

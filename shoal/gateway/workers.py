@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 
 from shoal.errors import PlatformError, StoreError, UserError
+from shoal.store.children import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ def run_workers(count: int, argv: Sequence[str]) -> int:
     stopping: list[int] = []  # a signal handler only appends: no lock in a handler
 
     def start(index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "shoal", *argv, "--worker", str(index)])
+        return subprocess.Popen(
+            [sys.executable, "-m", "shoal", *argv, "--worker", str(index)],
+            preexec_fn=die_with_parent(),
+        )
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: stopping.append(signum))

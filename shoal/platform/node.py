@@ -159,7 +159,7 @@ async def run_node(
                 keys,
                 node_id=node_id,
                 mesh_url=mesh_url,
-                log_dir=state_dir / "logs",
+                log_dir=state_dir / "logs" / "instances",
                 node_record={
                     **node_record(f"{announced}:{port}", labels=labels, capacity=capacity),
                     "isolation": isolated.record(),

@@ -1,15 +1,18 @@
 """``shoal up``: the embedded Redis, controller, node and gateway under one supervisor.
 
 Each component is its own OS process (``python -m shoal controller|node|gateway``) whose
-output goes to ``<state>/logs/<name>.log``; one that dies is restarted with backoff. SIGINT or
-SIGTERM stops them in order — gateway, node (which drains its instances), controller — and
-then Redis, which flushes its AOF on the way out.
+output goes to ``<state>/logs/<name>.log`` (cut at 10 MiB, the previous part kept as ``.1``);
+one that dies is restarted with backoff. SIGINT or SIGTERM stops them in order — gateway, node
+(which drains its instances), controller — and then Redis, which flushes its AOF on the way
+out. None outlives ``shoal up``, even killed (:func:`~shoal.store.children.die_with_parent`);
+``<state>/up.pid`` says which one runs, for ``shoal down`` and the next ``shoal up``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import signal
 import socket
@@ -22,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.errors import PlatformError
+from shoal.platform.runtime import log_files
 from shoal.platform.runtime.reconcile import restart_delay
-from shoal.store.embedded import EmbeddedRedis
+from shoal.store.children import die_with_parent
+from shoal.store.embedded import EmbeddedRedis, recorded_pid
 
 log = logging.getLogger(__name__)
+CUT_LOGS_EVERY = 60.0  # seconds; a component's log is cut as an instance's (.runtime.log_files)
 
 
 @dataclass(slots=True)
@@ -51,7 +57,8 @@ class Child:
                 stdout=out,
                 stderr=out,
                 env=self.env,
-                start_new_session=True,
+                start_new_session=True,  # Ctrl-C in the terminal reaches only 'shoal up'
+                preexec_fn=die_with_parent(),  # no component outlives it, even on SIGKILL
             )
         self.started_at = time.monotonic()
 
@@ -79,6 +86,7 @@ class Supervisor:
     embedded: EmbeddedRedis | None = None
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
     rng: random.Random = field(default_factory=random.Random)
     # Called once the store is up, before any component starts: extra environment for them.
     on_store: Callable[[str], dict[str, str]] | None = None
@@ -104,9 +112,23 @@ class Supervisor:
         return url
 
     def watch(self, on_event: Callable[[str], None]) -> None:
-        """Restart children that die, until :meth:`stop` is called."""
+        """Restart children that die, until :meth:`stop` is called; return once it is done
+        (the children this thread started die with it: :func:`die_with_parent`)."""
+        try:
+            self._restart_dead(on_event)
+        finally:
+            self.stopped.wait()
+
+    def _restart_dead(self, on_event: Callable[[str], None]) -> None:
+        cut_at = 0.0  # when next to look at the components' log sizes
         while not self.stopping.wait(0.2):
             now = time.monotonic()
+            if now >= cut_at:
+                cut_at = now + CUT_LOGS_EVERY
+                for child in self.children:
+                    with contextlib.suppress(OSError):
+                        if child.log_path.stat().st_size > log_files.MAX_BYTES:
+                            log_files.cut(child.log_path)
             redis = self.embedded
             if redis is not None and (redis.process is None or redis.process.poll() is not None):
                 if redis.process is not None:
@@ -145,6 +167,7 @@ class Supervisor:
                 child.stop(timeout=40.0 if child.name == "node" else 10.0)
         if self.embedded is not None:
             self.embedded.stop()
+        self.stopped.set()
 
 
 def wait_listening(port: int, timeout: float, stopping: Callable[[], bool]) -> bool:
@@ -156,6 +179,25 @@ def wait_listening(port: int, timeout: float, stopping: Callable[[], bool]) -> b
             return True
         time.sleep(0.1)
     return False
+
+
+def wait_previous(state_dir: Path, ports: dict[str, tuple[str, int]], timeout: float) -> None:
+    """After a ``shoal up`` that was killed (its components got SIGTERM as it died): wait up to
+    ``timeout`` seconds for them to stop — its Redis gone, the ``ports`` free — then return, or
+    raise PlatformError saying what still holds on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        redis = recorded_pid(state_dir)
+        try:
+            if redis is None:
+                check_ports(ports)
+                return
+        except PlatformError:
+            if time.monotonic() >= deadline:
+                raise
+        if redis is not None and time.monotonic() >= deadline:
+            raise PlatformError(f"the Redis of a previous 'shoal up' (pid {redis}) still runs")
+        time.sleep(0.2)
 
 
 def check_ports(ports: dict[str, tuple[str, int]]) -> None:
@@ -171,3 +213,53 @@ def check_ports(ports: dict[str, tuple[str, int]]) -> None:
                 taken.append(f"{what} port {port} ({e.strerror})")
     if taken:
         raise PlatformError(f"cannot listen: {', '.join(taken)}; is another Shoal running?")
+
+
+UP_FILE = "up.pid"
+"""``<state>/up.pid``: the pid and start time of the ``shoal up`` running for that state dir."""
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot: a recycled pid has another), or
+    None when there is no such process, or it has exited (a zombie its parent has not reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # fields 1-2 end at the last ")"
+    return None if fields[0] == "Z" else fields[19]  # fields 3 and 22: state, start time
+
+
+def running_up(state_dir: Path) -> int | None:
+    """The pid of the ``shoal up`` running for ``state_dir``, or None."""
+    try:
+        pid, started = (state_dir / UP_FILE).read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(pid) if _start_time(int(pid)) == started else None
+
+
+def record_up(state_dir: Path) -> bool:
+    """Say that this process is the ``shoal up`` of ``state_dir``; return whether a previous
+    one ended without saying it stopped (killed: its children may still be stopping)."""
+    path = state_dir / UP_FILE
+    crashed = path.exists()
+    path.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    return crashed
+
+
+def forget_up(state_dir: Path) -> None:
+    """This ``shoal up`` has stopped everything it started."""
+    if running_up(state_dir) == os.getpid():
+        (state_dir / UP_FILE).unlink()
+
+
+def wait_stopped(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not a child of this one) is gone within ``timeout`` seconds."""
+    started = _start_time(pid)
+    deadline = time.monotonic() + timeout
+    while started is not None and _start_time(pid) == started:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True

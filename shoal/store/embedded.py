@@ -24,6 +24,7 @@ from pathlib import Path
 
 from shoal.errors import PlatformError
 from shoal.store import acl
+from shoal.store.children import die_with_parent
 
 URL_FILE = "redis.url"
 
@@ -125,6 +126,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         self._wait_ready(timeout)
         url_file = self.state_dir / URL_FILE

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -268,7 +270,7 @@ def test_output_formats_are_checked_and_reports_serialise(shoal) -> None:  # typ
     from shoal.platform.drills.drill import Phase, Report
 
     result = shoal("status", "-o", "xml")
-    assert result.exit_code == 2 and "use one of table, json, yaml" in one_line_error(result)
+    assert result.exit_code == 2 and "use one of table, wide, json, yaml" in one_line_error(result)
     status = yaml.safe_load(shoal("status", "-o", "yaml").output)
     assert set(status) >= {"nodes", "services", "instances"}
     phase = Phase(requests=10, p50_ms=1.0, p99_ms=2.0)
@@ -315,9 +317,9 @@ def test_logs_shows_each_instance_line_after_its_name(shoal, tmp_path: Path) -> 
     --instance narrow it; a component's log by name; a service without logs here is exit 3."""
     assert shoal("apply", "-f", str(EXAMPLE / "hello.yaml")).exit_code == 0
     logs = tmp_path / "home" / "logs"
-    logs.mkdir(parents=True)
-    (logs / "hello-v1-aaaa1111.log").write_text("one\ntwo\nthree\n")
-    (logs / "hello-v2-bbbb2222.log").write_text("four\n")
+    (logs / "instances").mkdir(parents=True)
+    (logs / "instances" / "hello-v1-aaaa1111.log").write_text("one\ntwo\nthree\n")
+    (logs / "instances" / "hello-v2-bbbb2222.log").write_text("four\n")
     (logs / "gateway.log").write_text("listening\n")
     gone = shoal("logs", "hello")  # no instance of it runs: the logs of gone ones need --all
     assert gone.exit_code == 3 and "no instance logs of hello" in one_line_error(gone)
@@ -335,3 +337,105 @@ def test_logs_shows_each_instance_line_after_its_name(shoal, tmp_path: Path) -> 
     assert shoal("logs", "gateway").output.splitlines() == ["[gateway] listening"]
     missing = shoal("logs", "world")
     assert missing.exit_code == 3 and "no instance logs of world" in one_line_error(missing)
+
+
+def _command_paths() -> list[list[str]]:
+    """Every leaf command's words: ``["up"]``, ``["certs", "rotate"]``, …"""
+    import typer.main
+
+    def walk(command: Any, path: list[str]) -> list[list[str]]:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands:
+            return [path]
+        return [p for name, sub in subcommands.items() for p in walk(sub, [*path, name])]
+
+    return walk(typer.main.get_command(app), [])
+
+
+def test_help_reads_like_kubectl_for_every_command() -> None:
+    """Every command's help names its arguments in capitals, never a Python type (``<str>``,
+    ``<bool>``) or braces, and lists examples; the root offers shell completion."""
+    runner = CliRunner()
+    paths = _command_paths()
+    assert {"up", "down", "status", "logs"} <= {p[0] for p in paths} and len(paths) > 20
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], terminal_width=100)
+        assert result.exit_code == 0, (path, result.output)
+        assert not re.search(r"<(str|bool|int|float|list|path)|\{", result.output), result.output
+        assert "Examples:\n    shoal " in result.output, (path, result.output)
+    get = runner.invoke(app, ["get", "--help"]).output
+    assert "get [OPTIONS] KIND [NAME]" in get
+    for kind in ("serviceentry (se)", "gateway (gw)", "authorizationpolicy (ap)"):
+        assert kind in " ".join(get.split()), get
+    root = runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in root and "--show-completion" in root
+    for line in root.split("Commands:")[1].splitlines():
+        assert not line.endswith("..."), line  # each command's summary whole on its line
+
+
+def run_shoal(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m shoal ARGS`` as a user runs it (its own process: main()'s error handling)."""
+    env = {**os.environ, "SHOAL_HOME": "/nonexistent/shoal-home"}
+    shoal = str(Path(sys.executable).parent / "shoal")  # the console script make installs
+    return subprocess.run([shoal, *args], capture_output=True, text=True, env=env, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["weights", "--bogus"], "error: no such option: --bogus (see 'shoal weights --help')"),
+        (["get"], "error: missing argument 'KIND' (see 'shoal get --help')"),
+        (["apply"], "error: missing option '-f' / '--file' (see 'shoal apply --help')"),
+        (["nosuch"], "error: no such command 'nosuch' (see 'shoal --help')"),
+        (["up", "--port", "x"], "error: invalid value for '--port': "),
+        (["status", "-o", "xml"], "error: -o 'xml': use one of table, wide, json, yaml"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], said: str) -> None:
+    """A usage error is one line on stderr (Typer's is a box of several) and exit 2."""
+    result = run_shoal(*args)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(said), result.stderr
+
+
+def test_shoal_alone_prints_its_help() -> None:
+    result = run_shoal()
+    assert result.returncode == 0 and result.stdout.startswith("Usage: shoal [OPTIONS] COMMAND")
+
+
+def test_every_command_with_output_gives_json_and_yaml(shoal, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Each command that reports something prints one valid JSON document with ``-o json`` and
+    valid YAML with ``-o yaml``, with nothing else on stdout; ``-o wide`` is a table with more
+    columns."""
+    import yaml
+
+    assert shoal("apply", "-f", str(EXAMPLE)).exit_code == 0
+    commands = [
+        ["apply", "-f", str(EXAMPLE / "hello.yaml")],
+        ["deploy", "-f", str(EXAMPLE / "world.yaml")],
+        ["get", "service"],
+        ["get", "vs", "hello"],
+        ["get", "revisions", "hello"],
+        ["weights", "hello", "v1=70", "v2=30"],
+        ["scale", "hello", "--max", "8"],
+        ["tag", "hello", "candidate", "v2"],
+        ["status"],
+        ["certs", "status"],
+        ["token", "create", "--ttl", "1m"],
+    ]
+    for command in commands:
+        for output, parse in (
+            ("json", json.loads),
+            ("yaml", lambda t: list(yaml.safe_load_all(t))),
+        ):
+            result = shoal(*command, "-o", output)
+            assert result.exit_code == 0, (command, result.output)
+            assert parse(result.output) is not None, (command, output, result.output)
+    weights = json.loads(shoal("weights", "hello", "v1=60", "v2=40", "-o", "json").output)
+    assert weights["weights"] == {"v1": 60, "v2": 40} and weights["virtualservice"] == "hello"
+    tagged = yaml.safe_load(shoal("tag", "hello", "next", "v2", "-o", "yaml").output)
+    assert tagged["host"] == "next-hello"
+    deleted = json.loads(shoal("delete", "service", "world", "-o", "json").output)
+    assert "Service/world/v1" in deleted["deleted"] and deleted["revision"] > 1, deleted
+    table, wide = shoal("status").output, shoal("status", "-o", "wide").output
+    assert "INSTANCE UIDS" in wide and "INSTANCE UIDS" not in table

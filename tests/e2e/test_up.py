@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from shoal.store.embedded import recorded_url
-from tests.support.procfs import uid_of
+from tests.support.procfs import descendants, still_running, uid_of
 from tests.support.wait import eventually_sync
 
 
@@ -437,3 +437,47 @@ def test_each_component_uses_a_store_user_of_its_own(platform: Platform) -> None
         assert admin.acl_log() == []
     finally:
         admin.close()
+
+
+@pytest.mark.timeout(240)
+def test_no_process_outlives_a_killed_shoal_up_and_shoal_down_stops_the_next(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of ``shoal up``: within seconds no process it started (Redis, components,
+    instances) is left, and the next ``shoal up`` on the same state starts. ``shoal down`` then
+    stops that one as Ctrl-C does, waits for it, and leaves nothing either."""
+    first = Platform(home=tmp_path / "home", port=listen_ports(), mesh_port=listen_ports())
+    second = Platform(home=first.home, port=first.port, mesh_port=first.mesh_port)
+    try:
+        first.start()
+        eventually_sync(lambda: ready_count(first), "the example's instances ready", until=bool)
+        assert first.process is not None
+        family = descendants(first.process.pid)
+        assert len(family) >= 5, family  # redis, controller, node, gateway, an instance or more
+        first.process.kill()
+        first.process.communicate()
+        eventually_sync(
+            lambda: still_running(family),
+            "no process of the killed shoal up",
+            until=lambda s: not s,
+            timeout=10,
+        )
+        second.start()
+        assert second.process is not None
+        eventually_sync(lambda: ready_count(second), "instances ready again", until=bool)
+        family = descendants(second.process.pid)
+        again = second.shoal(
+            "up", "--port", str(listen_ports()), "--mesh-port", str(listen_ports())
+        )
+        assert again.returncode == 5 and "already runs" in again.stderr, again
+        down = second.shoal("down")
+        assert down.returncode == 0 and down.stdout.strip().endswith("stopped"), down
+        second.process.communicate(timeout=5)
+        assert second.process.returncode == 0
+        assert not still_running(family)
+        nothing = second.shoal("down")
+        assert nothing.returncode == 0 and "nothing to stop" in nothing.stdout
+    finally:
+        for platform in (first, second):
+            if platform.process is not None and platform.process.poll() is None:
+                platform.stop()

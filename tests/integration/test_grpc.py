@@ -306,7 +306,9 @@ async def test_a_client_cancellation_reaches_the_instance(through: Through, tmp_
     assert len(pongs) == 3
 
     async def logged() -> str:
-        return "".join(p.read_text() for p in (tmp_path / "logs").glob("echo-grpc-*.log"))
+        return "".join(
+            p.read_text() for p in (tmp_path / "logs" / "instances").glob("echo-grpc-*.log")
+        )
 
     await eventually(
         logged,

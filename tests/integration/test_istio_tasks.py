@@ -237,7 +237,7 @@ async def test_circuit_breaking(redis: Redis, redis_url: str, keys: Keys, tmp_pa
 
 def access_lines(state_dir: Path, revision: str) -> list[str]:
     """httpbin's access log lines of its ``revision`` instances."""
-    logs = sorted((state_dir / "logs").glob(f"httpbin-{revision}-*.log"))
+    logs = sorted((state_dir / "logs" / "instances").glob(f"httpbin-{revision}-*.log"))
     return [line for log in logs for line in log.read_text().splitlines() if "/headers" in line]
 
 

@@ -63,7 +63,7 @@ async def certs_status(redis: Redis, keys: Keys) -> CertsStatus:
             subject=c.subject.rfc4514_string(),
             not_after=c.not_valid_after_utc.isoformat(timespec="seconds"),
         )
-        for c in parse_bundle(bundle or b"")
+        for c in (parse_bundle(bundle) if bundle else [])  # none before a CA has published
     ]
     reports = await live_reports(redis, keys)
     return CertsStatus(

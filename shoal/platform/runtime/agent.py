@@ -16,12 +16,14 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import StoreError
 from shoal.mesh.tasks import OwnedTasks, task_group
+from shoal.platform.runtime import log_files
 from shoal.platform.runtime.faults import SIGNALS
 from shoal.platform.runtime.health import HealthThresholds, thresholds
 from shoal.platform.runtime.instance import InstanceSlot, template_env, templates_enabled
@@ -43,6 +45,7 @@ PLACEMENT = "Placement"
 FAULT = "Fault"  # drills: {"fault": kill|hang|error|slow, "id": drill id} by instance key
 HEARTBEAT_EVERY = 1.0
 LEASE_TTL = 5.0
+TIDY_LOGS_EVERY = 60.0  # seconds between looks at the instance logs' sizes and ages
 
 
 def default_node_id() -> str:
@@ -235,6 +238,17 @@ class Agent:
                 async with asyncio.timeout(HEARTBEAT_EVERY):
                     await self._registry_dirty.wait()
 
+    def _live_logs(self) -> set[str]:
+        """The log files being written: each slot's, and each current revision's template."""
+        slots = {s.log.name for s in self.slots.values()}
+        return slots | {f"template-{s.name}-{s.revision}.log" for s in self._services.values()}
+
+    async def _tidy_logs(self) -> None:
+        """Keep the instance logs within bounds (:mod:`.log_files`), every minute."""
+        while True:
+            await asyncio.to_thread(log_files.tidy, self.log_dir, self._live_logs(), time.time())
+            await asyncio.sleep(TIDY_LOGS_EVERY)
+
     async def _reconciler(self) -> None:
         while True:
             await self._dirty.wait()
@@ -246,10 +260,12 @@ class Agent:
         async with task_group() as tasks:
             watch = tasks.create_task(self.watcher.run(self._on_view), name="watch")
             reconcile = tasks.create_task(self._reconciler(), name="reconcile")
+            logs = tasks.create_task(self._tidy_logs(), name="logs")
             await stop.wait()
             # No new views, so no new slots; heartbeats go on and publish the drain.
             watch.cancel()
             reconcile.cancel()
+            logs.cancel()
 
     async def _drain_all(self) -> None:
         """Drain every instance and wait for every slot task; then close the templates."""

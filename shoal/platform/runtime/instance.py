@@ -129,7 +129,7 @@ class InstanceSlot:
         self.pid: int | None = None
         self._process: Started | None = None
         self._stopping = asyncio.Event()
-        self._log = log_dir / f"{service.name}-{service.revision}-{self.id}.log"
+        self.log = log_dir / f"{service.name}-{service.revision}-{self.id}.log"
         self._timed_out = False  # the last run was killed for not getting ready in time
         # How its process last ended (see shoal.platform.runtime.crash), for the registry.
         self.restarts = 0
@@ -229,7 +229,7 @@ class InstanceSlot:
         """Record how the last run ended (published with the next state change)."""
         self.restarts += 1
         self.exit = exit_text(self._process.returncode if self._process is not None else None)
-        self.output = last_lines(self._log) or None
+        self.output = last_lines(self.log) or None
         self.reason = crash_reason(
             became_ready=became_ready,
             timed_out=self._timed_out,
@@ -244,7 +244,7 @@ class InstanceSlot:
         """
         self.port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        logfile = self._log
+        logfile = self.log
         self._timed_out, self._process = False, None
         process = await self._fork(logfile)
         if process is None:

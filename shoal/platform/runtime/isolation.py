@@ -33,6 +33,7 @@ from typing import Any
 from shoal.errors import PlatformError, UserError
 from shoal.platform.runtime.view import View, plan, runtime_paths
 from shoal.resources.model import Service
+from shoal.store.children import die_with_parent
 
 __all__ = [
     "DEFAULT_RANGE",
@@ -130,20 +131,23 @@ def run_as(user: int | None, cwd: str | None = None) -> dict[str, Any]:
     """Keywords for ``create_subprocess_exec`` that start a process as ``user``, with the group
     of the same number and no other, in a view of the filesystem where it reaches this runtime
     and ``cwd`` (:mod:`~shoal.platform.runtime.view`); none (as this process) for None. (A
-    ``preexec_fn``: uvloop takes no ``user``/``group`` keywords.)"""
+    ``preexec_fn``: uvloop takes no ``user``/``group`` keywords.) Either way the process gets
+    SIGTERM if this one dies (:func:`~shoal.store.children.die_with_parent`)."""
+    dies = die_with_parent()
     if user is None:
-        return {}
+        return {"preexec_fn": dies}
     view = plan(runtime_paths() + ((cwd,) if cwd else ()))
-    return {"preexec_fn": functools.partial(_become, user, view)}
+    return {"preexec_fn": functools.partial(_become, user, view, dies)}
 
 
-def _become(uid: int, view: View) -> None:
-    """In the child, before exec: enter ``view``, drop every group, then take ``uid``'s group
-    and uid."""
+def _become(uid: int, view: View, then: Callable[[], None]) -> None:
+    """In the child, before exec: enter ``view``, drop every group, take ``uid``'s group and
+    uid, then call ``then`` (a change of uid clears the parent-death signal)."""
     view.enter()
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
+    then()
 
 
 @dataclass(frozen=True, slots=True)
