@@ -75,7 +75,8 @@ def _why(instance: Endpoint) -> str:
     last = (instance.output or "").splitlines()[-1:] or [""]
     parts = [instance.reason or "failing", instance.exit or "", last[0].strip()]
     detail = ", ".join(part for part in parts[1:] if part)
-    return f"{parts[0]} after {instance.restarts} starts" + (f" ({detail})" if detail else "")
+    starts = f"{instance.restarts} start{'s' if instance.restarts != 1 else ''}"
+    return f"{parts[0]} after {starts}" + (f" ({detail})" if detail else "")
 
 
 def _revision_state(share: float | None, instances: int) -> str:
