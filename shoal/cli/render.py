@@ -96,6 +96,7 @@ def status_dict(st: Status) -> dict[str, Any]:
                 "reason": e.reason,
                 "exit": e.exit,
                 "output": e.output,
+                "retry_at": e.retry_at,
             }
             for e in st.instances
         ],
@@ -177,9 +178,11 @@ def status(st: Status, *, wide: bool = False) -> None:
         "LAST EXIT",
     )
     instances = _table("\ninstances", columns(instance_columns, INSTANCE_WIDE))
+    now = time.time()
     for e in st.instances:
         style = STATE_STYLE.get(e.state, "")
-        last = " ".join(part for part in (e.reason, f"({e.exit})" if e.exit else "") if part)
+        retry = f"next start in {max(0, e.retry_at - now):.0f}s" if e.retry_at else ""
+        last = " ".join(p for p in (e.reason, f"({e.exit})" if e.exit else "", retry) if p)
         cells = dict(
             zip(
                 instance_columns,

@@ -30,11 +30,13 @@ class Endpoint:
     protocol: Protocol = "http"  # what the instance speaks (its router talks to it in that)
     # Why its process last ended, for a person (``shoal status``, ``apply --wait``): how many
     # times the slot restarted it, a reason (``import_error``, ``crash_loop``, ``exited``,
-    # ``not_ready``), its exit (``exit code 1``, ``signal SIGKILL``) and its last output lines.
+    # ``not_ready``), its exit (``exit code 1``, ``signal SIGKILL``), its last output lines,
+    # and while it waits to be started again (backing off), when (Unix time).
     restarts: int = 0
     reason: str | None = None
     exit: str | None = None
     output: str | None = None
+    retry_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -73,6 +75,7 @@ class Endpoint:
                         "reason": self.reason,
                         "exit": self.exit,
                         "output": self.output,
+                        "retry_at": self.retry_at,
                     }
                     if self.restarts or self.reason
                     else {}
@@ -105,4 +108,5 @@ class Endpoint:
             reason=raw.get("reason"),
             exit=raw.get("exit"),
             output=raw.get("output"),
+            retry_at=raw.get("retry_at"),
         )

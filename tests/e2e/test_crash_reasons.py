@@ -1,10 +1,11 @@
 """A revision that cannot start, on a real ``shoal up``: ``apply --wait`` fails (exit 5) in one
 line naming the revision and why (the app's import error, from its output), and ``shoal
-status`` shows its instance's restarts and last exit."""
+status`` shows its instance's restarts, last exit and when it is started again."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,5 +34,15 @@ def test_apply_wait_names_a_revision_that_cannot_start(platform: Platform, tmp_p
     [instance] = [i for i in status["instances"] if i["service"] == "broken"]
     assert instance["restarts"] >= 1 and instance["reason"] == "import_error"
     assert "No module named" in instance["output"]
-    table = platform.shoal("status").stdout
+
+    def backing_off() -> tuple[dict[str, Any], str]:
+        [i] = [i for i in platform.status()["instances"] if i["service"] == "broken"]
+        return i, platform.shoal("status").stdout
+
+    # Between two starts it says when the next one is (Kubernetes' CrashLoopBackOff).
+    _, table = eventually_sync(
+        backing_off,
+        "a next start shown",
+        until=lambda seen: seen[0]["retry_at"] is not None and "next start in" in seen[1],
+    )
     assert "RESTARTS" in table and "import_error" in table

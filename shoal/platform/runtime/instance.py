@@ -134,6 +134,7 @@ class InstanceSlot:
         # How its process last ended (see shoal.platform.runtime.crash), for the registry.
         self.restarts = 0
         self.reason: str | None = None
+        self.retry_at: float | None = None  # when the next start is due, while backing off
         self.exit: str | None = None
         self.output: str | None = None
 
@@ -163,6 +164,7 @@ class InstanceSlot:
             reason=self.reason,
             exit=self.exit,
             output=self.output,
+            retry_at=self.retry_at,
         )
 
     def _set(self, state: InstanceState) -> None:
@@ -210,9 +212,10 @@ class InstanceSlot:
             if self._stopping.is_set():
                 break
             failures = 0 if healthy else failures + 1
+            delay = restart_delay(max(1, failures), self.rng)
+            self.retry_at = time.time() + delay
             self._ended(healthy, failures)
             self._set("unhealthy")
-            delay = restart_delay(max(1, failures), self.rng)
             log.warning(
                 "%s/%s exited (%s, %s); restarting in %.2fs",
                 self.service.key,
@@ -243,6 +246,7 @@ class InstanceSlot:
         Returns whether it had become ready (a crash loop before ready backs off harder).
         """
         self.port = free_port()
+        self.retry_at = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logfile = self.log
         self._timed_out, self._process = False, None
