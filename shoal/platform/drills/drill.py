@@ -227,6 +227,11 @@ class Telling:
         """Tell now."""
         self.progress(self.phase, self.traffic.samples)
 
+    def enter(self, phase: str) -> None:
+        """The drill is in ``phase`` from now on: tell at once."""
+        self.phase = phase
+        self.now()
+
     async def run(self) -> None:
         """Tell until cancelled."""
         while True:
@@ -410,19 +415,19 @@ async def failover(
             else:
                 targets, targets_served = busiest(candidates, served, count)
             target_keys = {e.key for e in targets}
-            tell.phase = f"{fault} {', '.join(sorted(target_keys))}"
+            tell.enter(f"{fault} {', '.join(sorted(target_keys))}")
             await client.config.write(
                 [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
             )
             fault_at = clock()
             detected_at = await watch_until(detected, clock, fault_ends or duration)
-            tell.phase = "detected" if detected_at is not None else "not detected"
+            tell.enter("detected" if detected_at is not None else "not detected")
             if fault_ends is not None:
                 await asyncio.sleep(max(0.0, fault_ends - clock()))
             await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
-            tell.phase = "recovering"
+            tell.enter("recovering")
             recovered_at = await watch_until(recovered, clock, duration)
-            tell.phase = "recovered" if recovered_at is not None else "not recovered"
+            tell.enter("recovered" if recovered_at is not None else "not recovered")
         finally:
             if target_keys:
                 await client.config.write([Change(FAULT, k, None) for k in sorted(target_keys)])
@@ -492,16 +497,16 @@ async def redis_outage(
         await asyncio.sleep(warmup)
         fault_at = clock()
         if mode == "kill":
-            tell.phase = "store killed"
+            tell.enter("store killed")
             os.kill(redis_pid, signal.SIGKILL)
         else:
-            tell.phase = f"store stopped for {down:g}s"
+            tell.enter(f"store stopped for {down:g}s")
             os.kill(redis_pid, signal.SIGSTOP)
             try:
                 await asyncio.sleep(down)
             finally:
                 os.kill(redis_pid, signal.SIGCONT)
-        tell.phase = "waiting for the registry"
+        tell.enter("waiting for the registry")
         returned_at: float | None = None
         complete_at: float | None = None
         missing: set[str] = set()
@@ -516,7 +521,7 @@ async def redis_outage(
                     complete_at = clock()
                     break
             await asyncio.sleep(0.1)
-        tell.phase = "registry complete" if complete_at is not None else "registry incomplete"
+        tell.enter("registry complete" if complete_at is not None else "registry incomplete")
         await load
         telling.cancel()
     tell.now()
