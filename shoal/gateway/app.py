@@ -14,6 +14,7 @@ on HTTP/1.x its connection is closed when the refusal is the client's fault.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, NamedTuple
 
@@ -21,10 +22,16 @@ from shoal.gateway.body import BodyRefused, RequestBody
 from shoal.gateway.h2_stream import H2Stream
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.servers import PortPlan
-from shoal.http.headers import UnderscorePolicy, edge_request_headers, end_to_end
+from shoal.http.headers import (
+    UnderscorePolicy,
+    edge_request_headers,
+    end_to_end,
+    request_id,
+)
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import NO_ROUTE, Refusal
+from shoal.http.trace import Span, hop
 from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.matching import normalize_host
@@ -44,11 +51,17 @@ class _Refused(NamedTuple):
     clients: bool
 
 
-async def _answer(exchange: Exchange | H2Stream, refusal: Refusal, *, close: bool) -> None:
-    """Answer ``refusal``; ``close``: an HTTP/1.x connection closes after it."""
+async def _answer(
+    exchange: Exchange | H2Stream,
+    refusal: Refusal,
+    *,
+    close: bool,
+    fields: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer ``refusal`` (with ``fields``); ``close``: an HTTP/1.x connection closes after it."""
     if close:
         exchange.close_after = True
-    await exchange.refuse(refusal)
+    await exchange.refuse(refusal, fields)
 
 
 def _receive(exchange: Exchange | H2Stream) -> Receive:
@@ -82,6 +95,7 @@ class GatewayApp:
         self.slashes = slashes
         self.underscores = underscores
         self.trusted_hops = trusted_hops
+        self.rng = random.Random()  # span and trace ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """hypercorn's lifespan (requests never come this way: see :meth:`serve`)."""
@@ -138,26 +152,32 @@ class GatewayApp:
         loop = asyncio.get_running_loop()
         body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
         peer = exchange.peer
+        rid = request_id(head.fields)
+        ours = ((b"x-request-id", rid),)  # every answer from here on names the request
+        span = hop(head.fields.get("traceparent"), self.rng)
+        client_ip = peer[0] if peer else None
         outbound = self._outbound(
-            head, method, query, request.fields, peer[0] if peer else None, exchange.scheme, body
+            head, method, query, request.fields, client_ip, exchange.scheme, body, rid, span
         )
         outbound.gateway = gateway
         if exchange.upgrade:  # a WebSocket handshake: the tunnel's bytes follow, unframed
             outbound.upgrade, outbound.body = True, exchange.body()
         result = await self._send(outbound, body)
         if isinstance(result, _Refused):
-            await _answer(exchange, result.refusal, close=result.clients)
+            await _answer(exchange, result.refusal, close=result.clients, fields=ours)
             return
         if isinstance(result, Direct):
-            await exchange.respond(result.status, result.headers, result.body)
+            await exchange.respond(result.status, [*result.headers, *ours], result.body)
             return
         response = result.response
         rpc = isinstance(exchange, H2Stream) and exchange.rpc
         if rpc and (refused := await router_refusal(response)) is not None:
             result.done()  # a node router's own answer to a gRPC call: in gRPC too
-            await exchange.refuse(refused)
+            await exchange.refuse(refused, ours)
             return
-        await relay(exchange, response, end_to_end(response.headers), result.done)
+        fields = [f for f in end_to_end(response.headers) if f[0] != b"x-request-id"]
+        fields.append(ours[0])
+        await relay(exchange, response, fields, result.done)
 
     async def _send(
         self, outbound: Outbound, body: RequestBody | None
@@ -182,9 +202,12 @@ class GatewayApp:
         client_ip: str | None,
         scheme: str,
         body: RequestBody | None,
+        rid: bytes,
+        span: Span,
     ) -> Outbound:
         """The request to forward: the normalised path with the query as received, the
-        client's end-to-end headers plus the forwarding ones."""
+        client's end-to-end headers plus the forwarding ones, request id ``rid`` and this hop's
+        ``span`` as the next one's parent."""
         query_text = query.decode("latin-1")
         return Outbound(
             method=method,
@@ -200,6 +223,8 @@ class GatewayApp:
                 host=head.host,
                 trusted_hops=self.trusted_hops,
                 keep_underscores=self.underscores is UnderscorePolicy.KEEP,
+                rid=rid,
+                traceparent=span.header(),
             ),
             fields=head.fields,
             body=body.chunks() if body is not None else None,

@@ -74,6 +74,7 @@ INTERNAL_PREFIX = b"x-shoal-"
 IDENTITY = frozenset({b"x-forwarded-client-cert"})
 
 _EDGE_DROP = HOP_BY_HOP | FORWARDING | IDENTITY
+TRACEPARENT = frozenset({b"traceparent"})  # replaced by each hop's own (shoal.http.trace)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -197,13 +198,18 @@ def edge_request_headers(
     host: str,
     trusted_hops: int = 0,
     keep_underscores: bool = False,
+    rid: bytes | None = None,
+    traceparent: bytes | None = None,
 ) -> Headers:
     """Headers to forward upstream from the edge (see the module docstring); names with an
-    underscore only with ``keep_underscores``.
+    underscore only with ``keep_underscores``; ``rid``: the request id (default: the client's
+    if sane, else a new one); ``traceparent``: this hop's, in place of the client's.
 
     ``fields`` is the same headers as a str dict (lower-case names); ``host`` the request's host.
     """
     drop = _EDGE_DROP | _named(raw) if "connection" in fields else _EDGE_DROP
+    if traceparent is not None:
+        drop = drop | TRACEPARENT
     headers = [
         (n, v)
         for n, v in raw
@@ -211,7 +217,9 @@ def edge_request_headers(
         and not n.startswith(INTERNAL_PREFIX)
         and (keep_underscores or b"_" not in n)
     ]
-    headers.append((b"x-request-id", request_id(fields)))
+    headers.append((b"x-request-id", rid or request_id(fields)))
+    if traceparent is not None:
+        headers.append((b"traceparent", traceparent))
     proto, fwd_host = scheme, host
     chain: list[str] = []
     elements: list[str] = []

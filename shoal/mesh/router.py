@@ -28,6 +28,7 @@ import asyncio
 import functools
 import logging
 import os
+import random
 from collections.abc import Callable, Iterable, Mapping
 
 from shoal.http import grpc
@@ -46,6 +47,7 @@ from shoal.http.refusal import (
     UPSTREAM_CONNECT_ERROR,
     Refusal,
 )
+from shoal.http.trace import Span, hop
 from shoal.identity.spiffe import node_id, peer_identity, service_id
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
@@ -83,6 +85,16 @@ def _mesh_fields(exchange: Exchange | H2Exchange) -> Headers:
         for n, v in end_to_end(exchange.head.fields)
         if not n.startswith(INTERNAL_PREFIX) and n not in IDENTITY and n not in _DROP
     ]
+
+
+def _traced(fields: Headers, rng: random.Random) -> tuple[Headers, Span]:
+    """``fields`` with this hop's ``traceparent`` in place of the caller's, and this hop's
+    span (:mod:`shoal.http.trace`)."""
+    given = next((v for n, v in fields if n == b"traceparent"), None)
+    span = hop(given.decode("latin-1") if given is not None else None, rng)
+    kept = [(n, v) for n, v in fields if n != b"traceparent"] if given is not None else fields
+    kept.append((b"traceparent", span.header()))
+    return kept, span
 
 
 def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -144,6 +156,7 @@ class Router:
         self._callers = callers or (lambda service: frozenset({os.getuid()}))
         self.upstreams = upstreams or Upstreams()
         self.h2_upstreams = H2Upstreams()  # to instances that speak HTTP/2 (h2c, gRPC)
+        self.rng = random.Random()  # span and trace ids
         self.inbound_port = 0
         self.activator = activator
         self._listeners: list[asyncio.AbstractServer] = []
@@ -237,7 +250,7 @@ class Router:
             await _refuse(exchange, target)
             return
         path, query = target
-        raw = _mesh_fields(exchange)
+        raw, _ = _traced(_mesh_fields(exchange), self.rng)
         fields = _as_dict(raw)
         peer = exchange.peer
         result = await forwarder.forward(
@@ -303,7 +316,7 @@ class Router:
             self.proxy_state.stats.deny(endpoint.service, decision.policy)
             await _refuse(exchange, Refusal(403, DENIED, ""))
             return
-        headers = _mesh_fields(exchange)
+        headers, _ = _traced(_mesh_fields(exchange), self.rng)
         headers += caller_fields
         sent_target = path + (f"?{query}" if query else "")
         body = exchange.body() if exchange.has_body else None
