@@ -23,6 +23,7 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
+import hpack
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Request, Response, Trailers
@@ -50,6 +51,15 @@ BAD_PATH_REFUSAL = Refusal(400, BAD_PATH, "the request target must be visible AS
 CONNECT_REFUSAL = Refusal(501, NOT_IMPLEMENTED, "CONNECT opens only a WebSocket here")
 
 
+class LiteralEncoder(hpack.Encoder):
+    """hpack's encoder without Huffman coding: done in pure Python it costs ~8 µs per value not
+    in the dynamic table — and every answer carries one, its ``x-request-id`` — for ~20% fewer
+    bytes of those values on the wire (RFC 7541 lets the encoder choose)."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
 def _visible_path(headers: list[tuple[bytes, bytes]]) -> bool:
     return all(_VISIBLE.fullmatch(v) for n, v in headers if n == b":path")
 
@@ -71,6 +81,7 @@ class EdgeH2Protocol(H2Protocol):
             # hypercorn advertises h2_max_header_list_size as an initial value, so h2 never sees
             # it acknowledged and its HPACK decoder keeps enforcing 64 KiB; enforce what we say.
             self.connection.decoder.max_header_list_size = config.h2_max_header_list_size
+            self.connection.encoder = LiteralEncoder()
 
     async def handle(self, event: Event) -> None:
         """As hypercorn, but a connection the server closes says GOAWAY first, and one closed
