@@ -74,7 +74,7 @@ INTERNAL_PREFIX = b"x-shoal-"
 IDENTITY = frozenset({b"x-forwarded-client-cert"})
 
 _EDGE_DROP = HOP_BY_HOP | FORWARDING | IDENTITY
-TRACEPARENT = frozenset({b"traceparent"})  # replaced by each hop's own (shoal.http.trace)
+_EDGE_DROP_TRACED = _EDGE_DROP | {b"traceparent"}  # replaced by the edge's own
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -207,9 +207,9 @@ def edge_request_headers(
 
     ``fields`` is the same headers as a str dict (lower-case names); ``host`` the request's host.
     """
-    drop = _EDGE_DROP | _named(raw) if "connection" in fields else _EDGE_DROP
-    if traceparent is not None:
-        drop = drop | TRACEPARENT
+    drop = _EDGE_DROP_TRACED if traceparent is not None else _EDGE_DROP
+    if "connection" in fields:
+        drop = drop | _named(raw)
     headers = [
         (n, v)
         for n, v in raw

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Span", "hop", "parse"]
 
@@ -23,8 +23,7 @@ _ZERO_SPAN = "0" * 16
 SAMPLED = "01"
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(NamedTuple):
     """This hop's span: its trace, its own id, its parent's (None: it starts the trace)."""
 
     trace_id: str
