@@ -23,6 +23,7 @@ from shoal.gateway.h2_stream import H2Stream
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.servers import PortPlan
 from shoal.http.headers import (
+    HOP_BY_HOP,
     UnderscorePolicy,
     edge_request_headers,
     end_to_end,
@@ -41,6 +42,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+_ANSWER_DROP = HOP_BY_HOP | {b"x-request-id"}  # an answer's: the gateway sets its own
 
 
 class _Refused(NamedTuple):
@@ -175,7 +179,7 @@ class GatewayApp:
             result.done()  # a node router's own answer to a gRPC call: in gRPC too
             await exchange.refuse(refused, ours)
             return
-        fields = [f for f in end_to_end(response.headers) if f[0] != b"x-request-id"]
+        fields = end_to_end(response.headers, _ANSWER_DROP)
         fields.append(ours[0])
         await relay(exchange, response, fields, result.done)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # RFC 9110 §7.6.1 connection-specific fields, plus proxy-only ones; never forwarded.
 # (``Trailer`` is not one: it announces end-to-end trailer fields, and the gateway needs it to
@@ -75,6 +75,7 @@ IDENTITY = frozenset({b"x-forwarded-client-cert"})
 
 _EDGE_DROP = HOP_BY_HOP | FORWARDING | IDENTITY
 _EDGE_DROP_TRACED = _EDGE_DROP | {b"traceparent"}  # replaced by the edge's own
+_MESH_REPLACED = HOP_BY_HOP | {b"x-request-id", b"x-forwarded-for"}  # set by request_headers
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -114,11 +115,18 @@ def websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     )
 
 
-def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """``headers`` without hop-by-hop ones, nor any named by ``Connection``."""
-    headers = list(headers)
-    drop = HOP_BY_HOP | _named(headers)
-    return [(n, v) for n, v in headers if n not in drop and not n.startswith(b":")]
+def end_to_end(
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP
+) -> Headers:
+    """``headers`` without pseudo-headers, those in ``drop`` (hop-by-hop ones at least: the
+    default; callers add the names they replace) nor any that ``Connection`` names. One pass
+    when nothing is dropped: this runs on every request and answer of every hop."""
+    kept = [(n, v) for n, v in headers if n not in drop and n[:1] != b":"]
+    if len(kept) != len(headers):  # a Connection header among those dropped may name more
+        named = _named(headers)
+        if named:
+            kept = [(n, v) for n, v in kept if n not in named]
+    return kept
 
 
 def request_id(fields: dict[str, str]) -> bytes:
@@ -130,7 +138,7 @@ def request_id(fields: dict[str, str]) -> bytes:
 
 
 def request_headers(
-    raw: Iterable[tuple[bytes, bytes]],
+    raw: Sequence[tuple[bytes, bytes]],
     fields: dict[str, str],
     client_ip: str | None,
     scheme: str,
@@ -140,9 +148,7 @@ def request_headers(
 
     ``fields`` is the same headers as a str dict (lower-case names), already built by the caller.
     """
-    headers = [
-        (n, v) for n, v in end_to_end(raw) if n != b"x-request-id" and n != b"x-forwarded-for"
-    ]
+    headers = end_to_end(raw, _MESH_REPLACED)
     headers.append((b"x-request-id", request_id(fields)))
     prior = fields.get("x-forwarded-for")
     if client_ip:

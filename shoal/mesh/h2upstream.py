@@ -29,12 +29,14 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from shoal.http.headers import Headers, end_to_end
+from shoal.http.headers import HOP_BY_HOP, Headers, end_to_end
 from shoal.http.refusal import UPSTREAM_CONNECT_ERROR, UPSTREAM_RESET, UPSTREAM_TIMEOUT
 from shoal.mesh.upstream import UpstreamResponse
 from shoal.mesh.upstream_connection import UpstreamError, earliest
 
 __all__ = ["H2Upstreams"]
+
+_NOT_HOST = HOP_BY_HOP | {b"host"}  # sent as :authority
 
 
 @dataclass(eq=False)
@@ -276,7 +278,7 @@ class H2Upstreams:
             (b":scheme", b"http"),
             (b":authority", host),
             (b":path", target.encode("latin-1")),
-            *((n, v) for n, v in end_to_end(headers) if n != b"host"),
+            *end_to_end(headers, _NOT_HOST),
             (b"te", b"trailers"),
         ]
         try:

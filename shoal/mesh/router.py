@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from shoal.http import grpc
 from shoal.http.h1 import HeadLimits
 from shoal.http.headers import (
+    HOP_BY_HOP,
     IDENTITY,
     INTERNAL_PREFIX,
     Headers,
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 5.0  # seconds a request in flight may take to finish once the router stops
 _UNSENT = UNSENT.encode()
 _DROP = frozenset({b"expect"})  # answered by this hop's server, never forwarded
+_ANSWER_DROP = HOP_BY_HOP | {_UNSENT}  # an instance's answer: only this router says "unsent"
 
 
 async def _refuse(
@@ -111,7 +113,7 @@ def _target(exchange: Exchange | H2Exchange) -> tuple[str, str] | Refusal:
 
 def _answer_fields(upstream: UpstreamResponse) -> Headers:
     """An instance's end-to-end response fields: only this router may say "unsent"."""
-    return [(n, v) for n, v in end_to_end(upstream.headers) if n != _UNSENT]
+    return end_to_end(upstream.headers, _ANSWER_DROP)
 
 
 def _caller(exchange: Exchange, router: str) -> tuple[str | None, Headers]:
