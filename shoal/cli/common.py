@@ -177,6 +177,32 @@ InstanceUidsOpt = Annotated[
         "service's identity. 'off': instances run as Shoal's own user.",
     ),
 ]
+AccessLogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--access-log",
+        metavar="PATH|-|off",
+        help="One JSON line per request: a file (default: $SHOAL_HOME/logs/access-<component>"
+        ".log, cut at 10 MiB), - for standard output, or off.",
+    ),
+]
+AccessLogSampleOpt = Annotated[
+    float,
+    typer.Option(
+        "--access-log-sample",
+        min=0.0,
+        max=1.0,
+        metavar="SHARE",
+        help="The share of requests logged, chosen by trace id (every hop logs the same ones).",
+    ),
+]
+
+
+def access_log_spec(flag: str | None, component: str) -> str:
+    """Where ``--access-log`` sends ``component``'s lines (its default file when not given)."""
+    return flag if flag else str(settings.state_dir() / "logs" / f"access-{component}.log")
+
+
 MetricsPortOpt = Annotated[
     int,
     typer.Option("--metrics-port", help="Prometheus /metrics on 127.0.0.1 at this port (0: off)."),

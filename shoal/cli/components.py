@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 from shoal.cli.common import (
     EXAMPLE_DIR,
+    AccessLogOpt,
+    AccessLogSampleOpt,
     ActivationOpt,
     EscapedSlashesOpt,
     InstanceUidsOpt,
@@ -39,6 +41,7 @@ from shoal.cli.common import (
     RedisOpt,
     TrustedHopsOpt,
     UnderscoreHeadersOpt,
+    access_log_spec,
     app,
     fail,
     run_component,
@@ -141,6 +144,8 @@ def up(
         ),
     ] = None,
     instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
+    access_log: AccessLogOpt = None,
+    access_log_sample: AccessLogSampleOpt = 1.0,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -178,8 +183,13 @@ def up(
     gateway_args = ["--port", str(port), *activation, "--metrics-port", str(metrics_port)]
     if gateway_workers is not None:
         gateway_args += ["--workers", str(gateway_workers)]
-    limit_args = [arg for pair in limit or [] for arg in ("--limit", pair)]
-    gateway_args += limit_args
+    # Flags the gateway and the node both take.
+    shared_args = [arg for pair in limit or [] for arg in ("--limit", pair)]
+    logging_args = ["--access-log-sample", str(access_log_sample)]
+    if access_log is not None:
+        logging_args += ["--access-log", access_log]
+    shared_args += logging_args
+    gateway_args += shared_args
     if trusted_hops is not None:
         gateway_args += ["--trusted-hops", trusted_hops]
     if escaped_slashes is not None:
@@ -228,7 +238,7 @@ def up(
                 *activation,
                 "--metrics-port",
                 str(metrics_port + 1 if metrics_port else 0),
-                *limit_args,
+                *shared_args,
                 "--instance-uids",
                 instance_uids,
             ],
@@ -381,6 +391,8 @@ def node(
         ),
     ] = None,
     instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
+    access_log: AccessLogOpt = None,
+    access_log_sample: AccessLogSampleOpt = 1.0,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -413,6 +425,8 @@ def node(
         capacity=most,
         limits=limits,
         instance_uids=uids,
+        access_log=access_log_spec(access_log, "node"),
+        access_log_sample=access_log_sample,
     )
 
 
@@ -447,6 +461,8 @@ def gateway(
             "(0: at once; without one, requests for mesh instances get 503).",
         ),
     ] = 10.0,
+    access_log: AccessLogOpt = None,
+    access_log_sample: AccessLogSampleOpt = 1.0,
     worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the HTTP gateway.
@@ -478,6 +494,8 @@ def gateway(
                 metrics_port=(metrics_port or None) if not worker else None,
                 reuse_port=workers > 1,
                 identity_wait=identity_wait,
+                access_log=access_log_spec(access_log, "gateway"),
+                access_log_sample=access_log_sample,
             ),
         )
     except ShoalError as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import NO_ROUTE, Refusal
 from shoal.http.trace import Span, hop
+from shoal.mesh.access_log import AccessLog, served_by
 from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.matching import normalize_host
@@ -93,8 +95,10 @@ class GatewayApp:
         slashes: SlashPolicy = SlashPolicy.REJECT,
         underscores: UnderscorePolicy = UnderscorePolicy.DROP,
         trusted_hops: int = 0,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.access_log = access_log
         self.limits = limits or EdgeLimits()
         self.slashes = slashes
         self.underscores = underscores
@@ -119,11 +123,32 @@ class GatewayApp:
         connections over, see :mod:`.hypercorn_edge`) or an HTTP/2 stream (WebSockets over
         either included); a client leaving cancels this at once. On a Gateway's ``port``, the
         server its host matches decides (a redirect to https, or the routes bound to that
-        Gateway); elsewhere the mesh's routes apply."""
+        Gateway); elsewhere the mesh's routes apply. With an access log, one line for it."""
+        log = self.access_log
+        started = time.time()
+        entry = log.entry(started) if log is not None else {}
+        try:
+            await self._serve(exchange, port, entry)
+        finally:
+            if log is not None:
+                log.done(entry, started)
+
+    async def _serve(
+        self, exchange: Exchange | H2Stream, port: PortPlan | None, entry: dict[str, Any]
+    ) -> None:
+        """:meth:`serve`'s work; what the access log says goes in ``entry`` as it is known."""
         request = exchange.head
         target = request.target
         path, _, query = target.partition(b"?")
         method = request.method.decode("latin-1")
+        peer = exchange.peer
+        client_ip = peer[0] if peer else None
+        entry.update(
+            client=client_ip,
+            protocol="HTTP/2" if isinstance(exchange, H2Stream) else "HTTP/1.1",
+            method=method,
+            path=target.decode("latin-1"),
+        )
         head = inspect_head(
             method,
             path,
@@ -135,8 +160,10 @@ class GatewayApp:
             self.underscores,
         )
         if isinstance(head, Refusal):
+            entry.update(status=head.status, cause=head.cause)
             await _answer(exchange, head, close=True)
             return
+        entry["authority"] = head.host
         gateway = None
         if port is not None:
             host = normalize_host(head.host)
@@ -145,21 +172,29 @@ class GatewayApp:
                 refusal = Refusal(
                     404, NO_ROUTE, f"no Gateway server on port {port.port} for {host}"
                 )
+                entry.update(status=404, cause=NO_ROUTE)
                 await _answer(exchange, refusal, close=False)
                 return
             tls = bound.server.tls
             if tls is not None and tls.https_redirect and exchange.scheme == "http":
                 location = f"https://{host}{target.decode('latin-1')}".encode("latin-1")
+                entry["status"] = 301
                 await exchange.respond(301, [(b"location", location)], b"")
                 return
             gateway = bound.gateway
         loop = asyncio.get_running_loop()
-        body = RequestBody(_receive(exchange), self.limits, loop.time()) if head.has_body else None
-        peer = exchange.peer
+        began = loop.time()
+        body = RequestBody(_receive(exchange), self.limits, began) if head.has_body else None
         rid = request_id(head.fields)
         ours = ((b"x-request-id", rid),)  # every answer from here on names the request
         span = hop(head.fields.get("traceparent"), self.rng)
-        client_ip = peer[0] if peer else None
+        entry.update(
+            request_id=rid.decode("latin-1"),
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            parent_span_id=span.parent_id,
+            bytes_in=head.content_length,
+        )
         outbound = self._outbound(
             head, method, query, request.fields, client_ip, exchange.scheme, body, rid, span
         )
@@ -167,13 +202,17 @@ class GatewayApp:
         if exchange.upgrade:  # a WebSocket handshake: the tunnel's bytes follow, unframed
             outbound.upgrade, outbound.body = True, exchange.body()
         result = await self._send(outbound, body)
+        entry["upstream_ms"] = round((loop.time() - began) * 1000, 3)
         if isinstance(result, _Refused):
+            entry.update(status=result.refusal.status, cause=result.refusal.cause)
             await _answer(exchange, result.refusal, close=result.clients, fields=ours)
             return
         if isinstance(result, Direct):
+            entry["status"] = result.status
             await exchange.respond(result.status, [*result.headers, *ours], result.body)
             return
         response = result.response
+        served_by(entry, result)
         rpc = isinstance(exchange, H2Stream) and exchange.rpc
         if rpc and (refused := await router_refusal(response)) is not None:
             result.done()  # a node router's own answer to a gRPC call: in gRPC too
@@ -181,7 +220,7 @@ class GatewayApp:
             return
         fields = end_to_end(response.headers, _ANSWER_DROP)
         fields.append(ours[0])
-        await relay(exchange, response, fields, result.done)
+        entry["bytes_out"] = await relay(exchange, response, fields, result.done)
 
     async def _send(
         self, outbound: Outbound, body: RequestBody | None

@@ -34,6 +34,7 @@ from shoal.http.headers import UnderscorePolicy
 from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
+from shoal.mesh.access_log import OFF, open_access_log
 from shoal.mesh.forward import Forwarder
 from shoal.mesh.h1server import Server
 from shoal.mesh.proxy_process import ProxyProcess
@@ -70,6 +71,8 @@ class GatewaySettings:
     metrics_port: int | None = None  # Prometheus /metrics on metrics_host (None: off)
     reuse_port: bool = False  # bind with SO_REUSEPORT: several workers share the ports
     metrics_host: str = "127.0.0.1"
+    access_log: str = OFF  # a file, "-" (standard output) or "off" (shoal.mesh.access_log)
+    access_log_sample: float = 1.0  # the share of requests logged (by trace id)
 
     def __post_init__(self) -> None:
         if self.trusted_hops < 0:
@@ -150,6 +153,7 @@ async def run_gateway(
     identity = str(gateway_id(trust_domain))
     process.credentials.want(identity)
     upstreams = Upstreams()
+    access_log = open_access_log(settings.access_log, component, sample=settings.access_log_sample)
     app = GatewayApp(
         Forwarder(
             process.state,
@@ -162,6 +166,7 @@ async def run_gateway(
         slashes=settings.escaped_slashes,
         underscores=settings.underscore_headers,
         trusted_hops=settings.trusted_hops,
+        access_log=access_log,
     )
     config = hypercorn_config(settings)
     limits = settings.limits
@@ -194,6 +199,8 @@ async def run_gateway(
                 return  # stopped while waiting
             tasks.create_task(drain_h1())
             tasks.create_task(listeners.run(stop))
+            if access_log is not None:
+                tasks.create_task(access_log.run(stop))
             try:
                 await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             except OSError as e:
@@ -203,3 +210,5 @@ async def run_gateway(
                 raise PlatformError(f"the gateway cannot listen on {where}: {e.strerror}") from None
     finally:
         await upstreams.close()
+        if access_log is not None:
+            access_log.close()  # with what the requests drained after stop logged

@@ -67,10 +67,12 @@ async def relay(
     upstream: UpstreamResponse,
     fields: Headers,
     done: Callable[[], None],
-) -> None:
+) -> int:
     """Send ``upstream``'s status, ``fields`` (its end-to-end ones, as the caller chose them),
-    body and trailers to ``exchange``; call ``done`` once over, however it ends."""
+    body and trailers to ``exchange``; call ``done`` once over, however it ends. Returns the
+    body bytes relayed."""
     complete = False
+    sent = 0
     tunnel = None
     if upstream.status == 101 and exchange.upgrade:  # a WebSocket accepted: the client switches too
         fields = [*fields, *WEBSOCKET_UPGRADE]
@@ -87,6 +89,7 @@ async def relay(
         while (chunk := await upstream.piece(before_wait=before_wait)) is not None:
             if tunnel is not None:
                 tunnel.feed(chunk)
+            sent += len(chunk)
             await exchange.write(chunk)
         complete = True
     except (UpstreamError, ConnectionError):
@@ -101,3 +104,4 @@ async def relay(
             await exchange.end(upstream.trailers)
         else:
             upstream.close()
+    return sent

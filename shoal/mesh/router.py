@@ -29,7 +29,9 @@ import functools
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from shoal.http import grpc
 from shoal.http.h1 import HeadLimits
@@ -50,6 +52,7 @@ from shoal.http.refusal import (
 )
 from shoal.http.trace import Span, hop
 from shoal.identity.spiffe import node_id, peer_identity, service_id
+from shoal.mesh.access_log import AccessLog, served_by
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Direct, Forwarder, Outbound
@@ -74,9 +77,15 @@ _ANSWER_DROP = HOP_BY_HOP | {_UNSENT}  # an instance's answer: only this router 
 
 
 async def _refuse(
-    exchange: Exchange | H2Exchange, refusal: Refusal, *, unsent: bool = False
+    exchange: Exchange | H2Exchange,
+    refusal: Refusal,
+    entry: dict[str, Any],
+    *,
+    unsent: bool = False,
 ) -> None:
-    """The router's own answer; ``unsent``: nothing reached an instance (safe to retry)."""
+    """The router's own answer (said in the access log's ``entry``); ``unsent``: nothing
+    reached an instance (safe to retry)."""
+    entry.update(status=refusal.status, cause=refusal.cause)
     await exchange.refuse(refusal, [(_UNSENT, b"1")] if unsent else ())
 
 
@@ -97,6 +106,17 @@ def _traced(fields: Headers, rng: random.Random) -> tuple[Headers, Span]:
     kept = [(n, v) for n, v in fields if n != b"traceparent"] if given is not None else fields
     kept.append((b"traceparent", span.header()))
     return kept, span
+
+
+def _trace(entry: dict[str, Any], span: Span, headers: Headers) -> None:
+    """The request id and this hop's span, for the access log."""
+    rid = next((v for n, v in headers if n == b"x-request-id"), None)
+    entry.update(
+        request_id=rid.decode("latin-1") if rid is not None else None,
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_span_id=span.parent_id,
+    )
 
 
 def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -146,6 +166,7 @@ class Router:
         head_limits: HeadLimits = HeadLimits(),
         tunnel_idle_timeout: float = 300.0,
         callers: Callable[[str], frozenset[int]] | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.proxy_state = proxy_state
         self.head_limits = head_limits  # at least the edge's (EdgeLimits.head_limits(inner=True))
@@ -159,6 +180,7 @@ class Router:
         self.upstreams = upstreams or Upstreams()
         self.h2_upstreams = H2Upstreams()  # to instances that speak HTTP/2 (h2c, gRPC)
         self.rng = random.Random()  # span and trace ids
+        self.access_log = access_log
         self.inbound_port = 0
         self.activator = activator
         self._listeners: list[asyncio.AbstractServer] = []
@@ -245,16 +267,54 @@ class Router:
         log.warning("refused a connection to %s from uid %s: not an instance's", local, owner)
         return False
 
+    async def _logged(
+        self,
+        serve: Callable[[dict[str, Any]], Awaitable[None]],
+        exchange: Exchange | H2Exchange,
+        kind: str,
+    ) -> None:
+        """Run ``serve`` with an access-log entry for ``exchange`` (its ``kind``: inbound or
+        outbound), logged once it is over."""
+        log = self.access_log
+        started = time.time()
+        entry = log.entry(started) if log is not None else {}
+        head, peer = exchange.head, exchange.peer
+        entry.update(
+            listener=kind,
+            client=peer[0] if peer else None,
+            protocol="HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
+            method=head.method.decode("latin-1"),
+            authority=(head.get(b"host") or b"").decode("latin-1"),
+            path=head.target.decode("latin-1"),
+            bytes_in=head.content_length,
+        )
+        try:
+            await serve(entry)
+        finally:
+            if log is not None:
+                log.done(entry, started)
+
     async def outbound_request(self, forwarder: Forwarder, exchange: Exchange | H2Exchange) -> None:
         """Route and forward one request a local instance sent."""
+        await self._logged(
+            lambda entry: self._outbound_request(forwarder, exchange, entry), exchange, "outbound"
+        )
+
+    async def _outbound_request(
+        self, forwarder: Forwarder, exchange: Exchange | H2Exchange, entry: dict[str, Any]
+    ) -> None:
         target = _target(exchange)
         if isinstance(target, Refusal):
-            await _refuse(exchange, target)
+            await _refuse(exchange, target, entry)
             return
         path, query = target
-        raw, _ = _traced(_mesh_fields(exchange), self.rng)
+        raw, span = _traced(_mesh_fields(exchange), self.rng)
         fields = _as_dict(raw)
         peer = exchange.peer
+        headers = request_headers(raw, fields, peer[0] if peer else None, "http")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        _trace(entry, span, headers)
         result = await forwarder.forward(
             Outbound(
                 method=exchange.head.method.decode(),
@@ -262,7 +322,7 @@ class Router:
                 path=path,
                 raw_target=path + (f"?{query}" if query else ""),
                 query=query,
-                headers=request_headers(raw, fields, peer[0] if peer else None, "http"),
+                headers=headers,
                 fields=fields,
                 body=exchange.body() if exchange.has_body else None,
                 content_length=exchange.head.content_length,
@@ -270,43 +330,58 @@ class Router:
                 client_ip=peer[0] if peer else None,
             )
         )
+        entry["upstream_ms"] = round((loop.time() - began) * 1000, 3)
         if isinstance(result, Refusal):
-            await _refuse(exchange, result)
+            await _refuse(exchange, result, entry)
             return
         if isinstance(result, Direct):
+            entry["status"] = result.status
             await exchange.respond(result.status, result.headers, result.body)
             return
         response = result.response
+        served_by(entry, result)
         if isinstance(exchange, H2Exchange) and grpc.is_grpc(exchange.head.fields):
             if (refused := await router_refusal(response)) is not None:
                 result.done()  # the instance's router refused a gRPC call: say it in gRPC
                 await exchange.refuse(refused)
                 return
-        await relay(exchange, response, _answer_fields(response), result.done)
+        entry["bytes_out"] = await relay(exchange, response, _answer_fields(response), result.done)
 
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
+        await self._logged(lambda entry: self._inbound(exchange, entry), exchange, "inbound")
+
+    async def _inbound(self, exchange: Exchange, entry: dict[str, Any]) -> None:
         key = (exchange.head.get(INSTANCE) or b"").decode("latin-1")
         snapshot = self.proxy_state.snapshot  # one snapshot for the whole request
         endpoint = snapshot.instances.get(key)
         if endpoint is None or endpoint.node != self.node or not endpoint.mtls:
             missing = f"no instance {key!r} on {self.node}"
-            await _refuse(exchange, Refusal(503, UPSTREAM_CONNECT_ERROR, missing), unsent=True)
+            refusal = Refusal(503, UPSTREAM_CONNECT_ERROR, missing)
+            await _refuse(exchange, refusal, entry, unsent=True)
             return
+        entry.update(
+            service=endpoint.service,
+            revision=endpoint.revision,
+            instance=endpoint.id,
+            node=endpoint.node,
+            attempts=1,
+        )
         inbound = self.proxy_state.stats.inbound
         inbound[key] = inbound.get(key, 0) + 1
         workload = snapshot.workload(endpoint)
         ssl_object = exchange.ssl_object
         if ssl_object is None and workload.mtls_mode == "STRICT":
             refusal = Refusal(403, MTLS_REQUIRED, f"{endpoint.service} accepts mTLS only")
-            await _refuse(exchange, refusal)
+            await _refuse(exchange, refusal, entry)
             return
         # A caller over TLS is of our trust domain: the handshake refused any other
         # (shoal.mesh.handshake).
         caller, caller_fields = _caller(exchange, self.identity)
+        entry["caller"] = caller
         target = _target(exchange)
         if isinstance(target, Refusal):
-            await _refuse(exchange, target, unsent=True)
+            await _refuse(exchange, target, entry, unsent=True)
             return
         path, query = target
         method = exchange.head.method.decode()
@@ -316,12 +391,15 @@ class Router:
             # reads only "denied".
             log.info("denied %s %s %s → %s: %s", caller, method, path, key, decision.reason)
             self.proxy_state.stats.deny(endpoint.service, decision.policy)
-            await _refuse(exchange, Refusal(403, DENIED, ""))
+            await _refuse(exchange, Refusal(403, DENIED, ""), entry)
             return
-        headers, _ = _traced(_mesh_fields(exchange), self.rng)
+        headers, span = _traced(_mesh_fields(exchange), self.rng)
+        _trace(entry, span, headers)
         headers += caller_fields
         sent_target = path + (f"?{query}" if query else "")
         body = exchange.body() if exchange.has_body else None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             if exchange.upgrade:  # WebSocket: HTTP/1.1's Upgrade, whatever else the instance speaks
                 upstream = await self.upstreams.request(
@@ -333,9 +411,11 @@ class Router:
                     endpoint.authority, method, sent_target, headers, body
                 )
         except UpstreamError as e:
-            await _refuse(exchange, Refusal(e.status, e.cause, str(e)), unsent=not e.sent)
+            refusal = Refusal(e.status, e.cause, str(e))
+            await _refuse(exchange, refusal, entry, unsent=not e.sent)
             return
-        await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
+        entry.update(status=upstream.status, upstream_ms=round((loop.time() - began) * 1000, 3))
+        entry["bytes_out"] = await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
 
     async def stop(self) -> None:
         """Stop listening, let requests in flight finish (up to ``SHUTDOWN_GRACE``), close every

@@ -17,9 +17,10 @@ from typing import Any
 
 from shoal.errors import ManifestError, UserError
 from shoal.http.limits import EdgeLimits
+from shoal.mesh.access_log import OFF, open_access_log
 from shoal.mesh.proxy_process import ProxyProcess
 from shoal.mesh.router import Router
-from shoal.mesh.tasks import until_stopped
+from shoal.mesh.tasks import finish, until_stopped
 from shoal.platform.runtime.agent import Agent
 from shoal.platform.runtime.isolation import DEFAULT_UIDS, UidRange, isolation
 from shoal.platform.settings import DEFAULT_MESH_PORT
@@ -105,6 +106,8 @@ async def run_node(
     capacity: int | None = None,
     limits: EdgeLimits | None = None,
     instance_uids: UidRange | None = DEFAULT_UIDS,
+    access_log: str = OFF,
+    access_log_sample: float = 1.0,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -141,9 +144,13 @@ async def run_node(
         head_limits=(limits or EdgeLimits()).head_limits(inner=True),
         tunnel_idle_timeout=(limits or EdgeLimits()).websocket_idle_timeout,
         callers=isolated.callers,
+        access_log=open_access_log(access_log, component, sample=access_log_sample),
     )
+    flushing: asyncio.Task[None] | None = None
     async with process.running():
         try:
+            if router.access_log is not None:
+                flushing = asyncio.create_task(router.access_log.run(stop))
             # The certificate needs a controller to sign it: stop may come first.
             port = await until_stopped(router.start(host, mesh_port), stop)
             if port is None or stop.is_set():
@@ -173,3 +180,7 @@ async def run_node(
             # The router serves until the agent has drained: instances call out while they
             # drain. It stops before the store follower, which keeps its routes fresh meanwhile.
             await router.stop()
+            if router.access_log is not None:
+                if flushing is not None:
+                    await finish([flushing], grace=1.0)
+                router.access_log.close()  # with what the requests drained meanwhile logged

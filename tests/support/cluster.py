@@ -111,12 +111,14 @@ async def running_cluster(
     tls: tuple[Path, Path] | None = None,
     instance_uids: UidRange | None = None,
     trust_domain: str = TRUST_DOMAIN,
+    access_logs: Path | None = None,
 ) -> AsyncIterator[Cluster]:
     """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``,
     and a TLS port with the certificate and key ``tls`` if given) in this event loop, on the
     given store. Instances run as this process's user unless ``instance_uids`` is given: the
     test apps and commands live in this checkout, which other uids may not be able to enter
-    (a clone in a ``mktemp -d`` directory); tests of isolation itself give the range."""
+    (a clone in a ``mktemp -d`` directory); tests of isolation itself give the range. With
+    ``access_logs`` (a directory), the gateway and the node write their access logs there."""
     stop = asyncio.Event()
     mesh_port = free_port()
     token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
@@ -145,6 +147,7 @@ async def running_cluster(
             grace=5,
             limits=limits,
             instance_uids=instance_uids,
+            access_log=str(access_logs / "access-node.log") if access_logs else "off",
         )
     )
     gateway_port = free_port()
@@ -161,7 +164,11 @@ async def running_cluster(
             trust_domain=trust_domain,
             join_token=token,
             settings=GatewaySettings(
-                host="127.0.0.1", port=gateway_port, limits=limits or EdgeLimits(), **serving
+                host="127.0.0.1",
+                port=gateway_port,
+                limits=limits or EdgeLimits(),
+                access_log=str(access_logs / "access-gateway.log") if access_logs else "off",
+                **serving,
             ),
         )
     )

@@ -19,6 +19,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 VERSION = os.environ.get("SHOAL_REVISION", "dev").encode()
 INSTANCE = os.environ.get("SHOAL_INSTANCE", "-").encode()
 MESH = os.environ.get("SHOAL_MESH_URL", "http://127.0.0.1:15001")
+PROPAGATED = (b"traceparent", b"tracestate", b"x-request-id")
 
 
 async def _reply(send: Send, status: int, body: bytes) -> None:
@@ -57,7 +58,13 @@ def _text(greeting: bytes) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         if scope["path"] == "/chain":
             if session is None:
                 session = aiohttp.ClientSession()
-            async with session.get(f"{MESH}/", headers={"Host": "world"}) as r:
+            # Forward the trace context and request id that came in (what Istio asks of an app
+            # too): the mesh then ties this call to the request being served.
+            headers = {"Host": "world"}
+            for name, value in scope["headers"]:
+                if name in PROPAGATED:
+                    headers[name.decode("latin-1")] = value.decode("latin-1")
+            async with session.get(f"{MESH}/", headers=headers) as r:
                 await _reply(send, r.status, await r.read())
             return
         await _reply(send, 200, greeting + b"\n")

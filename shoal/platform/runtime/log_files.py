@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from shoal.mesh.access_log import cut_file
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ def scan(directory: Path) -> list[LogFile]:
 def cut(path: Path) -> None:
     """Move ``path``'s content to ``path.1`` and empty it in place (the writer keeps its file
     open)."""
-    shutil.copyfile(path, path.with_name(path.name + ROTATED))
-    with path.open("r+b") as f:
-        f.truncate(0)
+    cut_file(path, ROTATED)
 
 
 def tidy(directory: Path, live: set[str], now: float) -> Tidy:

@@ -1,0 +1,177 @@
+"""Access logs: one JSON object per line for each request a proxy (the gateway, a router's
+inbound and outbound listeners) handled — Envoy's access log, in JSON.
+
+A line: ``time`` (UTC, ms), ``component``, ``request_id``, ``trace_id``/``span_id``/
+``parent_span_id`` (W3C, :mod:`shoal.http.trace`: the same trace on every hop, each hop's span
+the next one's parent), ``client``, ``protocol``, ``method``, ``authority``, ``path`` (with the
+query, as received), ``status``, ``cause`` (``x-shoal-cause`` of an answer Shoal made), the
+``service``/``revision``/``instance``/``node`` that answered, ``attempts``, ``bytes_in`` (the
+request's Content-Length; null when streamed), ``bytes_out`` (body bytes relayed),
+``duration_ms`` (to the end of the answer) and ``upstream_ms`` (to the upstream's head). Absent
+values are null.
+
+Lines are gathered and written in one write every half second (or 64 KiB), so a request costs
+the building of its line, not a system call; a file opened for appending takes whole writes
+from several processes (gateway workers) without mixing lines. ``sample`` keeps that share of
+the requests, chosen by trace id: every hop of a kept request logs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from shoal.http.refusal import CAUSE_HEADER
+from shoal.mesh.forward import Forwarded
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 0.5  # seconds
+FLUSH_AT = 64 * 1024  # bytes gathered
+MAX_BYTES = 10 * 1024 * 1024  # a file is cut past this, its previous part kept as .1
+OFF = "off"
+STDOUT = "-"
+
+
+class _UtcStamp:
+    """``2026-12-05T14:03:07.123Z`` for an epoch time, the second's part made once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+class AccessLog:
+    """Gathers a proxy's access-log lines and writes them to ``sink`` in batches."""
+
+    def __init__(
+        self,
+        sink: BinaryIO,
+        component: str,
+        *,
+        sample: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        path: Path | None = None,
+    ) -> None:
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"sample must be within 0..1 (got {sample})")
+        self.sink = sink
+        self.path = path  # a file's, cut at MAX_BYTES (None: standard output)
+        self.component = component
+        self._keep_below = int(sample * 0x1_0000_0000)  # of a trace id's last 32 bits
+        self.clock = clock
+        self._stamp = _UtcStamp()
+        self._lines: list[str] = []
+        self._size = 0
+
+    def kept(self, trace_id: str) -> bool:
+        """Whether the request of trace ``trace_id`` is logged (the same answer on every hop)."""
+        return self._keep_below > 0xFFFF_FFFF or int(trace_id[-8:], 16) < self._keep_below
+
+    def entry(self, started: float) -> dict[str, Any]:
+        """A new line's fields, for a request that came at ``started`` (epoch seconds)."""
+        return {"time": self._stamp(started), "component": self.component}
+
+    def done(self, entry: dict[str, Any], started: float) -> None:
+        """The request of ``entry``, which came at ``started``, is over: log it if kept."""
+        if self.kept(entry.get("trace_id") or "ffffffff"):
+            entry["duration_ms"] = round((self.clock() - started) * 1000, 3)
+            self.record(entry)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Add a request's line (written with the next batch)."""
+        line = json.dumps(entry, separators=(",", ":"))
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if self._size >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is gathered, in one write."""
+        if not self._lines:
+            return
+        data = ("\n".join(self._lines) + "\n").encode()
+        self._lines.clear()
+        self._size = 0
+        try:
+            self.sink.write(data)
+            self.sink.flush()
+            if self.path is not None and os.fstat(self.sink.fileno()).st_size > MAX_BYTES:
+                cut_file(self.path)
+        except OSError as e:  # a full disk must not stop the proxy: the lines are dropped
+            log.warning("access log not written: %s", e)
+
+    def close(self) -> None:
+        """Write the rest; close a file (never standard output)."""
+        self.flush()
+        if self.path is not None:
+            self.sink.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write a batch every :data:`FLUSH_EVERY` seconds until ``stop`` (or cancelled), then
+        the rest."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_EVERY):
+                        await stop.wait()
+                self.flush()
+        finally:
+            self.flush()
+
+
+def served_by(entry: dict[str, Any], result: Forwarded) -> None:
+    """Put in ``entry`` who answered a forwarded request, after how many attempts, and how."""
+    endpoint, response = result.endpoint, result.response
+    entry.update(
+        service=endpoint.service,
+        revision=endpoint.revision,
+        instance=endpoint.id,
+        node=endpoint.node,
+        attempts=result.attempts,
+        status=response.status,
+    )
+    if response.status >= 400:  # a router's own answer says why
+        cause = next((v for n, v in response.headers if n == CAUSE_HEADER), None)
+        if cause is not None:
+            entry["cause"] = cause.decode("latin-1")
+
+
+def cut_file(path: Path, rotated: str = ".1") -> None:
+    """Move ``path``'s content to ``path`` + ``rotated`` and empty it in place: whoever writes
+    it keeps its file open (for appending) and goes on at its start (logrotate's
+    ``copytruncate``; what is written between the copy and the cut is lost)."""
+    shutil.copyfile(path, path.with_name(path.name + rotated))
+    with path.open("r+b") as f:
+        f.truncate(0)
+
+
+def open_access_log(spec: str, component: str, *, sample: float = 1.0) -> AccessLog | None:
+    """The access log ``spec`` names: a file (appended to), ``-`` (standard output) or ``off``
+    (None)."""
+    if spec == OFF:
+        return None
+    if spec == STDOUT:
+        return AccessLog(sys.stdout.buffer, component, sample=sample)
+    path = Path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = path.open("ab")
+    with contextlib.suppress(OSError):
+        path.chmod(0o600)  # client addresses and paths: the operator's only
+    return AccessLog(sink, component, sample=sample, path=path)

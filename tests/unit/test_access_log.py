@@ -1,0 +1,47 @@
+"""Access-log lines: JSON, batched, sampled by trace id."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from shoal.mesh.access_log import AccessLog
+
+T = 1_764_943_387.1234  # 2025-12-05T14:03:07.123Z
+
+
+def test_a_line_is_one_json_object_with_the_time_and_component() -> None:
+    sink = io.BytesIO()
+    log = AccessLog(sink, "gateway")
+    entry = log.entry(T)
+    entry.update(status=200, path='/a?b="c"\n')
+    log.record(entry)
+    assert sink.getvalue() == b""  # gathered, not written yet
+    log.flush()
+    [line] = sink.getvalue().decode().splitlines()
+    assert json.loads(line) == {
+        "time": "2025-12-05T14:03:07.123Z",
+        "component": "gateway",
+        "status": 200,
+        "path": '/a?b="c"\n',
+    }
+
+
+def test_lines_are_written_in_batches() -> None:
+    sink = io.BytesIO()
+    log = AccessLog(sink, "gateway")
+    for i in range(3):
+        log.record({"n": i})
+    log.flush()
+    assert [json.loads(x)["n"] for x in sink.getvalue().decode().splitlines()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("sample", "share"), [(1.0, 1.0), (0.0, 0.0), (0.25, 0.25)])
+def test_sampling_follows_the_trace_id(sample: float, share: float) -> None:
+    log = AccessLog(io.BytesIO(), "x", sample=sample)
+    ids = [f"{i:024x}{i * 2654435761 % 2**32:08x}" for i in range(4000)]
+    kept = sum(log.kept(t) for t in ids) / len(ids)
+    assert abs(kept - share) < 0.03
+    assert all(log.kept(t) == log.kept(t) for t in ids[:10])  # the same on every hop
