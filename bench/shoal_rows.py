@@ -98,6 +98,10 @@ def _store(
     return redis, asyncio.run(_configure(redis.url, backend_port, mesh=mesh, protocol=protocol))
 
 
+NO_ACCESS_LOG = ["--access-log", "off"]
+"""As the nginx and haproxy rows run: no access log (its cost is measured apart, see
+bench/README.md)."""
+
 KEEP = "SHOAL_BENCH_KEEP"
 """Set (by ``bench.run --keep``): the rows' own directories (store, logs) are kept too."""
 
@@ -185,6 +189,7 @@ def _gateway(port: int, tls_port: int, tls: TLSFiles) -> list[str]:
         str(tls.key),
         "--metrics-port",
         "0",
+        *NO_ACCESS_LOG,
         "--workers",
         "1",  # one core: one process
     ]
@@ -202,7 +207,16 @@ def start_shoal_mesh(backend_port: int, tls: TLSFiles, protocol: str = "http") -
     """``shoal gateway`` → mTLS → ``shoal node``'s router → the backend (speaking
     ``protocol``): the whole path."""
     port, tls_port, mesh_port = free_port(), free_port(), free_port()
-    node = ["node", "--node-id", "bench", "--mesh-port", str(mesh_port), "--metrics-port", "0"]
+    node = [
+        "node",
+        "--node-id",
+        "bench",
+        "--mesh-port",
+        str(mesh_port),
+        "--metrics-port",
+        "0",
+        *NO_ACCESS_LOG,
+    ]
     server = _start(
         "shoal-mesh",
         [node, _gateway(port, tls_port, tls)],
@@ -273,7 +287,7 @@ def start_shoal_router(haproxy: str, backend_port: int) -> RunningServer:
         client.write_bytes(cert.read_bytes() + key.read_bytes())
         mesh, h1 = free_port(), free_port()
         node = [*shoal, "node", "--node-id", "bench", "--mesh-port", str(mesh)]
-        node += ["--metrics-port", "0"]
+        node += ["--metrics-port", "0", *NO_ACCESS_LOG]
         log = workdir / "node.log"
         process = spawn(node, cpu=SERVER_CPU, log_path=log, env=env)
         wait_for_ports(process, [mesh], log_path=log)
