@@ -31,6 +31,7 @@ import h2.exceptions
 
 from shoal.http import grpc
 from shoal.http.h1 import Fields, Framing, RequestHead
+from shoal.http.h2_encoding import without_huffman
 from shoal.http.headers import HOP_BY_HOP
 from shoal.http.refusal import UPSTREAM_TIMEOUT, Refusal
 from shoal.mesh.flow import WriteFlow
@@ -201,8 +202,10 @@ class _H2Connection(WriteFlow):
     def __init__(self, server: H2Server) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = without_huffman(
+            h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=False, header_encoding=None)
+            )
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Exchange] = {}

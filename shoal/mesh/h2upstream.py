@@ -29,6 +29,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
+from shoal.http.h2_encoding import without_huffman
 from shoal.http.headers import HOP_BY_HOP, Headers, end_to_end
 from shoal.http.refusal import UPSTREAM_CONNECT_ERROR, UPSTREAM_RESET, UPSTREAM_TIMEOUT
 from shoal.mesh.upstream import UpstreamResponse
@@ -88,8 +89,10 @@ class H2Connection(asyncio.Protocol):
     def __init__(self, pool: H2Upstreams, authority: str) -> None:
         self.pool = pool
         self.authority = authority
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.h2 = without_huffman(
+            h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
