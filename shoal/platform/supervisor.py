@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.errors import PlatformError
-from shoal.platform.runtime import log_files
+from shoal.mesh.access_log import MAX_BYTES, cut_file
 from shoal.platform.runtime.reconcile import restart_delay
 from shoal.store.children import die_with_parent
 from shoal.store.embedded import EmbeddedRedis, recorded_pid
@@ -127,8 +127,8 @@ class Supervisor:
                 cut_at = now + CUT_LOGS_EVERY
                 for child in self.children:
                     with contextlib.suppress(OSError):
-                        if child.log_path.stat().st_size > log_files.MAX_BYTES:
-                            log_files.cut(child.log_path)
+                        if child.log_path.stat().st_size > MAX_BYTES:
+                            cut_file(child.log_path)
             redis = self.embedded
             if redis is not None and (redis.process is None or redis.process.poll() is not None):
                 if redis.process is not None:
@@ -187,15 +187,16 @@ def wait_previous(state_dir: Path, ports: dict[str, tuple[str, int]], timeout: f
     raise PlatformError saying what still holds on."""
     deadline = time.monotonic() + timeout
     while True:
+        late = time.monotonic() >= deadline
         redis = recorded_pid(state_dir)
-        try:
-            if redis is None:
+        if redis is None:
+            try:
                 check_ports(ports)
                 return
-        except PlatformError:
-            if time.monotonic() >= deadline:
-                raise
-        if redis is not None and time.monotonic() >= deadline:
+            except PlatformError:
+                if late:
+                    raise
+        elif late:
             raise PlatformError(f"the Redis of a previous 'shoal up' (pid {redis}) still runs")
         time.sleep(0.2)
 

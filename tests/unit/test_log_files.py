@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoal.platform.runtime.log_files import LogFile, cut, plan
+from shoal.mesh.access_log import cut_file as cut
+from shoal.platform.runtime.log_files import LogFile, plan
 
 NOW = 1_000_000.0
 DAY = 24 * 3600.0

@@ -18,11 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.mesh.access_log import cut_file
+from shoal.mesh.access_log import MAX_BYTES, cut_file
 
 log = logging.getLogger(__name__)
 
-MAX_BYTES = 10 * 1024 * 1024
 KEEP_GONE = 50
 MAX_AGE = 24 * 3600.0
 ROTATED = ".1"
@@ -83,18 +82,12 @@ def scan(directory: Path) -> list[LogFile]:
     return found
 
 
-def cut(path: Path) -> None:
-    """Move ``path``'s content to ``path.1`` and empty it in place (the writer keeps its file
-    open)."""
-    cut_file(path, ROTATED)
-
-
 def tidy(directory: Path, live: set[str], now: float) -> Tidy:
     """Apply :func:`plan` to ``directory``; return what was done."""
     todo = plan(scan(directory), live, now)
     for name in todo.cut:
         with contextlib.suppress(OSError):
-            cut(directory / name)
+            cut_file(directory / name, ROTATED)
     for name in todo.remove:
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
