@@ -34,7 +34,7 @@ from shoal.http.limits import EdgeLimits
 from shoal.http.paths import SlashPolicy
 from shoal.http.refusal import NO_ROUTE, Refusal
 from shoal.http.trace import Span, hop
-from shoal.mesh.access_log import AccessLog, served_by
+from shoal.mesh.access_log import AccessLog, Entry, served_by
 from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
 from shoal.mesh.matching import normalize_host
@@ -47,6 +47,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 _ANSWER_DROP = HOP_BY_HOP | {b"x-request-id"}  # an answer's: the gateway sets its own
+
+
+def _note(entry: Entry, **fields: Any) -> None:
+    """Put ``fields`` in the access log's ``entry``, if there is one."""
+    if entry is not None:
+        entry.update(fields)
 
 
 class _Refused(NamedTuple):
@@ -125,30 +131,34 @@ class GatewayApp:
         server its host matches decides (a redirect to https, or the routes bound to that
         Gateway); elsewhere the mesh's routes apply. With an access log, one line for it."""
         log = self.access_log
+        if log is None:
+            await self._serve(exchange, port, None)
+            return
         started = time.time()
-        entry = log.entry(started) if log is not None else {}
+        entry = log.entry(started)
+        request, peer = exchange.head, exchange.peer
+        entry.update(
+            client=peer[0] if peer else None,
+            protocol="HTTP/2" if isinstance(exchange, H2Stream) else "HTTP/1.1",
+            method=request.method.decode("latin-1"),
+            path=request.target.decode("latin-1"),
+        )
         try:
             await self._serve(exchange, port, entry)
         finally:
-            if log is not None:
-                log.done(entry, started)
+            log.done(entry, started)
 
     async def _serve(
-        self, exchange: Exchange | H2Stream, port: PortPlan | None, entry: dict[str, Any]
+        self, exchange: Exchange | H2Stream, port: PortPlan | None, entry: Entry
     ) -> None:
-        """:meth:`serve`'s work; what the access log says goes in ``entry`` as it is known."""
+        """:meth:`serve`'s work; what the access log says goes in ``entry`` (when there is
+        one) as it is known."""
         request = exchange.head
         target = request.target
         path, _, query = target.partition(b"?")
         method = request.method.decode("latin-1")
         peer = exchange.peer
         client_ip = peer[0] if peer else None
-        entry.update(
-            client=client_ip,
-            protocol="HTTP/2" if isinstance(exchange, H2Stream) else "HTTP/1.1",
-            method=method,
-            path=target.decode("latin-1"),
-        )
         head = inspect_head(
             method,
             path,
@@ -160,10 +170,9 @@ class GatewayApp:
             self.underscores,
         )
         if isinstance(head, Refusal):
-            entry.update(status=head.status, cause=head.cause)
+            _note(entry, status=head.status, cause=head.cause)
             await _answer(exchange, head, close=True)
             return
-        entry["authority"] = head.host
         gateway = None
         if port is not None:
             host = normalize_host(head.host)
@@ -172,13 +181,13 @@ class GatewayApp:
                 refusal = Refusal(
                     404, NO_ROUTE, f"no Gateway server on port {port.port} for {host}"
                 )
-                entry.update(status=404, cause=NO_ROUTE)
+                _note(entry, authority=head.host, status=404, cause=NO_ROUTE)
                 await _answer(exchange, refusal, close=False)
                 return
             tls = bound.server.tls
             if tls is not None and tls.https_redirect and exchange.scheme == "http":
                 location = f"https://{host}{target.decode('latin-1')}".encode("latin-1")
-                entry["status"] = 301
+                _note(entry, authority=head.host, status=301)
                 await exchange.respond(301, [(b"location", location)], b"")
                 return
             gateway = bound.gateway
@@ -188,13 +197,15 @@ class GatewayApp:
         rid = request_id(head.fields)
         ours = ((b"x-request-id", rid),)  # every answer from here on names the request
         span = hop(head.fields.get("traceparent"), self.rng)
-        entry.update(
-            request_id=rid.decode("latin-1"),
-            trace_id=span.trace_id,
-            span_id=span.span_id,
-            parent_span_id=span.parent_id,
-            bytes_in=head.content_length,
-        )
+        if entry is not None:
+            entry.update(
+                authority=head.host,
+                request_id=rid.decode("latin-1"),
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_span_id=span.parent_id,
+                bytes_in=head.content_length,
+            )
         outbound = self._outbound(
             head, method, query, request.fields, client_ip, exchange.scheme, body, rid, span
         )
@@ -203,17 +214,19 @@ class GatewayApp:
             outbound.upgrade, outbound.body = True, exchange.body()
         began = time.perf_counter()  # (the loop's clock ticks in whole milliseconds on uvloop)
         result = await self._send(outbound, body)
-        entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
+        if entry is not None:
+            entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
         if isinstance(result, _Refused):
-            entry.update(status=result.refusal.status, cause=result.refusal.cause)
+            _note(entry, status=result.refusal.status, cause=result.refusal.cause)
             await _answer(exchange, result.refusal, close=result.clients, fields=ours)
             return
         if isinstance(result, Direct):
-            entry["status"] = result.status
+            _note(entry, status=result.status)
             await exchange.respond(result.status, [*result.headers, *ours], result.body)
             return
         response = result.response
-        served_by(entry, result)
+        if entry is not None:
+            served_by(entry, result)
         rpc = isinstance(exchange, H2Stream) and exchange.rpc
         if rpc and (refused := await router_refusal(response)) is not None:
             result.done()  # a node router's own answer to a gRPC call: in gRPC too
@@ -221,7 +234,9 @@ class GatewayApp:
             return
         fields = end_to_end(response.headers, _ANSWER_DROP)
         fields.append(ours[0])
-        entry["bytes_out"] = await relay(exchange, response, fields, result.done)
+        sent = await relay(exchange, response, fields, result.done)
+        if entry is not None:
+            entry["bytes_out"] = sent
 
     async def _send(
         self, outbound: Outbound, body: RequestBody | None

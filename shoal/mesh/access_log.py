@@ -35,6 +35,10 @@ from shoal.mesh.forward import Forwarded
 
 log = logging.getLogger(__name__)
 
+Entry = dict[str, Any] | None
+"""A request's access-log fields as they become known; None when nothing is logged (a proxy
+then gathers nothing)."""
+
 FLUSH_EVERY = 0.5  # seconds
 FLUSH_AT = 64 * 1024  # bytes gathered
 MAX_BYTES = 10 * 1024 * 1024  # a file is cut past this, its previous part kept as .1

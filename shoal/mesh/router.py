@@ -52,7 +52,7 @@ from shoal.http.refusal import (
 )
 from shoal.http.trace import Span, hop
 from shoal.identity.spiffe import node_id, peer_identity, service_id
-from shoal.mesh.access_log import AccessLog, served_by
+from shoal.mesh.access_log import AccessLog, Entry, served_by
 from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Direct, Forwarder, Outbound
@@ -79,13 +79,14 @@ _ANSWER_DROP = HOP_BY_HOP | {_UNSENT}  # an instance's answer: only this router 
 async def _refuse(
     exchange: Exchange | H2Exchange,
     refusal: Refusal,
-    entry: dict[str, Any],
+    entry: Entry,
     *,
     unsent: bool = False,
 ) -> None:
     """The router's own answer (said in the access log's ``entry``); ``unsent``: nothing
     reached an instance (safe to retry)."""
-    entry.update(status=refusal.status, cause=refusal.cause)
+    if entry is not None:
+        entry.update(status=refusal.status, cause=refusal.cause)
     await exchange.refuse(refusal, [(_UNSENT, b"1")] if unsent else ())
 
 
@@ -269,15 +270,19 @@ class Router:
 
     async def _logged(
         self,
-        serve: Callable[[dict[str, Any]], Awaitable[None]],
+        serve: Callable[[Entry], Awaitable[None]],
         exchange: Exchange | H2Exchange,
         kind: str,
     ) -> None:
         """Run ``serve`` with an access-log entry for ``exchange`` (its ``kind``: inbound or
-        outbound), logged once it is over."""
+        outbound), logged once it is over; without an access log, with None: nothing is
+        gathered."""
         log = self.access_log
+        if log is None:
+            await serve(None)
+            return
         started = time.time()
-        entry = log.entry(started) if log is not None else {}
+        entry = log.entry(started)
         head, peer = exchange.head, exchange.peer
         entry.update(
             listener=kind,
@@ -291,8 +296,7 @@ class Router:
         try:
             await serve(entry)
         finally:
-            if log is not None:
-                log.done(entry, started)
+            log.done(entry, started)
 
     async def outbound_request(self, forwarder: Forwarder, exchange: Exchange | H2Exchange) -> None:
         """Route and forward one request a local instance sent."""
@@ -301,7 +305,7 @@ class Router:
         )
 
     async def _outbound_request(
-        self, forwarder: Forwarder, exchange: Exchange | H2Exchange, entry: dict[str, Any]
+        self, forwarder: Forwarder, exchange: Exchange | H2Exchange, entry: Entry
     ) -> None:
         target = _target(exchange)
         if isinstance(target, Refusal):
@@ -313,7 +317,8 @@ class Router:
         peer = exchange.peer
         headers = request_headers(raw, fields, peer[0] if peer else None, "http")
         began = time.perf_counter()  # (the loop's clock ticks in whole ms on uvloop)
-        _trace(entry, span, headers)
+        if entry is not None:
+            _trace(entry, span, headers)
         result = await forwarder.forward(
             Outbound(
                 method=exchange.head.method.decode(),
@@ -329,28 +334,33 @@ class Router:
                 client_ip=peer[0] if peer else None,
             )
         )
-        entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
+        if entry is not None:
+            entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
         if isinstance(result, Refusal):
             await _refuse(exchange, result, entry)
             return
         if isinstance(result, Direct):
-            entry["status"] = result.status
+            if entry is not None:
+                entry["status"] = result.status
             await exchange.respond(result.status, result.headers, result.body)
             return
         response = result.response
-        served_by(entry, result)
+        if entry is not None:
+            served_by(entry, result)
         if isinstance(exchange, H2Exchange) and grpc.is_grpc(exchange.head.fields):
             if (refused := await router_refusal(response)) is not None:
                 result.done()  # the instance's router refused a gRPC call: say it in gRPC
                 await exchange.refuse(refused)
                 return
-        entry["bytes_out"] = await relay(exchange, response, _answer_fields(response), result.done)
+        sent = await relay(exchange, response, _answer_fields(response), result.done)
+        if entry is not None:
+            entry["bytes_out"] = sent
 
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
         await self._logged(lambda entry: self._inbound(exchange, entry), exchange, "inbound")
 
-    async def _inbound(self, exchange: Exchange, entry: dict[str, Any]) -> None:
+    async def _inbound(self, exchange: Exchange, entry: Entry) -> None:
         key = (exchange.head.get(INSTANCE) or b"").decode("latin-1")
         snapshot = self.proxy_state.snapshot  # one snapshot for the whole request
         endpoint = snapshot.instances.get(key)
@@ -359,13 +369,14 @@ class Router:
             refusal = Refusal(503, UPSTREAM_CONNECT_ERROR, missing)
             await _refuse(exchange, refusal, entry, unsent=True)
             return
-        entry.update(
-            service=endpoint.service,
-            revision=endpoint.revision,
-            instance=endpoint.id,
-            node=endpoint.node,
-            attempts=1,
-        )
+        if entry is not None:
+            entry.update(
+                service=endpoint.service,
+                revision=endpoint.revision,
+                instance=endpoint.id,
+                node=endpoint.node,
+                attempts=1,
+            )
         inbound = self.proxy_state.stats.inbound
         inbound[key] = inbound.get(key, 0) + 1
         workload = snapshot.workload(endpoint)
@@ -377,7 +388,8 @@ class Router:
         # A caller over TLS is of our trust domain: the handshake refused any other
         # (shoal.mesh.handshake).
         caller, caller_fields = _caller(exchange, self.identity)
-        entry["caller"] = caller
+        if entry is not None:
+            entry["caller"] = caller
         target = _target(exchange)
         if isinstance(target, Refusal):
             await _refuse(exchange, target, entry, unsent=True)
@@ -393,7 +405,8 @@ class Router:
             await _refuse(exchange, Refusal(403, DENIED, ""), entry)
             return
         headers, span = _traced(_mesh_fields(exchange), self.rng)
-        _trace(entry, span, headers)
+        if entry is not None:
+            _trace(entry, span, headers)
         headers += caller_fields
         sent_target = path + (f"?{query}" if query else "")
         body = exchange.body() if exchange.has_body else None
@@ -411,6 +424,9 @@ class Router:
         except UpstreamError as e:
             refusal = Refusal(e.status, e.cause, str(e))
             await _refuse(exchange, refusal, entry, unsent=not e.sent)
+            return
+        if entry is None:
+            await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
             return
         entry.update(
             status=upstream.status, upstream_ms=round((time.perf_counter() - began) * 1000, 3)
