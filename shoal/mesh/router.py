@@ -268,19 +268,15 @@ class Router:
         log.warning("refused a connection to %s from uid %s: not an instance's", local, owner)
         return False
 
+    @staticmethod
     async def _logged(
-        self,
+        log: AccessLog,
         serve: Callable[[Entry], Awaitable[None]],
         exchange: Exchange | H2Exchange,
         kind: str,
     ) -> None:
         """Run ``serve`` with an access-log entry for ``exchange`` (its ``kind``: inbound or
-        outbound), logged once it is over; without an access log, with None: nothing is
-        gathered."""
-        log = self.access_log
-        if log is None:
-            await serve(None)
-            return
+        outbound), logged once it is over."""
         started = time.time()
         entry = log.entry(started)
         head, peer = exchange.head, exchange.peer
@@ -300,8 +296,15 @@ class Router:
 
     async def outbound_request(self, forwarder: Forwarder, exchange: Exchange | H2Exchange) -> None:
         """Route and forward one request a local instance sent."""
+        log = self.access_log
+        if log is None:  # nothing to gather: no wrapper on the hot path
+            await self._outbound_request(forwarder, exchange, None)
+            return
         await self._logged(
-            lambda entry: self._outbound_request(forwarder, exchange, entry), exchange, "outbound"
+            log,
+            lambda entry: self._outbound_request(forwarder, exchange, entry),
+            exchange,
+            "outbound",
         )
 
     async def _outbound_request(
@@ -358,7 +361,11 @@ class Router:
 
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
-        await self._logged(lambda entry: self._inbound(exchange, entry), exchange, "inbound")
+        log = self.access_log
+        if log is None:
+            await self._inbound(exchange, None)
+            return
+        await self._logged(log, lambda entry: self._inbound(exchange, entry), exchange, "inbound")
 
     async def _inbound(self, exchange: Exchange, entry: Entry) -> None:
         key = (exchange.head.get(INSTANCE) or b"").decode("latin-1")
