@@ -1,7 +1,7 @@
 """The gateway's proxy: one handler (:meth:`GatewayApp.serve`) for every request the edge takes —
-on Shoal's own HTTP/1.1 server (the HTTP/1.x connections hypercorn hands over) and on each
-HTTP/2 stream of hypercorn's protocol (:class:`.h2_stream.H2Stream`); hypercorn calls the app
-itself (ASGI) only for its lifespan. No framework in the hot path.
+on Shoal's own HTTP/1.1 and HTTP/2 servers, to which hypercorn hands its connections (see
+:mod:`.hypercorn_edge`); hypercorn calls the app itself (ASGI) only for its lifespan. No
+framework in the hot path.
 
 Per request: the head checked and the path normalised once (:func:`.hygiene.inspect_head`), one
 snapshot read and decision (:meth:`shoal.mesh.proxy_state.ProxyState.decide`), one pooled
@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, NamedTuple
 
 from shoal.gateway.body import BodyRefused, RequestBody
-from shoal.gateway.h2_stream import H2Stream
 from shoal.gateway.hygiene import Head, inspect_head
 from shoal.gateway.servers import PortPlan
 from shoal.http.headers import (
@@ -37,6 +36,7 @@ from shoal.http.trace import Span, hop
 from shoal.mesh.access_log import AccessLog, Entry, served_by
 from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
+from shoal.mesh.h2server import H2Exchange
 from shoal.mesh.matching import normalize_host
 from shoal.mesh.relay import relay, router_refusal
 
@@ -64,7 +64,7 @@ class _Refused(NamedTuple):
 
 
 async def _answer(
-    exchange: Exchange | H2Stream,
+    exchange: Exchange | H2Exchange,
     refusal: Refusal,
     *,
     close: bool,
@@ -76,7 +76,7 @@ async def _answer(
     await exchange.refuse(refusal, fields)
 
 
-def _receive(exchange: Exchange | H2Stream) -> Receive:
+def _receive(exchange: Exchange | H2Exchange) -> Receive:
     """The request body of ``exchange`` as ASGI ``receive`` (what :class:`RequestBody` reads)."""
     pieces = exchange.body()
 
@@ -124,10 +124,9 @@ class GatewayApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def serve(self, exchange: Exchange | H2Stream, port: PortPlan | None = None) -> None:
-        """Serve one request: an HTTP/1.x one on Shoal's own server core (hypercorn hands those
-        connections over, see :mod:`.hypercorn_edge`) or an HTTP/2 stream (WebSockets over
-        either included); a client leaving cancels this at once. On a Gateway's ``port``, the
+    async def serve(self, exchange: Exchange | H2Exchange, port: PortPlan | None = None) -> None:
+        """Serve one request: an HTTP/1.x one or an HTTP/2 stream (WebSockets over either
+        included); a client leaving cancels this at once. On a Gateway's ``port``, the
         server its host matches decides (a redirect to https, or the routes bound to that
         Gateway); elsewhere the mesh's routes apply. With an access log, one line for it."""
         log = self.access_log
@@ -139,7 +138,7 @@ class GatewayApp:
         request, peer = exchange.head, exchange.peer
         entry.update(
             client=peer[0] if peer else None,
-            protocol="HTTP/2" if isinstance(exchange, H2Stream) else "HTTP/1.1",
+            protocol="HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
             method=request.method.decode("latin-1"),
             path=request.target.decode("latin-1"),
         )
@@ -149,7 +148,7 @@ class GatewayApp:
             log.done(entry, started)
 
     async def _serve(
-        self, exchange: Exchange | H2Stream, port: PortPlan | None, entry: Entry
+        self, exchange: Exchange | H2Exchange, port: PortPlan | None, entry: Entry
     ) -> None:
         """:meth:`serve`'s work; what the access log says goes in ``entry`` (when there is
         one) as it is known."""
@@ -227,7 +226,7 @@ class GatewayApp:
         response = result.response
         if entry is not None:
             served_by(entry, result)
-        rpc = isinstance(exchange, H2Stream) and exchange.rpc
+        rpc = isinstance(exchange, H2Exchange) and exchange.rpc
         if rpc and (refused := await router_refusal(response)) is not None:
             result.done()  # a node router's own answer to a gRPC call: in gRPC too
             await exchange.refuse(refused, ours)

@@ -31,10 +31,11 @@ from cryptography import x509
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.worker_context import WorkerContext
 
-from shoal.gateway.h2_stream import H2Stream
+from shoal.gateway.h2_edge import edge_servers
 from shoal.gateway.hypercorn_edge import TLS_VERSIONS, EdgeConfig, EdgeTCPServer
 from shoal.gateway.servers import PortPlan, plan_ports
-from shoal.mesh.h1server import Exchange, Server
+from shoal.mesh.h1server import Exchange
+from shoal.mesh.h2server import H2Exchange
 from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.model import Gateway, ServerTLS
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 RELOAD_EVERY = 1.0  # seconds between checks of the certificate files' modification times
 _TLS_VERSIONS = {"TLSV1_2": "1.2", "TLSV1_3": "1.3"}
 
-Serve = Callable[[Exchange | H2Stream, PortPlan | None], Awaitable[None]]
+Serve = Callable[[Exchange | H2Exchange, PortPlan | None], Awaitable[None]]
 
 
 class Certificates:
@@ -155,19 +156,12 @@ class Listener:
         self._certificates = certificates
         self._host, self._reuse_port = host, reuse_port
         self._context, self._app = context, app
-        limits = config.limits
-        self.h1 = Server(
-            self.serve,
-            limits=limits.head_limits(),
-            idle_timeout=limits.idle_timeout,
-            tunnel_idle_timeout=limits.websocket_idle_timeout,
-            header_timeout=limits.header_timeout,
-        )
-        self._config = config.for_listener(self.h1, self.serve)
+        self.h1, self.h2 = edge_servers(self.serve, config.limits)
+        self._config = config.for_listener(self.h1, self.h2)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
-    async def serve(self, exchange: Exchange | H2Stream) -> None:
+    async def serve(self, exchange: Exchange | H2Exchange) -> None:
         """Serve one request with this port's current servers."""
         await self._serve(exchange, self.plan)
 
@@ -231,7 +225,7 @@ class Listener:
         """Stop listening; requests in flight get ``grace`` seconds, then connections close."""
         if self._server is not None:
             self._server.close()
-        await self.h1.close(grace)
+        await asyncio.gather(self.h1.close(grace), self.h2.close(grace))
         if self._connections:
             _, pending = await asyncio.wait(self._connections, timeout=grace)
             for task in pending:

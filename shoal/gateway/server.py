@@ -2,17 +2,17 @@
 
 One port serves HTTP/1.1 and h2c (prior knowledge and upgrade); with a certificate, another
 serves TLS (1.2+, ECDHE + AEAD ciphers) with ALPN h2/http1.1. hypercorn accepts every
-connection and frames HTTP/2, each stream served by :meth:`GatewayApp.serve`; HTTP/1.x
-connections go to Shoal's own HTTP/1.1 server, which serves them with the same handler. The
+connection and hands it to Shoal's own HTTP/1.1 or HTTP/2 server (:mod:`.hypercorn_edge`),
+which serve every request and stream with :meth:`GatewayApp.serve`. The
 gateway listens once it holds its mesh certificate (``identity_wait``), so it never answers 503
 ``no_mesh_identity`` while starting.
 
 hypercorn's defaults that bite a proxy are overridden on purpose (:func:`hypercorn_config`):
 it closes a keep-alive connection after 1,000 requests, adds its own ``Date`` and ``Server``
 headers next to the upstream's, and waits only 3 s for requests in flight on shutdown. The
-edge's limits (:class:`~shoal.http.limits.EdgeLimits`) are enforced by hypercorn where it can,
-by :mod:`.hypercorn_edge` below the app and by the app itself (:mod:`.hygiene`, :mod:`.body`)
-above it.
+edge's limits (:class:`~shoal.http.limits.EdgeLimits`) are enforced by hypercorn (backlog,
+TLS handshake deadline), by Shoal's servers below the app (:mod:`.hypercorn_edge`,
+:mod:`.h2_edge`) and by the app itself (:mod:`.hygiene`, :mod:`.body`) above it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from hypercorn.asyncio import serve
 from shoal.errors import PlatformError, UserError
 from shoal.gateway import hypercorn_edge
 from shoal.gateway.app import GatewayApp
+from shoal.gateway.h2_edge import edge_servers
 from shoal.gateway.hypercorn_edge import MODERN_CIPHERS, EdgeConfig
 from shoal.gateway.listeners import GatewayListeners
 from shoal.gateway.workers import WORKER_PREFIX
@@ -36,7 +37,6 @@ from shoal.http.paths import SlashPolicy
 from shoal.identity.spiffe import gateway_id
 from shoal.mesh.access_log import OFF, open_access_log
 from shoal.mesh.forward import Forwarder
-from shoal.mesh.h1server import Server
 from shoal.mesh.proxy_process import ProxyProcess
 from shoal.mesh.tasks import task_group, until_stopped
 from shoal.mesh.upstream import Upstreams
@@ -169,15 +169,7 @@ async def run_gateway(
         access_log=access_log,
     )
     config = hypercorn_config(settings)
-    limits = settings.limits
-    config.h1 = h1 = Server(
-        app.serve,
-        limits=limits.head_limits(),
-        idle_timeout=limits.idle_timeout,
-        tunnel_idle_timeout=limits.websocket_idle_timeout,
-        header_timeout=limits.header_timeout,
-    )
-    config.h2 = app.serve
+    config.h1, config.h2 = h1, h2 = edge_servers(app.serve, settings.limits)
     listeners = GatewayListeners(
         process.state,
         app.serve,
@@ -189,15 +181,16 @@ async def run_gateway(
     )
     process.state.extra_reports.append(lambda: {"gateway_servers": listeners.describe()})
 
-    async def drain_h1() -> None:
+    async def drain() -> None:
         await stop.wait()
-        await h1.close(settings.graceful_timeout)
+        grace = settings.graceful_timeout
+        await asyncio.gather(h1.close(grace), h2.close(grace))
 
     try:
         async with process.running(), task_group() as tasks:
             if not await _identity(process, identity, settings, stop):
                 return  # stopped while waiting
-            tasks.create_task(drain_h1())
+            tasks.create_task(drain())
             tasks.create_task(listeners.run(stop))
             if access_log is not None:
                 tasks.create_task(access_log.run(stop))

@@ -115,6 +115,15 @@ def websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     )
 
 
+def h2c_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an HTTP/1.1 request asks to switch to HTTP/2 in cleartext (``Upgrade: h2c``
+    with its ``HTTP2-Settings``, RFC 7540 §3.2; what ``curl --http2`` sends to an http URL)."""
+    headers = list(headers)
+    return any(n == b"http2-settings" for n, _ in headers) and any(
+        n == b"upgrade" and b"h2c" in {t.strip().lower() for t in v.split(b",")} for n, v in headers
+    )
+
+
 def end_to_end(
     headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP
 ) -> Headers:

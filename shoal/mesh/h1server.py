@@ -47,7 +47,7 @@ from shoal.http.h1 import (
     Upgraded,
     response_head,
 )
-from shoal.http.headers import websocket_upgrade
+from shoal.http.headers import h2c_upgrade, websocket_upgrade
 from shoal.http.refusal import REQUEST_TIMEOUT, Refusal
 from shoal.mesh.flow import HIGH_WATER, LOW_WATER, WriteFlow
 from shoal.mesh.tasks import finish
@@ -55,8 +55,14 @@ from shoal.mesh.tasks import finish
 log = logging.getLogger(__name__)
 
 SERVER = b"shoal"  # the Server field of the answers Shoal makes itself
+SWITCHING_TO_H2C = (
+    b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+)
 
 Handler = Callable[["Exchange"], Awaitable[None]]
+H2cUpgrade = Callable[[asyncio.BaseTransport, bytes, RequestHead], "asyncio.Future[None]"]
+"""Takes a connection switched to h2c: its transport, what followed the request that asked,
+and that request (answered on stream 1); done once the connection has closed."""
 
 FLUSH_AT = 64 * 1024
 """Response bytes an exchange gathers before it writes them: a small response goes out in one
@@ -337,10 +343,39 @@ class _Connection(WriteFlow):
                 if websocket_upgrade(self.current.head.fields):
                     self.active = self.loop.time()
                     self.current._tunnel(event.rest)
-                else:  # another protocol (h2c, CONNECT): served as a plain request, then closed
+                elif self._switch_to_h2c(self.current, event.rest):
+                    return
+                else:  # another protocol (CONNECT): served as a plain request, then closed
                     self.current.close_after = True
         self._watch_head()
         self._next()
+
+    def _switch_to_h2c(self, exchange: Exchange, rest: bytes) -> bool:
+        """Hand the connection to the server's HTTP/2 side if ``exchange`` asks for h2c and it
+        can be: its server takes h2c, nothing else is pending, and it has no body (RFC 7540
+        §3.2: a body would have to be read first). Otherwise it is served as HTTP/1.1."""
+        switch = self.server.h2c
+        if (
+            switch is None
+            or self.transport is None
+            or self.task is not None
+            or list(self.queue) != [exchange]
+            or exchange.head.framing is not Framing.NONE
+            or not h2c_upgrade(exchange.head.fields)
+        ):
+            return False
+        transport, self.transport = self.transport, None
+        self.server.connections.discard(self)
+        self.queue.clear()
+        self.current = None
+        self._stop_head_timer()
+        transport.write(SWITCHING_TO_H2C)
+        switch(transport, rest, exchange.head).add_done_callback(self._h2c_closed)
+        return True
+
+    def _h2c_closed(self, _: object) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _watch_head(self) -> None:
         """Bound the time from a head's first byte to its end (``header_timeout``)."""
@@ -456,8 +491,10 @@ class Server:
         tunnel_idle_timeout: float = 300.0,
         header_timeout: float | None = None,
         admit: Callable[[asyncio.Transport], bool] | None = None,
+        h2c: H2cUpgrade | None = None,
     ) -> None:
         self.handler = handler
+        self.h2c = h2c  # takes connections that ask to switch to h2c (None: served as 1.1)
         self.admit = admit  # whether to serve a new connection at all (None: every one)
         self.limits = limits
         self.idle_timeout = idle_timeout

@@ -1,26 +1,45 @@
-"""A cleartext HTTP/2 server (h2c, prior knowledge) on the sans-IO ``h2`` library: what a
-service's outbound listener serves gRPC and other HTTP/2 clients with (an instance's grpcio
-channel to ``$SHOAL_MESH_URL``).
+"""An HTTP/2 server on the sans-IO ``h2`` library and an asyncio Protocol: what the gateway serves
+its HTTP/2 clients with (``h2`` by ALPN, h2c by prior knowledge or ``Upgrade``, hardened in
+:mod:`shoal.gateway.h2_edge`) and a service's outbound listener its gRPC and other HTTP/2 callers
+(an instance's grpcio channel to ``$SHOAL_MESH_URL``).
 
 Each stream is an :class:`H2Exchange` with the methods of the HTTP/1.1 server's
-:class:`~shoal.mesh.h1server.Exchange` that the router's forwarding and
-:func:`~shoal.mesh.relay.relay` use, so a request is forwarded the same way whichever version
-it came in: its head (``:authority`` as ``host``, ``:path`` as the raw target), its body as it
-arrives (each piece's flow-control credit given back once taken, so a slow upstream holds the
-client back rather than filling the router), and an answer written as the head, DATA frames
-within the client's windows, and trailers — ``grpc-status`` travels in them. An answer with no
-body and no trailers is one HEADERS frame ending the stream (what gRPC calls Trailers-Only).
-Shoal's own refusals of a gRPC call are gRPC, as the gateway's: HTTP 200 with ``x-shoal-cause``,
-then ``grpc-status``/``grpc-message`` trailers. A client that resets its stream cancels its
-handler; one that goes away cancels them all.
+:class:`~shoal.mesh.h1server.Exchange` that the handlers and :func:`~shoal.mesh.relay.relay` use,
+so a request is forwarded the same way whichever version it came in:
+
+- The request: ``:authority`` as ``host``, ``:path`` as the raw target; its body as DATA arrives,
+  each piece's flow-control credit given back once the handler takes it (so a slow upstream holds
+  the client back rather than filling the proxy); ``Expect: 100-continue`` answered with 100 when
+  the body is first read.
+- The answer: the head is held until its first byte of body or its end, and what is written is
+  framed into one buffer written out when the handler flushes or ends (so a small answer is one
+  write, its last DATA frame carrying END_STREAM); DATA stays within the client's windows.
+  Trailers follow when the upstream sent any (``grpc-status`` travels in them); an answer with
+  no body and no trailers is one HEADERS frame ending the stream (gRPC's Trailers-Only); a gRPC
+  answer that ends without a status ends with UNKNOWN. Shoal's own refusals of a gRPC call are
+  gRPC: HTTP 200 with ``x-shoal-cause``, then ``grpc-status``/``grpc-message`` trailers. An
+  answer cut short resets the stream: never a truncated body that looks whole.
+- A stream the client resets, or a connection that ends, cancels its handler at once (its
+  upstream request and in-flight slot are released now).
+- With ``tunnels`` (an HTTP/1.1 :class:`~shoal.mesh.h1server.Server` that watches WebSockets), a
+  WebSocket over HTTP/2 (RFC 8441 extended CONNECT, ``:protocol websocket``, which
+  SETTINGS_ENABLE_CONNECT_PROTOCOL invites browsers to open on a connection they already have):
+  its DATA carries exactly the bytes an HTTP/1.1 connection carries after ``101`` (RFC 6455
+  frames), so nothing is re-framed. It is handed to the handler as the HTTP/1.1 handshake
+  instances speak: ``GET`` with a fresh ``Sec-WebSocket-Key`` (the HTTP/2 client sends none); the
+  instance's ``101`` goes back as ``200`` without its ``Sec-WebSocket-Accept``. The HTTP/1.1
+  server closes it like its own (idle timeout, drain with a 1001 close frame).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, cast
 
 import h2.config
@@ -28,6 +47,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 
 from shoal.http import grpc
 from shoal.http.h1 import Fields, Framing, RequestHead
@@ -35,35 +55,100 @@ from shoal.http.h2_encoding import without_huffman
 from shoal.http.headers import HOP_BY_HOP
 from shoal.http.refusal import UPSTREAM_TIMEOUT, Refusal
 from shoal.mesh.flow import WriteFlow
-from shoal.mesh.h1server import SERVER, run_handler
+from shoal.mesh.h1server import FLUSH_AT, SERVER, Server, run_handler
 from shoal.mesh.tasks import finish
 
-__all__ = ["PREFACE", "ByPreface", "H2Exchange", "H2Server", "refuse_stream"]
+__all__ = [
+    "PREFACE",
+    "ByPreface",
+    "H2Connection",
+    "H2Exchange",
+    "H2Server",
+    "pseudo_headers",
+    "refuse_stream",
+]
 
 log = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """What every HTTP/2 connection opens with (RFC 9113 §3.4): how a listener tells it from 1.1."""
 
+GOODBYE_TIMEOUT = 1.0
+"""Seconds the closing frame of a tunnel may wait for the client's flow-control window."""
+
+_WEBSOCKET_LEFT_OUT = HOP_BY_HOP | {b"sec-websocket-accept"}
+_H2C_LEFT_OUT = HOP_BY_HOP | {b"http2-settings"}
+
+
+def pseudo_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """A request's pseudo-header fields (``:method``, ``:path``…: they come first)."""
+    pseudo = {}
+    for name, value in headers:
+        if not name.startswith(b":"):
+            break
+        pseudo[name] = value
+    return pseudo
+
+
+def _length(fields: Iterable[tuple[bytes, bytes]]) -> int | None:
+    value = next((v for n, v in fields if n == b"content-length"), None)
+    return int(value) if value is not None and value.isdigit() else None
+
 
 class H2Exchange:
     """One request stream and the answer the handler writes to it."""
 
-    upgrade = False  # WebSocket over HTTP/2 (RFC 8441) is not served here
+    close_after = False  # what a handler sets to close an HTTP/1.1 connection: no meaning here
 
-    def __init__(self, connection: _H2Connection, stream_id: int, head: RequestHead) -> None:
+    def __init__(
+        self, connection: H2Connection, stream_id: int, head: RequestHead, *, upgrade: bool
+    ) -> None:
         self.connection = connection
         self.id = stream_id
         self.head = head
-        self.has_body = True  # until the stream is known to have ended with its head
+        self.upgrade = upgrade  # a WebSocket: its body is the tunnel's bytes
+        # A gRPC call whose client takes trailers: Shoal's own answers to it are gRPC too.
+        self.rpc = (b"te", b"trailers") in head.fields and grpc.is_grpc(head.fields)
+        self.has_body = head.framing is not Framing.NONE
+        self.active = connection.loop.time()  # a tunnel's last byte either way
+        self.task: asyncio.Task[None] | None = None
+        self.started = self.ended = False
         self._pieces: collections.deque[tuple[bytes, int]] = collections.deque()
-        self._complete = False
+        self._complete = not self.has_body  # the client ended its side of the stream
         self._waiter: asyncio.Future[None] | None = None
         self._status: int | None = None  # the answer's head, held until its first byte or end
         self._fields: Fields = ()
-        self.started = False
-        self.ended = False
-        self.task: asyncio.Task[None] | None = None
+        self._goodbye = b""  # what the relay said as it was cancelled, sent once it is over
+        self._held = b""  # the last piece written, not yet framed (see write)
+
+    @classmethod
+    def opened(
+        cls,
+        connection: H2Connection,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        ended: bool,
+        *,
+        websocket: bool,
+    ) -> H2Exchange:
+        """The exchange for a stream the client opened with ``headers`` (``ended``: with no
+        body); ``websocket``: an extended CONNECT for a WebSocket is served as one."""
+        pseudo = pseudo_headers(headers)
+        fields = [(b"host", pseudo.get(b":authority", b""))]
+        fields += [(n, v) for n, v in headers if not n.startswith(b":") and n != b"host"]
+        upgrade = websocket and pseudo.get(b":protocol") == b"websocket"
+        if upgrade:
+            fields.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
+        head = RequestHead(
+            method=b"GET" if upgrade else pseudo.get(b":method", b"GET"),
+            target=pseudo.get(b":path", b"/"),
+            version=b"2",
+            fields=tuple(fields),
+            framing=Framing.NONE if ended else Framing.CHUNKED,
+            content_length=_length(fields),
+            keep_alive=True,
+        )
+        return cls(connection, stream_id, head, upgrade=upgrade)
 
     # -- the request
 
@@ -73,9 +158,13 @@ class H2Exchange:
         return self.connection.extra("peername")
 
     @property
-    def ssl_object(self) -> None:
-        """Cleartext only."""
-        return None
+    def ssl_object(self) -> Any:
+        """The TLS session, on a TLS connection."""
+        return self.connection.extra("ssl_object")
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.ssl_object is None else "https"
 
     @property
     def memo(self) -> dict[str, Any]:
@@ -83,8 +172,10 @@ class H2Exchange:
         return self.connection.memo
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives; each piece's flow-control credit is given back once
-        it is taken."""
+        """The request body (a tunnel's client side) as it arrives; each piece's flow-control
+        credit is given back once it is taken."""
+        if self.head.expects_continue and not self._complete and not self.started:
+            self.connection.informational(self.id, 100)
         while True:
             if self._pieces:
                 piece, credit = self._pieces.popleft()
@@ -104,6 +195,7 @@ class H2Exchange:
         if piece is None:
             self._complete = True
         else:
+            self.active = self.connection.loop.time()
             self._pieces.append((piece, credit))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -111,9 +203,11 @@ class H2Exchange:
     # -- the answer
 
     async def start(self, status: int, fields: Iterable[tuple[bytes, bytes]]) -> None:
-        """The answer's head (sent with its first byte of body, or alone ending the stream)."""
-        self._status = status
-        self._fields = tuple((n, v) for n, v in fields if n not in HOP_BY_HOP)
+        """The answer's head (sent with its first byte of body, or alone ending the stream); a
+        WebSocket's ``101`` as ``200`` (the tunnel is open)."""
+        left_out = _WEBSOCKET_LEFT_OUT if self.upgrade else HOP_BY_HOP
+        self._fields = tuple((n, v) for n, v in fields if n not in left_out)
+        self._status = 200 if self.upgrade and status == 101 else status
         self.started = True
 
     def _send_head(self, end: bool = False) -> None:
@@ -123,29 +217,56 @@ class H2Exchange:
             self.connection.send_headers(self.id, head, end)
 
     async def write(self, data: bytes) -> None:
-        """A piece of the body, sent within the client's flow-control windows."""
-        if data:
-            self._send_head()
+        """A piece of the body, sent within the client's flow-control windows. The last piece
+        that fits them is held back until the next one, a flush or the end (which it then
+        carries: no empty DATA frame just to say END_STREAM)."""
+        if not data:
+            return
+        if self.upgrade:
+            self.active = self.connection.loop.time()
+        self._send_head()
+        if self._held:
+            held, self._held = self._held, b""
+            await self.connection.send_data(self.id, held)
+        if len(data) <= self.connection.room(self.id):
+            self._held = data  # (checked after the last await: it still fits at a flush)
+        else:
             await self.connection.send_data(self.id, data)
 
     async def end(self, trailers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        """End the answer: with ``trailers`` when there are any."""
-        trailers = [(n, v) for n, v in trailers if n not in HOP_BY_HOP]
-        if self._status is not None and not trailers:
+        """End the answer: with ``trailers`` when there are any (a gRPC answer always has)."""
+        sent = [(n, v) for n, v in trailers if n not in HOP_BY_HOP]
+        if not sent and grpc.awaits_trailers(self._fields):
+            sent = grpc.UNKNOWN_WITHOUT_TRAILERS
+        self.ended = True
+        held, self._held = self._held, b""
+        if self._status is not None and not sent and not held:
             self._send_head(end=True)  # no body, no trailers: one HEADERS frame
         else:
             self._send_head()
-            if trailers:
-                self.connection.send_headers(self.id, trailers, True)
+            if held and not sent and len(held) <= self.connection.room(self.id):
+                self.connection.send_frame(self.id, held, end=True)
             else:
-                self.connection.end_stream(self.id)
-        self.ended = True
+                if held:
+                    await self.connection.send_data(self.id, held)
+                if sent:
+                    self.connection.send_headers(self.id, sent, True)
+                else:
+                    self.connection.end_stream(self.id)
+        self.connection.flush()
 
     def flush(self) -> None:
-        """Frames go out as they are made."""
+        """Put what was written so far on the wire (the head too, even before any body)."""
+        self._send_head()
+        if self._held and len(self._held) <= self.connection.room(self.id):
+            held, self._held = self._held, b""
+            self.connection.send_frame(self.id, held)
+        self.connection.flush()
 
     def send_now(self, data: bytes) -> None:
-        """Only a tunnel (an HTTP/1.1 WebSocket) writes raw bytes: never called here."""
+        """The relay's last word (a tunnel's close frame) as it is cancelled: sent once it is
+        over."""
+        self._goodbye += data
 
     async def respond(
         self, status: int, fields: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
@@ -157,7 +278,17 @@ class H2Exchange:
 
     async def refuse(self, refusal: Refusal, fields: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """Answer with ``refusal`` (see :func:`refuse_stream`)."""
-        await refuse_stream(self, refusal, fields, rpc=grpc.is_grpc(self.head.fields))
+        await refuse_stream(self, refusal, fields, rpc=self.rpc)
+
+    async def _say_goodbye(self) -> None:
+        """Send what the relay said as it was cancelled (a tunnel's close frame), and end."""
+        if self._goodbye and not self.ended:
+            try:
+                async with asyncio.timeout(GOODBYE_TIMEOUT):
+                    await self.write(self._goodbye)
+                    await self.end()
+            except (TimeoutError, ConnectionError):
+                pass
 
 
 class _Answering(Protocol):
@@ -196,10 +327,12 @@ async def refuse_stream(
 Handler = Callable[[H2Exchange], Awaitable[None]]
 
 
-class _H2Connection(WriteFlow):
-    """One client connection: its streams, each served by a handler task."""
+class H2Connection(WriteFlow):
+    """One client connection: its streams, each served by a handler task. What it frames waits
+    in ``h2``'s buffer until :meth:`flush` (the end of each read, an answer's end or flush, or
+    :data:`~shoal.mesh.h1server.FLUSH_AT` bytes of DATA), so a small answer is one write."""
 
-    def __init__(self, server: H2Server) -> None:
+    def __init__(self, server: H2Server, upgrade: RequestHead | None = None) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.h2 = without_huffman(
@@ -207,10 +340,25 @@ class _H2Connection(WriteFlow):
                 h2.config.H2Configuration(client_side=False, header_encoding=None)
             )
         )
+        settings = dict(server.settings)
+        if server.tunnels is not None:
+            settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
+        if settings:
+            self.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
+        limit = settings.get(h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE)
+        if limit is not None:
+            # Advertised as an initial value, it is never acknowledged, so h2's HPACK decoder
+            # would go on enforcing its own 64 KiB: enforce what is said.
+            self.h2.decoder.max_header_list_size = limit
+        self.upgrade = upgrade  # an HTTP/1.1 request that asked to switch (Upgrade: h2c)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Exchange] = {}
         self.memo: dict[str, Any] = {}
+        self.closed = self.loop.create_future()  # done once the connection has closed
+        self.idle_since: float | None = self.loop.time()  # no stream open: since when
+        self.starved_since: float | None = None  # an answer waits on the client's window
         self._windows: dict[int, asyncio.Future[None]] = {}  # streams waiting to send
+        self._unflushed = 0  # DATA bytes framed since the last flush
 
     def extra(self, name: str) -> Any:
         return self.transport.get_extra_info(name) if self.transport else None
@@ -218,8 +366,15 @@ class _H2Connection(WriteFlow):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        self.h2.initiate_connection()
-        self._flush()
+        if self.upgrade is None:
+            self.h2.initiate_connection()
+        else:
+            settings = next((v for n, v in self.upgrade.fields if n == b"http2-settings"), b"")
+            self.h2.initiate_upgrade_connection(settings)
+            fields = tuple((n, v) for n, v in self.upgrade.fields if n not in _H2C_LEFT_OUT)
+            head = dataclasses.replace(self.upgrade, version=b"2", fields=fields)
+            self._open(H2Exchange(self, 1, head, upgrade=False))
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -229,18 +384,27 @@ class _H2Connection(WriteFlow):
                 exchange.task.cancel()  # the client went away
         self._wake_all()
         self.release_writers()
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            log.debug("h2c client broke the protocol: %s", e)
-            self._flush()
-            self.close()
+            self._broken(e)
             return
+        self._handle(events)
+        self.flush()
+
+    def _broken(self, error: h2.exceptions.ProtocolError) -> None:
+        """The client broke the protocol: h2 has framed a GOAWAY saying why."""
+        log.debug("HTTP/2 client broke the protocol: %s", error)
+        self.flush()
+        self.close()
+
+    def _handle(self, events: list[h2.events.Event]) -> None:
         for event in events:
             self._on(event)
-        self._flush()
 
     def _on(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -248,14 +412,14 @@ class _H2Connection(WriteFlow):
         elif isinstance(event, h2.events.DataReceived):
             exchange = self.streams.get(event.stream_id)
             if exchange is None:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self._refuse_late_data(event)
             else:
                 exchange._received(event.data or b"", event.flow_controlled_length)
         elif isinstance(event, h2.events.StreamEnded):
             if (exchange := self.streams.get(event.stream_id)) is not None:
                 exchange._received(None)
         elif isinstance(event, h2.events.StreamReset):
-            exchange = self.streams.pop(event.stream_id, None)
+            exchange = self._forget(event.stream_id)
             if exchange is not None and exchange.task is not None:
                 exchange.task.cancel()  # the caller cancelled: so is what it asked for
             self._wake(event.stream_id)
@@ -264,79 +428,133 @@ class _H2Connection(WriteFlow):
                 self._wake(event.stream_id)
             else:
                 self._wake_all()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._wake_all()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.close()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        pseudo = {n: v for n, v in headers if n.startswith(b":")}
-        fields = [(b"host", pseudo.get(b":authority", b""))]
-        fields += [(n, v) for n, v in headers if not n.startswith(b":")]
-        length = next((v for n, v in fields if n == b"content-length"), None)
-        head = RequestHead(
-            method=pseudo.get(b":method", b"GET"),
-            target=pseudo.get(b":path", b"/"),
-            version=b"2",
-            fields=tuple(fields),
-            framing=Framing.NONE if ended else Framing.CHUNKED,
-            content_length=int(length) if length is not None and length.isdigit() else None,
-            keep_alive=True,
-        )
-        exchange = H2Exchange(self, stream_id, head)
-        if ended:
-            exchange.has_body = False
-            exchange._received(None)
-        self.streams[stream_id] = exchange
+        if self.server.closing:  # (a stream the client opened before it read the GOAWAY)
+            self.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        websocket = self.server.tunnels is not None
+        self._open(H2Exchange.opened(self, stream_id, headers, ended, websocket=websocket))
+
+    def _open(self, exchange: H2Exchange) -> None:
+        self.streams[exchange.id] = exchange
+        self.idle_since = None
         exchange.task = self.loop.create_task(self._run(exchange))
+        if exchange.upgrade and self.server.tunnels is not None:
+            self.server.tunnels.watch(exchange)
 
     async def _run(self, exchange: H2Exchange) -> None:
-        def cut(cancelled: bool) -> None:
-            codes = h2.errors.ErrorCodes
-            self.reset(exchange.id, codes.CANCEL if cancelled else codes.INTERNAL_ERROR)
+        cancelled = False
+
+        def cut(was_cancelled: bool) -> None:
+            nonlocal cancelled
+            cancelled = was_cancelled
 
         try:
             await run_handler(self.server.handler, exchange, cut)
+        except asyncio.CancelledError:
+            cancelled = True  # the client left, or a tunnel closed (idle, drain)
         finally:
-            self.streams.pop(exchange.id, None)
+            if exchange.upgrade and self.server.tunnels is not None:
+                self.server.tunnels.unwatch(exchange)
+            await exchange._say_goodbye()
+            if not exchange.ended:
+                codes = h2.errors.ErrorCodes
+                self.reset(exchange.id, codes.CANCEL if cancelled else codes.INTERNAL_ERROR)
+            self._forget(exchange.id)
+
+    def _forget(self, stream_id: int) -> H2Exchange | None:
+        exchange = self.streams.pop(stream_id, None)
+        if not self.streams:
+            self.idle_since = self.loop.time()
+            if self.server.closing:  # drained
+                self.goaway()
+                self.close()
+        return exchange
+
+    def _refuse_late_data(self, event: h2.events.DataReceived) -> None:
+        """DATA for a stream already answered: credit the window, ask the client to stop."""
+        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        if event.stream_ended is None:
+            try:
+                self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass  # already closed on both sides
 
     # -- sending
 
+    def room(self, stream_id: int) -> int:
+        """Bytes one DATA frame on ``stream_id`` may carry now."""
+        try:
+            window = self.h2.local_flow_control_window(stream_id)
+        except h2.exceptions.ProtocolError:
+            return 0  # the stream is closed
+        return min(window, self.h2.max_outbound_frame_size)
+
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
-        if self.transport is None or stream_id not in self.streams:
-            return
-        self.h2.send_headers(stream_id, headers, end_stream=end)
-        self._flush()
+        if self.transport is not None and stream_id in self.streams:
+            try:
+                self.h2.send_headers(stream_id, headers, end_stream=end)
+            except h2.exceptions.ProtocolError:
+                pass  # the stream closed meanwhile
+
+    def informational(self, stream_id: int, status: int) -> None:
+        """A 1xx answer on ``stream_id``, sent now."""
+        self.send_headers(stream_id, [(b":status", b"%d" % status)], False)
+        self.flush()
 
     def end_stream(self, stream_id: int) -> None:
         if self.transport is not None and stream_id in self.streams:
-            self.h2.end_stream(stream_id)
-            self._flush()
+            try:
+                self.h2.end_stream(stream_id)
+            except h2.exceptions.ProtocolError:
+                pass  # the stream closed meanwhile
+
+    def send_frame(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """One DATA frame that fits :meth:`room`."""
+        if self.transport is None or stream_id not in self.streams:
+            raise ConnectionResetError("the client went away or reset the stream")
+        self.h2.send_data(stream_id, data, end_stream=end)
+        self._sent_data()
+        self.starved_since = None
+        self._unflushed += len(data)
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         """Send ``data`` as the windows allow, waiting for the client to open them."""
         view = memoryview(data)
         while view:
-            if self.transport is None or stream_id not in self.streams:
-                raise ConnectionResetError("the client went away or reset the stream")
-            window = min(
-                self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
-            )
-            if window <= 0:
+            room = self.room(stream_id)
+            if room <= 0:
+                if self.transport is None or stream_id not in self.streams:
+                    raise ConnectionResetError("the client went away or reset the stream")
+                self.flush()
+                if self.starved_since is None:
+                    self.starved_since = self.loop.time()
                 self._windows[stream_id] = self.loop.create_future()
                 await self._windows[stream_id]
                 continue
-            self.h2.send_data(stream_id, bytes(view[:window]))
-            view = view[window:]
-            self._flush()
-            await self.writable()
+            self.send_frame(stream_id, data if room >= len(data) else bytes(view[:room]))
+            view = view[room:]
+            if self._unflushed >= FLUSH_AT:
+                self.flush()
+                await self.writable()
+
+    def _sent_data(self) -> None:
+        """A DATA frame was framed (a subclass may count them)."""
 
     def acknowledge(self, stream_id: int, credit: int) -> None:
         """The handler took a piece: the client may send that much more."""
         if credit and self.transport is not None:
             try:
                 self.h2.acknowledge_received_data(credit, stream_id)
-            except h2.exceptions.StreamClosedError:
-                return
-            self._flush()
+            except h2.exceptions.ProtocolError:
+                return  # the stream closed meanwhile
+            self.flush()
 
     def reset(
         self, stream_id: int, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR
@@ -345,16 +563,37 @@ class _H2Connection(WriteFlow):
             return
         try:
             self.h2.reset_stream(stream_id, code)
-        except h2.exceptions.StreamClosedError:
-            return
-        self._flush()
+        except h2.exceptions.ProtocolError:
+            return  # already closed
+        self.flush()
+
+    def goaway(
+        self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR, why: bytes = b""
+    ) -> None:
+        """Tell the client that no new stream will be served (the ones it opened may finish)."""
+        if self.transport is not None:
+            self.h2.close_connection(error_code=code, additional_data=why or None)
+            self.flush()
+
+    def drain(self) -> None:
+        """Serve no new stream: let the open ones finish, then GOAWAY and close. Until then
+        the client is told to open none (SETTINGS_MAX_CONCURRENT_STREAMS 0) and any it opens
+        is refused, as hypercorn does: an HTTP/2 client on the ``h2`` library reads nothing
+        after a GOAWAY, so one sent now would cut the answers still on their way."""
+        if not self.streams:
+            self.goaway()
+            self.close()
+        elif self.transport is not None:
+            self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+            self.flush()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         data = self.h2.data_to_send()
+        self._unflushed = 0
         if data and self.transport is not None:
             self.transport.write(data)
 
@@ -369,23 +608,43 @@ class _H2Connection(WriteFlow):
 
 
 class H2Server:
-    """Serves ``handler`` on the h2c connections it adopts (see :meth:`adopt`)."""
+    """Serves ``handler`` on the HTTP/2 connections it adopts (see :meth:`adopt`), with
+    ``settings`` (SETTINGS values) and, with ``tunnels``, WebSockets over HTTP/2."""
 
-    def __init__(self, handler: Handler) -> None:
+    connection_class: type[H2Connection] = H2Connection
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        tunnels: Server | None = None,
+        settings: Mapping[h2.settings.SettingCodes, int] | None = None,
+    ) -> None:
         self.handler = handler
-        self.connections: set[_H2Connection] = set()
+        self.tunnels = tunnels
+        self.settings = dict(settings or {})
+        self.connections: set[H2Connection] = set()
+        self.closing = False
 
-    def adopt(self, transport: asyncio.BaseTransport, received: bytes) -> None:
+    def adopt(
+        self, transport: asyncio.BaseTransport, received: bytes, upgrade: RequestHead | None = None
+    ) -> asyncio.Future[None]:
         """Serve a connection another protocol accepted (``received``: what it already read,
-        the preface first)."""
-        connection = _H2Connection(self)
+        the preface first; ``upgrade``: the HTTP/1.1 request that switched it to h2c, answered
+        on stream 1); the future is done once it has closed."""
+        connection = self.connection_class(self, upgrade)
         transport.set_protocol(connection)
         connection.connection_made(transport)
         if received:
             connection.data_received(received)
+        return connection.closed
 
     async def close(self, grace: float) -> None:
-        """Let streams in flight finish for ``grace`` seconds, then close every connection."""
+        """Serve no new stream, let those in flight finish for ``grace`` seconds, then close
+        every connection (with GOAWAY once its streams are done)."""
+        self.closing = True
+        for connection in list(self.connections):
+            connection.drain()
         await finish(
             [e.task for c in self.connections for e in c.streams.values() if e.task], grace
         )
