@@ -250,27 +250,34 @@ class H2Exchange:
             sent = grpc.UNKNOWN_WITHOUT_TRAILERS
         self.ended = True
         held, self._held = self._held, b""
-        if self._status is not None and not sent and not held:
-            self._send_head(end=True)  # no body, no trailers: one HEADERS frame
-        else:
-            self._send_head()
-            if held and not sent and len(held) <= self.connection.room(self.id):
-                self.connection.send_frame(self.id, held, end=True)
+        connection = self.connection
+        try:
+            if self._status is not None and not sent and not held:
+                self._send_head(end=True)  # no body, no trailers: one HEADERS frame
+            elif held and not sent and len(held) <= connection.room(self.id):
+                self._send_head()
+                connection.send_frame(self.id, held, end=True)
             else:
+                self._send_head()
                 if held:
-                    await self.connection.send_data(self.id, held)
+                    await connection.send_data(self.id, held)
                 if sent:
-                    self.connection.send_headers(self.id, sent, True)
+                    connection.send_headers(self.id, sent, True)
                 else:
-                    self.connection.end_stream(self.id)
-        self.connection.flush()
+                    connection.end_stream(self.id)
+        except ConnectionError:
+            return  # the client reset the stream or went away: nothing more to say
+        connection.flush()
 
     def flush(self) -> None:
         """Put what was written so far on the wire (the head too, even before any body)."""
         self._send_head()
-        if self._held and len(self._held) <= self.connection.room(self.id):
-            held, self._held = self._held, b""
-            self.connection.send_frame(self.id, held)
+        try:
+            if self._held and len(self._held) <= self.connection.room(self.id):
+                held, self._held = self._held, b""
+                self.connection.send_frame(self.id, held)
+        except ConnectionError:
+            pass  # the stream is gone: the next write says so
         self.connection.flush()
 
     def send_now(self, data: bytes) -> None:
@@ -495,11 +502,14 @@ class H2Connection(WriteFlow):
     # -- sending
 
     def room(self, stream_id: int) -> int:
-        """Bytes one DATA frame on ``stream_id`` may carry now."""
+        """Bytes one DATA frame on ``stream_id`` may carry now (ConnectionResetError: the
+        client went away or reset the stream)."""
+        if self.transport is None or stream_id not in self.streams:
+            raise ConnectionResetError("the client went away or reset the stream")
         try:
             window = self.h2.local_flow_control_window(stream_id)
         except h2.exceptions.ProtocolError:
-            return 0  # the stream is closed
+            raise ConnectionResetError("the stream is closed") from None
         return min(window, self.h2.max_outbound_frame_size)
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
@@ -523,8 +533,6 @@ class H2Connection(WriteFlow):
 
     def send_frame(self, stream_id: int, data: bytes, end: bool = False) -> None:
         """One DATA frame that fits :meth:`room`."""
-        if self.transport is None or stream_id not in self.streams:
-            raise ConnectionResetError("the client went away or reset the stream")
         self.h2.send_data(stream_id, data, end_stream=end)
         self._sent_data()
         self.starved_since = None
@@ -536,8 +544,6 @@ class H2Connection(WriteFlow):
         while view:
             room = self.room(stream_id)
             if room <= 0:
-                if self.transport is None or stream_id not in self.streams:
-                    raise ConnectionResetError("the client went away or reset the stream")
                 self.flush()
                 if self.starved_since is None:
                     self.starved_since = self.loop.time()

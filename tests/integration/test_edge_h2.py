@@ -27,10 +27,17 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from shoal.gateway.server import GatewaySettings
 from shoal.http.limits import FloodBudget, KiB
+from shoal.resources.manifest import parse_text
 from shoal.store.connection import Redis
+from shoal.store.embedded import free_port
 from shoal.store.keys import Keys
-from tests.integration.test_edge_h1 import edge_gateway
+from shoal.store.registry import Registry
+from tests.integration.test_edge_h1 import ROUTES, edge_gateway
+from tests.support.backends import echo_backend
+from tests.support.gateway import serving
+from tests.support.wait import eventually
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -477,3 +484,31 @@ async def test_idle_connection_gets_goaway(redis: Redis, redis_url: str, keys: K
         assert 0.9 <= loop.time() - started < 3.0
         assert wire.goaway is not None
         assert wire.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+
+
+async def test_a_stopping_gateway_answers_open_streams_then_says_goaway(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """When the gateway stops, a stream in flight on an HTTP/2 connection is answered whole;
+    meanwhile the client is told to open no more (SETTINGS_MAX_CONCURRENT_STREAMS 0), then
+    gets GOAWAY(NO_ERROR) and the connection closes."""
+    slow = echo_backend("echo", delay=lambda request: 1.0 if request.path == "/slow" else 0.0)
+    settings = GatewaySettings(host="127.0.0.1", port=free_port())
+    async with slow as echo, serving(redis, redis_url, keys, settings) as gw:
+        await Registry(redis, keys).put_instances([echo.endpoint("echo", "v1")], ttl=60)
+        await gw.client.apply(parse_text(ROUTES))
+        await gw.settle()
+        async with H2Wire.to(gw.port) as wire:
+            sid = await wire.request(get(b"/slow"))
+            await eventually(
+                lambda: echo.seen,
+                "the request to reach the upstream",
+                until=lambda seen: any(record["path"] == "/slow" for record in seen),
+            )
+            gw.stop.set()
+            await wire.read_until(lambda: wire.conn.remote_settings.max_concurrent_streams == 0)
+            answer = await wire.answer(sid)
+            assert answer.status == 200 and answer.ended
+            assert await wire.closed()
+            assert wire.goaway is not None
+            assert wire.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR

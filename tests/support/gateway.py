@@ -26,6 +26,7 @@ class Gateway:
 
     port: int
     client: Client
+    stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # set: it drains
 
     @property
     def url(self) -> str:
@@ -50,7 +51,7 @@ async def serving(
     """A gateway served by hypercorn with ``settings``, following the test's key prefix. No CA
     runs: it listens at once, without a mesh certificate (its upstreams are outside the mesh)."""
     settings = dataclasses.replace(settings, identity_wait=0)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # set when the test leaves, or by the test to drain it
     task = asyncio.create_task(
         run_gateway(redis, redis_url, keys, settings=settings, stop=stop, trust_domain="shoal.test")
     )
@@ -61,7 +62,7 @@ async def serving(
     )
     w.close()
     try:
-        yield Gateway(port=settings.port, client=Client(redis, keys))
+        yield Gateway(port=settings.port, client=Client(redis, keys), stop=stop)
     finally:
         stop.set()
         async with asyncio.timeout(10):
