@@ -448,7 +448,7 @@ class H2Connection(WriteFlow):
             self.close()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        if self.server.closing:  # (a stream the client opened before it read the GOAWAY)
+        if self.server.closing:  # (opened before the client read SETTINGS_MAX_CONCURRENT_STREAMS 0)
             self.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         websocket = self.server.tunnels is not None
