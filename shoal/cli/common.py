@@ -205,7 +205,10 @@ def access_log_spec(flag: str | None, component: str) -> str:
 
 MetricsPortOpt = Annotated[
     int,
-    typer.Option("--metrics-port", help="Prometheus /metrics on 127.0.0.1 at this port (0: off)."),
+    typer.Option(
+        "--metrics-port",
+        help="Admin port on 127.0.0.1: Prometheus /metrics, /healthz, /readyz (0: off).",
+    ),
 ]
 ActivationOpt = Annotated[
     float,

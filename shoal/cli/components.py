@@ -51,6 +51,7 @@ from shoal.cli.security import new_join_token
 
 GATEWAY_START_TIMEOUT = 30.0  # seconds shoal up waits for the gateway to listen
 PREVIOUS_STOP_TIMEOUT = 60.0  # seconds shoal up waits for a killed one's processes to stop
+DASHBOARD_PORT = 15100  # clear of Istio's 15000-15090
 
 
 def gateway_settings(
@@ -132,8 +133,8 @@ def up(
     metrics_port: Annotated[
         int,
         typer.Option(
-            help="Prometheus /metrics: the gateway on this port, the node on the next "
-            "(127.0.0.1; 0: off)."
+            help="Admin ports (Prometheus /metrics, /healthz, /readyz): the gateway on this "
+            "port, the node on the next (127.0.0.1; 0: off)."
         ),
     ] = 15090,
     gateway_workers: Annotated[
@@ -143,6 +144,9 @@ def up(
             help="Gateway processes sharing its ports (SO_REUSEPORT); default: one per core.",
         ),
     ] = None,
+    dashboard_port: Annotated[
+        int, typer.Option(help="The dashboard on 127.0.0.1 at this port (0: none).")
+    ] = DASHBOARD_PORT,
     instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
@@ -207,12 +211,26 @@ def up(
             "--key",
             str(Path(key).absolute()),
         ]
+    node_args = [
+        "--mesh-port",
+        str(mesh_port),
+        *activation,
+        "--metrics-port",
+        str(metrics_port + 1 if metrics_port else 0),
+        *shared_args,
+        "--instance-uids",
+        instance_uids,
+    ]
     ports = {"gateway": ("0.0.0.0", port), "mesh": ("127.0.0.1", mesh_port)}
     if metrics_port:
         ports["gateway metrics"] = ("127.0.0.1", metrics_port)
         ports["node metrics"] = ("127.0.0.1", metrics_port + 1)
     if tls_port is not None:
         ports["gateway TLS"] = ("0.0.0.0", tls_port)
+    components = {"controller": [], "node": node_args, "gateway": gateway_args}
+    if dashboard_port:
+        ports["dashboard"] = ("127.0.0.1", dashboard_port)
+        components["dashboard"] = ["--port", str(dashboard_port)]
     try:
         other = running_up(state)
         if other is not None:
@@ -230,20 +248,7 @@ def up(
     sup = Supervisor(
         state_dir=state,
         redis_url=store,
-        component_args={
-            "controller": [],
-            "node": [
-                "--mesh-port",
-                str(mesh_port),
-                *activation,
-                "--metrics-port",
-                str(metrics_port + 1 if metrics_port else 0),
-                *shared_args,
-                "--instance-uids",
-                instance_uids,
-            ],
-            "gateway": gateway_args,
-        },
+        component_args=components,
         env={**os.environ, "SHOAL_HOME": str(state)},
         on_store=lambda url: {"SHOAL_JOIN_TOKEN": new_join_token(url, uses=2)},
         prefix=settings.key_prefix(),
@@ -273,7 +278,11 @@ def up(
         if metrics_port:
             typer.echo(
                 f"metrics    http://127.0.0.1:{metrics_port}/metrics (gateway), "
-                f"http://127.0.0.1:{metrics_port + 1}/metrics (node)"
+                f"http://127.0.0.1:{metrics_port + 1}/metrics (node); /healthz, /readyz"
+            )
+        if dashboard_port:
+            typer.echo(
+                f"dashboard  http://127.0.0.1:{dashboard_port}/  ({cli} top: the same in here)"
             )
         typer.echo(f"logs       {state / 'logs'}  ({cli} logs SERVICE: an instance's output)")
         if example:
@@ -521,6 +530,25 @@ def gateway(
         trust_domain=settings.trust_domain(),
         join_token=read_join_token(join_token),
     )
+
+
+@app.command(short_help="Serve the live dashboard (read-only) in a browser.")
+def dashboard(
+    redis: RedisOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (127.0.0.1: this host only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = DASHBOARD_PORT,
+) -> None:
+    """Serve the dashboard: the mesh's services, revisions with their traffic shares and
+    instances on nodes, requests/s, errors and latency, events and certificate expiries,
+    updated every second. Read-only; it shows no secret.
+
+    Example: shoal dashboard --port 15100
+    """
+    from shoal.platform.dashboard.server import run_dashboard
+
+    run_component(run_dashboard, redis, "dashboard", host=host, port=port)
 
 
 @app.command(short_help="Run a controller: CA, scheduler, autoscaler.")

@@ -12,7 +12,7 @@ import sys
 import typer
 from typer._click import exceptions as usage  # typer's own Click (pinned: see .help)
 
-from shoal.cli import components, config, drills, help, logs, security  # noqa: F401
+from shoal.cli import components, config, drills, help, logs, security, top  # noqa: F401
 from shoal.cli.common import app
 from shoal.errors import ShoalError
 

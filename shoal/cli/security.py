@@ -164,7 +164,10 @@ app.add_typer(store_app, name="store")
 def store_users(
     redis: RedisOpt = None,
     out: Annotated[
-        str, typer.Option(help="Directory for gateway.url, node.url, controller.url (0600).")
+        str,
+        typer.Option(
+            help="Directory for gateway.url, node.url, controller.url, dashboard.url (0600)."
+        ),
     ] = ".",
     output: OutputOpt = "table",
 ) -> None:

@@ -170,6 +170,7 @@ class GatewayApp:
         )
         if isinstance(head, Refusal):
             _note(entry, status=head.status, cause=head.cause)
+            self._answered_here(head.status, head.cause)
             await _answer(exchange, head, close=True)
             return
         gateway = None
@@ -181,12 +182,14 @@ class GatewayApp:
                     404, NO_ROUTE, f"no Gateway server on port {port.port} for {host}"
                 )
                 _note(entry, authority=head.host, status=404, cause=NO_ROUTE)
+                self._answered_here(404, NO_ROUTE)
                 await _answer(exchange, refusal, close=False)
                 return
             tls = bound.server.tls
             if tls is not None and tls.https_redirect and exchange.scheme == "http":
                 location = f"https://{host}{target.decode('latin-1')}".encode("latin-1")
                 _note(entry, authority=head.host, status=301)
+                self._answered_here(301, "")
                 await exchange.respond(301, [(b"location", location)], b"")
                 return
             gateway = bound.gateway
@@ -215,6 +218,8 @@ class GatewayApp:
         result = await self._send(outbound, body)
         if entry is not None:
             entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
+            if outbound.route:
+                entry["route"] = outbound.route
         if isinstance(result, _Refused):
             _note(entry, status=result.refusal.status, cause=result.refusal.cause)
             await _answer(exchange, result.refusal, close=result.clients, fields=ours)
@@ -236,6 +241,13 @@ class GatewayApp:
         sent = await relay(exchange, response, fields, result.done)
         if entry is not None:
             entry["bytes_out"] = sent
+
+    def _answered_here(self, status: int, cause: str) -> None:
+        """Count a request the gateway answers before any route (the forwarder counts the
+        others)."""
+        stats = self.forwarder.proxy_state.stats
+        stats.requests += 1
+        stats.responded("", "", "", status, cause)
 
     async def _send(
         self, outbound: Outbound, body: RequestBody | None

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from shoal.http import grpc
 from shoal.http.headers import Headers, edit, with_authority
 from shoal.http.refusal import (
+    CAUSE_HEADER,
     CRASH_LOOP,
     FAULT_ABORT,
     NO_HEALTHY_UPSTREAM,
@@ -108,6 +109,8 @@ class Outbound:
     scheme: str = "http"  # as the client sent it (what a redirect keeps)
     client_ip: str | None = None  # the caller's address (a consistentHash key)
     gateway: str | None = None  # the Gateway whose listener received it (its routes apply)
+    service: str = ""  # what it was routed to, once known (metrics name it)
+    route: str = ""
 
 
 @dataclass(slots=True)
@@ -186,11 +189,20 @@ class Forwarder:
 
     async def forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
         """Route and send ``req``; the caller relays the body and then calls ``done``."""
-        self.proxy_state.stats.requests += 1
+        stats = self.proxy_state.stats
+        stats.requests += 1
         result = await self._forward(req)
         if isinstance(result, Refusal):
-            refusals = self.proxy_state.stats.refusals
-            refusals[result.cause] = refusals.get(result.cause, 0) + 1
+            stats.refusals[result.cause] = stats.refusals.get(result.cause, 0) + 1
+            stats.responded(req.service, "", req.route, result.status, result.cause)
+        elif isinstance(result, Direct):
+            stats.responded(req.service, "", req.route, result.status, "")
+        else:
+            response, endpoint = result.response, result.endpoint
+            cause = ""
+            if response.status >= 400:  # a router's own answer says why
+                cause = next((v for n, v in response.headers if n == CAUSE_HEADER), b"").decode()
+            stats.responded(endpoint.service, endpoint.revision, req.route, response.status, cause)
         return result
 
     def _decide(self, req: Outbound) -> Decision:
@@ -201,6 +213,8 @@ class Forwarder:
 
     async def _forward(self, req: Outbound) -> Forwarded | Refusal | Direct:
         route = self._decide(req)
+        if isinstance(route, Route):
+            req.service, req.route = route.cluster.service, route.match.name
         if (
             isinstance(route, Route)
             and not route.cluster.endpoints

@@ -54,6 +54,14 @@ class RouteMatch:
             return None
         return self.match.uri.prefix
 
+    @property
+    def name(self) -> str:
+        """The route, as metrics and logs name it: ``<VirtualService>/<http[] name>`` (its index
+        when unnamed); empty for a Service's default route."""
+        if self.virtual_service is None:
+            return ""
+        return f"{self.virtual_service}/{self.route.name or self.route_index}"
+
     def rewrite_path(self, path: str) -> str:
         """``path`` (no query) after the route's ``rewrite.uri``; see :func:`apply_rewrite`."""
         return apply_rewrite(self.route, self.matched_prefix, path)

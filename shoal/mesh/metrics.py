@@ -1,147 +1,205 @@
-"""Prometheus metrics of a proxy process (gateway or node router), from its own report.
+"""Prometheus metrics of a proxy process (gateway or node router), from its own report, and the
+health endpoints of its admin port.
 
 The report a proxy last wrote to Redis (:attr:`shoal.mesh.proxy_state.ProxyState.last_report`:
-counters, load, the activator's and the certificates' parts) is rendered in Prometheus' text
-exposition format on ``GET /metrics`` of a small loopback listener (Istio's proxies use port
-15090). Pure rendering (:func:`render`) and a thin aiohttp server (:class:`MetricsServer`).
+counters, load, the activator's and the certificates' parts) becomes metric families of
+``prometheus_client`` (:func:`families`, pure), exposed in Prometheus' text format by
+``prometheus_client`` itself on ``GET /metrics`` of a small loopback listener (Istio's proxies
+use port 15090). A series exists while its report names it: a service, revision or certificate
+that is gone disappears from the next scrape. The same listener answers ``GET /healthz`` (the
+process is serving) and ``GET /readyz`` (it has applied the store's config: 503 until then).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
-from shoal.mesh.load import percentile
 from shoal.mesh.stats import LATENCY_BUCKETS
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
-
-
-class _Family:
-    def __init__(self, name: str, kind: str, help_text: str) -> None:
-        self.lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        self.name = name
-
-    def add(self, value: float, suffix: str = "", **labels: str) -> None:
-        self.lines.append(f"{self.name}{suffix}{_labels(labels)} {value:g}")
-
-
-def render(report: Mapping[str, Any], component: str) -> str:
-    """``report`` (as a proxy publishes it) in the Prometheus text format."""
-    return render_all({component: report})
-
-
-def render_all(reports: Mapping[str, Mapping[str, Any]]) -> str:
-    """Several processes' reports (by component, e.g. each gateway worker's) in the Prometheus
-    text format: one family per metric, one series per component."""
-    families: dict[str, _Family] = {}
-
-    def family(name: str, kind: str, help_text: str) -> _Family:
-        if name not in families:
-            families[name] = _Family(name, kind, help_text)
-        return families[name]
-
-    for component, report in sorted(reports.items()):
-        _add(family, report, component)
-    return "\n".join(line for f in families.values() for line in f.lines) + "\n"
-
-
-def _add(
-    family: Callable[[str, str, str], _Family], report: Mapping[str, Any], component: str
-) -> None:
-    """One component's series, added to the families ``family`` returns."""
-    base = {"component": component}
-    family("shoal_requests_total", "counter", "Requests received.").add(
-        report.get("requests", 0), **base
-    )
-    family("shoal_retries_total", "counter", "Attempts retried.").add(
-        report.get("retries", 0), **base
-    )
-    refused = family("shoal_refusals_total", "counter", "Requests answered by Shoal, by cause.")
-    for cause, n in sorted((report.get("refusals") or {}).items()):
-        refused.add(n, cause=cause, **base)
-    denied = family(
-        "shoal_authz_denied_total",
-        "counter",
-        "Requests an AuthorizationPolicy refused, by service and DENY policy "
-        '(policy="": no ALLOW policy matched).',
-    )
-    for key, n in sorted((report.get("denied") or {}).items()):
-        service, _, policy = key.partition(" ")
-        denied.add(n, service=service, policy=policy, **base)
-    in_flight = family("shoal_in_flight", "gauge", "Requests in flight, by service.")
-    for service, n in sorted((report.get("in_flight") or {}).items()):
-        in_flight.add(n, service=service, **base)
-    answered = family(
-        "shoal_revision_requests_total", "counter", "Requests answered, by service/revision."
-    )
-    errors = family(
-        "shoal_revision_errors_total",
-        "counter",
-        "Requests whose final answer was a 5xx or none, by service/revision.",
-    )
-    for revision, (total, failed) in sorted((report.get("outcomes") or {}).items()):
-        answered.add(total, revision=revision, **base)
-        errors.add(failed, revision=revision, **base)
-    latency = family(
-        "shoal_revision_latency_seconds",
-        "histogram",
-        "Time from a request to its answer's head, by service/revision.",
-    )
-    for revision, counts in sorted((report.get("latency") or {}).items()):
-        running = 0
-        for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
-            running += count
-            le = "+Inf" if math.isinf(bound) else f"{bound:g}"
-            latency.add(running, "_bucket", le=le, revision=revision, **base)
-        latency.add(running, "_count", revision=revision, **base)
-    held = family("shoal_held_requests", "gauge", "Requests held for activation, by service.")
-    for service, n in sorted((report.get("held") or {}).items()):
-        held.add(n, service=service, **base)
-    family("shoal_activations_total", "counter", "Revisions activated from zero.").add(
-        report.get("activations", 0), **base
-    )
-    cold = [c / 1000 for c in report.get("cold_starts_ms") or ()]
-    summary = family(
-        "shoal_cold_start_seconds", "summary", "Cold starts: first held request to routable."
-    )
-    if cold:
-        for q in (0.5, 0.9, 0.99):
-            summary.add(percentile(cold, q) or 0.0, quantile=f"{q:g}", **base)
-        summary.add(sum(cold), "_sum", **base)
-        summary.add(len(cold), "_count", **base)
-    ejected = family("shoal_ejected_instances", "gauge", "Instances ejected by outlier detection.")
-    for cluster, entries in sorted((report.get("ejections") or {}).items()):
-        ejected.add(len(entries), cluster=cluster, **base)
-    leaves = family("shoal_certificate_expiry_timestamp_seconds", "gauge", "Leaf expiry.")
-    for leaf in (report.get("certs") or {}).get("leaves") or ():
-        when = datetime.fromisoformat(leaf["not_after"]).timestamp()
-        leaves.add(when, identity=leaf["identity"], **base)
-
+COLD_START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
+"""Upper bounds (seconds) of the cold-start histogram."""
 
 Reports = Mapping[str, Mapping[str, Any]]
 
 
-class MetricsServer:
-    """Serves ``GET /metrics`` on ``host:port`` from ``reports()``: the reports to show, by
-    component (a process's own; a first gateway worker's, every worker's)."""
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(bound)
 
-    def __init__(self, reports: Callable[[], Awaitable[Reports]]) -> None:
+
+def _buckets(bounds: Iterable[float], counts: Iterable[int]) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs from per-bucket counts."""
+    running, out = 0, []
+    for bound, count in zip(bounds, counts, strict=False):
+        running += count
+        out.append((_le(bound), float(running)))
+    return out
+
+
+def families(reports: Reports) -> list[Metric]:
+    """Several processes' reports (by component: a process's own, or every gateway worker's)
+    as metric families, one series per component."""
+    c = "component"
+    requests = CounterMetricFamily("shoal_requests", "Requests received.", labels=[c])
+    responses = CounterMetricFamily(
+        "shoal_responses",
+        "Final answers, by service, revision, route, status class and x-shoal-cause (empty: "
+        "the request got no further, or the answer is the instance's).",
+        labels=[c, "service", "revision", "route", "status_class", "cause"],
+    )
+    retries = CounterMetricFamily("shoal_retries", "Attempts retried.", labels=[c])
+    refusals = CounterMetricFamily(
+        "shoal_refusals", "Requests answered by Shoal, by cause.", labels=[c, "cause"]
+    )
+    denied = CounterMetricFamily(
+        "shoal_authz_denied",
+        "Requests an AuthorizationPolicy refused, by service and DENY policy "
+        '(policy="": no ALLOW policy matched).',
+        labels=[c, "service", "policy"],
+    )
+    inbound = CounterMetricFamily(
+        "shoal_inbound_requests",
+        "Requests a node router took in for one of its instances.",
+        labels=[c, "instance"],
+    )
+    in_flight = GaugeMetricFamily("shoal_in_flight", "Requests in flight.", labels=[c, "service"])
+    answered = CounterMetricFamily(
+        "shoal_revision_requests", "Requests answered, by service/revision.", labels=[c, "revision"]
+    )
+    errors = CounterMetricFamily(
+        "shoal_revision_errors",
+        "Requests whose final answer was a 5xx or none, by service/revision.",
+        labels=[c, "revision"],
+    )
+    latency = HistogramMetricFamily(
+        "shoal_revision_latency_seconds",
+        "Time from a request to its answer's head, by service/revision.",
+        labels=[c, "revision"],
+    )
+    held = GaugeMetricFamily(
+        "shoal_held_requests", "Requests held for activation.", labels=[c, "service"]
+    )
+    activations = CounterMetricFamily(
+        "shoal_activations", "Revisions activated from zero.", labels=[c]
+    )
+    cold = HistogramMetricFamily(
+        "shoal_cold_start_seconds",
+        "Cold starts: first held request to routable (the last ones kept).",
+        labels=[c],
+    )
+    ejected = GaugeMetricFamily(
+        "shoal_ejected_instances",
+        "Instances ejected by outlier detection.",
+        labels=[c, "cluster"],
+    )
+    expiry = GaugeMetricFamily(
+        "shoal_certificate_expiry_timestamp_seconds",
+        "When the certificate of an identity this process holds expires (Unix time).",
+        labels=[c, "identity"],
+    )
+    for component, report in sorted(reports.items()):
+        requests.add_metric([component], report.get("requests", 0))
+        retries.add_metric([component], report.get("retries", 0))
+        activations.add_metric([component], report.get("activations", 0))
+        for row in report.get("responses") or ():
+            *labels, n = row
+            responses.add_metric([component, *labels], n)
+        for cause, n in sorted((report.get("refusals") or {}).items()):
+            refusals.add_metric([component, cause], n)
+        for key, n in sorted((report.get("denied") or {}).items()):
+            service, _, policy = key.partition(" ")
+            denied.add_metric([component, service, policy], n)
+        for instance, n in sorted((report.get("inbound") or {}).items()):
+            inbound.add_metric([component, instance], n)
+        for service, n in sorted((report.get("in_flight") or {}).items()):
+            in_flight.add_metric([component, service], n)
+        for revision, (total, failed) in sorted((report.get("outcomes") or {}).items()):
+            answered.add_metric([component, revision], total)
+            errors.add_metric([component, revision], failed)
+        sums = report.get("latency_sum") or {}
+        for revision, counts in sorted((report.get("latency") or {}).items()):
+            buckets = _buckets(LATENCY_BUCKETS, counts)
+            latency.add_metric([component, revision], buckets, sums.get(revision, 0.0))
+        for service, n in sorted((report.get("held") or {}).items()):
+            held.add_metric([component, service], n)
+        starts = [ms / 1000 for ms in report.get("cold_starts_ms") or ()]
+        if starts:
+            counts = [0] * len(COLD_START_BUCKETS)
+            for seconds in starts:
+                counts[next(i for i, b in enumerate(COLD_START_BUCKETS) if seconds <= b)] += 1
+            cold.add_metric([component], _buckets(COLD_START_BUCKETS, counts), sum(starts))
+        for cluster, entries in sorted((report.get("ejections") or {}).items()):
+            ejected.add_metric([component, cluster], len(entries))
+        for leaf in (report.get("certs") or {}).get("leaves") or ():
+            when = datetime.fromisoformat(leaf["not_after"]).timestamp()
+            expiry.add_metric([component, leaf["identity"]], when)
+    return [
+        requests,
+        responses,
+        retries,
+        refusals,
+        denied,
+        inbound,
+        in_flight,
+        answered,
+        errors,
+        latency,
+        held,
+        activations,
+        cold,
+        ejected,
+        expiry,
+    ]
+
+
+class _Fixed(Collector):
+    """A collector of families built beforehand (one scrape's)."""
+
+    def __init__(self, built: list[Metric]) -> None:
+        self._built = built
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._built
+
+
+def render_all(reports: Reports) -> str:
+    """``reports`` (by component) in Prometheus' text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families(reports)))
+    return generate_latest(registry).decode()
+
+
+def render(report: Mapping[str, Any], component: str) -> str:
+    """One process's ``report`` in Prometheus' text exposition format."""
+    return render_all({component: report})
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` on ``host:port`` from ``reports()`` (the reports to show, by
+    component: a process's own; a first gateway worker's, every worker's), ``GET /healthz``
+    and ``GET /readyz`` (``ready()``: None when ready, else why not)."""
+
+    def __init__(
+        self,
+        reports: Callable[[], Awaitable[Reports]],
+        ready: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.reports = reports
+        self.ready = ready
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -151,10 +209,21 @@ class MetricsServer:
             headers={"content-type": CONTENT_TYPE},
         )
 
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        why = self.ready()
+        if why is None:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {why}\n")
+
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()

@@ -8,7 +8,7 @@ One :class:`ProxyProcess` wires, once for both kinds of process:
   in step with the store and publish its report;
 - the :class:`~shoal.mesh.activation.Activator` that holds requests for services at zero, and
   its part of the report;
-- the Prometheus ``/metrics`` listener, when a port is given.
+- the admin listener (Prometheus ``/metrics``, ``/healthz``, ``/readyz``), when a port is given.
 
 ``async with process.running():`` starts the background tasks and the metrics listener; they
 belong to one :class:`~shoal.mesh.tasks.TaskScope`, so leaving the block stops them and waits
@@ -68,7 +68,7 @@ class ProxyProcess:
         )
         self.state.extra_reports.append(self.activator.report)
         self._siblings = siblings  # component prefix of the processes /metrics also shows
-        self.metrics = MetricsServer(self._reports)
+        self.metrics = MetricsServer(self._reports, self._ready)
         self._metrics_at = (metrics_host, metrics_port) if metrics_port is not None else None
 
     async def _reports(self) -> dict[str, Mapping[str, Any]]:
@@ -79,6 +79,10 @@ class ProxyProcess:
             reports = {c: r for c, r in live.items() if c.startswith(self._siblings)}
         reports[self.component] = self.state.last_report
         return reports
+
+    def _ready(self) -> str | None:
+        """Why the process is not ready to route yet (None: it is)."""
+        return None if self.state.applied else "the store's config is not applied yet"
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ProxyProcess]:

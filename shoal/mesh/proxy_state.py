@@ -205,6 +205,7 @@ class ProxyState:
         self._view: View | None = None  # the last one, to rebuild from when those change
         self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
         self.last_report: dict[str, Any] = {}  # what report() returned last, for /metrics
+        self.applied = False  # a view of the store has been applied (the process is ready)
         self._reports = 0
         self.rng = rng or random.Random()
         self.stats = Stats()
@@ -276,6 +277,7 @@ class ProxyState:
                 {key[0]: c.policy for key, c in table.clusters.items() if key[1] is None},
             ),
         )
+        self.applied = True
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -395,6 +397,8 @@ class ProxyState:
             "unreachable": sorted(self.unreachable),
             "outcomes": {k: list(v) for k, v in s.outcomes.items()},
             "latency": {k: list(v) for k, v in s.latency.items()},
+            "latency_sum": {k: round(v, 6) for k, v in s.latency_sum.items()},
+            "responses": [[*k, n] for k, n in s.responses.items()],
             "ejections": ejections,
         }
         return self.last_report

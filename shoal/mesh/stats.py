@@ -1,5 +1,6 @@
 """The counters one proxy process keeps and publishes: requests, retries, refusals by cause,
-in-flight and served requests by service, and per-revision outcomes and latency.
+in-flight and served requests by service, per-revision outcomes and latency, and every final
+answer by service, revision, route, status class and cause.
 
 Rollouts judge a revision on its outcomes and its latency histogram (:func:`quantile`);
 ``shoal status``, drills and ``/metrics`` read the rest.
@@ -46,6 +47,15 @@ class Stats:
     outcomes: dict[str, list[int]] = field(default_factory=dict)
     # by service/revision, since start: answers per LATENCY_BUCKETS bound (request to head)
     latency: dict[str, list[int]] = field(default_factory=dict)
+    latency_sum: dict[str, float] = field(default_factory=dict)  # seconds, by service/revision
+    # final answers, since start, by (service, revision, route, status class, x-shoal-cause)
+    responses: dict[tuple[str, str, str, str, str], int] = field(default_factory=dict)
+
+    def responded(self, service: str, revision: str, route: str, status: int, cause: str) -> None:
+        """Count a request's final answer: ``status`` (its class: ``2xx``…) and, when Shoal
+        made it, its ``cause``; empty names where the request got no further."""
+        key = (service, revision, route, f"{status // 100}xx", cause)
+        self.responses[key] = self.responses.get(key, 0) + 1
 
     def deny(self, service: str, policy: str | None) -> None:
         """Count a request to ``service`` an AuthorizationPolicy refused (``policy``: the DENY
@@ -61,3 +71,4 @@ class Stats:
         outcome[1] += error
         buckets = self.latency.setdefault(revision, [0] * len(LATENCY_BUCKETS))
         buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum[revision] = self.latency_sum.get(revision, 0.0) + seconds

@@ -7,7 +7,8 @@ derived from the administrator's (:func:`password`, so nothing more is stored) a
 - the keys of its cluster (``SHOAL_PREFIX``) that it uses: gateways and nodes get config,
   registry, acknowledgements and reports, the trust bundle and certificate requests, but not the
   join-token digests or the admitted requesters (with a digest one could mint join proofs);
-  the controller (CA, scheduler, autoscaler) gets every key of its cluster;
+  the controller (CA, scheduler, autoscaler) gets every key of its cluster; the dashboard reads
+  (read commands only) what ``shoal status`` shows;
 - no administrative or dangerous command (``CONFIG``, ``DEBUG``, ``MODULE``, ``ACL``,
   ``SHUTDOWN``, ``FLUSHALL``, ``KEYS``, ``MONITOR``, replication…): a stolen component
   credential cannot rewrite Redis's files or turn it into another host's replica.
@@ -48,12 +49,19 @@ PROXY_KEYS = (
     "pki:csr",
     "pki:reply:*",
 )
+# What the dashboard shows (shoal status's reads): no certificate request, reply or token.
+DASHBOARD_KEYS = ("cfg:*", "rev", "instances", "nodes", "leases:*", "acks", "reports", "autoscaler")
 ROLES: dict[str, tuple[str, ...]] = {
     "gateway": PROXY_KEYS,
     "node": PROXY_KEYS,
     "controller": ("*",),
+    "dashboard": DASHBOARD_KEYS,
 }
 COMMANDS = ("+@all", "-@admin", "-@dangerous")
+# The dashboard only reads (and runs the read-only script that lists live acks and reports).
+ROLE_COMMANDS = {
+    "dashboard": ("+@read", "+@connection", "+eval", "+time", "-@admin", "-@dangerous")
+}
 EXTRA = {"controller": ("+info",)}  # its pruning waits out a store restart (uptime)
 
 
@@ -66,7 +74,8 @@ def user_name(role: str, prefix: str) -> str:
 def rules(role: str, prefix: str) -> list[str]:
     """``ACL SETUSER`` rules of ``role``'s user, its password aside."""
     patterns = [f"~{prefix}{key}" for key in ROLES[role]]
-    return ["on", "resetkeys", *patterns, "resetchannels", *COMMANDS, *EXTRA.get(role, ())]
+    commands = ROLE_COMMANDS.get(role, COMMANDS)
+    return ["on", "resetkeys", *patterns, "resetchannels", *commands, *EXTRA.get(role, ())]
 
 
 def password(admin: str, role: str) -> str:

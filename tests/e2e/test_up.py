@@ -21,6 +21,8 @@ from urllib.request import Request, urlopen
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from shoal.store.embedded import recorded_url
 from tests.support.procfs import descendants, still_running, uid_of
@@ -35,6 +37,7 @@ class Platform:
     port: int
     mesh_port: int
     metrics_port: int = 0
+    dashboard_port: int = 0  # (0: none)
     process: subprocess.Popen[str] | None = None
     extra: tuple[str, ...] = ()  # more ``shoal up`` flags
 
@@ -61,6 +64,8 @@ class Platform:
                 "2",
                 "--metrics-port",
                 str(self.metrics_port),
+                "--dashboard-port",
+                str(self.dashboard_port),
                 *self.extra,
             ],
             env=self.env,
@@ -145,6 +150,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
         port=listen_ports(),
         mesh_port=listen_ports(),
         metrics_port=listen_ports(2),
+        dashboard_port=listen_ports(),
     )
     p.start()
     yield p
@@ -245,14 +251,29 @@ def test_example_end_to_end(platform: Platform, tmp_path: Path) -> None:
         with urlopen(f"http://127.0.0.1:{platform.metrics_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
+    def samples(name: str) -> list[Sample]:
+        families = text_string_to_metric_families(metrics())
+        return [s for family in families for s in family.samples if s.name == name]
+
     # One gateway process per core: the first serves every worker's series (gateway/K).
-    wanted = re.compile(
-        r'^shoal_refusals_total\{cause="cold_start_timeout",component="gateway(/\d+)?"\} 1$', re.M
+    eventually_sync(
+        lambda: [
+            s.value
+            for s in samples("shoal_refusals_total")
+            if s.labels["cause"] == "cold_start_timeout"
+        ],
+        "one cold_start_timeout refusal in the gateway's metrics",
+        until=lambda found: found == [1.0],
+        timeout=5,
+        interval=0.1,
     )
-    eventually_sync(lambda: wanted.search(metrics()), wanted.pattern, timeout=5, interval=0.1)
-    series = r'^shoal_revision_requests_total\{component="(gateway[^"]*)",revision="(hello/v\d)"'
-    served = re.findall(series, metrics(), re.M)
+    served = [
+        (s.labels["component"], s.labels["revision"])
+        for s in samples("shoal_revision_requests_total")
+        if s.labels["revision"].startswith("hello/")
+    ]
     assert served and len(served) == len(set(served))  # each worker's series once
+    assert all(re.fullmatch(r"gateway(/\d+)?", component) for component, _ in served)
     status, headers, _ = platform.request("nowhere.example")
     assert (status, headers["x-shoal-cause"]) == (404, "no_route")
 
@@ -417,12 +438,19 @@ def test_no_secret_on_a_command_line_or_in_an_instance_environment(
 
 @pytest.mark.timeout(120)
 def test_each_component_uses_a_store_user_of_its_own(platform: Platform) -> None:
-    """Controller, node and gateway connect as their own Redis users (none as the
-    administrator), and running the example, changing weights and rotating the CA never hits
-    a permission they lack (Redis's ACL log stays empty)."""
+    """Controller, node, gateway and dashboard connect as their own Redis users (none as the
+    administrator), and running the example, changing weights, rotating the CA and showing it
+    all on the dashboard never hits a permission they lack (Redis's ACL log stays empty)."""
     eventually_sync(
         lambda: ready_count(platform), "5 ready instances", until=lambda n: n == 5, timeout=30
     )
+
+    def shown() -> list[str]:
+        url = f"http://127.0.0.1:{platform.dashboard_port}/api/overview"
+        with urlopen(url, timeout=5) as r:
+            return [s["name"] for s in json.loads(r.read())["services"]]
+
+    eventually_sync(shown, "the dashboard to show the example", until=lambda s: "hello" in s)
     assert platform.shoal("weights", "hello", "v1=50", "v2=50").returncode == 0
     rotated = platform.shoal("certs", "rotate")
     assert rotated.returncode == 0, rotated.stderr
@@ -433,7 +461,7 @@ def test_each_component_uses_a_store_user_of_its_own(platform: Platform) -> None
     admin = redis.Redis.from_url(url, decode_responses=True)
     try:
         users = {c["user"] for c in admin.client_list() if c["id"] != str(admin.client_id())}
-        assert users == {"shoal-controller", "shoal-node", "shoal-gateway"}, users
+        assert users == {"shoal-controller", "shoal-node", "shoal-gateway", "shoal-dashboard"}
         assert admin.acl_log() == []
     finally:
         admin.close()

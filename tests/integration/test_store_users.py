@@ -89,6 +89,29 @@ def test_the_controller_reaches_every_key_of_its_cluster_but_no_administration(
         client.close()
 
 
+def test_the_dashboard_only_reads_what_status_shows(embedded: EmbeddedRedis) -> None:
+    """The dashboard's user reads config, registry, acks and reports (and runs the read-only
+    script listing live ones), but writes nothing, and reads no certificate request, token
+    digest or admitted requester."""
+    admin = redis.Redis.from_url(embedded.url, decode_responses=True)
+    client = as_user(embedded, "dashboard")
+    try:
+        admin.hset("acl:cfg:Service", "x", "{}")
+        assert client.hget("acl:cfg:Service", "x") == "{}"
+        assert client.hgetall("acl:reports") == {}
+        assert client.time()
+        assert refused(lambda: client.hset("acl:cfg:Service", "y", "{}"))
+        assert refused(lambda: client.delete("acl:instances"))
+        assert refused(lambda: client.hget("acl:pki:tokens", "t"))
+        assert refused(lambda: client.xrange("acl:pki:csr"))
+        assert refused(lambda: client.get("other:rev"))
+        for command in ADMINISTRATIVE:
+            assert refused(lambda command=command: client.execute_command(*command)), command
+    finally:
+        client.close()
+        admin.close()
+
+
 def test_the_administrator_keeps_every_right(embedded: EmbeddedRedis) -> None:
     """The URL the CLI finds (``default``) still does everything."""
     client = redis.Redis.from_url(embedded.url, decode_responses=True)
@@ -99,6 +122,7 @@ def test_the_administrator_keeps_every_right(embedded: EmbeddedRedis) -> None:
             "acl-gateway",
             "acl-node",
             "acl-controller",
+            "acl-dashboard",
         }
         assert client.get("other:rev") is None
     finally:
@@ -125,6 +149,7 @@ def test_store_users_creates_the_users_on_an_external_store(
         "gateway.url": 0o600,
         "node.url": 0o600,
         "controller.url": 0o600,
+        "dashboard.url": 0o600,
     }
     node = redis.Redis.from_url(node_url, decode_responses=True)
     try:

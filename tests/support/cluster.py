@@ -66,6 +66,8 @@ class Cluster:
     mesh_port: int
     gateway_port: int
     tls_port: int | None = None  # the gateway's TLS port, when it serves one
+    gateway_admin: int = 0  # the gateway's admin port (/metrics, /healthz, /readyz)
+    node_admin: int = 0  # the node's
 
     @property
     def gateway_url(self) -> str:
@@ -120,7 +122,7 @@ async def running_cluster(
     (a clone in a ``mktemp -d`` directory); tests of isolation itself give the range. With
     ``access_logs`` (a directory), the gateway and the node write their access logs there."""
     stop = asyncio.Event()
-    mesh_port = free_port()
+    mesh_port, gateway_admin, node_admin = free_port(), free_port(), free_port()
     token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
     controller = asyncio.create_task(
         Controller(
@@ -148,6 +150,7 @@ async def running_cluster(
             limits=limits,
             instance_uids=instance_uids,
             access_log=str(access_logs / "access-node.log") if access_logs else "off",
+            metrics_port=node_admin,
         )
     )
     gateway_port = free_port()
@@ -168,6 +171,7 @@ async def running_cluster(
                 port=gateway_port,
                 limits=limits or EdgeLimits(),
                 access_log=str(access_logs / "access-gateway.log") if access_logs else "off",
+                metrics_port=gateway_admin,
                 **serving,
             ),
         )
@@ -180,7 +184,9 @@ async def running_cluster(
             ignore=(OSError,),
         )
         writer.close()
-        yield Cluster(Client(redis, keys), mesh_port, gateway_port, tls_port)
+        yield Cluster(
+            Client(redis, keys), mesh_port, gateway_port, tls_port, gateway_admin, node_admin
+        )
     finally:
         stop.set()
         components = {"controller": controller, "node": node, "gateway": gateway}

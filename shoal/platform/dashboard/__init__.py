@@ -1,0 +1,1 @@
+"""The dashboard: a read-only view of the mesh, live (``shoal dashboard``, ``shoal top``)."""
