@@ -134,7 +134,7 @@ def up(
         int,
         typer.Option(
             help="Admin ports (Prometheus /metrics, /healthz, /readyz): the gateway on this "
-            "port, the node on the next (127.0.0.1; 0: off)."
+            "port, the node on the next, the controller on the one after (127.0.0.1; 0: off)."
         ),
     ] = 15090,
     gateway_workers: Annotated[
@@ -225,9 +225,11 @@ def up(
     if metrics_port:
         ports["gateway metrics"] = ("127.0.0.1", metrics_port)
         ports["node metrics"] = ("127.0.0.1", metrics_port + 1)
+        ports["controller metrics"] = ("127.0.0.1", metrics_port + 2)
     if tls_port is not None:
         ports["gateway TLS"] = ("0.0.0.0", tls_port)
-    components = {"controller": [], "node": node_args, "gateway": gateway_args}
+    controller_args = ["--metrics-port", str(metrics_port + 2 if metrics_port else 0)]
+    components = {"controller": controller_args, "node": node_args, "gateway": gateway_args}
     if dashboard_port:
         ports["dashboard"] = ("127.0.0.1", dashboard_port)
         components["dashboard"] = ["--port", str(dashboard_port)]
@@ -278,7 +280,8 @@ def up(
         if metrics_port:
             typer.echo(
                 f"metrics    http://127.0.0.1:{metrics_port}/metrics (gateway), "
-                f"http://127.0.0.1:{metrics_port + 1}/metrics (node); /healthz, /readyz"
+                f":{metrics_port + 1} (node), :{metrics_port + 2} (controller); "
+                "/healthz, /readyz"
             )
         if dashboard_port:
             typer.echo(
@@ -581,6 +584,7 @@ def controller(
         float,
         typer.Option(help="Seconds a retired revision beyond --keep-retired lives on."),
     ] = 48 * 3600.0,
+    metrics_port: MetricsPortOpt = 15092,
 ) -> None:
     """Run a controller (one leads; others stand by): CA, scheduler, autoscaler.
 
@@ -607,4 +611,5 @@ def controller(
         state_dir=settings.state_dir(),
         autoscale=autoscale,
         trust_domain=settings.trust_domain(),
+        metrics_port=metrics_port or None,
     )

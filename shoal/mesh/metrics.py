@@ -1,5 +1,5 @@
 """Prometheus metrics of a proxy process (gateway or node router), from its own report, and the
-health endpoints of its admin port.
+admin listener every component serves them on, with its health endpoints.
 
 The report a proxy last wrote to Redis (:attr:`shoal.mesh.proxy_state.ProxyState.last_report`:
 counters, load, the activator's and the certificates' parts) becomes metric families of
@@ -176,11 +176,16 @@ class _Fixed(Collector):
         yield from self._built
 
 
+def exposition(built: list[Metric]) -> str:
+    """Metric families in Prometheus' text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(built))
+    return generate_latest(registry).decode()
+
+
 def render_all(reports: Reports) -> str:
     """``reports`` (by component) in Prometheus' text exposition format."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(families(reports)))
-    return generate_latest(registry).decode()
+    return exposition(families(reports))
 
 
 def render(report: Mapping[str, Any], component: str) -> str:
@@ -189,24 +194,23 @@ def render(report: Mapping[str, Any], component: str) -> str:
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` on ``host:port`` from ``reports()`` (the reports to show, by
-    component: a process's own; a first gateway worker's, every worker's), ``GET /healthz``
-    and ``GET /readyz`` (``ready()``: None when ready, else why not)."""
+    """An admin listener on ``host:port``: ``GET /metrics`` answers ``metrics()`` (Prometheus
+    text), ``GET /healthz`` says the process serves, ``GET /readyz`` whether ``ready()`` (None:
+    ready, else why not)."""
 
     def __init__(
         self,
-        reports: Callable[[], Awaitable[Reports]],
+        metrics: Callable[[], Awaitable[str]],
         ready: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.reports = reports
+        self.metrics = metrics
         self.ready = ready
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
-            body=render_all(await self.reports()).encode(),
-            headers={"content-type": CONTENT_TYPE},
+            body=(await self.metrics()).encode(), headers={"content-type": CONTENT_TYPE}
         )
 
     async def _healthz(self, _request: web.Request) -> web.Response:

@@ -25,7 +25,7 @@ from shoal.mesh.activation import Activator, asker
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.external_health import probe_forever
 from shoal.mesh.follow import follow
-from shoal.mesh.metrics import MetricsServer
+from shoal.mesh.metrics import MetricsServer, render_all
 from shoal.mesh.proxy_state import ProxyState
 from shoal.mesh.tasks import TaskScope
 from shoal.store.acks import live_reports
@@ -68,7 +68,7 @@ class ProxyProcess:
         )
         self.state.extra_reports.append(self.activator.report)
         self._siblings = siblings  # component prefix of the processes /metrics also shows
-        self.metrics = MetricsServer(self._reports, self._ready)
+        self.metrics = MetricsServer(self._metrics, self._ready)
         self._metrics_at = (metrics_host, metrics_port) if metrics_port is not None else None
 
     async def _reports(self) -> dict[str, Mapping[str, Any]]:
@@ -79,6 +79,9 @@ class ProxyProcess:
             reports = {c: r for c, r in live.items() if c.startswith(self._siblings)}
         reports[self.component] = self.state.last_report
         return reports
+
+    async def _metrics(self) -> str:
+        return render_all(await self._reports())
 
     def _ready(self) -> str | None:
         """Why the process is not ready to route yet (None: it is)."""

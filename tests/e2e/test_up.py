@@ -124,7 +124,8 @@ def ready_count(p: Platform) -> int:
 
 def listen_ports(count: int = 1) -> int:
     """The first of ``count`` consecutive ports free now, for ``shoal up`` to listen on later
-    (it gives the node ``metrics_port + 1``). Picked below the kernel's ephemeral range: a port
+    (it gives the node ``metrics_port + 1``, the controller ``+ 2``). Picked below the
+    kernel's ephemeral range: a port
     from that range (as binding port 0 gives) may meanwhile become some client socket's own
     port (seen: "node metrics port 37070 (Address already in use)")."""
     low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
@@ -149,7 +150,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
         home=tmp_path / "home",
         port=listen_ports(),
         mesh_port=listen_ports(),
-        metrics_port=listen_ports(2),
+        metrics_port=listen_ports(3),
         dashboard_port=listen_ports(),
     )
     p.start()
@@ -451,6 +452,19 @@ def test_each_component_uses_a_store_user_of_its_own(platform: Platform) -> None
             return [s["name"] for s in json.loads(r.read())["services"]]
 
     eventually_sync(shown, "the dashboard to show the example", until=lambda s: "hello" in s)
+    for offset in range(3):  # gateway, node, controller: each an admin port of its own
+        with urlopen(f"http://127.0.0.1:{platform.metrics_port + offset}/readyz", timeout=5) as r:
+            assert r.status == 200
+    controller = f"http://127.0.0.1:{platform.metrics_port + 2}/metrics"
+    with urlopen(controller, timeout=5) as r:
+        text = r.read().decode()
+    leading = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "shoal_controller_leading"
+    ]
+    assert leading == [1.0]
     assert platform.shoal("weights", "hello", "v1=50", "v2=50").returncode == 0
     rotated = platform.shoal("certs", "rotate")
     assert rotated.returncode == 0, rotated.stderr

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 from shoal.mesh.metrics import families
+from shoal.platform.control.metrics import ControllerReport
+from shoal.platform.control.metrics import families as controller_families
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "shoal-dashboard.json"
 
@@ -17,7 +19,7 @@ def _exposed() -> set[str]:
     """Every sample name /metrics can show (a histogram's _bucket/_sum/_count, a counter's
     _total)."""
     names = set()
-    for family in families({}):
+    for family in [*families({}), *controller_families(ControllerReport())]:
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shoal.mesh.metrics import render, render_all
+from shoal.mesh.metrics import exposition, render, render_all
 from shoal.mesh.stats import Stats
+from shoal.platform.control.metrics import ControllerReport
+from shoal.platform.control.metrics import families as controller_families
 
 NOT_AFTER = "2026-11-27T13:37:41+00:00"
 
@@ -119,3 +121,22 @@ def test_stats_count_answers_by_status_class() -> None:
         ("hello", "v1", "hello/0", "2xx", ""): 2,
         ("hello", "v1", "hello/0", "5xx", "x"): 1,
     }
+
+
+def test_the_controller_counts_scaling_decisions_by_direction() -> None:
+    """A decision counts when it changes a revision's desired instances; the gauges show the
+    last one; everything parses as Prometheus text."""
+    report = ControllerReport(leading=True, ticks=3)
+    report.decided({"hello/v1": (1, 1, False)})
+    report.decided({"hello/v1": (3, 1, True)})
+    report.decided({"hello/v1": (3, 3, True)})
+    report.decided({"hello/v1": (2, 3, False)})
+    found = samples(exposition(controller_families(report)))
+    assert value(found, "shoal_controller_leading") == 1
+    assert value(found, "shoal_controller_ticks_total") == 3
+    scaled = "shoal_scaling_decisions_total"
+    assert value(found, scaled, revision="hello/v1", direction="up") == 1
+    assert value(found, scaled, revision="hello/v1", direction="down") == 1
+    assert value(found, "shoal_autoscaler_desired_instances", revision="hello/v1") == 2
+    assert value(found, "shoal_autoscaler_ready_instances", revision="hello/v1") == 3
+    assert value(found, "shoal_autoscaler_panicking", revision="hello/v1") == 0

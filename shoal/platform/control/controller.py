@@ -25,10 +25,12 @@ from typing import Any
 from shoal.errors import StoreError, UserError
 from shoal.identity.pki import PKIError
 from shoal.mesh.activation import ACTIVATION
+from shoal.mesh.metrics import MetricsServer, exposition
 from shoal.mesh.tasks import task_group
 from shoal.platform.ca.authority import Authority
 from shoal.platform.ca.rotation import entitled
 from shoal.platform.ca.signer import CAFiles
+from shoal.platform.control.metrics import ControllerReport, families
 from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_reason
 from shoal.platform.runtime.agent import HEARTBEAT_EVERY, LEASE_TTL, PLACEMENT
@@ -199,6 +201,7 @@ class Controller:
         self._dirty = asyncio.Event()
         self._steady_since: float | None = None  # since when we lead with the store reachable
         self._unplaced: dict[str, str] = {}  # revision -> why some of it is unplaced (logged)
+        self.report = ControllerReport()  # what its admin port's /metrics shows
 
     def _entitled(self, requester: str, identity: str) -> bool:
         placements = {
@@ -235,6 +238,8 @@ class Controller:
         if leading != self.leading:
             log.info("controller %s %s", self.id, "leads" if leading else "stands by")
             self.leading = leading
+        self.report.ticks += 1
+        self.report.leading = leading
         await self._sign(leading)
         if not leading:
             self._steady_since = None
@@ -281,6 +286,9 @@ class Controller:
         changes += self._collect(view, services, now)
         if changes:
             await self.config.write(changes, fence=self.id)
+        self.report.decided(
+            {key: (d.desired, ready.get(key, 0), d.panicking) for key, d in decisions.items()}
+        )
         await self.decisions.publish(
             {
                 key: {
@@ -389,8 +397,24 @@ async def run_controller(
     state_dir: Path,
     trust_domain: str,
     autoscale: AutoscaleSettings | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """The ``shoal controller`` process body."""
-    await Controller(
+    """The ``shoal controller`` process body; with ``metrics_port``, its admin listener on
+    127.0.0.1 (``/metrics``, ``/healthz``, ``/readyz``: ready once a round has run)."""
+    controller = Controller(
         redis, url, keys, state_dir=state_dir, trust_domain=trust_domain, autoscale=autoscale
-    ).run(stop)
+    )
+    admin = MetricsServer(
+        lambda: _text(controller.report),
+        lambda: None if controller.report.ticks else "no round run yet",
+    )
+    if metrics_port is not None:
+        await admin.start("127.0.0.1", metrics_port)
+    try:
+        await controller.run(stop)
+    finally:
+        await admin.stop()
+
+
+async def _text(report: ControllerReport) -> str:
+    return exposition(families(report))
