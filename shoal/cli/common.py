@@ -186,6 +186,16 @@ AccessLogOpt = Annotated[
         ".log, cut at 10 MiB), - for standard output, or off.",
     ),
 ]
+OtlpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--otlp-endpoint",
+        metavar="URL",
+        envvar="SHOAL_OTLP_ENDPOINT",
+        help="Export each logged request's span over OTLP/HTTP to this collector "
+        "(e.g. http://127.0.0.1:4318; spans go to <URL>/v1/traces).",
+    ),
+]
 AccessLogSampleOpt = Annotated[
     float,
     typer.Option(

@@ -38,6 +38,7 @@ from shoal.cli.common import (
     JoinTokenOpt,
     LimitOpt,
     MetricsPortOpt,
+    OtlpOpt,
     RedisOpt,
     TrustedHopsOpt,
     UnderscoreHeadersOpt,
@@ -150,6 +151,7 @@ def up(
     instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
+    otlp_endpoint: OtlpOpt = None,
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -192,6 +194,8 @@ def up(
     logging_args = ["--access-log-sample", str(access_log_sample)]
     if access_log is not None:
         logging_args += ["--access-log", access_log]
+    if otlp_endpoint:
+        logging_args += ["--otlp-endpoint", otlp_endpoint]
     shared_args += logging_args
     gateway_args += shared_args
     if trusted_hops is not None:
@@ -405,6 +409,7 @@ def node(
     instance_uids: InstanceUidsOpt = DEFAULT_RANGE,
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
+    otlp_endpoint: OtlpOpt = None,
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -439,6 +444,7 @@ def node(
         instance_uids=uids,
         access_log=access_log_spec(access_log, "node"),
         access_log_sample=access_log_sample,
+        otlp_endpoint=otlp_endpoint,
     )
 
 
@@ -475,6 +481,7 @@ def gateway(
     ] = 10.0,
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
+    otlp_endpoint: OtlpOpt = None,
     worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the HTTP gateway.
@@ -508,6 +515,7 @@ def gateway(
                 identity_wait=identity_wait,
                 access_log=access_log_spec(access_log, "gateway"),
                 access_log_sample=access_log_sample,
+                otlp_endpoint=otlp_endpoint,
             ),
         )
     except ShoalError as e:

@@ -73,6 +73,7 @@ class GatewaySettings:
     metrics_host: str = "127.0.0.1"
     access_log: str = OFF  # a file, "-" (standard output) or "off" (shoal.mesh.access_log)
     access_log_sample: float = 1.0  # the share of requests logged (by trace id)
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector each logged request's span goes to
 
     def __post_init__(self) -> None:
         if self.trusted_hops < 0:
@@ -153,7 +154,12 @@ async def run_gateway(
     identity = str(gateway_id(trust_domain))
     process.credentials.want(identity)
     upstreams = Upstreams()
-    access_log = open_access_log(settings.access_log, component, sample=settings.access_log_sample)
+    access_log = open_access_log(
+        settings.access_log,
+        component,
+        sample=settings.access_log_sample,
+        otlp_endpoint=settings.otlp_endpoint,
+    )
     app = GatewayApp(
         Forwarder(
             process.state,

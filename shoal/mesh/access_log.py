@@ -28,10 +28,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shoal.http.refusal import CAUSE_HEADER
 from shoal.mesh.forward import Forwarded
+
+if TYPE_CHECKING:
+    from shoal.mesh.otlp import SpanExport
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +69,18 @@ class AccessLog:
 
     def __init__(
         self,
-        sink: BinaryIO,
+        sink: BinaryIO | None,
         component: str,
         *,
         sample: float = 1.0,
         clock: Callable[[], float] = time.time,
         path: Path | None = None,
+        spans: SpanExport | None = None,
     ) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"sample must be within 0..1 (got {sample})")
-        self.sink = sink
+        self.sink = sink  # None: no line is written (spans only)
+        self.spans = spans  # each kept request's span goes there too
         self.path = path  # a file's, cut at MAX_BYTES (None: standard output)
         self.component = component
         self._keep_below = int(sample * 0x1_0000_0000)  # of a trace id's last 32 bits
@@ -95,8 +100,12 @@ class AccessLog:
     def done(self, entry: dict[str, Any], started: float) -> None:
         """The request of ``entry``, which came at ``started``, is over: log it if kept."""
         if self.kept(entry.get("trace_id") or "ffffffff"):
-            entry["duration_ms"] = round((self.clock() - started) * 1000, 3)
-            self.record(entry)
+            ended = self.clock()
+            entry["duration_ms"] = round((ended - started) * 1000, 3)
+            if self.sink is not None:
+                self.record(entry)
+            if self.spans is not None:
+                self.spans.export(entry, started, ended)
 
     def record(self, entry: dict[str, Any]) -> None:
         """Add a request's line (written with the next batch)."""
@@ -108,7 +117,7 @@ class AccessLog:
 
     def flush(self) -> None:
         """Write what is gathered, in one write."""
-        if not self._lines:
+        if not self._lines or self.sink is None:
             return
         data = ("\n".join(self._lines) + "\n").encode()
         self._lines.clear()
@@ -124,8 +133,10 @@ class AccessLog:
     def close(self) -> None:
         """Write the rest; close a file (never standard output)."""
         self.flush()
-        if self.path is not None:
+        if self.path is not None and self.sink is not None:
             self.sink.close()
+        if self.spans is not None:
+            self.spans.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write a batch every :data:`FLUSH_EVERY` seconds until ``stop`` (or cancelled), then
@@ -166,16 +177,24 @@ def cut_file(path: Path, rotated: str = ".1") -> None:
         f.truncate(0)
 
 
-def open_access_log(spec: str, component: str, *, sample: float = 1.0) -> AccessLog | None:
-    """The access log ``spec`` names: a file (appended to), ``-`` (standard output) or ``off``
-    (None)."""
+def open_access_log(
+    spec: str, component: str, *, sample: float = 1.0, otlp_endpoint: str | None = None
+) -> AccessLog | None:
+    """The access log ``spec`` names: a file (appended to), ``-`` (standard output) or ``off``;
+    with ``otlp_endpoint``, each kept request's span is exported there too (see
+    :mod:`shoal.mesh.otlp`). None when neither is wanted."""
+    spans = None
+    if otlp_endpoint:
+        from shoal.mesh.otlp import SpanExport  # (the SDK loads only when asked for)
+
+        spans = SpanExport(otlp_endpoint, component)
     if spec == OFF:
-        return None
+        return None if spans is None else AccessLog(None, component, sample=sample, spans=spans)
     if spec == STDOUT:
-        return AccessLog(sys.stdout.buffer, component, sample=sample)
+        return AccessLog(sys.stdout.buffer, component, sample=sample, spans=spans)
     path = Path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = path.open("ab")
     with contextlib.suppress(OSError):
         path.chmod(0o600)  # client addresses and paths: the operator's only
-    return AccessLog(sink, component, sample=sample, path=path)
+    return AccessLog(sink, component, sample=sample, path=path, spans=spans)

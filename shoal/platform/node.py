@@ -108,6 +108,7 @@ async def run_node(
     instance_uids: UidRange | None = DEFAULT_UIDS,
     access_log: str = OFF,
     access_log_sample: float = 1.0,
+    otlp_endpoint: str | None = None,
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -144,7 +145,9 @@ async def run_node(
         head_limits=(limits or EdgeLimits()).head_limits(inner=True),
         tunnel_idle_timeout=(limits or EdgeLimits()).websocket_idle_timeout,
         callers=isolated.callers,
-        access_log=open_access_log(access_log, component, sample=access_log_sample),
+        access_log=open_access_log(
+            access_log, component, sample=access_log_sample, otlp_endpoint=otlp_endpoint
+        ),
     )
     flushing: asyncio.Task[None] | None = None
     async with process.running():

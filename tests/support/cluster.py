@@ -114,13 +114,15 @@ async def running_cluster(
     instance_uids: UidRange | None = None,
     trust_domain: str = TRUST_DOMAIN,
     access_logs: Path | None = None,
+    otlp_endpoint: str | None = None,
 ) -> AsyncIterator[Cluster]:
     """A controller (with ``autoscale`` settings), a node and a gateway (with edge ``limits``,
     and a TLS port with the certificate and key ``tls`` if given) in this event loop, on the
     given store. Instances run as this process's user unless ``instance_uids`` is given: the
     test apps and commands live in this checkout, which other uids may not be able to enter
     (a clone in a ``mktemp -d`` directory); tests of isolation itself give the range. With
-    ``access_logs`` (a directory), the gateway and the node write their access logs there."""
+    ``access_logs`` (a directory), the gateway and the node write their access logs there; with
+    ``otlp_endpoint``, they export their spans there."""
     stop = asyncio.Event()
     mesh_port, gateway_admin, node_admin = free_port(), free_port(), free_port()
     token = await JoinTokens(PKIStore(redis, keys)).create(uses=2)  # the node's and the gateway's
@@ -151,6 +153,7 @@ async def running_cluster(
             instance_uids=instance_uids,
             access_log=str(access_logs / "access-node.log") if access_logs else "off",
             metrics_port=node_admin,
+            otlp_endpoint=otlp_endpoint,
         )
     )
     gateway_port = free_port()
@@ -172,6 +175,7 @@ async def running_cluster(
                 limits=limits or EdgeLimits(),
                 access_log=str(access_logs / "access-gateway.log") if access_logs else "off",
                 metrics_port=gateway_admin,
+                otlp_endpoint=otlp_endpoint,
                 **serving,
             ),
         )
