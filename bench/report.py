@@ -24,6 +24,8 @@ def compute_ratios(
         if row not in compared:
             continue
         for reference in references:
+            if reference == row:
+                continue
             ref = ok.get((reference, protocol, shape))
             if ref is None:
                 continue

@@ -73,6 +73,13 @@ def _shoal_gateway(ctx: RowContext) -> RunningServer:
     return shoal_rows.start_shoal_gateway(_backend_port(ctx), ctx.tls)
 
 
+def _shoal_gateway_logged(ctx: RowContext) -> RunningServer:
+    log = str(ctx.workdir / "access-gateway.log")
+    return shoal_rows.start_shoal_gateway(
+        _backend_port(ctx), ctx.tls, access_log=log, name="shoal-gateway-logged"
+    )
+
+
 def _shoal_mesh(ctx: RowContext) -> RunningServer:
     return shoal_rows.start_shoal_mesh(_backend_port(ctx), ctx.tls)
 
@@ -125,6 +132,13 @@ ROWS: tuple[Row, ...] = (
         start=_shoal_gateway,
     ),
     Row(
+        name="shoal-gateway-logged",
+        description="the same gateway writing its JSON access log to a file (its cost)",
+        tools=("nginx",),
+        needs_backend=True,
+        start=_shoal_gateway_logged,
+    ),
+    Row(
         name="shoal-mesh",
         description="Shoal's gateway → mTLS → node router → backend (the path to an instance)",
         tools=("nginx",),
@@ -141,5 +155,16 @@ ROWS: tuple[Row, ...] = (
 )
 
 ROW_NAMES: tuple[str, ...] = tuple(row.name for row in ROWS)
-REFERENCE_ROWS: tuple[str, ...] = ("nginx-proxy", "hypercorn-hello", "naive-proxy", "direct")
-COMPARED_ROWS: tuple[str, ...] = ("shoal-gateway", "shoal-mesh", "shoal-router")
+REFERENCE_ROWS: tuple[str, ...] = (
+    "nginx-proxy",
+    "hypercorn-hello",
+    "naive-proxy",
+    "direct",
+    "shoal-gateway",  # (for shoal-gateway-logged: what its access log costs)
+)
+COMPARED_ROWS: tuple[str, ...] = (
+    "shoal-gateway",
+    "shoal-gateway-logged",
+    "shoal-mesh",
+    "shoal-router",
+)

@@ -174,7 +174,7 @@ def _start(
     )
 
 
-def _gateway(port: int, tls_port: int, tls: TLSFiles) -> list[str]:
+def _gateway(port: int, tls_port: int, tls: TLSFiles, access_log: str = "off") -> list[str]:
     return [
         "gateway",
         "--host",
@@ -189,18 +189,21 @@ def _gateway(port: int, tls_port: int, tls: TLSFiles) -> list[str]:
         str(tls.key),
         "--metrics-port",
         "0",
-        *NO_ACCESS_LOG,
+        "--access-log",
+        access_log,
         "--workers",
         "1",  # one core: one process
     ]
 
 
-def start_shoal_gateway(backend_port: int, tls: TLSFiles) -> RunningServer:
+def start_shoal_gateway(
+    backend_port: int, tls: TLSFiles, access_log: str = "off", name: str = "shoal-gateway"
+) -> RunningServer:
     """``shoal gateway`` (hypercorn, one process) forwarding straight to the backend (no CA
-    runs: it listens without waiting for a mesh certificate)."""
+    runs: it listens without waiting for a mesh certificate), logging to ``access_log``."""
     port, tls_port = free_port(), free_port()
-    command = [*_gateway(port, tls_port, tls), "--identity-wait", "0"]
-    return _start("shoal-gateway", [command], [port, tls_port], backend_port, mesh=False)
+    command = [*_gateway(port, tls_port, tls, access_log), "--identity-wait", "0"]
+    return _start(name, [command], [port, tls_port], backend_port, mesh=False)
 
 
 def start_shoal_mesh(backend_port: int, tls: TLSFiles, protocol: str = "http") -> RunningServer:
