@@ -27,6 +27,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring_ascii,
+)
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -64,6 +68,24 @@ class _UtcStamp:
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
 
 
+def _encoder() -> Callable[[dict[str, Any]], str]:
+    """A JSON encoder of entries made once (``json.dumps`` builds one per call): the C one
+    behind the standard library's when there is one."""
+    if c_make_encoder is None:  # (a Python built without the _json accelerator)
+        return json.JSONEncoder(separators=(",", ":")).encode
+    chunks = c_make_encoder(
+        None, _unencodable, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    return lambda entry: "".join(chunks(entry, 0))
+
+
+def _unencodable(value: object) -> object:
+    raise TypeError(f"not JSON: {value!r}")
+
+
+_encode = _encoder()
+
+
 class AccessLog:
     """Gathers a proxy's access-log lines and writes them to ``sink`` in batches."""
 
@@ -84,6 +106,7 @@ class AccessLog:
         self.path = path  # a file's, cut at MAX_BYTES (None: standard output)
         self.component = component
         self._keep_below = int(sample * 0x1_0000_0000)  # of a trace id's last 32 bits
+        self._keep_all = sample >= 1.0
         self.clock = clock
         self._stamp = _UtcStamp()
         self._lines: list[str] = []
@@ -99,7 +122,7 @@ class AccessLog:
 
     def done(self, entry: dict[str, Any], started: float) -> None:
         """The request of ``entry``, which came at ``started``, is over: log it if kept."""
-        if self.kept(entry.get("trace_id") or "ffffffff"):
+        if self._keep_all or self.kept(entry.get("trace_id") or "ffffffff"):
             ended = self.clock()
             entry["duration_ms"] = round((ended - started) * 1000, 3)
             if self.sink is not None:
@@ -109,7 +132,7 @@ class AccessLog:
 
     def record(self, entry: dict[str, Any]) -> None:
         """Add a request's line (written with the next batch)."""
-        line = json.dumps(entry, separators=(",", ":"))
+        line = _encode(entry)
         self._lines.append(line)
         self._size += len(line) + 1
         if self._size >= FLUSH_AT:
