@@ -186,6 +186,26 @@ AccessLogOpt = Annotated[
         ".log, cut at 10 MiB), - for standard output, or off.",
     ),
 ]
+AccessLogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--access-log-format",
+        metavar="json|text",
+        help="Access-log lines as JSON objects, or as text (space-separated, for grep).",
+    ),
+]
+
+
+def line_format(value: str) -> str:
+    """``--access-log-format``'s value, checked (exit 2 with one line otherwise)."""
+    from shoal.mesh.access_log import FORMATS
+
+    if value not in FORMATS:
+        choices = " or ".join(FORMATS)
+        raise fail(UserError(f"--access-log-format must be {choices} (got {value!r})"))
+    return value
+
+
 OtlpOpt = Annotated[
     str | None,
     typer.Option(

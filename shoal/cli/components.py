@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 from shoal.cli.common import (
     EXAMPLE_DIR,
+    AccessLogFormatOpt,
     AccessLogOpt,
     AccessLogSampleOpt,
     ActivationOpt,
@@ -45,6 +46,7 @@ from shoal.cli.common import (
     access_log_spec,
     app,
     fail,
+    line_format,
     run_component,
     with_store,
 )
@@ -152,6 +154,7 @@ def up(
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
     otlp_endpoint: OtlpOpt = None,
+    access_log_format: AccessLogFormatOpt = "json",
 ) -> None:
     """Start the platform on this host: Redis (embedded unless --redis), controller, node,
     gateway. Ctrl-C stops everything cleanly.
@@ -192,6 +195,7 @@ def up(
     # Flags the gateway and the node both take.
     shared_args = [arg for pair in limit or [] for arg in ("--limit", pair)]
     logging_args = ["--access-log-sample", str(access_log_sample)]
+    logging_args += ["--access-log-format", line_format(access_log_format)]
     if access_log is not None:
         logging_args += ["--access-log", access_log]
     if otlp_endpoint:
@@ -410,6 +414,7 @@ def node(
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
     otlp_endpoint: OtlpOpt = None,
+    access_log_format: AccessLogFormatOpt = "json",
 ) -> None:
     """Run a node (router + agent) on this host.
 
@@ -445,6 +450,7 @@ def node(
         access_log=access_log_spec(access_log, "node"),
         access_log_sample=access_log_sample,
         otlp_endpoint=otlp_endpoint,
+        access_log_format=line_format(access_log_format),
     )
 
 
@@ -482,6 +488,7 @@ def gateway(
     access_log: AccessLogOpt = None,
     access_log_sample: AccessLogSampleOpt = 1.0,
     otlp_endpoint: OtlpOpt = None,
+    access_log_format: AccessLogFormatOpt = "json",
     worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the HTTP gateway.
@@ -516,6 +523,7 @@ def gateway(
                 access_log=access_log_spec(access_log, "gateway"),
                 access_log_sample=access_log_sample,
                 otlp_endpoint=otlp_endpoint,
+                access_log_format=line_format(access_log_format),
             ),
         )
     except ShoalError as e:

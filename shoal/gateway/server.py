@@ -74,6 +74,7 @@ class GatewaySettings:
     access_log: str = OFF  # a file, "-" (standard output) or "off" (shoal.mesh.access_log)
     access_log_sample: float = 1.0  # the share of requests logged (by trace id)
     otlp_endpoint: str | None = None  # an OTLP/HTTP collector each logged request's span goes to
+    access_log_format: str = "json"  # or "text"
 
     def __post_init__(self) -> None:
         if self.trusted_hops < 0:
@@ -159,6 +160,7 @@ async def run_gateway(
         component,
         sample=settings.access_log_sample,
         otlp_endpoint=settings.otlp_endpoint,
+        line_format=settings.access_log_format,
     )
     app = GatewayApp(
         Forwarder(

@@ -13,7 +13,9 @@ values are null.
 Lines are gathered and written in one write every half second (or 64 KiB), so a request costs
 the building of its line, not a system call; a file opened for appending takes whole writes
 from several processes (gateway workers) without mixing lines. ``sample`` keeps that share of
-the requests, chosen by trace id: every hop of a kept request logs it.
+the requests, chosen by trace id: every hop of a kept request logs it. ``line_format`` ``text``
+writes each line as :func:`text_line` instead: the same fields, for people and ``grep`` rather
+than for log pipelines.
 """
 
 from __future__ import annotations
@@ -85,6 +87,40 @@ def _unencodable(value: object) -> object:
 
 _encode = _encoder()
 
+FORMATS = ("json", "text")
+_TEXT_TAIL = (  # the text format's fields after the request line, as name=value
+    ("rid", "request_id"),
+    ("trace", "trace_id"),
+    ("span", "span_id"),
+    ("parent", "parent_span_id"),
+    ("service", "service"),
+    ("revision", "revision"),
+    ("instance", "instance"),
+    ("node", "node"),
+    ("route", "route"),
+    ("cause", "cause"),
+    ("attempts", "attempts"),
+    ("upstream_ms", "upstream_ms"),
+    ("listener", "listener"),
+    ("caller", "caller"),
+)
+
+
+def text_line(entry: dict[str, Any]) -> str:
+    """An entry as one space-separated line, nginx-like: time, component, client, the quoted
+    request (``METHOD authority path protocol``), status, bytes out, duration in ms, then
+    ``name=value`` for each other field that has a value (``"`` in the request becomes
+    ``%22``; values are ids, names and numbers, with no space)."""
+    get = entry.get
+    request = f"{get('method')} {get('authority') or '-'} {get('path')} {get('protocol')}"
+    head = (
+        f"{get('time')} {get('component')} {get('client') or '-'} "
+        f'"{request.replace(chr(34), "%22")}" {get("status") or "-"} '
+        f"{get('bytes_out') or 0} {get('duration_ms')}"
+    )
+    tail = [f"{name}={entry[key]}" for name, key in _TEXT_TAIL if entry.get(key) is not None]
+    return " ".join((head, *tail))
+
 
 class AccessLog:
     """Gathers a proxy's access-log lines and writes them to ``sink`` in batches."""
@@ -98,9 +134,13 @@ class AccessLog:
         clock: Callable[[], float] = time.time,
         path: Path | None = None,
         spans: SpanExport | None = None,
+        line_format: str = "json",
     ) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"sample must be within 0..1 (got {sample})")
+        if line_format not in FORMATS:
+            raise ValueError(f"line format must be {' or '.join(FORMATS)} (got {line_format!r})")
+        self._line = _encode if line_format == "json" else text_line
         self.sink = sink  # None: no line is written (spans only)
         self.spans = spans  # each kept request's span goes there too
         self.path = path  # a file's, cut at MAX_BYTES (None: standard output)
@@ -132,7 +172,7 @@ class AccessLog:
 
     def record(self, entry: dict[str, Any]) -> None:
         """Add a request's line (written with the next batch)."""
-        line = _encode(entry)
+        line = self._line(entry)
         self._lines.append(line)
         self._size += len(line) + 1
         if self._size >= FLUSH_AT:
@@ -201,7 +241,12 @@ def cut_file(path: Path, rotated: str = ".1") -> None:
 
 
 def open_access_log(
-    spec: str, component: str, *, sample: float = 1.0, otlp_endpoint: str | None = None
+    spec: str,
+    component: str,
+    *,
+    sample: float = 1.0,
+    otlp_endpoint: str | None = None,
+    line_format: str = "json",
 ) -> AccessLog | None:
     """The access log ``spec`` names: a file (appended to), ``-`` (standard output) or ``off``;
     with ``otlp_endpoint``, each kept request's span is exported there too (see
@@ -214,10 +259,14 @@ def open_access_log(
     if spec == OFF:
         return None if spans is None else AccessLog(None, component, sample=sample, spans=spans)
     if spec == STDOUT:
-        return AccessLog(sys.stdout.buffer, component, sample=sample, spans=spans)
+        return AccessLog(
+            sys.stdout.buffer, component, sample=sample, spans=spans, line_format=line_format
+        )
     path = Path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = path.open("ab")
     with contextlib.suppress(OSError):
         path.chmod(0o600)  # client addresses and paths: the operator's only
-    return AccessLog(sink, component, sample=sample, path=path, spans=spans)
+    return AccessLog(
+        sink, component, sample=sample, path=path, spans=spans, line_format=line_format
+    )

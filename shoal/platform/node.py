@@ -109,6 +109,7 @@ async def run_node(
     access_log: str = OFF,
     access_log_sample: float = 1.0,
     otlp_endpoint: str | None = None,
+    access_log_format: str = "json",
 ) -> None:
     """Serve the node's router and run its agent until ``stop``; then drain and deregister.
 
@@ -146,7 +147,11 @@ async def run_node(
         tunnel_idle_timeout=(limits or EdgeLimits()).websocket_idle_timeout,
         callers=isolated.callers,
         access_log=open_access_log(
-            access_log, component, sample=access_log_sample, otlp_endpoint=otlp_endpoint
+            access_log,
+            component,
+            sample=access_log_sample,
+            otlp_endpoint=otlp_endpoint,
+            line_format=access_log_format,
         ),
     )
     flushing: asyncio.Task[None] | None = None

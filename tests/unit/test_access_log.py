@@ -45,3 +45,37 @@ def test_sampling_follows_the_trace_id(sample: float, share: float) -> None:
     kept = sum(log.kept(t) for t in ids) / len(ids)
     assert abs(kept - share) < 0.03
     assert all(log.kept(t) == log.kept(t) for t in ids[:10])  # the same on every hop
+
+
+def test_the_text_format_is_one_line_of_the_same_fields() -> None:
+    """``text``: time, component, client, the quoted request, status, bytes, duration, then
+    name=value for the fields that have one; a quote in the path cannot end the request."""
+    sink = io.BytesIO()
+    log = AccessLog(sink, "gateway/0", line_format="text", clock=lambda: 10.25)
+    entry = log.entry(10.0)
+    entry.update(
+        client="10.0.0.1",
+        protocol="HTTP/2",
+        method="GET",
+        authority="hello",
+        path='/a"b?x=1',
+        request_id="r1",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
+        parent_span_id=None,
+        service="hello",
+        status=503,
+        cause="no_healthy_upstream",
+    )
+    log.done(entry, 10.0)
+    log.flush()
+    assert sink.getvalue().decode() == (
+        '1970-01-01T00:00:10.000Z gateway/0 10.0.0.1 "GET hello /a%22b?x=1 HTTP/2" 503 0 250.0 '
+        "rid=r1 trace=4bf92f3577b34da6a3ce929d0e0e4736 span=00f067aa0ba902b7 service=hello "
+        "cause=no_healthy_upstream\n"
+    )
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="json or text"):
+        AccessLog(io.BytesIO(), "x", line_format="xml")
