@@ -50,7 +50,17 @@ PROXY_KEYS = (
     "pki:reply:*",
 )
 # What the dashboard shows (shoal status's reads): no certificate request, reply or token.
-DASHBOARD_KEYS = ("cfg:*", "rev", "instances", "nodes", "leases:*", "acks", "reports", "autoscaler")
+DASHBOARD_KEYS = (
+    "cfg:*",
+    "rev",
+    "instances",
+    "nodes",
+    "leases:*",
+    "acks",
+    "reports",
+    "autoscaler",
+    "events",
+)
 ROLES: dict[str, tuple[str, ...]] = {
     "gateway": PROXY_KEYS,
     "node": PROXY_KEYS,

@@ -104,3 +104,8 @@ class Keys:
     def admitted(self) -> str:
         """Hash: requester (``node/<id>``, a gateway's name) → when a join token admitted it."""
         return f"{self.prefix}pki:admitted"
+
+    @property
+    def events(self) -> str:
+        """List: the latest operator events (drills), newest first, as JSON (capped)."""
+        return f"{self.prefix}events"

@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright): the
 page loads without a console error, shows the example's services, traffic shares and
-instances, shows requests/s within 5 s of traffic starting, and an ejection during a failover
-drill; a screenshot is written to ``test-artifacts/dashboard.png``."""
+instances, shows requests/s within 5 s of traffic starting, and an ejection (and the drill itself)
+during a failover drill; a screenshot is written to ``test-artifacts/dashboard.png``."""
 
 from __future__ import annotations
 
@@ -126,6 +126,7 @@ async def test_the_dashboard_in_chromium(
             ejected = f'{hello} .instance[data-health="ejected"]'
             await page.wait_for_selector(ejected, timeout=20_000)
             await page.wait_for_selector('#events li[data-kind="ejection"]', timeout=5_000)
+            await page.wait_for_selector('#events li[data-kind="drill"]', timeout=5_000)
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:

@@ -99,6 +99,7 @@ def test_the_dashboard_only_reads_what_status_shows(embedded: EmbeddedRedis) -> 
         admin.hset("acl:cfg:Service", "x", "{}")
         assert client.hget("acl:cfg:Service", "x") == "{}"
         assert client.hgetall("acl:reports") == {}
+        assert client.lrange("acl:events", 0, -1) == []
         assert client.time()
         assert refused(lambda: client.hset("acl:cfg:Service", "y", "{}"))
         assert refused(lambda: client.delete("acl:instances"))

@@ -155,3 +155,15 @@ def test_events_between_readings() -> None:
     texts = [e["text"] for e in gone["events"]]
     assert "hello/v2 instance b gone" in texts and "hello/a back in rotation" in texts
     assert texts.index("hello/a back in rotation") < texts.index("hello/a ejected (5xx)")
+
+
+def test_recorded_events_merge_with_seen_ones_newest_first() -> None:
+    tracker = Tracker()
+    tracker.update(reading([endpoint("a", "v1")], {}), now=1.0)
+    recorded = ({"time": 1.5, "kind": "drill", "text": "failover drill on hello: kill hello/a"},)
+    later = replace(reading([], {}), events=recorded)
+    overview = tracker.update(later, now=2.0)
+    assert [(e["time"], e["kind"]) for e in overview["events"]] == [
+        (2.0, "instance"),
+        (1.5, "drill"),
+    ]

@@ -7,7 +7,8 @@ an overview: the topology (services → revisions with their traffic share → i
 each with a health), per service requests/s, error % and p50/p99 over the last interval with
 a short history, certificate expiries, and events found by comparing a reading with the one
 before (instances started, ready, gone or failing; ejections and returns; scale decisions;
-traffic shifts, i.e. rollouts and rollbacks; certificate rotations).
+traffic shifts, i.e. rollouts and rollbacks; certificate rotations), merged with the events
+operators' tools record (drills: :mod:`shoal.store.events`).
 
 Rates come from the proxies' counters (``outcomes`` and ``latency`` per service/revision in
 every gateway worker's and router's report: each routed request counted once, by the proxy that
@@ -40,6 +41,7 @@ class Reading:
     status: Status
     virtual_services: tuple[VirtualService, ...] = ()
     rules: tuple[DestinationRule, ...] = ()
+    events: tuple[dict[str, Any], ...] = ()  # recorded by operators' tools (drills), newest first
 
 
 @dataclass(slots=True)
@@ -176,7 +178,9 @@ class Tracker:
             "proxies": sorted(st.reports),
             "services": services,
             "certificates": _certificates(st.reports, now),
-            "events": list(self._events),
+            "events": sorted(
+                [*self._events, *reading.events], key=lambda e: e["time"], reverse=True
+            )[: self._events.maxlen],
         }
 
     def _rates(self, name: str, now_totals: _Totals, now: float) -> dict[str, float | None]:

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from shoal.platform.control.client import Client
 from shoal.platform.dashboard.model import Reading, Tracker
 from shoal.store.connection import Redis
+from shoal.store.events import Events
 from shoal.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ async def read(client: Client) -> Reading:
     """One reading of the store."""
     status = await client.status()
     return Reading(
-        status, tuple(await client.virtual_services()), tuple(await client.destination_rules())
+        status,
+        tuple(await client.virtual_services()),
+        tuple(await client.destination_rules()),
+        tuple(await Events(client.redis, client.keys).recent()),
     )
 
 

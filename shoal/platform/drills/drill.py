@@ -39,6 +39,7 @@ from shoal.resources.endpoint import Endpoint
 from shoal.resources.model import Service
 from shoal.store.acks import live_reports
 from shoal.store.config import Change
+from shoal.store.events import Events
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +401,7 @@ async def failover(
         )
 
     target_keys: set[str] = set()
+    events = Events(client.redis, client.keys)  # what the dashboard shows of the drill
     async with task_group() as traffic_tasks:
         load = traffic_tasks.create_task(traffic.run(duration), name="traffic")
         telling = traffic_tasks.create_task(tell.run(), name="progress")
@@ -416,6 +418,11 @@ async def failover(
                 targets, targets_served = busiest(candidates, served, count)
             target_keys = {e.key for e in targets}
             tell.enter(f"{fault} {', '.join(sorted(target_keys))}")
+            await events.add(
+                "drill",
+                f"failover drill on {service}: {fault} {', '.join(sorted(target_keys))}",
+                time.time(),
+            )
             await client.config.write(
                 [Change(FAULT, k, {"fault": fault, "id": drill_id}) for k in sorted(target_keys)]
             )
@@ -443,7 +450,7 @@ async def failover(
     ]
     if fault_ends is not None:
         notes.append(f"fault held for {duration / 2:.0f}s, then undone")
-    return summarize(
+    report = summarize(
         traffic.samples,
         fault=fault,
         targets=sorted(target_keys),
@@ -453,6 +460,14 @@ async def failover(
         retried=retried,
         notes=notes,
     )
+    failed = sum(report.errors.values())
+    await events.add(
+        "drill",
+        f"failover drill on {service} over: {report.requests} requests, {failed} failed, "
+        + ("recovered" if recovered_at is not None else "not recovered"),
+        time.time(),
+    )
+    return report
 
 
 async def _registry(client: Client) -> dict[str, Endpoint] | None:
