@@ -21,6 +21,7 @@ so a client cannot make the proxy drop them; nor can it drop ``Host`` or ``Conte
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 import re
@@ -117,11 +118,19 @@ def websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 def h2c_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether an HTTP/1.1 request asks to switch to HTTP/2 in cleartext (``Upgrade: h2c``
-    with its ``HTTP2-Settings``, RFC 7540 §3.2; what ``curl --http2`` sends to an http URL)."""
+    with one well-formed ``HTTP2-Settings``: base64url of a SETTINGS payload, RFC 7540 §3.2.1;
+    what ``curl --http2`` sends to an http URL)."""
     headers = list(headers)
-    return any(n == b"http2-settings" for n, _ in headers) and any(
+    settings = [v for n, v in headers if n == b"http2-settings"]
+    if len(settings) != 1 or not any(
         n == b"upgrade" and b"h2c" in {t.strip().lower() for t in v.split(b",")} for n, v in headers
-    )
+    ):
+        return False
+    try:
+        payload = base64.urlsafe_b64decode(settings[0] + b"=" * (-len(settings[0]) % 4))
+    except ValueError:
+        return False
+    return len(payload) % 6 == 0  # 6 bytes per setting
 
 
 def end_to_end(

@@ -383,7 +383,12 @@ class H2Connection(WriteFlow):
             self.h2.initiate_connection()
         else:
             settings = next((v for n, v in self.upgrade.fields if n == b"http2-settings"), b"")
-            self.h2.initiate_upgrade_connection(settings)
+            try:
+                self.h2.initiate_upgrade_connection(settings)
+            except (ValueError, h2.exceptions.ProtocolError) as e:  # (binascii.Error included)
+                log.debug("h2c upgrade with bad HTTP2-Settings: %s", e)
+                self.transport.close()
+                return
             fields = tuple((n, v) for n, v in self.upgrade.fields if n not in _H2C_LEFT_OUT)
             head = dataclasses.replace(self.upgrade, version=b"2", fields=fields)
             self._open(H2Exchange(self, 1, head, upgrade=False))
