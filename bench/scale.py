@@ -1,0 +1,171 @@
+"""Control-plane scale, first columns (issue #20): what one change costs a proxy as the cluster
+grows, measured in this process on Shoal's own snapshot code.
+
+    python -m bench.scale [--sizes 100,1000,5000,20000] [--repeat 5]
+
+For each N it builds a store view of N instances in S = N/10 services (each with a
+VirtualService splitting it 90/10 between two subsets and a DestinationRule naming them), then
+times, with ``time.process_time`` (CPU, not wall: other work on the machine does not count):
+
+- ``full build``: a fresh proxy's first snapshot of the view;
+- ``registry change``: the snapshot update after one instance of one service changes state;
+- ``config change``: the update after one VirtualService's weights change;
+
+and prints the median of ``--repeat`` runs per column and the growth exponent between the
+smallest and the largest N (1: cost grows with the cluster; 0: with the change only).
+
+Not yet measured here (the issue's other columns need a running ``shoal up``): change-to-routed
+latency at the gateway, idle Redis commands/s and AOF growth, RSS, GET latency under churn,
+``shoal status`` time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from shoal.mesh.proxy_state import ProxyState
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import parse_text, to_document
+from shoal.store.watch import View
+
+PER_SERVICE = 10  # instances per service
+
+
+def _service_docs(name: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The documents of one service's two revisions, its VirtualService and DestinationRule."""
+    text = f"""
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{command: [sleep, "1"], revision: v1}}
+---
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{command: [sleep, "1"], revision: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  http:
+  - route:
+    - {{destination: {{host: {name}, subset: v1}}, weight: 90}}
+    - {{destination: {{host: {name}, subset: v2}}, weight: 10}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec:
+  host: {name}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"""
+    docs: dict[str, dict[str, dict[str, Any]]] = {}
+    for resource in parse_text(text):
+        docs.setdefault(resource.kind, {})[resource.key] = to_document(resource)
+    return docs
+
+
+def view_of(n: int) -> View:
+    """A view of ``n`` instances in ``n / PER_SERVICE`` services."""
+    config: dict[str, dict[str, dict[str, Any]]] = {}
+    instances: dict[str, Endpoint] = {}
+    for s in range(max(1, n // PER_SERVICE)):
+        name = f"svc{s}"
+        for kind, docs in _service_docs(name).items():
+            config.setdefault(kind, {}).update(docs)
+        for i in range(PER_SERVICE):
+            revision = "v1" if i < PER_SERVICE - 1 else "v2"
+            e = Endpoint(
+                id=f"{s:05d}{i:03d}",
+                service=name,
+                revision=revision,
+                node="n1",
+                address="127.0.0.1",
+                port=20000 + i,
+                labels=(("app", name), ("version", revision)),
+                state="ready",
+            )
+            instances[e.key] = e
+    frozen = MappingProxyType({k: MappingProxyType(v) for k, v in config.items()})
+    return View(
+        revision=1,
+        config=frozen,
+        instances=MappingProxyType(instances),
+        nodes=MappingProxyType({"n1": {"address": "127.0.0.1", "mesh_port": 15006}}),
+    )
+
+
+def _cpu_ms(update: Callable[[View], object], view: View) -> float:
+    started = time.process_time()
+    update(view)
+    return (time.process_time() - started) * 1000
+
+
+def measure(n: int, repeat: int) -> dict[str, float]:
+    """Median CPU ms of each column for ``n`` instances."""
+    view = view_of(n)
+    full, registry, config = [], [], []
+    for round_ in range(repeat):
+        state = ProxyState()
+        full.append(_cpu_ms(state.update, view))
+        key = next(iter(view.instances))
+        changed = dict(view.instances)
+        changed[key] = replace(changed[key], state="draining" if round_ % 2 == 0 else "ready")
+        after_registry = replace(view, instances=MappingProxyType(changed))
+        registry.append(_cpu_ms(state.update, after_registry))
+        vs = dict(view.documents("VirtualService"))
+        doc = dict(vs["svc0"])
+        spec = dict(doc["spec"])
+        route = dict(spec["http"][0])
+        weights = (50 + round_, 50 - round_)
+        route["route"] = [dict(d, weight=w) for d, w in zip(route["route"], weights, strict=True)]
+        spec["http"] = [route]
+        doc["spec"] = spec
+        vs["svc0"] = doc
+        config_view = dict(after_registry.config)
+        config_view["VirtualService"] = MappingProxyType(vs)
+        after_config = replace(
+            after_registry, revision=2 + round_, config=MappingProxyType(config_view)
+        )
+        config.append(_cpu_ms(state.update, after_config))
+    return {
+        "full build": statistics.median(full),
+        "registry change": statistics.median(registry),
+        "config change": statistics.median(config),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,5000,20000")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    results = {n: measure(n, args.repeat) for n in sizes}
+    columns = list(next(iter(results.values())))
+    print(f"CPU ms per proxy (median of {args.repeat}), one process, this machine")
+    print(f"{'N instances':>12} " + " ".join(f"{c:>16}" for c in columns))
+    for n, row in results.items():
+        print(f"{n:>12} " + " ".join(f"{row[c]:>16.2f}" for c in columns))
+    if len(sizes) > 1:
+        lo, hi = min(sizes), max(sizes)
+        exponents = []
+        for c in columns:
+            a, b = results[lo][c], results[hi][c]
+            exponents.append(math.log(b / a) / math.log(hi / lo) if a > 0 and b > 0 else math.nan)
+        print(f"{'growth exp.':>12} " + " ".join(f"{e:>16.2f}" for e in exponents))
+
+
+if __name__ == "__main__":
+    main()
