@@ -52,6 +52,8 @@ def view(overview: dict[str, Any], events: int = 8) -> Group:
         Text(f"{time.strftime('%H:%M:%S', time.localtime(e['time']))}  {e['kind']:<11} {e['text']}")
         for e in overview["events"][:events]
     ]
+    if not overview["services"]:
+        table.caption = "no service yet: shoal apply -f deploy/examples/hello-world"
     return Group(table, Text(""), Text("events", style="bold"), *lines or [Text("none yet")])
 
 
