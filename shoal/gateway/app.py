@@ -36,7 +36,7 @@ from shoal.http.trace import Span, hop
 from shoal.mesh.access_log import AccessLog, Entry, served_by
 from shoal.mesh.forward import Direct, Forwarded, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange
-from shoal.mesh.h2server import H2Exchange
+from shoal.mesh.h2exchange import H2Exchange
 from shoal.mesh.matching import normalize_host
 from shoal.mesh.relay import relay, router_refusal
 

@@ -36,7 +36,8 @@ from shoal.http.h1 import RequestHead
 from shoal.http.limits import EdgeLimits, KiB
 from shoal.http.refusal import BAD_PATH, NOT_IMPLEMENTED, Refusal
 from shoal.mesh.h1server import SERVER, Handler, Server
-from shoal.mesh.h2server import H2Connection, H2Server, pseudo_headers
+from shoal.mesh.h2exchange import pseudo_headers
+from shoal.mesh.h2server import H2Connection, H2Server
 
 __all__ = ["LINGER", "EdgeH2Server", "edge_servers"]
 

@@ -35,7 +35,7 @@ from shoal.gateway.h2_edge import edge_servers
 from shoal.gateway.hypercorn_edge import TLS_VERSIONS, EdgeConfig, EdgeTCPServer
 from shoal.gateway.servers import PortPlan, plan_ports
 from shoal.mesh.h1server import Exchange
-from shoal.mesh.h2server import H2Exchange
+from shoal.mesh.h2exchange import H2Exchange
 from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.model import Gateway, ServerTLS
 

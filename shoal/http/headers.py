@@ -116,6 +116,12 @@ def websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     )
 
 
+def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The ``content-length`` a head announces, when it is one decimal number."""
+    value = next((v for n, v in headers if n == b"content-length"), None)
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def h2c_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether an HTTP/1.1 request asks to switch to HTTP/2 in cleartext (``Upgrade: h2c``
     with one well-formed ``HTTP2-Settings``: base64url of a SETTINGS payload, RFC 7540 §3.2.1;

@@ -46,6 +46,9 @@ class RouteMatch:
     # the response returned, the route's then the destination's; empty when none are set.
     edits: tuple[tuple[tuple[HeaderEdit, ...], tuple[HeaderEdit, ...]], ...] = ()
     cors_origins: tuple[Check, ...] = ()  # the route's corsPolicy.allowOrigins, compiled
+    # The route as metrics and logs name it, ``<VirtualService>/<http[] name>`` (its index when
+    # unnamed), made once per config change; empty for a Service's default route.
+    name: str = ""
 
     @property
     def matched_prefix(self) -> str | None:
@@ -53,14 +56,6 @@ class RouteMatch:
         if self.match is None or self.match.uri is None:
             return None
         return self.match.uri.prefix
-
-    @property
-    def name(self) -> str:
-        """The route, as metrics and logs name it: ``<VirtualService>/<http[] name>`` (its index
-        when unnamed); empty for a Service's default route."""
-        if self.virtual_service is None:
-            return ""
-        return f"{self.virtual_service}/{self.route.name or self.route_index}"
 
     def rewrite_path(self, path: str) -> str:
         """``path`` (no query) after the route's ``rewrite.uri``; see :func:`apply_rewrite`."""
@@ -224,6 +219,7 @@ def compile_virtual_service(vs: VirtualService, clusters: ClusterBuilder) -> tup
         result = RouteMatch(
             virtual_service=vs.name,
             route_index=index,
+            name=f"{vs.name}/{route.name or index}",
             route=route,
             clusters=destinations,
             weights=weights,

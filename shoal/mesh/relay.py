@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from shoal.http import grpc
-from shoal.http.headers import WEBSOCKET_UPGRADE, Headers
+from shoal.http.headers import WEBSOCKET_UPGRADE, Headers, content_length
 from shoal.http.refusal import CAUSE_HEADER, Refusal
 from shoal.http.websocket import GOING_AWAY, Frames
 from shoal.mesh.upstream import UpstreamError, UpstreamResponse
@@ -57,11 +57,6 @@ WHOLE_UP_TO = 64 * 1024
 """Bytes of body (by Content-Length) up to which an answer is relayed whole (see relay)."""
 
 
-def _length(fields: Headers) -> int | None:
-    value = next((v for n, v in fields if n == b"content-length"), None)
-    return int(value) if value is not None and value.isdigit() else None
-
-
 async def relay(
     exchange: Client,
     upstream: UpstreamResponse,
@@ -81,7 +76,7 @@ async def relay(
     # network cut between them then costs the next hop no answer at all (it may retry) rather
     # than a head whose body never comes. Anything else streams: what is at hand goes out
     # before waiting for more.
-    length = _length(fields)
+    length = content_length(fields)
     whole = tunnel is None and length is not None and length <= WHOLE_UP_TO
     before_wait = None if whole else exchange.flush
     try:

@@ -57,7 +57,8 @@ from shoal.mesh.activation import Activator
 from shoal.mesh.credentials import Credentials
 from shoal.mesh.forward import INSTANCE, Direct, Forwarder, Outbound
 from shoal.mesh.h1server import Exchange, Handler, Server
-from shoal.mesh.h2server import ByPreface, H2Exchange, H2Server
+from shoal.mesh.h2exchange import H2Exchange
+from shoal.mesh.h2server import ByPreface, H2Server
 from shoal.mesh.h2upstream import H2Upstreams
 from shoal.mesh.matching import NO_LABELS
 from shoal.mesh.peer_uid import socket_owner

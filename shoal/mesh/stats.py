@@ -16,6 +16,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 """Upper bounds (seconds) of the per-revision latency histogram: Prometheus' defaults."""
 
 
+_STATUS_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
 def quantile(buckets: list[int], q: float) -> float | None:
     """The upper bound of the bucket holding the ``q`` quantile of a LATENCY_BUCKETS histogram
     (counts per bucket), or None when it is empty."""
@@ -54,7 +57,7 @@ class Stats:
     def responded(self, service: str, revision: str, route: str, status: int, cause: str) -> None:
         """Count a request's final answer: ``status`` (its class: ``2xx``…) and, when Shoal
         made it, its ``cause``; empty names where the request got no further."""
-        key = (service, revision, route, f"{status // 100}xx", cause)
+        key = (service, revision, route, _STATUS_CLASSES[min(status // 100, 5)], cause)
         self.responses[key] = self.responses.get(key, 0) + 1
 
     def deny(self, service: str, policy: str | None) -> None:

@@ -115,6 +115,7 @@ class Tracker:
     def __init__(self, history: int = HISTORY, events: int = EVENTS) -> None:
         self._history = history
         self._before: Reading | None = None
+        self._split: dict[str, dict[str, float] | None] = {}  # the last reading's traffic split
         self._totals: dict[str, _Totals] = {}
         self._at: float | None = None
         self._series: dict[str, dict[str, collections.deque[float | None]]] = {}
@@ -125,20 +126,28 @@ class Tracker:
         st = reading.status
         totals = _totals(st.reports)
         ejected = _ejected(st.reports)
-        if self._before is not None:
-            self._note_changes(self._before, reading, ejected, now)
         names = sorted({s.name for s in st.services})
         ready = {e.revision_key for e in st.instances if e.state == "ready"}
+        split: dict[str, dict[str, float] | None] = {}  # by the services a VirtualService routes
+        every: dict[str, dict[str, float] | None] = {}
+        for name in names:
+            vs = find_virtual_service(name, reading.virtual_services)
+            mine = [s for s in st.services if s.name == name]
+            every[name] = traffic_shares(name, vs, find_rule(name, reading.rules), mine, ready)
+            if vs is not None:  # (without one, all goes to the latest ready revision)
+                split[name] = every[name]
+        if self._before is not None:
+            self._note_changes(self._before, reading, ejected, now)
+            for name, shares in split.items():
+                was = self._split.get(name, shares)
+                if shares is not None and shares != was:
+                    text = f"{name} traffic: {_split(shares)} (was {_split(was)})"
+                    self._events.appendleft({"time": now, "kind": "traffic", "text": text})
+        self._split = split
         services = []
         for name in names:
             mine = [s for s in st.services if s.name == name]
-            shares = traffic_shares(
-                name,
-                find_virtual_service(name, reading.virtual_services),
-                find_rule(name, reading.rules),
-                mine,
-                ready,
-            )
+            shares = every[name]
             rates = self._rates(name, totals.get(name, _Totals()), now)
             services.append(
                 {
@@ -247,31 +256,9 @@ class Tracker:
             )
             if prior_desired is not None and desired != prior_desired:
                 events.append(("scale", f"{key} scaled {prior_desired} → {desired}"))
-        events += self._traffic_shifts(before, now_reading)
         events += _rotations(old.reports, new.reports)
         for kind, text in events:
             self._events.appendleft({"time": now, "kind": kind, "text": text})
-
-    @staticmethod
-    def _traffic_shifts(before: Reading, after: Reading) -> list[tuple[str, str]]:
-        def shares(reading: Reading) -> dict[str, dict[str, float] | None]:
-            st = reading.status
-            ready = {e.revision_key for e in st.instances if e.state == "ready"}
-            out = {}
-            for name in sorted({s.name for s in st.services}):
-                vs = find_virtual_service(name, reading.virtual_services)
-                if vs is None:
-                    continue  # (no split: all to the latest ready revision)
-                mine = [s for s in st.services if s.name == name]
-                out[name] = traffic_shares(name, vs, find_rule(name, reading.rules), mine, ready)
-            return out
-
-        old, new = shares(before), shares(after)
-        return [
-            ("traffic", f"{name} traffic: {_split(new_split)} (was {_split(old[name])})")
-            for name, new_split in new.items()
-            if name in old and new_split != old[name] and new_split is not None
-        ]
 
 
 def _split(shares: Mapping[str, float] | None) -> str:
