@@ -35,8 +35,8 @@ from shoal.gateway.flood import FloodGuard, Frame
 from shoal.http.h1 import RequestHead
 from shoal.http.limits import EdgeLimits, KiB
 from shoal.http.refusal import BAD_PATH, NOT_IMPLEMENTED, Refusal
-from shoal.mesh.h1server import SERVER, Handler, Server
-from shoal.mesh.h2exchange import pseudo_headers
+from shoal.mesh.h1server import Handler, Server
+from shoal.mesh.h2exchange import plain_refusal, pseudo_headers
 from shoal.mesh.h2server import H2Connection, H2Server
 
 __all__ = ["LINGER", "EdgeH2Server", "edge_servers"]
@@ -147,16 +147,9 @@ class EdgeH2Connection(H2Connection):
 
     def _refuse_stream(self, stream_id: int, refusal: Refusal) -> None:
         """Answer a stream no handler sees with ``refusal``."""
-        body = refusal.body()
-        headers = [
-            (b":status", b"%d" % refusal.status),
-            *refusal.headers,
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"server", SERVER),
-            (b"content-length", b"%d" % len(body)),
-        ]
+        head, body = plain_refusal(refusal)
         try:
-            self.h2.send_headers(stream_id, headers)
+            self.h2.send_headers(stream_id, [(b":status", b"%d" % refusal.status), *head])
             self.h2.send_data(stream_id, body, end_stream=True)
         except h2.exceptions.ProtocolError:
             pass  # the stream closed meanwhile

@@ -23,7 +23,7 @@ from shoal.mesh.h1server import SERVER
 if TYPE_CHECKING:
     from shoal.mesh.h2server import H2Connection
 
-__all__ = ["H2Exchange", "pseudo_headers", "refuse_stream"]
+__all__ = ["H2Exchange", "plain_refusal", "pseudo_headers", "refuse_stream"]
 
 GOODBYE_TIMEOUT = 1.0
 """Seconds the closing frame of a tunnel may wait for the client's flow-control window."""
@@ -264,6 +264,16 @@ async def refuse_stream(
         await stream.start(200, [*head, (b"server", SERVER)])
         await stream.end(status)
         return
+    head, body = plain_refusal(refusal, fields)
+    await stream.start(refusal.status, head)
+    await stream.write(body)
+    await stream.end()
+
+
+def plain_refusal(
+    refusal: Refusal, fields: Iterable[tuple[bytes, bytes]] = ()
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The head (but ``:status``) and body of ``refusal`` in plain text, with ``fields``."""
     body = refusal.body()
     head = [
         *refusal.headers,
@@ -272,6 +282,4 @@ async def refuse_stream(
         (b"server", SERVER),
         (b"content-length", b"%d" % len(body)),
     ]
-    await stream.start(refusal.status, head)
-    await stream.write(body)
-    await stream.end()
+    return head, body
