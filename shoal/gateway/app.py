@@ -49,10 +49,11 @@ Send = Callable[[Message], Awaitable[None]]
 _ANSWER_DROP = HOP_BY_HOP | {b"x-request-id"}  # an answer's: the gateway sets its own
 
 
-def _note(entry: Entry, **fields: Any) -> None:
-    """Put ``fields`` in the access log's ``entry``, if there is one."""
+def _note(entry: Entry | None, status: int, cause: str | None = None) -> None:
+    """The gateway answered ``status`` itself: say so in the access log's ``entry``, if
+    there is one."""
     if entry is not None:
-        entry.update(fields)
+        entry.answered(status, cause)
 
 
 class _Refused(NamedTuple):
@@ -133,22 +134,21 @@ class GatewayApp:
         if log is None:
             await self._serve(exchange, port, None)
             return
-        started = time.time()
-        entry = log.entry(started)
         request, peer = exchange.head, exchange.peer
-        entry.update(
-            client=peer[0] if peer else None,
-            protocol="HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
-            method=request.method.decode("latin-1"),
-            path=request.target.decode("latin-1"),
+        entry = Entry(
+            time.time(),
+            peer[0] if peer else None,
+            "HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
+            request.method,
+            request.target,
         )
         try:
             await self._serve(exchange, port, entry)
         finally:
-            log.done(entry, started)
+            log.done(entry)
 
     async def _serve(
-        self, exchange: Exchange | H2Exchange, port: PortPlan | None, entry: Entry
+        self, exchange: Exchange | H2Exchange, port: PortPlan | None, entry: Entry | None
     ) -> None:
         """:meth:`serve`'s work; what the access log says goes in ``entry`` (when there is
         one) as it is known."""
@@ -169,10 +169,12 @@ class GatewayApp:
             self.underscores,
         )
         if isinstance(head, Refusal):
-            _note(entry, status=head.status, cause=head.cause)
+            _note(entry, head.status, head.cause)
             self._answered_here(head.status, head.cause)
             await _answer(exchange, head, close=True)
             return
+        if entry is not None:
+            entry.authority = head.host
         gateway = None
         if port is not None:
             host = normalize_host(head.host)
@@ -181,14 +183,14 @@ class GatewayApp:
                 refusal = Refusal(
                     404, NO_ROUTE, f"no Gateway server on port {port.port} for {host}"
                 )
-                _note(entry, authority=head.host, status=404, cause=NO_ROUTE)
+                _note(entry, 404, NO_ROUTE)
                 self._answered_here(404, NO_ROUTE)
                 await _answer(exchange, refusal, close=False)
                 return
             tls = bound.server.tls
             if tls is not None and tls.https_redirect and exchange.scheme == "http":
                 location = f"https://{host}{target.decode('latin-1')}".encode("latin-1")
-                _note(entry, authority=head.host, status=301)
+                _note(entry, 301)
                 self._answered_here(301, "")
                 await exchange.respond(301, [(b"location", location)], b"")
                 return
@@ -200,14 +202,7 @@ class GatewayApp:
         ours = ((b"x-request-id", rid),)  # every answer from here on names the request
         span = hop(head.fields.get("traceparent"), self.rng)
         if entry is not None:
-            entry.update(
-                authority=head.host,
-                request_id=rid.decode("latin-1"),
-                trace_id=span.trace_id,
-                span_id=span.span_id,
-                parent_span_id=span.parent_id,
-                bytes_in=head.content_length,
-            )
+            entry.rid, entry.span, entry.bytes_in = rid, span, head.content_length
         outbound = self._outbound(
             head, method, query, request.fields, client_ip, exchange.scheme, body, rid, span
         )
@@ -217,15 +212,14 @@ class GatewayApp:
         began = time.perf_counter()  # (the loop's clock ticks in whole milliseconds on uvloop)
         result = await self._send(outbound, body)
         if entry is not None:
-            entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
-            if outbound.route:
-                entry["route"] = outbound.route
+            entry.upstream = time.perf_counter() - began
+            entry.route = outbound.route or None
         if isinstance(result, _Refused):
-            _note(entry, status=result.refusal.status, cause=result.refusal.cause)
+            _note(entry, result.refusal.status, result.refusal.cause)
             await _answer(exchange, result.refusal, close=result.clients, fields=ours)
             return
         if isinstance(result, Direct):
-            _note(entry, status=result.status)
+            _note(entry, result.status)
             await exchange.respond(result.status, [*result.headers, *ours], result.body)
             return
         response = result.response
@@ -240,7 +234,7 @@ class GatewayApp:
         fields.append(ours[0])
         sent = await relay(exchange, response, fields, result.done)
         if entry is not None:
-            entry["bytes_out"] = sent
+            entry.bytes_out = sent
 
     def _answered_here(self, status: int, cause: str) -> None:
         """Count a request the gateway answers before any route (the forwarder counts the

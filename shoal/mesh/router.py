@@ -31,7 +31,6 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
 
 from shoal.http import grpc
 from shoal.http.h1 import HeadLimits
@@ -80,14 +79,14 @@ _ANSWER_DROP = HOP_BY_HOP | {_UNSENT}  # an instance's answer: only this router 
 async def _refuse(
     exchange: Exchange | H2Exchange,
     refusal: Refusal,
-    entry: Entry,
+    entry: Entry | None,
     *,
     unsent: bool = False,
 ) -> None:
     """The router's own answer (said in the access log's ``entry``); ``unsent``: nothing
     reached an instance (safe to retry)."""
     if entry is not None:
-        entry.update(status=refusal.status, cause=refusal.cause)
+        entry.answered(refusal.status, refusal.cause)
     await exchange.refuse(refusal, [(_UNSENT, b"1")] if unsent else ())
 
 
@@ -110,15 +109,10 @@ def _traced(fields: Headers, rng: random.Random) -> tuple[Headers, Span]:
     return kept, span
 
 
-def _trace(entry: dict[str, Any], span: Span, headers: Headers) -> None:
+def _trace(entry: Entry, span: Span, headers: Headers) -> None:
     """The request id and this hop's span, for the access log."""
-    rid = next((v for n, v in headers if n == b"x-request-id"), None)
-    entry.update(
-        request_id=rid.decode("latin-1") if rid is not None else None,
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        parent_span_id=span.parent_id,
-    )
+    entry.rid = next((v for n, v in headers if n == b"x-request-id"), None)
+    entry.span = span
 
 
 def _as_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -272,28 +266,26 @@ class Router:
     @staticmethod
     async def _logged(
         log: AccessLog,
-        serve: Callable[[Entry], Awaitable[None]],
+        serve: Callable[[Entry | None], Awaitable[None]],
         exchange: Exchange | H2Exchange,
         kind: str,
     ) -> None:
         """Run ``serve`` with an access-log entry for ``exchange`` (its ``kind``: inbound or
         outbound), logged once it is over."""
-        started = time.time()
-        entry = log.entry(started)
         head, peer = exchange.head, exchange.peer
-        entry.update(
-            listener=kind,
-            client=peer[0] if peer else None,
-            protocol="HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
-            method=head.method.decode("latin-1"),
-            authority=(head.get(b"host") or b"").decode("latin-1"),
-            path=head.target.decode("latin-1"),
-            bytes_in=head.content_length,
+        entry = Entry(
+            time.time(),
+            peer[0] if peer else None,
+            "HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
+            head.method,
+            head.target,
         )
+        entry.listener, entry.authority = kind, head.get(b"host") or b""
+        entry.bytes_in = head.content_length
         try:
             await serve(entry)
         finally:
-            log.done(entry, started)
+            log.done(entry)
 
     async def outbound_request(self, forwarder: Forwarder, exchange: Exchange | H2Exchange) -> None:
         """Route and forward one request a local instance sent."""
@@ -309,7 +301,7 @@ class Router:
         )
 
     async def _outbound_request(
-        self, forwarder: Forwarder, exchange: Exchange | H2Exchange, entry: Entry
+        self, forwarder: Forwarder, exchange: Exchange | H2Exchange, entry: Entry | None
     ) -> None:
         target = _target(exchange)
         if isinstance(target, Refusal):
@@ -339,13 +331,13 @@ class Router:
             )
         )
         if entry is not None:
-            entry["upstream_ms"] = round((time.perf_counter() - began) * 1000, 3)
+            entry.upstream = time.perf_counter() - began
         if isinstance(result, Refusal):
             await _refuse(exchange, result, entry)
             return
         if isinstance(result, Direct):
             if entry is not None:
-                entry["status"] = result.status
+                entry.status = result.status
             await exchange.respond(result.status, result.headers, result.body)
             return
         response = result.response
@@ -358,7 +350,7 @@ class Router:
                 return
         sent = await relay(exchange, response, _answer_fields(response), result.done)
         if entry is not None:
-            entry["bytes_out"] = sent
+            entry.bytes_out = sent
 
     async def inbound(self, exchange: Exchange) -> None:
         """Check and forward one request a proxy sent for one of this node's instances."""
@@ -368,7 +360,7 @@ class Router:
             return
         await self._logged(log, lambda entry: self._inbound(exchange, entry), exchange, "inbound")
 
-    async def _inbound(self, exchange: Exchange, entry: Entry) -> None:
+    async def _inbound(self, exchange: Exchange, entry: Entry | None) -> None:
         key = (exchange.head.get(INSTANCE) or b"").decode("latin-1")
         snapshot = self.proxy_state.snapshot  # one snapshot for the whole request
         endpoint = snapshot.instances.get(key)
@@ -378,13 +370,7 @@ class Router:
             await _refuse(exchange, refusal, entry, unsent=True)
             return
         if entry is not None:
-            entry.update(
-                service=endpoint.service,
-                revision=endpoint.revision,
-                instance=endpoint.id,
-                node=endpoint.node,
-                attempts=1,
-            )
+            entry.endpoint, entry.attempts = endpoint, 1
         inbound = self.proxy_state.stats.inbound
         inbound[key] = inbound.get(key, 0) + 1
         workload = snapshot.workload(endpoint)
@@ -397,7 +383,7 @@ class Router:
         # (shoal.mesh.handshake).
         caller, caller_fields = _caller(exchange, self.identity)
         if entry is not None:
-            entry["caller"] = caller
+            entry.caller = caller
         target = _target(exchange)
         if isinstance(target, Refusal):
             await _refuse(exchange, target, entry, unsent=True)
@@ -436,10 +422,8 @@ class Router:
         if entry is None:
             await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
             return
-        entry.update(
-            status=upstream.status, upstream_ms=round((time.perf_counter() - began) * 1000, 3)
-        )
-        entry["bytes_out"] = await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
+        entry.status, entry.upstream = upstream.status, time.perf_counter() - began
+        entry.bytes_out = await relay(exchange, upstream, _answer_fields(upstream), lambda: None)
 
     async def stop(self) -> None:
         """Stop listening, let requests in flight finish (up to ``SHUTDOWN_GRACE``), close every
