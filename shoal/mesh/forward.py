@@ -428,7 +428,7 @@ class Forwarder:
                 break
             if not state.budget.can_retry(self.clock()):
                 break
-            self.proxy_state.stats.retries += 1
+            self.proxy_state.stats.retry(route.cluster.service)
             await asyncio.sleep(backoff(attempt, self.rng))
         if last is None:
             if replay is not None:

@@ -62,6 +62,9 @@ def families(reports: Reports) -> list[Metric]:
         labels=[c, "service", "revision", "route", "status_class", "cause"],
     )
     retries = CounterMetricFamily("shoal_retries", "Attempts retried.", labels=[c])
+    retried = CounterMetricFamily(
+        "shoal_service_retries", "Attempts retried, by service.", labels=[c, "service"]
+    )
     refusals = CounterMetricFamily(
         "shoal_refusals", "Requests answered by Shoal, by cause.", labels=[c, "cause"]
     )
@@ -106,6 +109,17 @@ def families(reports: Reports) -> list[Metric]:
         "Instances ejected by outlier detection.",
         labels=[c, "cluster"],
     )
+    detections = CounterMetricFamily(
+        "shoal_outlier_detections",
+        "Instances outlier detection found failing, ejected or not (the ejection cap), by "
+        "cluster (service or service/subset).",
+        labels=[c, "cluster"],
+    )
+    ejections = CounterMetricFamily(
+        "shoal_outlier_ejections",
+        "Ejections outlier detection carried out, by cluster.",
+        labels=[c, "cluster"],
+    )
     expiry = GaugeMetricFamily(
         "shoal_certificate_expiry_timestamp_seconds",
         "When the certificate of an identity this process holds expires (Unix time).",
@@ -118,6 +132,8 @@ def families(reports: Reports) -> list[Metric]:
         for row in report.get("responses") or ():
             *labels, n = row
             responses.add_metric([component, *labels], n)
+        for service, n in sorted((report.get("retried") or {}).items()):
+            retried.add_metric([component, service], n)
         for cause, n in sorted((report.get("refusals") or {}).items()):
             refusals.add_metric([component, cause], n)
         for key, n in sorted((report.get("denied") or {}).items()):
@@ -144,6 +160,9 @@ def families(reports: Reports) -> list[Metric]:
             cold.add_metric([component], _buckets(COLD_START_BUCKETS, counts), sum(starts))
         for cluster, entries in sorted((report.get("ejections") or {}).items()):
             ejected.add_metric([component, cluster], len(entries))
+        for cluster, (detected, enforced) in sorted((report.get("outliers") or {}).items()):
+            detections.add_metric([component, cluster], detected)
+            ejections.add_metric([component, cluster], enforced)
         for leaf in (report.get("certs") or {}).get("leaves") or ():
             when = datetime.fromisoformat(leaf["not_after"]).timestamp()
             expiry.add_metric([component, leaf["identity"]], when)
@@ -151,6 +170,7 @@ def families(reports: Reports) -> list[Metric]:
         requests,
         responses,
         retries,
+        retried,
         refusals,
         denied,
         inbound,
@@ -162,6 +182,8 @@ def families(reports: Reports) -> list[Metric]:
         activations,
         cold,
         ejected,
+        detections,
+        ejections,
         expiry,
     ]
 

@@ -362,7 +362,12 @@ class ProxyState:
     def report(self, now: float) -> dict[str, Any]:
         """What this proxy tells the store every second: counters, load, ejections."""
         ejections: dict[str, list[dict[str, Any]]] = {}
+        outliers: dict[str, list[int]] = {}  # by cluster: [detected, enforced] so far
         for (service, subset), state in self.clusters.items():
+            cluster = f"{service}/{subset}" if subset else service
+            detector = state.detector
+            if detector.detected:
+                outliers[cluster] = [detector.detected, detector.enforced]
             ejected = [
                 {
                     "instance": key,
@@ -374,7 +379,7 @@ class ProxyState:
                 if e.enforced
             ]
             if ejected:
-                ejections[f"{service}/{subset}" if subset else service] = ejected
+                ejections[cluster] = ejected
         s = self.stats
         if s.inbound:  # instances that are gone are forgotten
             s.inbound = {k: n for k, n in s.inbound.items() if k in self.snapshot.instances}
@@ -389,6 +394,7 @@ class ProxyState:
             "revision": self.revision,
             "requests": s.requests,
             "retries": s.retries,
+            "retried": dict(s.retried),
             "refusals": dict(s.refusals),
             "denied": dict(s.denied),
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
@@ -400,5 +406,6 @@ class ProxyState:
             "latency_sum": {k: round(v, 6) for k, v in s.latency_sum.items()},
             "responses": [[*k, n] for k, n in s.responses.items()],
             "ejections": ejections,
+            "outliers": outliers,
         }
         return self.last_report

@@ -39,6 +39,7 @@ class Stats:
 
     requests: int = 0
     retries: int = 0
+    retried: dict[str, int] = field(default_factory=dict)  # retries by service
     refusals: dict[str, int] = field(default_factory=dict)  # by x-shoal-cause
     # requests refused by authorization, by "service policy" (policy empty: no ALLOW matched)
     denied: dict[str, int] = field(default_factory=dict)
@@ -59,6 +60,11 @@ class Stats:
         made it, its ``cause``; empty names where the request got no further."""
         key = (service, revision, route, _STATUS_CLASSES[min(status // 100, 5)], cause)
         self.responses[key] = self.responses.get(key, 0) + 1
+
+    def retry(self, service: str) -> None:
+        """Count a retry of a request to ``service``."""
+        self.retries += 1
+        self.retried[service] = self.retried.get(service, 0) + 1
 
     def deny(self, service: str, policy: str | None) -> None:
         """Count a request to ``service`` an AuthorizationPolicy refused (``policy``: the DENY

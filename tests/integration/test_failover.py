@@ -8,6 +8,7 @@ import collections
 import aiohttp
 
 from shoal.resources.manifest import parse_text
+from shoal.store.acks import live_reports
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
 from shoal.store.registry import Registry
@@ -66,6 +67,14 @@ async def test_failing_instance_is_retried_around_and_ejected(
         statuses = collections.Counter([(await get(gateway, "/"))[0] for _ in range(40)])
         assert statuses == {200: 40}
         assert len(bad.seen) == 3  # ejected after three consecutive 5xx
+        # The gateway's report (its /metrics) counts the retries and the ejection.
+        report = await eventually(
+            lambda: live_reports(redis, keys),
+            "the gateway to report its retries and the ejection",
+            until=lambda reports: reports.get("gateway", {}).get("outliers"),
+        )
+        assert report["gateway"]["retried"] == {"echo": 3}
+        assert report["gateway"]["outliers"] == {"echo/v1": [1, 1]}
 
 
 async def test_hung_instance_times_out_per_try(gateway: Gateway, redis: Redis, keys: Keys) -> None:

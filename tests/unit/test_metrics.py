@@ -16,6 +16,7 @@ NOT_AFTER = "2026-11-27T13:37:41+00:00"
 REPORT = {
     "requests": 1_234_567,
     "retries": 2,
+    "retried": {"hello": 2},
     "refusals": {"no_route": 3, "denied": 3},
     "denied": {"world deny-all": 2, "world ": 1},
     "inbound": {"hello/v1/a": 7},
@@ -32,6 +33,7 @@ REPORT = {
     "activations": 2,
     "cold_starts_ms": [100.0, 300.0],
     "ejections": {"hello/v1": [{"instance": "hello/a"}]},
+    "outliers": {"hello/v1": [3, 2]},
     "certs": {"leaves": [{"identity": "spiffe://td/gateway", "not_after": NOT_AFTER}]},
 }
 
@@ -76,6 +78,9 @@ def test_report_parses_as_prometheus_text() -> None:
     assert value(found, "shoal_cold_start_seconds_count", **g) == 2
     assert value(found, "shoal_cold_start_seconds_sum", **g) == 0.4
     assert value(found, "shoal_ejected_instances", **g, cluster="hello/v1") == 1
+    assert value(found, "shoal_service_retries_total", **g, service="hello") == 2
+    assert value(found, "shoal_outlier_detections_total", **g, cluster="hello/v1") == 3
+    assert value(found, "shoal_outlier_ejections_total", **g, cluster="hello/v1") == 2
 
 
 def test_certificate_expiry_is_exact_to_the_second() -> None:
