@@ -33,6 +33,7 @@ from typing import Any
 from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import parse_text, to_document
+from shoal.store.registry import INSTANCE
 from shoal.store.watch import View
 
 PER_SERVICE = 10  # instances per service
@@ -122,7 +123,9 @@ def measure(n: int, repeat: int) -> dict[str, float]:
         key = next(iter(view.instances))
         changed = dict(view.instances)
         changed[key] = replace(changed[key], state="draining" if round_ % 2 == 0 else "ready")
-        after_registry = replace(view, instances=MappingProxyType(changed))
+        after_registry = replace(
+            view, instances=MappingProxyType(changed), changes={INSTANCE: frozenset({key})}
+        )
         registry.append(_cpu_ms(state.update, after_registry))
         vs = dict(view.documents("VirtualService"))
         doc = dict(vs["svc0"])
@@ -136,7 +139,10 @@ def measure(n: int, repeat: int) -> dict[str, float]:
         config_view = dict(after_registry.config)
         config_view["VirtualService"] = MappingProxyType(vs)
         after_config = replace(
-            after_registry, revision=2 + round_, config=MappingProxyType(config_view)
+            after_registry,
+            revision=2 + round_,
+            config=MappingProxyType(config_view),
+            changes={"VirtualService": frozenset({"svc0"})},
         )
         config.append(_cpu_ms(state.update, after_config))
     return {

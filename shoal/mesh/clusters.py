@@ -9,7 +9,7 @@ endpoints and ``unknown_subset`` set, so the proxy can say why it has nowhere to
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -85,36 +85,59 @@ def _set_or(value: _T | None, fallback: _T | None) -> _T | None:
     return value if value is not None else fallback
 
 
-class ClusterBuilder:
-    """Resolves destinations to clusters while a routing table is built; one cluster object per
-    key."""
+@dataclass(slots=True)
+class ClusterInputs:
+    """What clusters are made of, by service: a routing table keeps it, and a change to one
+    service's instances or DestinationRule replaces that service's entries only (a new
+    ``ClusterInputs`` with shallow copies of the tables that change: :meth:`copy`)."""
 
-    def __init__(
-        self,
+    service_names: frozenset[str] = frozenset()  # Services and ServiceEntry hosts
+    revisions: dict[str, list[Service]] = field(default_factory=dict)  # by service name
+    # every endpoint of a service (any state), by key; and its ready ones, sorted by key
+    members: dict[str, dict[str, Endpoint]] = field(default_factory=dict)
+    ready: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    rule_named: dict[str, DestinationRule] = field(default_factory=dict)  # every rule, by name
+    rules: dict[str, DestinationRule] = field(default_factory=dict)  # the one of each service
+    entry_protocols: Mapping[str, str] = field(default_factory=dict)  # ServiceEntry host: protocol
+
+    @classmethod
+    def of(
+        cls,
         services: Iterable[Service],
         destination_rules: Iterable[DestinationRule],
         endpoints: Iterable[Endpoint],
         entries: Iterable[ServiceEntry] = (),
-    ) -> None:
+    ) -> ClusterInputs:
+        """The inputs of these resources and endpoints."""
         services = list(services)
         # A ServiceEntry's hosts are services too, named by the whole host; its first port's
         # protocol says whether TLS is originated to them.
-        self.entry_protocols = {h: e.ports[0].protocol for e in entries for h in e.hosts}
-        self.service_names = {service.name for service in services} | set(self.entry_protocols)
-        self.revisions: dict[str, list[Service]] = {}
+        entry_protocols = {h: e.ports[0].protocol for e in entries for h in e.hosts}
+        inputs = cls(
+            service_names=frozenset({s.name for s in services} | set(entry_protocols)),
+            entry_protocols=entry_protocols,
+        )
         for service in services:
-            self.revisions.setdefault(service.name, []).append(service)
-        ready: dict[str, list[Endpoint]] = {}
+            inputs.revisions.setdefault(service.name, []).append(service)
         for endpoint in endpoints:
-            if endpoint.state == "ready":
-                ready.setdefault(endpoint.service, []).append(endpoint)
-        self.ready = {
-            name: tuple(sorted(group, key=lambda ep: ep.key)) for name, group in ready.items()
-        }
-        self.rules: dict[str, DestinationRule] = {}
-        for rule in sorted(destination_rules, key=lambda dr: dr.name):
-            self.rules.setdefault(self.service_of(rule.host), rule)
-        self.clusters: dict[ClusterKey, Cluster] = {}
+            inputs.members.setdefault(endpoint.service, {})[endpoint.key] = endpoint
+        inputs.ready = {name: _ready(group) for name, group in inputs.members.items()}
+        inputs.rule_named = {rule.name: rule for rule in destination_rules}
+        for rule in sorted(inputs.rule_named.values(), key=lambda dr: dr.name):
+            inputs.rules.setdefault(inputs.service_of(rule.host), rule)
+        return inputs
+
+    def copy(self) -> ClusterInputs:
+        """A copy whose tables can be changed without changing this one's."""
+        return ClusterInputs(
+            service_names=self.service_names,
+            revisions=self.revisions,  # (changed only by a full build)
+            members=dict(self.members),
+            ready=dict(self.ready),
+            rule_named=dict(self.rule_named),
+            rules=dict(self.rules),
+            entry_protocols=self.entry_protocols,
+        )
 
     def service_of(self, host: str) -> str:
         """The service a destination host names: the whole host if a Service has it, else its
@@ -124,18 +147,80 @@ class ClusterBuilder:
             return host
         return host.split(".", 1)[0]
 
+    def set_endpoint(self, key: str, old: Endpoint | None, new: Endpoint | None) -> None:
+        """Endpoint ``key`` was ``old`` and is ``new`` (None: absent): the members of its
+        service(s) change (call :meth:`settle` for them afterwards)."""
+        if old is not None and old.service in self.members:
+            group = self.members[old.service] = dict(self.members[old.service])
+            group.pop(key, None)
+        if new is not None:
+            group = self.members[new.service] = dict(self.members.get(new.service, {}))
+            group[key] = new
+
+    def settle(self, service: str) -> bool:
+        """Make ``service``'s ready endpoints again from its members; whether they changed."""
+        group = self.members.get(service)
+        ready = _ready(group) if group else ()
+        if not group:
+            self.members.pop(service, None)
+        if ready == self.ready.get(service, ()):
+            return False
+        if ready:
+            self.ready[service] = ready
+        else:
+            self.ready.pop(service, None)
+        return True
+
+    def set_rule(self, name: str, rule: DestinationRule | None) -> set[str]:
+        """DestinationRule ``name`` is now ``rule`` (None: deleted); the services whose rule
+        may have changed."""
+        old = self.rule_named.pop(name, None)
+        if rule is not None:
+            self.rule_named[name] = rule
+        services = {self.service_of(r.host) for r in (old, rule) if r is not None}
+        for service in services:
+            self.rules.pop(service, None)
+        for candidate in sorted(self.rule_named.values(), key=lambda dr: dr.name):
+            service = self.service_of(candidate.host)
+            if service in services:
+                self.rules.setdefault(service, candidate)
+        return services
+
+
+def _ready(group: Mapping[str, Endpoint]) -> tuple[Endpoint, ...]:
+    return tuple(sorted((e for e in group.values() if e.state == "ready"), key=lambda e: e.key))
+
+
+class ClusterBuilder:
+    """Resolves destinations to clusters while a routing table is built or changed: one cluster
+    object per key. ``clusters`` holds the clusters made so far (a changed table's: those of
+    its predecessor); those of a service in ``stale`` are made again when first asked for."""
+
+    def __init__(
+        self,
+        inputs: ClusterInputs,
+        clusters: dict[ClusterKey, Cluster] | None = None,
+        stale: Collection[str] = (),
+    ) -> None:
+        self.inputs = inputs
+        self.clusters: dict[ClusterKey, Cluster] = {} if clusters is None else clusters
+        self.stale = stale
+        self.made: set[ClusterKey] = set()  # the keys made here
+
     def cluster(self, destination: Destination) -> Cluster:
         """The (shared) cluster for a destination."""
-        key = (self.service_of(destination.host), destination.subset)
+        key = (self.inputs.service_of(destination.host), destination.subset)
         cluster = self.clusters.get(key)
-        if cluster is None:
+        if cluster is None or (key[0] in self.stale and key not in self.made):
             cluster = self.clusters[key] = self._make_cluster(*key)
+            self.made.add(key)
         return cluster
 
     def _make_cluster(self, service: str, subset_name: str | None) -> Cluster:
-        endpoints = self.ready.get(service, ())
-        revisions = self.revisions.get(service, [])
-        rule = self.rules.get(service)
+        inputs = self.inputs
+        endpoints = inputs.ready.get(service, ())
+        revisions = inputs.revisions.get(service, [])
+        rule = inputs.rules.get(service)
         policy = rule.traffic_policy if rule is not None else TrafficPolicy()
         unknown_subset = False
         if subset_name is not None:
@@ -159,8 +244,8 @@ class ClusterBuilder:
             subset=subset_name,
             endpoints=endpoints,
             policy=policy,
-            unknown_service=service not in self.service_names,
+            unknown_service=service not in inputs.service_names,
             unknown_subset=unknown_subset,
             revisions=tuple(sorted(r.key for r in revisions)),
-            origin=origin(policy, self.entry_protocols.get(service)),
+            origin=origin(policy, inputs.entry_protocols.get(service)),
         )

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.http.headers import HeaderEdit
@@ -49,6 +49,7 @@ from shoal.resources.model import (
     ServiceEntry,
     VirtualService,
 )
+from shoal.store.registry import INSTANCE
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ CONFIG_KINDS = (
     "Gateway",
     "ServiceEntry",
 )
+
+# The changes a snapshot is changed by rather than built again (see ProxyState.update).
+_INCREMENTAL = frozenset({INSTANCE, "VirtualService", "DestinationRule"})
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
@@ -203,6 +207,7 @@ class ProxyState:
         self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
         self.unreachable: frozenset[str] = frozenset()  # ServiceEntry endpoints failing checks
         self._view: View | None = None  # the last one, to rebuild from when those change
+        self._rebuild = False  # the last view could not be applied: build the next one whole
         self.extra_reports: list[Callable[[], Mapping[str, Any]]] = []
         self.last_report: dict[str, Any] = {}  # what report() returned last, for /metrics
         self.applied = False  # a view of the store has been applied (the process is ready)
@@ -233,27 +238,42 @@ class ProxyState:
         if keys != self.unreachable:
             self.unreachable = keys
             if self._view is not None:
-                self.update(self._view)
+                self.update(self._view, whole=True)
 
-    def update(self, view: View) -> None:
-        """Swap in a snapshot built from ``view``; keep the old one if it cannot be built."""
-        self._view = view
+    def update(self, view: View, *, whole: bool = False) -> None:
+        """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
+
+        When the view says what changed since the one before it, and that is instances,
+        VirtualServices and DestinationRules only, the new snapshot is the old one changed
+        where they are (:meth:`RoutingTable.changed`: a change costs its own size, whatever the
+        cluster's); else, or with ``whole``, everything is built again."""
+        previous, self._view = self._view, view
+        changes = view.changes
         meshes = mesh_addresses(view)
         try:
-            table = table_from_view(
-                view, self.snapshot.table, self._stored, meshes, self.unreachable
-            )
+            if (
+                whole
+                or self._rebuild
+                or previous is None
+                or changes is None
+                or not _INCREMENTAL.issuperset(changes)
+            ):
+                self._build(view, meshes)
+            else:
+                self._change(view, previous, changes, meshes)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
+            self._rebuild = True  # (the next view is built whole)
             return
+        self._rebuild = False
+        self.applied = True
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def _build(self, view: View, meshes: dict[str, str]) -> None:
+        table = table_from_view(view, self.snapshot.table, self._stored, meshes, self.unreachable)
         for key, cluster in table.clusters.items():
-            state = self.clusters.get(key)
-            if state is None:
-                self.cluster_state(cluster)
-            else:
-                state.detector.policy = cluster.policy.outlier_detection or DEFAULT_OUTLIER
-                state.detector.set_hosts(e.key for e in cluster.endpoints)
-                state.breaker.update(cluster.policy.connection_pool)
+            self._cluster_changed(key, cluster)
         for key in set(self.clusters) - set(table.clusters):
             del self.clusters[key]
         peer_authentications = tuple(
@@ -272,14 +292,71 @@ class ProxyState:
                 p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in peer_authentications
             ),
             gateways=tuple(r for r in self._stored_of(view, "Gateway") if isinstance(r, Gateway)),
-            probes=probes(
-                (r for r in self._stored_of(view, "ServiceEntry") if isinstance(r, ServiceEntry)),
-                {key[0]: c.policy for key, c in table.clusters.items() if key[1] is None},
-            ),
+            probes=self._probes(view, table),
         )
-        self.applied = True
-        self.changed.set()
-        self.changed = asyncio.Event()
+
+    def _change(
+        self,
+        view: View,
+        previous: View,
+        changes: Mapping[str, frozenset[str]],
+        meshes: dict[str, str],
+    ) -> None:
+        """The snapshot changed by ``changes`` (instances, VirtualServices, DestinationRules)
+        from ``previous`` to ``view``."""
+        snapshot = self.snapshot
+        inputs = snapshot.table.inputs.copy()
+        services: set[str] = set()
+        for name in changes.get(INSTANCE, ()):
+            old, new = previous.instances.get(name), view.instances.get(name)
+            reachable = new is not None and (not new.mtls or new.node in meshes)
+            inputs.set_endpoint(name, old, new if reachable else None)
+            services.update(e.service for e in (old, new) if e is not None)
+        services = {service for service in services if inputs.settle(service)}
+        for name in changes.get("DestinationRule", ()):
+            rule = self._parsed(view, "DestinationRule", name)
+            services |= inputs.set_rule(name, rule if isinstance(rule, DestinationRule) else None)
+        virtual_services: dict[str, VirtualService | None] = {}
+        for name in changes.get("VirtualService", ()):
+            vs = self._parsed(view, "VirtualService", name)
+            virtual_services[name] = vs if isinstance(vs, VirtualService) else None
+        change = snapshot.table.changed(inputs, services, virtual_services)
+        table = change.table
+        for key in change.remade:
+            self._cluster_changed(key, table.clusters[key])
+        for key in change.dropped:
+            self.clusters.pop(key, None)
+        self.snapshot = replace(
+            snapshot,
+            revision=view.revision,
+            table=table,
+            instances=view.instances,
+            probes=self._probes(view, table) if "DestinationRule" in changes else snapshot.probes,
+            workloads={},
+            retry_policies={},
+        )
+
+    def _parsed(self, view: View, kind: str, name: str) -> Resource | None:
+        return self._stored.parse_one(kind, name, view.documents(kind).get(name))
+
+    def _probes(self, view: View, table: RoutingTable) -> tuple[Probe, ...]:
+        entries = self._stored_of(view, "ServiceEntry")
+        if not entries:
+            return ()
+        return probes(
+            (r for r in entries if isinstance(r, ServiceEntry)),
+            {key[0]: c.policy for key, c in table.clusters.items() if key[1] is None},
+        )
+
+    def _cluster_changed(self, key: ClusterKey, cluster: Cluster) -> None:
+        """Carry the state of cluster ``key`` over to its new object (or start it)."""
+        state = self.clusters.get(key)
+        if state is None:
+            self.cluster_state(cluster)
+        else:
+            state.detector.policy = cluster.policy.outlier_detection or DEFAULT_OUTLIER
+            state.detector.set_hosts(e.key for e in cluster.endpoints)
+            state.breaker.update(cluster.policy.connection_pool)
 
     def _stored_of(self, view: View, kind: str) -> list[Resource]:
         """The view's resources of ``kind``, in name order."""

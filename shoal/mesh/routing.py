@@ -23,11 +23,12 @@ clusters as :mod:`shoal.mesh.clusters` says.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shoal.mesh.balancer import Balancer, make_balancer
-from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterKey
+from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterInputs, ClusterKey
 from shoal.mesh.matching import (
     NO_LABELS,
     MatchBlock,
@@ -45,14 +46,50 @@ if TYPE_CHECKING:  # annotations only
     from shoal.resources.model import DestinationRule, Service, ServiceEntry, VirtualService
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A VirtualService as a table holds it: its match blocks, the host slots it claims
+    (``(binding, slot)``: see :func:`_slot`) and the clusters its routes name."""
+
+    vs: VirtualService
+    blocks: tuple[MatchBlock, ...]
+    slots: tuple[tuple[str, str], ...]
+    clusters: frozenset[ClusterKey]
+
+
+@dataclass(frozen=True, slots=True)
+class TableChange:
+    """A new table and what it changed from the one it was made from: the clusters made
+    again or new (``remade``) and those no route names any more (``dropped``)."""
+
+    table: RoutingTable
+    remade: frozenset[ClusterKey]
+    dropped: frozenset[ClusterKey]
+
+
 class RoutingTable:
     """An immutable routing snapshot: host and rule matching, clusters, and their balancers.
 
-    Built by :meth:`build`; ``RoutingTable()`` is the empty table that routes nothing. The
+    Built by :meth:`build`, or made from another by :meth:`changed` (what did not change is
+    shared, object for object); ``RoutingTable()`` is the empty table that routes nothing. The
     balancer objects it holds are the only mutable part; they are carried to the next snapshot.
     """
 
-    __slots__ = ("_any", "_balancers", "_bound", "_clusters", "_defaults", "_exact", "_wildcard")
+    __slots__ = (
+        "_any",
+        "_balancers",
+        "_bound",
+        "_claims",
+        "_clusters",
+        "_compiled",
+        "_defaults",
+        "_exact",
+        "_inputs",
+        "_owned",
+        "_refs",
+        "_users",
+        "_wildcard",
+    )
 
     def __init__(self) -> None:
         self._bound: dict[str, RoutingTable] = {}  # Gateway name -> the routes bound to it
@@ -62,6 +99,15 @@ class RoutingTable:
         self._defaults: dict[str, RouteMatch] = {}
         self._clusters: dict[ClusterKey, Cluster] = {}
         self._balancers: dict[ClusterKey, Balancer] = {}
+        # What changes are made from (the mesh table's; a bound table keeps none of it):
+        self._inputs = ClusterInputs()
+        self._compiled: dict[str, _Compiled] = {}  # by VirtualService name
+        # (binding, slot) -> the blocks of each VirtualService claiming it; the first by name wins
+        self._claims: dict[tuple[str, str], dict[str, tuple[MatchBlock, ...]]] = {}
+        # service -> its default routes' hosts, each with its subset (None: the latest ready)
+        self._owned: dict[str, tuple[tuple[str, str | None], ...]] = {}
+        self._refs: dict[ClusterKey, int] = {}  # routes naming each cluster
+        self._users: dict[str, frozenset[str]] = {}  # service -> VirtualServices naming it
 
     @classmethod
     def build(
@@ -80,40 +126,155 @@ class RoutingTable:
         As in Istio, a VirtualService applies in the mesh (and at the gateway's own listeners,
         ``--port``/``--tls-port``) when its ``gateways`` is empty or names ``mesh``, and at the
         listeners of each Gateway it names (:meth:`bound`)."""
-        builder = ClusterBuilder(services, destination_rules, endpoints, entries)
-        table = cls()
-        for vs in sorted(virtual_services, key=lambda v: v.name):
-            blocks = compile_virtual_service(vs, builder)
-            bindings = vs.gateways or (MESH_GATEWAY,)
-            for gateway in bindings:
-                target = (
-                    table if gateway == MESH_GATEWAY else table._bound.setdefault(gateway, cls())
-                )
-                for host in vs.hosts:
-                    target._add_host(host.lower().rstrip("."), blocks, vs.name)
-        ready = {e.revision_key for group in builder.ready.values() for e in group}
-        for name in sorted(builder.service_names):
-            # As in Knative: the latest ready revision (its subset by name) serves a service no
-            # VirtualService routes (one of a single revision is the whole service).
-            revisions = builder.revisions.get(name, ())
-            latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
-            destination = Destination(host=name, subset=latest.revision if latest else None)
-            table._defaults[name] = _whole(builder, destination)
-        for name, revisions in sorted(builder.revisions.items()):
-            for revision in revisions:  # Knative's tag hosts: <tag>-<service>, one revision
-                for tag in revision.tags:
-                    tagged = Destination(host=name, subset=revision.revision)
-                    table._defaults.setdefault(f"{tag}-{name}", _whole(builder, tagged))
-        table._clusters = builder.clusters
+        inputs = ClusterInputs.of(services, destination_rules, endpoints, entries)
+        empty = cls()
+        empty._owned = _default_hosts(inputs)
+        named = {vs.name: vs for vs in virtual_services}
         kept = previous._balancers if previous is not None else {}
-        for key, cluster in builder.clusters.items():
+        return empty._change(inputs, set(empty._owned), named, kept).table
+
+    def changed(
+        self,
+        inputs: ClusterInputs,
+        services: Collection[str],
+        virtual_services: Mapping[str, VirtualService | None],
+    ) -> TableChange:
+        """This table with ``inputs`` in which only ``services`` changed (their endpoints or
+        DestinationRule: their clusters are made again, and the routes that name them) and
+        with the VirtualServices in ``virtual_services`` compiled again (None: deleted). Costs
+        what changed, not the size of the table. Raises ``ValueError`` as :meth:`build`."""
+        return self._change(inputs, services, virtual_services, self._balancers)
+
+    def _change(
+        self,
+        inputs: ClusterInputs,
+        services: Collection[str],
+        virtual_services: Mapping[str, VirtualService | None],
+        kept: Mapping[ClusterKey, Balancer],
+    ) -> TableChange:
+        new = self._copy(inputs)
+        builder = ClusterBuilder(inputs, new._clusters, stale=services)
+        touched: set[ClusterKey] = set()  # whose reference counts went down
+        recompile = dict(virtual_services)
+        for service in services:
+            for name in self._users.get(service, ()):
+                if name not in recompile:
+                    recompile[name] = self._compiled[name].vs
+        slots: set[tuple[str, str]] = set()
+        for name, vs in recompile.items():
+            old = new._compiled.pop(name, None)
+            if old is not None:
+                new._forget(name, old, touched)
+                slots.update(old.slots)
+            if vs is not None:
+                compiled = _compile(vs, builder)
+                new._compiled[name] = compiled
+                new._remember(name, compiled)
+                slots.update(compiled.slots)
+        for service in services:
+            new._set_defaults(service, builder, touched)
+        for binding, slot in slots:
+            new._settle(binding, slot)
+        dropped = {key for key in touched if not new._refs.get(key)}
+        for key in dropped:
+            new._refs.pop(key, None)
+            del new._clusters[key]
+            del new._balancers[key]
+        remade = builder.made - dropped
+        for key in remade:
+            cluster = new._clusters[key]
             balancer = kept.get(key)
             if balancer is None or balancer.policy != cluster.load_balancer:
                 balancer = make_balancer(cluster.load_balancer)
-            table._balancers[key] = balancer
-        for bound in table._bound.values():
-            bound._clusters, bound._balancers = table._clusters, table._balancers
-        return table
+            new._balancers[key] = balancer
+        for bound in new._bound.values():
+            bound._clusters, bound._balancers = new._clusters, new._balancers
+        return TableChange(new, frozenset(remade), frozenset(dropped))
+
+    def _copy(self, inputs: ClusterInputs) -> RoutingTable:
+        """A new table sharing this one's content, in tables of its own (shallow copies)."""
+        new = RoutingTable.__new__(RoutingTable)
+        new._inputs = inputs
+        new._bound = {name: bound._copy_hosts() for name, bound in self._bound.items()}
+        new._exact, new._wildcard, new._any = dict(self._exact), dict(self._wildcard), self._any
+        new._defaults = dict(self._defaults)
+        new._clusters, new._balancers = dict(self._clusters), dict(self._balancers)
+        new._compiled, new._claims = dict(self._compiled), dict(self._claims)
+        new._owned, new._refs, new._users = self._owned, dict(self._refs), dict(self._users)
+        return new
+
+    def _copy_hosts(self) -> RoutingTable:
+        """A bound table's copy (hosts only: the rest is the mesh table's)."""
+        new = RoutingTable()
+        new._exact, new._wildcard, new._any = dict(self._exact), dict(self._wildcard), self._any
+        return new
+
+    def _remember(self, name: str, compiled: _Compiled) -> None:
+        for slot in compiled.slots:
+            claims = self._claims[slot] = dict(self._claims.get(slot, {}))
+            claims[name] = compiled.blocks
+        for key in compiled.clusters:
+            self._refs[key] = self._refs.get(key, 0) + 1
+        for service in {key[0] for key in compiled.clusters}:
+            self._users[service] = self._users.get(service, frozenset()) | {name}
+
+    def _forget(self, name: str, compiled: _Compiled, touched: set[ClusterKey]) -> None:
+        for slot in compiled.slots:
+            claims = self._claims[slot] = dict(self._claims[slot])
+            del claims[name]
+            if not claims:
+                del self._claims[slot]
+        for key in compiled.clusters:
+            self._refs[key] -= 1
+            touched.add(key)
+        for service in {key[0] for key in compiled.clusters}:
+            users = self._users[service] - {name}
+            if users:
+                self._users[service] = users
+            else:
+                del self._users[service]
+
+    def _set_defaults(
+        self, service: str, builder: ClusterBuilder, touched: set[ClusterKey]
+    ) -> None:
+        """Make the default routes of ``service`` again (Knative's: the latest ready revision
+        for the service's own host, each tagged revision for its tag host)."""
+        inputs = builder.inputs
+        for host, subset in self._owned.get(service, ()):
+            if subset is None:
+                # As in Knative: the latest ready revision (its subset by name) serves a
+                # service no VirtualService routes (one of a single revision is the whole
+                # service).
+                revisions = inputs.revisions.get(service, ())
+                ready = {e.revision_key for e in inputs.ready.get(service, ())}
+                latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
+                subset = latest.revision if latest is not None else None
+            old = self._defaults.get(host)
+            if old is not None:
+                self._refs[old.clusters[0].key] -= 1
+                touched.add(old.clusters[0].key)
+            route = self._defaults[host] = _whole(builder, Destination(host=service, subset=subset))
+            key = route.clusters[0].key
+            self._refs[key] = self._refs.get(key, 0) + 1
+
+    def _settle(self, binding: str, slot: str) -> None:
+        """Set the host ``slot`` of ``binding`` to the blocks of the first VirtualService by
+        name that claims it (or none)."""
+        claims = self._claims.get((binding, slot))
+        blocks = claims[min(claims)] if claims else None
+        if binding == MESH_GATEWAY:
+            target = self
+        else:
+            target = self._bound.get(binding) or self._bound.setdefault(binding, RoutingTable())
+        if slot == "*":
+            target._any = blocks
+            return
+        index = target._wildcard if slot[0] == "." else target._exact
+        host = slot if slot[0] == "." else slot[1:]
+        if blocks is None:
+            index.pop(host, None)
+        else:
+            index[host] = blocks
 
     def bound(self, gateway: str | None) -> RoutingTable:
         """The routes of the VirtualServices bound to the Gateway named ``gateway`` (no
@@ -121,23 +282,6 @@ class RoutingTable:
         if gateway is None:
             return self
         return self._bound.get(gateway) or _UNBOUND
-
-    def _add_host(self, host: str, blocks: tuple[MatchBlock, ...], vs_name: str) -> None:
-        if host == "*":
-            if self._any is None:
-                self._any = blocks
-        elif host.startswith("*."):
-            self._wildcard.setdefault(host[1:], blocks)
-        elif "*" in host:
-            raise ValueError(
-                f"VirtualService {vs_name}: hosts: unsupported wildcard {host!r} "
-                "(only '*' and '*.suffix')"
-            )
-        else:
-            self._exact.setdefault(host, blocks)
-            service = mesh_service(host)
-            if service is not None and service != host:  # hello.default.svc.cluster.local
-                self._exact.setdefault(service, blocks)  # is reached as hello too
 
     def resolve(
         self,
@@ -215,6 +359,11 @@ class RoutingTable:
             raise KeyError(f"cluster {cluster.key} is not in this routing table") from None
 
     @property
+    def inputs(self) -> ClusterInputs:
+        """What this table's clusters are made of (copy it to change it: :meth:`changed`)."""
+        return self._inputs
+
+    @property
     def clusters(self) -> Mapping[ClusterKey, Cluster]:
         """Every cluster any route or default route refers to, by (service, subset)."""
         return self._clusters
@@ -222,6 +371,52 @@ class RoutingTable:
     def cluster(self, service: str, subset: str | None = None) -> Cluster | None:
         """The cluster for (service, subset) if any route or default route refers to it."""
         return self._clusters.get((service, subset))
+
+
+def _slot(host: str, vs_name: str) -> tuple[str, ...]:
+    """The index slots a VirtualService host claims: ``*``, ``.suffix`` for ``*.suffix``, or
+    ``=host`` (and ``=service`` for a mesh service's long name, reached by its short one)."""
+    if host == "*":
+        return ("*",)
+    if host.startswith("*."):
+        return (host[1:],)
+    if "*" in host:
+        raise ValueError(
+            f"VirtualService {vs_name}: hosts: unsupported wildcard {host!r} "
+            "(only '*' and '*.suffix')"
+        )
+    service = mesh_service(host)
+    if service is not None and service != host:  # hello.default.svc.cluster.local
+        return (f"={host}", f"={service}")  # is reached as hello too
+    return (f"={host}",)
+
+
+def _compile(vs: VirtualService, builder: ClusterBuilder) -> _Compiled:
+    blocks = compile_virtual_service(vs, builder)
+    slots = tuple(
+        (binding, slot)
+        for binding in vs.gateways or (MESH_GATEWAY,)
+        for host in vs.hosts
+        for slot in _slot(host.lower().rstrip("."), vs.name)
+    )
+    clusters = {c.key for block in blocks for c in block.result.clusters}
+    clusters.update(b.result.mirror.key for b in blocks if b.result.mirror is not None)
+    return _Compiled(vs, blocks, slots, frozenset(clusters))
+
+
+def _default_hosts(inputs: ClusterInputs) -> dict[str, tuple[tuple[str, str | None], ...]]:
+    """Each service's default route hosts: its name (subset None: the latest ready revision),
+    and ``<tag>-<service>`` for each tagged revision (Knative's tag hosts), unless an earlier
+    service by name holds that host."""
+    owner: dict[str, tuple[str, str | None]] = {name: (name, None) for name in inputs.service_names}
+    for name, revisions in sorted(inputs.revisions.items()):
+        for revision in revisions:
+            for tag in revision.tags:
+                owner.setdefault(f"{tag}-{name}", (name, revision.revision))
+    owned: dict[str, list[tuple[str, str | None]]] = {}
+    for host, (service, subset) in sorted(owner.items()):
+        owned.setdefault(service, []).append((host, subset))
+    return {service: tuple(hosts) for service, hosts in owned.items()}
 
 
 def _whole(builder: ClusterBuilder, destination: Destination) -> RouteMatch:

@@ -352,3 +352,16 @@ class StoredResources:
         for gone in [k for k in self._seen if k[0] == kind and k[1] not in documents]:
             del self._seen[gone]
         return out
+
+    def parse_one(self, kind: str, key: str, document: object | None) -> Resource | None:
+        """The resource of one document of ``kind`` (None: there is none, or it is bad)."""
+        hit = self._seen.get((kind, key))
+        if hit is not None and hit[0] is document:
+            return hit[1]
+        self._seen.pop((kind, key), None)
+        if document is None:
+            return None
+        resource = parse_stored({key: document}).get(key)
+        if resource is not None:
+            self._seen[(kind, key)] = (document, resource)
+        return resource

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -56,6 +56,9 @@ class View:
     nodes: MappingProxyType[str, dict[str, Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # What changed since the view handed over before this one: the keys of each kind (config
+    # kinds, Instance, Node); None when it was loaded whole (anything may differ).
+    changes: Mapping[str, frozenset[str]] | None = None
 
     def documents(self, kind: str) -> MappingProxyType[str, dict[str, Any]]:
         """The documents of one kind, by key."""
@@ -70,13 +73,33 @@ class _State:
         self.config: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in kinds}
         self.instances: dict[str, Endpoint] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
+        self.changes: dict[str, set[str]] | None = None  # since the last view (None: loaded)
+        self._config: MappingProxyType[str, MappingProxyType[str, dict[str, Any]]] | None = None
+
+    def changed(self, kind: str, name: str) -> None:
+        """Note that ``name`` of ``kind`` changed (kinds this state does not hold: ignored)."""
+        if kind in self.config:
+            self._config = None  # (made again for the next view)
+        elif kind not in (INSTANCE, NODE):
+            return
+        if self.changes is not None:
+            self.changes.setdefault(kind, set()).add(name)
 
     def view(self) -> View:
+        """The tables as they are, as a view (copies: a view never changes), with the changes
+        since the last one."""
+        if self._config is None:
+            self._config = MappingProxyType(
+                {k: MappingProxyType(dict(v)) for k, v in self.config.items()}
+            )
+        changes = self.changes
+        self.changes = {}
         return View(
             revision=self.revision,
-            config=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.config.items()}),
+            config=self._config,
             instances=MappingProxyType(dict(self.instances)),
             nodes=MappingProxyType(dict(self.nodes)),
+            changes=None if changes is None else {k: frozenset(v) for k, v in changes.items()},
         )
 
 
@@ -127,6 +150,7 @@ class Watcher:
             for entry_id, fields in entries:
                 await self._apply(redis, state, fields)
                 last_id = entry_id
+                state.changed(fields["kind"], fields["name"])
             on_view(state.view())
 
     async def _exists(self, redis: Redis, entry_id: str) -> bool:

@@ -1,0 +1,233 @@
+"""A snapshot changed by what changed is the snapshot built whole, and shares the rest.
+
+A proxy that is told what changed since the last view (instances, VirtualServices,
+DestinationRules) changes its routing table where they are (RoutingTable.changed) instead of
+building it again. Random sequences of changes, each applied both ways, must route alike, and
+a change to one service must leave every other cluster object as it was (``is``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from shoal.mesh.proxy_state import ProxyState
+from shoal.resources.endpoint import Endpoint
+from shoal.resources.manifest import parse_text, to_document
+from shoal.store.registry import INSTANCE
+from shoal.store.watch import View
+
+SERVICES = ("a", "b", "c", "d")
+HOSTS = ("a", "b", "c", "d", "a.example.com", "x.example.com", "www.b.test", "canary-a", "zz")
+
+
+def _doc(text: str) -> dict[str, Any]:
+    [resource] = parse_text(text)
+    return to_document(resource)
+
+
+def _service(name: str, revision: str, tags: str = "") -> dict[str, Any]:
+    tagged = f", tags: [{tags}]" if tags else ""
+    spec = f"{{command: [sleep, '1'], revision: {revision}{tagged}}}"
+    return _doc(f"apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {spec}")
+
+
+def _virtual_service(rng: random.Random, name: str) -> dict[str, Any]:
+    """A VirtualService with random hosts, a prefix rule, a weighted split and a mirror."""
+    hosts = rng.sample(["a", "b.default.svc.cluster.local", "*.example.com", "*", "www.b.test"], 2)
+    one, two = rng.sample(SERVICES, 2)
+    subset = rng.choice(["v1", "v2", "nope"])
+    weight = rng.randrange(0, 101)
+    gateways = rng.choice(["", "gateways: [edge]", "gateways: [edge, mesh]"])
+    return _doc(
+        f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: {list(hosts)}
+  {gateways}
+  http:
+  - match: [{{uri: {{prefix: /{rng.choice(["x", "y"])}}}}}]
+    route: [{{destination: {{host: {one}}}}}]
+    mirror: {{host: {two}}}
+  - route:
+    - {{destination: {{host: {one}, subset: {subset}}}, weight: {weight}}}
+    - {{destination: {{host: {two}}}, weight: {100 - weight}}}
+"""
+    )
+
+
+def _rule(rng: random.Random, name: str) -> dict[str, Any]:
+    host = rng.choice([*SERVICES, "a.default.svc.cluster.local"])
+    balancer = rng.choice(["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST"])
+    return _doc(
+        f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec:
+  host: {host}
+  trafficPolicy: {{loadBalancer: {{simple: {balancer}}}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: {rng.choice(["v2", "v3"])}}}}}
+"""
+    )
+
+
+def _endpoint(rng: random.Random, key: int) -> Endpoint:
+    return Endpoint(
+        id=f"i{key}",
+        service=rng.choice([*SERVICES, "ghost"]),
+        revision=rng.choice(["v1", "v2"]),
+        node="n1",
+        address="127.0.0.1",
+        port=20000 + key,
+        labels=(("version", rng.choice(["v1", "v2", "v3"])),),
+        state=rng.choice(["ready", "ready", "starting", "draining"]),
+    )
+
+
+class Store:
+    """What a watcher holds, handing over views with what changed since the last one."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.revision = 1
+        self.config: dict[str, dict[str, dict[str, Any]]] = {
+            "Service": {
+                "a/v1": _service("a", "v1"),
+                "a/v2": _service("a", "v2", tags="canary"),
+                "b/v1": _service("b", "v1"),
+                "c/v1": _service("c", "v1"),
+            },
+            "VirtualService": {f"vs{i}": _virtual_service(rng, f"vs{i}") for i in range(4)},
+            "DestinationRule": {f"dr{i}": _rule(rng, f"dr{i}") for i in range(3)},
+        }
+        self.instances = {e.key: e for e in (_endpoint(rng, i) for i in range(20))}
+        self.changes: dict[str, set[str]] = {}
+
+    def view(self) -> View:
+        changes = {k: frozenset(v) for k, v in self.changes.items()}
+        self.changes = {}
+        return View(
+            revision=self.revision,
+            config=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.config.items()}),
+            instances=MappingProxyType(dict(self.instances)),
+            nodes=MappingProxyType({}),
+            changes=changes,
+        )
+
+    def change(self) -> None:
+        """One random change, noted as a watcher notes it."""
+        rng = self.rng
+        what = rng.random()
+        if what < 0.6:
+            key = rng.choice(list(self.instances))
+            if rng.random() < 0.2:
+                del self.instances[key]
+            elif rng.random() < 0.5:  # a state change
+                old = self.instances[key]
+                self.instances[key] = replace(old, state=rng.choice(["ready", "draining"]))
+            else:  # a new instance, or one that moves to another service or revision
+                new = _endpoint(rng, rng.randrange(0, 30))
+                self.instances[key := new.key] = new
+            self.changes.setdefault(INSTANCE, set()).add(key)
+            return
+        kind, make = (
+            ("VirtualService", _virtual_service) if what < 0.85 else ("DestinationRule", _rule)
+        )
+        name = f"{kind[:2].lower()}{rng.randrange(0, 6)}"
+        docs = self.config[kind]
+        if name in docs and rng.random() < 0.25:
+            del docs[name]
+        else:
+            docs[name] = make(rng, name)
+        self.revision += 1
+        self.changes.setdefault(kind, set()).add(name)
+
+
+def _routes(state: ProxyState) -> list[Any]:
+    """Where every test host and path goes, as comparable values, in the mesh and at ``edge``."""
+    out: list[Any] = []
+    for gateway in (None, "edge"):
+        table = state.table.bound(gateway)
+        for host in HOSTS:
+            for path in ("/", "/x", "/y/z"):
+                m = table.resolve(host, "GET", path, {})
+                out.append(
+                    None
+                    if m is None
+                    else (
+                        m.name,
+                        m.match_index,
+                        tuple(c.key for c in m.clusters),
+                        m.weights,
+                        m.mirror.key if m.mirror else None,
+                    )
+                )
+    return out
+
+
+def _both(before: Mapping[Any, Any], view: View, key: str) -> list[Endpoint]:
+    """The endpoint ``key`` was (in any cluster of ``before``) and is (in ``view``)."""
+    found = [e for c in before.values() for e in c.endpoints if e.key == key]
+    new = view.instances.get(key)
+    return found + ([new] if new is not None else [])
+
+
+def _clusters(state: ProxyState) -> Mapping[Any, Any]:
+    return dict(state.table.clusters)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_changed_snapshot_routes_as_one_built_whole(seed: int) -> None:
+    rng = random.Random(seed)
+    store = Store(rng)
+    changed = ProxyState(random.Random(0))
+    changed.update(store.view())
+    for _ in range(150):
+        for _ in range(rng.randrange(1, 4)):  # (a watcher's batch may hold several)
+            store.change()
+        view = store.view()
+        before = dict(changed.table.clusters)
+        changed.update(view)
+        if view.changes is not None and set(view.changes) == {INSTANCE}:  # (it was changed)
+            moved = {e.service for k in view.changes[INSTANCE] for e in _both(before, view, k)}
+            kept = [k for k in before if k[0] not in moved and k in changed.table.clusters]
+            assert all(changed.table.clusters[k] is before[k] for k in kept)
+        whole = ProxyState(random.Random(0))
+        whole.update(replace(view, changes=None))
+        assert _clusters(changed) == _clusters(whole)
+        assert _routes(changed) == _routes(whole)
+        assert set(changed.clusters) == set(whole.table.clusters)  # per-cluster state follows
+        for key, cluster in changed.table.clusters.items():  # balancers follow the policy
+            assert changed.table.balancer_for(cluster).policy == cluster.load_balancer, key
+
+
+def test_a_change_to_one_service_leaves_every_other_cluster_as_it_was() -> None:
+    rng = random.Random(7)
+    store = Store(rng)
+    ours = replace(_endpoint(rng, 99), service="a", state="ready")
+    store.instances[ours.key] = ours
+    state = ProxyState(random.Random(0))
+    state.update(store.view())
+    before = dict(state.table.clusters)
+    table = state.table
+    key = ours.key
+    store.instances[key] = replace(ours, state="draining")
+    store.changes = {INSTANCE: {key}}
+    state.update(store.view())
+    after = state.table.clusters
+    assert state.table is not table and set(after) == set(before)
+    for cluster_key, cluster in after.items():
+        if cluster_key[0] == "a":
+            assert cluster is not before[cluster_key]
+        else:
+            assert cluster is before[cluster_key], cluster_key
