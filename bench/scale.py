@@ -30,6 +30,8 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from immutables import Map
+
 from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import parse_text, to_document
@@ -102,7 +104,7 @@ def view_of(n: int) -> View:
     return View(
         revision=1,
         config=frozen,
-        instances=MappingProxyType(instances),
+        instances=Map(instances),
         nodes=MappingProxyType({"n1": {"address": "127.0.0.1", "mesh_port": 15006}}),
     )
 
@@ -121,11 +123,11 @@ def measure(n: int, repeat: int) -> dict[str, float]:
         state = ProxyState()
         full.append(_cpu_ms(state.update, view))
         key = next(iter(view.instances))
-        changed = dict(view.instances)
-        changed[key] = replace(changed[key], state="draining" if round_ % 2 == 0 else "ready")
-        after_registry = replace(
-            view, instances=MappingProxyType(changed), changes={INSTANCE: frozenset({key})}
-        )
+        instances = view.instances
+        assert isinstance(instances, Map)  # (a watcher's view: an immutables.Map)
+        was = instances[key]
+        changed = instances.set(key, replace(was, state="draining" if round_ % 2 == 0 else "ready"))
+        after_registry = replace(view, instances=changed, changes={INSTANCE: frozenset({key})})
         registry.append(_cpu_ms(state.update, after_registry))
         vs = dict(view.documents("VirtualService"))
         doc = dict(vs["svc0"])

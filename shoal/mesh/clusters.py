@@ -10,8 +10,10 @@ endpoints and ``unknown_subset`` set, so the proxy can say why it has nowhere to
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
+
+from immutables import Map, MapMutation
 
 from shoal.mesh.external import origin
 from shoal.resources.endpoint import Endpoint
@@ -87,17 +89,17 @@ def _set_or(value: _T | None, fallback: _T | None) -> _T | None:
 
 @dataclass(slots=True)
 class ClusterInputs:
-    """What clusters are made of, by service: a routing table keeps it, and a change to one
-    service's instances or DestinationRule replaces that service's entries only (a new
-    ``ClusterInputs`` with shallow copies of the tables that change: :meth:`copy`)."""
+    """What clusters are made of, by service, in persistent maps (:mod:`immutables`): a
+    routing table keeps it, and a change to one service's instances or DestinationRule makes a
+    new one (:meth:`copy`, then the changes) that shares everything else."""
 
     service_names: frozenset[str] = frozenset()  # Services and ServiceEntry hosts
-    revisions: dict[str, list[Service]] = field(default_factory=dict)  # by service name
+    revisions: Mapping[str, list[Service]] = field(default_factory=dict)  # by service name
     # every endpoint of a service (any state), by key; and its ready ones, sorted by key
-    members: dict[str, dict[str, Endpoint]] = field(default_factory=dict)
-    ready: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
-    rule_named: dict[str, DestinationRule] = field(default_factory=dict)  # every rule, by name
-    rules: dict[str, DestinationRule] = field(default_factory=dict)  # the one of each service
+    members: Map[str, Map[str, Endpoint]] = field(default_factory=Map)
+    ready: Map[str, tuple[Endpoint, ...]] = field(default_factory=Map)
+    rule_named: Map[str, DestinationRule] = field(default_factory=Map)  # every rule, by name
+    rule_names: Map[str, frozenset[str]] = field(default_factory=Map)  # service: its rules
     entry_protocols: Mapping[str, str] = field(default_factory=dict)  # ServiceEntry host: protocol
 
     @classmethod
@@ -113,31 +115,30 @@ class ClusterInputs:
         # A ServiceEntry's hosts are services too, named by the whole host; its first port's
         # protocol says whether TLS is originated to them.
         entry_protocols = {h: e.ports[0].protocol for e in entries for h in e.hosts}
+        revisions: dict[str, list[Service]] = {}
+        for service in services:
+            revisions.setdefault(service.name, []).append(service)
         inputs = cls(
-            service_names=frozenset({s.name for s in services} | set(entry_protocols)),
+            service_names=frozenset(revisions) | frozenset(entry_protocols),
+            revisions=revisions,
             entry_protocols=entry_protocols,
         )
-        for service in services:
-            inputs.revisions.setdefault(service.name, []).append(service)
+        members: dict[str, dict[str, Endpoint]] = {}
         for endpoint in endpoints:
-            inputs.members.setdefault(endpoint.service, {})[endpoint.key] = endpoint
-        inputs.ready = {name: _ready(group) for name, group in inputs.members.items()}
-        inputs.rule_named = {rule.name: rule for rule in destination_rules}
-        for rule in sorted(inputs.rule_named.values(), key=lambda dr: dr.name):
-            inputs.rules.setdefault(inputs.service_of(rule.host), rule)
+            members.setdefault(endpoint.service, {})[endpoint.key] = endpoint
+        inputs.members = Map({name: Map(group) for name, group in members.items()})
+        inputs.ready = Map({name: _ready(group) for name, group in members.items()})
+        named = {rule.name: rule for rule in destination_rules}
+        names: dict[str, set[str]] = {}
+        for rule in named.values():
+            names.setdefault(inputs.service_of(rule.host), set()).add(rule.name)
+        inputs.rule_named = Map(named)
+        inputs.rule_names = Map({k: frozenset(v) for k, v in names.items()})
         return inputs
 
     def copy(self) -> ClusterInputs:
-        """A copy whose tables can be changed without changing this one's."""
-        return ClusterInputs(
-            service_names=self.service_names,
-            revisions=self.revisions,  # (changed only by a full build)
-            members=dict(self.members),
-            ready=dict(self.ready),
-            rule_named=dict(self.rule_named),
-            rules=dict(self.rules),
-            entry_protocols=self.entry_protocols,
-        )
+        """A copy to change (its maps are shared until then)."""
+        return replace(self)
 
     def service_of(self, host: str) -> str:
         """The service a destination host names: the whole host if a Service has it, else its
@@ -147,44 +148,52 @@ class ClusterInputs:
             return host
         return host.split(".", 1)[0]
 
+    def rule(self, service: str) -> DestinationRule | None:
+        """The DestinationRule of ``service``: the first by name of those naming it."""
+        names = self.rule_names.get(service)
+        return self.rule_named[min(names)] if names else None
+
     def set_endpoint(self, key: str, old: Endpoint | None, new: Endpoint | None) -> None:
         """Endpoint ``key`` was ``old`` and is ``new`` (None: absent): the members of its
         service(s) change (call :meth:`settle` for them afterwards)."""
-        if old is not None and old.service in self.members:
-            group = self.members[old.service] = dict(self.members[old.service])
-            group.pop(key, None)
+        if old is not None and key in (group := self.members.get(old.service, _NO_MEMBERS)):
+            self.members = self.members.set(old.service, group.delete(key))
         if new is not None:
-            group = self.members[new.service] = dict(self.members.get(new.service, {}))
-            group[key] = new
+            group = self.members.get(new.service, _NO_MEMBERS)
+            self.members = self.members.set(new.service, group.set(key, new))
 
     def settle(self, service: str) -> bool:
         """Make ``service``'s ready endpoints again from its members; whether they changed."""
         group = self.members.get(service)
         ready = _ready(group) if group else ()
-        if not group:
-            self.members.pop(service, None)
+        if not group and service in self.members:
+            self.members = self.members.delete(service)
         if ready == self.ready.get(service, ()):
             return False
         if ready:
-            self.ready[service] = ready
+            self.ready = self.ready.set(service, ready)
         else:
-            self.ready.pop(service, None)
+            self.ready = self.ready.delete(service)
         return True
 
     def set_rule(self, name: str, rule: DestinationRule | None) -> set[str]:
         """DestinationRule ``name`` is now ``rule`` (None: deleted); the services whose rule
         may have changed."""
-        old = self.rule_named.pop(name, None)
-        if rule is not None:
-            self.rule_named[name] = rule
+        old = self.rule_named.get(name)
         services = {self.service_of(r.host) for r in (old, rule) if r is not None}
-        for service in services:
-            self.rules.pop(service, None)
-        for candidate in sorted(self.rule_named.values(), key=lambda dr: dr.name):
-            service = self.service_of(candidate.host)
-            if service in services:
-                self.rules.setdefault(service, candidate)
+        if old is not None:
+            service = self.service_of(old.host)
+            self.rule_named = self.rule_named.delete(name)
+            self.rule_names = self.rule_names.set(service, self.rule_names[service] - {name})
+        if rule is not None:
+            service = self.service_of(rule.host)
+            self.rule_named = self.rule_named.set(name, rule)
+            names = self.rule_names.get(service, frozenset())
+            self.rule_names = self.rule_names.set(service, names | {name})
         return services
+
+
+_NO_MEMBERS: Map[str, Endpoint] = Map()
 
 
 def _ready(group: Mapping[str, Endpoint]) -> tuple[Endpoint, ...]:
@@ -199,11 +208,11 @@ class ClusterBuilder:
     def __init__(
         self,
         inputs: ClusterInputs,
-        clusters: dict[ClusterKey, Cluster] | None = None,
+        clusters: MapMutation[ClusterKey, Cluster],
         stale: Collection[str] = (),
     ) -> None:
         self.inputs = inputs
-        self.clusters: dict[ClusterKey, Cluster] = {} if clusters is None else clusters
+        self.clusters = clusters
         self.stale = stale
         self.made: set[ClusterKey] = set()  # the keys made here
 
@@ -220,7 +229,7 @@ class ClusterBuilder:
         inputs = self.inputs
         endpoints = inputs.ready.get(service, ())
         revisions = inputs.revisions.get(service, [])
-        rule = inputs.rules.get(service)
+        rule = inputs.rule(service)
         policy = rule.traffic_policy if rule is not None else TrafficPolicy()
         unknown_subset = False
         if subset_name is not None:

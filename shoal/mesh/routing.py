@@ -25,7 +25,9 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from immutables import Map, MapMutation
 
 from shoal.mesh.balancer import Balancer, make_balancer
 from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterInputs, ClusterKey
@@ -70,9 +72,11 @@ class TableChange:
 class RoutingTable:
     """An immutable routing snapshot: host and rule matching, clusters, and their balancers.
 
-    Built by :meth:`build`, or made from another by :meth:`changed` (what did not change is
-    shared, object for object); ``RoutingTable()`` is the empty table that routes nothing. The
-    balancer objects it holds are the only mutable part; they are carried to the next snapshot.
+    Built by :meth:`build`, or made from another by :meth:`changed`; its tables are persistent
+    maps (:mod:`immutables`), so a changed table shares everything that did not change with
+    the one it was made from, object for object. ``RoutingTable()`` is the empty table that
+    routes nothing. The balancer objects it holds are the only mutable part; they are carried
+    to the next snapshot.
     """
 
     __slots__ = (
@@ -93,21 +97,21 @@ class RoutingTable:
 
     def __init__(self) -> None:
         self._bound: dict[str, RoutingTable] = {}  # Gateway name -> the routes bound to it
-        self._exact: dict[str, tuple[MatchBlock, ...]] = {}
-        self._wildcard: dict[str, tuple[MatchBlock, ...]] = {}  # "*.example.com" as ".example.com"
+        self._exact: Map[str, tuple[MatchBlock, ...]] = Map()
+        self._wildcard: Map[str, tuple[MatchBlock, ...]] = Map()  # "*.a.com" as ".a.com"
         self._any: tuple[MatchBlock, ...] | None = None
-        self._defaults: dict[str, RouteMatch] = {}
-        self._clusters: dict[ClusterKey, Cluster] = {}
-        self._balancers: dict[ClusterKey, Balancer] = {}
+        self._defaults: Map[str, RouteMatch] = Map()
+        self._clusters: Map[ClusterKey, Cluster] = Map()
+        self._balancers: Map[ClusterKey, Balancer] = Map()
         # What changes are made from (the mesh table's; a bound table keeps none of it):
         self._inputs = ClusterInputs()
-        self._compiled: dict[str, _Compiled] = {}  # by VirtualService name
+        self._compiled: Map[str, _Compiled] = Map()  # by VirtualService name
         # (binding, slot) -> the blocks of each VirtualService claiming it; the first by name wins
-        self._claims: dict[tuple[str, str], dict[str, tuple[MatchBlock, ...]]] = {}
+        self._claims: Map[tuple[str, str], Map[str, tuple[MatchBlock, ...]]] = Map()
         # service -> its default routes' hosts, each with its subset (None: the latest ready)
-        self._owned: dict[str, tuple[tuple[str, str | None], ...]] = {}
-        self._refs: dict[ClusterKey, int] = {}  # routes naming each cluster
-        self._users: dict[str, frozenset[str]] = {}  # service -> VirtualServices naming it
+        self._owned: Mapping[str, tuple[tuple[str, str | None], ...]] = {}
+        self._refs: Map[ClusterKey, int] = Map()  # routes naming each cluster
+        self._users: Map[str, frozenset[str]] = Map()  # service -> VirtualServices naming it
 
     @classmethod
     def build(
@@ -130,8 +134,8 @@ class RoutingTable:
         empty = cls()
         empty._owned = _default_hosts(inputs)
         named = {vs.name: vs for vs in virtual_services}
-        kept = previous._balancers if previous is not None else {}
-        return empty._change(inputs, set(empty._owned), named, kept).table
+        kept = previous._balancers if previous is not None else Map()
+        return _Draft(empty, inputs, kept).change(set(empty._owned), named).table
 
     def changed(
         self,
@@ -143,138 +147,12 @@ class RoutingTable:
         DestinationRule: their clusters are made again, and the routes that name them) and
         with the VirtualServices in ``virtual_services`` compiled again (None: deleted). Costs
         what changed, not the size of the table. Raises ``ValueError`` as :meth:`build`."""
-        return self._change(inputs, services, virtual_services, self._balancers)
+        return _Draft(self, inputs, self._balancers).change(services, virtual_services)
 
-    def _change(
-        self,
-        inputs: ClusterInputs,
-        services: Collection[str],
-        virtual_services: Mapping[str, VirtualService | None],
-        kept: Mapping[ClusterKey, Balancer],
-    ) -> TableChange:
-        new = self._copy(inputs)
-        builder = ClusterBuilder(inputs, new._clusters, stale=services)
-        touched: set[ClusterKey] = set()  # whose reference counts went down
-        recompile = dict(virtual_services)
-        for service in services:
-            for name in self._users.get(service, ()):
-                if name not in recompile:
-                    recompile[name] = self._compiled[name].vs
-        slots: set[tuple[str, str]] = set()
-        for name, vs in recompile.items():
-            old = new._compiled.pop(name, None)
-            if old is not None:
-                new._forget(name, old, touched)
-                slots.update(old.slots)
-            if vs is not None:
-                compiled = _compile(vs, builder)
-                new._compiled[name] = compiled
-                new._remember(name, compiled)
-                slots.update(compiled.slots)
-        for service in services:
-            new._set_defaults(service, builder, touched)
-        for binding, slot in slots:
-            new._settle(binding, slot)
-        dropped = {key for key in touched if not new._refs.get(key)}
-        for key in dropped:
-            new._refs.pop(key, None)
-            del new._clusters[key]
-            del new._balancers[key]
-        remade = builder.made - dropped
-        for key in remade:
-            cluster = new._clusters[key]
-            balancer = kept.get(key)
-            if balancer is None or balancer.policy != cluster.load_balancer:
-                balancer = make_balancer(cluster.load_balancer)
-            new._balancers[key] = balancer
-        for bound in new._bound.values():
-            bound._clusters, bound._balancers = new._clusters, new._balancers
-        return TableChange(new, frozenset(remade), frozenset(dropped))
-
-    def _copy(self, inputs: ClusterInputs) -> RoutingTable:
-        """A new table sharing this one's content, in tables of its own (shallow copies)."""
-        new = RoutingTable.__new__(RoutingTable)
-        new._inputs = inputs
-        new._bound = {name: bound._copy_hosts() for name, bound in self._bound.items()}
-        new._exact, new._wildcard, new._any = dict(self._exact), dict(self._wildcard), self._any
-        new._defaults = dict(self._defaults)
-        new._clusters, new._balancers = dict(self._clusters), dict(self._balancers)
-        new._compiled, new._claims = dict(self._compiled), dict(self._claims)
-        new._owned, new._refs, new._users = self._owned, dict(self._refs), dict(self._users)
-        return new
-
-    def _copy_hosts(self) -> RoutingTable:
-        """A bound table's copy (hosts only: the rest is the mesh table's)."""
-        new = RoutingTable()
-        new._exact, new._wildcard, new._any = dict(self._exact), dict(self._wildcard), self._any
-        return new
-
-    def _remember(self, name: str, compiled: _Compiled) -> None:
-        for slot in compiled.slots:
-            claims = self._claims[slot] = dict(self._claims.get(slot, {}))
-            claims[name] = compiled.blocks
-        for key in compiled.clusters:
-            self._refs[key] = self._refs.get(key, 0) + 1
-        for service in {key[0] for key in compiled.clusters}:
-            self._users[service] = self._users.get(service, frozenset()) | {name}
-
-    def _forget(self, name: str, compiled: _Compiled, touched: set[ClusterKey]) -> None:
-        for slot in compiled.slots:
-            claims = self._claims[slot] = dict(self._claims[slot])
-            del claims[name]
-            if not claims:
-                del self._claims[slot]
-        for key in compiled.clusters:
-            self._refs[key] -= 1
-            touched.add(key)
-        for service in {key[0] for key in compiled.clusters}:
-            users = self._users[service] - {name}
-            if users:
-                self._users[service] = users
-            else:
-                del self._users[service]
-
-    def _set_defaults(
-        self, service: str, builder: ClusterBuilder, touched: set[ClusterKey]
-    ) -> None:
-        """Make the default routes of ``service`` again (Knative's: the latest ready revision
-        for the service's own host, each tagged revision for its tag host)."""
-        inputs = builder.inputs
-        for host, subset in self._owned.get(service, ()):
-            if subset is None:
-                # As in Knative: the latest ready revision (its subset by name) serves a
-                # service no VirtualService routes (one of a single revision is the whole
-                # service).
-                revisions = inputs.revisions.get(service, ())
-                ready = {e.revision_key for e in inputs.ready.get(service, ())}
-                latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
-                subset = latest.revision if latest is not None else None
-            old = self._defaults.get(host)
-            if old is not None:
-                self._refs[old.clusters[0].key] -= 1
-                touched.add(old.clusters[0].key)
-            route = self._defaults[host] = _whole(builder, Destination(host=service, subset=subset))
-            key = route.clusters[0].key
-            self._refs[key] = self._refs.get(key, 0) + 1
-
-    def _settle(self, binding: str, slot: str) -> None:
-        """Set the host ``slot`` of ``binding`` to the blocks of the first VirtualService by
-        name that claims it (or none)."""
-        claims = self._claims.get((binding, slot))
-        blocks = claims[min(claims)] if claims else None
-        if binding == MESH_GATEWAY:
-            target = self
-        else:
-            target = self._bound.get(binding) or self._bound.setdefault(binding, RoutingTable())
-        if slot == "*":
-            target._any = blocks
-            return
-        index = target._wildcard if slot[0] == "." else target._exact
-        host = slot if slot[0] == "." else slot[1:]
-        if blocks is None:
-            index.pop(host, None)
-        else:
-            index[host] = blocks
+    @property
+    def inputs(self) -> ClusterInputs:
+        """What this table's clusters are made of (copy it to change it: :meth:`changed`)."""
+        return self._inputs
 
     def bound(self, gateway: str | None) -> RoutingTable:
         """The routes of the VirtualServices bound to the Gateway named ``gateway`` (no
@@ -359,11 +237,6 @@ class RoutingTable:
             raise KeyError(f"cluster {cluster.key} is not in this routing table") from None
 
     @property
-    def inputs(self) -> ClusterInputs:
-        """What this table's clusters are made of (copy it to change it: :meth:`changed`)."""
-        return self._inputs
-
-    @property
     def clusters(self) -> Mapping[ClusterKey, Cluster]:
         """Every cluster any route or default route refers to, by (service, subset)."""
         return self._clusters
@@ -428,6 +301,157 @@ def _whole(builder: ClusterBuilder, destination: Destination) -> RouteMatch:
         clusters=(builder.cluster(destination),),
         weights=(100,),
     )
+
+
+class _Draft:
+    """A routing table being made from another (``base``): its tables as mutations of the
+    base's, finished into the new table by :meth:`change`."""
+
+    def __init__(
+        self, base: RoutingTable, inputs: ClusterInputs, kept: Map[ClusterKey, Balancer]
+    ) -> None:
+        self.base, self.inputs, self.kept = base, inputs, kept
+        self.exact, self.wildcard = base._exact.mutate(), base._wildcard.mutate()
+        self.any = base._any
+        self.bound: dict[str, tuple[MapMutation[str, Any], MapMutation[str, Any], list[Any]]] = {}
+        self.defaults = base._defaults.mutate()
+        self.clusters, self.balancers = base._clusters.mutate(), base._balancers.mutate()
+        self.compiled, self.claims = base._compiled.mutate(), base._claims.mutate()
+        self.refs, self.users = base._refs.mutate(), base._users.mutate()
+        self.touched: set[ClusterKey] = set()  # whose reference counts went down
+
+    def change(
+        self, services: Collection[str], virtual_services: Mapping[str, VirtualService | None]
+    ) -> TableChange:
+        """Make the clusters of ``services`` again, compile ``virtual_services`` (and those
+        naming ``services``) again, and finish the table."""
+        base = self.base
+        builder = ClusterBuilder(self.inputs, self.clusters, stale=services)
+        recompile = dict(virtual_services)
+        for service in services:
+            for name in base._users.get(service, ()):
+                if name not in recompile:
+                    recompile[name] = base._compiled[name].vs
+        slots: set[tuple[str, str]] = set()
+        for name, vs in recompile.items():
+            old = self.compiled.pop(name, None)
+            if old is not None:
+                self._forget(name, old)
+                slots.update(old.slots)
+            if vs is not None:
+                compiled = self.compiled[name] = _compile(vs, builder)
+                self._remember(name, compiled)
+                slots.update(compiled.slots)
+        for service in services:
+            self._set_defaults(service, builder)
+        for binding, slot in slots:
+            self._settle(binding, slot)
+        dropped = {key for key in self.touched if not self.refs.get(key)}
+        for key in dropped:
+            self.refs.pop(key, None)
+            del self.clusters[key]
+            del self.balancers[key]
+        remade = builder.made - dropped
+        for key in remade:
+            cluster = self.clusters[key]
+            balancer = self.kept.get(key)
+            if balancer is None or balancer.policy != cluster.load_balancer:
+                balancer = make_balancer(cluster.load_balancer)
+            self.balancers[key] = balancer
+        return TableChange(self._finish(), frozenset(remade), frozenset(dropped))
+
+    def _finish(self) -> RoutingTable:
+        new = RoutingTable.__new__(RoutingTable)
+        new._inputs, new._owned = self.inputs, self.base._owned
+        new._exact, new._wildcard, new._any = self.exact.finish(), self.wildcard.finish(), self.any
+        new._defaults = self.defaults.finish()
+        new._clusters, new._balancers = self.clusters.finish(), self.balancers.finish()
+        new._compiled, new._claims = self.compiled.finish(), self.claims.finish()
+        new._refs, new._users = self.refs.finish(), self.users.finish()
+        new._bound = {}
+        for name, old in self.base._bound.items():
+            new._bound[name] = bound = RoutingTable()
+            bound._exact, bound._wildcard, bound._any = old._exact, old._wildcard, old._any
+        for name, (exact, wildcard, any_) in self.bound.items():
+            new._bound[name] = bound = RoutingTable()
+            bound._exact, bound._wildcard, bound._any = exact.finish(), wildcard.finish(), any_[0]
+        for bound in new._bound.values():
+            bound._clusters, bound._balancers = new._clusters, new._balancers
+        return new
+
+    def _remember(self, name: str, compiled: _Compiled) -> None:
+        for slot in compiled.slots:
+            self.claims[slot] = self.claims.get(slot, _NO_CLAIMS).set(name, compiled.blocks)
+        for key in compiled.clusters:
+            self.refs[key] = self.refs.get(key, 0) + 1
+        for service in {key[0] for key in compiled.clusters}:
+            self.users[service] = self.users.get(service, frozenset()) | {name}
+
+    def _forget(self, name: str, compiled: _Compiled) -> None:
+        for slot in compiled.slots:
+            claims = self.claims[slot].delete(name)
+            if claims:
+                self.claims[slot] = claims
+            else:
+                del self.claims[slot]
+        for key in compiled.clusters:
+            self.refs[key] -= 1
+            self.touched.add(key)
+        for service in {key[0] for key in compiled.clusters}:
+            users = self.users[service] - {name}
+            if users:
+                self.users[service] = users
+            else:
+                del self.users[service]
+
+    def _set_defaults(self, service: str, builder: ClusterBuilder) -> None:
+        """Make the default routes of ``service`` again (Knative's: the latest ready revision
+        for the service's own host, each tagged revision for its tag host)."""
+        inputs = self.inputs
+        for host, subset in self.base._owned.get(service, ()):
+            if subset is None:
+                # As in Knative: the latest ready revision (its subset by name) serves a
+                # service no VirtualService routes (one of a single revision is the whole
+                # service).
+                revisions = inputs.revisions.get(service, ())
+                ready = {e.revision_key for e in inputs.ready.get(service, ())}
+                latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
+                subset = latest.revision if latest is not None else None
+            old = self.defaults.get(host)
+            if old is not None:
+                self.refs[old.clusters[0].key] -= 1
+                self.touched.add(old.clusters[0].key)
+            route = self.defaults[host] = _whole(builder, Destination(host=service, subset=subset))
+            key = route.clusters[0].key
+            self.refs[key] = self.refs.get(key, 0) + 1
+
+    def _settle(self, binding: str, slot: str) -> None:
+        """Set the host ``slot`` of ``binding`` to the blocks of the first VirtualService by
+        name that claims it (or none)."""
+        claims = self.claims.get((binding, slot))
+        blocks = claims[min(claims)] if claims else None
+        if binding == MESH_GATEWAY:
+            exact, wildcard = self.exact, self.wildcard
+        else:
+            if binding not in self.bound:
+                old = self.base._bound.get(binding) or _UNBOUND
+                self.bound[binding] = (old._exact.mutate(), old._wildcard.mutate(), [old._any])
+            exact, wildcard, any_ = self.bound[binding]
+        if slot == "*":
+            if binding == MESH_GATEWAY:
+                self.any = blocks
+            else:
+                any_[0] = blocks
+            return
+        index = wildcard if slot[0] == "." else exact
+        host = slot if slot[0] == "." else slot[1:]
+        if blocks is None:
+            index.pop(host, None)
+        else:
+            index[host] = blocks
+
+
+_NO_CLAIMS: Map[str, tuple[MatchBlock, ...]] = Map()
 
 
 _UNBOUND = RoutingTable()

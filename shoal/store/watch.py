@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from immutables import Map
+
 from shoal.errors import StoreError, StoreUnavailable
 from shoal.resources.endpoint import Endpoint
 from shoal.store.connection import BLOCKING_SOCKET_TIMEOUT, Redis, connect, translated
@@ -46,61 +48,68 @@ async def _bounded(what: str) -> AsyncIterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """What the store held at one moment: config documents, instances, nodes."""
+    """What the store held at one moment: config documents, instances, nodes.
+
+    Its tables are persistent maps (:mod:`immutables`): the next view shares all but what
+    changed with this one, so a change costs the watcher and its readers its own size, not the
+    store's."""
 
     revision: int = 0
-    config: MappingProxyType[str, MappingProxyType[str, dict[str, Any]]] = field(
+    config: Mapping[str, Mapping[str, dict[str, Any]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    instances: MappingProxyType[str, Endpoint] = field(default_factory=lambda: MappingProxyType({}))
-    nodes: MappingProxyType[str, dict[str, Any]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    instances: Mapping[str, Endpoint] = field(default_factory=Map)
+    nodes: Mapping[str, dict[str, Any]] = field(default_factory=Map)
     # What changed since the view handed over before this one: the keys of each kind (config
     # kinds, Instance, Node); None when it was loaded whole (anything may differ).
     changes: Mapping[str, frozenset[str]] | None = None
 
-    def documents(self, kind: str) -> MappingProxyType[str, dict[str, Any]]:
+    def documents(self, kind: str) -> Mapping[str, dict[str, Any]]:
         """The documents of one kind, by key."""
-        return self.config.get(kind, MappingProxyType({}))
+        return self.config.get(kind, _NONE)
+
+
+_NONE: Map[str, Any] = Map()
 
 
 class _State:
-    """The mutable tables a watcher keeps between views."""
+    """The tables a watcher keeps between views (each replaced, never changed in place)."""
 
     def __init__(self, kinds: Iterable[str]) -> None:
         self.revision = 0
-        self.config: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in kinds}
-        self.instances: dict[str, Endpoint] = {}
-        self.nodes: dict[str, dict[str, Any]] = {}
+        self.config: dict[str, Map[str, dict[str, Any]]] = {k: Map() for k in kinds}
+        self.instances: Map[str, Endpoint] = Map()
+        self.nodes: Map[str, dict[str, Any]] = Map()
         self.changes: dict[str, set[str]] | None = None  # since the last view (None: loaded)
-        self._config: MappingProxyType[str, MappingProxyType[str, dict[str, Any]]] | None = None
 
-    def changed(self, kind: str, name: str) -> None:
-        """Note that ``name`` of ``kind`` changed (kinds this state does not hold: ignored)."""
-        if kind in self.config:
-            self._config = None  # (made again for the next view)
-        elif kind not in (INSTANCE, NODE):
-            return
+    def put(self, kind: str, name: str, value: Any) -> None:
+        """``name`` of ``kind`` is now ``value`` (None: gone)."""
+        if kind == INSTANCE:
+            self.instances = _put(self.instances, name, value)
+        elif kind == NODE:
+            self.nodes = _put(self.nodes, name, value)
+        else:
+            self.config[kind] = _put(self.config[kind], name, value)
         if self.changes is not None:
             self.changes.setdefault(kind, set()).add(name)
 
     def view(self) -> View:
-        """The tables as they are, as a view (copies: a view never changes), with the changes
-        since the last one."""
-        if self._config is None:
-            self._config = MappingProxyType(
-                {k: MappingProxyType(dict(v)) for k, v in self.config.items()}
-            )
+        """The tables as they are, as a view, with the changes since the last one."""
         changes = self.changes
         self.changes = {}
         return View(
             revision=self.revision,
-            config=self._config,
-            instances=MappingProxyType(dict(self.instances)),
-            nodes=MappingProxyType(dict(self.nodes)),
+            config=MappingProxyType(dict(self.config)),
+            instances=self.instances,
+            nodes=self.nodes,
             changes=None if changes is None else {k: frozenset(v) for k, v in changes.items()},
         )
+
+
+def _put(table: Map[str, Any], name: str, value: Any) -> Map[str, Any]:
+    if value is not None:
+        return table.set(name, value)
+    return table.delete(name) if name in table else table
 
 
 class Watcher:
@@ -147,10 +156,8 @@ class Watcher:
             entries: list[tuple[str, dict[str, str]]] = reply[0][1]  # type: ignore[index,assignment]
             if len(entries) == BATCH and not await self._exists(redis, last_id):
                 return
-            for entry_id, fields in entries:
-                await self._apply(redis, state, fields)
-                last_id = entry_id
-                state.changed(fields["kind"], fields["name"])
+            await self._apply(redis, state, [fields for _, fields in entries])
+            last_id = entries[-1][0]
             on_view(state.view())
 
     async def _exists(self, redis: Redis, entry_id: str) -> bool:
@@ -170,33 +177,34 @@ class Watcher:
                     pipe.hgetall(k.config(kind))
                 rev, instances, nodes, *configs = await pipe.execute()
         state.revision = int(rev or 0)
-        state.instances = {key: Endpoint.from_json(v) for key, v in instances.items()}
-        state.nodes = {key: json.loads(v) for key, v in nodes.items()}
+        state.instances = Map({key: Endpoint.from_json(v) for key, v in instances.items()})
+        state.nodes = Map({key: json.loads(v) for key, v in nodes.items()})
         for kind, raw in zip(self._kinds, configs, strict=True):
-            state.config[kind] = {key: json.loads(v) for key, v in raw.items()}
+            state.config[kind] = Map({key: json.loads(v) for key, v in raw.items()})
         return str(last[0][0]) if last else "0-0"
 
-    async def _apply(self, redis: Redis, state: _State, fields: dict[str, str]) -> None:
-        kind, name = fields["kind"], fields["name"]
-        if kind == INSTANCE:
-            table: dict[str, Any] = state.instances
-            hash_key = self._keys.instances
-        elif kind == NODE:
-            table = state.nodes
-            hash_key = self._keys.nodes
-        elif kind in state.config:
-            table = state.config[kind]
-            hash_key = self._keys.config(kind)
-            state.revision = max(state.revision, int(fields.get("rev", 0)))
-        else:
-            if "rev" in fields:
-                state.revision = max(state.revision, int(fields["rev"]))
+    async def _apply(self, redis: Redis, state: _State, batch: list[dict[str, str]]) -> None:
+        """Read back what each change of ``batch`` names (one round trip) and put it in."""
+        reads: list[tuple[str, str]] = []  # (kind, name)
+        hashes = {INSTANCE: self._keys.instances, NODE: self._keys.nodes}
+        for fields in batch:
+            kind, name = fields["kind"], fields["name"]
+            if kind in state.config or "rev" in fields:
+                state.revision = max(state.revision, int(fields.get("rev", 0)))
+            if kind in state.config or kind in hashes:
+                reads.append((kind, name))
+        if not reads:
             return
-        async with _bounded(f"reading {kind} {name}"):
-            raw = await redis.hget(hash_key, name)
-        if raw is None:
-            table.pop(name, None)
-        elif kind == INSTANCE:
-            table[name] = Endpoint.from_json(raw)
-        else:
-            table[name] = json.loads(raw)
+        async with _bounded(f"reading {len(reads)} changed records"):
+            async with redis.pipeline(transaction=False) as pipe:
+                for kind, name in reads:
+                    pipe.hget(hashes.get(kind) or self._keys.config(kind), name)
+                raws = await pipe.execute()
+        for (kind, name), raw in zip(reads, raws, strict=True):
+            if raw is None:
+                value = None
+            elif kind == INSTANCE:
+                value = Endpoint.from_json(raw)
+            else:
+                value = json.loads(raw)
+            state.put(kind, name, value)
