@@ -45,6 +45,15 @@ class Keys:
         """Sorted set of node lease deadlines (ms, Redis clock)."""
         return f"{self.prefix}leases:nodes"
 
+    def node_instances(self, node: str) -> str:
+        """Set of the instances whose lease is node ``node``'s (see shoal.store.registry)."""
+        return f"{self.node_instances_prefix}{node}"
+
+    @property
+    def node_instances_prefix(self) -> str:
+        """:meth:`node_instances` without the node id."""
+        return f"{self.prefix}leases:node:"
+
     @property
     def acks(self) -> str:
         """Hash: component id → config revision it has applied."""

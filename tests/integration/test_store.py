@@ -165,3 +165,39 @@ async def test_fenced_writes_need_the_leader_lease(redis: Redis, keys: Keys) -> 
     await reg.put_instances([endpoint(1)], ttl=0)  # its lease ends as it is written
     assert await reg.prune(fence="ctl-a") == []
     assert await reg.prune(fence="ctl-b") == ["hello/i1"]
+
+
+async def test_a_nodes_instances_live_on_its_lease(redis: Redis, keys: Keys) -> None:
+    """A node's instances have no lease of their own: renewing the node's renews them all,
+    and writing an unchanged record again announces nothing."""
+    reg = Registry(redis, keys)
+    assert await reg.put_node("n1", {"mesh": "127.0.0.1:1"}, ttl=30)  # (new: say so)
+    assert await reg.put_node_instances("n1", [endpoint(i) for i in range(5)]) == 5
+    stream = len(await redis.xrange(keys.changes))
+    assert not await reg.put_node("n1", {"mesh": "127.0.0.1:1"}, ttl=30)
+    assert await reg.put_node_instances("n1", [endpoint(0), endpoint(1, "draining")]) == 1
+    assert len(await redis.xrange(keys.changes)) == stream + 1
+    assert await redis.zcard(keys.instance_leases) == 0  # no lease per instance
+    assert await reg.node_instances("n1") == {f"hello/i{i}" for i in range(5)}
+    assert await reg.remove_instances(["hello/i4"], node="n1") == 1
+    assert "hello/i4" not in await reg.node_instances("n1")
+    assert await reg.prune() == []  # the node's lease holds
+
+
+async def test_an_expired_node_goes_at_once_and_its_instances_in_batches(
+    redis: Redis, keys: Keys
+) -> None:
+    """When a node's lease expires its record is pruned at once (proxies then route to none
+    of its instances) and its instances' records a bounded batch per prune."""
+    reg = Registry(redis, keys)
+    await reg.put_node("n1", {"mesh": "127.0.0.1:1"}, ttl=0)  # its lease ends as it is written
+    await reg.put_node_instances("n1", [endpoint(i) for i in range(10)])
+    await reg.put_instances([endpoint(99)], ttl=30)  # a live one of its own lease
+    first = await reg.prune(batch=4)
+    assert "n1" in first and len(first) == 5  # the node, and 4 of its instances
+    assert await reg.nodes() == {}
+    assert len(await reg.prune(batch=4)) == 4
+    assert len(await reg.prune(batch=4)) == 2
+    assert await reg.prune(batch=4) == []
+    assert [e.id for e in await reg.instances()] == ["i99"]
+    assert await redis.zcard(keys.node_leases) == 0 and not await reg.node_instances("n1")

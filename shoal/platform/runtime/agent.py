@@ -31,6 +31,7 @@ from shoal.platform.runtime.isolation import Isolation
 from shoal.platform.runtime.reconcile import Slot, plan
 from shoal.platform.runtime.template_pool import Templates
 from shoal.platform.runtime.template_protocol import TemplateError
+from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service
 from shoal.resources.weights import find_rule
@@ -99,6 +100,8 @@ class Agent:
         # Slot runs, drains and template warm-ups: each ends on its own, all before we stop.
         self._tasks = OwnedTasks(f"agent {node_id}")
         self._removed: set[str] = set()
+        # The endpoint last written for each instance (None: nothing written by this run yet)
+        self._sent: dict[str, Endpoint] | None = None
         # One pre-warmed template per app revision: instances are forked, not started afresh.
         self.templates = Templates()
 
@@ -217,13 +220,30 @@ class Agent:
         self._registry_dirty.set()
 
     async def _heartbeat_once(self) -> None:
-        endpoints = [ep for s in self.slots.values() if (ep := s.endpoint()) is not None]
-        await self.registry.put_instances(endpoints, ttl=LEASE_TTL)
+        """Renew the node's lease (its instances live on it) and write what changed: the
+        records of instances that changed, the removal of those that are gone. A store that
+        lost the node's record (restarted empty, or the lease expired) gets every record
+        again; a node that starts removes what an earlier run of it left registered."""
+        registry, node = self.registry, self.node_id
+        fresh = await registry.put_node(node, self.node_record, ttl=LEASE_TTL)
+        if self._sent is None:  # (this run's first heartbeat)
+            self._removed |= await registry.node_instances(node)
+            self._sent = {}
+        elif fresh:
+            self._sent = {}
+        endpoints = {ep.key: ep for s in self.slots.values() if (ep := s.endpoint()) is not None}
+        sent = self._sent
+        self._removed |= {key for key in sent if key not in endpoints}
+        self._removed -= endpoints.keys()
+        changed = [ep for key, ep in endpoints.items() if sent.get(key) != ep]
+        await registry.put_node_instances(node, changed)
+        sent.update((ep.key, ep) for ep in changed)
         if self._removed:
             removed = sorted(self._removed)
-            await self.registry.remove_instances(removed)
+            await registry.remove_instances(removed, node=node)
             self._removed.difference_update(removed)
-        await self.registry.put_node(self.node_id, self.node_record, ttl=LEASE_TTL)
+            for key in removed:
+                sent.pop(key, None)
 
     async def _heartbeats(self, done: asyncio.Event) -> None:
         # Ended by ``done`` (set with ``_registry_dirty`` to wake it), not by cancellation: the
