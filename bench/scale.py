@@ -158,21 +158,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,5000,20000")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="measure a running shoal up instead (bench.scale_live: minutes per size)",
+    )
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    results = {n: measure(n, args.repeat) for n in sizes}
+    if args.live:
+        from bench.scale_live import run
+
+        _table("on a running shoal up, this machine", sizes, run(sizes))
+        return
+    _table(
+        f"CPU ms per proxy (median of {args.repeat}), one process, this machine",
+        sizes,
+        {n: measure(n, args.repeat) for n in sizes},
+    )
+
+
+def _table(title: str, sizes: list[int], results: dict[int, dict[str, float]]) -> None:
+    """Print ``results`` as a table: a line per column, a column per size, then the growth
+    exponent between the smallest and the largest size (1: grows with the cluster; 0: not)."""
+    print(title)
     columns = list(next(iter(results.values())))
-    print(f"CPU ms per proxy (median of {args.repeat}), one process, this machine")
-    print(f"{'N instances':>12} " + " ".join(f"{c:>16}" for c in columns))
-    for n, row in results.items():
-        print(f"{n:>12} " + " ".join(f"{row[c]:>16.2f}" for c in columns))
-    if len(sizes) > 1:
-        lo, hi = min(sizes), max(sizes)
-        exponents = []
-        for c in columns:
-            a, b = results[lo][c], results[hi][c]
-            exponents.append(math.log(b / a) / math.log(hi / lo) if a > 0 and b > 0 else math.nan)
-        print(f"{'growth exp.':>12} " + " ".join(f"{e:>16.2f}" for e in exponents))
+    width = max(len(c) for c in columns)
+    print(f"{'N instances':<{width}} " + "".join(f"{n:>10}" for n in sizes) + "   growth exp.")
+    lo, hi = min(sizes), max(sizes)
+    for c in columns:
+        values = "".join(f"{results[n][c]:>10.2f}" for n in sizes)
+        a, b = results[lo][c], results[hi][c]
+        exponent = math.log(b / a) / math.log(hi / lo) if a > 0 and b > 0 and hi > lo else math.nan
+        print(f"{c:<{width}} {values}{exponent:>14.2f}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from shoal.store.watch import View, Watcher
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+MIN_TICK = 0.1  # seconds between the starts of two rounds, however fast changes come
 PRUNE_GRACE = LEASE_TTL + 2 * HEARTBEAT_EVERY
 
 
@@ -343,15 +344,20 @@ class Controller:
         await stop.wait()
         self._dirty.set()
 
-    async def _next_tick(self) -> None:
+    async def _next_tick(self, started: float) -> None:
         """Wait for a change, ``stop`` (see :meth:`_wake_on`) or the tick period, whichever
-        comes first."""
+        comes first; but no less than :data:`MIN_TICK` since the round that ``started`` (a
+        burst of changes makes one round, not one each)."""
         await wait_at_most(self._dirty, TICK)
+        rest = MIN_TICK - (time.monotonic() - started)
+        if rest > 0:
+            await asyncio.sleep(rest)
         self._dirty.clear()
 
     async def _ticks(self, stop: asyncio.Event) -> None:
         """Tick on every change and every second, until ``stop``."""
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self.tick()
             except FencedOut as e:
@@ -364,7 +370,7 @@ class Controller:
             # Cancelled by the task group when the watcher fails: a Redis call in the tick
             # may have swallowed that cancellation (Python 3.11, gh-86296).
             honour_cancellation()
-            await self._next_tick()
+            await self._next_tick(started)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run ticks on every change and every second, until ``stop``; then release the lease.
