@@ -309,13 +309,24 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Then print every instance change.")
     ] = False,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--instances",
+            help=f"List every instance (beyond {render.SUMMARY_OVER}, they are counted).",
+        ),
+    ] = False,
 ) -> None:
     """Nodes, services and instances with revision, node, address, pid and state.
 
     Example: shoal status --watch
     """
     st = with_client(redis, lambda c: c.status())
-    show(render.status_dict(st), output, lambda: render.status(st, wide=output == "wide"))
+    show(
+        render.status_dict(st),
+        output,
+        lambda: render.status(st, wide=output == "wide", every=every),
+    )
     if watch:
         url = settings.redis_url(redis)
         typer.echo("\nwatching instance changes (Ctrl-C to stop)")

@@ -122,9 +122,15 @@ INSTANCE_WIDE = ("ADDRESS", "PID")
 PROXY_WIDE = ("RETRIES", "HELD", "ACTIVATIONS", "COLD START MS (RECENT)")
 
 
-def status(st: Status, *, wide: bool = False) -> None:
+SUMMARY_OVER = 100
+"""More instances than this: ``shoal status`` counts them by service, revision, node and state
+instead of listing each (``--instances`` lists them all)."""
+
+
+def status(st: Status, *, wide: bool = False, every: bool = False) -> None:
     """Nodes, services and instances as tables (``wide``: with pids, addresses, uids and the
-    proxies' retry and activation counts)."""
+    proxies' retry and activation counts; beyond :data:`SUMMARY_OVER` instances, their counts
+    unless ``every``)."""
 
     def columns(names: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(n for n in names if wide or n not in extra)
@@ -166,6 +172,45 @@ def status(st: Status, *, wide: bool = False) -> None:
         )
     console.print(services)
 
+    if every or len(st.instances) <= SUMMARY_OVER:
+        _instances(st, wide)
+    else:
+        _instance_counts(st)
+    _proxies(st, wide)
+
+
+def _instance_counts(st: Status) -> None:
+    """The instances counted by service, revision and node, per state (and the reasons the
+    last runs of those not ready ended)."""
+    groups: dict[tuple[str, str, str], Counter[str]] = {}
+    reasons: dict[tuple[str, str, str], Counter[str]] = {}
+    for e in st.instances:
+        key = (e.service, e.revision, e.node)
+        groups.setdefault(key, Counter())[e.state] += 1
+        if e.state != "ready" and e.reason:
+            reasons.setdefault(key, Counter())[e.reason] += 1
+    title = (
+        f"\ninstances: {len(st.instances)}, counted (shoal status --instances lists each; "
+        "-o json has them all)"
+    )
+    table = _table(title, ("SERVICE", "REVISION", "NODE", "READY", "NOT READY", "WHY"))
+    for (service, revision, node), states in sorted(groups.items()):
+        others = ", ".join(
+            f"{n} {state}" for state, n in sorted(states.items()) if state != "ready"
+        )
+        why = ", ".join(
+            f"{n} {r}" for r, n in sorted(reasons.get((service, revision, node), {}).items())
+        )
+        table.add_row(service, revision, node, str(states["ready"]), others or "-", why or "-")
+    console.print(table)
+
+
+def _instances(st: Status, wide: bool) -> None:
+    """Every instance, a row each."""
+
+    def columns(names: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if wide or n not in extra)
+
     instance_columns = (
         "SERVICE",
         "REVISION",
@@ -202,6 +247,14 @@ def status(st: Status, *, wide: bool = False) -> None:
         )
         _row(instances, cells, INSTANCE_WIDE, wide)
     console.print(instances)
+
+
+def _proxies(st: Status, wide: bool) -> None:
+    """Each proxy's applied revision and counters, and the gateways' servers."""
+
+    def columns(names: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if wide or n not in extra)
+
     proxy_columns = (
         "PROXY",
         "REVISION",

@@ -441,10 +441,11 @@ class ProxyState:
         ejections: dict[str, list[dict[str, Any]]] = {}
         outliers: dict[str, list[int]] = {}  # by cluster: [detected, enforced] so far
         for (service, subset), state in self.clusters.items():
-            cluster = f"{service}/{subset}" if subset else service
             detector = state.detector
-            if detector.detected:
-                outliers[cluster] = [detector.detected, detector.enforced]
+            if not detector.detected:  # (nor anything ejected: most clusters, at once)
+                continue
+            cluster = f"{service}/{subset}" if subset else service
+            outliers[cluster] = [detector.detected, detector.enforced]
             ejected = [
                 {
                     "instance": key,

@@ -123,6 +123,21 @@ def find_virtual_service(
     return None
 
 
+def virtual_service_index(candidates: Iterable[VirtualService]) -> dict[str, VirtualService]:
+    """:func:`find_virtual_service` for every service at once: service name → the
+    VirtualService that routes it (by host, else by name; several: the first by name)."""
+    ordered = sorted(candidates, key=lambda vs: vs.name)
+    index: dict[str, VirtualService] = {}
+    for vs in ordered:
+        for host in vs.hosts:
+            service = mesh_service(host)
+            if service is not None:
+                index.setdefault(service, vs)
+    for vs in ordered:
+        index.setdefault(vs.name, vs)
+    return index
+
+
 def find_rule(service: str, rules: Sequence[DestinationRule]) -> DestinationRule | None:
     """The DestinationRule of ``service`` (host is the name or an FQDN starting with it)."""
     for rule in rules:

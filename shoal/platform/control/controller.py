@@ -30,6 +30,7 @@ from shoal.mesh.tasks import task_group
 from shoal.platform.ca.authority import Authority
 from shoal.platform.ca.rotation import entitled
 from shoal.platform.ca.signer import CAFiles
+from shoal.platform.control.counts import InstanceCounts
 from shoal.platform.control.metrics import ControllerReport, families
 from shoal.platform.control.scaling import AutoscaleSettings, Autoscaling
 from shoal.platform.control.scheduler import Node, Schedule, place, unplaced_reason
@@ -38,9 +39,9 @@ from shoal.resources.manifest import StoredResources
 from shoal.resources.model import DestinationRule, Service, VirtualService
 from shoal.resources.weights import (
     find_rule,
-    find_virtual_service,
     latest_ready,
     traffic_shares,
+    virtual_service_index,
 )
 from shoal.store.acks import live_reports
 from shoal.store.config import Change, ConfigStore, FencedOut
@@ -92,16 +93,15 @@ def unrouted_revisions(
     """Revisions that get 0% of their service's traffic under its VirtualService's split, or,
     with none, those older than the latest ready one (a newer one that is not ready yet is
     not routed either, but it must start to become ready)."""
-    parsed = {
-        kind: list(stored.parse(kind, view.documents(kind)).values())
-        for kind in ("VirtualService", "DestinationRule")
-    }
-    vss = [v for v in parsed["VirtualService"] if isinstance(v, VirtualService)]
-    rules = [r for r in parsed["DestinationRule"] if isinstance(r, DestinationRule)]
+    if not services:
+        return []
+    routes = virtual_service_index(_virtual_services(view, stored))
+    parsed = stored.parse("DestinationRule", view.documents("DestinationRule")).values()
+    rules = [r for r in parsed if isinstance(r, DestinationRule)]
     out = []
     for name in sorted({s.name for s in services}):
         mine = [s for s in services if s.name == name]
-        vs = find_virtual_service(name, vss)
+        vs = routes.get(name)
         if vs is None:
             latest = latest_ready(mine, ready)
             assert latest is not None  # (mine is not empty)
@@ -148,9 +148,9 @@ def collectable(
     return out
 
 
-def ready_counts(view: View) -> Counter[str]:
-    """Ready instances per ``service/revision``."""
-    return Counter(e.revision_key for e in view.instances.values() if e.state == "ready")
+def _virtual_services(view: View, stored: StoredResources) -> list[VirtualService]:
+    parsed = stored.parse("VirtualService", view.documents("VirtualService")).values()
+    return [v for v in parsed if isinstance(v, VirtualService)]
 
 
 def may_prune(
@@ -199,6 +199,7 @@ class Controller:
         self.decisions = AutoscalerDecisions(redis, keys)
         self._view = View()
         self._stored = StoredResources()
+        self.counts = InstanceCounts()  # of the views handed over so far
         self._dirty = asyncio.Event()
         self._steady_since: float | None = None  # since when we lead with the store reachable
         self._unplaced: dict[str, str] = {}  # revision -> why some of it is unplaced (logged)
@@ -226,6 +227,7 @@ class Controller:
 
     def _on_view(self, view: View) -> None:
         self._view = view
+        self.counts.follow(view)
         self._dirty.set()
 
     async def tick(self) -> None:
@@ -274,7 +276,7 @@ class Controller:
         activations = list(view.documents(ACTIVATION))
         for revision in activations:
             self.autoscaling.activate(revision, now)
-        ready = ready_counts(view)
+        ready = Counter(self.counts.ready)
         decisions = self.autoscaling.decide(
             services, ready, now, unrouted_revisions(view, self._stored, services, set(ready))
         )
@@ -304,10 +306,11 @@ class Controller:
 
     def _collect(self, view: View, services: list[Service], now: float) -> list[Change]:
         """Deletions of the revisions :func:`collectable` finds (each logged)."""
-        vss = self._stored.parse("VirtualService", view.documents("VirtualService")).values()
-        routed = [v for v in vss if isinstance(v, VirtualService)]
-        managed = {s.name for s in services if find_virtual_service(s.name, routed) is None}
-        running = Counter(e.revision_key for e in view.instances.values())
+        if not services:
+            return []
+        routed = virtual_service_index(_virtual_services(view, self._stored))
+        managed = {s.name for s in services if s.name not in routed}
+        running = self.counts.running
         found = collectable(
             services,
             managed,
