@@ -179,30 +179,35 @@ def status(st: Status, *, wide: bool = False, every: bool = False) -> None:
     _proxies(st, wide)
 
 
-def _instance_counts(st: Status) -> None:
-    """The instances counted by service, revision and node, per state (and the reasons the
-    last runs of those not ready ended)."""
-    groups: dict[tuple[str, str, str], Counter[str]] = {}
-    reasons: dict[tuple[str, str, str], Counter[str]] = {}
+def _instance_counts(st: Status, shown: int = 20) -> None:
+    """The instances counted by node and state, then the revisions with instances not ready
+    (the ``shown`` with most of them: state counts, and how their last runs ended)."""
+    by_node: dict[str, Counter[str]] = {}
+    waiting: dict[tuple[str, str], Counter[str]] = {}
+    reasons: dict[tuple[str, str], Counter[str]] = {}
     for e in st.instances:
-        key = (e.service, e.revision, e.node)
-        groups.setdefault(key, Counter())[e.state] += 1
-        if e.state != "ready" and e.reason:
-            reasons.setdefault(key, Counter())[e.reason] += 1
-    title = (
-        f"\ninstances: {len(st.instances)}, counted (shoal status --instances lists each; "
-        "-o json has them all)"
-    )
-    table = _table(title, ("SERVICE", "REVISION", "NODE", "READY", "NOT READY", "WHY"))
-    for (service, revision, node), states in sorted(groups.items()):
-        others = ", ".join(
-            f"{n} {state}" for state, n in sorted(states.items()) if state != "ready"
-        )
-        why = ", ".join(
-            f"{n} {r}" for r, n in sorted(reasons.get((service, revision, node), {}).items())
-        )
-        table.add_row(service, revision, node, str(states["ready"]), others or "-", why or "-")
+        by_node.setdefault(e.node, Counter())[e.state] += 1
+        if e.state != "ready":
+            key = (e.revision_key, e.node)
+            waiting.setdefault(key, Counter())[e.state] += 1
+            if e.reason:
+                reasons.setdefault(key, Counter())[e.reason] += 1
+    title = f"\ninstances: {len(st.instances)}, counted (--instances lists each; -o json too)"
+    nodes = _table(title, ("NODE", "INSTANCES", "READY", "NOT READY"))
+    for node, states in sorted(by_node.items()):
+        others = ", ".join(f"{n} {s}" for s, n in sorted(states.items()) if s != "ready")
+        nodes.add_row(node, str(states.total()), str(states["ready"]), others or "-")
+    console.print(nodes)
+    if not waiting:
+        return
+    ranked = sorted(waiting.items(), key=lambda item: (-item[1].total(), item[0]))
+    table = _table("\nnot ready, by revision", ("REVISION", "NODE", "STATES", "WHY"))
+    for key, states in ranked[:shown]:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.get(key, {}).items()))
+        table.add_row(*key, ", ".join(f"{n} {s}" for s, n in sorted(states.items())), why or "-")
     console.print(table)
+    if len(ranked) > shown:
+        console.print(f"… and {len(ranked) - shown} more revisions with instances not ready")
 
 
 def _instances(st: Status, wide: bool) -> None:

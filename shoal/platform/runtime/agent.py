@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PLACEMENT = "Placement"
 FAULT = "Fault"  # drills: {"fault": kill|hang|error|slow, "id": drill id} by instance key
+_CONFIG = frozenset({"Service", "DestinationRule"})  # the kinds an agent parses
 HEARTBEAT_EVERY = 1.0
 LEASE_TTL = 5.0
 TIDY_LOGS_EVERY = 60.0  # seconds between looks at the instance logs' sizes and ages
@@ -106,20 +107,22 @@ class Agent:
         self.templates = Templates()
 
     def _on_view(self, view: View) -> None:
-        services = {
-            k: r
-            for k, r in self._stored.parse("Service", view.documents("Service")).items()
-            if isinstance(r, Service)
-        }
-        self._rules = [
-            r
-            for r in self._stored.parse(
-                "DestinationRule", view.documents("DestinationRule")
-            ).values()
-            if isinstance(r, DestinationRule)
-        ]
-        self._services = services
-        self._follow_thresholds()
+        changes = view.changes
+        if changes is None or not _CONFIG.isdisjoint(changes):  # (else: as they were)
+            self._services = {
+                k: r
+                for k, r in self._stored.parse("Service", view.documents("Service")).items()
+                if isinstance(r, Service)
+            }
+            self._rules = [
+                r
+                for r in self._stored.parse(
+                    "DestinationRule", view.documents("DestinationRule")
+                ).values()
+                if isinstance(r, DestinationRule)
+            ]
+            self._follow_thresholds()
+        services = self._services
         self._apply_faults(dict(view.documents(FAULT)))
         self._desired = {k: n for k, n in desired_for(view, self.node_id).items() if k in services}
         self._dirty.set()
