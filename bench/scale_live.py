@@ -12,12 +12,15 @@ mesh, so that the gateway forwards to it itself); N/10 services, each with a Vir
   removed) until the gateway routes by it (200, then 503), polled every millisecond;
 - ``acked p50/p99 ms``: ``apply`` of one VirtualService until every proxy (gateway, node) and
   the controller acknowledge its revision;
-- ``gw/node/ctl ms per change``: CPU of each component per registry change (200 changes of
-  instance states, 10 ms apart) and per VirtualService apply (20), the idle rate taken off;
+- ``gw/node/ctl ms per change``: CPU of each component per registry change (500 changes of
+  instance states, 10 ms apart) and per VirtualService apply (50), the idle rate (5 s)
+  taken off: the kernel counts CPU in 10 ms ticks, so these are ±0.2 ms;
 - ``idle redis cmd/s``, ``redis cpu %`` and ``aof KB/s`` over 5 s with only heartbeats;
 - ``gw/node RSS MB``;
 - ``GET p50/p99 ms under churn``: sequential GETs through the gateway for 5 s while 100 registry
   changes a second happen;
+- ``gw restart to routing s``: the gateway killed (SIGKILL) until, restarted by ``shoal up``
+  and the whole store loaded again, it routes;
 - ``status s``: the wall time of ``shoal status``.
 
 Timings are this machine's (2 cores, everything on it): compare sizes, not absolute values.
@@ -241,6 +244,12 @@ async def measure(n: int, backend: int, home: Path) -> dict[str, float]:
             row["routed p99 ms"] = _percentile(routed, 0.99) * 1000
             row.update(await _per_change(registry, client, redis, keys, pids, everyone))
             row.update(await _churn(session, base, registry, everyone))
+            # Restart to routing: the gateway killed, restarted by shoal up's supervisor,
+            # loading the whole store again, until it routes.
+            os.kill(cluster.pids()["gateway"], signal.SIGKILL)
+            started = time.perf_counter()
+            await _until(lambda: _answers(session, base, "h0"), timeout=120, every=0.01)
+            row["gw restart to routing s"] = time.perf_counter() - started
         started = time.perf_counter()
         status = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shoal", "status", env=cluster.env, stdout=subprocess.DEVNULL
@@ -259,6 +268,14 @@ async def measure(n: int, backend: int, home: Path) -> dict[str, float]:
 
 async def _is(session: aiohttp.ClientSession, base: str, host: str, status: int) -> bool:
     return await _status(session, base, host) == status
+
+
+async def _answers(session: aiohttp.ClientSession, base: str, host: str) -> bool:
+    """Whether the gateway routes ``host`` (200); False while nothing listens."""
+    try:
+        return await _is(session, base, host, 200)
+    except aiohttp.ClientError:
+        return False
 
 
 async def _idle(redis: Redis, pids: dict[str, int]) -> dict[str, float]:
@@ -299,10 +316,10 @@ async def _per_change(
 
     rng = random.Random(1)
     idle_from, idle_at = cpu(), time.perf_counter()
-    await asyncio.sleep(3)
+    await asyncio.sleep(5)
     idle = {k: (v - idle_from[k]) / (time.perf_counter() - idle_at) for k, v in cpu().items()}
     row: dict[str, float] = {}
-    count = 200
+    count = 500
     before, at = cpu(), time.perf_counter()
     for i in range(count):
         chosen = rng.choice(everyone)
@@ -315,7 +332,7 @@ async def _per_change(
     for k, v in cpu().items():
         row[f"{k} ms/registry change"] = max(0.0, v - before[k] - idle[k] * spent) / count * 1000
     acked = []
-    applies = 20
+    applies = 50
     before, at = cpu(), time.perf_counter()
     for i in range(applies):
         route = _ROUTE.format(name="v0", host="h0", service="s0", w1=50 + i, w2=50 - i)
@@ -323,7 +340,7 @@ async def _per_change(
         started = time.perf_counter()
         await _until(lambda r=revision: _acked(redis, keys, r), timeout=30)  # type: ignore[misc]
         acked.append(time.perf_counter() - started)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
     spent = time.perf_counter() - at
     for k, v in cpu().items():
         row[f"{k} ms/VS apply"] = max(0.0, v - before[k] - idle[k] * spent) / applies * 1000

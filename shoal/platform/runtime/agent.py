@@ -108,6 +108,10 @@ class Agent:
 
     def _on_view(self, view: View) -> None:
         changes = view.changes
+        if changes is None and self._sent is not None:
+            # Loaded whole: the store was reconnected to (a restart, a failover to a replica
+            # that may have missed the last writes): every record is written again.
+            self._sent = {}
         if changes is None or not _CONFIG.isdisjoint(changes):  # (else: as they were)
             self._services = {
                 k: r
