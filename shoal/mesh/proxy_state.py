@@ -202,6 +202,7 @@ class ProxyState:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._stored = StoredResources()
+        self._whole = StoredResources()  # (the thread that builds snapshots whole has its own)
         self.snapshot = Snapshot()
         self.load = LoadMeter(time.monotonic())  # per revision, for the autoscaler
         self.changed = asyncio.Event()  # set (and replaced) on every new snapshot
@@ -240,6 +241,40 @@ class ProxyState:
             if self._view is not None:
                 self.update(self._view, whole=True)
 
+    def _incremental(self, view: View, previous: View | None) -> bool:
+        """Whether ``view`` can change the snapshot rather than build it whole."""
+        changes = view.changes
+        return not (
+            self._rebuild
+            or previous is None
+            or changes is None
+            or not _INCREMENTAL.issuperset(changes)
+        )
+
+    async def apply(self, view: View) -> None:
+        """:meth:`update` without holding up the requests this process serves: a snapshot
+        built whole (hundreds of ms at 20,000 instances) is built in a thread, so the event
+        loop goes on serving meanwhile (the interpreter switches between them every few ms);
+        a change is applied at once, on the loop."""
+        if self._incremental(view, self._view):
+            self.update(view)
+            return
+        meshes, unreachable = mesh_addresses(view), self.unreachable
+        try:
+            table = await asyncio.to_thread(
+                table_from_view, view, self.snapshot.table, self._whole, meshes, unreachable
+            )
+        except ValueError as e:
+            log.error("keeping the previous routing snapshot: %s", e)
+            self._view, self._rebuild = view, True
+            return
+        if unreachable is not self.unreachable:  # (changed meanwhile: build it on the loop)
+            self.update(view, whole=True)
+            return
+        self._view = view
+        self._install(view, table, meshes)
+        self._done()
+
     def update(self, view: View, *, whole: bool = False) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
 
@@ -248,30 +283,30 @@ class ProxyState:
         where they are (:meth:`RoutingTable.changed`: a change costs its own size, whatever the
         cluster's); else, or with ``whole``, everything is built again."""
         previous, self._view = self._view, view
-        changes = view.changes
         meshes = mesh_addresses(view)
         try:
-            if (
-                whole
-                or self._rebuild
-                or previous is None
-                or changes is None
-                or not _INCREMENTAL.issuperset(changes)
-            ):
-                self._build(view, meshes)
+            if whole or not self._incremental(view, previous):
+                stored, unreachable = self._stored, self.unreachable
+                table = table_from_view(view, self.snapshot.table, stored, meshes, unreachable)
+                self._install(view, table, meshes)
             else:
-                self._change(view, previous, changes, meshes)
+                assert view.changes is not None and previous is not None
+                self._change(view, previous, view.changes, meshes)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             self._rebuild = True  # (the next view is built whole)
             return
+        self._done()
+
+    def _done(self) -> None:
+        """A new snapshot is in: say so."""
         self._rebuild = False
         self.applied = True
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def _build(self, view: View, meshes: dict[str, str]) -> None:
-        table = table_from_view(view, self.snapshot.table, self._stored, meshes, self.unreachable)
+    def _install(self, view: View, table: RoutingTable, meshes: dict[str, str]) -> None:
+        """Swap in the snapshot of ``view`` around ``table``, built whole."""
         for key, cluster in table.clusters.items():
             self._cluster_changed(key, cluster)
         for key in set(self.clusters) - set(table.clusters):

@@ -8,6 +8,7 @@ a change to one service must leave every other cluster object as it was (``is``)
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import replace
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from bench.scale import view_of
+from shoal.mesh.follow import merged
 from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import parse_text, to_document
@@ -231,3 +234,47 @@ def test_a_change_to_one_service_leaves_every_other_cluster_as_it_was() -> None:
             assert cluster is not before[cluster_key]
         else:
             assert cluster is before[cluster_key], cluster_key
+
+
+def test_views_applied_together_are_the_last_with_every_change_since() -> None:
+    """A burst of views applied at once (merged) changes the snapshot as they would one by
+    one."""
+    rng = random.Random(11)
+    store = Store(rng)
+    one_by_one, together = ProxyState(random.Random(0)), ProxyState(random.Random(0))
+    first = store.view()
+    one_by_one.update(first)
+    together.update(first)
+    for _ in range(40):
+        burst = []
+        for _ in range(rng.randrange(1, 5)):
+            store.change()
+            burst.append(store.view())
+        for view in burst:
+            one_by_one.update(view)
+        together.update(merged(burst))
+        assert _clusters(together) == _clusters(one_by_one)
+        assert _routes(together) == _routes(one_by_one)
+
+
+async def test_a_snapshot_built_whole_leaves_the_loop_serving() -> None:
+    """A view that must be built whole is built in a thread: the event loop goes on running
+    other work meanwhile (on the loop, it would not run until the build is over)."""
+    state = ProxyState(random.Random(0))
+    turns = 0
+    building = True
+
+    async def other_work() -> None:
+        nonlocal turns
+        while building:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    before = turns
+    await state.apply(view_of(5000))
+    during = turns - before
+    building = False
+    await task
+    assert state.table.clusters and during > 1
