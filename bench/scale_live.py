@@ -19,6 +19,8 @@ mesh, so that the gateway forwards to it itself); N/10 services, each with a Vir
 - ``gw/node RSS MB``;
 - ``GET p50/p99 ms under churn``: sequential GETs through the gateway for 5 s while 100 registry
   changes a second happen;
+- ``GET p99 ms (whole rebuilds)``: the same while 5 Services are applied (scaled to zero), each
+  making every proxy build its snapshot whole;
 - ``gw restart to routing s``: the gateway killed (SIGKILL) until, restarted by ``shoal up``
   and the whole store loaded again, it routes;
 - ``status s``: the wall time of ``shoal status``.
@@ -244,6 +246,7 @@ async def measure(n: int, backend: int, home: Path) -> dict[str, float]:
             row["routed p99 ms"] = _percentile(routed, 0.99) * 1000
             row.update(await _per_change(registry, client, redis, keys, pids, everyone))
             row.update(await _churn(session, base, registry, everyone))
+            row.update(await _rebuilds(session, base, client))
             # Restart to routing: the gateway killed, restarted by shoal up's supervisor,
             # loading the whole store again, until it routes.
             os.kill(cluster.pids()["gateway"], signal.SIGKILL)
@@ -385,6 +388,38 @@ async def _churn(
     return {
         "GET p50 ms (churn)": statistics.median(latencies) * 1000,
         "GET p99 ms (churn)": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+_SERVICE = """
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: idle{i}}}
+spec: {{command: [sleep, "60"], revision: v1, scale: {{min: 0, max: 1}}}}
+"""
+
+
+async def _rebuilds(session: aiohttp.ClientSession, base: str, client: Client) -> dict[str, float]:
+    """GET latency through the gateway while 5 Services are applied, half a second apart:
+    each makes every proxy build its snapshot whole (scaled to zero: nothing starts)."""
+    done = asyncio.Event()
+
+    async def deploy() -> None:
+        for i in range(5):
+            await client.apply(parse_text(_SERVICE.format(i=i)))
+            await asyncio.sleep(0.5)
+        done.set()
+
+    task = asyncio.create_task(deploy())
+    latencies = []
+    while not done.is_set():
+        started = time.perf_counter()
+        await _status(session, base, "h0")
+        latencies.append(time.perf_counter() - started)
+    await task
+    return {
+        "GET p99 ms (whole rebuilds)": _percentile(latencies, 0.99) * 1000,
+        "GET max ms (whole rebuilds)": max(latencies) * 1000,
     }
 
 

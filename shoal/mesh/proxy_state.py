@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,10 @@ CONFIG_KINDS = (
     "Gateway",
     "ServiceEntry",
 )
+
+# While a snapshot is built in a thread, the interpreter hands the loop its turn this often
+# (seconds; Python's default is 5 ms): a request waits for the builder's turns to end.
+BUILDING_SWITCH = 0.0005
 
 # The changes a snapshot is changed by rather than built again (see ProxyState.update).
 _INCREMENTAL = frozenset({INSTANCE, "VirtualService", "DestinationRule"})
@@ -260,6 +265,8 @@ class ProxyState:
             self.update(view)
             return
         meshes, unreachable = mesh_addresses(view), self.unreachable
+        switching = sys.getswitchinterval()
+        sys.setswitchinterval(BUILDING_SWITCH)
         try:
             table = await asyncio.to_thread(
                 table_from_view, view, self.snapshot.table, self._whole, meshes, unreachable
@@ -268,6 +275,8 @@ class ProxyState:
             log.error("keeping the previous routing snapshot: %s", e)
             self._view, self._rebuild = view, True
             return
+        finally:
+            sys.setswitchinterval(switching)
         if unreachable is not self.unreachable:  # (changed meanwhile: build it on the loop)
             self.update(view, whole=True)
             return
