@@ -315,23 +315,23 @@ class Router:
         began = time.perf_counter()  # (the loop's clock ticks in whole ms on uvloop)
         if entry is not None:
             _trace(entry, span, headers)
-        result = await forwarder.forward(
-            Outbound(
-                method=exchange.head.method.decode(),
-                host=fields.get("host", ""),
-                path=path,
-                raw_target=path + (f"?{query}" if query else ""),
-                query=query,
-                headers=headers,
-                fields=fields,
-                body=exchange.body() if exchange.has_body else None,
-                content_length=exchange.head.content_length,
-                upgrade=exchange.upgrade,
-                client_ip=peer[0] if peer else None,
-            )
+        outbound = Outbound(
+            method=exchange.head.method.decode(),
+            host=fields.get("host", ""),
+            path=path,
+            raw_target=path + (f"?{query}" if query else ""),
+            query=query,
+            headers=headers,
+            fields=fields,
+            body=exchange.body() if exchange.has_body else None,
+            content_length=exchange.head.content_length,
+            upgrade=exchange.upgrade,
+            client_ip=peer[0] if peer else None,
         )
+        result = await forwarder.forward(outbound)
         if entry is not None:
             entry.upstream = time.perf_counter() - began
+            entry.route = outbound.route or None
         if isinstance(result, Refusal):
             await _refuse(exchange, result, entry)
             return

@@ -103,5 +103,6 @@ async def test_every_hop_logs_each_request_with_chained_spans(
         assert out_of_hello["parent_span_id"] == into_hello["span_id"]
         assert into_world["parent_span_id"] == out_of_hello["span_id"]
         assert all(e["status"] == 200 and e["duration_ms"] >= 0 for e in hops.values())
+        assert first["route"] and out_of_hello["route"]  # (the routes that sent them)
     assert edge[rids[0]]["trace_id"] == CLIENT_TRACE
     assert edge[rids[0]]["parent_span_id"] == CLIENT_SPAN
