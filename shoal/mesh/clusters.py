@@ -176,6 +176,28 @@ class ClusterInputs:
             self.ready = self.ready.delete(service)
         return True
 
+    def set_revision(self, key: str, service: Service | None) -> str | None:
+        """Service revision ``key`` (``name/revision``) is now ``service`` (None: deleted);
+        the service whose revisions changed, or None (nothing changed here) when that cannot
+        be done in place: a service name appears or goes, or a revision's tags change (names
+        and tags decide which hosts the default routes serve)."""
+        name, _, revision = key.partition("/")
+        current = list(self.revisions.get(name, ()))
+        index = next((i for i, s in enumerate(current) if s.revision == revision), None)
+        old = current[index] if index is not None else None
+        if (old.tags if old is not None else ()) != (service.tags if service is not None else ()):
+            return None
+        if index is None:
+            current.append(service) if service is not None else None
+        elif service is None:
+            del current[index]
+        else:
+            current[index] = service
+        if not current or name not in self.revisions:
+            return None
+        self.revisions = {**self.revisions, name: current}
+        return name
+
     def set_rule(self, name: str, rule: DestinationRule | None) -> set[str]:
         """DestinationRule ``name`` is now ``rule`` (None: deleted); the services whose rule
         may have changed."""

@@ -70,7 +70,7 @@ CONFIG_KINDS = (
 BUILDING_SWITCH = 0.0005
 
 # The changes a snapshot is changed by rather than built again (see ProxyState.update).
-_INCREMENTAL = frozenset({INSTANCE, "VirtualService", "DestinationRule"})
+_INCREMENTAL = frozenset({INSTANCE, "VirtualService", "DestinationRule", "Service"})
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
@@ -261,9 +261,19 @@ class ProxyState:
         built whole (hundreds of ms at 20,000 instances) is built in a thread, so the event
         loop goes on serving meanwhile (the interpreter switches between them every few ms);
         a change is applied at once, on the loop."""
-        if self._incremental(view, self._view):
-            self.update(view)
-            return
+        previous = self._view
+        if self._incremental(view, previous):
+            assert previous is not None
+            try:
+                changed = self._try_change(view, previous)
+            except ValueError as e:
+                log.error("keeping the previous routing snapshot: %s", e)
+                self._view, self._rebuild = view, True
+                return
+            if changed:
+                self._view = view
+                self._done()
+                return
         meshes, unreachable = mesh_addresses(view), self.unreachable
         switching = sys.getswitchinterval()
         sys.setswitchinterval(BUILDING_SWITCH)
@@ -292,15 +302,12 @@ class ProxyState:
         where they are (:meth:`RoutingTable.changed`: a change costs its own size, whatever the
         cluster's); else, or with ``whole``, everything is built again."""
         previous, self._view = self._view, view
-        meshes = mesh_addresses(view)
         try:
-            if whole or not self._incremental(view, previous):
-                stored, unreachable = self._stored, self.unreachable
+            incremental = not whole and self._incremental(view, previous)
+            if not (incremental and previous is not None and self._try_change(view, previous)):
+                meshes, stored, unreachable = mesh_addresses(view), self._stored, self.unreachable
                 table = table_from_view(view, self.snapshot.table, stored, meshes, unreachable)
                 self._install(view, table, meshes)
-            else:
-                assert view.changes is not None and previous is not None
-                self._change(view, previous, view.changes, meshes)
         except ValueError as e:
             log.error("keeping the previous routing snapshot: %s", e)
             self._rebuild = True  # (the next view is built whole)
@@ -339,24 +346,29 @@ class ProxyState:
             probes=self._probes(view, table),
         )
 
-    def _change(
-        self,
-        view: View,
-        previous: View,
-        changes: Mapping[str, frozenset[str]],
-        meshes: dict[str, str],
-    ) -> None:
-        """The snapshot changed by ``changes`` (instances, VirtualServices, DestinationRules)
-        from ``previous`` to ``view``."""
+    def _try_change(self, view: View, previous: View) -> bool:
+        """Change the snapshot by what changed from ``previous`` to ``view`` (instances,
+        VirtualServices, DestinationRules, Service revisions); False, with nothing changed,
+        when it must be built whole instead (see :meth:`ClusterInputs.set_revision`)."""
+        changes = view.changes
+        assert changes is not None
+        meshes = mesh_addresses(view)
         snapshot = self.snapshot
         inputs = snapshot.table.inputs.copy()
-        services: set[str] = set()
+        services: set[str] = set()  # whose clusters are made again
+        for revision in changes.get("Service", ()):
+            service = self._parsed(view, "Service", revision)
+            name = inputs.set_revision(revision, service if isinstance(service, Service) else None)
+            if name is None:
+                return False
+            services.add(name)
+        moved: set[str] = set()  # services some of whose instances changed
         for name in changes.get(INSTANCE, ()):
             old, new = previous.instances.get(name), view.instances.get(name)
             reachable = new is not None and (not new.mtls or new.node in meshes)
             inputs.set_endpoint(name, old, new if reachable else None)
-            services.update(e.service for e in (old, new) if e is not None)
-        services = {service for service in services if inputs.settle(service)}
+            moved.update(e.service for e in (old, new) if e is not None)
+        services.update(service for service in moved if inputs.settle(service))
         for name in changes.get("DestinationRule", ()):
             rule = self._parsed(view, "DestinationRule", name)
             services |= inputs.set_rule(name, rule if isinstance(rule, DestinationRule) else None)
@@ -376,9 +388,15 @@ class ProxyState:
             table=table,
             instances=view.instances,
             probes=self._probes(view, table) if "DestinationRule" in changes else snapshot.probes,
+            authorizer=(
+                authorizer_from_view(view, self._stored)
+                if "Service" in changes
+                else snapshot.authorizer
+            ),
             workloads={},
             retry_policies={},
         )
+        return True
 
     def _parsed(self, view: View, kind: str, name: str) -> Resource | None:
         return self._stored.parse_one(kind, name, view.documents(kind).get(name))

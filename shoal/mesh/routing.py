@@ -283,7 +283,7 @@ def _default_hosts(inputs: ClusterInputs) -> dict[str, tuple[tuple[str, str | No
     service by name holds that host."""
     owner: dict[str, tuple[str, str | None]] = {name: (name, None) for name in inputs.service_names}
     for name, revisions in sorted(inputs.revisions.items()):
-        for revision in revisions:
+        for revision in sorted(revisions, key=lambda r: r.revision):  # (a tag on two: first)
             for tag in revision.tags:
                 owner.setdefault(f"{tag}-{name}", (name, revision.revision))
     owned: dict[str, list[tuple[str, str | None]]] = {}

@@ -143,8 +143,20 @@ class Store:
                 self.instances[key := new.key] = new
             self.changes.setdefault(INSTANCE, set()).add(key)
             return
+        if what < 0.7:  # a Service revision added, replaced or deleted
+            name = rng.choice(["a", "b", "c", "e"])
+            key = f"{name}/{rng.choice(['v1', 'v2', 'v3'])}"
+            services = self.config["Service"]
+            if key in services and rng.random() < 0.4:
+                del services[key]
+            else:
+                tags = rng.choice(["", "", "canary", "beta"])
+                services[key] = _service(name, key.split("/")[1], tags=tags)
+            self.revision += 1
+            self.changes.setdefault("Service", set()).add(key)
+            return
         kind, make = (
-            ("VirtualService", _virtual_service) if what < 0.85 else ("DestinationRule", _rule)
+            ("VirtualService", _virtual_service) if what < 0.88 else ("DestinationRule", _rule)
         )
         name = f"{kind[:2].lower()}{rng.randrange(0, 6)}"
         docs = self.config[kind]
@@ -278,3 +290,18 @@ async def test_a_snapshot_built_whole_leaves_the_loop_serving() -> None:
     building = False
     await task
     assert state.table.clusters and during > 1
+
+
+def test_a_new_revision_of_a_service_changes_only_that_services_clusters() -> None:
+    rng = random.Random(5)
+    store = Store(rng)
+    state = ProxyState(random.Random(0))
+    state.update(store.view())
+    before = dict(state.table.clusters)
+    store.config["Service"]["b/v2"] = _service("b", "v2")
+    store.changes = {"Service": {"b/v2"}}
+    state.update(store.view())
+    for key, cluster in state.table.clusters.items():
+        if key[0] != "b" and key in before:
+            assert cluster is before[key], key
+    assert state.table.cluster("b") is not before.get(("b", None))
