@@ -134,14 +134,7 @@ class GatewayApp:
         if log is None:
             await self._serve(exchange, port, None)
             return
-        request, peer = exchange.head, exchange.peer
-        entry = Entry(
-            time.time(),
-            peer[0] if peer else None,
-            "HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
-            request.method,
-            request.target,
-        )
+        entry = Entry.of(exchange)
         try:
             await self._serve(exchange, port, entry)
         finally:

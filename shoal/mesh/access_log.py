@@ -37,9 +37,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shoal.http.refusal import CAUSE_HEADER
 from shoal.mesh.forward import Forwarded
+from shoal.mesh.h2exchange import H2Exchange
 
 if TYPE_CHECKING:
     from shoal.http.trace import Span
+    from shoal.mesh.h1server import Exchange
     from shoal.mesh.otlp import SpanExport
     from shoal.resources.endpoint import Endpoint
 
@@ -98,6 +100,13 @@ class Entry:
         self.protocol = protocol
         self.method = method
         self.target = target  # the path with its query, as received
+
+    @classmethod
+    def of(cls, exchange: Exchange | H2Exchange) -> Entry:
+        """The entry of the request ``exchange`` carries, which comes now."""
+        head, peer = exchange.head, exchange.peer
+        protocol = "HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1"
+        return cls(time.time(), peer[0] if peer else None, protocol, head.method, head.target)
 
     def answered(self, status: int, cause: str | None = None) -> None:
         """The proxy answered ``status`` itself (``cause``: its ``x-shoal-cause``)."""

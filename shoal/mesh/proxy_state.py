@@ -246,34 +246,13 @@ class ProxyState:
             if self._view is not None:
                 self.update(self._view, whole=True)
 
-    def _incremental(self, view: View, previous: View | None) -> bool:
-        """Whether ``view`` can change the snapshot rather than build it whole."""
-        changes = view.changes
-        return not (
-            self._rebuild
-            or previous is None
-            or changes is None
-            or not _INCREMENTAL.issuperset(changes)
-        )
-
     async def apply(self, view: View) -> None:
         """:meth:`update` without holding up the requests this process serves: a snapshot
         built whole (hundreds of ms at 20,000 instances) is built in a thread, so the event
         loop goes on serving meanwhile (the interpreter switches between them every few ms);
         a change is applied at once, on the loop."""
-        previous = self._view
-        if self._incremental(view, previous):
-            assert previous is not None
-            try:
-                changed = self._try_change(view, previous)
-            except ValueError as e:
-                log.error("keeping the previous routing snapshot: %s", e)
-                self._view, self._rebuild = view, True
-                return
-            if changed:
-                self._view = view
-                self._done()
-                return
+        if self._changed_in_place(view):
+            return
         meshes, unreachable = mesh_addresses(view), self.unreachable
         switching = sys.getswitchinterval()
         sys.setswitchinterval(BUILDING_SWITCH)
@@ -282,8 +261,7 @@ class ProxyState:
                 table_from_view, view, self.snapshot.table, self._whole, meshes, unreachable
             )
         except ValueError as e:
-            log.error("keeping the previous routing snapshot: %s", e)
-            self._view, self._rebuild = view, True
+            self._failed(view, e)
             return
         finally:
             sys.setswitchinterval(switching)
@@ -298,21 +276,48 @@ class ProxyState:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
 
         When the view says what changed since the one before it, and that is instances,
-        VirtualServices and DestinationRules only, the new snapshot is the old one changed
-        where they are (:meth:`RoutingTable.changed`: a change costs its own size, whatever the
-        cluster's); else, or with ``whole``, everything is built again."""
-        previous, self._view = self._view, view
-        try:
-            incremental = not whole and self._incremental(view, previous)
-            if not (incremental and previous is not None and self._try_change(view, previous)):
-                meshes, stored, unreachable = mesh_addresses(view), self._stored, self.unreachable
-                table = table_from_view(view, self.snapshot.table, stored, meshes, unreachable)
-                self._install(view, table, meshes)
-        except ValueError as e:
-            log.error("keeping the previous routing snapshot: %s", e)
-            self._rebuild = True  # (the next view is built whole)
+        VirtualServices, DestinationRules or Service revisions only, the new snapshot is the
+        old one changed where they are (:meth:`RoutingTable.changed`: a change costs its own
+        size, whatever the cluster's); else, or with ``whole``, everything is built again."""
+        if not whole and self._changed_in_place(view):
             return
+        self._view = view
+        meshes = mesh_addresses(view)
+        try:
+            table = table_from_view(
+                view, self.snapshot.table, self._stored, meshes, self.unreachable
+            )
+        except ValueError as e:
+            self._failed(view, e)
+            return
+        self._install(view, table, meshes)
         self._done()
+
+    def _changed_in_place(self, view: View) -> bool:
+        """Apply ``view`` as a change of the current snapshot if it can be; False when it must
+        be built whole (True too when it could not be applied: the previous one is kept)."""
+        previous, changes = self._view, view.changes
+        if (
+            self._rebuild
+            or previous is None
+            or changes is None
+            or not _INCREMENTAL.issuperset(changes)
+        ):
+            return False
+        try:
+            if not self._try_change(view, previous, changes):
+                return False
+        except ValueError as e:
+            self._failed(view, e)
+            return True
+        self._view = view
+        self._done()
+        return True
+
+    def _failed(self, view: View, error: ValueError) -> None:
+        """``view`` could not be applied: keep the previous snapshot, build the next whole."""
+        log.error("keeping the previous routing snapshot: %s", error)
+        self._view, self._rebuild = view, True
 
     def _done(self) -> None:
         """A new snapshot is in: say so."""
@@ -346,12 +351,12 @@ class ProxyState:
             probes=self._probes(view, table),
         )
 
-    def _try_change(self, view: View, previous: View) -> bool:
-        """Change the snapshot by what changed from ``previous`` to ``view`` (instances,
+    def _try_change(
+        self, view: View, previous: View, changes: Mapping[str, frozenset[str]]
+    ) -> bool:
+        """Change the snapshot by ``changes``, from ``previous`` to ``view`` (instances,
         VirtualServices, DestinationRules, Service revisions); False, with nothing changed,
         when it must be built whole instead (see :meth:`ClusterInputs.set_revision`)."""
-        changes = view.changes
-        assert changes is not None
         meshes = mesh_addresses(view)
         snapshot = self.snapshot
         inputs = snapshot.table.inputs.copy()
@@ -402,6 +407,7 @@ class ProxyState:
         return self._stored.parse_one(kind, name, view.documents(kind).get(name))
 
     def _probes(self, view: View, table: RoutingTable) -> tuple[Probe, ...]:
+        """The ServiceEntry endpoints this proxy checks itself, under ``table``'s policies."""
         entries = self._stored_of(view, "ServiceEntry")
         if not entries:
             return ()

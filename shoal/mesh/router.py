@@ -272,14 +272,7 @@ class Router:
     ) -> None:
         """Run ``serve`` with an access-log entry for ``exchange`` (its ``kind``: inbound or
         outbound), logged once it is over."""
-        head, peer = exchange.head, exchange.peer
-        entry = Entry(
-            time.time(),
-            peer[0] if peer else None,
-            "HTTP/2" if isinstance(exchange, H2Exchange) else "HTTP/1.1",
-            head.method,
-            head.target,
-        )
+        head, entry = exchange.head, Entry.of(exchange)
         entry.listener, entry.authority = kind, head.get(b"host") or b""
         entry.bytes_in = head.content_length
         try:

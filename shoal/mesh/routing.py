@@ -25,9 +25,9 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from immutables import Map, MapMutation
+from immutables import Map
 
 from shoal.mesh.balancer import Balancer, make_balancer
 from shoal.mesh.clusters import Cluster, ClusterBuilder, ClusterInputs, ClusterKey
@@ -311,9 +311,7 @@ class _Draft:
         self, base: RoutingTable, inputs: ClusterInputs, kept: Map[ClusterKey, Balancer]
     ) -> None:
         self.base, self.inputs, self.kept = base, inputs, kept
-        self.exact, self.wildcard = base._exact.mutate(), base._wildcard.mutate()
-        self.any = base._any
-        self.bound: dict[str, tuple[MapMutation[str, Any], MapMutation[str, Any], list[Any]]] = {}
+        self.hosts: dict[str, _Hosts] = {}  # by binding (mesh, Gateway names): those changed
         self.defaults = base._defaults.mutate()
         self.clusters, self.balancers = base._clusters.mutate(), base._balancers.mutate()
         self.compiled, self.claims = base._compiled.mutate(), base._claims.mutate()
@@ -361,20 +359,23 @@ class _Draft:
         return TableChange(self._finish(), frozenset(remade), frozenset(dropped))
 
     def _finish(self) -> RoutingTable:
+        base = self.base
         new = RoutingTable.__new__(RoutingTable)
-        new._inputs, new._owned = self.inputs, self.base._owned
-        new._exact, new._wildcard, new._any = self.exact.finish(), self.wildcard.finish(), self.any
+        new._inputs, new._owned = self.inputs, base._owned
+        new._exact, new._wildcard, new._any = base._exact, base._wildcard, base._any
         new._defaults = self.defaults.finish()
         new._clusters, new._balancers = self.clusters.finish(), self.balancers.finish()
         new._compiled, new._claims = self.compiled.finish(), self.claims.finish()
         new._refs, new._users = self.refs.finish(), self.users.finish()
         new._bound = {}
-        for name, old in self.base._bound.items():
+        for name, old in base._bound.items():
             new._bound[name] = bound = RoutingTable()
             bound._exact, bound._wildcard, bound._any = old._exact, old._wildcard, old._any
-        for name, (exact, wildcard, any_) in self.bound.items():
-            new._bound[name] = bound = RoutingTable()
-            bound._exact, bound._wildcard, bound._any = exact.finish(), wildcard.finish(), any_[0]
+        for binding, hosts in self.hosts.items():
+            if binding == MESH_GATEWAY:
+                hosts.finish(new)
+            else:
+                hosts.finish(new._bound.setdefault(binding, RoutingTable()))
         for bound in new._bound.values():
             bound._clusters, bound._balancers = new._clusters, new._balancers
         return new
@@ -429,26 +430,38 @@ class _Draft:
         """Set the host ``slot`` of ``binding`` to the blocks of the first VirtualService by
         name that claims it (or none)."""
         claims = self.claims.get((binding, slot))
-        blocks = claims[min(claims)] if claims else None
-        if binding == MESH_GATEWAY:
-            exact, wildcard = self.exact, self.wildcard
-        else:
-            if binding not in self.bound:
-                old = self.base._bound.get(binding) or _UNBOUND
-                self.bound[binding] = (old._exact.mutate(), old._wildcard.mutate(), [old._any])
-            exact, wildcard, any_ = self.bound[binding]
+        hosts = self.hosts.get(binding)
+        if hosts is None:
+            table = self.base if binding == MESH_GATEWAY else self.base._bound.get(binding)
+            hosts = self.hosts[binding] = _Hosts(table or _UNBOUND)
+        hosts.set(slot, claims[min(claims)] if claims else None)
+
+
+class _Hosts:
+    """A table's host index (exact, wildcard and ``*`` hosts) while a draft changes it."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.exact, self.wildcard = table._exact.mutate(), table._wildcard.mutate()
+        self.any = table._any
+
+    def set(self, slot: str, blocks: tuple[MatchBlock, ...] | None) -> None:
+        """Host ``slot`` (see :func:`_slot`) goes to ``blocks`` (None: to none)."""
         if slot == "*":
-            if binding == MESH_GATEWAY:
-                self.any = blocks
-            else:
-                any_[0] = blocks
+            self.any = blocks
             return
-        index = wildcard if slot[0] == "." else exact
-        host = slot if slot[0] == "." else slot[1:]
+        index, host = (self.wildcard, slot) if slot[0] == "." else (self.exact, slot[1:])
         if blocks is None:
             index.pop(host, None)
         else:
             index[host] = blocks
+
+    def finish(self, table: RoutingTable) -> None:
+        """Give ``table`` this index."""
+        table._exact, table._wildcard, table._any = (
+            self.exact.finish(),
+            self.wildcard.finish(),
+            self.any,
+        )
 
 
 _NO_CLAIMS: Map[str, tuple[MatchBlock, ...]] = Map()
