@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +45,10 @@ return out
 
 
 class Acks:
-    """Publishes one component's applied revision (at once on change, and every second) and,
-    with it, the component's ``report`` (counters, ejections, load) as JSON."""
+    """Publishes one component's applied revision (at once on change, and every ``every``
+    seconds) and, every ``every`` seconds, the component's ``report`` (counters, ejections,
+    load) as JSON: a report costs what the proxy holds (every cluster), so an ack on a change
+    does not make one, and a change costs what changed."""
 
     def __init__(
         self,
@@ -53,10 +56,12 @@ class Acks:
         keys: Keys,
         component: str,
         report: Callable[[], dict[str, Any]] | None = None,
+        every: float = ACK_EVERY,
     ) -> None:
         self._keys = keys
         self.component = component
         self.report = report
+        self.every = every
         self.revision = 0
         self._changed = asyncio.Event()
         self._ack = redis.register_script(_ACK)
@@ -69,11 +74,16 @@ class Acks:
 
     async def run(self) -> None:
         """Keep the ack and its lease fresh, until cancelled."""
+        loop = asyncio.get_running_loop()
+        reported, changed = -math.inf, False
         while True:
             self._changed.clear()
+            report = ""
+            if self.report is not None and (not changed or loop.time() - reported >= self.every):
+                reported = loop.time()
+                report = json.dumps(self.report())
             try:
                 async with translated("recording the applied revision"):
-                    report = json.dumps(self.report()) if self.report is not None else ""
                     await self._ack(
                         keys=[self._keys.acks, self._keys.ack_leases, self._keys.reports],
                         args=[self.component, self.revision, ACK_TTL_MS, report],
@@ -81,7 +91,7 @@ class Acks:
             except StoreError as e:
                 log.debug("ack not recorded: %s", e)
             honour_cancellation()
-            await wait_at_most(self._changed, ACK_EVERY)
+            changed = await wait_at_most(self._changed, self.every)
 
 
 async def live_acks(redis: Redis, keys: Keys) -> dict[str, int]:

@@ -138,8 +138,10 @@ def honour_cancellation() -> None:
         raise asyncio.CancelledError
 
 
-async def wait_at_most(event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``event`` is set or ``seconds`` have passed, whichever is first."""
+async def wait_at_most(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` have passed, whichever is first; whether
+    ``event`` is set."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
+    return event.is_set()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Callable
 
 import pytest
 
 from shoal.resources.endpoint import Endpoint
+from shoal.store.acks import Acks, live_acks
 from shoal.store.config import Change, ConfigStore, FencedOut
 from shoal.store.connection import Redis
 from shoal.store.keys import Keys
@@ -201,3 +204,31 @@ async def test_an_expired_node_goes_at_once_and_its_instances_in_batches(
     assert await reg.prune(batch=4) == []
     assert [e.id for e in await reg.instances()] == ["i99"]
     assert await redis.zcard(keys.node_leases) == 0 and not await reg.node_instances("n1")
+
+
+async def test_an_ack_on_a_change_makes_no_report(redis: Redis, keys: Keys) -> None:
+    """A component acks a new revision at once, but its report (which costs what the proxy
+    holds: every cluster) only every ``every`` seconds: a change costs what changed."""
+    made: list[int] = []
+
+    def report() -> dict[str, int]:
+        made.append(len(made))
+        return {"seq": len(made)}
+
+    acks = Acks(redis, keys, "gw", report=report, every=3600)
+    task = asyncio.create_task(acks.run())
+    try:
+        await eventually(lambda: live_acks(redis, keys), "the first ack", until=lambda a: "gw" in a)
+        for revision in (1, 2, 3):
+            acks.applied(revision)
+            await eventually(
+                lambda: live_acks(redis, keys),
+                f"revision {revision} acked",
+                until=lambda a, r=revision: a.get("gw") == r,  # type: ignore[misc]
+            )
+        assert made == [0]  # the first ack's report only
+        assert json.loads(await redis.hget(keys.reports, "gw")) == {"seq": 1}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
