@@ -27,6 +27,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from shoal.gateway.h2_edge import LINGER
 from shoal.gateway.server import GatewaySettings
 from shoal.http.limits import FloodBudget, KiB
 from shoal.resources.manifest import parse_text
@@ -193,8 +194,10 @@ class H2Wire:
         )
         return self.answers[sid]
 
-    async def closed(self, timeout: float = 3.0) -> bool:
-        """Whether the gateway closes the connection within ``timeout``."""
+    async def closed(self, timeout: float = LINGER + 3.0) -> bool:
+        """Whether the gateway closes the connection within ``timeout`` (by default with room
+        to spare past its lingering close, which starts when it has read what was sent: a
+        loaded machine may read a large write late)."""
         try:
             await self.read_until(lambda: False, timeout)
         except TimeoutError:
