@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_VERSION := 26.3
 
-.PHONY: up test test-slow lint bench bench-floods bench-grpc clean lock lockcheck
+.PHONY: up test test-slow lint bench bench-floods bench-grpc bench-scale clean lock lockcheck
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -57,6 +57,11 @@ bench-floods: $(STAMP)
 # Unary gRPC calls to a grpcio server, direct and through the mesh (about 1 minute).
 bench-grpc: $(STAMP)
 	$(BIN)/python -m bench.grpc $(ARGS)
+
+# What one change costs the control plane as the cluster grows, on a real shoal up per size
+# (about 2.5 minutes; ARGS="--in-process" for the snapshot code alone, about a minute).
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(ARGS)
 
 clean:
 	rm -rf $(VENV) .shoal .pytest_cache .mypy_cache .ruff_cache

@@ -1,22 +1,24 @@
-"""Control-plane scale, first columns (issue #20): what one change costs a proxy as the cluster
-grows, measured in this process on Shoal's own snapshot code.
+"""Control-plane scale (issue #20): what one change costs as the cluster grows.
 
-    python -m bench.scale [--sizes 100,1000,5000,20000] [--repeat 5]
+    python -m bench.scale [--sizes 100,1000,5000,20000]            (make bench-scale)
+    python -m bench.scale --in-process [--sizes ...] [--repeat 5]
 
-For each N it builds a store view of N instances in S = N/10 services (each with a
-VirtualService splitting it 90/10 between two subsets and a DestinationRule naming them), then
-times, with ``time.process_time`` (CPU, not wall: other work on the machine does not count):
+By default it measures a running ``shoal up``, a fresh one per size (:mod:`bench.scale_live`:
+change-to-routed latency, CPU per change per component, idle Redis traffic, RSS, GET latency
+under churn, restart-to-routing, ``shoal status``; about 2.5 minutes for the four sizes).
+
+``--in-process`` times Shoal's own snapshot code in this process instead: for each N it builds
+a store view of N instances in S = N/10 services (each with a VirtualService splitting it 90/10
+between two subsets and a DestinationRule naming them), then times, with ``time.process_time``
+(CPU, not wall: other work on the machine does not count):
 
 - ``full build``: a fresh proxy's first snapshot of the view;
 - ``registry change``: the snapshot update after one instance of one service changes state;
 - ``config change``: the update after one VirtualService's weights change;
 
-and prints the median of ``--repeat`` runs per column and the growth exponent between the
-smallest and the largest N (1: cost grows with the cluster; 0: with the change only).
-
-Not yet measured here (the issue's other columns need a running ``shoal up``): change-to-routed
-latency at the gateway, idle Redis commands/s and AOF growth, RSS, GET latency under churn,
-``shoal status`` time.
+and prints the median of ``--repeat`` runs per column. Both print the growth exponent of each
+column between the smallest and the largest N (1: cost grows with the cluster; 0: with the
+change only).
 """
 
 from __future__ import annotations
@@ -157,24 +159,24 @@ def measure(n: int, repeat: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,5000,20000")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="with --in-process")
     parser.add_argument(
-        "--live",
+        "--in-process",
         action="store_true",
-        help="measure a running shoal up instead (bench.scale_live: minutes per size)",
+        help="time the snapshot code in this process instead of a running shoal up",
     )
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    if args.live:
-        from bench.scale_live import run
-
-        _table("on a running shoal up, this machine", sizes, run(sizes))
+    if args.in_process:
+        _table(
+            f"CPU ms per proxy (median of {args.repeat}), one process, this machine",
+            sizes,
+            {n: measure(n, args.repeat) for n in sizes},
+        )
         return
-    _table(
-        f"CPU ms per proxy (median of {args.repeat}), one process, this machine",
-        sizes,
-        {n: measure(n, args.repeat) for n in sizes},
-    )
+    from bench.scale_live import run
+
+    _table("on a running shoal up, this machine", sizes, run(sizes))
 
 
 def _table(title: str, sizes: list[int], results: dict[int, dict[str, float]]) -> None:

@@ -1,6 +1,6 @@
 """Control-plane scale on a running Shoal: the live columns of issue #20's table.
 
-``python -m bench.scale --live`` runs this for each size N: a fresh ``shoal up`` (no example,
+``python -m bench.scale`` runs this for each size N: a fresh ``shoal up`` (no example,
 one gateway worker, access logs off) in a temporary ``$SHOAL_HOME``; N synthetic instances of a
 node ``synthetic`` registered through Shoal's own registry (on that node's lease, renewed every
 second as an agent renews it; each instance points at one hypercorn hello backend, outside the
@@ -140,14 +140,15 @@ class Cluster:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.port, self.mesh, self.metrics = free_port(), free_port(), free_port()
+        self.port, self.mesh = free_port(), free_port()
         self.env = {**os.environ, "SHOAL_HOME": str(home)}
         self.up: subprocess.Popen[bytes] | None = None
         self.redis: Redis | None = None
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "shoal", "up", "--no-example", "--port", str(self.port)]
-        argv += ["--mesh-port", str(self.mesh), "--metrics-port", str(self.metrics)]
+        # (no admin ports: up takes three in a row from one, which a free port does not promise)
+        argv += ["--mesh-port", str(self.mesh), "--metrics-port", "0"]
         argv += ["--gateway-workers", "1", "--dashboard-port", "0", "--access-log", "off"]
         argv += ["--instance-uids", "off"]
         log = (self.home / "up.log").open("wb")
