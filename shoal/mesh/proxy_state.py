@@ -50,7 +50,7 @@ from shoal.resources.model import (
     ServiceEntry,
     VirtualService,
 )
-from shoal.store.registry import INSTANCE
+from shoal.store.registry import INSTANCE, NODE
 from shoal.store.watch import View
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ CONFIG_KINDS = (
 BUILDING_SWITCH = 0.0005
 
 # The changes a snapshot is changed by rather than built again (see ProxyState.update).
-_INCREMENTAL = frozenset({INSTANCE, "VirtualService", "DestinationRule", "Service"})
+_INCREMENTAL = frozenset({INSTANCE, NODE, "VirtualService", "DestinationRule", "Service"})
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
@@ -89,6 +89,18 @@ class ClusterState:
 def mesh_addresses(view: View) -> dict[str, str]:
     """Node id → ``host:port`` of its router's inbound mTLS listener, for live nodes."""
     return {node: str(r["mesh"]) for node, r in view.nodes.items() if r.get("mesh")}
+
+
+def _to_place(view: View, changes: Mapping[str, frozenset[str]]) -> set[str]:
+    """The instances whose place in the clusters may have changed: those that changed, and
+    those on nodes that came, went or changed (an instance in the mesh is reachable only
+    through its node's router). Finding the latter reads every instance's node: a
+    millisecond at 20,000, where building the snapshot again took hundreds."""
+    names = set(changes.get(INSTANCE, ()))
+    nodes = changes.get(NODE)
+    if nodes:
+        names.update(key for key, e in view.instances.items() if e.node in nodes)
+    return names
 
 
 def table_from_view(
@@ -276,9 +288,9 @@ class ProxyState:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
 
         When the view says what changed since the one before it, and that is instances,
-        VirtualServices, DestinationRules or Service revisions only, the new snapshot is the
-        old one changed where they are (:meth:`RoutingTable.changed`: a change costs its own
-        size, whatever the cluster's); else, or with ``whole``, everything is built again."""
+        nodes, VirtualServices, DestinationRules or Service revisions only, the new snapshot is
+        the old one changed where they are (:meth:`RoutingTable.changed`: a change costs its
+        own size, whatever the cluster's); else, or with ``whole``, everything is built again."""
         if not whole and self._changed_in_place(view):
             return
         self._view = view
@@ -354,7 +366,7 @@ class ProxyState:
     def _try_change(
         self, view: View, previous: View, changes: Mapping[str, frozenset[str]]
     ) -> bool:
-        """Change the snapshot by ``changes``, from ``previous`` to ``view`` (instances,
+        """Change the snapshot by ``changes``, from ``previous`` to ``view`` (instances, nodes,
         VirtualServices, DestinationRules, Service revisions); False, with nothing changed,
         when it must be built whole instead (see :meth:`ClusterInputs.set_revision`)."""
         meshes = mesh_addresses(view)
@@ -368,7 +380,7 @@ class ProxyState:
                 return False
             services.add(name)
         moved: set[str] = set()  # services some of whose instances changed
-        for name in changes.get(INSTANCE, ()):
+        for name in _to_place(view, changes):
             old, new = previous.instances.get(name), view.instances.get(name)
             reachable = new is not None and (not new.mtls or new.node in meshes)
             inputs.set_endpoint(name, old, new if reachable else None)
@@ -391,6 +403,7 @@ class ProxyState:
             snapshot,
             revision=view.revision,
             table=table,
+            meshes=meshes,
             instances=view.instances,
             probes=self._probes(view, table) if "DestinationRule" in changes else snapshot.probes,
             authorizer=(

@@ -1,9 +1,10 @@
 """A snapshot changed by what changed is the snapshot built whole, and shares the rest.
 
-A proxy that is told what changed since the last view (instances, VirtualServices,
-DestinationRules) changes its routing table where they are (RoutingTable.changed) instead of
-building it again. Random sequences of changes, each applied both ways, must route alike, and
-a change to one service must leave every other cluster object as it was (``is``).
+A proxy that is told what changed since the last view (instances, nodes, VirtualServices,
+DestinationRules, Service revisions) changes its routing table where they are
+(RoutingTable.changed) instead of building it again. Random sequences of changes, each applied
+both ways, must route alike, and a change to one service must leave every other cluster object
+as it was (``is``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from shoal.mesh.follow import merged
 from shoal.mesh.proxy_state import ProxyState
 from shoal.resources.endpoint import Endpoint
 from shoal.resources.manifest import parse_text, to_document
-from shoal.store.registry import INSTANCE
+from shoal.store.registry import INSTANCE, NODE
 from shoal.store.watch import View
 
 SERVICES = ("a", "b", "c", "d")
+NODES = ("n1", "n2", "n3")
 HOSTS = ("a", "b", "c", "d", "a.example.com", "x.example.com", "www.b.test", "canary-a", "zz")
 
 
@@ -89,11 +91,12 @@ def _endpoint(rng: random.Random, key: int) -> Endpoint:
         id=f"i{key}",
         service=rng.choice([*SERVICES, "ghost"]),
         revision=rng.choice(["v1", "v2"]),
-        node="n1",
+        node=rng.choice(NODES),
         address="127.0.0.1",
         port=20000 + key,
         labels=(("version", rng.choice(["v1", "v2", "v3"])),),
         state=rng.choice(["ready", "ready", "starting", "draining"]),
+        mtls=rng.random() < 0.7,  # (run by a node: reachable while the node's router is)
     )
 
 
@@ -114,6 +117,7 @@ class Store:
             "DestinationRule": {f"dr{i}": _rule(rng, f"dr{i}") for i in range(3)},
         }
         self.instances = {e.key: e for e in (_endpoint(rng, i) for i in range(20))}
+        self.nodes = {"n1": {"mesh": "127.0.0.1:15006"}, "n2": {"mesh": "127.0.0.1:15007"}}
         self.changes: dict[str, set[str]] = {}
 
     def view(self) -> View:
@@ -123,7 +127,7 @@ class Store:
             revision=self.revision,
             config=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.config.items()}),
             instances=MappingProxyType(dict(self.instances)),
-            nodes=MappingProxyType({}),
+            nodes=MappingProxyType(dict(self.nodes)),
             changes=changes,
         )
 
@@ -142,6 +146,14 @@ class Store:
                 new = _endpoint(rng, rng.randrange(0, 30))
                 self.instances[key := new.key] = new
             self.changes.setdefault(INSTANCE, set()).add(key)
+            return
+        if what < 0.65:  # a node comes, goes, or its router moves
+            node = rng.choice(NODES)
+            if node in self.nodes and rng.random() < 0.5:
+                del self.nodes[node]
+            else:
+                self.nodes[node] = {"mesh": f"127.0.0.1:{rng.randrange(15000, 15010)}"}
+            self.changes.setdefault(NODE, set()).add(node)
             return
         if what < 0.7:  # a Service revision added, replaced or deleted
             name = rng.choice(["a", "b", "c", "e"])
@@ -221,6 +233,7 @@ def test_a_changed_snapshot_routes_as_one_built_whole(seed: int) -> None:
         whole.update(replace(view, changes=None))
         assert _clusters(changed) == _clusters(whole)
         assert _routes(changed) == _routes(whole)
+        assert changed.snapshot.meshes == whole.snapshot.meshes
         assert set(changed.clusters) == set(whole.table.clusters)  # per-cluster state follows
         for key, cluster in changed.table.clusters.items():  # balancers follow the policy
             assert changed.table.balancer_for(cluster).policy == cluster.load_balancer, key
@@ -229,7 +242,7 @@ def test_a_changed_snapshot_routes_as_one_built_whole(seed: int) -> None:
 def test_a_change_to_one_service_leaves_every_other_cluster_as_it_was() -> None:
     rng = random.Random(7)
     store = Store(rng)
-    ours = replace(_endpoint(rng, 99), service="a", state="ready")
+    ours = replace(_endpoint(rng, 99), service="a", state="ready", node="n1")
     store.instances[ours.key] = ours
     state = ProxyState(random.Random(0))
     state.update(store.view())
@@ -305,3 +318,26 @@ def test_a_new_revision_of_a_service_changes_only_that_services_clusters() -> No
         if key[0] != "b" and key in before:
             assert cluster is before[key], key
     assert state.table.cluster("b") is not before.get(("b", None))
+
+
+def test_a_node_that_goes_changes_only_the_clusters_of_its_instances() -> None:
+    """A node's router gone: its instances in the mesh leave their clusters at once, and every
+    other cluster object is kept (a node change is applied in place, not built whole)."""
+    rng = random.Random(3)
+    store = Store(rng)
+    for key, e in list(store.instances.items()):
+        node = "n2" if e.service == "b" else "n1"
+        store.instances[key] = replace(e, node=node, mtls=True, state="ready")
+    state = ProxyState(random.Random(0))
+    state.update(store.view())
+    before = dict(state.table.clusters)
+    assert before[("b", None)].endpoints
+    del store.nodes["n2"]
+    store.changes = {NODE: {"n2"}}
+    state.update(store.view())
+    assert "n2" not in state.snapshot.meshes
+    for key, cluster in state.table.clusters.items():
+        if key[0] == "b":
+            assert not cluster.endpoints, key
+        else:
+            assert cluster is before[key], key
