@@ -15,6 +15,7 @@ between two subsets and a DestinationRule naming them), then times, with ``time.
 - ``full build``: a fresh proxy's first snapshot of the view;
 - ``registry change``: the snapshot update after one instance of one service changes state;
 - ``config change``: the update after one VirtualService's weights change;
+- ``new service``: the update after a Service of a new name is deployed;
 
 and prints the median of ``--repeat`` runs per column. Both print the growth exponent of each
 column between the smallest and the largest N (1: cost grows with the cluster; 0: with the
@@ -120,7 +121,7 @@ def _cpu_ms(update: Callable[[View], object], view: View) -> float:
 def measure(n: int, repeat: int) -> dict[str, float]:
     """Median CPU ms of each column for ``n`` instances."""
     view = view_of(n)
-    full, registry, config = [], [], []
+    full, registry, config, deploy = [], [], [], []
     for round_ in range(repeat):
         state = ProxyState()
         full.append(_cpu_ms(state.update, view))
@@ -149,10 +150,21 @@ def measure(n: int, repeat: int) -> dict[str, float]:
             changes={"VirtualService": frozenset({"svc0"})},
         )
         config.append(_cpu_ms(state.update, after_config))
+        service = _service_docs(f"new{round_}")["Service"]
+        key = next(iter(service))
+        config_view["Service"] = MappingProxyType({**view.documents("Service"), key: service[key]})
+        after_deploy = replace(
+            after_config,
+            revision=3 + round_,
+            config=MappingProxyType(config_view),
+            changes={"Service": frozenset({key})},
+        )
+        deploy.append(_cpu_ms(state.update, after_deploy))
     return {
         "full build": statistics.median(full),
         "registry change": statistics.median(registry),
         "config change": statistics.median(config),
+        "new service": statistics.median(deploy),
     }
 
 

@@ -19,8 +19,8 @@ mesh, so that the gateway forwards to it itself); N/10 services, each with a Vir
 - ``gw/node RSS MB``;
 - ``GET p50/p99 ms under churn``: sequential GETs through the gateway for 5 s while 100 registry
   changes a second happen;
-- ``GET p99 ms (whole rebuilds)``: the same while 5 Services are applied (scaled to zero), each
-  making every proxy build its snapshot whole;
+- ``GET p99 ms (whole rebuilds)``: the same while 5 ServiceEntries are applied, each making
+  every proxy build its snapshot whole (as a Gateway does; other kinds change it in place);
 - ``gw restart to routing s``: the gateway killed (SIGKILL) until, restarted by ``shoal up``
   and the whole store loaded again, it routes;
 - ``status s``: the wall time of ``shoal status``.
@@ -392,22 +392,25 @@ async def _churn(
     }
 
 
-_SERVICE = """
-apiVersion: shoal/v1
-kind: Service
+_ENTRY = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {{name: idle{i}}}
-spec: {{command: [sleep, "60"], revision: v1, scale: {{min: 0, max: 1}}}}
+spec:
+  hosts: [idle{i}.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DNS
 """
 
 
 async def _rebuilds(session: aiohttp.ClientSession, base: str, client: Client) -> dict[str, float]:
-    """GET latency through the gateway while 5 Services are applied, half a second apart:
-    each makes every proxy build its snapshot whole (scaled to zero: nothing starts)."""
+    """GET latency through the gateway while 5 ServiceEntries are applied, half a second
+    apart: each makes every proxy build its snapshot whole (nothing routes to them)."""
     done = asyncio.Event()
 
     async def deploy() -> None:
         for i in range(5):
-            await client.apply(parse_text(_SERVICE.format(i=i)))
+            await client.apply(parse_text(_ENTRY.format(i=i)))
             await asyncio.sleep(0.5)
         done.set()
 

@@ -176,26 +176,20 @@ class ClusterInputs:
             self.ready = self.ready.delete(service)
         return True
 
-    def set_revision(self, key: str, service: Service | None) -> str | None:
+    def set_revision(self, key: str, service: Service | None) -> str:
         """Service revision ``key`` (``name/revision``) is now ``service`` (None: deleted);
-        the service whose revisions changed, or None (nothing changed here) when that cannot
-        be done in place: a service name appears or goes, or a revision's tags change (names
-        and tags decide which hosts the default routes serve)."""
+        the name of the service whose revisions changed."""
         name, _, revision = key.partition("/")
-        current = list(self.revisions.get(name, ()))
-        index = next((i for i, s in enumerate(current) if s.revision == revision), None)
-        old = current[index] if index is not None else None
-        if (old.tags if old is not None else ()) != (service.tags if service is not None else ()):
-            return None
-        if index is None:
-            current.append(service) if service is not None else None
-        elif service is None:
-            del current[index]
+        current = [s for s in self.revisions.get(name, ()) if s.revision != revision]
+        if service is not None:
+            current.append(service)
+        revisions = dict(self.revisions)
+        if current:
+            revisions[name] = current
         else:
-            current[index] = service
-        if not current or name not in self.revisions:
-            return None
-        self.revisions = {**self.revisions, name: current}
+            revisions.pop(name, None)
+        self.revisions = revisions
+        self.service_names = frozenset(revisions) | frozenset(self.entry_protocols)
         return name
 
     def set_rule(self, name: str, rule: DestinationRule | None) -> set[str]:

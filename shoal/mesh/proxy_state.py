@@ -70,7 +70,18 @@ CONFIG_KINDS = (
 BUILDING_SWITCH = 0.0005
 
 # The changes a snapshot is changed by rather than built again (see ProxyState.update).
-_INCREMENTAL = frozenset({INSTANCE, NODE, "VirtualService", "DestinationRule", "Service"})
+# What a view may change for the snapshot to be changed in place (else it is built whole).
+_INCREMENTAL = frozenset(
+    {
+        INSTANCE,
+        NODE,
+        "VirtualService",
+        "DestinationRule",
+        "Service",
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+    }
+)
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
@@ -134,6 +145,8 @@ def table_from_view(
 def authorizer_from_view(view: View, stored: StoredResources) -> Authorizer:
     """The view's AuthorizationPolicies, compiled with its services' accounts."""
     docs = stored.parse("AuthorizationPolicy", view.documents("AuthorizationPolicy"))
+    if not docs:  # (allow all: no need to read every Service for its account)
+        return compile_policies(())
     accounts: dict[str, set[str]] = {}
     for service in stored.parse("Service", view.documents("Service")).values():
         if isinstance(service, Service):
@@ -288,9 +301,10 @@ class ProxyState:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
 
         When the view says what changed since the one before it, and that is instances,
-        nodes, VirtualServices, DestinationRules or Service revisions only, the new snapshot is
-        the old one changed where they are (:meth:`RoutingTable.changed`: a change costs its
-        own size, whatever the cluster's); else, or with ``whole``, everything is built again."""
+        nodes, Services, VirtualServices, DestinationRules or security policies only (not
+        Gateways or ServiceEntries), the new snapshot is the old one changed where they are
+        (:meth:`RoutingTable.changed`: a change costs its own size, whatever the cluster's);
+        else, or with ``whole``, everything is built again."""
         if not whole and self._changed_in_place(view):
             return
         self._view = view
@@ -317,8 +331,7 @@ class ProxyState:
         ):
             return False
         try:
-            if not self._try_change(view, previous, changes):
-                return False
+            self._change(view, previous, changes)
         except ValueError as e:
             self._failed(view, e)
             return True
@@ -344,41 +357,29 @@ class ProxyState:
             self._cluster_changed(key, cluster)
         for key in set(self.clusters) - set(table.clusters):
             del self.clusters[key]
-        peer_authentications = tuple(
-            r
-            for r in self._stored_of(view, "PeerAuthentication")
-            if isinstance(r, PeerAuthentication)
-        )
         self.snapshot = Snapshot(
             revision=view.revision,
             table=table,
             meshes=meshes,
             instances=view.instances,
             authorizer=authorizer_from_view(view, self._stored),
-            peer_authentications=peer_authentications,
-            plaintext_allowed=any(
-                p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in peer_authentications
-            ),
+            **self._peer_authentications(view),
             gateways=tuple(r for r in self._stored_of(view, "Gateway") if isinstance(r, Gateway)),
             probes=self._probes(view, table),
         )
 
-    def _try_change(
-        self, view: View, previous: View, changes: Mapping[str, frozenset[str]]
-    ) -> bool:
-        """Change the snapshot by ``changes``, from ``previous`` to ``view`` (instances, nodes,
-        VirtualServices, DestinationRules, Service revisions); False, with nothing changed,
-        when it must be built whole instead (see :meth:`ClusterInputs.set_revision`)."""
+    def _change(self, view: View, previous: View, changes: Mapping[str, frozenset[str]]) -> None:
+        """Change the snapshot by ``changes``, from ``previous`` to ``view`` (any kinds of
+        :data:`_INCREMENTAL`)."""
         meshes = mesh_addresses(view)
         snapshot = self.snapshot
         inputs = snapshot.table.inputs.copy()
         services: set[str] = set()  # whose clusters are made again
         for revision in changes.get("Service", ()):
             service = self._parsed(view, "Service", revision)
-            name = inputs.set_revision(revision, service if isinstance(service, Service) else None)
-            if name is None:
-                return False
-            services.add(name)
+            services.add(
+                inputs.set_revision(revision, service if isinstance(service, Service) else None)
+            )
         moved: set[str] = set()  # services some of whose instances changed
         for name in _to_place(view, changes):
             old, new = previous.instances.get(name), view.instances.get(name)
@@ -408,13 +409,25 @@ class ProxyState:
             probes=self._probes(view, table) if "DestinationRule" in changes else snapshot.probes,
             authorizer=(
                 authorizer_from_view(view, self._stored)
-                if "Service" in changes
+                if "Service" in changes or "AuthorizationPolicy" in changes
                 else snapshot.authorizer
             ),
             workloads={},
             retry_policies={},
+            **(self._peer_authentications(view) if "PeerAuthentication" in changes else {}),
         )
-        return True
+
+    def _peer_authentications(self, view: View) -> dict[str, Any]:
+        """The snapshot's fields of ``view``'s PeerAuthentications."""
+        policies = tuple(
+            r
+            for r in self._stored_of(view, "PeerAuthentication")
+            if isinstance(r, PeerAuthentication)
+        )
+        return {
+            "peer_authentications": policies,
+            "plaintext_allowed": any(p.mtls_mode in ("PERMISSIVE", "DISABLE") for p in policies),
+        }
 
     def _parsed(self, view: View, kind: str, name: str) -> Resource | None:
         return self._stored.parse_one(kind, name, view.documents(kind).get(name))

@@ -131,11 +131,9 @@ class RoutingTable:
         ``--port``/``--tls-port``) when its ``gateways`` is empty or names ``mesh``, and at the
         listeners of each Gateway it names (:meth:`bound`)."""
         inputs = ClusterInputs.of(services, destination_rules, endpoints, entries)
-        empty = cls()
-        empty._owned = _default_hosts(inputs)
         named = {vs.name: vs for vs in virtual_services}
         kept = previous._balancers if previous is not None else Map()
-        return _Draft(empty, inputs, kept).change(set(empty._owned), named).table
+        return _Draft(cls(), inputs, kept).change(inputs.service_names, named).table
 
     def changed(
         self,
@@ -278,18 +276,23 @@ def _compile(vs: VirtualService, builder: ClusterBuilder) -> _Compiled:
 
 
 def _default_hosts(inputs: ClusterInputs) -> dict[str, tuple[tuple[str, str | None], ...]]:
-    """Each service's default route hosts: its name (subset None: the latest ready revision),
-    and ``<tag>-<service>`` for each tagged revision (Knative's tag hosts), unless an earlier
-    service by name holds that host."""
-    owner: dict[str, tuple[str, str | None]] = {name: (name, None) for name in inputs.service_names}
-    for name, revisions in sorted(inputs.revisions.items()):
-        for revision in sorted(revisions, key=lambda r: r.revision):  # (a tag on two: first)
-            for tag in revision.tags:
-                owner.setdefault(f"{tag}-{name}", (name, revision.revision))
-    owned: dict[str, list[tuple[str, str | None]]] = {}
-    for host, (service, subset) in sorted(owner.items()):
-        owned.setdefault(service, []).append((host, subset))
-    return {service: tuple(hosts) for service, hosts in owned.items()}
+    """Each service's default route hosts, by host: its name (subset None: the latest ready
+    revision), and ``<tag>-<service>`` for each tagged revision (Knative's tag hosts), unless a
+    service has that name or an earlier tagged revision (by service, then revision) the tag."""
+    names = inputs.service_names
+    tagged = sorted(
+        (name, r.revision, r.tags) for name, rs in inputs.revisions.items() for r in rs if r.tags
+    )
+    owner: dict[str, tuple[str, str]] = {}
+    for name, revision, tags in tagged:
+        for tag in tags:
+            host = f"{tag}-{name}"
+            if host not in names:
+                owner.setdefault(host, (name, revision))
+    owned: dict[str, tuple[tuple[str, str | None], ...]] = {name: ((name, None),) for name in names}
+    for host, (service, subset) in owner.items():
+        owned[service] = tuple(sorted((*owned[service], (host, subset)), key=lambda h: h[0]))
+    return owned
 
 
 def _whole(builder: ClusterBuilder, destination: Destination) -> RouteMatch:
@@ -311,6 +314,9 @@ class _Draft:
         self, base: RoutingTable, inputs: ClusterInputs, kept: Map[ClusterKey, Balancer]
     ) -> None:
         self.base, self.inputs, self.kept = base, inputs, kept
+        self.owned = base._owned
+        if inputs.revisions is not base._inputs.revisions:  # (revisions changed: their
+            self.owned = _default_hosts(inputs)  # names and tags decide who holds which host)
         self.hosts: dict[str, _Hosts] = {}  # by binding (mesh, Gateway names): those changed
         self.defaults = base._defaults.mutate()
         self.clusters, self.balancers = base._clusters.mutate(), base._balancers.mutate()
@@ -340,8 +346,7 @@ class _Draft:
                 compiled = self.compiled[name] = _compile(vs, builder)
                 self._remember(name, compiled)
                 slots.update(compiled.slots)
-        for service in services:
-            self._set_defaults(service, builder)
+        self._set_defaults(services, builder)
         for binding, slot in slots:
             self._settle(binding, slot)
         dropped = {key for key in self.touched if not self.refs.get(key)}
@@ -361,7 +366,7 @@ class _Draft:
     def _finish(self) -> RoutingTable:
         base = self.base
         new = RoutingTable.__new__(RoutingTable)
-        new._inputs, new._owned = self.inputs, base._owned
+        new._inputs, new._owned = self.inputs, self.owned
         new._exact, new._wildcard, new._any = base._exact, base._wildcard, base._any
         new._defaults = self.defaults.finish()
         new._clusters, new._balancers = self.clusters.finish(), self.balancers.finish()
@@ -405,26 +410,32 @@ class _Draft:
             else:
                 del self.users[service]
 
-    def _set_defaults(self, service: str, builder: ClusterBuilder) -> None:
-        """Make the default routes of ``service`` again (Knative's: the latest ready revision
-        for the service's own host, each tagged revision for its tag host)."""
-        inputs = self.inputs
-        for host, subset in self.base._owned.get(service, ()):
-            if subset is None:
-                # As in Knative: the latest ready revision (its subset by name) serves a
-                # service no VirtualService routes (one of a single revision is the whole
-                # service).
-                revisions = inputs.revisions.get(service, ())
-                ready = {e.revision_key for e in inputs.ready.get(service, ())}
-                latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
-                subset = latest.revision if latest is not None else None
-            old = self.defaults.get(host)
-            if old is not None:
-                self.refs[old.clusters[0].key] -= 1
-                self.touched.add(old.clusters[0].key)
-            route = self.defaults[host] = _whole(builder, Destination(host=service, subset=subset))
-            key = route.clusters[0].key
-            self.refs[key] = self.refs.get(key, 0) + 1
+    def _set_defaults(self, services: Collection[str], builder: ClusterBuilder) -> None:
+        """Make the default routes of ``services`` and of those whose hosts changed hands
+        again (Knative's: the latest ready revision for the service's own host, each tagged
+        revision for its tag host)."""
+        inputs, was, owned = self.inputs, self.base._owned, self.owned
+        services = {*services, *(s for s in {*was, *owned} if was.get(s) != owned.get(s))}
+        for service in services:
+            for host, _ in was.get(service, ()):
+                old = self.defaults.pop(host, None)
+                if old is not None:
+                    self.refs[old.clusters[0].key] -= 1
+                    self.touched.add(old.clusters[0].key)
+        for service in services:
+            for host, subset in owned.get(service, ()):
+                if subset is None:
+                    # As in Knative: the latest ready revision (its subset by name) serves a
+                    # service no VirtualService routes (one of a single revision is the whole
+                    # service).
+                    revisions = inputs.revisions.get(service, ())
+                    ready = {e.revision_key for e in inputs.ready.get(service, ())}
+                    latest = latest_ready(revisions, ready) if len(revisions) > 1 else None
+                    subset = latest.revision if latest is not None else None
+                destination = Destination(host=service, subset=subset)
+                route = self.defaults[host] = _whole(builder, destination)
+                key = route.clusters[0].key
+                self.refs[key] = self.refs.get(key, 0) + 1
 
     def _settle(self, binding: str, slot: str) -> None:
         """Set the host ``slot`` of ``binding`` to the blocks of the first VirtualService by

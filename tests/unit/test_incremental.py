@@ -86,6 +86,45 @@ spec:
     )
 
 
+def _authorization(rng: random.Random, name: str) -> dict[str, Any]:
+    selector = rng.choice(
+        ["", "selector: {matchLabels: {app: a}}", "selector: {matchLabels: {app: b}}"]
+    )
+    action = rng.choice(["ALLOW", "DENY"])
+    rule = rng.choice(
+        [
+            "{from: [{source: {principals: [cluster.local/ns/default/sa/a]}}]}",
+            "{to: [{operation: {methods: [POST]}}]}",
+        ]
+    )
+    return _doc(
+        f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}}}
+spec:
+  {selector}
+  action: {action}
+  rules: [{rule}]
+"""
+    )
+
+
+def _peer_authentication(rng: random.Random, name: str) -> dict[str, Any]:
+    selector = rng.choice(["", "selector: {matchLabels: {app: a}}"])
+    mode = rng.choice(["STRICT", "PERMISSIVE", "DISABLE"])
+    return _doc(
+        f"""
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {name}}}
+spec:
+  {selector}
+  mtls: {{mode: {mode}}}
+"""
+    )
+
+
 def _endpoint(rng: random.Random, key: int) -> Endpoint:
     return Endpoint(
         id=f"i{key}",
@@ -115,6 +154,8 @@ class Store:
             },
             "VirtualService": {f"vs{i}": _virtual_service(rng, f"vs{i}") for i in range(4)},
             "DestinationRule": {f"dr{i}": _rule(rng, f"dr{i}") for i in range(3)},
+            "AuthorizationPolicy": {"ap0": _authorization(rng, "ap0")},
+            "PeerAuthentication": {},
         }
         self.instances = {e.key: e for e in (_endpoint(rng, i) for i in range(20))}
         self.nodes = {"n1": {"mesh": "127.0.0.1:15006"}, "n2": {"mesh": "127.0.0.1:15007"}}
@@ -156,7 +197,7 @@ class Store:
             self.changes.setdefault(NODE, set()).add(node)
             return
         if what < 0.7:  # a Service revision added, replaced or deleted
-            name = rng.choice(["a", "b", "c", "e"])
+            name = rng.choice(["a", "b", "c", "e", "canary-a"])
             key = f"{name}/{rng.choice(['v1', 'v2', 'v3'])}"
             services = self.config["Service"]
             if key in services and rng.random() < 0.4:
@@ -168,7 +209,13 @@ class Store:
             self.changes.setdefault("Service", set()).add(key)
             return
         kind, make = (
-            ("VirtualService", _virtual_service) if what < 0.88 else ("DestinationRule", _rule)
+            ("VirtualService", _virtual_service)
+            if what < 0.84
+            else ("DestinationRule", _rule)
+            if what < 0.94
+            else ("AuthorizationPolicy", _authorization)
+            if what < 0.97
+            else ("PeerAuthentication", _peer_authentication)
         )
         name = f"{kind[:2].lower()}{rng.randrange(0, 6)}"
         docs = self.config[kind]
@@ -199,6 +246,17 @@ def _routes(state: ProxyState) -> list[Any]:
                         m.mirror.key if m.mirror else None,
                     )
                 )
+    return out
+
+
+def _security(state: ProxyState) -> list[Any]:
+    """What the authorization and PeerAuthentication policies decide, as comparable values."""
+    snapshot = state.snapshot
+    out: list[Any] = [snapshot.peer_authentications, snapshot.plaintext_allowed]
+    for app in ("a", "b"):
+        for principal in (None, "spiffe://cluster.local/ns/default/sa/a"):
+            for method in ("GET", "POST"):
+                out.append(snapshot.authorizer.check({"app": app}, principal, method, "/"))
     return out
 
 
@@ -234,6 +292,7 @@ def test_a_changed_snapshot_routes_as_one_built_whole(seed: int) -> None:
         assert _clusters(changed) == _clusters(whole)
         assert _routes(changed) == _routes(whole)
         assert changed.snapshot.meshes == whole.snapshot.meshes
+        assert _security(changed) == _security(whole)
         assert set(changed.clusters) == set(whole.table.clusters)  # per-cluster state follows
         for key, cluster in changed.table.clusters.items():  # balancers follow the policy
             assert changed.table.balancer_for(cluster).policy == cluster.load_balancer, key

@@ -605,3 +605,29 @@ def test_a_tag_is_a_subset_of_the_revision_it_names() -> None:
     assert match is not None
     cluster = match.clusters[0]
     assert [e.revision for e in cluster.endpoints] == ["new"] and not cluster.unknown_subset
+
+
+def test_default_hosts_go_to_a_service_name_then_the_first_tagged_revision() -> None:
+    """Knative's tag hosts: ``<tag>-<service>`` reaches the tagged revision, unless a service
+    has that name (it keeps its own host) or an earlier tagged revision (by service, then
+    revision name) holds it."""
+    a1 = Service(name="a", revision="v1", app="app:app", created=1, tags=("canary",))
+    a2 = Service(name="a", revision="v2", app="app:app", created=2, tags=("canary", "beta"))
+    ab = Service(name="a-b", revision="v1", app="app:app", created=3, tags=("x",))
+    b = Service(name="b", revision="v1", app="app:app", created=4, tags=("x-a", "y"))
+    endpoints = [ep("a", 1, version="v1"), ep("a", 2, version="v2")]
+    endpoints += [ep("a-b", 3, version="v1"), ep("b", 4, version="v1")]
+
+    def served(table: RoutingTable, host: str) -> tuple[str | None, ...]:
+        match = table.resolve(host, "GET", "/", {})
+        assert match is not None, host
+        return match.clusters[0].revisions
+
+    table = build([a2, ab, b, a1], [], [], endpoints)
+    assert served(table, "canary-a") == ("a/v1",)  # (the first by revision name)
+    assert served(table, "beta-a") == ("a/v2",)
+    assert served(table, "x-a-b") == ("a-b/v1",)  # (service a-b's tag before b's)
+    assert served(table, "y-b") == ("b/v1",)
+    named = Service(name="canary-a", revision="v1", app="app:app", created=5)
+    table = build([a1, a2, named], [], [], [*endpoints, ep("canary-a", 5, version="v1")])
+    assert served(table, "canary-a") == ("canary-a/v1",)
