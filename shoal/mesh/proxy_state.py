@@ -69,8 +69,8 @@ CONFIG_KINDS = (
 # (seconds; Python's default is 5 ms): a request waits for the builder's turns to end.
 BUILDING_SWITCH = 0.0005
 
-# The changes a snapshot is changed by rather than built again (see ProxyState.update).
-# What a view may change for the snapshot to be changed in place (else it is built whole).
+# What a view may change for the snapshot to be changed in place (else it is built whole;
+# see ProxyState.update).
 _INCREMENTAL = frozenset(
     {
         INSTANCE,

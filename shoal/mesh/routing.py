@@ -278,7 +278,8 @@ def _compile(vs: VirtualService, builder: ClusterBuilder) -> _Compiled:
 def _default_hosts(inputs: ClusterInputs) -> dict[str, tuple[tuple[str, str | None], ...]]:
     """Each service's default route hosts, by host: its name (subset None: the latest ready
     revision), and ``<tag>-<service>`` for each tagged revision (Knative's tag hosts), unless a
-    service has that name or an earlier tagged revision (by service, then revision) the tag."""
+    service has that name or an earlier tagged revision (by service, then revision name) has
+    that host."""
     names = inputs.service_names
     tagged = sorted(
         (name, r.revision, r.tags) for name, rs in inputs.revisions.items() for r in rs if r.tags
