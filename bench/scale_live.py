@@ -20,7 +20,7 @@ mesh, so that the gateway forwards to it itself); N/10 services, each with a Vir
 - ``GET p50/p99 ms under churn``: sequential GETs through the gateway for 5 s while 100 registry
   changes a second happen;
 - ``GET p99 ms (whole rebuilds)``: the same while 5 ServiceEntries are applied, each making
-  every proxy build its snapshot whole (as a Gateway does; other kinds change it in place);
+  every proxy build its snapshot whole (other kinds change it in place);
 - ``gw restart to routing s``: the gateway killed (SIGKILL) until, restarted by ``shoal up``
   and the whole store loaded again, it routes;
 - ``status s``: the wall time of ``shoal status``.

@@ -80,6 +80,7 @@ _INCREMENTAL = frozenset(
         "Service",
         "AuthorizationPolicy",
         "PeerAuthentication",
+        "Gateway",
     }
 )
 
@@ -301,8 +302,8 @@ class ProxyState:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
 
         When the view says what changed since the one before it, and that is instances,
-        nodes, Services, VirtualServices, DestinationRules or security policies only (not
-        Gateways or ServiceEntries), the new snapshot is the old one changed where they are
+        nodes, Services, VirtualServices, DestinationRules, Gateways or security policies only
+        (not ServiceEntries), the new snapshot is the old one changed where they are
         (:meth:`RoutingTable.changed`: a change costs its own size, whatever the cluster's);
         else, or with ``whole``, everything is built again."""
         if not whole and self._changed_in_place(view):
@@ -364,7 +365,7 @@ class ProxyState:
             instances=view.instances,
             authorizer=authorizer_from_view(view, self._stored),
             **self._peer_authentications(view),
-            gateways=tuple(r for r in self._stored_of(view, "Gateway") if isinstance(r, Gateway)),
+            gateways=self._gateways(view),
             probes=self._probes(view, table),
         )
 
@@ -412,10 +413,15 @@ class ProxyState:
                 if "Service" in changes or "AuthorizationPolicy" in changes
                 else snapshot.authorizer
             ),
+            gateways=self._gateways(view) if "Gateway" in changes else snapshot.gateways,
             workloads={},
             retry_policies={},
             **(self._peer_authentications(view) if "PeerAuthentication" in changes else {}),
         )
+
+    def _gateways(self, view: View) -> tuple[Gateway, ...]:
+        """``view``'s Gateways, by name: the edge's listeners."""
+        return tuple(r for r in self._stored_of(view, "Gateway") if isinstance(r, Gateway))
 
     def _peer_authentications(self, view: View) -> dict[str, Any]:
         """The snapshot's fields of ``view``'s PeerAuthentications."""

@@ -125,6 +125,20 @@ spec:
     )
 
 
+def _gateway(rng: random.Random, name: str) -> dict[str, Any]:
+    port = rng.choice([8081, 8082])
+    return _doc(
+        f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {port}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+"""
+    )
+
+
 def _endpoint(rng: random.Random, key: int) -> Endpoint:
     return Endpoint(
         id=f"i{key}",
@@ -156,6 +170,7 @@ class Store:
             "DestinationRule": {f"dr{i}": _rule(rng, f"dr{i}") for i in range(3)},
             "AuthorizationPolicy": {"ap0": _authorization(rng, "ap0")},
             "PeerAuthentication": {},
+            "Gateway": {},
         }
         self.instances = {e.key: e for e in (_endpoint(rng, i) for i in range(20))}
         self.nodes = {"n1": {"mesh": "127.0.0.1:15006"}, "n2": {"mesh": "127.0.0.1:15007"}}
@@ -214,8 +229,10 @@ class Store:
             else ("DestinationRule", _rule)
             if what < 0.94
             else ("AuthorizationPolicy", _authorization)
-            if what < 0.97
+            if what < 0.96
             else ("PeerAuthentication", _peer_authentication)
+            if what < 0.98
+            else ("Gateway", _gateway)
         )
         name = f"{kind[:2].lower()}{rng.randrange(0, 6)}"
         docs = self.config[kind]
@@ -249,10 +266,11 @@ def _routes(state: ProxyState) -> list[Any]:
     return out
 
 
-def _security(state: ProxyState) -> list[Any]:
-    """What the authorization and PeerAuthentication policies decide, as comparable values."""
+def _policies(state: ProxyState) -> list[Any]:
+    """The snapshot's Gateways, and what its authorization and PeerAuthentication policies
+    decide, as comparable values."""
     snapshot = state.snapshot
-    out: list[Any] = [snapshot.peer_authentications, snapshot.plaintext_allowed]
+    out: list[Any] = [snapshot.peer_authentications, snapshot.plaintext_allowed, snapshot.gateways]
     for app in ("a", "b"):
         for principal in (None, "spiffe://cluster.local/ns/default/sa/a"):
             for method in ("GET", "POST"):
@@ -292,7 +310,7 @@ def test_a_changed_snapshot_routes_as_one_built_whole(seed: int) -> None:
         assert _clusters(changed) == _clusters(whole)
         assert _routes(changed) == _routes(whole)
         assert changed.snapshot.meshes == whole.snapshot.meshes
-        assert _security(changed) == _security(whole)
+        assert _policies(changed) == _policies(whole)
         assert set(changed.clusters) == set(whole.table.clusters)  # per-cluster state follows
         for key, cluster in changed.table.clusters.items():  # balancers follow the policy
             assert changed.table.balancer_for(cluster).policy == cluster.load_balancer, key
