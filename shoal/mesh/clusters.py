@@ -192,6 +192,32 @@ class ClusterInputs:
         self.service_names = frozenset(revisions) | frozenset(self.entry_protocols)
         return name
 
+    def set_entries(self, entries: Iterable[ServiceEntry]) -> set[str]:
+        """The ServiceEntries are now ``entries`` (their endpoints: :meth:`set_endpoint`): each
+        host a service of its own, named by the whole host, with its first port's protocol.
+        The services whose clusters may change: the hosts that came, went or changed protocol,
+        and the services those hosts' first labels name (what a destination host names
+        depends on which hosts are services)."""
+        protocols = {h: e.ports[0].protocol for e in entries for h in e.hosts}
+        was = self.entry_protocols
+        changed = {h for h in {*protocols, *was} if protocols.get(h) != was.get(h)}
+        if not changed:
+            return set()
+        before = self.service_names
+        self.entry_protocols = protocols
+        self.service_names = frozenset(self.revisions) | frozenset(protocols)
+        renamed = before ^ self.service_names
+        for name, rule in self.rule_named.items():  # (rules naming a renamed host move)
+            host = rule.host.lower().rstrip(".")
+            if host in renamed:
+                old = host if host in before else host.split(".", 1)[0]
+                self.rule_names = self.rule_names.set(old, self.rule_names[old] - {name})
+                new = self.service_of(host)
+                self.rule_names = self.rule_names.set(
+                    new, self.rule_names.get(new, frozenset()) | {name}
+                )
+        return {*changed, *(h.split(".", 1)[0] for h in changed)}
+
     def set_rule(self, name: str, rule: DestinationRule | None) -> set[str]:
         """DestinationRule ``name`` is now ``rule`` (None: deleted); the services whose rule
         may have changed."""

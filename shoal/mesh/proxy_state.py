@@ -25,7 +25,7 @@ from shoal.http.refusal import NO_HEALTHY_UPSTREAM, NO_ROUTE, Refusal
 from shoal.mesh.authz import Authorizer, WorkloadAuthorizer, compile_policies, mtls_mode
 from shoal.mesh.balancer import Balancer
 from shoal.mesh.breaker import Breaker
-from shoal.mesh.clusters import Cluster, ClusterKey
+from shoal.mesh.clusters import Cluster, ClusterInputs, ClusterKey
 from shoal.mesh.external import Probe, entry_endpoints, probes
 from shoal.mesh.hashing import rendezvous
 from shoal.mesh.load import LoadMeter
@@ -81,6 +81,7 @@ _INCREMENTAL = frozenset(
         "AuthorizationPolicy",
         "PeerAuthentication",
         "Gateway",
+        "ServiceEntry",
     }
 )
 
@@ -129,7 +130,8 @@ def table_from_view(
     is in ``unreachable`` fails its health checks and is not ready.
     """
     parsed = [r for kind in CONFIG_KINDS for r in stored.parse(kind, view.documents(kind)).values()]
-    entries = [r for r in parsed if isinstance(r, ServiceEntry)]
+    # (by name: two on one host with different protocols, the last one's counts)
+    entries = sorted((r for r in parsed if isinstance(r, ServiceEntry)), key=lambda r: r.name)
     return RoutingTable.build(
         [r for r in parsed if isinstance(r, Service)],
         [r for r in parsed if isinstance(r, VirtualService)],
@@ -267,10 +269,12 @@ class ProxyState:
     def set_unreachable(self, keys: frozenset[str]) -> None:
         """The ServiceEntry endpoints now failing their health checks: a new snapshot without
         them (and with those that recovered)."""
-        if keys != self.unreachable:
-            self.unreachable = keys
-            if self._view is not None:
-                self.update(self._view, whole=True)
+        if keys == self.unreachable:
+            return
+        was, self.unreachable = self.unreachable, keys
+        view = self._view
+        if view is not None and not self._changed_in_place(replace(view, changes={}), was):
+            self.update(view, whole=True)
 
     async def apply(self, view: View) -> None:
         """:meth:`update` without holding up the requests this process serves: a snapshot
@@ -320,9 +324,11 @@ class ProxyState:
         self._install(view, table, meshes)
         self._done()
 
-    def _changed_in_place(self, view: View) -> bool:
-        """Apply ``view`` as a change of the current snapshot if it can be; False when it must
-        be built whole (True too when it could not be applied: the previous one is kept)."""
+    def _changed_in_place(self, view: View, unreachable: frozenset[str] | None = None) -> bool:
+        """Apply ``view`` as a change of the current snapshot if it can be (``unreachable``:
+        the ServiceEntry endpoints failing checks in it, if they changed since); False when it
+        must be built whole (True too when it could not be applied: the previous one is
+        kept)."""
         previous, changes = self._view, view.changes
         if (
             self._rebuild
@@ -332,7 +338,8 @@ class ProxyState:
         ):
             return False
         try:
-            self._change(view, previous, changes)
+            was = self.unreachable if unreachable is None else unreachable
+            self._change(view, previous, changes, was)
         except ValueError as e:
             self._failed(view, e)
             return True
@@ -369,9 +376,16 @@ class ProxyState:
             probes=self._probes(view, table),
         )
 
-    def _change(self, view: View, previous: View, changes: Mapping[str, frozenset[str]]) -> None:
+    def _change(
+        self,
+        view: View,
+        previous: View,
+        changes: Mapping[str, frozenset[str]],
+        unreachable: frozenset[str],
+    ) -> None:
         """Change the snapshot by ``changes``, from ``previous`` to ``view`` (any kinds of
-        :data:`_INCREMENTAL`)."""
+        :data:`_INCREMENTAL`), and from ``unreachable`` ServiceEntry endpoints to
+        :attr:`unreachable`."""
         meshes = mesh_addresses(view)
         snapshot = self.snapshot
         inputs = snapshot.table.inputs.copy()
@@ -387,6 +401,10 @@ class ProxyState:
             reachable = new is not None and (not new.mtls or new.node in meshes)
             inputs.set_endpoint(name, old, new if reachable else None)
             moved.update(e.service for e in (old, new) if e is not None)
+        entries = "ServiceEntry" in changes or unreachable != self.unreachable
+        if entries:
+            moved |= self._place_entries(inputs, view, previous, unreachable)
+            services |= inputs.set_entries(self._entries(view))
         services.update(service for service in moved if inputs.settle(service))
         for name in changes.get("DestinationRule", ()):
             rule = self._parsed(view, "DestinationRule", name)
@@ -407,7 +425,11 @@ class ProxyState:
             table=table,
             meshes=meshes,
             instances=view.instances,
-            probes=self._probes(view, table) if "DestinationRule" in changes else snapshot.probes,
+            probes=(
+                self._probes(view, table)
+                if entries or "DestinationRule" in changes
+                else snapshot.probes
+            ),
             authorizer=(
                 authorizer_from_view(view, self._stored)
                 if "Service" in changes or "AuthorizationPolicy" in changes
@@ -418,6 +440,26 @@ class ProxyState:
             retry_policies={},
             **(self._peer_authentications(view) if "PeerAuthentication" in changes else {}),
         )
+
+    def _place_entries(
+        self, inputs: ClusterInputs, view: View, previous: View, unreachable: frozenset[str]
+    ) -> set[str]:
+        """Place the endpoints of ``view``'s ServiceEntries (healthy unless in
+        :attr:`unreachable`) where those of ``previous`` (by ``unreachable``) were; the hosts
+        whose endpoints changed."""
+        old = {e.key: e for e in entry_endpoints(self._entries(previous), unreachable)}
+        new = {e.key: e for e in entry_endpoints(self._entries(view), self.unreachable)}
+        hosts: set[str] = set()
+        for key in {*old, *new}:
+            was, now = old.get(key), new.get(key)
+            if was != now:
+                inputs.set_endpoint(key, was, now)
+                hosts.update(e.service for e in (was, now) if e is not None)
+        return hosts
+
+    def _entries(self, view: View) -> list[ServiceEntry]:
+        """``view``'s ServiceEntries, by name."""
+        return [r for r in self._stored_of(view, "ServiceEntry") if isinstance(r, ServiceEntry)]
 
     def _gateways(self, view: View) -> tuple[Gateway, ...]:
         """``view``'s Gateways, by name: the edge's listeners."""
@@ -440,12 +482,11 @@ class ProxyState:
 
     def _probes(self, view: View, table: RoutingTable) -> tuple[Probe, ...]:
         """The ServiceEntry endpoints this proxy checks itself, under ``table``'s policies."""
-        entries = self._stored_of(view, "ServiceEntry")
+        entries = self._entries(view)
         if not entries:
             return ()
         return probes(
-            (r for r in entries if isinstance(r, ServiceEntry)),
-            {key[0]: c.policy for key, c in table.clusters.items() if key[1] is None},
+            entries, {key[0]: c.policy for key, c in table.clusters.items() if key[1] is None}
         )
 
     def _cluster_changed(self, key: ClusterKey, cluster: Cluster) -> None:

@@ -316,8 +316,11 @@ class _Draft:
     ) -> None:
         self.base, self.inputs, self.kept = base, inputs, kept
         self.owned = base._owned
-        if inputs.revisions is not base._inputs.revisions:  # (revisions changed: their
-            self.owned = _default_hosts(inputs)  # names and tags decide who holds which host)
+        if (  # (services came, went or were retagged: who holds which host may change)
+            inputs.revisions is not base._inputs.revisions
+            or inputs.service_names is not base._inputs.service_names
+        ):
+            self.owned = _default_hosts(inputs)
         self.hosts: dict[str, _Hosts] = {}  # by binding (mesh, Gateway names): those changed
         self.defaults = base._defaults.mutate()
         self.clusters, self.balancers = base._clusters.mutate(), base._balancers.mutate()

@@ -28,6 +28,12 @@ from shoal.store.watch import View
 
 SERVICES = ("a", "b", "c", "d")
 NODES = ("n1", "n2", "n3")
+# ServiceEntry hosts: a destination host names one only while an entry has it (else the
+# service of its first label: a.example.com names a, api.x.test names api)
+ENTRY_HOSTS = ("a.example.com", "x.example.com", "api.x.test")
+ENTRY_NAMES = ("se0", "se1", "se2")
+# The endpoint keys ServiceEntries may have (``host/entry-index``), some failing checks
+ENTRY_KEYS = tuple(f"{h}/{n}-{i}" for h in ENTRY_HOSTS for n in ENTRY_NAMES for i in (0, 1))
 HOSTS = ("a", "b", "c", "d", "a.example.com", "x.example.com", "www.b.test", "canary-a", "zz")
 
 
@@ -45,7 +51,7 @@ def _service(name: str, revision: str, tags: str = "") -> dict[str, Any]:
 def _virtual_service(rng: random.Random, name: str) -> dict[str, Any]:
     """A VirtualService with random hosts, a prefix rule, a weighted split and a mirror."""
     hosts = rng.sample(["a", "b.default.svc.cluster.local", "*.example.com", "*", "www.b.test"], 2)
-    one, two = rng.sample(SERVICES, 2)
+    one, two = rng.sample([*SERVICES, *ENTRY_HOSTS], 2)
     subset = rng.choice(["v1", "v2", "nope"])
     weight = rng.randrange(0, 101)
     gateways = rng.choice(["", "gateways: [edge]", "gateways: [edge, mesh]"])
@@ -69,7 +75,7 @@ spec:
 
 
 def _rule(rng: random.Random, name: str) -> dict[str, Any]:
-    host = rng.choice([*SERVICES, "a.default.svc.cluster.local"])
+    host = rng.choice([*SERVICES, "a.default.svc.cluster.local", *ENTRY_HOSTS])
     balancer = rng.choice(["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST"])
     return _doc(
         f"""
@@ -125,6 +131,25 @@ spec:
     )
 
 
+def _entry(rng: random.Random, name: str) -> dict[str, Any]:
+    hosts = rng.sample(ENTRY_HOSTS, rng.randrange(1, 3))
+    protocol = rng.choice(["HTTP", "HTTPS"])
+    static = rng.random() < 0.6
+    endpoints = "endpoints: [{address: 10.0.0.1}, {address: 10.0.0.2}]" if static else ""
+    return _doc(
+        f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: {hosts}
+  ports: [{{number: 80, name: web, protocol: {protocol}}}]
+  resolution: {"STATIC" if static else "DNS"}
+  {endpoints}
+"""
+    )
+
+
 def _gateway(rng: random.Random, name: str) -> dict[str, Any]:
     port = rng.choice([8081, 8082])
     return _doc(
@@ -171,6 +196,7 @@ class Store:
             "AuthorizationPolicy": {"ap0": _authorization(rng, "ap0")},
             "PeerAuthentication": {},
             "Gateway": {},
+            "ServiceEntry": {"se0": _entry(rng, "se0")},
         }
         self.instances = {e.key: e for e in (_endpoint(rng, i) for i in range(20))}
         self.nodes = {"n1": {"mesh": "127.0.0.1:15006"}, "n2": {"mesh": "127.0.0.1:15007"}}
@@ -231,10 +257,14 @@ class Store:
             else ("AuthorizationPolicy", _authorization)
             if what < 0.96
             else ("PeerAuthentication", _peer_authentication)
-            if what < 0.98
+            if what < 0.97
             else ("Gateway", _gateway)
+            if what < 0.98
+            else ("ServiceEntry", _entry)
         )
         name = f"{kind[:2].lower()}{rng.randrange(0, 6)}"
+        if kind == "ServiceEntry":
+            name = rng.choice(ENTRY_NAMES)
         docs = self.config[kind]
         if name in docs and rng.random() < 0.25:
             del docs[name]
@@ -278,13 +308,6 @@ def _policies(state: ProxyState) -> list[Any]:
     return out
 
 
-def _both(before: Mapping[Any, Any], view: View, key: str) -> list[Endpoint]:
-    """The endpoint ``key`` was (in any cluster of ``before``) and is (in ``view``)."""
-    found = [e for c in before.values() for e in c.endpoints if e.key == key]
-    new = view.instances.get(key)
-    return found + ([new] if new is not None else [])
-
-
 def _clusters(state: ProxyState) -> Mapping[Any, Any]:
     return dict(state.table.clusters)
 
@@ -296,20 +319,27 @@ def test_a_changed_snapshot_routes_as_one_built_whole(seed: int) -> None:
     changed = ProxyState(random.Random(0))
     changed.update(store.view())
     for _ in range(150):
+        was = dict(store.instances)
         for _ in range(rng.randrange(1, 4)):  # (a watcher's batch may hold several)
             store.change()
         view = store.view()
         before = dict(changed.table.clusters)
         changed.update(view)
         if view.changes is not None and set(view.changes) == {INSTANCE}:  # (it was changed)
-            moved = {e.service for k in view.changes[INSTANCE] for e in _both(before, view, k)}
+            instances = view.instances
+            changes = view.changes[INSTANCE]
+            moved = {e.service for k in changes for e in (was.get(k), instances.get(k)) if e}
             kept = [k for k in before if k[0] not in moved and k in changed.table.clusters]
             assert all(changed.table.clusters[k] is before[k] for k in kept)
+        if rng.random() < 0.2:  # ServiceEntry endpoints fail their checks, or recover
+            changed.set_unreachable(frozenset(rng.sample(ENTRY_KEYS, rng.randrange(0, 6))))
         whole = ProxyState(random.Random(0))
+        whole.unreachable = changed.unreachable
         whole.update(replace(view, changes=None))
         assert _clusters(changed) == _clusters(whole)
         assert _routes(changed) == _routes(whole)
         assert changed.snapshot.meshes == whole.snapshot.meshes
+        assert changed.snapshot.probes == whole.snapshot.probes
         assert _policies(changed) == _policies(whole)
         assert set(changed.clusters) == set(whole.table.clusters)  # per-cluster state follows
         for key, cluster in changed.table.clusters.items():  # balancers follow the policy
