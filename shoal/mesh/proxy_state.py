@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +49,7 @@ from shoal.resources.model import (
     ServiceEntry,
     VirtualService,
 )
+from shoal.store.connection import off_loop
 from shoal.store.registry import INSTANCE, NODE
 from shoal.store.watch import View
 
@@ -64,10 +64,6 @@ CONFIG_KINDS = (
     "Gateway",
     "ServiceEntry",
 )
-
-# While a snapshot is built in a thread, the interpreter hands the loop its turn this often
-# (seconds; Python's default is 5 ms): a request waits for the builder's turns to end.
-BUILDING_SWITCH = 0.0005
 
 # What a view may change for the snapshot to be changed in place (else it is built whole;
 # see ProxyState.update).
@@ -279,22 +275,18 @@ class ProxyState:
     async def apply(self, view: View) -> None:
         """:meth:`update` without holding up the requests this process serves: a snapshot
         built whole (hundreds of ms at 20,000 instances) is built in a thread, so the event
-        loop goes on serving meanwhile (the interpreter switches between them every few ms);
-        a change is applied at once, on the loop."""
+        loop goes on serving meanwhile (:func:`off_loop`); a change is applied at once, on the
+        loop."""
         if self._changed_in_place(view):
             return
         meshes, unreachable = mesh_addresses(view), self.unreachable
-        switching = sys.getswitchinterval()
-        sys.setswitchinterval(BUILDING_SWITCH)
         try:
-            table = await asyncio.to_thread(
+            table = await off_loop(
                 table_from_view, view, self.snapshot.table, self._whole, meshes, unreachable
             )
         except ValueError as e:
             self._failed(view, e)
             return
-        finally:
-            sys.setswitchinterval(switching)
         if unreachable is not self.unreachable:  # (changed meanwhile: build it on the loop)
             self.update(view, whole=True)
             return

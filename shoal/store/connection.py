@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -136,6 +137,30 @@ def honour_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+T = TypeVar("T")
+
+# The interpreter's switch interval while a thread works beside the event loop (5 ms by
+# default: a request would wait that long each time the thread has the interpreter).
+BUSY_SWITCH = 0.0005
+_busy = [0, 0.0]  # threads working off the loop; the interval to restore when none is
+
+
+async def off_loop(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a thread, the interpreter handing the event loop its turn every
+    :data:`BUSY_SWITCH` seconds meanwhile: long pure work (decoding a store, building a
+    snapshot) without holding up the requests this process serves."""
+    if _busy[0] == 0:
+        _busy[1] = sys.getswitchinterval()
+        sys.setswitchinterval(BUSY_SWITCH)
+    _busy[0] += 1
+    try:
+        return await asyncio.to_thread(work, *args)
+    finally:
+        _busy[0] -= 1
+        if _busy[0] == 0:
+            sys.setswitchinterval(_busy[1])
 
 
 async def wait_at_most(event: asyncio.Event, seconds: float) -> bool:

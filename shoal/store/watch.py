@@ -23,7 +23,13 @@ from immutables import Map
 
 from shoal.errors import StoreError, StoreUnavailable
 from shoal.resources.endpoint import Endpoint
-from shoal.store.connection import BLOCKING_SOCKET_TIMEOUT, Redis, connect, translated
+from shoal.store.connection import (
+    BLOCKING_SOCKET_TIMEOUT,
+    Redis,
+    connect,
+    off_loop,
+    translated,
+)
 from shoal.store.keys import Keys
 from shoal.store.registry import INSTANCE, NODE
 
@@ -177,11 +183,22 @@ class Watcher:
                     pipe.hgetall(k.config(kind))
                 rev, instances, nodes, *configs = await pipe.execute()
         state.revision = int(rev or 0)
+        # Decoded in a thread: ~300 ms at 20,000 instances, which the event loop of the
+        # process following the store (a proxy serving requests) goes on running meanwhile.
+        await off_loop(self._decode, state, instances, nodes, configs)
+        return str(last[0][0]) if last else "0-0"
+
+    def _decode(
+        self,
+        state: _State,
+        instances: dict[str, str],
+        nodes: dict[str, str],
+        configs: list[dict[str, str]],
+    ) -> None:
         state.instances = Map({key: Endpoint.from_json(v) for key, v in instances.items()})
         state.nodes = Map({key: json.loads(v) for key, v in nodes.items()})
         for kind, raw in zip(self._kinds, configs, strict=True):
             state.config[kind] = Map({key: json.loads(v) for key, v in raw.items()})
-        return str(last[0][0]) if last else "0-0"
 
     async def _apply(self, redis: Redis, state: _State, batch: list[dict[str, str]]) -> None:
         """Read back what each change of ``batch`` names (one round trip) and put it in."""
