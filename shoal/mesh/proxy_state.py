@@ -65,21 +65,9 @@ CONFIG_KINDS = (
     "ServiceEntry",
 )
 
-# What a view may change for the snapshot to be changed in place (else it is built whole;
-# see ProxyState.update).
-_INCREMENTAL = frozenset(
-    {
-        INSTANCE,
-        NODE,
-        "VirtualService",
-        "DestinationRule",
-        "Service",
-        "AuthorizationPolicy",
-        "PeerAuthentication",
-        "Gateway",
-        "ServiceEntry",
-    }
-)
+# What a view may change for the snapshot to be changed in place (every kind a proxy follows;
+# else it is built whole, see ProxyState.update).
+_INCREMENTAL = frozenset({INSTANCE, NODE, *CONFIG_KINDS})
 
 # Like Linkerd's failure accrual, outlier detection is on even without a DestinationRule saying
 # so, with Istio's default thresholds.
@@ -297,11 +285,11 @@ class ProxyState:
     def update(self, view: View, *, whole: bool = False) -> None:
         """Swap in a snapshot built from ``view``; keep the old one if it cannot be built.
 
-        When the view says what changed since the one before it, and that is instances,
-        nodes, Services, VirtualServices, DestinationRules, Gateways or security policies only
-        (not ServiceEntries), the new snapshot is the old one changed where they are
-        (:meth:`RoutingTable.changed`: a change costs its own size, whatever the cluster's);
-        else, or with ``whole``, everything is built again."""
+        When the view says what changed since the one before it (any kinds of
+        :data:`_INCREMENTAL`: all a proxy follows), the new snapshot is the old one changed
+        where they are (:meth:`RoutingTable.changed`: a change costs its own size, whatever the
+        cluster's); when it was loaded whole (a start, a reconnect), or with ``whole``,
+        everything is built again."""
         if not whole and self._changed_in_place(view):
             return
         self._view = view

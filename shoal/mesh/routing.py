@@ -419,7 +419,8 @@ class _Draft:
         again (Knative's: the latest ready revision for the service's own host, each tagged
         revision for its tag host)."""
         inputs, was, owned = self.inputs, self.base._owned, self.owned
-        services = {*services, *(s for s in {*was, *owned} if was.get(s) != owned.get(s))}
+        if owned is not was:  # (worked out again: some hosts may have changed hands)
+            services = {*services, *(s for s in {*was, *owned} if was.get(s) != owned.get(s))}
         for service in services:
             for host, _ in was.get(service, ()):
                 old = self.defaults.pop(host, None)
