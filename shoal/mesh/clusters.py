@@ -111,18 +111,11 @@ class ClusterInputs:
         entries: Iterable[ServiceEntry] = (),
     ) -> ClusterInputs:
         """The inputs of these resources and endpoints."""
-        services = list(services)
-        # A ServiceEntry's hosts are services too, named by the whole host; its first port's
-        # protocol says whether TLS is originated to them.
-        entry_protocols = {h: e.ports[0].protocol for e in entries for h in e.hosts}
         revisions: dict[str, list[Service]] = {}
         for service in services:
             revisions.setdefault(service.name, []).append(service)
-        inputs = cls(
-            service_names=frozenset(revisions) | frozenset(entry_protocols),
-            revisions=revisions,
-            entry_protocols=entry_protocols,
-        )
+        inputs = cls(service_names=frozenset(revisions), revisions=revisions)
+        inputs.set_entries(entries)  # (before the rules: it decides what their hosts name)
         members: dict[str, dict[str, Endpoint]] = {}
         for endpoint in endpoints:
             members.setdefault(endpoint.service, {})[endpoint.key] = endpoint
@@ -189,12 +182,13 @@ class ClusterInputs:
         else:
             revisions.pop(name, None)
         self.revisions = revisions
-        self.service_names = frozenset(revisions) | frozenset(self.entry_protocols)
+        self._name_services()
         return name
 
     def set_entries(self, entries: Iterable[ServiceEntry]) -> set[str]:
         """The ServiceEntries are now ``entries`` (their endpoints: :meth:`set_endpoint`): each
-        host a service of its own, named by the whole host, with its first port's protocol.
+        host a service of its own, named by the whole host, with its first port's protocol
+        (which says whether TLS is originated to it).
         The services whose clusters may change: the hosts that came, went or changed protocol,
         and the services those hosts' first labels name (what a destination host names
         depends on which hosts are services)."""
@@ -205,7 +199,7 @@ class ClusterInputs:
             return set()
         before = self.service_names
         self.entry_protocols = protocols
-        self.service_names = frozenset(self.revisions) | frozenset(protocols)
+        self._name_services()
         renamed = before ^ self.service_names
         for name, rule in self.rule_named.items():  # (rules naming a renamed host move)
             host = rule.host.lower().rstrip(".")
@@ -217,6 +211,9 @@ class ClusterInputs:
                     new, self.rule_names.get(new, frozenset()) | {name}
                 )
         return {*changed, *(h.split(".", 1)[0] for h in changed)}
+
+    def _name_services(self) -> None:
+        self.service_names = frozenset(self.revisions) | frozenset(self.entry_protocols)
 
     def set_rule(self, name: str, rule: DestinationRule | None) -> set[str]:
         """DestinationRule ``name`` is now ``rule`` (None: deleted); the services whose rule

@@ -383,8 +383,9 @@ class ProxyState:
             moved.update(e.service for e in (old, new) if e is not None)
         entries = "ServiceEntry" in changes or unreachable != self.unreachable
         if entries:
-            moved |= self._place_entries(inputs, view, previous, unreachable)
-            services |= inputs.set_entries(self._entries(view))
+            now = self._entries(view)
+            moved |= self._place_entries(inputs, self._entries(previous), unreachable, now)
+            services |= inputs.set_entries(now)
         services.update(service for service in moved if inputs.settle(service))
         for name in changes.get("DestinationRule", ()):
             rule = self._parsed(view, "DestinationRule", name)
@@ -422,19 +423,23 @@ class ProxyState:
         )
 
     def _place_entries(
-        self, inputs: ClusterInputs, view: View, previous: View, unreachable: frozenset[str]
+        self,
+        inputs: ClusterInputs,
+        was: list[ServiceEntry],
+        unreachable: frozenset[str],
+        now: list[ServiceEntry],
     ) -> set[str]:
-        """Place the endpoints of ``view``'s ServiceEntries (healthy unless in
-        :attr:`unreachable`) where those of ``previous`` (by ``unreachable``) were; the hosts
-        whose endpoints changed."""
-        old = {e.key: e for e in entry_endpoints(self._entries(previous), unreachable)}
-        new = {e.key: e for e in entry_endpoints(self._entries(view), self.unreachable)}
+        """Place the endpoints of the ServiceEntries ``now`` (healthy unless in
+        :attr:`unreachable`) where those of the ones there ``was`` (by ``unreachable``) were;
+        the hosts whose endpoints changed."""
+        old = {e.key: e for e in entry_endpoints(was, unreachable)}
+        new = {e.key: e for e in entry_endpoints(now, self.unreachable)}
         hosts: set[str] = set()
         for key in {*old, *new}:
-            was, now = old.get(key), new.get(key)
-            if was != now:
-                inputs.set_endpoint(key, was, now)
-                hosts.update(e.service for e in (was, now) if e is not None)
+            before, after = old.get(key), new.get(key)
+            if before != after:
+                inputs.set_endpoint(key, before, after)
+                hosts.update(e.service for e in (before, after) if e is not None)
         return hosts
 
     def _entries(self, view: View) -> list[ServiceEntry]:

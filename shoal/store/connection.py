@@ -144,23 +144,30 @@ T = TypeVar("T")
 # The interpreter's switch interval while a thread works beside the event loop (5 ms by
 # default: a request would wait that long each time the thread has the interpreter).
 BUSY_SWITCH = 0.0005
-_busy = [0, 0.0]  # threads working off the loop; the interval to restore when none is
+
+
+class _Switching:
+    """The threads working off the loop (this process's), and the switch interval to restore
+    when none is."""
+
+    threads = 0
+    restore = 0.0
 
 
 async def off_loop(work: Callable[..., T], *args: Any) -> T:
     """``work(*args)`` in a thread, the interpreter handing the event loop its turn every
     :data:`BUSY_SWITCH` seconds meanwhile: long pure work (decoding a store, building a
     snapshot) without holding up the requests this process serves."""
-    if _busy[0] == 0:
-        _busy[1] = sys.getswitchinterval()
+    if _Switching.threads == 0:
+        _Switching.restore = sys.getswitchinterval()
         sys.setswitchinterval(BUSY_SWITCH)
-    _busy[0] += 1
+    _Switching.threads += 1
     try:
         return await asyncio.to_thread(work, *args)
     finally:
-        _busy[0] -= 1
-        if _busy[0] == 0:
-            sys.setswitchinterval(_busy[1])
+        _Switching.threads -= 1
+        if _Switching.threads == 0:
+            sys.setswitchinterval(_Switching.restore)
 
 
 async def wait_at_most(event: asyncio.Event, seconds: float) -> bool:

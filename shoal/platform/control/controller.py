@@ -88,14 +88,18 @@ def placement_changes(
 
 
 def unrouted_revisions(
-    view: View, stored: StoredResources, services: Sequence[Service], ready: Collection[str] = ()
+    view: View,
+    stored: StoredResources,
+    services: Sequence[Service],
+    routes: Mapping[str, VirtualService],
+    ready: Collection[str] = (),
 ) -> list[str]:
-    """Revisions that get 0% of their service's traffic under its VirtualService's split, or,
-    with none, those older than the latest ready one (a newer one that is not ready yet is
-    not routed either, but it must start to become ready)."""
+    """Revisions that get 0% of their service's traffic under its VirtualService's split (in
+    ``routes``: :func:`virtual_service_index`), or, with none, those older than the latest
+    ready one (a newer one that is not ready yet is not routed either, but it must start to
+    become ready)."""
     if not services:
         return []
-    routes = virtual_service_index(_virtual_services(view, stored))
     parsed = stored.parse("DestinationRule", view.documents("DestinationRule")).values()
     rules = [r for r in parsed if isinstance(r, DestinationRule)]
     out = []
@@ -277,16 +281,16 @@ class Controller:
         for revision in activations:
             self.autoscaling.activate(revision, now)
         ready = Counter(self.counts.ready)
-        decisions = self.autoscaling.decide(
-            services, ready, now, unrouted_revisions(view, self._stored, services, set(ready))
-        )
+        routes = virtual_service_index(_virtual_services(view, self._stored)) if services else {}
+        unrouted = unrouted_revisions(view, self._stored, services, routes, set(ready))
+        decisions = self.autoscaling.decide(services, ready, now, unrouted)
         selectors = {s.key: dict(s.node_selector) for s in services}
         changes, schedule = placement_changes(
             view, {k: d.desired for k, d in decisions.items()}, selectors
         )
         unplaced = self._note_unplaced(schedule, live_nodes(view), selectors)
         changes += [Change(ACTIVATION, revision, None) for revision in activations]
-        changes += self._collect(view, services, now)
+        changes += self._collect(services, routes, now)
         if changes:
             await self.config.write(changes, fence=self.id)
         self.report.decided(
@@ -304,12 +308,14 @@ class Controller:
             }
         )
 
-    def _collect(self, view: View, services: list[Service], now: float) -> list[Change]:
-        """Deletions of the revisions :func:`collectable` finds (each logged)."""
+    def _collect(
+        self, services: list[Service], routes: Mapping[str, VirtualService], now: float
+    ) -> list[Change]:
+        """Deletions of the revisions :func:`collectable` finds (each logged); ``routes``:
+        the VirtualService routing each service (:func:`virtual_service_index`)."""
         if not services:
             return []
-        routed = virtual_service_index(_virtual_services(view, self._stored))
-        managed = {s.name for s in services if s.name not in routed}
+        managed = {s.name for s in services if s.name not in routes}
         running = self.counts.running
         found = collectable(
             services,
